@@ -1,0 +1,172 @@
+//! Attention.
+
+use std::ffi::{c_int, c_void};
+
+use super::boundary::ffi_fn;
+use crate::check::{self, Input, Output};
+use crate::cpu::attention::{self, AttnShape, Mask};
+use crate::dispatch;
+use crate::error::Result;
+
+/// Checked shape with `kv_heads` key/value heads; returns the element counts of
+/// a `[batch, seq, heads, head_dim]` tensor and of a K/V tensor.
+fn shape(batch: c_int, seq_len: c_int, n_heads: c_int, head_dim: c_int, shared_kv: bool) -> Result<(AttnShape, usize, usize)> {
+    let batch = check::dim("batch", batch)?;
+    let seq = check::dim("seq_len", seq_len)?;
+    let heads = check::dim("n_heads", n_heads)?;
+    let head_dim = check::dim("head_dim", head_dim)?;
+    let kv_heads = if shared_kv { 1 } else { heads };
+    let q = check::elements(&[("batch", batch), ("seq_len", seq), ("n_heads", heads), ("head_dim", head_dim)])?;
+    let kv = check::elements(&[("batch", batch), ("seq_len", seq), ("kv heads", kv_heads), ("head_dim", head_dim)])?;
+    Ok((AttnShape { batch, seq, heads, kv_heads, head_dim }, q, kv))
+}
+
+/// Elements of the `[batch, n_heads, seq, seq]` score matrix.
+fn score_len(s: &AttnShape) -> Result<usize> {
+    check::elements(&[("batch", s.batch), ("n_heads", s.heads), ("seq_len", s.seq), ("seq_len", s.seq)])
+}
+
+/// Causal attention scores with one shared KV head: `Q[batch, seq, n_heads, head_dim]`,
+/// `K[batch, seq, head_dim]` -> `scores[batch, n_heads, seq, seq] = scale * Q Kᵀ`,
+/// `-inf` above the diagonal. Returns -2 for NULL pointers with a non-empty shape,
+/// negative or overflowing sizes, or overlaps.
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)] // the ABI's names
+pub unsafe extern "C" fn cuda_attention_scores(
+    Q: *const f32,
+    K: *const f32,
+    scores: *mut f32,
+    batch: c_int,
+    n_heads: c_int,
+    seq_len: c_int,
+    head_dim: c_int,
+    scale: f32,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cuda_attention_scores", {
+        let (s, q_len, kv_len) = shape(batch, seq_len, n_heads, head_dim, true)?;
+        let out_len = score_len(&s)?;
+        let q = Input::new("Q", Q, if out_len == 0 { 0 } else { q_len })?;
+        let k = Input::new("K", K, if out_len == 0 { 0 } else { kv_len })?;
+        let out = Output::new("scores", scores, out_len)?;
+        check::disjoint(&[q.region(), k.region(), out.region()], &[])?;
+        dispatch::run(stream, out_len, || {
+            unsafe { attention::scores(q.slice(), k.slice(), out.slice(), s, scale) };
+            Ok(())
+        })
+    })
+}
+
+/// Causal attention output with one shared KV head:
+/// `output[batch, seq, n_heads, head_dim] = weights[batch, n_heads, seq, seq] · V[batch, seq, head_dim]`,
+/// summing only keys `<=` the query position. Returns -2 as `cuda_attention_scores`.
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn cuda_attention_output(
+    weights: *const f32,
+    V: *const f32,
+    output: *mut f32,
+    batch: c_int,
+    n_heads: c_int,
+    seq_len: c_int,
+    head_dim: c_int,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cuda_attention_output", {
+        let (s, out_len, kv_len) = shape(batch, seq_len, n_heads, head_dim, true)?;
+        let w = Input::new("weights", weights, if out_len == 0 { 0 } else { score_len(&s)? })?;
+        let v = Input::new("V", V, if out_len == 0 { 0 } else { kv_len })?;
+        let out = Output::new("output", output, out_len)?;
+        check::disjoint(&[w.region(), v.region(), out.region()], &[])?;
+        dispatch::run(stream, out_len, || {
+            unsafe { attention::output(w.slice(), v.slice(), out.slice(), s) };
+            Ok(())
+        })
+    })
+}
+
+/// Fused multi-head attention without materialising the seq x seq scores:
+/// `output = softmax(scale · Q Kᵀ [+ causal mask if is_causal != 0]) · V`, all of
+/// `Q`, `K`, `V`, `output` `[batch, seq_len, n_heads, head_dim]`. A query whose keys
+/// are all masked yields zeros. Returns -2 for NULL pointers with a non-empty
+/// shape, negative or overflowing sizes, or any overlap with `output`.
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn cuda_flash_attention(
+    Q: *const f32,
+    K: *const f32,
+    V: *const f32,
+    output: *mut f32,
+    batch: c_int,
+    seq_len: c_int,
+    n_heads: c_int,
+    head_dim: c_int,
+    scale: f32,
+    is_causal: c_int,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cuda_flash_attention", {
+        let (s, n, _) = shape(batch, seq_len, n_heads, head_dim, false)?;
+        unsafe { fused(Q, K, V, output, s, n, n, scale, is_causal != 0, std::ptr::null(), stream) }
+    })
+}
+
+/// Fused attention with one shared KV head: `Q`, `output` `[batch, seq_len,
+/// n_heads, head_dim]`, `K`, `V` `[batch, seq_len, head_dim]`. `mask` NULL means
+/// causal; otherwise it is an additive `[seq_len, seq_len]` mask (0 / -inf). A
+/// query whose keys are all masked yields zeros. Returns -2 as `cuda_flash_attention`.
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn cuda_mqa_attention(
+    Q: *const f32,
+    K: *const f32,
+    V: *const f32,
+    output: *mut f32,
+    mask: *const f32,
+    batch: c_int,
+    seq_len: c_int,
+    n_heads: c_int,
+    head_dim: c_int,
+    scale: f32,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cuda_mqa_attention", {
+        let (s, n, kv) = shape(batch, seq_len, n_heads, head_dim, true)?;
+        unsafe { fused(Q, K, V, output, s, n, kv, scale, mask.is_null(), mask, stream) }
+    })
+}
+
+/// Shared body of the fused attention calls: causal, or with an additive
+/// `[seq, seq]` mask when `mask` is not NULL, or unmasked.
+#[allow(clippy::too_many_arguments, non_snake_case)]
+unsafe fn fused(
+    Q: *const f32,
+    K: *const f32,
+    V: *const f32,
+    output: *mut f32,
+    s: AttnShape,
+    n: usize,
+    kv_len: usize,
+    scale: f32,
+    causal: bool,
+    mask: *const f32,
+    stream: *mut c_void,
+) -> Result<()> {
+    let used = |len: usize| if n == 0 { 0 } else { len };
+    let q = Input::new("Q", Q, n)?;
+    let k = Input::new("K", K, used(kv_len))?;
+    let v = Input::new("V", V, used(kv_len))?;
+    let mask_len = if mask.is_null() { 0 } else { used(check::elements(&[("seq_len", s.seq), ("seq_len", s.seq)])?) };
+    let m = Input::new("mask", mask, mask_len)?;
+    let out = Output::new("output", output, n)?;
+    check::disjoint(&[q.region(), k.region(), v.region(), m.region(), out.region()], &[])?;
+    dispatch::run(stream, n, || {
+        let mask = match (causal, mask.is_null()) {
+            (true, _) => Mask::Causal,
+            (false, false) => Mask::Additive(unsafe { m.slice() }),
+            (false, true) => Mask::None,
+        };
+        unsafe { attention::attention(q.slice(), k.slice(), v.slice(), out.slice(), s, scale, mask) };
+        Ok(())
+    })
+}

@@ -1,0 +1,39 @@
+//! The panic boundary every export runs inside.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::error::{Error, Result, set_last_error};
+
+/// Runs one exported call: catches any panic (unwinding into C is undefined
+/// behaviour), turns the outcome into the ABI code and records the message that
+/// `cudann_last_error()` returns.
+pub fn guard(function: &str, body: impl FnOnce() -> Result<()>) -> i32 {
+    let outcome = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
+        let why = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        Err(Error::Internal(format!("internal error (panic): {why}")))
+    });
+    match outcome {
+        Ok(()) => {
+            set_last_error("");
+            super::CUDANN_SUCCESS
+        }
+        Err(error) => {
+            set_last_error(&format!("{function}: {error}"));
+            error.code()
+        }
+    }
+}
+
+/// The body of every `extern "C"` function: `ffi_fn!("cuda_silu", { ...; Ok(()) })`.
+/// It exists so that no export can forget the boundary or name itself wrongly in
+/// its messages; the function name given must be the export's own.
+macro_rules! ffi_fn {
+    ($name:literal, $body:block) => {
+        $crate::abi::boundary::guard($name, || -> $crate::error::Result<()> { $body })
+    };
+}
+pub(crate) use ffi_fn;

@@ -1,0 +1,41 @@
+//! The exported C ABI, grouped like ABI.md. Every function is a thin shell:
+//! panic boundary (`ffi_fn!`) -> argument checks (nothing written on failure) ->
+//! `dispatch::run`.
+
+pub(crate) mod boundary;
+pub mod attention;
+pub mod decode;
+pub mod elementwise;
+pub mod gemm;
+pub mod loss;
+pub mod norm;
+pub mod optim;
+pub mod rope;
+pub mod services;
+pub mod softmax;
+
+pub use attention::*;
+pub use decode::*;
+pub use elementwise::*;
+pub use gemm::*;
+pub use loss::*;
+pub use norm::*;
+pub use optim::*;
+pub use rope::*;
+pub use services::*;
+pub use softmax::*;
+
+/// Done (or, for an all-device-pointer call, enqueued on `stream`).
+pub const CUDANN_SUCCESS: i32 = 0;
+/// The GPU backend was demanded (`CUDANN_BACKEND=cuda`) but no usable GPU exists,
+/// or device pointers were passed and CUDA is unusable.
+pub const CUDANN_NOT_AVAILABLE: i32 = -1;
+/// A bad argument: NULL with a non-empty size, negative or overflowing size,
+/// out-of-range parameter, overlapping buffers. Nothing was written.
+pub const CUDANN_INVALID_VALUE: i32 = -2;
+/// A kernel or library call failed on the device.
+pub const CUDANN_LAUNCH_FAILED: i32 = -3;
+/// Device or staging memory could not be allocated.
+pub const CUDANN_OUT_OF_MEMORY: i32 = -4;
+/// A bug inside the library (e.g. a caught panic); never a crash.
+pub const CUDANN_INTERNAL: i32 = -5;

@@ -1,0 +1,79 @@
+//! RMSNorm.
+
+use std::ffi::{c_int, c_void};
+
+use super::boundary::ffi_fn;
+use crate::check::{self, Input, Output, require};
+use crate::cpu::{elementwise, norm, par::Src};
+use crate::dispatch;
+use crate::error::Result;
+
+/// Checks the shape and `eps`; returns (rows * hidden_dim, hidden_dim).
+fn shape(rows: c_int, hidden_dim: c_int, eps: f32) -> Result<(usize, usize)> {
+    let (rows, hidden) = (check::dim("rows", rows)?, check::dim("hidden_dim", hidden_dim)?);
+    require(eps >= 0.0 && eps.is_finite(), || format!("eps must be finite and >= 0 (got {eps})"))?;
+    Ok((check::elements(&[("rows", rows), ("hidden_dim", hidden)])?, hidden))
+}
+
+/// RMSNorm of each row of `input[rows, hidden_dim]`:
+/// `output = input / sqrt(mean(input²) + eps) * weight[hidden_dim]`.
+/// `output` may be `input`. Returns -2 for NULL pointers with a non-empty shape,
+/// negative or overflowing dimensions, `eps < 0` or non-finite, or overlaps.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuda_rmsnorm(
+    input: *const f32,
+    weight: *const f32,
+    output: *mut f32,
+    rows: c_int,
+    hidden_dim: c_int,
+    eps: f32,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cuda_rmsnorm", {
+        let (n, hidden) = shape(rows, hidden_dim, eps)?;
+        let x = Input::new("input", input, n)?;
+        let w = Input::new("weight", weight, if n == 0 { 0 } else { hidden })?;
+        let y = Output::new("output", output, n)?;
+        check::disjoint(&[x.region(), w.region(), y.region()], &[("output", "input")])?;
+        dispatch::run(stream, n, || {
+            unsafe { norm::rmsnorm(Src::of(&x, &y), w.slice(), y.slice(), hidden, eps) };
+            Ok(())
+        })
+    })
+}
+
+/// Residual RMSNorm: `s = input + residual` is written to `residual_out`, and
+/// RMSNorm of `s` (as `cuda_rmsnorm`) to `output`. Each output may be `input` or
+/// `residual`, but the two outputs must be distinct. Returns -2 as `cuda_rmsnorm`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuda_rmsnorm_residual(
+    input: *const f32,
+    residual: *const f32,
+    weight: *const f32,
+    output: *mut f32,
+    residual_out: *mut f32,
+    rows: c_int,
+    hidden_dim: c_int,
+    eps: f32,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cuda_rmsnorm_residual", {
+        let (n, hidden) = shape(rows, hidden_dim, eps)?;
+        let x = Input::new("input", input, n)?;
+        let r = Input::new("residual", residual, n)?;
+        let w = Input::new("weight", weight, if n == 0 { 0 } else { hidden })?;
+        let y = Output::new("output", output, n)?;
+        let s = Output::new("residual_out", residual_out, n)?;
+        let in_place = [("output", "input"), ("output", "residual"), ("residual_out", "input"), ("residual_out", "residual")];
+        check::disjoint(&[x.region(), r.region(), w.region(), y.region(), s.region()], &in_place)?;
+        dispatch::run(stream, n, || {
+            // The sum lands in residual_out first; inputs that alias `output` are
+            // no longer needed when the norm overwrites them.
+            unsafe {
+                elementwise::add(Src::of(&x, &s), Src::of(&r, &s), s.slice());
+                norm::rmsnorm(Src::Slice(s.slice()), w.slice(), y.slice(), hidden, eps);
+            }
+            Ok(())
+        })
+    })
+}

@@ -1,0 +1,190 @@
+//! Rotary position embedding.
+
+use std::ffi::{c_int, c_void};
+
+use super::boundary::ffi_fn;
+use crate::check::{self, Input, Output, require};
+use crate::cpu::{par::Src, rope::{self, Angles, RopeShape}};
+use crate::dispatch;
+use crate::error::Result;
+
+/// `head_dim` must be positive and even.
+fn head_dim(value: c_int) -> Result<usize> {
+    let d = check::dim("head_dim", value)?;
+    require(d > 0 && d % 2 == 0, || format!("head_dim must be even and > 0 (got {value})"))?;
+    Ok(d)
+}
+
+/// NTK `alpha` must be finite and > 0; `alpha != 1` needs `head_dim >= 4`.
+fn ntk_alpha(alpha: f32, head_dim: usize) -> Result<()> {
+    require(alpha > 0.0 && alpha.is_finite(), || format!("alpha must be finite and > 0 (got {alpha})"))?;
+    require(alpha == 1.0 || head_dim >= 4, || format!("alpha != 1 needs head_dim >= 4 (got head_dim {head_dim})"))
+}
+
+/// Checked `[batch, seq_len, heads, head_dim]` shape: (elements, shape).
+fn tensor(batch: c_int, seq_len: c_int, heads: (&str, c_int), head_dim_value: c_int, offset: c_int) -> Result<(usize, RopeShape)> {
+    let (batch, seq_len) = (check::dim("batch", batch)?, check::dim("seq_len", seq_len)?);
+    let heads_n = check::dim(heads.0, heads.1)?;
+    let d = head_dim(head_dim_value)?;
+    let offset = check::dim("offset", offset)?;
+    let n = check::elements(&[("batch", batch), ("seq_len", seq_len), (heads.0, heads_n), ("head_dim", d)])?;
+    Ok((n, RopeShape { seq_len, heads: heads_n, head_dim: d, offset }))
+}
+
+/// Elements of the angle table rows that positions `offset..offset+seq_len` use.
+fn table_len(shape: &RopeShape) -> Result<usize> {
+    check::elements(&[("seq_len + offset", shape.seq_len + shape.offset), ("head_dim / 2", shape.head_dim / 2)])
+}
+
+/// Fills `freqs[max_seq_len, head_dim/2]` with rotation **angles**
+/// `freqs[p, i] = p * B^(-2i/head_dim)`, where `B = base * alpha^(head_dim/(head_dim-2))`
+/// (NTK-aware; `alpha = 1` is plain RoPE). Returns -2 for an odd or non-positive
+/// `head_dim`, `base` or `alpha` not finite and > 0, `alpha != 1` with
+/// `head_dim < 4`, a negative `max_seq_len`, or NULL `freqs` with a non-empty table.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuda_rope_freqs(freqs: *mut f32, max_seq_len: c_int, head_dim: c_int, base: f32, alpha: f32, stream: *mut c_void) -> i32 {
+    ffi_fn!("cuda_rope_freqs", {
+        let rows = check::dim("max_seq_len", max_seq_len)?;
+        let d = self::head_dim(head_dim)?;
+        require(base > 0.0 && base.is_finite(), || format!("base must be finite and > 0 (got {base})"))?;
+        ntk_alpha(alpha, d)?;
+        let table = Output::new("freqs", freqs, check::elements(&[("max_seq_len", rows), ("head_dim / 2", d / 2)])?)?;
+        dispatch::run(stream, table.len, || {
+            unsafe { rope::freqs(table.slice(), d, base, alpha) };
+            Ok(())
+        })
+    })
+}
+
+/// Rotates `input[batch, seq_len, n_heads, head_dim]` into `output` (same shape):
+/// each interleaved pair `(x[2i], x[2i+1])` at position `p = s + offset` becomes
+/// `(x0 cos - x1 sin, x0 sin + x1 cos)` with angle `freqs[p, i]`. `freqs` must hold
+/// at least `seq_len + offset` rows. `output` may be `input`. Returns -2 for an
+/// odd `head_dim`, negative sizes or `offset`, NULL pointers, or overlaps.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuda_rope_forward(
+    input: *const f32,
+    freqs: *const f32,
+    output: *mut f32,
+    batch: c_int,
+    seq_len: c_int,
+    n_heads: c_int,
+    head_dim: c_int,
+    offset: c_int,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cuda_rope_forward", {
+        let (n, shape) = tensor(batch, seq_len, ("n_heads", n_heads), head_dim, offset)?;
+        let x = Input::new("input", input, n)?;
+        let f = Input::new("freqs", freqs, if n == 0 { 0 } else { table_len(&shape)? })?;
+        let y = Output::new("output", output, n)?;
+        check::disjoint(&[x.region(), f.region(), y.region()], &[("output", "input")])?;
+        dispatch::run(stream, n, || {
+            unsafe { rope::rotate(Src::of(&x, &y), y.slice(), f.slice(), shape, Angles::AsStored) };
+            Ok(())
+        })
+    })
+}
+
+/// `cuda_rope_forward` for a query and a key tensor at once:
+/// `q[batch, seq_len, n_q_heads, head_dim]` into `q_out`, `k[batch, seq_len,
+/// n_kv_heads, head_dim]` into `k_out`. `q_out` may be `q` and `k_out` may be `k`.
+/// Returns -2 as `cuda_rope_forward`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuda_rope_qk(
+    q: *const f32,
+    k: *const f32,
+    freqs: *const f32,
+    q_out: *mut f32,
+    k_out: *mut f32,
+    batch: c_int,
+    seq_len: c_int,
+    n_q_heads: c_int,
+    n_kv_heads: c_int,
+    head_dim: c_int,
+    offset: c_int,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cuda_rope_qk", {
+        let (nq, q_shape) = tensor(batch, seq_len, ("n_q_heads", n_q_heads), head_dim, offset)?;
+        let (nk, k_shape) = tensor(batch, seq_len, ("n_kv_heads", n_kv_heads), head_dim, offset)?;
+        let q = Input::new("q", q, nq)?;
+        let k = Input::new("k", k, nk)?;
+        let f = Input::new("freqs", freqs, if nq + nk == 0 { 0 } else { table_len(&q_shape)? })?;
+        let qo = Output::new("q_out", q_out, nq)?;
+        let ko = Output::new("k_out", k_out, nk)?;
+        let regions = [q.region(), k.region(), f.region(), qo.region(), ko.region()];
+        check::disjoint(&regions, &[("q_out", "q"), ("k_out", "k")])?;
+        dispatch::run(stream, nq + nk, || {
+            unsafe {
+                rope::rotate(Src::of(&q, &qo), qo.slice(), f.slice(), q_shape, Angles::AsStored);
+                rope::rotate(Src::of(&k, &ko), ko.slice(), f.slice(), k_shape, Angles::AsStored);
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Rotates `q` and `k`, both `[batch, seq_len, n_heads, head_dim]`, in place
+/// (positions from 0) with the given angles.
+unsafe fn rotate_q_and_k(q: *mut f32, k: *mut f32, freqs: *const f32, batch: c_int, seq_len: c_int, n_heads: c_int, head_dim: c_int, stream: *mut c_void, angles: impl FnOnce(&RopeShape) -> Angles) -> Result<()> {
+    let (n, shape) = tensor(batch, seq_len, ("n_heads", n_heads), head_dim, 0)?;
+    let q = Output::new("q", q, n)?;
+    let k = Output::new("k", k, n)?;
+    let f = Input::new("freqs", freqs, if n == 0 { 0 } else { table_len(&shape)? })?;
+    check::disjoint(&[q.region(), k.region(), f.region()], &[])?;
+    let angles = angles(&shape);
+    dispatch::run(stream, n, || {
+        unsafe {
+            rope::rotate(Src::Output, q.slice(), f.slice(), shape, angles);
+            rope::rotate(Src::Output, k.slice(), f.slice(), shape, angles);
+        }
+        Ok(())
+    })
+}
+
+/// In-place RoPE of `q` and `k`, both `[batch, seq_len, n_heads, head_dim]`,
+/// positions from 0. Returns -2 as `cuda_rope_forward`, and when `q` and `k` overlap.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuda_rope(
+    q: *mut f32,
+    k: *mut f32,
+    freqs: *const f32,
+    batch: c_int,
+    seq_len: c_int,
+    n_heads: c_int,
+    head_dim: c_int,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cuda_rope", {
+        unsafe { rotate_q_and_k(q, k, freqs, batch, seq_len, n_heads, head_dim, stream, |_| Angles::AsStored) }
+    })
+}
+
+/// `cuda_rope` with dynamic NTK scaling: when `seq_len > orig_len`, each angle of
+/// the unscaled table is used as `freqs[p, i] * alpha^(-2i/(head_dim-2))`;
+/// otherwise the angles are used unchanged. Returns -2 as `cuda_rope`, and for
+/// `alpha` not finite and > 0, `alpha != 1` with `head_dim < 4`, or `orig_len < 0`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuda_rope_ntk(
+    q: *mut f32,
+    k: *mut f32,
+    freqs: *const f32,
+    batch: c_int,
+    seq_len: c_int,
+    n_heads: c_int,
+    head_dim: c_int,
+    alpha: f32,
+    orig_len: c_int,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cuda_rope_ntk", {
+        ntk_alpha(alpha, check::dim("head_dim", head_dim)?)?;
+        let orig_len = check::dim("orig_len", orig_len)?;
+        unsafe {
+            rotate_q_and_k(q, k, freqs, batch, seq_len, n_heads, head_dim, stream, |shape| {
+                if shape.seq_len > orig_len && alpha != 1.0 { Angles::NtkScaled { alpha } } else { Angles::AsStored }
+            })
+        }
+    })
+}

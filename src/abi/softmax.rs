@@ -1,0 +1,58 @@
+//! Softmax and the MoE router top-k.
+
+use std::ffi::{c_int, c_void};
+
+use super::boundary::ffi_fn;
+use crate::check::{self, Input, Output, require};
+use crate::cpu::{par::Src, softmax};
+use crate::dispatch;
+
+/// Row-wise softmax of `input[rows, cols]` into `output[rows, cols]`, stable for
+/// large inputs (the row max is subtracted). `-inf` entries get probability 0;
+/// a row that is entirely `-inf` yields zeros. `output` may be `input`.
+/// Returns -2 for NULL pointers with a non-empty shape, negative or overflowing
+/// dimensions, or a partial overlap.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuda_softmax(input: *const f32, output: *mut f32, rows: c_int, cols: c_int, stream: *mut c_void) -> i32 {
+    ffi_fn!("cuda_softmax", {
+        let (rows, cols) = (check::dim("rows", rows)?, check::dim("cols", cols)?);
+        let n = check::elements(&[("rows", rows), ("cols", cols)])?;
+        let x = Input::new("input", input, n)?;
+        let y = Output::new("output", output, n)?;
+        check::disjoint(&[x.region(), y.region()], &[("output", "input")])?;
+        dispatch::run(stream, n, || {
+            unsafe { softmax::softmax(Src::of(&x, &y), y.slice(), cols) };
+            Ok(())
+        })
+    })
+}
+
+/// MoE router: per row of `input[rows, cols]`, the `k` most probable columns in
+/// descending probability (ties: lower index first) into `indices[rows, k]`, and
+/// their softmax probabilities renormalised to sum to 1 into `weights[rows, k]`.
+/// Returns -2 unless `1 <= k <= cols`, and for NULL pointers, negative or
+/// overflowing dimensions, or overlapping buffers.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuda_softmax_topk(
+    input: *const f32,
+    weights: *mut f32,
+    indices: *mut i32,
+    rows: c_int,
+    cols: c_int,
+    k: c_int,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cuda_softmax_topk", {
+        let (rows, cols) = (check::dim("rows", rows)?, check::dim("cols", cols)?);
+        require(k >= 1 && k as usize <= cols, || format!("k must be in 1..=cols ({cols}) (got {k})"))?;
+        let k = k as usize;
+        let x = Input::new("input", input, check::elements(&[("rows", rows), ("cols", cols)])?)?;
+        let w = Output::new("weights", weights, rows * k)?;
+        let idx = Output::new("indices", indices, rows * k)?;
+        check::disjoint(&[x.region(), w.region(), idx.region()], &[])?;
+        dispatch::run(stream, rows * k, || {
+            unsafe { softmax::softmax_topk(x.slice(), w.slice(), idx.slice(), cols, k) };
+            Ok(())
+        })
+    })
+}

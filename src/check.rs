@@ -1,0 +1,146 @@
+//! Argument validation, shared by every backend so they can never disagree on
+//! what is legal. Everything here runs before any output is touched.
+
+use std::ffi::c_int;
+use std::marker::PhantomData;
+use std::mem::size_of;
+
+use crate::error::{Result, invalid};
+
+/// A dimension given as C `int`: must be `>= 0`.
+pub fn dim(name: &str, value: c_int) -> Result<usize> {
+    usize::try_from(value).map_err(|_| invalid(format!("{name} must be >= 0 (got {value})")))
+}
+
+/// A flat element count given as `int64_t`: must be `>= 0`.
+pub fn count(name: &str, value: i64) -> Result<usize> {
+    usize::try_from(value).map_err(|_| invalid(format!("{name} must be >= 0 (got {value})")))
+}
+
+/// The element count of a tensor with these (already non-negative) dimensions;
+/// -2 when the product, or its size in bytes, overflows.
+pub fn elements(dims: &[(&str, usize)]) -> Result<usize> {
+    let total = dims.iter().try_fold(1usize, |acc, &(_, d)| acc.checked_mul(d));
+    match total {
+        Some(n) if n.checked_mul(size_of::<f64>()).is_some_and(|b| b <= isize::MAX as usize) => Ok(n),
+        _ => {
+            let names: Vec<String> = dims.iter().map(|(n, d)| format!("{n}={d}")).collect();
+            Err(invalid(format!("tensor size overflows ({})", names.join(" x "))))
+        }
+    }
+}
+
+/// Fails unless `condition` holds; `what` says what was required.
+pub fn require(condition: bool, what: impl FnOnce() -> String) -> Result<()> {
+    if condition { Ok(()) } else { Err(invalid(what())) }
+}
+
+/// A caller buffer the call reads: a pointer, its element count and its name.
+#[derive(Clone, Copy)]
+pub struct Input<'a, T> {
+    pub name: &'static str,
+    pub ptr: *const T,
+    pub len: usize,
+    life: PhantomData<&'a T>,
+}
+
+/// A caller buffer the call writes (and may also read, like GEMM's `C`).
+#[derive(Clone, Copy)]
+pub struct Output<'a, T> {
+    pub name: &'static str,
+    pub ptr: *mut T,
+    pub len: usize,
+    life: PhantomData<&'a mut T>,
+}
+
+fn pointer<T>(name: &str, ptr: *const T, len: usize) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    require(!ptr.is_null(), || format!("{name} is NULL but holds {len} elements"))?;
+    require(ptr.is_aligned(), || format!("{name} is not aligned to {} bytes", size_of::<T>()))
+}
+
+impl<'a, T> Input<'a, T> {
+    pub fn new(name: &'static str, ptr: *const T, len: usize) -> Result<Self> {
+        pointer(name, ptr, len)?;
+        Ok(Input { name, ptr, len, life: PhantomData })
+    }
+
+    /// The buffer as a slice. Safety: the caller's pointer is valid for `len`
+    /// elements (the ABI contract) and host-readable.
+    pub unsafe fn slice(&self) -> &'a [T] {
+        if self.len == 0 { &[] } else { unsafe { std::slice::from_raw_parts(self.ptr, self.len) } }
+    }
+
+    pub fn region(&self) -> Region {
+        Region::new(self.name, self.ptr as usize, self.len * size_of::<T>(), false)
+    }
+}
+
+impl<'a, T> Output<'a, T> {
+    pub fn new(name: &'static str, ptr: *mut T, len: usize) -> Result<Self> {
+        pointer(name, ptr, len)?;
+        Ok(Output { name, ptr, len, life: PhantomData })
+    }
+
+    /// The buffer as a mutable slice. Safety: as [`Input::slice`], plus no other
+    /// live slice overlaps it ([`disjoint`] has checked that).
+    pub unsafe fn slice(&self) -> &'a mut [T] {
+        if self.len == 0 { &mut [] } else { unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) } }
+    }
+
+    pub fn region(&self) -> Region {
+        Region::new(self.name, self.ptr as usize, self.len * size_of::<T>(), true)
+    }
+
+    /// Whether `input` is this very buffer (an in-place call).
+    pub fn is<U>(&self, input: &Input<'_, U>) -> bool {
+        self.len > 0 && self.ptr as usize == input.ptr as usize
+    }
+}
+
+/// The bytes a buffer covers, for overlap checks and (later) pointer classification.
+#[derive(Clone, Copy, Debug)]
+pub struct Region {
+    pub name: &'static str,
+    pub start: usize,
+    pub bytes: usize,
+    pub written: bool,
+}
+
+impl Region {
+    fn new(name: &'static str, start: usize, bytes: usize, written: bool) -> Self {
+        Region { name, start, bytes, written }
+    }
+
+    fn overlaps(&self, other: &Region) -> bool {
+        self.bytes > 0 && other.bytes > 0 && self.start < other.start + other.bytes && other.start < self.start + self.bytes
+    }
+}
+
+/// Rejects any overlap between a written buffer and another buffer, except the
+/// in-place pairs `(output, input)` named in `in_place`, which may be exactly the
+/// same memory (same pointer, same size).
+pub fn disjoint(regions: &[Region], in_place: &[(&str, &str)]) -> Result<()> {
+    for (i, a) in regions.iter().enumerate() {
+        for b in &regions[i + 1..] {
+            if !(a.written || b.written) || !a.overlaps(b) {
+                continue;
+            }
+            let (out, other) = if a.written { (a, b) } else { (b, a) };
+            let allowed = !other.written
+                && out.start == other.start
+                && out.bytes == other.bytes
+                && in_place.iter().any(|&(o, i)| o == out.name && i == other.name);
+            require(allowed, || {
+                if in_place.iter().any(|&(o, i)| o == out.name && i == other.name) {
+                    format!("{} partially overlaps {} (only the exact same buffer is allowed)", out.name, other.name)
+                } else {
+                    format!("{} overlaps {}", out.name, other.name)
+                }
+            })?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! Argmax and seeded sampling (plain, top-k, top-p) by the Gumbel-max trick.
+
+use multiversion::multiversion;
+use rayon::prelude::*;
+
+use super::math::exp;
+use super::reduce::max;
+use super::rng::{gumbel, row_key};
+use super::softmax::top_k_indices;
+
+/// First maximal index; a NaN counts as maximal (numpy's argmax).
+pub fn argmax_row(x: &[f32]) -> usize {
+    if let Some(j) = x.iter().position(|v| v.is_nan()) {
+        return j;
+    }
+    let m = max(x);
+    x.iter().position(|&v| v == m).unwrap_or(0)
+}
+
+/// How a row is sampled.
+#[derive(Clone, Copy)]
+pub enum Sampler {
+    All,
+    TopK(usize),
+    TopP(f32),
+}
+
+const PICK_CHUNK: usize = 1024;
+
+#[multiversion(targets = "simd")]
+fn perturbed(x: &[f32], first: usize, key: u64, temperature: f32, out: &mut [f32]) {
+    for (k, (o, &x)) in out.iter_mut().zip(x).enumerate() {
+        *o = x / temperature + gumbel(key, (first + k) as u64);
+    }
+}
+
+/// argmax_j (x_j / T + g_j) over the tokens `keep` admits (first wins ties).
+fn gumbel_argmax(x: &[f32], key: u64, temperature: f32, keep: impl Fn(usize) -> bool) -> usize {
+    let mut best = (f32::NEG_INFINITY, 0usize);
+    let mut scores = [0.0f32; PICK_CHUNK];
+    for (c, x) in x.chunks(PICK_CHUNK).enumerate() {
+        let first = c * PICK_CHUNK;
+        let scores = &mut scores[..x.len()];
+        perturbed(x, first, key, temperature, scores);
+        for (k, s) in scores.iter().enumerate() {
+            if *s > best.0 && keep(first + k) {
+                best = (*s, first + k);
+            }
+        }
+    }
+    best.1
+}
+
+/// The nucleus: probabilities (unnormalised) p, the smallest set of most probable
+/// tokens (ties: lower index first) whose mass reaches top_p of the total.
+/// Returns the last member (p*, j*): j is in iff p_j > p* or (p_j == p* and j <= j*).
+fn nucleus_floor(p: &[f32], top_p: f32) -> Option<(f32, usize)> {
+    // Positive floats order like their bits: bin by exponent and 3 mantissa bits.
+    const SHIFT: u32 = 20;
+    let bins = (f32::MAX.to_bits() >> SHIFT) as usize + 1;
+    let mut mass = vec![0.0f64; bins];
+    for &v in p {
+        mass[(v.to_bits() >> SHIFT) as usize] += v as f64;
+    }
+    let target = top_p as f64 * mass.iter().sum::<f64>();
+    let mut cum = 0.0;
+    for b in (0..bins).rev() {
+        if cum + mass[b] < target {
+            cum += mass[b];
+            continue;
+        }
+        let mut members: Vec<(f32, usize)> =
+            p.iter().enumerate().filter(|&(_, &v)| (v.to_bits() >> SHIFT) as usize == b).map(|(j, &v)| (v, j)).collect();
+        members.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for &(v, j) in &members {
+            cum += v as f64;
+            if cum >= target {
+                return Some((v, j));
+            }
+        }
+        return members.last().copied();
+    }
+    None // rounding left the target unreached: every token is in
+}
+
+/// One token from row `x` (temperature > 0).
+pub fn sample_row(x: &[f32], key: u64, temperature: f32, sampler: Sampler) -> usize {
+    match sampler {
+        Sampler::TopK(k) if k < x.len() => {
+            let kept = top_k_indices(x, k);
+            let score = |j: usize| x[j] / temperature + gumbel(key, j as u64);
+            kept.iter().copied().fold((f32::NEG_INFINITY, kept[0]), |best, j| {
+                let s = score(j);
+                if s > best.0 || (s == best.0 && j < best.1) { (s, j) } else { best }
+            }).1
+        }
+        Sampler::TopP(top_p) if top_p < 1.0 => {
+            let m = max(x);
+            let p: Vec<f32> = x.iter().map(|&v| exp((v - m) / temperature)).collect();
+            match nucleus_floor(&p, top_p) {
+                Some((pf, jf)) => gumbel_argmax(x, key, temperature, |j| p[j] > pf || (p[j] == pf && j <= jf)),
+                None => gumbel_argmax(x, key, temperature, |_| true),
+            }
+        }
+        _ => gumbel_argmax(x, key, temperature, |_| true),
+    }
+}
+
+/// One token per row: greedy when temperature == 0, else a seeded draw.
+pub fn sample(logits: &[f32], seeds: &[u64], out: &mut [i32], vocab: usize, temperature: f32, sampler: Sampler) {
+    out.par_iter_mut().zip(logits.par_chunks(vocab)).enumerate().for_each(|(row, (o, x))| {
+        let token = if temperature == 0.0 { argmax_row(x) } else { sample_row(x, row_key(seeds[row], row), temperature, sampler) };
+        *o = token as i32;
+    });
+}
+
+pub fn argmax(logits: &[f32], out: &mut [i32], vocab: usize) {
+    out.par_iter_mut().zip(logits.par_chunks(vocab)).for_each(|(o, x)| *o = argmax_row(x) as i32);
+}

@@ -1,0 +1,15 @@
+//! The CPU backend: one module per op family, each a plain function over slices.
+
+pub mod attention;
+pub mod decode;
+pub mod elementwise;
+pub mod gemm;
+pub mod loss;
+pub mod math;
+pub mod norm;
+pub mod optim;
+pub mod par;
+pub mod reduce;
+pub mod rng;
+pub mod rope;
+pub mod softmax;

@@ -1,0 +1,70 @@
+//! Parallel iteration over blocks (elementwise chunks or tensor rows), with the
+//! in-place case handled once here: an input that is the output itself is read
+//! from a copy of the block, so kernels only ever see non-aliasing slices.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::check::{Input, Output};
+
+/// Elements per task for elementwise work: large enough to amortise scheduling,
+/// small enough that an in-place copy stays in L1/L2.
+pub(crate) const CHUNK: usize = 16 * 1024;
+
+/// Where an input's data comes from.
+#[derive(Clone, Copy)]
+pub enum Src<'a> {
+    Slice(&'a [f32]),
+    /// The input is the output buffer (in-place call).
+    Output,
+}
+
+impl<'a> Src<'a> {
+    /// The input of a call whose output is `output`. Safety: as [`Input::slice`].
+    pub unsafe fn of(input: &Input<'a, f32>, output: &Output<'_, f32>) -> Self {
+        if output.is(input) { Src::Output } else { Src::Slice(unsafe { input.slice() }) }
+    }
+}
+
+thread_local! {
+    static BLOCK_COPY: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Calls `f(block_index, inputs, output_block)` for every `block`-sized piece of
+/// `out` in parallel and returns the results in block order.
+pub fn blocks<const N: usize, R: Send>(
+    srcs: [Src<'_>; N],
+    out: &mut [f32],
+    block: usize,
+    f: impl Fn(usize, [&[f32]; N], &mut [f32]) -> R + Sync,
+) -> Vec<R> {
+    let block = block.max(1);
+    let per_task = (CHUNK / block).max(1);
+    out.par_chunks_mut(block)
+        .with_min_len(per_task)
+        .enumerate()
+        .map(|(index, y)| {
+            let range = index * block..index * block + y.len();
+            let slice = |src: &Src, copy: &[f32]| -> *const [f32] {
+                match src {
+                    Src::Slice(s) => &s[range.clone()],
+                    Src::Output => copy,
+                }
+            };
+            if srcs.iter().any(|s| matches!(s, Src::Output)) {
+                BLOCK_COPY.with(|cell| {
+                    let mut copy = cell.borrow_mut();
+                    copy.clear();
+                    copy.extend_from_slice(y);
+                    // SAFETY: each pointer is a live slice (a caller input or the copy).
+                    let xs = srcs.map(|s| unsafe { &*slice(&s, &copy) });
+                    f(index, xs, y)
+                })
+            } else {
+                let xs = srcs.map(|s| unsafe { &*slice(&s, &[]) });
+                f(index, xs, y)
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,74 @@
+//! Row reductions shared by softmax, norms and losses. Each sums in a fixed lane
+//! order, so results are bitwise reproducible whatever the thread count.
+
+use multiversion::multiversion;
+
+use super::math::exp;
+
+const LANES: usize = 16;
+
+/// Sum of f(x) over the slice with LANES independent accumulators (so the loop
+/// vectorises), combined in a fixed order.
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += f(v);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(tail) {
+        *a += f(v);
+    }
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            acc[i] += acc[i + width];
+        }
+    }
+    acc[0]
+}
+
+/// Largest element, ignoring NaN; -inf for an empty slice.
+#[multiversion(targets = "simd")]
+pub fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = a.max(v);
+        }
+    }
+    tail.iter().chain(acc.iter()).fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
+/// Σ x².
+#[multiversion(targets = "simd")]
+pub fn sum_squares(x: &[f32]) -> f32 {
+    lane_sum(x, |v| v * v)
+}
+
+/// Σ e^(x - shift).
+#[multiversion(targets = "simd")]
+pub fn sum_exp(x: &[f32], shift: f32) -> f32 {
+    lane_sum(x, |v| exp(v - shift))
+}
+
+/// y = e^(x - shift); returns Σ y.
+#[multiversion(targets = "simd")]
+pub fn exp_into(x: &[f32], shift: f32, y: &mut [f32]) -> f32 {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = exp(x - shift);
+    }
+    lane_sum(y, |v| v)
+}
+
+/// Σ x in f64, sequentially: for the few scalar results (losses, norms) where
+/// the terms are already per-row values.
+pub fn sum_f64(x: impl IntoIterator<Item = f64>) -> f64 {
+    x.into_iter().sum()
+}

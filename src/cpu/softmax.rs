@@ -1,0 +1,69 @@
+//! Row-wise softmax and the MoE router's top-k.
+
+use multiversion::multiversion;
+use rayon::prelude::*;
+
+use super::par::{Src, blocks};
+use super::reduce::{exp_into, max};
+
+#[multiversion(targets = "simd")]
+fn scale_in_place(y: &mut [f32], s: f32) {
+    for y in y {
+        *y *= s;
+    }
+}
+
+/// One row: stable (max subtracted); -inf entries get 0; an all -inf row is zeros.
+pub fn softmax_row(x: &[f32], y: &mut [f32]) {
+    let m = max(x);
+    if m == f32::NEG_INFINITY {
+        y.fill(0.0);
+        return;
+    }
+    let total = exp_into(x, m, y);
+    scale_in_place(y, 1.0 / total);
+}
+
+pub fn softmax(x: Src, y: &mut [f32], cols: usize) {
+    blocks([x], y, cols, |_, [x], y| softmax_row(x, y));
+}
+
+/// Whether column `a` ranks before `b`: larger logit first, then lower index.
+/// (Probabilities are monotone in the logits, so ranking logits ranks probabilities.)
+fn ranks_before(x: &[f32], a: usize, b: usize) -> std::cmp::Ordering {
+    x[b].total_cmp(&x[a]).then(a.cmp(&b))
+}
+
+/// Indices of the `k` best columns of `x` in rank order.
+pub fn top_k_indices(x: &[f32], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..x.len()).collect();
+    if k < order.len() {
+        order.select_nth_unstable_by(k - 1, |&a, &b| ranks_before(x, a, b));
+        order.truncate(k);
+    }
+    order.sort_unstable_by(|&a, &b| ranks_before(x, a, b));
+    order
+}
+
+/// Router top-k: per row the `k` most probable columns and their probabilities
+/// renormalised over those `k`.
+pub fn softmax_topk(x: &[f32], weights: &mut [f32], indices: &mut [i32], cols: usize, k: usize) {
+    weights
+        .par_chunks_mut(k)
+        .zip(indices.par_chunks_mut(k))
+        .zip(x.par_chunks(cols))
+        .for_each(|((w, idx), x)| {
+            let best = top_k_indices(x, k);
+            let m = x[best[0]];
+            let kept: Vec<f32> = best.iter().map(|&j| x[j]).collect();
+            if m == f32::NEG_INFINITY {
+                w.fill(0.0);
+            } else {
+                let total = exp_into(&kept, m, w);
+                scale_in_place(w, 1.0 / total);
+            }
+            for (out, &j) in idx.iter_mut().zip(&best) {
+                *out = j as i32;
+            }
+        });
+}
