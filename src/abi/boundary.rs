@@ -37,3 +37,36 @@ macro_rules! ffi_fn {
     };
 }
 pub(crate) use ffi_fn;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{invalid, last_error};
+
+    #[test]
+    fn a_panic_becomes_internal_with_its_message() {
+        let code = guard("cuda_test", || panic!("index out of bounds"));
+        assert_eq!(code, crate::abi::CUDANN_INTERNAL);
+        assert_eq!(last_error(), "cuda_test: internal error (panic): index out of bounds");
+    }
+
+    #[test]
+    fn errors_map_to_codes_and_success_clears_the_message() {
+        assert_eq!(guard("cuda_test", || Err(invalid("k must be >= 1 (got 0)"))), crate::abi::CUDANN_INVALID_VALUE);
+        assert_eq!(last_error(), "cuda_test: k must be >= 1 (got 0)");
+        assert_eq!(guard("cuda_test", || Ok(())), crate::abi::CUDANN_SUCCESS);
+        assert_eq!(last_error(), "");
+    }
+
+    #[test]
+    fn the_last_error_is_per_thread() {
+        guard("cuda_test", || Err(invalid("bad")));
+        std::thread::spawn(|| {
+            guard("cuda_other", || Ok(()));
+            assert_eq!(last_error(), "");
+        })
+        .join()
+        .unwrap();
+        assert_eq!(last_error(), "cuda_test: bad");
+    }
+}

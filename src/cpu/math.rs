@@ -35,18 +35,22 @@ pub fn exp(x: f32) -> f32 {
 }
 
 /// ln x for positive normal x (the only inputs the callers give it).
+/// fdlibm's decomposition: x = 2^e (1 + f), ln(1 + f) = f - f²/2 + s (f²/2 + R(s²))
+/// with s = f / (2 + f); f is exact, so only the small correction is rounded.
 #[inline(always)]
 pub fn ln(x: f32) -> f32 {
     let bits = x.to_bits() as i32;
-    // Split x = m * 2^e with m in [sqrt(1/2), sqrt(2)).
-    let shifted = bits - 0x3f35_04f3; // bits of sqrt(1/2)
-    let e = shifted >> 23;
-    let m = f32::from_bits((bits - (e << 23)) as u32);
-    let s = (m - 1.0) / (m + 1.0);
-    let s2 = s * s;
-    // ln m = 2 atanh(s), |s| <= 0.1716.
-    let series = 2.0 * s * (1.0 + s2 * (1.0 / 3.0 + s2 * (1.0 / 5.0 + s2 * (1.0 / 7.0 + s2 * (1.0 / 9.0)))));
-    e as f32 * LN2_HI + (e as f32 * LN2_LO + series)
+    // Split so that 1 + f lies in [sqrt(1/2), sqrt(2)).
+    let e = (bits - 0x3f35_04f3) >> 23; // bits of sqrt(1/2)
+    let f = f32::from_bits((bits - (e << 23)) as u32) - 1.0;
+    let s = f / (2.0 + f);
+    let z = s * s;
+    let w = z * z;
+    // Minimax coefficients of (ln((1+s)/(1-s)) - 2s) / s for |s| < 0.1716.
+    let r = z * (0.666_666_6 + w * 0.284_987_87) + w * (0.400_009_72 + w * 0.242_790_79);
+    let half_f2 = 0.5 * f * f;
+    let e = e as f32;
+    s * (half_f2 + r) + e * LN2_LO - half_f2 + f + e * LN2_HI
 }
 
 #[cfg(test)]

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the test suites need on a fresh Debian machine (run as root, or
+# with the tools already present): Go and Ruby with the ffi gem from Debian's
+# packages, numpy and pytest from pip. Fails loudly if anything is missing after.
+set -euo pipefail
+
+need_apt=()
+command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
+command -v ruby >/dev/null 2>&1 || need_apt+=(ruby)
+ruby -e 'require "ffi"' >/dev/null 2>&1 || need_apt+=(ruby-ffi)
+ruby -e 'require "minitest/autorun"' -e 'exit!(0)' >/dev/null 2>&1 || need_apt+=(ruby-minitest)
+command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing from Debian: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+python3 -c 'import numpy, pytest' >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check numpy pytest
+
+# Verify: a suite that cannot run must fail the test command, never be skipped.
+command -v go >/dev/null || { echo "FATAL: go is not installed" >&2; exit 1; }
+ruby -e 'require "ffi"; require "minitest"' || { echo "FATAL: ruby with ffi and minitest is not usable" >&2; exit 1; }
+python3 -c 'import numpy, pytest' || { echo "FATAL: numpy/pytest are not importable" >&2; exit 1; }
+echo "test dependencies: go $(go env GOVERSION), ruby $(ruby -e 'print RUBY_VERSION'), numpy $(python3 -c 'import numpy; print(numpy.__version__)')"
