@@ -1,0 +1,295 @@
+package cudann
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"reflect"
+	"sync"
+	"testing"
+
+	"cudann_test/internal/ref"
+)
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func near(t *testing.T, what string, got []float32, want, scale []float64, rtol float64) {
+	t.Helper()
+	if err := ref.Close(got, want, scale, rtol); err != nil {
+		t.Errorf("%s: %v", what, err)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	if Version() == "" {
+		t.Fatal("empty cudann_version")
+	}
+}
+
+func TestGemm(t *testing.T) {
+	for _, s := range [][3]int{{1, 1, 1}, {33, 31, 17}, {4, 4097, 3}, {31, 5, 1000}} {
+		m, n, k := s[0], s[1], s[2]
+		a, b, c := ref.Rand(1, m*k, 1), ref.Rand(2, k*n, 1), ref.Rand(3, m*n, 1)
+		want, bound := ref.Gemm(a, b, c, m, n, k, 0.5, -2)
+		must(t, Gemm(a, b, c, m, n, k, 0.5, -2))
+		near(t, fmt.Sprint("gemm ", s), c, want, bound, 1e-5)
+	}
+	// beta == 0: C is not read, so a NaN in it must not survive.
+	a, b := ref.Rand(4, 6, 1), ref.Rand(5, 6, 1)
+	c := []float32{float32(math.NaN()), float32(math.NaN()), float32(math.NaN()), float32(math.NaN())}
+	want, bound := ref.Gemm(a, b, make([]float32, 4), 2, 2, 3, 1, 0)
+	must(t, Gemm(a, b, c, 2, 2, 3, 1, 0))
+	near(t, "gemm beta 0", c, want, bound, 1e-5)
+}
+
+func TestSoftmax(t *testing.T) {
+	rows, cols := 3, 4097
+	x := ref.Rand(6, rows*cols, 10)
+	for i := 0; i < cols; i++ {
+		x[i] += 5000 // stable only if the row max is subtracted
+	}
+	x[cols+7] = float32(math.Inf(-1))
+	out := make([]float32, len(x))
+	must(t, Softmax(x, out, rows, cols))
+	near(t, "softmax", out, ref.Softmax(x, rows, cols), nil, 1e-5)
+	if out[cols+7] != 0 {
+		t.Errorf("softmax of -inf = %v, want 0", out[cols+7])
+	}
+}
+
+func TestRMSNorm(t *testing.T) {
+	rows, dim := 7, 1000
+	x, w := ref.Rand(7, rows*dim, 3), ref.Rand(8, dim, 1)
+	out := make([]float32, len(x))
+	must(t, RMSNorm(x, w, out, rows, dim, 1e-5))
+	near(t, "rmsnorm", out, ref.RMSNorm(x, w, rows, dim, float64(float32(1e-5))), nil, 1e-5)
+}
+
+func TestCrossEntropy(t *testing.T) {
+	rows, vocab := 5, 33
+	logits := ref.Rand(9, rows*vocab, 4)
+	targets := []int32{0, -100, 32, 7, -100} // -100: padding rows
+	loss, lp := make([]float32, 1), make([]float32, rows*vocab)
+	must(t, CrossEntropyForward(logits, targets, loss, lp, rows, vocab))
+	wantLP := ref.LogSoftmax(logits, rows, vocab)
+	scale := make([]float64, len(wantLP))
+	for i, v := range wantLP {
+		scale[i] = math.Abs(v) + 1
+	}
+	near(t, "log_probs", lp, wantLP, scale, 1e-5)
+	nll := -(wantLP[0] + wantLP[2*vocab+32] + wantLP[3*vocab+7]) / 3
+	near(t, "loss", loss, []float64{nll}, nil, 1e-5)
+
+	d := make([]float32, rows*vocab)
+	must(t, CrossEntropyBackward(lp, targets, d, rows, vocab, 0.25))
+	want := make([]float64, len(d))
+	for r := 0; r < rows; r++ {
+		for c := 0; c < vocab; c++ {
+			i := r*vocab + c
+			if targets[r] < 0 {
+				continue // padding rows get a zero gradient
+			}
+			onehot := 0.0
+			if int32(c) == targets[r] {
+				onehot = 1
+			}
+			p := math.Exp(float64(lp[i]))
+			want[i], scale[i] = (p-onehot)*0.25, (p+onehot)*0.25
+		}
+	}
+	near(t, "d_logits", d, want, scale, 1e-5)
+}
+
+func TestAdamW(t *testing.T) {
+	n := 1000
+	p, m, v := ref.Rand(10, n, 1), make([]float32, n), make([]float32, n)
+	for step := 1; step <= 3; step++ {
+		g := ref.Rand(int64(10+step), n, 1)
+		wantP, wantM, wantV := ref.AdamW(p, g, m, v, float64(float32(1e-2)), float64(float32(0.9)),
+			float64(float32(0.999)), float64(float32(1e-8)), float64(float32(0.1)), step)
+		must(t, AdamW(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.1, step, int64(n)))
+		tol := make([]float64, n)
+		for i := range tol {
+			tol[i] = 1e-7 + 1e-6*math.Abs(wantP[i])
+		}
+		near(t, "adamw param", p, wantP, tol, 1)
+		for i := range tol {
+			tol[i] = 1e-6 * (math.Abs(wantM[i]) + 0.1*math.Abs(float64(g[i])))
+		}
+		near(t, "adamw m", m, wantM, tol, 1)
+		near(t, "adamw v", v, wantV, nil, 1e-6)
+	}
+}
+
+func TestArgmax(t *testing.T) {
+	rows, vocab := 4, 4097
+	x := ref.Rand(14, rows*vocab, 1)
+	x[vocab+100], x[vocab+4000] = 5, 5 // a tie: the first index wins
+	out := make([]int32, rows)
+	must(t, Argmax(x, out, rows, vocab))
+	for r := 0; r < rows; r++ {
+		if want := ref.Argmax(x[r*vocab : (r+1)*vocab]); out[r] != want {
+			t.Errorf("row %d: argmax %d, want %d", r, out[r], want)
+		}
+	}
+	if out[1] != 100 {
+		t.Errorf("tie resolved to %d, want 100", out[1])
+	}
+}
+
+// samplingRows repeats one logits row `rows` times, each with its own seed.
+func samplingRows(row []float32, rows int) ([]float32, []uint64) {
+	logits, seeds := make([]float32, 0, rows*len(row)), make([]uint64, rows)
+	for r := 0; r < rows; r++ {
+		logits = append(logits, row...)
+		seeds[r] = uint64(r)*0x9E3779B97F4A7C15 + 1
+	}
+	return logits, seeds
+}
+
+func TestTopKSample(t *testing.T) {
+	vocab, rows, k := 33, 2000, 4
+	row := ref.Rand(15, vocab, 2)
+	logits, seeds := samplingRows(row, rows)
+	out, again := make([]int32, rows), make([]int32, rows)
+	must(t, TopKSample(logits, out, seeds, rows, vocab, k, 1))
+	must(t, TopKSample(logits, again, seeds, rows, vocab, k, 1))
+	if !reflect.DeepEqual(out, again) {
+		t.Error("same seeds gave different tokens")
+	}
+	top, seen := ref.TopK(row, k), map[int32]bool{}
+	for _, tok := range out {
+		if !top[tok] {
+			t.Fatalf("token %d is outside the top %d %v", tok, k, top)
+		}
+		seen[tok] = true
+	}
+	if len(seen) != k {
+		t.Errorf("drew %d distinct tokens of the top %d", len(seen), k)
+	}
+	must(t, TopKSample(logits, out, seeds, rows, vocab, k, 0)) // temperature 0 is argmax
+	for _, tok := range out {
+		if tok != ref.Argmax(row) {
+			t.Fatalf("temperature 0 drew %d, argmax is %d", tok, ref.Argmax(row))
+		}
+	}
+}
+
+func TestTopPSample(t *testing.T) {
+	vocab, rows := 1000, 2000
+	row := ref.Rand(16, vocab, 6)
+	logits, seeds := samplingRows(row, rows)
+	for _, topP := range []float32{0.1, 0.5, 0.9} {
+		out, again := make([]int32, rows), make([]int32, rows)
+		must(t, TopPSample(logits, out, seeds, rows, vocab, topP, 1))
+		must(t, TopPSample(logits, again, seeds, rows, vocab, topP, 1))
+		if !reflect.DeepEqual(out, again) {
+			t.Errorf("top_p %v: same seeds gave different tokens", topP)
+		}
+		nucleus := ref.Nucleus(ref.Softmax(row, 1, vocab), float64(topP))
+		for _, tok := range out {
+			if !nucleus[tok] {
+				t.Fatalf("top_p %v: token %d is outside the nucleus (%d tokens)", topP, tok, len(nucleus))
+			}
+		}
+	}
+}
+
+func TestErrorPath(t *testing.T) {
+	out := []int32{-7, -7}
+	err := TopKSample(make([]float32, 8), out, []uint64{1, 2}, 2, 4, 0, 1)
+	var e *Error
+	if !errors.As(err, &e) || e.Code != InvalidValue {
+		t.Fatalf("got %v, want CUDANN_INVALID_VALUE", err)
+	}
+	if e.Msg != "cuda_topk_sample: k must be >= 1 (got 0)" {
+		t.Errorf("cudann_last_error = %q", e.Msg)
+	}
+	if out[0] != -7 || out[1] != -7 {
+		t.Errorf("output written on error: %v", out)
+	}
+}
+
+// job is one independent call; it returns its outputs.
+type job func() ([]float32, []int32, error)
+
+func jobs() []job {
+	var js []job
+	for i := 0; i < 16; i++ {
+		seed := int64(100 + i)
+		js = append(js,
+			func() ([]float32, []int32, error) {
+				c := make([]float32, 64*48)
+				return c, nil, Gemm(ref.Rand(seed, 64*200, 1), ref.Rand(seed+1, 200*48, 1), c, 64, 48, 200, 1, 0)
+			},
+			func() ([]float32, []int32, error) {
+				out := make([]float32, 8*4097)
+				return out, nil, Softmax(ref.Rand(seed, 8*4097, 5), out, 8, 4097)
+			},
+			func() ([]float32, []int32, error) {
+				loss, lp := make([]float32, 1), make([]float32, 16*1000)
+				targets := []int32{1, 2, 3, -100, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 999}
+				err := CrossEntropyForward(ref.Rand(seed, 16*1000, 3), targets, loss, lp, 16, 1000)
+				return append(loss, lp...), nil, err
+			},
+			func() ([]float32, []int32, error) {
+				logits, seeds := samplingRows(ref.Rand(seed, 500, 3), 64)
+				out := make([]int32, 64)
+				return nil, out, TopPSample(logits, out, seeds, 64, 500, 0.8, 1)
+			},
+			func() ([]float32, []int32, error) {
+				// An error on this goroutine must report its own message.
+				err := Silu(make([]float32, 4), make([]float32, 4), -seed)
+				var e *Error
+				if !errors.As(err, &e) || e.Msg != fmt.Sprintf("cuda_silu: n must be >= 0 (got %d)", -seed) {
+					return nil, nil, fmt.Errorf("wrong error on a concurrent call: %v", err)
+				}
+				return nil, nil, nil
+			})
+	}
+	return js
+}
+
+func TestConcurrentGoroutinesMatchSerial(t *testing.T) {
+	js := jobs()
+	type result struct {
+		f   []float32
+		i   []int32
+		err error
+	}
+	serial := make([]result, len(js))
+	for k, j := range js {
+		f, i, err := j()
+		must(t, err)
+		serial[k] = result{f, i, nil}
+	}
+	for round := 0; round < 3; round++ {
+		parallel := make([]result, len(js))
+		var wg sync.WaitGroup
+		for k, j := range js {
+			wg.Add(1)
+			go func(k int, j job) {
+				defer wg.Done()
+				f, i, err := j()
+				parallel[k] = result{f, i, err}
+			}(k, j)
+		}
+		wg.Wait()
+		for k := range js {
+			must(t, parallel[k].err)
+			// Bitwise: the library is deterministic, whatever the interleaving.
+			if !reflect.DeepEqual(parallel[k], serial[k]) {
+				t.Fatalf("round %d job %d: concurrent result differs from serial", round, k)
+			}
+		}
+	}
+	// And the serial results are right (not two wrong answers agreeing).
+	a, b := ref.Rand(100, 64*200, 1), ref.Rand(101, 200*48, 1)
+	want, bound := ref.Gemm(a, b, make([]float32, 64*48), 64, 48, 200, 1, 0)
+	near(t, "serial gemm", serial[0].f, want, bound, 1e-5)
+}

@@ -1,0 +1,3 @@
+module cudann_test
+
+go 1.19

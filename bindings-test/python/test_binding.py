@@ -1,0 +1,99 @@
+"""The ctypes binding itself: header parsing, pointer conversion, old-style callers."""
+import ctypes
+import re
+
+import numpy as np
+import pytest
+
+import reference as ref
+from checks import assert_ulp, assert_close
+from cudann_ctypes import CODES, HEADER, LIBRARY, PROTOTYPES, as_pointer, c_type
+
+F32P = ctypes.POINTER(ctypes.c_float)
+
+
+def test_header_declares_the_30_ops_and_2_services():
+    names = set(PROTOTYPES)
+    assert len([n for n in names if n.startswith("cuda_")]) == 30
+    assert {"cudann_last_error", "cudann_version"} <= names
+    plain = ctypes.CDLL(str(LIBRARY))
+    for name in names:  # every declared name is exported with that exact symbol
+        assert hasattr(plain, name)
+    for name, (restype, _) in PROTOTYPES.items():
+        assert restype is (ctypes.c_char_p if name.startswith("cudann_") else ctypes.c_int32)
+
+
+def test_header_signatures_parsed_exactly():
+    i, f, i64, vp = ctypes.c_int, ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
+    assert PROTOTYPES["cuda_scale"][1] == [F32P, F32P, f, i64, vp]
+    assert PROTOTYPES["cuda_gemm"][1] == [F32P, F32P, F32P, i, i, i, f, f, vp]
+    assert PROTOTYPES["cuda_sample"][1] == [
+        F32P, ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_uint64), i, i, f, vp]
+    # Every parameter of every prototype was mapped (none silently dropped).
+    text = re.sub(r"//[^\n]*", "", HEADER.read_text())
+    for name, (_, args) in PROTOTYPES.items():
+        params = re.search(name + r"\s*\(([^)]*)\)", text).group(1).strip()
+        assert len(args) == (0 if params == "void" else params.count(",") + 1), name
+
+
+def test_type_mapping_and_codes():
+    assert c_type("const float *") is F32P and c_type("float*") is F32P
+    assert c_type("const int *") is ctypes.POINTER(ctypes.c_int)
+    assert c_type("const uint64_t *") is ctypes.POINTER(ctypes.c_uint64)
+    assert c_type("const char *") is ctypes.c_char_p
+    with pytest.raises(ValueError):
+        c_type("double")
+    assert CODES == {"CUDANN_SUCCESS": 0, "CUDANN_NOT_AVAILABLE": -1, "CUDANN_INVALID_VALUE": -2,
+                     "CUDANN_LAUNCH_FAILED": -3, "CUDANN_OUT_OF_MEMORY": -4, "CUDANN_INTERNAL": -5}
+
+
+def test_as_pointer_refuses_wrong_dtype_and_strided_arrays(lib):
+    good = np.zeros(8, np.float32)
+    assert as_pointer(good, F32P) is not None
+    with pytest.raises(TypeError):
+        as_pointer(np.zeros(8, np.float64), F32P)
+    with pytest.raises(TypeError):
+        as_pointer(np.zeros(8, np.int64), ctypes.POINTER(ctypes.c_int32))
+    with pytest.raises(ValueError):
+        as_pointer(np.zeros(16, np.float32)[::2], F32P)
+    with pytest.raises(ValueError):
+        as_pointer(np.zeros((4, 4), np.float32).T, F32P)
+    with pytest.raises(TypeError):
+        as_pointer([1.0, 2.0], F32P)
+    # Through the wrapper: the refused call never reaches the library.
+    out = np.full(8, 3.0, np.float32)
+    with pytest.raises(ValueError):
+        lib.cuda_silu(np.zeros(16, np.float32)[::2], out, 8, None)
+    with pytest.raises(TypeError):
+        lib.cuda_silu(np.zeros(8, np.float64), out, 8, None)
+    assert (out == 3.0).all()
+
+
+def test_version(lib):
+    assert re.fullmatch(r"\d+\.\d+\.\d+", lib.version())
+
+
+def test_old_style_cdll_without_argtypes(rng):
+    """A legacy caller: no argtypes, default int restype, explicit ctypes scalars."""
+    old = ctypes.CDLL(str(LIBRARY))
+    n = 1000
+    x = rng.standard_normal(n).astype(np.float32)
+    y = np.zeros(n, np.float32)
+    rc = old.cuda_silu(x.ctypes.data_as(F32P), y.ctypes.data_as(F32P), ctypes.c_int64(n), None)
+    assert rc == 0
+    assert_ulp(y, ref.silu(x))
+
+    m, nn, k = 33, 31, 17
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, nn)).astype(np.float32)
+    c = rng.standard_normal((m, nn)).astype(np.float32)
+    want = 1.5 * ref.f64(a) @ ref.f64(b) - 0.5 * ref.f64(c)
+    bound = 1.5 * np.abs(a) @ np.abs(b) + 0.5 * np.abs(c)  # c is overwritten below
+    rc = old.cuda_gemm(a.ctypes.data_as(F32P), b.ctypes.data_as(F32P), c.ctypes.data_as(F32P),
+                       m, nn, k, ctypes.c_float(1.5), ctypes.c_float(-0.5), None)
+    assert rc == 0
+    assert_close(c, want, rtol=1e-5, scale=bound)
+
+    # The default int return carries the negative error code intact.
+    rc = old.cuda_silu(x.ctypes.data_as(F32P), y.ctypes.data_as(F32P), ctypes.c_int64(-1), None)
+    assert rc == -2
