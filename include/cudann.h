@@ -15,6 +15,9 @@
 
 // A bad argument: NULL with a non-empty size, negative or overflowing size,
 // out-of-range parameter, overlapping buffers. Nothing was written.
+// ("Overlaps" everywhere below: an output may be exactly the buffer of an input
+// of the same size, an in-place call computed from the input's old values; any
+// other overlap of an output with a buffer, or of two outputs, is -2.)
 #define CUDANN_INVALID_VALUE -2
 
 // A kernel or library call failed on the device.
@@ -60,7 +63,7 @@ int32_t cuda_attention_output(const float *weights,
 // `output = softmax(scale · Q Kᵀ [+ causal mask if is_causal != 0]) · V`, all of
 // `Q`, `K`, `V`, `output` `[batch, seq_len, n_heads, head_dim]`. A query whose keys
 // are all masked yields zeros. Returns -2 for NULL pointers with a non-empty
-// shape, negative or overflowing sizes, or any overlap with `output`.
+// shape, negative or overflowing sizes, or overlaps. `output` may be `Q`.
 int32_t cuda_flash_attention(const float *Q,
                              const float *K,
                              const float *V,
@@ -149,7 +152,7 @@ int32_t cuda_mul(const float *a, const float *b, float *output, int64_t n, void 
 int32_t cuda_scale(const float *input, float *output, float scale, int64_t n, void *stream);
 
 // Row-major `C[M,N] = alpha * A[M,K] * B[K,N] + beta * C`. With `beta == 0`,
-// `C` is not read (it may hold NaN). `C` must not overlap `A` or `B`.
+// `C` is not read (it may hold NaN). `C` may be `A`'s or `B`'s very buffer.
 // Returns -2 for NULL pointers with a non-empty shape, negative or overflowing
 // dimensions, or overlaps.
 int32_t cuda_gemm(const float *A,

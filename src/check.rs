@@ -1,6 +1,7 @@
 //! Argument validation, shared by every backend so they can never disagree on
 //! what is legal. Everything here runs before any output is touched.
 
+use std::borrow::Cow;
 use std::ffi::c_int;
 use std::marker::PhantomData;
 use std::mem::size_of;
@@ -76,6 +77,17 @@ impl<'a, T> Input<'a, T> {
     pub fn region(&self) -> Region {
         Region::new(self.name, self.ptr as usize, self.len * size_of::<T>(), false)
     }
+
+    /// The data for a host computation that writes `outputs`: borrowed, or
+    /// copied first when it is the very buffer one of them overwrites (an
+    /// in-place call the kernel does not stream itself). Safety: as [`Input::slice`].
+    pub unsafe fn read(&self, outputs: &[Region]) -> Cow<'a, [T]>
+    where
+        T: Clone,
+    {
+        let data = unsafe { self.slice() };
+        if outputs.iter().any(|o| o.overlaps(&self.region())) { Cow::Owned(data.to_vec()) } else { Cow::Borrowed(data) }
+    }
 }
 
 impl<'a, T> Output<'a, T> {
@@ -119,25 +131,22 @@ impl Region {
     }
 }
 
-/// Rejects any overlap between a written buffer and another buffer, except the
-/// in-place pairs `(output, input)` named in `in_place`, which may be exactly the
-/// same memory (same pointer, same size).
-pub fn disjoint(regions: &[Region], in_place: &[(&str, &str)]) -> Result<()> {
+/// Rejects any overlap between a written buffer and another buffer, except an
+/// output that is exactly an input (same pointer, same size): ABI.md allows
+/// every in-place call.
+pub fn disjoint(regions: &[Region]) -> Result<()> {
     for (i, a) in regions.iter().enumerate() {
         for b in &regions[i + 1..] {
             if !(a.written || b.written) || !a.overlaps(b) {
                 continue;
             }
             let (out, other) = if a.written { (a, b) } else { (b, a) };
-            let allowed = !other.written
-                && out.start == other.start
-                && out.bytes == other.bytes
-                && in_place.iter().any(|&(o, i)| o == out.name && i == other.name);
-            require(allowed, || {
-                if in_place.iter().any(|&(o, i)| o == out.name && i == other.name) {
-                    format!("{} partially overlaps {} (only the exact same buffer is allowed)", out.name, other.name)
+            let same_buffer = out.start == other.start && out.bytes == other.bytes;
+            require(!other.written && same_buffer, || {
+                if other.written {
+                    format!("{} overlaps {} (outputs must be distinct)", out.name, other.name)
                 } else {
-                    format!("{} overlaps {}", out.name, other.name)
+                    format!("{} partially overlaps {} (in place needs the exact same buffer)", out.name, other.name)
                 }
             })?;
         }

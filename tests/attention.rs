@@ -118,12 +118,35 @@ fn attention_bad_arguments() {
     unsafe {
         assert_invalid(cuda_flash_attention(x.as_ptr(), x.as_ptr(), x.as_ptr(), out.as_mut_ptr(), 1, -4, 2, 8, 1.0, 1, NULL), "cuda_flash_attention", "seq_len must be >= 0");
         assert_invalid(cuda_flash_attention(x.as_ptr(), std::ptr::null(), x.as_ptr(), out.as_mut_ptr(), 1, 4, 2, 8, 1.0, 1, NULL), "cuda_flash_attention", "K is NULL");
-        assert_invalid(cuda_mqa_attention(x.as_ptr(), x.as_ptr(), x.as_ptr(), out.as_mut_ptr(), out.as_ptr(), 1, 4, 2, 8, 1.0, NULL), "cuda_mqa_attention", "output overlaps mask");
+        assert_invalid(cuda_mqa_attention(x.as_ptr(), x.as_ptr(), x.as_ptr(), out.as_mut_ptr(), out.as_ptr(), 1, 4, 2, 8, 1.0, NULL), "cuda_mqa_attention", "output partially overlaps mask");
         assert_invalid(cuda_attention_scores(x.as_ptr(), x.as_ptr(), out.as_mut_ptr(), 1, 2, 4, -8, 1.0, NULL), "cuda_attention_scores", "head_dim must be >= 0");
         assert_invalid(cuda_attention_output(x.as_ptr(), x.as_ptr(), std::ptr::null_mut(), 1, 2, 4, 8, NULL), "cuda_attention_output", "output is NULL");
     }
     assert_untouched(&out, "output");
-    let p = out.as_mut_ptr();
-    unsafe { assert_invalid(cuda_flash_attention(p, x.as_ptr(), x.as_ptr(), p, 1, 4, 2, 8, 1.0, 0, NULL), "cuda_flash_attention", "output overlaps Q") };
-    assert_untouched(&out, "output");
+    let mut buf = poisoned(257);
+    let p = buf.as_mut_ptr();
+    unsafe { assert_invalid(cuda_flash_attention(p, x.as_ptr(), x.as_ptr(), p.add(1), 1, 4, 2, 8, 1.0, 0, NULL), "cuda_flash_attention", "output partially overlaps Q") };
+    assert_untouched(&buf, "output");
+}
+
+#[test]
+fn attention_in_place_on_q_matches_out_of_place() {
+    let mut rng = Rng::new(53);
+    let (batch, seq, heads, d) = (2, 13, 3, 16);
+    let n = batch * seq * heads * d;
+    let (q, k, v) = (rng.vec(n, 1.0), rng.vec(n, 1.0), rng.vec(n, 1.0));
+    let mut want = poisoned(n);
+    let mut inplace = q.clone();
+    unsafe {
+        assert_ok(cuda_flash_attention(q.as_ptr(), k.as_ptr(), v.as_ptr(), want.as_mut_ptr(), batch as i32, seq as i32, heads as i32, d as i32, 0.3, 1, NULL));
+        assert_ok(cuda_flash_attention(inplace.as_ptr(), k.as_ptr(), v.as_ptr(), inplace.as_mut_ptr(), batch as i32, seq as i32, heads as i32, d as i32, 0.3, 1, NULL));
+    }
+    assert_eq!(inplace, want, "flash attention with output == Q");
+    let (kv, vv) = (rng.vec(batch * seq * d, 1.0), rng.vec(batch * seq * d, 1.0));
+    let mut inplace = q.clone();
+    unsafe {
+        assert_ok(cuda_mqa_attention(q.as_ptr(), kv.as_ptr(), vv.as_ptr(), want.as_mut_ptr(), std::ptr::null(), batch as i32, seq as i32, heads as i32, d as i32, 0.3, NULL));
+        assert_ok(cuda_mqa_attention(inplace.as_ptr(), kv.as_ptr(), vv.as_ptr(), inplace.as_mut_ptr(), std::ptr::null(), batch as i32, seq as i32, heads as i32, d as i32, 0.3, NULL));
+    }
+    assert_eq!(inplace, want, "mqa attention with output == Q");
 }

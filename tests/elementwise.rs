@@ -102,3 +102,16 @@ fn bad_arguments_are_rejected_and_outputs_untouched() {
         assert_untouched(&y, "output");
     }
 }
+
+#[test]
+fn silu_keeps_precision_in_the_deep_negative_tail() {
+    // silu(x) ~ x e^x is normal down to x ~ -87 but e^x alone is subnormal there.
+    let x: Vec<f32> = (0..2000).map(|i| -80.0 - i as f32 * 0.0121).collect();
+    let mut y = poisoned(x.len());
+    assert_ok(unsafe { cuda_silu(x.as_ptr(), y.as_mut_ptr(), x.len() as i64, NULL) });
+    for (&x, &y) in x.iter().zip(&y) {
+        let want = silu_ref(x as f64);
+        let ulp = if want.abs() < f32::MIN_POSITIVE as f64 { 1.4e-45 } else { (want.abs() as f32).next_up() as f64 - want.abs() as f32 as f64 };
+        assert!((y as f64 - want).abs() <= 4.0 * ulp, "silu({x}) = {y}, want {want}");
+    }
+}

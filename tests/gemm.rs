@@ -69,8 +69,24 @@ fn gemm_bad_arguments() {
         assert_invalid(cuda_gemm_batched(a.as_ptr(), a.as_ptr(), c.as_mut_ptr(), -1, 8, 8, 8, 1.0, 0.0, NULL), "cuda_gemm_batched", "batch must be >= 0");
     }
     assert_untouched(&c, "C");
-    let mut buf = poisoned(64);
+    let mut buf = poisoned(65);
     let p = buf.as_mut_ptr();
-    unsafe { assert_invalid(cuda_gemm(p, a.as_ptr(), p, 8, 8, 8, 1.0, 0.0, NULL), "cuda_gemm", "C overlaps A") };
+    unsafe { assert_invalid(cuda_gemm(p, a.as_ptr(), p.add(1), 8, 8, 8, 1.0, 0.0, NULL), "cuda_gemm", "C partially overlaps A") };
     assert_untouched(&buf, "C");
+}
+
+#[test]
+fn gemm_in_place_on_a_or_b_uses_the_original_values() {
+    // C may be the very buffer of A (K == N) or B (K == M): ABI.md allows in place.
+    let mut rng = Rng::new(32);
+    let n = 24;
+    let (a, b) = (rng.vec(n * n, 1.0), rng.vec(n * n, 1.0));
+    let want = gemm_ref(&a, &b, &a, n, n, n, 1.0, 0.5);
+    let mut ca = a.clone();
+    assert_ok(unsafe { cuda_gemm(ca.as_ptr(), b.as_ptr(), ca.as_mut_ptr(), n as i32, n as i32, n as i32, 1.0, 0.5, NULL) });
+    assert_close(&ca, &want, tol(n), tol(n), "C == A");
+    let want = gemm_ref(&a, &b, &b, n, n, n, 1.0, 0.5);
+    let mut cb = b.clone();
+    assert_ok(unsafe { cuda_gemm(a.as_ptr(), cb.as_ptr(), cb.as_mut_ptr(), n as i32, n as i32, n as i32, 1.0, 0.5, NULL) });
+    assert_close(&cb, &want, tol(n), tol(n), "C == B");
 }

@@ -83,14 +83,23 @@ fn optim_bad_arguments() {
         assert_invalid(adam(1, 1.0, 0.999, 1e-8), "cuda_adamw_step", "beta1 must be in [0, 1) (got 1)");
         assert_invalid(adam(1, 0.9, -0.1, 1e-8), "cuda_adamw_step", "beta2 must be in [0, 1)");
         assert_invalid(adam(1, 0.9, 0.999, -1.0), "cuda_adamw_step", "eps must be finite and >= 0");
-        assert_invalid(cuda_adamw_step(p.as_mut_ptr(), g.as_ptr(), p.as_mut_ptr(), v.as_mut_ptr(), 1e-3, 0.9, 0.999, 1e-8, 0.0, 1, 16, NULL), "cuda_adamw_step", "overlaps");
+        assert_invalid(cuda_adamw_step(p.as_mut_ptr(), g.as_ptr(), p.as_mut_ptr(), v.as_mut_ptr(), 1e-3, 0.9, 0.999, 1e-8, 0.0, 1, 16, NULL), "cuda_adamw_step", "outputs must be distinct");
         assert_invalid(cuda_zero_grad(std::ptr::null_mut(), 3, NULL), "cuda_zero_grad", "grad is NULL");
         assert_invalid(cuda_grad_clip(p.as_mut_ptr(), m.as_mut_ptr(), v.as_mut_ptr(), 0.0, 16, NULL), "cuda_grad_clip", "clip_norm must be finite and > 0 (got 0)");
         assert_invalid(cuda_grad_clip(p.as_mut_ptr(), std::ptr::null_mut(), v.as_mut_ptr(), 1.0, 16, NULL), "cuda_grad_clip", "partial_norms is NULL");
         assert_invalid(cuda_scatter_add(g.as_ptr(), [0, 1].as_ptr(), p.as_mut_ptr(), 2, -8, NULL), "cuda_scatter_add", "embedding_dim must be >= 0");
-        assert_invalid(cuda_scatter_add(p.as_ptr(), [0, 1].as_ptr(), p.as_mut_ptr(), 2, 8, NULL), "cuda_scatter_add", "overlaps");
+        assert_invalid(cuda_scatter_add(p.as_ptr().add(1), [0, 1].as_ptr(), p.as_mut_ptr(), 2, 7, NULL), "cuda_scatter_add", "grad_weight partially overlaps grad_output");
     }
     for (buf, name) in [(&p, "param"), (&m, "m"), (&v, "v")] {
         assert_untouched(buf, name);
     }
+}
+
+#[test]
+fn in_place_on_an_input_uses_the_original_values() {
+    // grad_weight may be grad_output's very buffer (same size): the sum uses the old values.
+    let go = vec![1.0f32, 2.0, 3.0, 4.0];
+    let mut gw = go.clone();
+    assert_ok(unsafe { cuda_scatter_add(gw.as_ptr(), [1, 1].as_ptr(), gw.as_mut_ptr(), 2, 2, NULL) });
+    assert_eq!(gw, vec![1.0, 2.0, 3.0 + 1.0 + 3.0, 4.0 + 2.0 + 4.0]);
 }

@@ -108,8 +108,6 @@ def test_mqa_explicit_causal_mask_equals_null_mask(lib, rng):
 
 # ABI.md, Aliasing: "an output may be the very same pointer as an input of the same
 # shape (in-place)". output and Q share the shape [batch, seq, n_heads, head_dim].
-@pytest.mark.xfail(strict=True, reason="library bug: rejects output == Q with -2 "
-                   "('output overlaps Q') although ABI.md allows same-shape in-place")
 @pytest.mark.parametrize("op", ["cuda_flash_attention", "cuda_mqa_attention"])
 def test_attention_in_place_output_is_q(lib, rng, op):
     b, s, h, d = 1, 9, 2, 8

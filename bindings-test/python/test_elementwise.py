@@ -21,8 +21,6 @@ def test_silu(lib, rng, n):
     assert_ulp(y, ref.silu(x), max_ulp=4)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: silu loses accuracy once exp(x) "
-                   "is subnormal in float32 (x < -87.3), up to 2x off for subnormal results")
 def test_silu_deep_negative_tail(lib):
     x = np.linspace(-104, -87.5, 4097).astype(np.float32)
     y = poisoned(x.size)

@@ -49,9 +49,12 @@ pub unsafe extern "C" fn cuda_attention_scores(
         let q = Input::new("Q", Q, if out_len == 0 { 0 } else { q_len })?;
         let k = Input::new("K", K, if out_len == 0 { 0 } else { kv_len })?;
         let out = Output::new("scores", scores, out_len)?;
-        check::disjoint(&[q.region(), k.region(), out.region()], &[])?;
+        check::disjoint(&[q.region(), k.region(), out.region()])?;
         dispatch::run(stream, out_len, || {
-            unsafe { attention::scores(q.slice(), k.slice(), out.slice(), s, scale) };
+            unsafe {
+                let (q, k) = (q.read(&[out.region()]), k.read(&[out.region()]));
+                attention::scores(&q, &k, out.slice(), s, scale);
+            }
             Ok(())
         })
     })
@@ -77,9 +80,12 @@ pub unsafe extern "C" fn cuda_attention_output(
         let w = Input::new("weights", weights, if out_len == 0 { 0 } else { score_len(&s)? })?;
         let v = Input::new("V", V, if out_len == 0 { 0 } else { kv_len })?;
         let out = Output::new("output", output, out_len)?;
-        check::disjoint(&[w.region(), v.region(), out.region()], &[])?;
+        check::disjoint(&[w.region(), v.region(), out.region()])?;
         dispatch::run(stream, out_len, || {
-            unsafe { attention::output(w.slice(), v.slice(), out.slice(), s) };
+            unsafe {
+                let (w, v) = (w.read(&[out.region()]), v.read(&[out.region()]));
+                attention::output(&w, &v, out.slice(), s);
+            }
             Ok(())
         })
     })
@@ -89,7 +95,7 @@ pub unsafe extern "C" fn cuda_attention_output(
 /// `output = softmax(scale · Q Kᵀ [+ causal mask if is_causal != 0]) · V`, all of
 /// `Q`, `K`, `V`, `output` `[batch, seq_len, n_heads, head_dim]`. A query whose keys
 /// are all masked yields zeros. Returns -2 for NULL pointers with a non-empty
-/// shape, negative or overflowing sizes, or any overlap with `output`.
+/// shape, negative or overflowing sizes, or overlaps. `output` may be `Q`.
 #[unsafe(no_mangle)]
 #[allow(non_snake_case)]
 pub unsafe extern "C" fn cuda_flash_attention(
@@ -159,14 +165,16 @@ unsafe fn fused(
     let mask_len = if mask.is_null() { 0 } else { used(check::elements(&[("seq_len", s.seq), ("seq_len", s.seq)])?) };
     let m = Input::new("mask", mask, mask_len)?;
     let out = Output::new("output", output, n)?;
-    check::disjoint(&[q.region(), k.region(), v.region(), m.region(), out.region()], &[])?;
+    check::disjoint(&[q.region(), k.region(), v.region(), m.region(), out.region()])?;
     dispatch::run(stream, n, || {
+        let written = [out.region()];
+        let (q, k, v, m) = unsafe { (q.read(&written), k.read(&written), v.read(&written), m.read(&written)) };
         let mask = match (causal, mask.is_null()) {
             (true, _) => Mask::Causal,
-            (false, false) => Mask::Additive(unsafe { m.slice() }),
+            (false, false) => Mask::Additive(&m),
             (false, true) => Mask::None,
         };
-        unsafe { attention::attention(q.slice(), k.slice(), v.slice(), out.slice(), s, scale, mask) };
+        attention::attention(&q, &k, &v, unsafe { out.slice() }, s, scale, mask);
         Ok(())
     })
 }

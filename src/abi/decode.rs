@@ -26,9 +26,9 @@ fn rows<'a>(logits: *const f32, output: *mut i32, batch: c_int, vocab_size: c_in
 pub unsafe extern "C" fn cuda_argmax(logits: *const f32, output: *mut i32, batch: c_int, vocab_size: c_int, stream: *mut c_void) -> i32 {
     ffi_fn!("cuda_argmax", {
         let (x, y, vocab) = rows(logits, output, batch, vocab_size)?;
-        check::disjoint(&[x.region(), y.region()], &[])?;
+        check::disjoint(&[x.region(), y.region()])?;
         dispatch::run(stream, y.len, || {
-            unsafe { decode::argmax(x.slice(), y.slice(), vocab) };
+            unsafe { decode::argmax(&x.read(&[y.region()]), y.slice(), vocab) };
             Ok(())
         })
     })
@@ -40,9 +40,9 @@ unsafe fn sample(logits: *const f32, output: *mut i32, seeds: *const u64, batch:
     require(temperature >= 0.0, || format!("temperature must be >= 0 (got {temperature})"))?;
     let (x, y, vocab) = rows(logits, output, batch, vocab_size)?;
     let s = Input::new("seeds", seeds, y.len)?;
-    check::disjoint(&[x.region(), s.region(), y.region()], &[])?;
+    check::disjoint(&[x.region(), s.region(), y.region()])?;
     dispatch::run(stream, y.len, || {
-        unsafe { decode::sample(x.slice(), s.slice(), y.slice(), vocab, temperature, sampler) };
+        unsafe { decode::sample(&x.read(&[y.region()]), &s.read(&[y.region()]), y.slice(), vocab, temperature, sampler) };
         Ok(())
     })
 }

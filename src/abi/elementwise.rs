@@ -16,7 +16,7 @@ pub unsafe extern "C" fn cuda_silu(input: *const f32, output: *mut f32, n: i64, 
     ffi_fn!("cuda_silu", {
         let (x, y) = unary(input, output, n)?;
         dispatch::run(stream, y.len, || {
-            unsafe { elementwise::silu(Src::of(&x, &y), y.slice()) };
+            unsafe { elementwise::silu(Src::of(&x, &y, &[]), y.slice()) };
             Ok(())
         })
     })
@@ -27,7 +27,7 @@ fn unary<'a>(input: *const f32, output: *mut f32, n: i64) -> Result<(Input<'a, f
     let n = check::count("n", n)?;
     let x = Input::new("input", input, n)?;
     let y = Output::new("output", output, n)?;
-    check::disjoint(&[x.region(), y.region()], &[("output", "input")])?;
+    check::disjoint(&[x.region(), y.region()])?;
     Ok((x, y))
 }
 
@@ -37,7 +37,7 @@ fn binary<'a>(a: *const f32, b: *const f32, output: *mut f32, n: i64) -> Result<
     let a = Input::new("a", a, n)?;
     let b = Input::new("b", b, n)?;
     let y = Output::new("output", output, n)?;
-    check::disjoint(&[a.region(), b.region(), y.region()], &[("output", "a"), ("output", "b")])?;
+    check::disjoint(&[a.region(), b.region(), y.region()])?;
     Ok((a, b, y))
 }
 
@@ -48,7 +48,7 @@ pub unsafe extern "C" fn cuda_add(a: *const f32, b: *const f32, output: *mut f32
     ffi_fn!("cuda_add", {
         let (a, b, y) = binary(a, b, output, n)?;
         dispatch::run(stream, y.len, || {
-            unsafe { elementwise::add(Src::of(&a, &y), Src::of(&b, &y), y.slice()) };
+            unsafe { elementwise::add(Src::of(&a, &y, &[]), Src::of(&b, &y, &[]), y.slice()) };
             Ok(())
         })
     })
@@ -61,7 +61,7 @@ pub unsafe extern "C" fn cuda_mul(a: *const f32, b: *const f32, output: *mut f32
     ffi_fn!("cuda_mul", {
         let (a, b, y) = binary(a, b, output, n)?;
         dispatch::run(stream, y.len, || {
-            unsafe { elementwise::mul(Src::of(&a, &y), Src::of(&b, &y), y.slice()) };
+            unsafe { elementwise::mul(Src::of(&a, &y, &[]), Src::of(&b, &y, &[]), y.slice()) };
             Ok(())
         })
     })
@@ -75,7 +75,7 @@ pub unsafe extern "C" fn cuda_scale(input: *const f32, output: *mut f32, scale: 
     ffi_fn!("cuda_scale", {
         let (x, y) = unary(input, output, n)?;
         dispatch::run(stream, y.len, || {
-            unsafe { elementwise::scale(Src::of(&x, &y), scale, y.slice()) };
+            unsafe { elementwise::scale(Src::of(&x, &y, &[]), scale, y.slice()) };
             Ok(())
         })
     })

@@ -8,7 +8,7 @@ use crate::cpu::gemm;
 use crate::dispatch;
 
 /// Row-major `C[M,N] = alpha * A[M,K] * B[K,N] + beta * C`. With `beta == 0`,
-/// `C` is not read (it may hold NaN). `C` must not overlap `A` or `B`.
+/// `C` is not read (it may hold NaN). `C` may be `A`'s or `B`'s very buffer.
 /// Returns -2 for NULL pointers with a non-empty shape, negative or overflowing
 /// dimensions, or overlaps.
 #[unsafe(no_mangle)]
@@ -75,9 +75,12 @@ unsafe fn batched(
     let a = Input::new("A", A, a_len)?;
     let b = Input::new("B", B, b_len)?;
     let c = Output::new("C", C, c_len)?;
-    check::disjoint(&[a.region(), b.region(), c.region()], &[])?;
+    check::disjoint(&[a.region(), b.region(), c.region()])?;
     dispatch::run(stream, c_len, || {
-        unsafe { gemm::sgemm_batched(a.slice(), b.slice(), c.slice(), m, n, k, alpha, beta) };
+        unsafe {
+            let (a, b) = (a.read(&[c.region()]), b.read(&[c.region()]));
+            gemm::sgemm_batched(&a, &b, c.slice(), m, n, k, alpha, beta);
+        }
         Ok(())
     })
 }

@@ -42,9 +42,12 @@ pub unsafe extern "C" fn cuda_cross_entropy_forward(
         let x = Input::new("logits", logits, n)?;
         let l = Output::new("loss", loss, if n == 0 { 0 } else { 1 })?;
         let lp = Output::new("log_probs", log_probs, n)?;
-        check::disjoint(&[x.region(), t.region(), l.region(), lp.region()], &[("log_probs", "logits")])?;
+        check::disjoint(&[x.region(), t.region(), l.region(), lp.region()])?;
         dispatch::run(stream, n, || {
-            unsafe { l.slice()[0] = loss::cross_entropy_forward(Src::of(&x, &lp), t.slice(), lp.slice(), vocab) };
+            unsafe {
+                let t = t.read(&[l.region(), lp.region()]);
+                l.slice()[0] = loss::cross_entropy_forward(Src::of(&x, &lp, &[l.region()]), &t, lp.slice(), vocab);
+            }
             Ok(())
         })
     })
@@ -67,9 +70,12 @@ pub unsafe extern "C" fn cuda_cross_entropy_backward(
         let (t, vocab, n) = targets_checked(targets, batch_seq, vocab_size)?;
         let lp = Input::new("log_probs", log_probs, n)?;
         let d = Output::new("d_logits", d_logits, n)?;
-        check::disjoint(&[lp.region(), t.region(), d.region()], &[("d_logits", "log_probs")])?;
+        check::disjoint(&[lp.region(), t.region(), d.region()])?;
         dispatch::run(stream, n, || {
-            unsafe { loss::cross_entropy_backward(Src::of(&lp, &d), t.slice(), d.slice(), vocab, scale) };
+            unsafe {
+                let t = t.read(&[d.region()]);
+                loss::cross_entropy_backward(Src::of(&lp, &d, &[]), &t, d.slice(), vocab, scale);
+            }
             Ok(())
         })
     })
@@ -109,9 +115,10 @@ pub unsafe extern "C" fn cuda_aux_loss_forward(
         let l = Output::new("aux_loss", aux_loss, used(1))?;
         let f = Output::new("f_counts", f_counts, used(experts))?;
         let pm = Output::new("p_means", p_means, used(experts))?;
-        check::disjoint(&[p.region(), idx.region(), l.region(), f.region(), pm.region()], &[])?;
+        check::disjoint(&[p.region(), idx.region(), l.region(), f.region(), pm.region()])?;
         dispatch::run(stream, n, || {
-            let out = unsafe { loss::aux_loss(p.slice(), idx.slice(), experts, k, alpha) };
+            let written = [l.region(), f.region(), pm.region()];
+            let out = unsafe { loss::aux_loss(&p.read(&written), &idx.read(&written), experts, k, alpha) };
             unsafe {
                 l.slice()[0] = out.loss;
                 f.slice().copy_from_slice(&out.f_counts);

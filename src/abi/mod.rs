@@ -32,6 +32,9 @@ pub const CUDANN_SUCCESS: i32 = 0;
 pub const CUDANN_NOT_AVAILABLE: i32 = -1;
 /// A bad argument: NULL with a non-empty size, negative or overflowing size,
 /// out-of-range parameter, overlapping buffers. Nothing was written.
+/// ("Overlaps" everywhere below: an output may be exactly the buffer of an input
+/// of the same size, an in-place call computed from the input's old values; any
+/// other overlap of an output with a buffer, or of two outputs, is -2.)
 pub const CUDANN_INVALID_VALUE: i32 = -2;
 /// A kernel or library call failed on the device.
 pub const CUDANN_LAUNCH_FAILED: i32 = -3;

@@ -34,9 +34,12 @@ pub unsafe extern "C" fn cuda_rmsnorm(
         let x = Input::new("input", input, n)?;
         let w = Input::new("weight", weight, if n == 0 { 0 } else { hidden })?;
         let y = Output::new("output", output, n)?;
-        check::disjoint(&[x.region(), w.region(), y.region()], &[("output", "input")])?;
+        check::disjoint(&[x.region(), w.region(), y.region()])?;
         dispatch::run(stream, n, || {
-            unsafe { norm::rmsnorm(Src::of(&x, &y), w.slice(), y.slice(), hidden, eps) };
+            unsafe {
+                let w = w.read(&[y.region()]);
+                norm::rmsnorm(Src::of(&x, &y, &[]), &w, y.slice(), hidden, eps);
+            }
             Ok(())
         })
     })
@@ -64,14 +67,14 @@ pub unsafe extern "C" fn cuda_rmsnorm_residual(
         let w = Input::new("weight", weight, if n == 0 { 0 } else { hidden })?;
         let y = Output::new("output", output, n)?;
         let s = Output::new("residual_out", residual_out, n)?;
-        let in_place = [("output", "input"), ("output", "residual"), ("residual_out", "input"), ("residual_out", "residual")];
-        check::disjoint(&[x.region(), r.region(), w.region(), y.region(), s.region()], &in_place)?;
+        check::disjoint(&[x.region(), r.region(), w.region(), y.region(), s.region()])?;
         dispatch::run(stream, n, || {
-            // The sum lands in residual_out first; inputs that alias `output` are
-            // no longer needed when the norm overwrites them.
+            // The sum lands in residual_out first; inputs that are `output`'s
+            // buffer are no longer needed when the norm overwrites them.
             unsafe {
-                elementwise::add(Src::of(&x, &s), Src::of(&r, &s), s.slice());
-                norm::rmsnorm(Src::Slice(s.slice()), w.slice(), y.slice(), hidden, eps);
+                let w = w.read(&[y.region(), s.region()]);
+                elementwise::add(Src::of(&x, &s, &[]), Src::of(&r, &s, &[]), s.slice());
+                norm::rmsnorm(Src::Slice(s.slice()), &w, y.slice(), hidden, eps);
             }
             Ok(())
         })

@@ -40,10 +40,13 @@ pub unsafe extern "C" fn cuda_adamw_step(
         let g = Input::new("grad", grad, n)?;
         let mm = Output::new("m", m, n)?;
         let vv = Output::new("v", v, n)?;
-        check::disjoint(&[p.region(), g.region(), mm.region(), vv.region()], &[])?;
+        check::disjoint(&[p.region(), g.region(), mm.region(), vv.region()])?;
         let h = AdamW { lr, beta1, beta2, eps, weight_decay, step };
         dispatch::run(stream, n, || {
-            unsafe { optim::adamw(p.slice(), g.slice(), mm.slice(), vv.slice(), h) };
+            unsafe {
+                let g = g.read(&[p.region(), mm.region(), vv.region()]);
+                optim::adamw(p.slice(), &g, mm.slice(), vv.slice(), h);
+            }
             Ok(())
         })
     })
@@ -81,7 +84,7 @@ pub unsafe extern "C" fn cuda_grad_clip(
         let g = Output::new("grad", grad, n)?;
         let scratch = Output::new("partial_norms", partial_norms, n.div_ceil(256))?;
         let total = Output::new("total_norm", total_norm, if n == 0 { 0 } else { 1 })?;
-        check::disjoint(&[g.region(), scratch.region(), total.region()], &[])?;
+        check::disjoint(&[g.region(), scratch.region(), total.region()])?;
         dispatch::run(stream, n, || {
             unsafe { total.slice()[0] = optim::clip(g.slice(), clip_norm) };
             Ok(())
@@ -112,9 +115,12 @@ pub unsafe extern "C" fn cuda_scatter_add(
         // The table's height is not passed: it is whatever the largest index needs.
         let height = unsafe { idx.slice() }.iter().map(|&i| i as i64 + 1).max().unwrap_or(0).max(0) as usize;
         let gw = Output::new("grad_weight", grad_weight, check::elements(&[("max index + 1", height), ("embedding_dim", dim)])?)?;
-        check::disjoint(&[go.region(), idx.region(), gw.region()], &[])?;
+        check::disjoint(&[go.region(), idx.region(), gw.region()])?;
         dispatch::run(stream, gw.len, || {
-            unsafe { optim::scatter_add(go.slice(), idx.slice(), gw.slice(), dim) };
+            unsafe {
+                let (go, idx) = (go.read(&[gw.region()]), idx.read(&[gw.region()]));
+                optim::scatter_add(&go, &idx, gw.slice(), dim);
+            }
             Ok(())
         })
     })

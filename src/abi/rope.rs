@@ -78,9 +78,12 @@ pub unsafe extern "C" fn cuda_rope_forward(
         let x = Input::new("input", input, n)?;
         let f = Input::new("freqs", freqs, if n == 0 { 0 } else { table_len(&shape)? })?;
         let y = Output::new("output", output, n)?;
-        check::disjoint(&[x.region(), f.region(), y.region()], &[("output", "input")])?;
+        check::disjoint(&[x.region(), f.region(), y.region()])?;
         dispatch::run(stream, n, || {
-            unsafe { rope::rotate(Src::of(&x, &y), y.slice(), f.slice(), shape, Angles::AsStored) };
+            unsafe {
+                let f = f.read(&[y.region()]);
+                rope::rotate(Src::of(&x, &y, &[]), y.slice(), &f, shape, Angles::AsStored);
+            }
             Ok(())
         })
     })
@@ -114,11 +117,14 @@ pub unsafe extern "C" fn cuda_rope_qk(
         let qo = Output::new("q_out", q_out, nq)?;
         let ko = Output::new("k_out", k_out, nk)?;
         let regions = [q.region(), k.region(), f.region(), qo.region(), ko.region()];
-        check::disjoint(&regions, &[("q_out", "q"), ("k_out", "k")])?;
+        check::disjoint(&regions)?;
         dispatch::run(stream, nq + nk, || {
+            // Inputs that are the *other* output's buffer are copied before either is written.
             unsafe {
-                rope::rotate(Src::of(&q, &qo), qo.slice(), f.slice(), q_shape, Angles::AsStored);
-                rope::rotate(Src::of(&k, &ko), ko.slice(), f.slice(), k_shape, Angles::AsStored);
+                let f = f.read(&[qo.region(), ko.region()]);
+                let (q, k) = (Src::of(&q, &qo, &[ko.region()]), Src::of(&k, &ko, &[qo.region()]));
+                rope::rotate(q, qo.slice(), &f, q_shape, Angles::AsStored);
+                rope::rotate(k, ko.slice(), &f, k_shape, Angles::AsStored);
             }
             Ok(())
         })
@@ -132,12 +138,13 @@ unsafe fn rotate_q_and_k(q: *mut f32, k: *mut f32, freqs: *const f32, batch: c_i
     let q = Output::new("q", q, n)?;
     let k = Output::new("k", k, n)?;
     let f = Input::new("freqs", freqs, if n == 0 { 0 } else { table_len(&shape)? })?;
-    check::disjoint(&[q.region(), k.region(), f.region()], &[])?;
+    check::disjoint(&[q.region(), k.region(), f.region()])?;
     let angles = angles(&shape);
     dispatch::run(stream, n, || {
         unsafe {
-            rope::rotate(Src::Output, q.slice(), f.slice(), shape, angles);
-            rope::rotate(Src::Output, k.slice(), f.slice(), shape, angles);
+            let f = f.read(&[q.region(), k.region()]);
+            rope::rotate(Src::Output, q.slice(), &f, shape, angles);
+            rope::rotate(Src::Output, k.slice(), &f, shape, angles);
         }
         Ok(())
     })

@@ -19,9 +19,9 @@ pub unsafe extern "C" fn cuda_softmax(input: *const f32, output: *mut f32, rows:
         let n = check::elements(&[("rows", rows), ("cols", cols)])?;
         let x = Input::new("input", input, n)?;
         let y = Output::new("output", output, n)?;
-        check::disjoint(&[x.region(), y.region()], &[("output", "input")])?;
+        check::disjoint(&[x.region(), y.region()])?;
         dispatch::run(stream, n, || {
-            unsafe { softmax::softmax(Src::of(&x, &y), y.slice(), cols) };
+            unsafe { softmax::softmax(Src::of(&x, &y, &[]), y.slice(), cols) };
             Ok(())
         })
     })
@@ -49,9 +49,12 @@ pub unsafe extern "C" fn cuda_softmax_topk(
         let x = Input::new("input", input, check::elements(&[("rows", rows), ("cols", cols)])?)?;
         let w = Output::new("weights", weights, rows * k)?;
         let idx = Output::new("indices", indices, rows * k)?;
-        check::disjoint(&[x.region(), w.region(), idx.region()], &[])?;
+        check::disjoint(&[x.region(), w.region(), idx.region()])?;
         dispatch::run(stream, rows * k, || {
-            unsafe { softmax::softmax_topk(x.slice(), w.slice(), idx.slice(), cols, k) };
+            unsafe {
+                let x = x.read(&[w.region(), idx.region()]);
+                softmax::softmax_topk(&x, w.slice(), idx.slice(), cols, k);
+            }
             Ok(())
         })
     })

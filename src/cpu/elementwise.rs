@@ -2,15 +2,17 @@
 
 use multiversion::multiversion;
 
-use super::math::exp;
+use super::math::{exp_parts, ldexp};
 use super::par::{CHUNK, Src, blocks};
 
-/// x * sigmoid(x), with sigmoid written so neither branch overflows.
+/// x * sigmoid(x) with e = e^-|x| (never overflows): x / (1 + e) for x >= 0 and
+/// x e / (1 + e) below, where the 2^n of e is applied last so that results
+/// near the subnormals keep their precision.
 #[inline(always)]
 fn silu_one(x: f32) -> f32 {
-    let e = exp(-x.abs());
-    let sigmoid = if x >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
-    x * sigmoid
+    let (p, n) = exp_parts(-x.abs());
+    let e = ldexp(p, n);
+    if x >= 0.0 { x / (1.0 + e) } else { ldexp(x * p / (1.0 + e), n) }
 }
 
 #[multiversion(targets = "simd")]

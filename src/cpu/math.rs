@@ -12,15 +12,20 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 /// 2^n for integer n in [-126, 127], built from the exponent bits.
 #[inline(always)]
 fn pow2i(n: i32) -> f32 {
-    f32::from_bits(((n + 127) as u32) << 23)
+    f32::from_bits((n.wrapping_add(127) as u32) << 23)
 }
 
-/// e^x for all f32 x: overflows to +inf above ~88.72, underflows through the
-/// subnormals to 0 below ~-103.97, NaN stays NaN.
+/// e^x as (p, n) with e^x = p * 2^n and p in [1/sqrt 2, sqrt 2]: callers that
+/// multiply more factors in before scaling keep full precision where e^x alone
+/// would be subnormal. x is clamped to [-170, 88.8]; NaN gives a NaN p.
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    let x = x.clamp(-104.0, 88.8);
-    let n = (x * LOG2_E + ROUND_MAGIC) - ROUND_MAGIC;
+pub fn exp_parts(x: f32) -> (f32, i32) {
+    let x = x.clamp(-170.0, 88.8);
+    let shifted = x * LOG2_E + ROUND_MAGIC;
+    let n = shifted - ROUND_MAGIC;
+    // The integer n read from the low mantissa bits: unlike a float-to-int cast,
+    // this vectorises (a NaN gives garbage here, but NaN stays NaN through p).
+    let ni = (shifted.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
     let r = x - n * LN2_HI - n * LN2_LO;
     // Taylor to r^7 on |r| <= ln2/2: truncation below 0.1 ulp.
     let p = 1.0
@@ -28,10 +33,23 @@ pub fn exp(x: f32) -> f32 {
             + r * (0.5
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    // 2^n in two factors so that n down to -150 reaches the subnormals.
-    let n = n as i32;
+    (p, ni)
+}
+
+/// v * 2^n for n in [-252, 254], in two exact factors so that results reach the
+/// subnormals (or overflow) with a single rounding.
+#[inline(always)]
+pub fn ldexp(v: f32, n: i32) -> f32 {
     let half = n >> 1;
-    p * pow2i(half) * pow2i(n - half)
+    v * pow2i(half) * pow2i(n.wrapping_sub(half))
+}
+
+/// e^x for all f32 x: overflows to +inf above ~88.72, underflows through the
+/// subnormals to 0 below ~-103.97, NaN stays NaN.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let (p, n) = exp_parts(x);
+    ldexp(p, n)
 }
 
 /// ln x for positive normal x (the only inputs the callers give it).

@@ -6,24 +6,34 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::check::{Input, Output};
+use std::borrow::Cow;
+
+use crate::check::{Input, Output, Region};
 
 /// Elements per task for elementwise work: large enough to amortise scheduling,
 /// small enough that an in-place copy stays in L1/L2.
 pub(crate) const CHUNK: usize = 16 * 1024;
 
 /// Where an input's data comes from.
-#[derive(Clone, Copy)]
 pub enum Src<'a> {
     Slice(&'a [f32]),
-    /// The input is the output buffer (in-place call).
+    /// The input is the output buffer (in-place call): streamed block by block.
     Output,
+    /// A copy, taken because the input is the buffer of another output.
+    Copy(Vec<f32>),
 }
 
 impl<'a> Src<'a> {
-    /// The input of a call whose output is `output`. Safety: as [`Input::slice`].
-    pub unsafe fn of(input: &Input<'a, f32>, output: &Output<'_, f32>) -> Self {
-        if output.is(input) { Src::Output } else { Src::Slice(unsafe { input.slice() }) }
+    /// The input of a kernel writing `output` (and `others`). Safety: as [`Input::slice`].
+    pub unsafe fn of(input: &Input<'a, f32>, output: &Output<'_, f32>, others: &[Region]) -> Self {
+        if output.is(input) {
+            Src::Output
+        } else {
+            match unsafe { input.read(others) } {
+                Cow::Borrowed(data) => Src::Slice(data),
+                Cow::Owned(copy) => Src::Copy(copy),
+            }
+        }
     }
 }
 
@@ -49,6 +59,7 @@ pub fn blocks<const N: usize, R: Send>(
             let slice = |src: &Src, copy: &[f32]| -> *const [f32] {
                 match src {
                     Src::Slice(s) => &s[range.clone()],
+                    Src::Copy(s) => &s[range.clone()],
                     Src::Output => copy,
                 }
             };
@@ -58,11 +69,11 @@ pub fn blocks<const N: usize, R: Send>(
                     copy.clear();
                     copy.extend_from_slice(y);
                     // SAFETY: each pointer is a live slice (a caller input or the copy).
-                    let xs = srcs.map(|s| unsafe { &*slice(&s, &copy) });
+                    let xs = std::array::from_fn(|i| unsafe { &*slice(&srcs[i], &copy) });
                     f(index, xs, y)
                 })
             } else {
-                let xs = srcs.map(|s| unsafe { &*slice(&s, &[]) });
+                let xs = std::array::from_fn(|i| unsafe { &*slice(&srcs[i], &[]) });
                 f(index, xs, y)
             }
         })

@@ -61,8 +61,9 @@ pub fn rotate(x: Src, y: &mut [f32], freqs: &[f32], shape: RopeShape, angles: An
     y.par_chunks_mut(token).enumerate().for_each(|(t, y)| {
         let position = t % shape.seq_len + shape.offset;
         let rot = rotation_row(freqs, position, shape.head_dim, angles);
-        let x = match x {
+        let x = match &x {
             Src::Slice(x) => Some(&x[t * token..(t + 1) * token]),
+            Src::Copy(x) => Some(&x[t * token..(t + 1) * token]),
             Src::Output => None, // in place: each pair is read before it is written
         };
         for (h, y) in y.chunks_exact_mut(shape.head_dim).enumerate() {
