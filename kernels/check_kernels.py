@@ -1,0 +1,621 @@
+#!/usr/bin/env python3
+"""Launch every PTX kernel on the GPU exactly as the Rust runtime does and
+compare it with a float64 numpy reference.
+
+    python3 kernels/check_kernels.py        (from the repository root; needs CuPy and a GPU)
+
+Prints op / case / error / OK per check and exits 1 on any failure. Also runs
+each kernel with a tiny grid (grid-stride paths), with misaligned pointers
+(scalar paths), in place where the ABI allows it, and twice for the
+reductions (bitwise determinism). No timing.
+"""
+
+import math
+import os
+import sys
+
+import cupy as cp
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PTX = os.path.join(ROOT, "kernels", "ptx")
+MODULES = {}
+FAILED = []
+RNG = np.random.default_rng(1234)
+NAN = float("nan")
+INF = float("inf")
+
+
+def kernel(module, name):
+    if module not in MODULES:
+        MODULES[module] = cp.RawModule(path=os.path.join(PTX, module + ".ptx"))
+    return MODULES[module].get_function(name)
+
+
+def report(op, case, err, ok):
+    print(f"{op:<22} {case:<44} {err:>12.3e}  {'OK' if ok else 'FAIL'}")
+    if not ok:
+        FAILED.append(f"{op} {case}")
+
+
+def rel_err(got, want, atol=0.0):
+    """Max |got - want| / (|want| + atol) over finite references; a NaN/inf
+    reference must be matched exactly (same class)."""
+    got = np.asarray(got, np.float64).ravel()
+    want = np.asarray(want, np.float64).ravel()
+    if got.shape != want.shape:
+        return INF
+    special = ~np.isfinite(want)
+    if np.any(special):
+        g, w = got[special], want[special]
+        if not np.all((np.isnan(g) & np.isnan(w)) | (g == w)):
+            return INF
+    fin = ~special
+    if not np.any(fin):
+        return 0.0
+    if not np.all(np.isfinite(got[fin])):
+        return INF
+    d = np.abs(got[fin] - want[fin])
+    return float(np.max(d / (np.abs(want[fin]) + atol))) if d.size else 0.0
+
+
+def ulp_err(got, want):
+    """Max error in units of the float32 spacing at the reference."""
+    got = np.asarray(got, np.float64).ravel()
+    want = np.asarray(want, np.float64).ravel()
+    special = ~np.isfinite(want)
+    if not np.all((np.isnan(got[special]) & np.isnan(want[special])) | (got[special] == want[special])):
+        return INF
+    w = want[~special]
+    spacing = np.spacing(np.abs(w).astype(np.float32)).astype(np.float64)
+    return float(np.max(np.abs(got[~special] - w) / spacing)) if w.size else 0.0
+
+
+def grid_ew(n):
+    return min(-(-n // 1024), 65535)
+
+
+def dev(a, offset=0):
+    """Device copy of a; offset > 0 shifts it by that many elements (misaligned)."""
+    a = np.ascontiguousarray(a)
+    if offset == 0:
+        return cp.asarray(a)
+    buf = cp.empty(a.size + offset, a.dtype)
+    view = buf[offset:]
+    view.set(a.ravel())
+    return view.reshape(a.shape)
+
+
+def randn(*shape, scale=1.0):
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+def silu_ref(x):
+    x = x.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        neg = x * np.exp(np.minimum(x, 0)) / (1 + np.exp(np.minimum(x, 0)))
+        pos = x / (1 + np.exp(-np.maximum(x, 0)))
+    out = np.where(x >= 0, pos, neg)
+    out[np.isneginf(x)] = 0.0
+    return out
+
+
+def check_elementwise():
+    silu, add, mul, scale = (kernel("elementwise", n) for n in ("silu_f32", "add_f32", "mul_f32", "scale_f32"))
+    specials = np.array([0.0, -0.0, 1e-40, -1e-40, 1.0, -1.0, 20.0, -20.0, 80.0, -79.99, -80.0, -80.01, -87.0,
+                         -88.7, -90.0, -95.0, -100.0, -103.0, -104.0, -150.0, -200.0, -201.0, 88.0, 100.0,
+                         3e38, -3e38, INF, -INF, NAN], np.float32)
+    for n in (1, 31, 33, 1000, 4097, (1 << 20) + 3):
+        for offset in (0, 1):
+            for grid in (grid_ew(n), 3):
+                case = f"n={n} off={offset} grid={grid}"
+                x = randn(n, scale=6.0)
+                x[: min(n, specials.size)] = specials[: min(n, specials.size)]
+                b = randn(n)
+                xd, bd = dev(x, offset), dev(b, offset)
+                y = cp.full(n, NAN, np.float32)
+                silu((grid,), (256,), (xd, y, np.int64(n)))
+                report("silu_f32", case, ulp_err(y.get(), silu_ref(x)), ulp_err(y.get(), silu_ref(x)) <= 4)
+                for name, fn, ref in (("add_f32", add, x + b), ("mul_f32", mul, x * b)):
+                    y = cp.full(n, NAN, np.float32)
+                    fn((grid,), (256,), (xd, bd, y, np.int64(n)))
+                    ok = np.array_equal(y.get(), ref, equal_nan=True)
+                    report(name, case, 0.0 if ok else INF, ok)
+                y = cp.full(n, NAN, np.float32)
+                scale((grid,), (256,), (xd, y, np.float32(-1.7), np.int64(n)))
+                ok = np.array_equal(y.get(), x * np.float32(-1.7), equal_nan=True)
+                report("scale_f32", case, 0.0 if ok else INF, ok)
+    # In place: the output is an input.
+    n = 4097
+    x, b = randn(n, scale=4.0), randn(n)
+    for offset in (0, 1):
+        xd = dev(x, offset)
+        silu((grid_ew(n),), (256,), (xd, xd, np.int64(n)))
+        report("silu_f32", f"in place off={offset}", ulp_err(xd.get(), silu_ref(x)), ulp_err(xd.get(), silu_ref(x)) <= 4)
+        ad, bd = dev(x, offset), dev(b, offset)
+        add((grid_ew(n),), (256,), (ad, bd, bd, np.int64(n)))
+        report("add_f32", f"in place y==b off={offset}", 0.0, np.array_equal(bd.get(), x + b))
+        mul((grid_ew(n),), (256,), (ad, bd, ad, np.int64(n)))
+        report("mul_f32", f"in place y==a off={offset}", 0.0, np.array_equal(ad.get(), x * (x + b)))
+        sd = dev(x, offset)
+        scale((grid_ew(n),), (256,), (sd, sd, np.float32(0.5), np.int64(n)))
+        report("scale_f32", f"in place off={offset}", 0.0, np.array_equal(sd.get(), x * np.float32(0.5)))
+
+
+# ----------------------------------------------------------------------------- softmax
+
+def softmax_ref(x):
+    x = x.astype(np.float64)
+    m = np.max(x, axis=1, keepdims=True)
+    allinf = np.isneginf(m)
+    e = np.exp(x - np.where(allinf, 0, m))
+    with np.errstate(invalid="ignore"):
+        y = e / e.sum(axis=1, keepdims=True)
+    return np.where(allinf, 0.0, y)
+
+
+def total_key(x):
+    b = x.astype(np.float32).view(np.int32).astype(np.int64)
+    return np.where(b < 0, b ^ 0x7FFFFFFF, b)
+
+
+def topk_ref(x, k):
+    rows, cols = x.shape
+    idx = np.zeros((rows, k), np.int64)
+    w = np.zeros((rows, k))
+    for r in range(rows):
+        order = np.lexsort((np.arange(cols), -total_key(x[r])))[:k]
+        idx[r] = order
+        v = x[r, order].astype(np.float64)
+        m = v[0]
+        if m == -INF:
+            w[r] = 0
+        else:
+            e = np.exp(v - m)
+            w[r] = e / e.sum()
+    return idx, w
+
+
+def check_softmax():
+    softmax = kernel("softmax", "softmax_f32")
+    topk = kernel("softmax", "softmax_topk_f32")
+    for rows, cols in ((1, 1), (3, 31), (5, 33), (7, 1000), (4, 4097), (3, 32000), (2, 32768), (2, 32769),
+                       (3, 40000), (2, 40001)):
+        for offset in (0, 1):
+            case = f"{rows}x{cols} off={offset}"
+            x = randn(rows, cols, scale=4.0)
+            x[0, ::3] = -INF
+            if rows > 2:
+                x[2, :] = -INF
+            xd = dev(x, offset)
+            y = cp.full((rows, cols), NAN, np.float32)
+            softmax((rows,), (1024,), (xd, y, np.int32(rows), np.int32(cols)))
+            err = rel_err(y.get(), softmax_ref(x), atol=1e-30)
+            report("softmax_f32", case, err, err <= 2e-5)
+            y2 = cp.full((rows, cols), NAN, np.float32)
+            softmax((rows,), (1024,), (xd, y2, np.int32(rows), np.int32(cols)))
+            report("softmax_f32", case + " determinism", 0.0, np.array_equal(y.get(), y2.get()))
+    rows, cols = 5, 4097
+    x = randn(rows, cols, scale=4.0)
+    for grid in (rows, 2):
+        xd = dev(x)
+        softmax((grid,), (1024,), (xd, xd, np.int32(rows), np.int32(cols)))
+        err = rel_err(xd.get(), softmax_ref(x), atol=1e-30)
+        report("softmax_f32", f"in place {rows}x{cols} grid={grid}", err, err <= 2e-5)
+    xd = dev(randn(3, 40000))
+    x = xd.get()
+    softmax((3,), (1024,), (xd, xd, np.int32(3), np.int32(40000)))
+    err = rel_err(xd.get(), softmax_ref(x), atol=1e-30)
+    report("softmax_f32", "in place 3x40000 (looped)", err, err <= 2e-5)
+
+    for rows, cols, k in ((1, 1, 1), (4, 8, 2), (33, 64, 8), (5, 1000, 31), (3, 100, 100), (6, 257, 40),
+                          (2, 70000, 3)):
+        for ties in (False, True):
+            case = f"{rows}x{cols} k={k}" + (" ties" if ties else "")
+            x = randn(rows, cols, scale=3.0)
+            if ties:
+                x = np.round(x).astype(np.float32)
+                x[0, : cols // 2] = -0.0
+            if rows > 1:
+                x[1, :] = -INF
+            if rows > 2:
+                x[2, ::2] = -INF
+            w = cp.full((rows, k), NAN, np.float32)
+            idx = cp.full((rows, k), -7, np.int32)
+            topk((rows,), (32,), (dev(x), w, idx, np.int32(rows), np.int32(cols), np.int32(k)))
+            want_idx, want_w = topk_ref(x, k)
+            ok_idx = np.array_equal(idx.get(), want_idx)
+            err = rel_err(w.get(), want_w, atol=1e-30)
+            report("softmax_topk_f32", case, err, ok_idx and err <= 2e-5)
+    # A grid smaller than rows, and a block of several warps.
+    x = randn(10, 50)
+    want_idx, want_w = topk_ref(x, 4)
+    for grid, block in ((3, 32), (2, 96)):
+        w = cp.full((10, 4), NAN, np.float32)
+        idx = cp.full((10, 4), -7, np.int32)
+        topk((grid,), (block,), (dev(x), w, idx, np.int32(10), np.int32(50), np.int32(4)))
+        err = rel_err(w.get(), want_w)
+        report("softmax_topk_f32", f"10x50 k=4 grid={grid} block={block}", err,
+               np.array_equal(idx.get(), want_idx) and err <= 2e-5)
+
+
+# ----------------------------------------------------------------------------- norm
+
+def rms_ref(x, w, eps):
+    x = x.astype(np.float64)
+    return x / np.sqrt(np.mean(x * x, axis=1, keepdims=True) + eps) * w.astype(np.float64)
+
+
+def check_norm():
+    rms = kernel("norm", "rmsnorm_f32")
+    rmsr = kernel("norm", "rmsnorm_residual_f32")
+    eps = np.float32(1e-5)
+    for rows, hidden in ((1, 1), (3, 31), (5, 33), (7, 1000), (4, 4096), (4, 4097), (2, 8192), (2, 8193),
+                         (3, 12288), (2, 20001)):
+        for offset in (0, 1):
+            case = f"{rows}x{hidden} off={offset}"
+            x, w, r = randn(rows, hidden), randn(hidden), randn(rows, hidden)
+            y = cp.full((rows, hidden), NAN, np.float32)
+            rms((rows,), (1024,), (dev(x, offset), dev(w, offset), y, np.int32(rows), np.int32(hidden), eps))
+            err = rel_err(y.get(), rms_ref(x, w, eps), atol=1e-6)
+            report("rmsnorm_f32", case, err, err <= 2e-5)
+            y = cp.full((rows, hidden), NAN, np.float32)
+            s = cp.full((rows, hidden), NAN, np.float32)
+            rmsr((rows,), (1024,), (dev(x, offset), dev(r, offset), dev(w, offset), y, s, np.int32(rows),
+                                    np.int32(hidden), eps))
+            ssum = x + r
+            err = rel_err(y.get(), rms_ref(ssum, w, eps), atol=1e-6)
+            report("rmsnorm_residual_f32", case, err, err <= 2e-5 and np.array_equal(s.get(), ssum))
+    for rows, hidden in ((3, 4096), (3, 4097), (2, 12288)):
+        x, w, r = randn(rows, hidden), randn(hidden), randn(rows, hidden)
+        for grid in (rows, 1):
+            xd = dev(x)
+            rms((grid,), (1024,), (xd, dev(w), xd, np.int32(rows), np.int32(hidden), eps))
+            err = rel_err(xd.get(), rms_ref(x, w, eps), atol=1e-6)
+            report("rmsnorm_f32", f"in place {rows}x{hidden} grid={grid}", err, err <= 2e-5)
+        want_y, want_s = rms_ref(x + r, w, eps), x + r
+        for yname, sname in (("x", "r"), ("r", "x"), ("new", "x"), ("new", "r"), ("x", "new"), ("r", "new")):
+            bufs = {"x": dev(x), "r": dev(r)}
+            y = bufs[yname] if yname != "new" else cp.full((rows, hidden), NAN, np.float32)
+            s = bufs[sname] if sname != "new" else cp.full((rows, hidden), NAN, np.float32)
+            rmsr((rows,), (1024,), (bufs["x"], bufs["r"], dev(w), y, s, np.int32(rows), np.int32(hidden), eps))
+            err = rel_err(y.get(), want_y, atol=1e-6)
+            report("rmsnorm_residual_f32", f"{rows}x{hidden} y={yname} s={sname}", err,
+                   err <= 2e-5 and np.array_equal(s.get(), want_s))
+
+
+# ----------------------------------------------------------------------------- loss
+
+def log_softmax_ref(x):
+    x = x.astype(np.float64)
+    m = np.max(x, axis=1, keepdims=True)
+    return x - (m + np.log(np.exp(x - m).sum(axis=1, keepdims=True)))
+
+
+def check_loss():
+    lsm = kernel("loss", "log_softmax_f32")
+    nll = kernel("loss", "nll_mean_f32")
+    ceb = kernel("loss", "ce_backward_f32")
+    auxc = kernel("loss", "aux_counts_f32")
+    auxl = kernel("loss", "aux_loss_f32")
+    for rows, cols in ((1, 1), (3, 31), (5, 33), (7, 1000), (4, 4097), (3, 32000), (2, 32769), (2, 40001)):
+        for offset in (0, 1):
+            case = f"{rows}x{cols} off={offset}"
+            x = randn(rows, cols, scale=4.0)
+            x[0, ::3] = -INF
+            lp = cp.full((rows, cols), NAN, np.float32)
+            lsm((rows,), (1024,), (dev(x, offset), lp, np.int32(rows), np.int32(cols)))
+            # Error relative to the row's log-sum-exp scale (lp near 0 has no relative meaning).
+            want = log_softmax_ref(x)
+            err = rel_err(lp.get(), want, atol=1.0)
+            report("log_softmax_f32", case, err, err <= 1e-5)
+    x = randn(4, 4097, scale=3.0)
+    xd = dev(x)
+    lsm((2,), (1024,), (xd, xd, np.int32(4), np.int32(4097)))
+    err = rel_err(xd.get(), log_softmax_ref(x), atol=1.0)
+    report("log_softmax_f32", "in place 4x4097 grid=2", err, err <= 1e-5)
+
+    for rows, vocab in ((1, 1), (1, 7), (33, 31), (1000, 50), (5000, 17)):
+        lp = randn(rows, vocab) - 3.0
+        t = RNG.integers(0, vocab, rows).astype(np.int32)
+        t[::4] = -100
+        valid = t >= 0
+        want = -np.mean(lp.astype(np.float64)[np.arange(rows)[valid], t[valid]]) if valid.any() else 0.0
+        for grid in (1, 2):
+            loss = cp.full(1, NAN, np.float32)
+            nll((grid,), (1024,), (dev(lp), dev(t), loss, np.int32(rows), np.int32(vocab)))
+            err = rel_err(loss.get(), [want], atol=1e-30)
+            report("nll_mean_f32", f"{rows}x{vocab} grid={grid}", err, err <= 1e-6)
+    lp = randn(8, 10)
+    loss = cp.full(1, 5.0, np.float32)
+    nll((1,), (1024,), (dev(lp), dev(np.full(8, -100, np.int32)), loss, np.int32(8), np.int32(10)))
+    report("nll_mean_f32", "all padding -> 0", 0.0, loss.get()[0] == 0.0)
+    t = np.arange(8, dtype=np.int32)
+    t[5] = 10
+    nll((1,), (1024,), (dev(lp), dev(t), loss, np.int32(8), np.int32(10)))
+    report("nll_mean_f32", "target >= vocab -> NaN", 0.0, np.isnan(loss.get()[0]))
+
+    scale = np.float32(0.25)
+    for rows, vocab in ((1, 1), (3, 3), (5, 2), (7, 5), (33, 31), (7, 1000), (4, 4097), (3, 32000)):
+        for offset in (0, 1):
+            for grid in (grid_ew(rows * vocab), 3):
+                lp = log_softmax_ref(randn(rows, vocab)).astype(np.float32)
+                t = RNG.integers(0, vocab, rows).astype(np.int32)
+                t[::3] = -100
+                if rows > 1:
+                    t[1] = vocab  # out of range: matches no column
+                want = np.exp(lp.astype(np.float64))
+                for r in range(rows):
+                    if t[r] < 0:
+                        want[r] = 0
+                    elif t[r] < vocab:
+                        want[r, t[r]] -= 1
+                want *= scale
+                d = cp.full((rows, vocab), NAN, np.float32)
+                ceb((grid,), (256,), (dev(lp, offset), dev(t), d, np.int32(rows), np.int32(vocab), scale))
+                err = rel_err(d.get(), want, atol=1e-6)
+                report("ce_backward_f32", f"{rows}x{vocab} off={offset} grid={grid}", err, err <= 1e-5)
+    lp = log_softmax_ref(randn(6, 4097)).astype(np.float32)
+    t = RNG.integers(0, 4097, 6).astype(np.int32)
+    want = np.exp(lp.astype(np.float64))
+    want[np.arange(6), t] -= 1
+    lpd = dev(lp)
+    ceb((grid_ew(6 * 4097),), (256,), (lpd, dev(t), lpd, np.int32(6), np.int32(4097), np.float32(1.0)))
+    err = rel_err(lpd.get(), want, atol=1e-6)
+    report("ce_backward_f32", "in place 6x4097", err, err <= 1e-5)
+
+    for rows, experts, k in ((1, 1, 1), (33, 8, 2), (1000, 64, 4), (4097, 16, 3)):
+        probs = RNG.random((rows, experts)).astype(np.float32)
+        probs /= probs.sum(axis=1, keepdims=True)
+        chosen = RNG.integers(0, experts, (rows, k)).astype(np.int32)  # duplicates on purpose
+        want_f = np.array([np.mean([e in chosen[t] for t in range(rows)]) for e in range(experts)])
+        want_p = probs.astype(np.float64).mean(axis=0)
+        for grid in (experts, 1):
+            f = cp.full(experts, NAN, np.float32)
+            p = cp.full(experts, NAN, np.float32)
+            auxc((grid,), (256,), (dev(probs), dev(chosen), f, p, np.int32(rows), np.int32(experts), np.int32(k)))
+            err = max(rel_err(f.get(), want_f, atol=1e-30), rel_err(p.get(), want_p))
+            report("aux_counts_f32", f"{rows}x{experts} k={k} grid={grid}", err, err <= 1e-6)
+            aux = cp.full(1, NAN, np.float32)
+            auxl((1,), (256,), (f, p, aux, np.int32(experts), np.float32(0.01)))
+            want = 0.01 * experts * np.dot(f.get().astype(np.float64), p.get().astype(np.float64))
+            err = rel_err(aux.get(), [want])
+            report("aux_loss_f32", f"{rows}x{experts} k={k} grid={grid}", err, err <= 1e-6)
+
+
+# ----------------------------------------------------------------------------- optim
+
+def check_optim():
+    adamw = kernel("optim", "adamw_f32")
+    sumsq = kernel("optim", "sumsq_partial_f32")
+    total = kernel("optim", "norm_total_f32")
+    clip = kernel("optim", "clip_scale_f32")
+    scatter = kernel("optim", "scatter_add_f32")
+    lr, b1, b2, eps, wd, step = 1e-3, 0.9, 0.999, 1e-8, 0.01, 7
+    ibc1, ibc2 = 1 / (1 - b1 ** step), 1 / (1 - b2 ** step)
+    f32 = np.float32
+    for n in (1, 31, 33, 1000, 4097, (1 << 20) + 3):
+        for offset in (0, 1):
+            for grid in (grid_ew(n), 3):
+                p, g, m = randn(n), randn(n), randn(n, scale=0.1)
+                v = np.abs(randn(n, scale=0.01))
+                pd, md, vd = dev(p, offset), dev(m, offset), dev(v, offset)
+                adamw((grid,), (256,), (pd, dev(g, offset), md, vd, f32(lr), f32(b1), f32(b2), f32(eps), f32(wd),
+                                        f32(ibc1), f32(ibc2), np.int64(n)))
+                P, G, M, V = (a.astype(np.float64) for a in (p, g, m, v))
+                B1, B2, LR, WD = f32(b1), f32(b2), f32(lr), f32(wd)
+                # Errors are measured against the sum of the terms' magnitudes:
+                # m and p may cancel to near 0, where relative error means nothing.
+                m_scale = B1 * np.abs(M) + (1 - B1) * np.abs(G)
+                M = B1 * M + (1 - B1) * G
+                V = B2 * V + (1 - B2) * G * G
+                upd = (M * f32(ibc1)) / (np.sqrt(V * f32(ibc2)) + f32(eps))
+                p_scale = np.abs(P) + LR * (np.abs(upd) + WD * np.abs(P))
+                P = P - LR * (upd + WD * P)
+                err = max(float(np.max(np.abs(md.get() - M) / m_scale)), rel_err(vd.get(), V),
+                          float(np.max(np.abs(pd.get() - P) / p_scale)))
+                report("adamw_f32", f"n={n} off={offset} grid={grid}", err, err <= 2e-6)
+    for n in (1, 31, 256, 257, 1000, 4097, (1 << 20) + 3):
+        for offset in (0, 1):
+            g = randn(n)
+            parts = -(-n // 256)
+            norm = math.sqrt(float(np.sum(g.astype(np.float64) ** 2)))
+            for grid in (parts, -(-n // 2048), 3):
+                for c in (norm * 2, norm / 3):
+                    gd = dev(g, offset)
+                    partial = cp.full(parts, NAN, np.float32)
+                    tot = cp.full(1, NAN, np.float32)
+                    sumsq((grid,), (256,), (gd, partial, np.int64(n)))
+                    want_p = np.add.reduceat(g.astype(np.float64) ** 2, np.arange(0, n, 256))
+                    e1 = rel_err(partial.get(), want_p)
+                    total((1,), (1024,), (partial, tot, np.int64(parts)))
+                    e2 = rel_err(tot.get(), [norm])
+                    clip((grid_ew(n),), (256,), (gd, tot, f32(c), np.int64(n)))
+                    want_g = g.astype(np.float64) * (f32(c) / tot.get()[0] if tot.get()[0] > f32(c) else 1.0)
+                    e3 = rel_err(gd.get(), want_g, atol=1e-6)
+                    err = max(e1, e2, e3)
+                    report("sumsq/total/clip", f"n={n} off={offset} grid={grid} clip={'hi' if c > norm else 'lo'}",
+                           err, e1 <= 1e-5 and e2 <= 1e-6 and e3 <= 1e-6)
+    for parts in (1, 5, 4096, 16385, 100003):
+        for offset in (0, 1):
+            p = np.abs(randn(parts))
+            tot = cp.full(1, NAN, np.float32)
+            total((1,), (1024,), (dev(p, offset), tot, np.int64(parts)))
+            err = rel_err(tot.get(), [math.sqrt(float(np.sum(p.astype(np.float64))))])
+            report("norm_total_f32", f"parts={parts} off={offset}", err, err <= 1e-6)
+    for num, dim, vocab in ((1, 1, 1), (33, 31, 5), (1000, 257, 40), (300, 1000, 1000), (17, 4096, 3)):
+        for grid in ((-(-dim // 256), 1), (1, 1), (-(-dim // 256), 5)):
+            go = randn(num, dim)
+            idx = RNG.integers(-1, vocab, num).astype(np.int32)
+            gw = randn(vocab, dim)
+            want = gw.astype(np.float64).copy()
+            for i in range(num):
+                if idx[i] >= 0:
+                    want[idx[i]] += go[i]
+            gwd = dev(gw)
+            scatter(grid, (256,), (dev(go), dev(idx), gwd, np.int32(num), np.int32(dim)))
+            # Bitwise the same as a float32 sum in index order (the CPU backend's order).
+            seq = gw.copy()
+            for i in range(num):
+                if idx[i] >= 0:
+                    seq[idx[i]] += go[i]
+            err = rel_err(gwd.get(), want, atol=1e-3)
+            report("scatter_add_f32", f"num={num} dim={dim} V={vocab} grid={grid}", err,
+                   np.array_equal(gwd.get(), seq))
+
+
+# ----------------------------------------------------------------------------- decode, gemm
+
+def argmax_ref(x):
+    out = []
+    for row in x:
+        nan = np.flatnonzero(np.isnan(row))
+        out.append(nan[0] if nan.size else int(np.argmax(row)))
+    return np.array(out)
+
+
+def check_decode():
+    argmax = kernel("decode", "argmax_f32")
+    for batch, vocab in ((1, 1), (3, 2), (2, 3), (5, 5), (3, 31), (5, 1000), (4, 4097), (2, 131072), (3, 50257),
+                         (2, 300001)):
+        for offset in (0, 1):
+            x = np.round(randn(batch, vocab, scale=3.0))  # many ties
+            x[0, :] = -INF
+            if batch > 1:
+                x[1, vocab // 2] = NAN
+                x[1, -1] = NAN
+            if batch > 2:
+                x[2, :] = -0.0
+                x[2, vocab - 1] = 0.0
+            if batch > 3:
+                x[3, min(1, vocab - 1)] = NAN  # in the unaligned head
+            if batch > 4:
+                x[4, -1] = 1e9  # in the tail
+            for grid in (batch, 1):
+                out = cp.full(batch, -7, np.int32)
+                argmax((grid,), (1024,), (dev(x, offset), out, np.int32(batch), np.int32(vocab)))
+                ok = np.array_equal(out.get(), argmax_ref(x))
+                report("argmax_f32", f"{batch}x{vocab} off={offset} grid={grid}", 0.0 if ok else INF, ok)
+
+
+def check_gemm():
+    gemm = kernel("gemm", "sgemm_tiled_f32")
+    for batch, M, N, K in ((1, 1, 1, 1), (1, 33, 31, 17), (1, 64, 64, 64), (2, 65, 129, 100), (3, 7, 200, 300),
+                           (1, 300, 5, 1)):
+        for beta in (0.0, 0.5):
+            A, B = randn(batch, M, K), randn(batch, K, N)
+            C = randn(batch, M, N)
+            Cin = np.full_like(C, NAN) if beta == 0.0 else C
+            alpha = 1.5
+            want = alpha * A.astype(np.float64) @ B.astype(np.float64) + beta * Cin.astype(np.float64) \
+                if beta else alpha * A.astype(np.float64) @ B.astype(np.float64)
+            scale = np.abs(A.astype(np.float64)) @ np.abs(B.astype(np.float64)) * alpha + 1
+            for grid in ((-(-N // 64), -(-M // 64), batch), (1, 1, batch)):
+                Cd = dev(Cin)
+                gemm(grid, (16, 16), (dev(A), dev(B), Cd, np.int32(M), np.int32(N), np.int32(K), np.float32(alpha),
+                                      np.float32(beta), np.int64(M * K), np.int64(K * N), np.int64(M * N)))
+                err = float(np.max(np.abs(Cd.get() - want) / scale))
+                report("sgemm_tiled_f32", f"b={batch} {M}x{N}x{K} beta={beta} grid={grid[:2]}", err,
+                       err <= 1e-5 and np.all(np.isfinite(Cd.get())))
+
+
+# ----------------------------------------------------------------------------- > 2^31 elements
+
+def free_pool():
+    cp.get_default_memory_pool().free_all_blocks()
+
+
+def check_large():
+    """Buffers past 2^31 elements (64-bit index math), verified on the device."""
+    free = cp.cuda.Device().mem_info[0]
+    if free < 48 << 30:
+        print(f"{'large (> 2^31 elements)':<22} {'SKIPPED: needs 48 GiB free GPU memory':<44}")
+        return
+    f32, i32, i64 = np.float32, np.int32, np.int64
+    n = (1 << 31) + 7
+    x = cp.ones(n, f32)
+    kernel("elementwise", "scale_f32")((grid_ew(n),), (256,), (x, x, f32(3.0), i64(n)))
+    report("scale_f32", "n=2^31+7 in place", 0.0, bool(cp.all(x == 3.0)))
+    parts = -(-n // 256)
+    partial, tot = cp.full(parts, NAN, f32), cp.full(1, NAN, f32)
+    kernel("optim", "sumsq_partial_f32")((-(-n // 2048),), (256,), (x, partial, i64(n)))
+    kernel("optim", "norm_total_f32")((1,), (1024,), (partial, tot, i64(parts)))
+    kernel("optim", "clip_scale_f32")((grid_ew(n),), (256,), (x, tot, f32(1.0), i64(n)))
+    want = math.sqrt(9.0 * n)
+    ok = bool(cp.all(partial[:-1] == 2304.0)) and float(partial[-1]) == 63.0 and abs(float(tot[0]) - want) <= 1e-6 * want
+    got = x[-3:].get()
+    report("sumsq/total/clip", "n=2^31+7", rel_err(tot.get(), [want]),
+           ok and bool(np.allclose(got, 3.0 / float(tot[0]), rtol=1e-6)))
+    del x, partial
+    free_pool()
+
+    rows, cols = 65537, 32768  # rows * cols = 2^31 + 2^15
+    x = cp.tile(cp.arange(cols, dtype=f32) % 7, rows).reshape(rows, cols)
+    kernel("softmax", "softmax_f32")((rows,), (1024,), (x, x, i32(rows), i32(cols)))
+    want = softmax_ref((np.arange(cols) % 7)[None, :].astype(np.float32))[0]
+    first, last = x[0].get(), x[-1].get()
+    err = max(rel_err(first, want), rel_err(last, want))
+    report("softmax_f32", f"{rows}x{cols} in place", err, err <= 2e-5 and bool(cp.all(x == x[0])))
+    x.fill(-10.0)
+    t = cp.asarray(RNG.integers(0, cols, rows).astype(np.int32))
+    kernel("loss", "ce_backward_f32")((grid_ew(rows * cols),), (256,),
+                                      (x, t, x, i32(rows), i32(cols), f32(0.5)))
+    e = np.float32(np.exp(np.float32(-10.0))) * np.float32(0.5)
+    hot = x[cp.arange(rows), t]
+    x[cp.arange(rows), t] = e
+    ok = bool(cp.all(cp.abs(x - e) <= 1e-6 * e)) and bool(cp.all(cp.abs(hot - (e - 0.5)) <= 1e-6))
+    report("ce_backward_f32", f"{rows}x{cols} in place", 0.0, ok)
+    x.fill(0.0)
+    pos = cp.asarray((np.arange(rows) * 31) % cols)
+    x[cp.arange(rows), pos] = 1.0
+    out = cp.full(rows, -1, i32)
+    kernel("decode", "argmax_f32")((rows,), (1024,), (x, out, i32(rows), i32(cols)))
+    report("argmax_f32", f"{rows}x{cols}", 0.0, bool(cp.all(out == pos)))
+    x.fill(2.0)
+    w = cp.full(cols, 0.5, f32)
+    kernel("norm", "rmsnorm_f32")((rows,), (1024,), (x, w, x, i32(rows), i32(cols), f32(0.0)))
+    report("rmsnorm_f32", f"{rows}x{cols} in place (looped)", 0.0, bool(cp.all(x == 0.5)))
+    del x, hot
+    free_pool()
+
+    num, dim, vocab = 64, 4096, 600000  # gw has 2.46e9 elements
+    gw = cp.zeros((vocab, dim), f32)
+    idx = cp.asarray(RNG.integers(vocab - 1000, vocab, num).astype(np.int32))
+    go = cp.asarray(randn(num, dim))
+    kernel("optim", "scatter_add_f32")((dim // 256, 8), (256,), (go, idx, gw, i32(num), i32(dim)))
+    want = np.zeros((1000, dim))
+    np.add.at(want, idx.get() - (vocab - 1000), go.get().astype(np.float64))
+    err = rel_err(gw[vocab - 1000:].get(), want, atol=1e-3)
+    report("scatter_add_f32", f"rows past 2^31 elements", err, err <= 1e-5 and float(cp.abs(gw[: vocab - 1000]).max()) == 0)
+    del gw
+    free_pool()
+
+    M = N = 46341  # M * N > 2^31
+    A, B = cp.asarray(randn(M, 1)), cp.asarray(randn(1, N))
+    C = cp.full((M, N), NAN, f32)
+    kernel("gemm", "sgemm_tiled_f32")((-(-N // 64), -(-M // 64), 1), (16, 16),
+                                      (A, B, C, i32(M), i32(N), i32(1), f32(1.0), f32(0.0), i64(0), i64(0), i64(0)))
+    ok = bool(cp.all(C == A * B))
+    report("sgemm_tiled_f32", f"{M}x{N}x1", 0.0, ok)
+    del C
+    free_pool()
+
+
+def main():
+    os.chdir(ROOT)
+    print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
+    for check in (check_elementwise, check_softmax, check_norm, check_loss, check_optim, check_decode, check_gemm,
+                  check_large):
+        check()
+    cp.cuda.Device().synchronize()
+    if FAILED:
+        print(f"\n{len(FAILED)} FAILED:\n  " + "\n  ".join(FAILED))
+        return 1
+    print("\nall kernels OK")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

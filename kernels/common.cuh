@@ -1,0 +1,83 @@
+// Helpers shared by every kernel family. NVRTC supplies the CUDA builtins, so
+// nothing here includes a CUDA header.
+//
+// Conventions: element indices are 64-bit (tensors may exceed 2^31 elements);
+// loops stride by the launched grid, so any grid size is correct; reductions
+// combine values in a fixed order (no atomics), so results are bitwise the same
+// run after run.
+#pragma once
+
+#define INF __int_as_float(0x7f800000)
+
+typedef long long i64;
+
+// Index of this thread in the whole grid, and the number of threads in it.
+__device__ __forceinline__ i64 grid_thread() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ i64 grid_threads() { return (i64)gridDim.x * blockDim.x; }
+
+__device__ __forceinline__ bool aligned16(const void* p) { return ((unsigned long long)p & 15) == 0; }
+
+struct Sum {
+    template <class T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+struct Max {
+    // fmaxf ignores NaN, like the CPU backend's row max.
+    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+    __device__ __forceinline__ i64 operator()(i64 a, i64 b) const { return a > b ? a : b; }
+    __device__ __forceinline__ int operator()(int a, int b) const { return a > b ? a : b; }
+};
+
+// XOR butterfly: every lane ends with the same, bitwise identical value
+// (each step adds the same two operands in every lane; + is commutative).
+template <class T, class Op> __device__ __forceinline__ T warp_allreduce(T v, Op op) {
+#pragma unroll
+    for (int d = 16; d > 0; d >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, d));
+    return v;
+}
+
+// Every thread of the block gets op over all threads' v, combined in a fixed
+// tree (lanes, then warps). blockDim.x must be a multiple of 32. Safe to call
+// repeatedly: the trailing barrier keeps the next call from overwriting the
+// shared slots before every warp has read them.
+template <class T, class Op> __device__ T block_allreduce(T v, Op op, T identity) {
+    __shared__ T per_warp[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_allreduce(v, op);
+    if (lane == 0) per_warp[warp] = v;
+    __syncthreads();
+    v = lane < (int)(blockDim.x >> 5) ? per_warp[lane] : identity;
+    v = warp_allreduce(v, op);  // every warp reduces the same slots: same result
+    __syncthreads();
+    return v;
+}
+
+// Moves V consecutive floats (V = 1, or 4 from a 16-byte aligned address).
+template <int V> __device__ __forceinline__ void load_vec(const float* p, float* v);
+template <> __device__ __forceinline__ void load_vec<1>(const float* p, float* v) { v[0] = *p; }
+template <> __device__ __forceinline__ void load_vec<4>(const float* p, float* v) {
+    const float4 t = *reinterpret_cast<const float4*>(p);
+    v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
+}
+template <int V> __device__ __forceinline__ void store_vec(float* p, const float* v);
+template <> __device__ __forceinline__ void store_vec<1>(float* p, const float* v) { *p = v[0]; }
+template <> __device__ __forceinline__ void store_vec<4>(float* p, const float* v) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+
+// A float's rank in IEEE total order (Rust's f32::total_cmp) as a signed int:
+// -NaN < -inf < ... < -0 < +0 < ... < +inf < +NaN.
+__device__ __forceinline__ int total_order_key(float v) {
+    const int b = __float_as_int(v);
+    return b ^ ((b >> 31) & 0x7fffffff);
+}
+__device__ __forceinline__ float from_total_order_key(int k) { return __int_as_float(k ^ ((k >> 31) & 0x7fffffff)); }
+
+// (key, index) packed so that the larger i64 is the larger key, then the lower
+// index: one max picks "largest value, first index wins ties". Indices are
+// below 2^31 - 1, so every packed value exceeds NO_RANK.
+#define NO_RANK (-9223372036854775807LL - 1)
+__device__ __forceinline__ i64 pack_rank(int key, int index) {
+    return (i64)key * 4294967296LL + (0x7fffffff - index);
+}
+__device__ __forceinline__ int rank_key(i64 r) { return (int)(r >> 32); }
+__device__ __forceinline__ int rank_index(i64 r) { return 0x7fffffff - (int)(r & 0xffffffffLL); }

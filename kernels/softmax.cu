@@ -1,0 +1,126 @@
+// Row softmax and the MoE router's top-k.
+#include "common.cuh"
+
+// Floats of a row each thread keeps in registers: rows up to 32 * blockDim.x
+// (32768 with 1024 threads) are read once and written once.
+#define ROW_ITEMS 32
+
+// One row held in registers: N chunks of V consecutive floats per thread, chunk
+// j at float offset (j * blockDim.x + threadIdx.x) * V; V == 4 needs cols % 4 == 0
+// and 16-byte aligned rows. Reads everything before writing: in place is safe.
+template <int V, int N> __device__ void softmax_row_cached(const float* x, float* y, int cols) {
+    float v[N][V];
+    float m = -INF;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+        const int c = (j * (int)blockDim.x + (int)threadIdx.x) * V;
+        if (c < cols) {
+            load_vec<V>(x + c, v[j]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < V; ++e) v[j][e] = -INF;
+        }
+#pragma unroll
+        for (int e = 0; e < V; ++e) m = fmaxf(m, v[j][e]);
+    }
+    m = block_allreduce(m, Max(), -INF);
+    // All -inf: every probability is 0 (and x - m would be NaN).
+    const float shift = m == -INF ? 0.0f : m;
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+#pragma unroll
+        for (int e = 0; e < V; ++e) s += v[j][e] = expf(v[j][e] - shift);
+    s = block_allreduce(s, Sum(), 0.0f);
+    const float inv = m == -INF ? 0.0f : 1.0f / s;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+        const int c = (j * (int)blockDim.x + (int)threadIdx.x) * V;
+        if (c < cols) {
+#pragma unroll
+            for (int e = 0; e < V; ++e) v[j][e] *= inv;
+            store_vec<V>(y + c, v[j]);
+        }
+    }
+}
+
+// Rows too wide for registers: one pass for an online (max, sum of exp), one
+// pass to write. Each element is read before the same thread writes it.
+__device__ void softmax_row_looped(const float* x, float* y, int cols) {
+    float m = -INF, s = 0.0f;
+    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+        const float v = x[c];
+        if (v > m) {
+            s = s * expf(m - v) + 1.0f;  // expf(-inf) = 0 on the first element
+            m = v;
+        } else if (v != -INF) {
+            s += expf(v - m);  // a NaN v makes s NaN, as the CPU backend does
+        }
+    }
+    const float bm = block_allreduce(m, Max(), -INF);
+    s = m == -INF ? 0.0f : s * expf(m - bm);
+    s = block_allreduce(s, Sum(), 0.0f);
+    const float inv = bm == -INF ? 0.0f : 1.0f / s;
+    const float shift = bm == -INF ? 0.0f : bm;
+    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) y[c] = expf(x[c] - shift) * inv;
+}
+
+// Launch: block 1024, grid rows (any grid works: blocks stride over rows).
+// Stable (the row max is subtracted); -inf gives 0; an all -inf row gives zeros.
+extern "C" __global__ void __launch_bounds__(1024) softmax_f32(const float* x, float* y, int rows, int cols) {
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+        const float* xr = x + row * cols;
+        float* yr = y + row * cols;
+        const int fit = ROW_ITEMS * (int)blockDim.x;
+        if (cols % 4 == 0 && aligned16(xr) && aligned16(yr) && cols <= fit)
+            softmax_row_cached<4, ROW_ITEMS / 4>(xr, yr, cols);
+        else if (cols <= fit)
+            softmax_row_cached<1, ROW_ITEMS>(xr, yr, cols);
+        else
+            softmax_row_looped(xr, yr, cols);
+    }
+}
+
+// Launch: block 32 (one warp per row; a larger block runs one row per warp),
+// grid rows. Per row the k best columns in rank order (larger value first,
+// ties: lower index first; IEEE total order, as the CPU backend), and their
+// softmax probabilities renormalised over the k:
+// w = exp(x_j - max) / sum over the selected of exp(x_i - max). An all -inf
+// row gives indices 0..k-1 and weights 0. w must not alias x.
+//
+// Selection: k rounds, each picking the best element ranked strictly after the
+// previous pick (one scan of the row and a warp max per round, so O(k * cols);
+// meant for router widths).
+extern "C" __global__ void softmax_topk_f32(const float* x, float* w, int* idx, int rows, int cols, int k) {
+    const int lane = threadIdx.x & 31;
+    const int warps = blockDim.x >> 5;
+    for (i64 row = (i64)blockIdx.x * warps + (threadIdx.x >> 5); row < rows; row += (i64)gridDim.x * warps) {
+        const float* xr = x + row * cols;
+        float* wr = w + row * k;
+        int* ir = idx + row * k;
+        i64 prev = 0x7fffffffffffffffLL;  // every element ranks after "nothing"
+        float m = 0.0f, s = 0.0f;          // row max; this lane's sum of its weights
+        for (int r = 0; r < k; ++r) {
+            i64 best = NO_RANK;
+            for (i64 c = lane; c < cols; c += 32) {
+                const i64 rank = pack_rank(total_order_key(xr[c]), c);
+                if (rank < prev && rank > best) best = rank;
+            }
+            best = warp_allreduce(best, Max());
+            prev = best;
+            const float v = from_total_order_key(rank_key(best));
+            if (r == 0) m = v;
+            // Lane r % 32 owns slot r: it writes it now and rescales it below,
+            // so no lane reads another lane's writes.
+            if ((r & 31) == lane) {
+                const float e = m == -INF ? 0.0f : expf(v - m);
+                ir[r] = rank_index(best);
+                wr[r] = e;
+                s += e;
+            }
+        }
+        s = warp_allreduce(s, Sum());
+        const float inv = m == -INF ? 0.0f : 1.0f / s;
+        for (i64 r = lane; r < k; r += 32) wr[r] *= inv;
+    }
+}
