@@ -1,10 +1,16 @@
-//! Where a call runs. Today the CPU is the only backend; the GPU backend plugs in
-//! here (pointer classification, cost model, staging) without the ABI layer changing.
+//! Where a call runs. All-device operands run on the GPU, enqueued on the
+//! caller's stream; host operands run on the CPU, or on the GPU through staging
+//! buffers when the cost model (or `CUDANN_BACKEND=cuda`) says so; without a
+//! usable GPU everything runs on the CPU.
 
 use std::ffi::c_void;
 use std::sync::OnceLock;
 
+use crate::check::{self, Region};
 use crate::error::{Error, Result};
+use crate::gpu::driver::DevPtr;
+use crate::gpu::memory::{self, Place};
+use crate::gpu::{self, Gpu};
 
 /// What `CUDANN_BACKEND` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,19 +42,163 @@ pub fn requested() -> Result<Requested> {
         .map_err(Error::InvalidValue)
 }
 
-/// Runs one validated call on the chosen backend. `work` is the number of output
-/// elements; a call with none is a successful no-op on every backend.
-pub fn run(stream: Stream, work: usize, cpu: impl FnOnce() -> Result<()>) -> Result<()> {
-    let _ = stream; // only a GPU backend enqueues on streams (ABI.md: ignored on the CPU)
-    if work == 0 {
+/// Whether the host may read `ptr` (for value checks such as targets < vocab):
+/// false for device and managed memory.
+pub fn host_readable<T>(ptr: *const T) -> bool {
+    chosen_gpu().ok().flatten().is_none_or(|_| memory::classify(ptr as usize) == Place::Host)
+}
+
+/// One validated call as the dispatcher sees it, with its N operands.
+pub struct Call<const N: usize> {
+    stream: Stream,
+    /// Output elements; a call with none is a no-op on every backend.
+    work: usize,
+    /// Arithmetic, for the cost model (0 for memory-bound ops).
+    flops: f64,
+    /// Every operand, in the order the GPU closure receives device pointers.
+    buffers: [Region; N],
+    /// Whether the GPU kernels handle an output that is an input's very buffer.
+    in_place_kernels: bool,
+}
+
+impl<const N: usize> Call<N> {
+    /// Checks the operands for overlaps (see [`check::disjoint`]).
+    pub fn new(stream: Stream, work: usize, buffers: [Region; N]) -> Result<Self> {
+        check::disjoint(&buffers)?;
+        Ok(Call { stream, work, flops: 0.0, buffers, in_place_kernels: true })
+    }
+
+    pub fn flops(mut self, flops: f64) -> Self {
+        self.flops = flops;
+        self
+    }
+
+    /// The op's GPU kernels read inputs other threads may have overwritten, so
+    /// an aliased input is copied first.
+    pub fn no_in_place_kernels(mut self) -> Self {
+        self.in_place_kernels = false;
+        self
+    }
+
+    fn aliased(&self) -> bool {
+        self.buffers.iter().any(|o| o.written && self.buffers.iter().any(|i| !i.written && i.bytes > 0 && i.start == o.start))
+    }
+
+    /// The cost model for host operands: staging wins when the arithmetic saved
+    /// outweighs moving every operand over PCIe (outputs both ways).
+    fn gpu_pays_off(&self) -> bool {
+        const CPU_BYTES_PER_S: f64 = 10e9;
+        const CPU_FLOPS_PER_CORE: f64 = 30e9;
+        const PCIE_BYTES_PER_S: f64 = 12e9;
+        const GPU_FLOPS: f64 = 15e12;
+        const GPU_FIXED_S: f64 = 50e-6;
+        let bytes: f64 = self.buffers.iter().map(|r| r.bytes as f64 * if r.written { 2.0 } else { 1.0 }).sum();
+        // The machine's cores, not the calling pool's threads: the choice (and so
+        // the results' bits) must not depend on which pool a caller runs in.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cpu = bytes / CPU_BYTES_PER_S + self.flops / (CPU_FLOPS_PER_CORE * cores);
+        let gpu = bytes / PCIE_BYTES_PER_S + self.flops / GPU_FLOPS + GPU_FIXED_S;
+        gpu < cpu
+    }
+}
+
+/// Runs a call on the place its operands and the backend choice dictate.
+/// `gpu` receives one device pointer per buffer of the call, in order.
+pub fn run<const N: usize>(call: &Call<N>, cpu: impl FnOnce() -> Result<()>, gpu: impl FnOnce(&Gpu, &[DevPtr]) -> Result<()>) -> Result<()> {
+    if call.work == 0 {
         return Ok(());
     }
-    match requested()? {
-        Requested::Cuda => Err(Error::NotAvailable(
-            "CUDANN_BACKEND=cuda, but this build has no GPU backend yet".to_string(),
-        )),
-        Requested::Auto | Requested::Cpu => cpu(),
+    let Some(device) = chosen_gpu()? else { return cpu() };
+    // Empty operands are not read or written: they go with any placement.
+    let places = call.buffers.map(|r| (r.bytes > 0).then(|| memory::classify(r.start)));
+    let all_device = places.iter().flatten().all(|&p| p == Place::Device);
+    if all_device && (call.in_place_kernels || !call.aliased()) {
+        let pointers = call.buffers.map(|r| r.start as DevPtr);
+        return gpu(device, &pointers);
     }
+    let all_host = places.iter().flatten().all(|&p| p == Place::Host);
+    if all_host && requested()? == Requested::Auto && !call.gpu_pays_off() {
+        return cpu();
+    }
+    staged(device, call, &places, gpu)
+}
+
+/// For ops whose GPU kernels do not exist yet: host operands run on the CPU;
+/// device operands are refused rather than read from the host.
+pub fn run_cpu_only<const N: usize>(call: &Call<N>, cpu: impl FnOnce() -> Result<()>) -> Result<()> {
+    if call.work == 0 {
+        return Ok(());
+    }
+    if chosen_gpu()?.is_some() && call.buffers.iter().any(|r| r.bytes > 0 && memory::classify(r.start) == Place::Device) {
+        return Err(Error::NotAvailable("device pointers are not supported by this op yet (no GPU kernel); pass host memory".to_string()));
+    }
+    cpu()
+}
+
+/// The GPU to use, None for the CPU; -1 when the GPU is demanded but unusable.
+fn chosen_gpu() -> Result<Option<&'static Gpu>> {
+    match requested()? {
+        Requested::Cpu => Ok(None),
+        Requested::Auto => Ok(gpu::get().ok()),
+        Requested::Cuda => gpu::get()
+            .map(Some)
+            .map_err(|e| Error::NotAvailable(format!("CUDANN_BACKEND=cuda, but the GPU is unusable: {e}"))),
+    }
+}
+
+/// Host (and aliased) operands go through reused device + pinned buffers;
+/// synchronous: outputs are in the caller's memory on return. Nothing is copied
+/// back unless every launch succeeded.
+fn staged<const N: usize>(device: &Gpu, call: &Call<N>, places: &[Option<Place>], gpu: impl FnOnce(&Gpu, &[DevPtr]) -> Result<()>) -> Result<()> {
+    let mut taken = Vec::new();
+    let result = (|| {
+        let mut pointers = Vec::with_capacity(call.buffers.len());
+        for (region, &place) in call.buffers.iter().zip(places) {
+            let Some(place) = place else {
+                pointers.push(region.start as DevPtr);
+                continue;
+            };
+            let copy = place == Place::Host || (!region.written && call.buffers.iter().any(|o| o.written && o.start == region.start));
+            if !copy {
+                pointers.push(region.start as DevPtr);
+                continue;
+            }
+            let buffer = device.pools.take(region.bytes)?;
+            // SAFETY: the region is the caller's memory of that size (host: read
+            // through the pinned buffer; device: copied on the device).
+            unsafe {
+                if place == Place::Host {
+                    memory::upload(&buffer, region.start, region.bytes, call.stream.cast())?;
+                } else {
+                    memory::copy_on_device(&buffer, region.start as DevPtr, region.bytes, call.stream.cast())?;
+                }
+            }
+            pointers.push(buffer.device.0 as DevPtr);
+            taken.push((buffer, *region, place));
+        }
+        gpu(device, &pointers)?;
+        for (buffer, region, place) in &taken {
+            if region.written && *place == Place::Host {
+                unsafe { memory::download(buffer, region.bytes, call.stream.cast())? };
+            }
+        }
+        memory::synchronize(call.stream.cast())?;
+        for (buffer, region, place) in &taken {
+            if region.written && *place == Place::Host {
+                // SAFETY: the caller's output region, checked for size and overlaps.
+                unsafe { memory::finish_download(buffer, region.start, region.bytes) };
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        // Kernels may still be reading the buffers: let them finish before reuse.
+        let _ = memory::synchronize(call.stream.cast());
+    }
+    for (buffer, _, _) in taken {
+        device.pools.give(buffer);
+    }
+    result
 }
 
 #[cfg(test)]

@@ -45,9 +45,14 @@ thread_local! {
 
 /// Records the outcome of the call that just finished on this thread.
 pub fn set_last_error(message: &str) {
-    // A message never contains NUL by construction; strip any defensively.
-    let text = CString::new(message.replace('\0', "")).unwrap_or_default();
-    LAST_ERROR.with(|cell| *cell.borrow_mut() = text);
+    LAST_ERROR.with(|cell| {
+        let mut last = cell.borrow_mut();
+        if message.is_empty() && last.is_empty() {
+            return; // the common case, success after success: no allocation
+        }
+        // A message never contains NUL by construction; strip any defensively.
+        *last = CString::new(message.replace('\0', "")).unwrap_or_default();
+    });
 }
 
 /// The last message as a C string, valid until the next call on this thread.

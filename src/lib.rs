@@ -1,12 +1,14 @@
 //! cudann: a drop-in `libcudann.so`. Every entry point of the libcudann C ABI
-//! (see `ABI.md`), computed on the CPU today and on the GPU once that backend lands.
+//! (see `ABI.md`), on the GPU when the operands live there (or it pays off) and
+//! on the CPU otherwise.
 //!
 //! Module map:
 //! * [`abi`]: the `extern "C"` functions, grouped like the ABI; each is a thin shell
 //!   (panic boundary, argument checks, dispatch).
 //! * [`check`]: argument validation shared by every backend.
-//! * [`dispatch`]: backend choice (`CUDANN_BACKEND`) and the seam where the GPU slots in.
+//! * [`dispatch`]: backend choice (`CUDANN_BACKEND`), pointer classification, cost model.
 //! * [`cpu`]: the CPU kernels.
+//! * [`gpu`]: the GPU backend (driver, PTX kernels, cuBLAS, staging).
 //! * [`error`]: the error type, its ABI codes and the thread-local last message.
 
 pub mod abi;
@@ -14,5 +16,6 @@ pub mod check;
 pub mod cpu;
 pub mod dispatch;
 pub mod error;
+pub mod gpu;
 
 pub use abi::*;

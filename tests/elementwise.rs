@@ -115,3 +115,14 @@ fn silu_keeps_precision_in_the_deep_negative_tail() {
         assert!((y as f64 - want).abs() <= 4.0 * ulp, "silu({x}) = {y}, want {want}");
     }
 }
+
+#[test]
+fn silu_at_infinities_and_nan() {
+    let x = [f32::NEG_INFINITY, f32::INFINITY, f32::NAN, -250.0];
+    let mut y = poisoned(4);
+    assert_ok(unsafe { cuda_silu(x.as_ptr(), y.as_mut_ptr(), 4, NULL) });
+    assert_eq!((y[0], y[0].is_sign_negative()), (0.0, true), "silu(-inf) is -0, the limit");
+    assert_eq!(y[1], f32::INFINITY);
+    assert!(y[2].is_nan());
+    assert_eq!(y[3], 0.0);
+}

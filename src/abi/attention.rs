@@ -5,7 +5,7 @@ use std::ffi::{c_int, c_void};
 use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output};
 use crate::cpu::attention::{self, AttnShape, Mask};
-use crate::dispatch;
+use crate::dispatch::{self, Call};
 use crate::error::Result;
 
 /// Checked shape with `kv_heads` key/value heads; returns the element counts of
@@ -49,8 +49,8 @@ pub unsafe extern "C" fn cuda_attention_scores(
         let q = Input::new("Q", Q, if out_len == 0 { 0 } else { q_len })?;
         let k = Input::new("K", K, if out_len == 0 { 0 } else { kv_len })?;
         let out = Output::new("scores", scores, out_len)?;
-        check::disjoint(&[q.region(), k.region(), out.region()])?;
-        dispatch::run(stream, out_len, || {
+        let call = Call::new(stream, out_len, [q.region(), k.region(), out.region()])?;
+        dispatch::run_cpu_only(&call, || {
             unsafe {
                 let (q, k) = (q.read(&[out.region()]), k.read(&[out.region()]));
                 attention::scores(&q, &k, out.slice(), s, scale);
@@ -80,8 +80,8 @@ pub unsafe extern "C" fn cuda_attention_output(
         let w = Input::new("weights", weights, if out_len == 0 { 0 } else { score_len(&s)? })?;
         let v = Input::new("V", V, if out_len == 0 { 0 } else { kv_len })?;
         let out = Output::new("output", output, out_len)?;
-        check::disjoint(&[w.region(), v.region(), out.region()])?;
-        dispatch::run(stream, out_len, || {
+        let call = Call::new(stream, out_len, [w.region(), v.region(), out.region()])?;
+        dispatch::run_cpu_only(&call, || {
             unsafe {
                 let (w, v) = (w.read(&[out.region()]), v.read(&[out.region()]));
                 attention::output(&w, &v, out.slice(), s);
@@ -165,8 +165,8 @@ unsafe fn fused(
     let mask_len = if mask.is_null() { 0 } else { used(check::elements(&[("seq_len", s.seq), ("seq_len", s.seq)])?) };
     let m = Input::new("mask", mask, mask_len)?;
     let out = Output::new("output", output, n)?;
-    check::disjoint(&[q.region(), k.region(), v.region(), m.region(), out.region()])?;
-    dispatch::run(stream, n, || {
+    let call = Call::new(stream, n, [q.region(), k.region(), v.region(), m.region(), out.region()])?;
+    dispatch::run_cpu_only(&call, || {
         let written = [out.region()];
         let (q, k, v, m) = unsafe { (q.read(&written), k.read(&written), v.read(&written), m.read(&written)) };
         let mask = match (causal, mask.is_null()) {

@@ -5,7 +5,8 @@ use std::ffi::{c_int, c_void};
 use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output, require};
 use crate::cpu::decode::{self, Sampler};
-use crate::dispatch;
+use crate::dispatch::{self, Call};
+use crate::gpu::ops;
 use crate::error::Result;
 
 /// Checked `[batch, vocab_size]` logits and `[batch]` output; a non-empty batch
@@ -26,11 +27,12 @@ fn rows<'a>(logits: *const f32, output: *mut i32, batch: c_int, vocab_size: c_in
 pub unsafe extern "C" fn cuda_argmax(logits: *const f32, output: *mut i32, batch: c_int, vocab_size: c_int, stream: *mut c_void) -> i32 {
     ffi_fn!("cuda_argmax", {
         let (x, y, vocab) = rows(logits, output, batch, vocab_size)?;
-        check::disjoint(&[x.region(), y.region()])?;
-        dispatch::run(stream, y.len, || {
-            unsafe { decode::argmax(&x.read(&[y.region()]), y.slice(), vocab) };
-            Ok(())
-        })
+        let call = Call::new(stream, y.len, [x.region(), y.region()])?.no_in_place_kernels();
+        dispatch::run(
+            &call,
+            || Ok(unsafe { decode::argmax(&x.read(&[y.region()]), y.slice(), vocab) }),
+            |g, p| unsafe { ops::argmax(g, stream.cast(), p[0], p[1], y.len, vocab) },
+        )
     })
 }
 
@@ -40,8 +42,8 @@ unsafe fn sample(logits: *const f32, output: *mut i32, seeds: *const u64, batch:
     require(temperature >= 0.0, || format!("temperature must be >= 0 (got {temperature})"))?;
     let (x, y, vocab) = rows(logits, output, batch, vocab_size)?;
     let s = Input::new("seeds", seeds, y.len)?;
-    check::disjoint(&[x.region(), s.region(), y.region()])?;
-    dispatch::run(stream, y.len, || {
+    let call = Call::new(stream, y.len, [x.region(), s.region(), y.region()])?;
+    dispatch::run_cpu_only(&call, || {
         unsafe { decode::sample(&x.read(&[y.region()]), &s.read(&[y.region()]), y.slice(), vocab, temperature, sampler) };
         Ok(())
     })

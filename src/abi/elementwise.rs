@@ -5,7 +5,8 @@ use std::ffi::c_void;
 use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output};
 use crate::cpu::{elementwise, par::Src};
-use crate::dispatch;
+use crate::dispatch::{self, Call};
+use crate::gpu::ops;
 use crate::error::Result;
 
 /// SiLU: `output[i] = input[i] * sigmoid(input[i])` for `0 <= i < n`.
@@ -15,10 +16,12 @@ use crate::error::Result;
 pub unsafe extern "C" fn cuda_silu(input: *const f32, output: *mut f32, n: i64, stream: *mut c_void) -> i32 {
     ffi_fn!("cuda_silu", {
         let (x, y) = unary(input, output, n)?;
-        dispatch::run(stream, y.len, || {
-            unsafe { elementwise::silu(Src::of(&x, &y, &[]), y.slice()) };
-            Ok(())
-        })
+        let call = Call::new(stream, y.len, [x.region(), y.region()])?;
+        dispatch::run(
+            &call,
+            || Ok(unsafe { elementwise::silu(Src::of(&x, &y, &[]), y.slice()) }),
+            |g, p| unsafe { ops::silu(g, stream.cast(), p[0], p[1], y.len) },
+        )
     })
 }
 
@@ -27,7 +30,6 @@ fn unary<'a>(input: *const f32, output: *mut f32, n: i64) -> Result<(Input<'a, f
     let n = check::count("n", n)?;
     let x = Input::new("input", input, n)?;
     let y = Output::new("output", output, n)?;
-    check::disjoint(&[x.region(), y.region()])?;
     Ok((x, y))
 }
 
@@ -37,7 +39,6 @@ fn binary<'a>(a: *const f32, b: *const f32, output: *mut f32, n: i64) -> Result<
     let a = Input::new("a", a, n)?;
     let b = Input::new("b", b, n)?;
     let y = Output::new("output", output, n)?;
-    check::disjoint(&[a.region(), b.region(), y.region()])?;
     Ok((a, b, y))
 }
 
@@ -47,10 +48,12 @@ fn binary<'a>(a: *const f32, b: *const f32, output: *mut f32, n: i64) -> Result<
 pub unsafe extern "C" fn cuda_add(a: *const f32, b: *const f32, output: *mut f32, n: i64, stream: *mut c_void) -> i32 {
     ffi_fn!("cuda_add", {
         let (a, b, y) = binary(a, b, output, n)?;
-        dispatch::run(stream, y.len, || {
-            unsafe { elementwise::add(Src::of(&a, &y, &[]), Src::of(&b, &y, &[]), y.slice()) };
-            Ok(())
-        })
+        let call = Call::new(stream, y.len, [a.region(), b.region(), y.region()])?;
+        dispatch::run(
+            &call,
+            || Ok(unsafe { elementwise::add(Src::of(&a, &y, &[]), Src::of(&b, &y, &[]), y.slice()) }),
+            |g, p| unsafe { ops::add(g, stream.cast(), p[0], p[1], p[2], y.len) },
+        )
     })
 }
 
@@ -60,10 +63,12 @@ pub unsafe extern "C" fn cuda_add(a: *const f32, b: *const f32, output: *mut f32
 pub unsafe extern "C" fn cuda_mul(a: *const f32, b: *const f32, output: *mut f32, n: i64, stream: *mut c_void) -> i32 {
     ffi_fn!("cuda_mul", {
         let (a, b, y) = binary(a, b, output, n)?;
-        dispatch::run(stream, y.len, || {
-            unsafe { elementwise::mul(Src::of(&a, &y, &[]), Src::of(&b, &y, &[]), y.slice()) };
-            Ok(())
-        })
+        let call = Call::new(stream, y.len, [a.region(), b.region(), y.region()])?;
+        dispatch::run(
+            &call,
+            || Ok(unsafe { elementwise::mul(Src::of(&a, &y, &[]), Src::of(&b, &y, &[]), y.slice()) }),
+            |g, p| unsafe { ops::mul(g, stream.cast(), p[0], p[1], p[2], y.len) },
+        )
     })
 }
 
@@ -74,9 +79,11 @@ pub unsafe extern "C" fn cuda_mul(a: *const f32, b: *const f32, output: *mut f32
 pub unsafe extern "C" fn cuda_scale(input: *const f32, output: *mut f32, scale: f32, n: i64, stream: *mut c_void) -> i32 {
     ffi_fn!("cuda_scale", {
         let (x, y) = unary(input, output, n)?;
-        dispatch::run(stream, y.len, || {
-            unsafe { elementwise::scale(Src::of(&x, &y, &[]), scale, y.slice()) };
-            Ok(())
-        })
+        let call = Call::new(stream, y.len, [x.region(), y.region()])?;
+        dispatch::run(
+            &call,
+            || Ok(unsafe { elementwise::scale(Src::of(&x, &y, &[]), scale, y.slice()) }),
+            |g, p| unsafe { ops::scale(g, stream.cast(), p[0], p[1], scale, y.len) },
+        )
     })
 }

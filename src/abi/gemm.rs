@@ -5,7 +5,8 @@ use std::ffi::{c_int, c_void};
 use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output};
 use crate::cpu::gemm;
-use crate::dispatch;
+use crate::dispatch::{self, Call};
+use crate::gpu::ops;
 
 /// Row-major `C[M,N] = alpha * A[M,K] * B[K,N] + beta * C`. With `beta == 0`,
 /// `C` is not read (it may hold NaN). `C` may be `A`'s or `B`'s very buffer.
@@ -75,12 +76,11 @@ unsafe fn batched(
     let a = Input::new("A", A, a_len)?;
     let b = Input::new("B", B, b_len)?;
     let c = Output::new("C", C, c_len)?;
-    check::disjoint(&[a.region(), b.region(), c.region()])?;
-    dispatch::run(stream, c_len, || {
-        unsafe {
-            let (a, b) = (a.read(&[c.region()]), b.read(&[c.region()]));
-            gemm::sgemm_batched(&a, &b, c.slice(), m, n, k, alpha, beta);
-        }
-        Ok(())
-    })
+    let flops = 2.0 * c_len as f64 * k as f64;
+    let call = Call::new(stream, c_len, [a.region(), b.region(), c.region()])?.flops(flops).no_in_place_kernels();
+    dispatch::run(
+        &call,
+        || Ok(unsafe { gemm::sgemm_batched(&a.read(&[c.region()]), &b.read(&[c.region()]), c.slice(), m, n, k, alpha, beta) }),
+        |g, p| unsafe { ops::sgemm(g, stream.cast(), p[0], p[1], p[2], batch, m, n, k, alpha, beta) },
+    )
 }

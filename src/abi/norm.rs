@@ -5,7 +5,8 @@ use std::ffi::{c_int, c_void};
 use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output, require};
 use crate::cpu::{elementwise, norm, par::Src};
-use crate::dispatch;
+use crate::dispatch::{self, Call};
+use crate::gpu::ops;
 use crate::error::Result;
 
 /// Checks the shape and `eps`; returns (rows * hidden_dim, hidden_dim).
@@ -34,14 +35,12 @@ pub unsafe extern "C" fn cuda_rmsnorm(
         let x = Input::new("input", input, n)?;
         let w = Input::new("weight", weight, if n == 0 { 0 } else { hidden })?;
         let y = Output::new("output", output, n)?;
-        check::disjoint(&[x.region(), w.region(), y.region()])?;
-        dispatch::run(stream, n, || {
-            unsafe {
-                let w = w.read(&[y.region()]);
-                norm::rmsnorm(Src::of(&x, &y, &[]), &w, y.slice(), hidden, eps);
-            }
-            Ok(())
-        })
+        let call = Call::new(stream, n, [x.region(), w.region(), y.region()])?;
+        dispatch::run(
+            &call,
+            || Ok(unsafe { norm::rmsnorm(Src::of(&x, &y, &[]), &w.read(&[y.region()]), y.slice(), hidden, eps) }),
+            |g, p| unsafe { ops::rmsnorm(g, stream.cast(), p[0], p[1], p[2], n / hidden, hidden, eps) },
+        )
     })
 }
 
@@ -67,8 +66,9 @@ pub unsafe extern "C" fn cuda_rmsnorm_residual(
         let w = Input::new("weight", weight, if n == 0 { 0 } else { hidden })?;
         let y = Output::new("output", output, n)?;
         let s = Output::new("residual_out", residual_out, n)?;
-        check::disjoint(&[x.region(), r.region(), w.region(), y.region(), s.region()])?;
-        dispatch::run(stream, n, || {
+        let call = Call::new(stream, n, [x.region(), r.region(), w.region(), y.region(), s.region()])?;
+        let gpu = |g: &_, p: &[_]| unsafe { ops::rmsnorm_residual(g, stream.cast(), p[0], p[1], p[2], p[3], p[4], n / hidden, hidden, eps) };
+        let cpu = || {
             // The sum lands in residual_out first; inputs that are `output`'s
             // buffer are no longer needed when the norm overwrites them.
             unsafe {
@@ -77,6 +77,7 @@ pub unsafe extern "C" fn cuda_rmsnorm_residual(
                 norm::rmsnorm(Src::Slice(s.slice()), &w, y.slice(), hidden, eps);
             }
             Ok(())
-        })
+        };
+        dispatch::run(&call, cpu, gpu)
     })
 }

@@ -5,7 +5,8 @@ use std::ffi::{c_int, c_void};
 use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output, require};
 use crate::cpu::optim::{self, AdamW};
-use crate::dispatch;
+use crate::dispatch::{self, Call};
+use crate::gpu::ops;
 
 /// One AdamW step (decoupled weight decay, bias-corrected) over `size` elements:
 /// `m = b1 m + (1-b1) g; v = b2 v + (1-b2) g²;
@@ -40,15 +41,15 @@ pub unsafe extern "C" fn cuda_adamw_step(
         let g = Input::new("grad", grad, n)?;
         let mm = Output::new("m", m, n)?;
         let vv = Output::new("v", v, n)?;
-        check::disjoint(&[p.region(), g.region(), mm.region(), vv.region()])?;
         let h = AdamW { lr, beta1, beta2, eps, weight_decay, step };
-        dispatch::run(stream, n, || {
-            unsafe {
-                let g = g.read(&[p.region(), mm.region(), vv.region()]);
-                optim::adamw(p.slice(), &g, mm.slice(), vv.slice(), h);
-            }
-            Ok(())
-        })
+        // In place (grad is one of the outputs' buffers) is safe on the GPU:
+        // every element is read before it is written by the same thread.
+        let call = Call::new(stream, n, [p.region(), g.region(), mm.region(), vv.region()])?;
+        dispatch::run(
+            &call,
+            || Ok(unsafe { optim::adamw(p.slice(), &g.read(&[p.region(), mm.region(), vv.region()]), mm.slice(), vv.slice(), h) }),
+            |gpu, ptr| unsafe { ops::adamw(gpu, stream.cast(), ptr[0], ptr[1], ptr[2], ptr[3], h, n) },
+        )
     })
 }
 
@@ -57,10 +58,11 @@ pub unsafe extern "C" fn cuda_adamw_step(
 pub unsafe extern "C" fn cuda_zero_grad(grad: *mut f32, size: i64, stream: *mut c_void) -> i32 {
     ffi_fn!("cuda_zero_grad", {
         let g = Output::new("grad", grad, check::count("size", size)?)?;
-        dispatch::run(stream, g.len, || {
-            optim::zero(unsafe { g.slice() });
-            Ok(())
-        })
+        dispatch::run(
+            &Call::new(stream, g.len, [g.region()])?,
+            || Ok(optim::zero(unsafe { g.slice() })),
+            |_, p| unsafe { ops::zero(stream.cast(), p[0], g.len) },
+        )
     })
 }
 
@@ -84,11 +86,12 @@ pub unsafe extern "C" fn cuda_grad_clip(
         let g = Output::new("grad", grad, n)?;
         let scratch = Output::new("partial_norms", partial_norms, n.div_ceil(256))?;
         let total = Output::new("total_norm", total_norm, if n == 0 { 0 } else { 1 })?;
-        check::disjoint(&[g.region(), scratch.region(), total.region()])?;
-        dispatch::run(stream, n, || {
-            unsafe { total.slice()[0] = optim::clip(g.slice(), clip_norm) };
-            Ok(())
-        })
+        let call = Call::new(stream, n, [g.region(), scratch.region(), total.region()])?;
+        dispatch::run(
+            &call,
+            || Ok(unsafe { total.slice()[0] = optim::clip(g.slice(), clip_norm) }),
+            |gpu, p| unsafe { ops::grad_clip(gpu, stream.cast(), p[0], p[1], p[2], clip_norm, n) },
+        )
     })
 }
 
@@ -112,16 +115,20 @@ pub unsafe extern "C" fn cuda_scatter_add(
         let n = check::elements(&[("num_indices", rows), ("embedding_dim", dim)])?;
         let go = Input::new("grad_output", grad_output, n)?;
         let idx = Input::new("indices", indices, if n == 0 { 0 } else { rows })?;
-        // The table's height is not passed: it is whatever the largest index needs.
-        let height = unsafe { idx.slice() }.iter().map(|&i| i as i64 + 1).max().unwrap_or(0).max(0) as usize;
+        // The table's height is not passed: it is whatever the largest index
+        // needs, known only where the host can read the indices.
+        let height = if dispatch::host_readable(indices) {
+            unsafe { idx.slice() }.iter().map(|&i| i as i64 + 1).max().unwrap_or(0).max(0) as usize
+        } else {
+            require(n == 0 || !dispatch::host_readable(grad_weight), || "grad_weight must be device memory when indices are".to_string())?;
+            usize::from(n > 0) // at least one row exists; the kernel reads the indices on the device
+        };
         let gw = Output::new("grad_weight", grad_weight, check::elements(&[("max index + 1", height), ("embedding_dim", dim)])?)?;
-        check::disjoint(&[go.region(), idx.region(), gw.region()])?;
-        dispatch::run(stream, gw.len, || {
-            unsafe {
-                let (go, idx) = (go.read(&[gw.region()]), idx.read(&[gw.region()]));
-                optim::scatter_add(&go, &idx, gw.slice(), dim);
-            }
-            Ok(())
-        })
+        let call = Call::new(stream, gw.len, [go.region(), idx.region(), gw.region()])?.no_in_place_kernels();
+        dispatch::run(
+            &call,
+            || Ok(unsafe { optim::scatter_add(&go.read(&[gw.region()]), &idx.read(&[gw.region()]), gw.slice(), dim) }),
+            |gpu, p| unsafe { ops::scatter_add(gpu, stream.cast(), p[0], p[1], p[2], rows, dim) },
+        )
     })
 }

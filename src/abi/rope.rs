@@ -5,7 +5,7 @@ use std::ffi::{c_int, c_void};
 use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output, require};
 use crate::cpu::{par::Src, rope::{self, Angles, RopeShape}};
-use crate::dispatch;
+use crate::dispatch::{self, Call};
 use crate::error::Result;
 
 /// `head_dim` must be positive and even.
@@ -49,7 +49,7 @@ pub unsafe extern "C" fn cuda_rope_freqs(freqs: *mut f32, max_seq_len: c_int, he
         require(base > 0.0 && base.is_finite(), || format!("base must be finite and > 0 (got {base})"))?;
         ntk_alpha(alpha, d)?;
         let table = Output::new("freqs", freqs, check::elements(&[("max_seq_len", rows), ("head_dim / 2", d / 2)])?)?;
-        dispatch::run(stream, table.len, || {
+        dispatch::run_cpu_only(&Call::new(stream, table.len, [table.region()])?, || {
             unsafe { rope::freqs(table.slice(), d, base, alpha) };
             Ok(())
         })
@@ -78,8 +78,8 @@ pub unsafe extern "C" fn cuda_rope_forward(
         let x = Input::new("input", input, n)?;
         let f = Input::new("freqs", freqs, if n == 0 { 0 } else { table_len(&shape)? })?;
         let y = Output::new("output", output, n)?;
-        check::disjoint(&[x.region(), f.region(), y.region()])?;
-        dispatch::run(stream, n, || {
+        let call = Call::new(stream, n, [x.region(), f.region(), y.region()])?;
+        dispatch::run_cpu_only(&call, || {
             unsafe {
                 let f = f.read(&[y.region()]);
                 rope::rotate(Src::of(&x, &y, &[]), y.slice(), &f, shape, Angles::AsStored);
@@ -117,8 +117,8 @@ pub unsafe extern "C" fn cuda_rope_qk(
         let qo = Output::new("q_out", q_out, nq)?;
         let ko = Output::new("k_out", k_out, nk)?;
         let regions = [q.region(), k.region(), f.region(), qo.region(), ko.region()];
-        check::disjoint(&regions)?;
-        dispatch::run(stream, nq + nk, || {
+        let call = Call::new(stream, nq + nk, regions)?;
+        dispatch::run_cpu_only(&call, || {
             // Inputs that are the *other* output's buffer are copied before either is written.
             unsafe {
                 let f = f.read(&[qo.region(), ko.region()]);
@@ -138,9 +138,9 @@ unsafe fn rotate_q_and_k(q: *mut f32, k: *mut f32, freqs: *const f32, batch: c_i
     let q = Output::new("q", q, n)?;
     let k = Output::new("k", k, n)?;
     let f = Input::new("freqs", freqs, if n == 0 { 0 } else { table_len(&shape)? })?;
-    check::disjoint(&[q.region(), k.region(), f.region()])?;
+    let call = Call::new(stream, n, [q.region(), k.region(), f.region()])?;
     let angles = angles(&shape);
-    dispatch::run(stream, n, || {
+    dispatch::run_cpu_only(&call, || {
         unsafe {
             let f = f.read(&[q.region(), k.region()]);
             rope::rotate(Src::Output, q.slice(), &f, shape, angles);

@@ -5,7 +5,8 @@ use std::ffi::{c_int, c_void};
 use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output, require};
 use crate::cpu::{par::Src, softmax};
-use crate::dispatch;
+use crate::dispatch::{self, Call};
+use crate::gpu::ops;
 
 /// Row-wise softmax of `input[rows, cols]` into `output[rows, cols]`, stable for
 /// large inputs (the row max is subtracted). `-inf` entries get probability 0;
@@ -19,11 +20,12 @@ pub unsafe extern "C" fn cuda_softmax(input: *const f32, output: *mut f32, rows:
         let n = check::elements(&[("rows", rows), ("cols", cols)])?;
         let x = Input::new("input", input, n)?;
         let y = Output::new("output", output, n)?;
-        check::disjoint(&[x.region(), y.region()])?;
-        dispatch::run(stream, n, || {
-            unsafe { softmax::softmax(Src::of(&x, &y, &[]), y.slice(), cols) };
-            Ok(())
-        })
+        let call = Call::new(stream, n, [x.region(), y.region()])?;
+        dispatch::run(
+            &call,
+            || Ok(unsafe { softmax::softmax(Src::of(&x, &y, &[]), y.slice(), cols) }),
+            |g, p| unsafe { ops::softmax(g, stream.cast(), p[0], p[1], rows, cols) },
+        )
     })
 }
 
@@ -49,13 +51,11 @@ pub unsafe extern "C" fn cuda_softmax_topk(
         let x = Input::new("input", input, check::elements(&[("rows", rows), ("cols", cols)])?)?;
         let w = Output::new("weights", weights, rows * k)?;
         let idx = Output::new("indices", indices, rows * k)?;
-        check::disjoint(&[x.region(), w.region(), idx.region()])?;
-        dispatch::run(stream, rows * k, || {
-            unsafe {
-                let x = x.read(&[w.region(), idx.region()]);
-                softmax::softmax_topk(&x, w.slice(), idx.slice(), cols, k);
-            }
-            Ok(())
-        })
+        let call = Call::new(stream, rows * k, [x.region(), w.region(), idx.region()])?.no_in_place_kernels();
+        dispatch::run(
+            &call,
+            || Ok(unsafe { softmax::softmax_topk(&x.read(&[w.region(), idx.region()]), w.slice(), idx.slice(), cols, k) }),
+            |g, p| unsafe { ops::softmax_topk(g, stream.cast(), p[0], p[1], p[2], rows, cols, k) },
+        )
     })
 }

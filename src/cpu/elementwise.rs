@@ -7,12 +7,14 @@ use super::par::{CHUNK, Src, blocks};
 
 /// x * sigmoid(x) with e = e^-|x| (never overflows): x / (1 + e) for x >= 0 and
 /// x e / (1 + e) below, where the 2^n of e is applied last so that results
-/// near the subnormals keep their precision.
+/// near the subnormals keep their precision. Below -200 the result is -0
+/// (the limit, also for -inf).
 #[inline(always)]
 fn silu_one(x: f32) -> f32 {
     let (p, n) = exp_parts(-x.abs());
     let e = ldexp(p, n);
-    if x >= 0.0 { x / (1.0 + e) } else { ldexp(x * p / (1.0 + e), n) }
+    let negative = if x < -200.0 { -0.0 } else { ldexp(x * p / (1.0 + e), n) };
+    if x >= 0.0 { x / (1.0 + e) } else { negative }
 }
 
 #[multiversion(targets = "simd")]

@@ -17,6 +17,14 @@ pub struct AdamW {
     pub step: i32,
 }
 
+impl AdamW {
+    /// 1 / (1 - beta^step) for both moments, computed in f64.
+    pub fn inverse_bias_corrections(&self) -> (f32, f32) {
+        let inverse = |beta: f32| (1.0 / (1.0 - (beta as f64).powi(self.step))) as f32;
+        (inverse(self.beta1), inverse(self.beta2))
+    }
+}
+
 #[multiversion(targets = "simd")]
 fn adamw_block(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamW, inv_bc1: f32, inv_bc2: f32) {
     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
@@ -30,8 +38,7 @@ fn adamw_block(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamW,
 
 /// One decoupled-weight-decay Adam step on every element.
 pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], h: AdamW) {
-    let inv_bc1 = (1.0 / (1.0 - (h.beta1 as f64).powi(h.step))) as f32;
-    let inv_bc2 = (1.0 / (1.0 - (h.beta2 as f64).powi(h.step))) as f32;
+    let (inv_bc1, inv_bc2) = h.inverse_bias_corrections();
     param
         .par_chunks_mut(CHUNK)
         .zip(grad.par_chunks(CHUNK))

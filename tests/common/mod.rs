@@ -2,6 +2,8 @@
 //! comparisons, poisoned outputs and error-code checks.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod device;
+
 use std::ffi::c_void;
 
 pub const NULL: *mut c_void = std::ptr::null_mut();

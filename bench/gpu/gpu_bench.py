@@ -1,0 +1,147 @@
+"""GPU benchmark: cudann (device pointers, via ctypes) vs PyTorch on the same
+GPU in the same run. CUDA-event timing, median of many runs after warm-up.
+
+    python3 bench/gpu/gpu_bench.py [path/to/libcudann.so]
+
+Prints: op, size, ours ms, torch ms, torch/ours, % of the measured copy
+bandwidth (bytes each op must move / time), and the issue's target.
+"""
+import ctypes
+import statistics
+import sys
+
+import torch
+
+LIB = ctypes.CDLL(sys.argv[1] if len(sys.argv) > 1 else "target/release/libcudann.so")
+F, I, L, P = ctypes.c_float, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+DEV = "cuda"
+
+
+def ptr(t):
+    return P(t.data_ptr())
+
+
+def stream():
+    return P(torch.cuda.current_stream().cuda_stream)
+
+
+def call(name, *args):
+    rc = getattr(LIB, name)(*args)
+    if rc != 0:
+        raise RuntimeError(f"{name} -> {rc}: {LIB.cudann_last_error()}")
+
+
+LIB.cudann_last_error.restype = ctypes.c_char_p
+
+
+def timed(fn, warmup=5, reps=30, inner=10):
+    """Median device milliseconds per fn(): CUDA events around `inner`
+    back-to-back calls, so the host's call overhead (Python, ctypes) overlaps
+    the GPU work instead of being counted as idle GPU time."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / inner)
+    return statistics.median(samples)
+
+
+def copy_bandwidth():
+    x = torch.randn(1 << 28, device=DEV)
+    y = torch.empty_like(x)
+    ms = timed(lambda: y.copy_(x))
+    return 2 * x.numel() * 4 / (ms * 1e-3)
+
+
+ROWS = []
+
+
+def row(op, size, ours, theirs, bytes_moved, target):
+    ROWS.append((op, size, ours, theirs, bytes_moved, target))
+
+
+def bench_elementwise():
+    n = 1 << 26
+    x, b = torch.randn(n, device=DEV), torch.randn(n, device=DEV)
+    y = torch.empty_like(x)
+    row("silu", "2^26", timed(lambda: call("cuda_silu", ptr(x), ptr(y), L(n), stream())),
+        timed(lambda: torch.nn.functional.silu(x, inplace=False)), 8 * n, "93% copy")
+    row("add", "2^26", timed(lambda: call("cuda_add", ptr(x), ptr(b), ptr(y), L(n), stream())),
+        timed(lambda: torch.add(x, b, out=y)), 12 * n, "93% copy")
+    row("mul", "2^26", timed(lambda: call("cuda_mul", ptr(x), ptr(b), ptr(y), L(n), stream())),
+        timed(lambda: torch.mul(x, b, out=y)), 12 * n, "93% copy")
+    row("scale", "2^26", timed(lambda: call("cuda_scale", ptr(x), ptr(y), F(0.5), L(n), stream())),
+        timed(lambda: torch.mul(x, 0.5, out=y)), 8 * n, "93% copy")
+
+
+def bench_rows():
+    r, c = 4096, 32000
+    x = torch.randn(r, c, device=DEV)
+    y = torch.empty_like(x)
+    row("softmax", f"{r}x{c}", timed(lambda: call("cuda_softmax", ptr(x), ptr(y), I(r), I(c), stream())),
+        timed(lambda: torch.softmax(x, dim=-1)), 8 * r * c, "<=0.40ms")
+    r, h = 16384, 4096
+    x, w = torch.randn(r, h, device=DEV), torch.randn(h, device=DEV)
+    y = torch.empty_like(x)
+    row("rmsnorm", f"{r}x{h}", timed(lambda: call("cuda_rmsnorm", ptr(x), ptr(w), ptr(y), I(r), I(h), F(1e-6), stream())),
+        timed(lambda: torch.nn.functional.rms_norm(x, (h,), w, 1e-6)), 8 * r * h, "<=0.20ms")
+    r, v = 8192, 32000
+    x = torch.randn(r, v, device=DEV)
+    t = torch.randint(0, v, (r,), device=DEV, dtype=torch.int32)
+    lp, loss = torch.empty_like(x), torch.empty(1, device=DEV)
+
+    def torch_ce():
+        logp = torch.log_softmax(x, dim=-1)
+        return torch.nn.functional.nll_loss(logp, t.long())
+    row("cross_entropy_fwd", f"{r}x{v}", timed(lambda: call("cuda_cross_entropy_forward", ptr(x), ptr(t), ptr(loss), ptr(lp), I(r), I(v), stream())),
+        timed(torch_ce), 8 * r * v, "<=0.80ms")
+    b, v = 256, 131072
+    x = torch.randn(b, v, device=DEV)
+    out = torch.empty(b, device=DEV, dtype=torch.int32)
+    row("argmax", f"{b}x{v}", timed(lambda: call("cuda_argmax", ptr(x), ptr(out), I(b), I(v), stream())),
+        timed(lambda: torch.argmax(x, dim=-1)), 4 * b * v, "<=0.055ms")
+
+
+def bench_adamw():
+    n = 1 << 27
+    p, g = torch.randn(n, device=DEV), torch.randn(n, device=DEV) * 0.01
+    m, v = torch.zeros(n, device=DEV), torch.zeros(n, device=DEV)
+    tp = torch.nn.Parameter(p.clone())
+    tp.grad = g.clone()
+    opt = torch.optim.AdamW([tp], lr=1e-3, fused=True)
+    row("adamw", "2^27", timed(lambda: call("cuda_adamw_step", ptr(p), ptr(g), ptr(m), ptr(v), F(1e-3), F(0.9), F(0.999), F(1e-8), F(0.01), I(10), L(n), stream())),
+        timed(opt.step), 28 * n, "<=1.33ms")
+
+
+def bench_gemm():
+    for (m, n, k, batch) in [(4096, 4096, 4096, 1), (1024, 1024, 1024, 8), (16, 4096, 4096, 1)]:
+        a, b = torch.randn(batch, m, k, device=DEV), torch.randn(batch, k, n, device=DEV)
+        c = torch.empty(batch, m, n, device=DEV)
+        ours = timed(lambda: call("cuda_gemm_batched", ptr(a), ptr(b), ptr(c), I(batch), I(m), I(n), I(k), F(1.0), F(0.0), stream()))
+        theirs = timed(lambda: torch.bmm(a, b, out=c))
+        row("sgemm", f"{batch}x{m}x{n}x{k}", ours, theirs, 4 * batch * (m * k + k * n + m * n), ">=0.97x cuBLAS")
+
+
+def main():
+    print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | TF32 off")
+    bw = copy_bandwidth()
+    print(f"# device copy bandwidth: {bw / 1e12:.2f} TB/s (read + write)")
+    for bench in (bench_elementwise, bench_rows, bench_adamw, bench_gemm):
+        bench()
+    print(f"{'op':<18} {'size':<16} {'ours ms':>9} {'torch ms':>9} {'torch/ours':>10} {'% copy bw':>9}  target")
+    for op, size, ours, theirs, moved, target in ROWS:
+        pct = 100 * moved / (ours * 1e-3) / bw
+        print(f"{op:<18} {size:<16} {ours:>9.4f} {theirs:>9.4f} {theirs / ours:>9.2f}x {pct:>8.1f}%  {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine, from the repo root, after scripts/stage-device.sh
+# carried .device/ there: every Rust test binary (GPU tests included), the
+# kernel check, compute-sanitizer memcheck and racecheck on the GPU tests, the
+# host-overhead probe and the GPU benchmark. Logs go to $OUT (or /tmp/out).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+cublas=$(find / -name 'libcublas.so.1[23]' -not -path '/proc/*' 2>/dev/null | head -1)
+export LD_LIBRARY_PATH="$(dirname "${cublas:-/x}"):$PWD/.device:${LD_LIBRARY_PATH:-}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+echo "cublas: ${cublas:-none}" | tee -a "$out/gpu.txt"
+step=${1:-all}
+failed=0
+if [ "$step" = all ] || [ "$step" = tests ]; then
+  for t in .device/tests/*; do
+    echo "=== $(basename "$t")"
+    "$t" --test-threads=4 > /tmp/test.log 2>&1 || { failed=1; echo "FAILED: $t"; grep -E "panicked|left|right|got|want" -A1 /tmp/test.log | head -30; }
+    { echo "=== $(basename "$t")"; cat /tmp/test.log; } >> "$out/tests.log"
+    grep -E "test result|SKIPPED" /tmp/test.log | head -3
+  done
+  python3 kernels/check_kernels.py > "$out/check_kernels.log" 2>&1 || { failed=1; echo "FAILED: check_kernels"; }
+  tail -5 "$out/check_kernels.log"
+fi
+if [ "$step" = all ] || [ "$step" = sanitize ]; then
+  for tool in memcheck racecheck; do
+    compute-sanitizer --tool "$tool" --error-exitcode 9 .device/tests/gpu --test-threads=1 > "$out/sanitizer-$tool.log" 2>&1 \
+      || { failed=1; echo "FAILED: compute-sanitizer $tool"; }
+    grep -E "ERROR SUMMARY|test result" "$out/sanitizer-$tool.log" | tail -2
+  done
+fi
+if [ "$step" = all ] || [ "$step" = bench ]; then
+  nvcc -O2 -std=c++17 bench/gpu/overhead.cu -Iinclude -L.device -lcudann -o /tmp/overhead && /tmp/overhead | tee "$out/overhead.txt"
+  python3 bench/gpu/gpu_bench.py .device/libcudann.so 2>&1 | tee "$out/gpu_bench.txt"
+fi
+exit $failed

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Builds what the GPU machine runs (it has no Rust): libcudann.so and the test
+# binaries, copied into .device/ (git-ignored; carried by the device tool).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release
+cargo test --release --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] in (["test"], ["lib"], ["cdylib", "rlib"]):
+        print(m["target"]["name"], m["executable"])' > /tmp/cudann-tests.txt
+rm -rf .device && mkdir -p .device/tests
+cp target/release/libcudann.so .device/
+# (the header test reads the source tree by its build-time path: not on the device)
+grep -v "^header " /tmp/cudann-tests.txt | while read -r name exe; do cp "$exe" ".device/tests/$name"; done
+grep -qx '/.device/' .git/info/exclude || echo '/.device/' >> .git/info/exclude
+du -sh .device; ls .device/tests

@@ -1,0 +1,87 @@
+//! GEMM through cuBLAS (FP32 math; TF32 only with CUDANN_ALLOW_TF32=1), with the
+//! row-major operands swapped rather than copied.
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use cudarc::cublas::sys::{self, cublasMath_t, cublasOperation_t, cublasStatus_t};
+
+use super::driver::{DevPtr, Stream};
+use crate::error::{Error, Result};
+
+/// Whether libcublas can be loaded at all (checked once).
+pub fn available() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    // SAFETY: only asks the loader.
+    *PRESENT.get_or_init(|| unsafe { sys::is_culib_present() })
+}
+
+fn allow_tf32() -> bool {
+    static TF32: OnceLock<bool> = OnceLock::new();
+    *TF32.get_or_init(|| std::env::var("CUDANN_ALLOW_TF32").is_ok_and(|v| v.trim() == "1"))
+}
+
+fn check(status: cublasStatus_t, what: &str) -> Result<()> {
+    match status {
+        cublasStatus_t::CUBLAS_STATUS_SUCCESS => Ok(()),
+        cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED => Err(Error::OutOfMemory(format!("{what}: {status:?}"))),
+        _ => Err(Error::LaunchFailed(format!("{what}: {status:?}"))),
+    }
+}
+
+/// A cuBLAS handle per thread: handles are not safe to share while streams change.
+struct Handle(sys::cublasHandle_t);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: created by cublasCreate below and used by this thread only.
+        unsafe { sys::cublasDestroy_v2(self.0) };
+    }
+}
+
+thread_local! {
+    static HANDLE: RefCell<Option<Handle>> = const { RefCell::new(None) };
+}
+
+fn with_handle<R>(f: impl FnOnce(sys::cublasHandle_t) -> Result<R>) -> Result<R> {
+    HANDLE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            let mut handle = std::ptr::null_mut();
+            // SAFETY: plain creation into an out-pointer (needs the current context).
+            unsafe {
+                check(sys::cublasCreate_v2(&mut handle), "cublasCreate")?;
+                let mode = if allow_tf32() { cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH } else { cublasMath_t::CUBLAS_DEFAULT_MATH };
+                check(sys::cublasSetMathMode(handle, mode), "cublasSetMathMode")?;
+            }
+            *slot = Some(Handle(handle));
+        }
+        f(slot.as_ref().expect("created above").0)
+    })
+}
+
+/// Row-major C = alpha A·B + beta C over `batch` contiguous matrices, as the
+/// column-major product Cᵀ = Bᵀ·Aᵀ (no copies). Safety: valid device pointers of
+/// the implied sizes; every dimension fits in an i32 (the ABI's `int`).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm(a: DevPtr, b: DevPtr, c: DevPtr, batch: usize, m: usize, n: usize, k: usize, alpha: f32, beta: f32, stream: Stream) -> Result<()> {
+    with_handle(|h| unsafe {
+        check(sys::cublasSetStream_v2(h, stream.cast()), "cublasSetStream")?;
+        let (no, m_, n_, k_) = (cublasOperation_t::CUBLAS_OP_N, m as i32, n as i32, k as i32);
+        if batch == 1 {
+            // The plain call: its heuristics can pick better kernels than the batched one's.
+            let (a, b, c) = (a as *const f32, b as *const f32, c as *mut f32);
+            return check(sys::cublasSgemm_v2(h, no, no, n_, m_, k_, &alpha, b, n_, a, k_, &beta, c, n_), "cublasSgemm");
+        }
+        check(
+            sys::cublasSgemmStridedBatched(
+                h, no, no, n_, m_, k_,
+                &alpha, b as *const f32, n_, (k * n) as i64,
+                a as *const f32, k_, (m * k) as i64,
+                &beta, c as *mut f32, n_, (m * n) as i64,
+                batch as i32,
+            ),
+            "cublasSgemmStridedBatched",
+        )
+    })
+}

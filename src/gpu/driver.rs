@@ -1,0 +1,73 @@
+//! Checked calls into the CUDA driver (loaded at run time by cudarc).
+
+use std::ffi::{CStr, c_void};
+
+use cudarc::driver::sys::{self, CUresult};
+
+use crate::error::{Error, Result};
+
+/// A device address as the driver sees it.
+pub type DevPtr = sys::CUdeviceptr;
+/// A caller's stream (NULL = the default stream).
+pub type Stream = sys::CUstream;
+
+fn describe(result: CUresult) -> String {
+    let mut text: *const std::ffi::c_char = std::ptr::null();
+    // SAFETY: the driver returns a static string or leaves the pointer NULL.
+    unsafe { sys::cuGetErrorString(result, &mut text) };
+    if text.is_null() { format!("{result:?}") } else { unsafe { CStr::from_ptr(text) }.to_string_lossy().into_owned() }
+}
+
+/// Maps a driver result to the library's error: out-of-memory is -4, every
+/// other failure -3.
+pub fn check(result: CUresult, what: &str) -> Result<()> {
+    match result {
+        CUresult::CUDA_SUCCESS => Ok(()),
+        CUresult::CUDA_ERROR_OUT_OF_MEMORY => Err(Error::OutOfMemory(format!("{what}: {}", describe(result)))),
+        _ => Err(Error::LaunchFailed(format!("{what}: {}", describe(result)))),
+    }
+}
+
+/// One kernel argument, passed by address to cuLaunchKernel.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    Ptr(DevPtr),
+    F32(f32),
+    I32(i32),
+    I64(i64),
+}
+
+impl Arg {
+    fn address(&mut self) -> *mut c_void {
+        match self {
+            Arg::Ptr(v) => v as *mut DevPtr as *mut c_void,
+            Arg::F32(v) => v as *mut f32 as *mut c_void,
+            Arg::I32(v) => v as *mut i32 as *mut c_void,
+            Arg::I64(v) => v as *mut i64 as *mut c_void,
+        }
+    }
+}
+
+/// Launch geometry.
+#[derive(Clone, Copy, Debug)]
+pub struct Launch {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+}
+
+/// Enqueues `function` on `stream`. Safety: `args` match the kernel's parameters
+/// and every pointer in them is valid device memory of the sizes it implies.
+pub unsafe fn launch(function: sys::CUfunction, name: &str, at: Launch, stream: Stream, args: &mut [Arg]) -> Result<()> {
+    const MAX_ARGS: usize = 16;
+    if args.len() > MAX_ARGS {
+        return Err(crate::error::Error::Internal(format!("{name}: more than {MAX_ARGS} kernel arguments")));
+    }
+    let mut addresses = [std::ptr::null_mut(); MAX_ARGS];
+    for (address, arg) in addresses.iter_mut().zip(args.iter_mut()) {
+        *address = arg.address();
+    }
+    let ((gx, gy, gz), (bx, by, bz)) = (at.grid, at.block);
+    // SAFETY: per the caller's contract; `addresses` outlives the call.
+    let result = unsafe { sys::cuLaunchKernel(function, gx, gy, gz, bx, by, bz, 0, stream, addresses.as_mut_ptr(), std::ptr::null_mut()) };
+    check(result, name)
+}

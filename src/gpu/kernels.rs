@@ -1,0 +1,21 @@
+//! The precompiled PTX (kernels/ptx, made by scripts/gen-ptx.py) and the kernels
+//! the Rust side launches from it.
+
+/// (module source, kernels the Rust side launches from it).
+pub const MODULES: &[(&str, &str, &[&str])] = &[
+    ("elementwise", include_str!("../../kernels/ptx/elementwise.ptx"), &["silu_f32", "add_f32", "mul_f32", "scale_f32"]),
+    ("softmax", include_str!("../../kernels/ptx/softmax.ptx"), &["softmax_f32", "softmax_topk_f32"]),
+    ("norm", include_str!("../../kernels/ptx/norm.ptx"), &["rmsnorm_f32", "rmsnorm_residual_f32"]),
+    (
+        "loss",
+        include_str!("../../kernels/ptx/loss.ptx"),
+        &["log_softmax_f32", "nll_mean_f32", "ce_backward_f32", "aux_counts_f32", "aux_loss_f32"],
+    ),
+    (
+        "optim",
+        include_str!("../../kernels/ptx/optim.ptx"),
+        &["adamw_f32", "sumsq_partial_f32", "norm_total_f32", "clip_scale_f32", "scatter_add_f32"],
+    ),
+    ("decode", include_str!("../../kernels/ptx/decode.ptx"), &["argmax_f32"]),
+    ("gemm", include_str!("../../kernels/ptx/gemm.ptx"), &["sgemm_tiled_f32"]),
+];

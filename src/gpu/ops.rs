@@ -1,0 +1,155 @@
+//! One launch sequence per op, on device pointers, enqueued on the caller's
+//! stream. Launch geometry follows the contract in kernels/README.md.
+
+use super::driver::{Arg, DevPtr, Launch, Stream};
+use super::{Gpu, blas};
+use crate::error::Result;
+
+use Arg::{F32, I32, I64, Ptr};
+
+/// A 1-D launch.
+fn line(grid: usize, block: u32) -> Launch {
+    Launch { grid: (grid.clamp(1, u32::MAX as usize) as u32, 1, 1), block: (block, 1, 1) }
+}
+
+/// Grid-stride kernels: 256 threads, about 4 elements per thread, capped grid.
+fn strided(n: usize) -> Launch {
+    line(n.div_ceil(1024).min(65535), 256)
+}
+
+/// One block per row.
+fn per_row(rows: usize, block: u32) -> Launch {
+    line(rows, block)
+}
+
+fn single(block: u32) -> Launch {
+    line(1, block)
+}
+
+// SAFETY (every function below): the pointers are device memory of the sizes
+// the arguments imply; the ABI layer checked the sizes.
+
+pub unsafe fn silu(g: &Gpu, s: Stream, x: DevPtr, y: DevPtr, n: usize) -> Result<()> {
+    unsafe { g.launch("silu_f32", strided(n), s, &mut [Ptr(x), Ptr(y), I64(n as i64)]) }
+}
+
+pub unsafe fn add(g: &Gpu, s: Stream, a: DevPtr, b: DevPtr, y: DevPtr, n: usize) -> Result<()> {
+    unsafe { g.launch("add_f32", strided(n), s, &mut [Ptr(a), Ptr(b), Ptr(y), I64(n as i64)]) }
+}
+
+pub unsafe fn mul(g: &Gpu, s: Stream, a: DevPtr, b: DevPtr, y: DevPtr, n: usize) -> Result<()> {
+    unsafe { g.launch("mul_f32", strided(n), s, &mut [Ptr(a), Ptr(b), Ptr(y), I64(n as i64)]) }
+}
+
+pub unsafe fn scale(g: &Gpu, s: Stream, x: DevPtr, y: DevPtr, factor: f32, n: usize) -> Result<()> {
+    unsafe { g.launch("scale_f32", strided(n), s, &mut [Ptr(x), Ptr(y), F32(factor), I64(n as i64)]) }
+}
+
+pub unsafe fn softmax(g: &Gpu, s: Stream, x: DevPtr, y: DevPtr, rows: usize, cols: usize) -> Result<()> {
+    unsafe { g.launch("softmax_f32", per_row(rows, 1024), s, &mut [Ptr(x), Ptr(y), I32(rows as i32), I32(cols as i32)]) }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn softmax_topk(g: &Gpu, s: Stream, x: DevPtr, w: DevPtr, idx: DevPtr, rows: usize, cols: usize, k: usize) -> Result<()> {
+    let args = &mut [Ptr(x), Ptr(w), Ptr(idx), I32(rows as i32), I32(cols as i32), I32(k as i32)];
+    unsafe { g.launch("softmax_topk_f32", per_row(rows, 32), s, args) }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn rmsnorm(g: &Gpu, s: Stream, x: DevPtr, w: DevPtr, y: DevPtr, rows: usize, hidden: usize, eps: f32) -> Result<()> {
+    let args = &mut [Ptr(x), Ptr(w), Ptr(y), I32(rows as i32), I32(hidden as i32), F32(eps)];
+    // 512 threads: measured ~8% faster than 1024 on 4096-wide rows.
+    unsafe { g.launch("rmsnorm_f32", per_row(rows, 512), s, args) }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn rmsnorm_residual(g: &Gpu, s: Stream, x: DevPtr, r: DevPtr, w: DevPtr, y: DevPtr, sum: DevPtr, rows: usize, hidden: usize, eps: f32) -> Result<()> {
+    let args = &mut [Ptr(x), Ptr(r), Ptr(w), Ptr(y), Ptr(sum), I32(rows as i32), I32(hidden as i32), F32(eps)];
+    unsafe { g.launch("rmsnorm_residual_f32", per_row(rows, 1024), s, args) }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm(g: &Gpu, s: Stream, a: DevPtr, b: DevPtr, c: DevPtr, batch: usize, m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> Result<()> {
+    if k == 0 || alpha == 0.0 {
+        // No product term (cuBLAS rejects K = 0): C = beta C, never read when beta == 0.
+        let len = batch * m * n;
+        return if beta == 0.0 { unsafe { zero(s, c, len) } } else { unsafe { scale(g, s, c, c, beta, len) } };
+    }
+    if blas::available() {
+        return unsafe { blas::sgemm(a, b, c, batch, m, n, k, alpha, beta, s) };
+    }
+    // The fallback kernel: 64x64 tiles, batch in grid.z (at most 65535 per launch).
+    let (sa, sb, sc) = (m * k, k * n, m * n);
+    for first in (0..batch).step_by(65535) {
+        let count = (batch - first).min(65535);
+        let at = Launch { grid: (n.div_ceil(64) as u32, m.div_ceil(64).min(65535) as u32, count as u32), block: (16, 16, 1) };
+        let (a, b, c) = (a + (first * sa * 4) as DevPtr, b + (first * sb * 4) as DevPtr, c + (first * sc * 4) as DevPtr);
+        let args = &mut [Ptr(a), Ptr(b), Ptr(c), I32(m as i32), I32(n as i32), I32(k as i32), F32(alpha), F32(beta), I64(sa as i64), I64(sb as i64), I64(sc as i64)];
+        unsafe { g.launch("sgemm_tiled_f32", at, s, args)? };
+    }
+    Ok(())
+}
+
+/// log_probs row-wise, then the mean NLL from log_probs[r, target[r]].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn cross_entropy_forward(g: &Gpu, s: Stream, x: DevPtr, t: DevPtr, loss: DevPtr, lp: DevPtr, rows: usize, vocab: usize) -> Result<()> {
+    let (r, v) = (I32(rows as i32), I32(vocab as i32));
+    unsafe {
+        g.launch("log_softmax_f32", per_row(rows, 1024), s, &mut [Ptr(x), Ptr(lp), r, v])?;
+        g.launch("nll_mean_f32", single(1024), s, &mut [Ptr(lp), Ptr(t), Ptr(loss), r, v])
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn cross_entropy_backward(g: &Gpu, s: Stream, lp: DevPtr, t: DevPtr, d: DevPtr, rows: usize, vocab: usize, factor: f32) -> Result<()> {
+    let args = &mut [Ptr(lp), Ptr(t), Ptr(d), I32(rows as i32), I32(vocab as i32), F32(factor)];
+    unsafe { g.launch("ce_backward_f32", strided(rows * vocab), s, args) }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn aux_loss(g: &Gpu, s: Stream, probs: DevPtr, experts: DevPtr, aux: DevPtr, f: DevPtr, p: DevPtr, rows: usize, n_experts: usize, top_k: usize, alpha: f32) -> Result<()> {
+    let e = I32(n_experts as i32);
+    unsafe {
+        let counts = &mut [Ptr(probs), Ptr(experts), Ptr(f), Ptr(p), I32(rows as i32), e, I32(top_k as i32)];
+        g.launch("aux_counts_f32", line(n_experts, 256), s, counts)?;
+        g.launch("aux_loss_f32", single(256), s, &mut [Ptr(f), Ptr(p), Ptr(aux), e, F32(alpha)])
+    }
+}
+
+/// One AdamW step; bias corrections are folded into two factors on the host.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn adamw(g: &Gpu, s: Stream, p: DevPtr, grad: DevPtr, m: DevPtr, v: DevPtr, h: crate::cpu::optim::AdamW, n: usize) -> Result<()> {
+    let (inv_bc1, inv_bc2) = h.inverse_bias_corrections();
+    let args = &mut [
+        Ptr(p), Ptr(grad), Ptr(m), Ptr(v),
+        F32(h.lr), F32(h.beta1), F32(h.beta2), F32(h.eps), F32(h.weight_decay), F32(inv_bc1), F32(inv_bc2), I64(n as i64),
+    ];
+    unsafe { g.launch("adamw_f32", strided(n), s, args) }
+}
+
+pub unsafe fn zero(s: Stream, x: DevPtr, n: usize) -> Result<()> {
+    use cudarc::driver::sys;
+    super::driver::check(unsafe { sys::cuMemsetD32Async(x, 0, n, s) }, "cuMemsetD32Async")
+}
+
+/// ‖g‖ into total (via per-256 partial sums in the caller's scratch), then the
+/// scaling decided on the device.
+pub unsafe fn grad_clip(g: &Gpu, s: Stream, grad: DevPtr, partial: DevPtr, total: DevPtr, clip: f32, n: usize) -> Result<()> {
+    let parts = n.div_ceil(256);
+    unsafe {
+        // A warp per 256-element part, eight parts per block.
+        g.launch("sumsq_partial_f32", line(parts.div_ceil(8).min(65535), 256), s, &mut [Ptr(grad), Ptr(partial), I64(n as i64)])?;
+        g.launch("norm_total_f32", single(1024), s, &mut [Ptr(partial), Ptr(total), I64(parts as i64)])?;
+        g.launch("clip_scale_f32", strided(n), s, &mut [Ptr(grad), Ptr(total), F32(clip), I64(n as i64)])
+    }
+}
+
+pub unsafe fn scatter_add(g: &Gpu, s: Stream, go: DevPtr, idx: DevPtr, gw: DevPtr, num: usize, dim: usize) -> Result<()> {
+    // grid.y splits the destination rows (row % 32): more parallelism, same order per row.
+    let at = Launch { grid: (dim.div_ceil(256) as u32, 32, 1), block: (256, 1, 1) };
+    unsafe { g.launch("scatter_add_f32", at, s, &mut [Ptr(go), Ptr(idx), Ptr(gw), I32(num as i32), I32(dim as i32)]) }
+}
+
+pub unsafe fn argmax(g: &Gpu, s: Stream, x: DevPtr, out: DevPtr, batch: usize, vocab: usize) -> Result<()> {
+    unsafe { g.launch("argmax_f32", per_row(batch, 1024), s, &mut [Ptr(x), Ptr(out), I32(batch as i32), I32(vocab as i32)]) }
+}

@@ -1,0 +1,114 @@
+//! Device memory and streams for the GPU tests, straight from the driver.
+
+use std::ffi::c_void;
+
+use cudarc::driver::sys;
+
+/// The GPU tests' gate: true when a usable GPU exists; otherwise says so
+/// visibly (written past the test harness's capture, which takes only the
+/// print macros), since a skipped GPU test must show in the log.
+pub fn present(test: &str) -> bool {
+    use std::io::Write;
+    match cudann::gpu::get() {
+        Ok(_) => true,
+        Err(why) => {
+            let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: no usable GPU ({why})");
+            false
+        }
+    }
+}
+
+fn ok(result: sys::CUresult) {
+    assert_eq!(result, sys::CUresult::CUDA_SUCCESS);
+}
+
+/// A device buffer of T freed on drop.
+pub struct Dev<T> {
+    pub ptr: sys::CUdeviceptr,
+    pub len: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+/// Makes the library's context current on this thread (test threads are new).
+fn current() {
+    cudann::gpu::get().expect("a usable GPU");
+}
+
+impl<T: Copy + Default> Dev<T> {
+    pub fn from(host: &[T]) -> Self {
+        current();
+        let mut ptr = 0;
+        let bytes = std::mem::size_of_val(host).max(4);
+        unsafe {
+            ok(sys::cuMemAlloc_v2(&mut ptr, bytes));
+            if !host.is_empty() {
+                ok(sys::cuMemcpyHtoD_v2(ptr, host.as_ptr().cast(), std::mem::size_of_val(host)));
+            }
+        }
+        Dev { ptr, len: host.len(), _t: std::marker::PhantomData }
+    }
+
+    /// Synchronizes the device, then copies the buffer back.
+    pub fn read(&self) -> Vec<T> {
+        current();
+        let mut host = vec![T::default(); self.len];
+        unsafe {
+            ok(sys::cuCtxSynchronize());
+            ok(sys::cuMemcpyDtoH_v2(host.as_mut_ptr().cast(), self.ptr, std::mem::size_of_val(&host[..])));
+        }
+        host
+    }
+
+    pub fn p(&self) -> *mut T {
+        self.ptr as *mut T
+    }
+}
+
+impl<T> Drop for Dev<T> {
+    fn drop(&mut self) {
+        unsafe { sys::cuMemFree_v2(self.ptr) };
+    }
+}
+
+/// A non-default stream, destroyed on drop.
+pub struct Stream(pub sys::CUstream);
+
+impl Stream {
+    pub fn new() -> Self {
+        current();
+        let mut s = std::ptr::null_mut();
+        ok(unsafe { sys::cuStreamCreate(&mut s, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32) });
+        Stream(s)
+    }
+    pub fn raw(&self) -> *mut c_void {
+        self.0.cast()
+    }
+    pub fn sync(&self) {
+        ok(unsafe { sys::cuStreamSynchronize(self.0) });
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        unsafe { sys::cuStreamDestroy_v2(self.0) };
+    }
+}
+
+/// Captures what `f` enqueues on `stream` into a graph, replays it `times`
+/// times, and synchronizes.
+pub fn capture_and_replay(stream: &Stream, times: usize, f: impl FnOnce()) {
+    unsafe {
+        ok(sys::cuStreamBeginCapture_v2(stream.0, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+        f();
+        let mut graph = std::ptr::null_mut();
+        ok(sys::cuStreamEndCapture(stream.0, &mut graph));
+        let mut exec = std::ptr::null_mut();
+        ok(sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0));
+        for _ in 0..times {
+            ok(sys::cuGraphLaunch(exec, stream.0));
+        }
+        stream.sync();
+        ok(sys::cuGraphExecDestroy(exec));
+        ok(sys::cuGraphDestroy(graph));
+    }
+}
