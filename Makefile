@@ -3,7 +3,7 @@ LIBDIR := $(CURDIR)/target/release
 LIB    := $(LIBDIR)/libcudann.so
 CWARN  := -Wall -Wextra -Werror -pedantic
 
-.PHONY: build demo test test-rust test-bindings deps header bench
+.PHONY: build demo test test-rust test-bindings test-ptx deps header ptx bench
 .DEFAULT_GOAL := build
 
 build:
@@ -14,8 +14,9 @@ demo: build
 	cc -std=c11 $(CWARN) -Iinclude examples/demo.c -L$(LIBDIR) -lcudann -Wl,-rpath,$(LIBDIR) -lm -o target/demo
 	./target/demo
 
-# Everything: installs missing tools, then the Rust suite and every language suite.
-test: deps test-rust test-bindings
+# Everything: installs missing tools, then the Rust suite, every language suite,
+# and the check that the committed PTX is what the kernel sources give.
+test: deps test-rust test-bindings test-ptx
 
 deps:
 	scripts/install-test-deps.sh
@@ -25,6 +26,13 @@ test-rust:
 
 test-bindings: build
 	bindings-test/run.sh
+
+# Regenerates kernels/ptx from kernels/*.cu (NVRTC 12.4 from pip; no GPU needed).
+ptx:
+	python3 scripts/gen-ptx.py
+
+test-ptx:
+	python3 scripts/gen-ptx.py --check
 
 # Refreshes include/cudann.h from the Rust source (the header test fails until you do).
 header:
