@@ -50,10 +50,123 @@ def row(name, k, ms, nbytes, target=None):
 def g1024(n):
     return min(-(-n // 1024), 65535)
 
+def bench_attention_rope():
+    import torch
+    import torch.nn.functional as F
+    f32, i32, i64 = np.float32, np.int32, np.int64
+    br = lambda d: 64 if d <= 64 else 32 if d <= 128 else 16
+    special = lambda d: "flash_attention_d32_f32" if d <= 32 else "flash_attention_d64_f32" if d <= 64 else \
+        "flash_attention_d128_f32" if d <= 128 else None
+    for b, h, s, d, causal, kvh in ((8, 16, 2048, 64, 1, 16), (8, 16, 2048, 64, 0, 16), (8, 16, 2048, 32, 1, 16),
+                                    (4, 16, 2048, 128, 1, 16), (8, 16, 2048, 64, 1, 1), (2, 8, 1024, 256, 1, 8)):
+        q = cp.random.standard_normal((b, s, h, d), dtype=f32)
+        k = cp.random.standard_normal((b, s, kvh, d), dtype=f32)
+        v = cp.random.standard_normal((b, s, kvh, d), dtype=f32)
+        o = cp.empty_like(q)
+        args = (q, k, v, o, i32(b), i32(s), i32(h), i32(kvh), i32(d), f32(d ** -0.5), i32(causal), np.uint64(0))
+        grid = -(-s // br(d)) * h * b
+        name = special(d) or "flash_attention_f32"
+        flash = kernel("attention", name)
+        generic = kernel("attention", "flash_attention_f32")
+        ms = median_ms(lambda: flash((grid,), (64,), args), reps=5, batch=3)
+        gms = median_ms(lambda: generic((grid,), (64,), args), reps=5, batch=3)
+        flash((grid,), (64,), args)
+        flops = 4 * b * h * s * s * d * (0.5 if causal else 1.0)
+        # torch in its own layout [b, h, s, d] (contiguous), fp32, no TF32.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        tq = torch.as_tensor(q, device="cuda").permute(0, 2, 1, 3).contiguous()
+        tk = torch.as_tensor(k, device="cuda").permute(0, 2, 1, 3).contiguous()
+        tv = torch.as_tensor(v, device="cuda").permute(0, 2, 1, 3).contiguous()
+        if kvh == 1:
+            tk, tv = tk.expand(b, h, s, d), tv.expand(b, h, s, d)
+
+        def sdpa():
+            F.scaled_dot_product_attention(tq, tk, tv, is_causal=bool(causal))
+
+        tms = median_ms(sdpa, reps=5, batch=3)
+        ref = F.scaled_dot_product_attention(tq, tk, tv, is_causal=bool(causal)).permute(0, 2, 1, 3)
+        diff = float((torch.as_tensor(o, device="cuda") - ref).abs().max())
+        print(f"{'%s b=%d h=%d s=%d d=%d c=%d kv=%d' % (name[len('flash_attention_'):-4] or 'all', b, h, s, d, causal, kvh):<40} "
+              f"{flash.num_regs:>3} regs {ms:8.4f} ms {flops / ms / 1e9:7.2f} TFLOP/s   torch sdpa fp32 {tms:8.4f} ms "
+              f"({'faster' if ms <= tms else 'SLOWER'}; max |diff| {diff:.1e}); all-d kernel {gms:.4f} ms")
+        del q, k, v, o, tq, tk, tv, ref
+    b, h, s, d = 8, 16, 1024, 64
+    q, kk, vv = (cp.random.standard_normal(sh, dtype=f32) for sh in ((b, s, h, d), (b, s, d), (b, s, d)))
+    S = cp.empty((b, h, s, s), f32)
+    O = cp.empty((b, s, h, d), f32)
+    ks, ko = kernel("attention", "attention_scores_f32"), kernel("attention", "attention_output_f32")
+    ms = median_ms(lambda: ks((s // 64, s // 64, b * h), (16, 16), (q, kk, S, i32(b), i32(h), i32(s), i32(d), f32(0.125))),
+                   reps=5, batch=3)
+    row("attention_scores b8 h16 s1024 d64", ks, ms, 4 * S.size)
+    ms = median_ms(lambda: ko((1, s // 64, b * h), (16, 16), (S, vv, O, i32(b), i32(h), i32(s), i32(d))), reps=5, batch=3)
+    row("attention_output b8 h16 s1024 d64", ko, ms, 4 * S.size)
+    del S, O
+    kf, kr = kernel("rope", "rope_freqs_f32"), kernel("rope", "rope_rotate_f32")
+    fr = cp.empty((8192, 64), f32)
+    row("rope_freqs 8192x128", kf, median_ms(lambda: kf((g1024(8192 * 64),), (256,), (fr, i32(8192), i32(128),
+                                                                                      f32(10000), f32(1))), reps=5), 4 * fr.size)
+    x = cp.random.standard_normal((8 * 2048, 32, 128), dtype=f32)
+    n = x.size // 2
+    row("rope_rotate 8x2048x32x128 in place", kr, median_ms(lambda: kr((g1024(n),), (256,), (
+        x, fr, x, i64(8 * 2048), i32(2048), i32(32), i32(128), i32(0), f32(1.0)))), 8 * x.size)
+    row("rope_rotate same, ntk alpha 4", kr, median_ms(lambda: kr((g1024(n),), (256,), (
+        x, fr, x, i64(8 * 2048), i32(2048), i32(32), i32(128), i32(0), f32(4.0)))), 8 * x.size)
+
+
+def bench_sample():
+    import torch
+    f32, i32 = np.float32, np.int32
+    ks = kernel("sample", "sample_f32")
+    kk = kernel("sample", "topk_sample_f32")
+    kp = kernel("sample", "topp_sample_f32")
+    vocab = 131072
+    for batch, target in ((256, 0.10), (1, 0.03)):
+        for scale in (1.0, 4.0):
+            x = cp.random.standard_normal((batch, vocab), dtype=f32) * f32(scale)
+            seeds = cp.arange(batch, dtype=cp.uint64)
+            o = cp.zeros(batch, i32)
+            tag = f"{batch}x{vocab} N(0,{scale:g})"
+            row(f"sample {tag}", ks, median_ms(lambda: ks((batch,), (1024,), (x, o, seeds, i32(batch), i32(vocab),
+                                                                              f32(1.0)))), 4 * x.size, target)
+            row(f"topk k=50 {tag}", kk, median_ms(lambda: kk((batch,), (1024,), (
+                x, o, seeds, i32(batch), i32(vocab), i32(50), f32(1.0)))), 4 * x.size, target)
+            row(f"topp p=0.9 {tag}", kp, median_ms(lambda: kp((batch,), (1024,), (
+                x, o, seeds, i32(batch), i32(vocab), f32(0.9), f32(1.0)))), 4 * x.size, target)
+            row(f"topp p=0.9 T=0.7 {tag}", kp, median_ms(lambda: kp((batch,), (1024,), (
+                x, o, seeds, i32(batch), i32(vocab), f32(0.9), f32(0.7)))), 4 * x.size, target)
+            t = torch.as_tensor(x, device="cuda")
+
+            def t_plain():
+                torch.multinomial(torch.softmax(t, -1), 1)
+
+            def t_topk():
+                v, i = torch.topk(t, 50, dim=-1)
+                torch.gather(i, -1, torch.multinomial(torch.softmax(v, -1), 1))
+
+            def t_topp():
+                sv, si = torch.sort(t, dim=-1, descending=True)
+                pr = torch.softmax(sv, -1)
+                cum = torch.cumsum(pr, -1)
+                pr = pr.masked_fill(cum - pr > 0.9, 0.0)
+                torch.gather(si, -1, torch.multinomial(pr, 1))
+
+            row(f"  torch softmax+multinomial {tag}", None, median_ms(t_plain), 4 * x.size)
+            row(f"  torch topk+softmax+multinomial {tag}", None, median_ms(t_topk), 4 * x.size)
+            row(f"  torch sort+cumsum+multinomial {tag}", None, median_ms(t_topp), 4 * x.size)
+            del x, t
+
 
 def main():
     f32, i32, i64 = np.float32, np.int32, np.int64
     print(cp.cuda.runtime.getDeviceProperties(0)["name"].decode())
+    only = sys.argv[1:]  # optional: "core", "attention", "sample"
+    if not only or "attention" in only:
+        bench_attention_rope()
+    if not only or "sample" in only:
+        bench_sample()
+    if only and "core" not in only:
+        return 0
     n = 1 << 27
     x, y, z = (cp.random.standard_normal(n, dtype=f32) for _ in range(3))
     row("copy (reference)", None, median_ms(lambda: cp.copyto(y, x)), 8 * n)

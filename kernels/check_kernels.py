@@ -521,6 +521,468 @@ def check_gemm():
                        err <= 1e-5 and np.all(np.isfinite(Cd.get())))
 
 
+# ----------------------------------------------------------------------------- rope
+
+def rope_freqs_ref(max_seq, d, base, alpha):
+    half = d // 2
+    b = float(base) if alpha == 1.0 else float(base) * float(alpha) ** (d / (d - 2.0))
+    theta = np.array([b ** (-2.0 * i / d) for i in range(half)])
+    return (np.arange(max_seq)[:, None] * theta[None, :]).astype(np.float32)
+
+
+def rope_ref(x, freqs, seq_len, offset, ntk):
+    """x [tokens, heads, d] float32, freqs the table the kernel wrote."""
+    tokens, heads, d = x.shape
+    half = d // 2
+    pos = np.arange(tokens) % seq_len + offset
+    a = freqs[pos].astype(np.float64)
+    if ntk != 1.0:
+        a = (a * np.array([float(ntk) ** (-2.0 * i / (d - 2.0)) for i in range(half)])).astype(np.float32)
+        a = a.astype(np.float64)
+    c, s = np.cos(a)[:, None, :], np.sin(a)[:, None, :]
+    x0, x1 = x[..., 0::2].astype(np.float64), x[..., 1::2].astype(np.float64)
+    y = np.empty(x.shape)
+    y[..., 0::2] = x0 * c - x1 * s
+    y[..., 1::2] = x0 * s + x1 * c
+    return y, np.abs(x0) + np.abs(x1)
+
+
+def check_rope():
+    freqs_k = kernel("rope", "rope_freqs_f32")
+    rot = kernel("rope", "rope_rotate_f32")
+    for max_seq, d, base, alpha in ((1, 2, 10000.0, 1.0), (7, 6, 10000.0, 1.0), (4096, 64, 10000.0, 1.0),
+                                    (8192, 128, 500000.0, 1.0), (1000, 128, 10000.0, 4.0), (33, 4, 10.0, 0.5)):
+        n = max_seq * d // 2
+        for grid in (grid_ew(n), 3):
+            f = cp.full((max_seq, d // 2), NAN, np.float32)
+            freqs_k((grid,), (256,), (f, np.int32(max_seq), np.int32(d), np.float32(base), np.float32(alpha)))
+            err = ulp_err(f.get(), rope_freqs_ref(max_seq, d, base, alpha))
+            report("rope_freqs_f32", f"{max_seq}x{d} base={base} alpha={alpha} grid={grid}", err, err <= 1)
+    table = rope_freqs_ref(4200, 128, 10000.0, 1.0)
+    for batch, seq, heads, d, offset, ntk in ((1, 1, 1, 2, 0, 1.0), (2, 7, 3, 6, 0, 1.0), (2, 33, 4, 64, 5, 1.0),
+                                              (3, 100, 8, 128, 4000, 1.0), (2, 65, 2, 128, 0, 8.0),
+                                              (1, 17, 5, 10, 3, 0.7)):
+        half = d // 2
+        ft = dev(rope_freqs_ref(4200, d, 10000.0, 1.0))
+        tokens = batch * seq
+        n = tokens * heads * half
+        x = randn(tokens, heads, d, scale=3.0)
+        for offset_el in (0, 1):
+            for grid in (grid_ew(n), 3):
+                xd = dev(x, offset_el)
+                y = cp.full((tokens, heads, d), NAN, np.float32)
+                rot((grid,), (256,), (xd, ft, y, np.int64(tokens), np.int32(seq), np.int32(heads), np.int32(d),
+                                      np.int32(offset), np.float32(ntk)))
+                want, mag = rope_ref(x, ft.get(), seq, offset, ntk)
+                got = y.get().astype(np.float64)
+                err = float(np.max(np.abs(got - want) / np.repeat(mag + 1e-30, 2, axis=-1)))
+                report("rope_rotate_f32", f"b={batch} s={seq} h={heads} d={d} off={offset} ntk={ntk} "
+                       f"mis={offset_el} grid={grid}", err, err <= 1e-6)
+        xd = dev(x, 1)
+        rot((grid_ew(n),), (256,), (xd, ft, xd, np.int64(tokens), np.int32(seq), np.int32(heads), np.int32(d),
+                                    np.int32(offset), np.float32(ntk)))
+        want, mag = rope_ref(x, ft.get(), seq, offset, ntk)
+        err = float(np.max(np.abs(xd.get() - want) / np.repeat(mag + 1e-30, 2, axis=-1)))
+        report("rope_rotate_f32", f"in place b={batch} s={seq} h={heads} d={d}", err, err <= 1e-6)
+
+
+# ----------------------------------------------------------------------------- attention
+
+FA_BR = lambda d: 64 if d <= 64 else 32 if d <= 128 else 16
+# The all-head-dim kernel, and the specialised ones: (name, largest d, BR).
+FA_KERNELS = (("flash_attention_f32", 256, None), ("flash_attention_d32_f32", 32, 64),
+              ("flash_attention_d64_f32", 64, 64), ("flash_attention_d128_f32", 128, 32))
+
+
+def attn_ref(q, k, v, scale, causal, mask):
+    """q [b, s, h, d]; k, v [b, s, kvh, d] -> (out, scale of |terms|) in float64."""
+    b, s, h, d = q.shape
+    kvh = k.shape[2]
+    q64, k64, v64 = (a.astype(np.float64) for a in (q, k, v))
+    if kvh == 1:
+        k64, v64 = np.repeat(k64, h, axis=2), np.repeat(v64, h, axis=2)
+    sc = np.einsum("bihd,bjhd->bhij", q64, k64) * scale
+    if mask is not None:
+        sc = sc + mask.astype(np.float64)[None, None]
+    if causal:
+        sc = np.where(np.tril(np.ones((s, s), bool))[None, None], sc, -np.inf)
+    m = np.max(sc, axis=-1, keepdims=True)
+    allm = np.isneginf(m)
+    e = np.exp(sc - np.where(allm, 0, m))
+    w = e / np.where(allm, 1, e.sum(-1, keepdims=True))
+    w = np.where(allm, 0, w)
+    out = np.einsum("bhij,bjhd->bihd", w, v64)
+    mag = np.einsum("bhij,bjhd->bihd", w, np.abs(v64))
+    return out, mag
+
+
+def check_attention():
+    scores = kernel("attention", "attention_scores_f32")
+    output = kernel("attention", "attention_output_f32")
+    i32, f32 = np.int32, np.float32
+    for batch, heads, seq, d in ((1, 1, 1, 1), (2, 3, 7, 5), (2, 4, 65, 64), (1, 2, 130, 100), (1, 1, 200, 17)):
+        q, k = randn(batch, seq, heads, d), randn(batch, seq, d)
+        scale = 1.0 / math.sqrt(d)
+        want = np.einsum("bihd,bjd->bhij", q.astype(np.float64), k.astype(np.float64)) * scale
+        mag = np.einsum("bihd,bjd->bhij", np.abs(q.astype(np.float64)), np.abs(k.astype(np.float64))) * scale
+        tri = np.tril(np.ones((seq, seq), bool))[None, None]
+        for grid in ((-(-seq // 64), -(-seq // 64), batch * heads), (1, 1, 1)):
+            S = cp.full((batch, heads, seq, seq), NAN, np.float32)
+            scores(grid, (16, 16), (dev(q), dev(k), S, i32(batch), i32(heads), i32(seq), i32(d), f32(scale)))
+            got = S.get()
+            ok_mask = bool(np.all(np.isneginf(got[~np.broadcast_to(tri, got.shape)])))
+            err = float(np.max(np.where(tri, np.abs(got - want) / (mag + 1e-30), 0)))
+            report("attention_scores_f32", f"b={batch} h={heads} s={seq} d={d} grid={grid}", err,
+                   ok_mask and err <= 1e-5)
+        w = np.abs(randn(batch, heads, seq, seq))
+        w = np.where(tri, w, NAN).astype(np.float32)  # garbage above the diagonal
+        w[..., 0, 1:] = INF
+        v = randn(batch, seq, d)
+        wz = np.where(tri, w, 0).astype(np.float64)
+        want = np.einsum("bhij,bjd->bihd", wz, v.astype(np.float64))
+        mag = np.einsum("bhij,bjd->bihd", wz, np.abs(v.astype(np.float64)))
+        for grid in ((-(-d // 64), -(-seq // 64), batch * heads), (1, 1, 1)):
+            O = cp.full((batch, seq, heads, d), NAN, np.float32)
+            output(grid, (16, 16), (dev(w), dev(v), O, i32(batch), i32(heads), i32(seq), i32(d)))
+            err = float(np.max(np.abs(O.get() - want) / (mag + 1e-30)))
+            report("attention_output_f32", f"b={batch} h={heads} s={seq} d={d} grid={grid}", err, err <= 1e-5)
+
+    cases = [  # batch, seq, heads, kv_heads, d, causal, mask kind
+        (1, 1, 1, 1, 1, 1, None), (2, 7, 3, 3, 5, 1, None), (2, 65, 4, 4, 64, 1, None), (1, 130, 2, 2, 64, 0, None),
+        (2, 63, 3, 1, 64, 1, None), (1, 129, 2, 1, 32, 0, None), (2, 100, 2, 2, 32, 1, None),
+        (1, 97, 2, 2, 128, 1, None), (1, 70, 3, 1, 128, 0, None), (1, 33, 2, 2, 80, 1, None),
+        (1, 45, 2, 2, 48, 0, None), (1, 50, 2, 1, 256, 1, None), (1, 40, 2, 2, 200, 0, None),
+        (1, 19, 2, 2, 33, 1, None), (1, 66, 2, 1, 64, 0, "rand"), (1, 66, 2, 1, 64, 1, "rand"),
+        (2, 31, 2, 1, 128, 0, "rows"), (1, 257, 1, 1, 64, 1, None), (1, 300, 2, 2, 16, 0, "rows"),
+    ]
+    for batch, seq, heads, kvh, d, causal, mk in cases:
+        q = randn(batch, seq, heads, d, scale=1.5)
+        k = randn(batch, seq, kvh, d, scale=1.5)
+        v = randn(batch, seq, kvh, d)
+        scale = 1.0 / math.sqrt(d)
+        mask = None
+        if mk is not None:
+            mask = np.where(RNG.random((seq, seq)) < 0.3, -np.inf, 0.0).astype(np.float32)
+            if mk == "rows":
+                mask[1, :] = -np.inf  # a query with every key masked: zeros
+                mask[seq // 2, :] = -np.inf
+            mask[:, 0] = np.where(np.arange(seq) % 5 == 0, -np.inf, 0.0)
+        want, mag = attn_ref(q, k, v, scale, causal, mask)
+        for name, dmax, br in FA_KERNELS:
+            if d > dmax:
+                continue
+            flash = kernel("attention", name)
+            work = -(-seq // (br or FA_BR(d))) * heads * batch
+            for offset in (0, 1):
+                for grid in (work, 3):
+                    O = cp.full((batch, seq, heads, d), NAN, np.float32)
+                    mptr = dev(mask, offset) if mask is not None else np.uint64(0)
+                    flash((grid,), (64,), (dev(q, offset), dev(k, offset), dev(v, offset), O, i32(batch), i32(seq),
+                                           i32(heads), i32(kvh), i32(d), f32(scale), i32(causal), mptr))
+                    got = O.get()
+                    err = float(np.max(np.abs(got - want) / (mag + 1e-3)))
+                    report(name, f"b={batch} s={seq} h={heads} kv={kvh} d={d} c={causal} "
+                           f"m={mk} off={offset} grid={grid}", err, err <= 2e-5 and np.all(np.isfinite(got)))
+    # Bitwise determinism; a head dim above a specialised kernel's leaves O alone.
+    q, k, v = randn(2, 200, 4, 64), randn(2, 200, 4, 64), randn(2, 200, 4, 64)
+    for name in ("flash_attention_f32", "flash_attention_d64_f32"):
+        outs = []
+        for _ in range(2):
+            O = cp.full((2, 200, 4, 64), NAN, np.float32)
+            kernel("attention", name)((-(-200 // 64) * 8,), (64,), (dev(q), dev(k), dev(v), O, i32(2), i32(200), i32(4),
+                                                                    i32(4), i32(64), f32(0.125), i32(1), np.uint64(0)))
+            outs.append(O.get())
+        report(name, "determinism", 0.0, np.array_equal(outs[0], outs[1]))
+    O = cp.full((2, 200, 4, 64), 7.0, np.float32)
+    kernel("attention", "flash_attention_d32_f32")((32,), (64,), (dev(q), dev(k), dev(v), O, i32(2), i32(200), i32(4),
+                                                                  i32(4), i32(64), f32(0.125), i32(1), np.uint64(0)))
+    report("flash_attention_d32_f32", "d=64 > 32: O untouched", 0.0, bool(cp.all(O == 7.0)))
+
+
+# ----------------------------------------------------------------------------- sampling
+# A float32 port of the CPU generator (src/cpu/rng.rs, math.rs, decode.rs); every
+# operation rounds to float32 as the Rust code does (numpy never fuses).
+
+F32 = np.float32
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def mix64(z):
+    z = np.asarray(z, np.uint64)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def row_key(seed, row):
+    with np.errstate(over="ignore"):
+        return mix64(np.uint64(seed) ^ mix64(np.uint64(row) + GOLDEN))
+
+
+def cpu_ln(x):
+    x = np.asarray(x, F32)
+    bits = x.view(np.int32)
+    e = (bits - np.int32(0x3f3504f3)) >> np.int32(23)
+    f = (bits - (e << np.int32(23))).view(F32) - F32(1)
+    s = f / (F32(2) + f)
+    z = s * s
+    w = z * z
+    r = z * (F32(0.6666666) + w * F32(0.28498787)) + w * (F32(0.40000972) + w * F32(0.24279079))
+    h = F32(0.5) * f * f
+    ef = e.astype(F32)
+    return s * (h + r) + ef * F32(-2.1219444e-4) - h + f + ef * F32(0.6933594)
+
+
+def cpu_gumbel(key, idx):
+    with np.errstate(over="ignore"):
+        b = (mix64(np.uint64(key) + np.asarray(idx, np.uint64) * GOLDEN) >> np.uint64(40)).astype(np.uint32)
+    u = (b.astype(F32) + F32(0.5)) * F32(1.0 / 16777216.0)
+    return -cpu_ln(-cpu_ln(u))
+
+
+def cpu_exp(x):
+    x = np.asarray(x, F32)
+    x = np.where(x < F32(-170), F32(-170), x)
+    x = np.where(x > F32(88.8), F32(88.8), x).astype(F32)
+    magic = F32(12582912.0)
+    sh = x * F32(1.4426950408889634) + magic
+    n = sh - magic
+    ni = sh.view(np.int32) - magic.view(np.int32)
+    r = x - n * F32(0.6933594) - n * F32(-2.1219444e-4)
+    c = [F32(1) / F32(q) for q in (6, 24, 120, 720, 5040)]
+    p = F32(1) + r * (F32(1) + r * (F32(0.5) + r * (c[0] + r * (c[1] + r * (c[2] + r * (c[3] + r * c[4]))))))
+    half = ni >> 1
+    pow2 = lambda k: ((k.astype(np.int64) + 127).astype(np.uint32) << np.uint32(23)).view(F32)
+    return (p.astype(F32) * pow2(half) * pow2(ni - half)).astype(F32)
+
+
+def cpu_rank_order(x):
+    return np.lexsort((np.arange(x.size), -total_key(x)))
+
+
+def cpu_nucleus_keep(x, T, top_p):
+    """decode.rs nucleus_floor, as a keep mask (None: every token)."""
+    finite = x[~np.isnan(x)]
+    m = np.max(finite) if finite.size else F32(np.nan)
+    p = cpu_exp(((x - m) / F32(T)).astype(F32))
+    bits = p.view(np.uint32)
+    b = (bits >> 20).astype(np.int64)
+    nb = (0x7f7fffff >> 20) + 1
+    mass = np.zeros(nb)
+    np.add.at(mass, b, p.astype(np.float64))  # exact in any order
+    total = np.cumsum(mass)[-1]  # sequential, as Iterator::sum
+    target = float(np.float64(F32(top_p)) * total)
+    cum = 0.0
+    for bb in np.flatnonzero(mass)[::-1]:
+        if cum + mass[bb] < target:
+            cum += mass[bb]
+            continue
+        idx = np.flatnonzero(b == bb)
+        idx = idx[np.lexsort((idx, -p[idx].astype(np.float64)))]
+        run = np.cumsum(np.concatenate([[cum], p[idx].astype(np.float64)]))[1:]  # sequential
+        hit = np.flatnonzero(run >= target)
+        jf = idx[hit[0]] if hit.size else idx[-1]
+        pf = p[jf]
+        return (p > pf) | ((p == pf) & (np.arange(x.size) <= jf))
+    return None
+
+
+def cpu_sample_row(x, key, T, kind, param):
+    x = np.asarray(x, F32)
+    n = x.size
+    s = (x / F32(T)).astype(F32) + cpu_gumbel(key, np.arange(n))
+    if kind == "topk" and param < n:
+        kept = cpu_rank_order(x)[:param]
+        best_s, best_j = -np.inf, int(kept[0])
+        ks = s[kept]
+        ok = ~np.isnan(ks)
+        if ok.any():
+            mx = ks[ok].max()
+            if mx > best_s:
+                best_j = int(kept[ok & (ks == mx)].min())
+            elif mx == best_s:
+                best_j = int(min(best_j, kept[ok & (ks == mx)].min()))
+        return best_j
+    keep = np.ones(n, bool)
+    if kind == "topp" and param < 1.0:
+        k2 = cpu_nucleus_keep(x, T, param)
+        if k2 is not None:
+            keep = k2
+    ok = keep & (s > -np.inf)
+    if not ok.any():
+        return 0
+    mx = s[ok].max()
+    return int(np.flatnonzero(ok & (s == mx))[0])
+
+
+def cpu_sample(x, seeds, T, kind, param):
+    return np.array([cpu_sample_row(x[r], row_key(int(seeds[r]), r), T, kind, param) for r in range(x.shape[0])],
+                    np.int64)
+
+
+def cpu_library():
+    """The CPU backend itself, when a build of it sits in .device/ (host pointers run on the CPU)."""
+    import ctypes
+    path = os.path.join(ROOT, ".device", "libcudann.so")
+    if not os.path.exists(path):
+        return None
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        return None
+    V, I, Fl = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    lib.cuda_sample.argtypes = [V, V, V, I, I, Fl, V]
+    lib.cuda_topk_sample.argtypes = [V, V, V, I, I, I, Fl, V]
+    lib.cuda_topp_sample.argtypes = [V, V, V, I, I, Fl, Fl, V]
+
+    def run(kind, x, seeds, T, param):
+        x = np.ascontiguousarray(x, F32)
+        seeds = np.ascontiguousarray(seeds, np.uint64)
+        out = np.zeros(x.shape[0], np.int32)
+        args = (x.ctypes.data, out.ctypes.data, seeds.ctypes.data, x.shape[0], x.shape[1])
+        if kind == "all":
+            rc = lib.cuda_sample(*args, T, None)
+        elif kind == "topk":
+            rc = lib.cuda_topk_sample(*args, param, T, None)
+        else:
+            rc = lib.cuda_topp_sample(*args, param, T, None)
+        return out.astype(np.int64) if rc == 0 else None
+    return run
+
+
+def gpu_sample(kind, x, seeds, T, param, grid=None):
+    batch, vocab = x.shape
+    out = cp.full(batch, -7, np.int32)
+    xd, sd = (x if isinstance(x, cp.ndarray) else dev(x)), cp.asarray(seeds, np.uint64)
+    g = (batch if grid is None else grid,)
+    if kind == "all":
+        kernel("sample", "sample_f32")(g, (1024,), (xd, out, sd, np.int32(batch), np.int32(vocab), np.float32(T)))
+    elif kind == "topk":
+        kernel("sample", "topk_sample_f32")(g, (1024,), (xd, out, sd, np.int32(batch), np.int32(vocab),
+                                                         np.int32(param), np.float32(T)))
+    else:
+        kernel("sample", "topp_sample_f32")(g, (1024,), (xd, out, sd, np.int32(batch), np.int32(vocab),
+                                                         np.float32(param), np.float32(T)))
+    return out.get().astype(np.int64)
+
+
+def sample_rows(rows, vocab, style):
+    """Logits of one style: normal at scales 1..10, integer ties, -inf holes,
+    constant rows, sorted rows, one peaked token."""
+    x = randn(rows, vocab) * RNG.choice([1.0, 3.0, 10.0], (rows, 1)).astype(F32)
+    if style == "ties":
+        x = np.round(x * 0.5).astype(F32)
+    elif style == "holes":
+        x[RNG.random(x.shape) < 0.3] = -INF
+    elif style == "flat":
+        x[:] = F32(0.25)
+    elif style == "sorted":
+        x = np.sort(x, axis=1)
+    elif style == "peaked":
+        x[np.arange(rows), RNG.integers(0, vocab, rows)] += F32(12)
+    return x.astype(F32)
+
+
+def chi2_crit(dof, z=3.09):  # upper 0.1% point, Wilson-Hilferty
+    return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
+
+
+def check_gumbel_table():
+    """sample.cu's GUMBEL_BOUNDS must bound the exact noise of every one of the 2^24 noise values."""
+    import re
+    src = open(os.path.join(ROOT, "kernels", "sample.cu")).read()
+    body = src[src.index("GUMBEL_BOUNDS[1024] = {"):]
+    body = body[body.index("{") + 1: body.index("};")]
+    vals = np.array([float(v) for v in re.findall(r"(-?[0-9.]+(?:e[-+]?[0-9]+)?)f", body)], np.float32)
+    if vals.size != 2048:
+        report("GUMBEL_BOUNDS", "2 x 1024 entries", INF, False)
+        return
+    vals = vals.reshape(1024, 2)
+    b = np.arange(1 << 24, dtype=np.uint32)
+    u = (b.astype(F32) + F32(0.5)) * F32(1.0 / 16777216.0)
+    g = (-cpu_ln(-cpu_ln(u))).reshape(1024, -1)
+    lo, hi = g.min(axis=1), g.max(axis=1)
+    ok = bool(np.all(vals[:, 0] <= lo) and np.all(vals[:, 1] >= hi))
+    report("GUMBEL_BOUNDS", "bounds every bucket's exact noise", float(np.max(np.maximum(vals[:, 0] - lo, hi - vals[:, 1]))), ok)
+
+
+def check_sample():
+    check_gumbel_table()
+    lib = cpu_library()
+    print(f"{'sampling reference':<22} {'numpy port' + (' + CPU library (.device/libcudann.so)' if lib else ''):<44}")
+    T_list = (1.0, 0.7, 0.5, 2.0, 1.3)
+    for kind, params in (("all", (None,)), ("topk", (1, 5, 50, 900, 1500)), ("topp", (0.9, 0.5, 0.99, 0.05))):
+        agree = total = lib_agree = lib_total = 0
+        bad_member = 0
+        cases = []
+        for style in ("normal", "ties", "holes", "peaked", "flat", "sorted"):
+            for vocab in (1000, 4097, 20000):
+                cases.append((style, vocab, 150 if vocab < 20000 else 24))
+        cases += [("normal", 131072, 4), ("peaked", 131072, 4), ("normal", 262144, 2), ("normal", 7, 50),
+                  ("ties", 2, 50), ("normal", 1, 5)]
+        for ci, (style, vocab, rows) in enumerate(cases):
+            param = params[ci % len(params)]
+            if kind == "topk" and param >= vocab:
+                param = max(1, vocab - 1)
+            if kind == "topk" and vocab == 1:
+                continue
+            T = T_list[ci % len(T_list)]
+            x = sample_rows(rows, vocab, style)
+            seeds = RNG.integers(0, 2**63, rows, dtype=np.uint64)
+            got = gpu_sample(kind, x, seeds, T, param, grid=3 if ci % 4 == 0 else None)
+            want = cpu_sample(x, seeds, T, kind, param)
+            agree += int(np.sum(got == want))
+            total += rows
+            if lib is not None and vocab >= 2:
+                ref = lib(kind, x, seeds, T, param if param is not None else 0)
+                if ref is not None:
+                    lib_agree += int(np.sum(ref == want))
+                    lib_total += rows
+            for r in range(rows):
+                if not (0 <= got[r] < vocab):
+                    bad_member += 1
+                elif kind == "topk" and param < vocab:
+                    bad_member += int(got[r] not in set(cpu_rank_order(x[r])[:param].tolist()))
+                elif kind == "topp":
+                    keep = cpu_nucleus_keep(x[r], T, param)
+                    bad_member += int(keep is not None and not keep[got[r]])
+            if np.any(got != want):
+                print(f"   {kind} {style} vocab={vocab} param={param} T={T}: {int(np.sum(got != want))} of {rows} differ")
+        rate = agree / total
+        name = {"all": "sample_f32", "topk": "topk_sample_f32", "topp": "topp_sample_f32"}[kind]
+        report(name, f"agreement with CPU draws ({total} rows)", 1 - rate, rate >= 0.999)
+        report(name, "token inside the kept set", float(bad_member), bad_member == 0)
+        if lib is not None:
+            report(name, f"numpy port vs CPU library ({lib_total} rows)", 1 - lib_agree / max(lib_total, 1),
+                   lib_agree == lib_total)
+        # Frequencies of one row over many seeds against the kept softmax.
+        x = np.array([2.0, 1.5, 1.5, 0.2, -1.0, 3.0, 0.0, -INF, 2.5, 1.0, -0.5, 0.7], F32)
+        T, n = 0.8, 60000
+        param = {"all": None, "topk": 5, "topp": 0.8}[kind]
+        keep = np.ones(x.size, bool)
+        if kind == "topk":
+            keep[:] = False
+            keep[cpu_rank_order(x)[:param]] = True
+        if kind == "topp":
+            keep = cpu_nucleus_keep(x, T, param)
+        e = np.where(keep, np.exp((x.astype(np.float64) - x.max()) / T), 0.0)
+        prob = e / e.sum()
+        got = gpu_sample(kind, np.tile(x, (n, 1)), np.arange(n, dtype=np.uint64) * 7919 + 3, T, param)
+        counts = np.bincount(got, minlength=x.size).astype(np.float64)
+        pos = prob > 0
+        chi2 = float(np.sum((counts[pos] - n * prob[pos]) ** 2 / (n * prob[pos])))
+        crit = chi2_crit(int(pos.sum()) - 1)
+        report(name, f"chi2 over {n} seeds (crit {crit:.1f})", chi2, chi2 <= crit and counts[~pos].sum() == 0)
+    # Same seeds, same tokens; a row's token does not depend on the batch around it.
+    x = sample_rows(64, 5000, "normal")
+    seeds = RNG.integers(0, 2**63, 64, dtype=np.uint64)
+    for kind, param in (("all", None), ("topk", 40), ("topp", 0.9)):
+        a = gpu_sample(kind, x, seeds, 0.9, param)
+        b = gpu_sample(kind, x, seeds, 0.9, param, grid=5)
+        report(kind + " determinism", "grid 64 vs 5", 0.0, np.array_equal(a, b))
+
+
 # ----------------------------------------------------------------------------- > 2^31 elements
 
 def free_pool():
@@ -606,8 +1068,11 @@ def check_large():
 def main():
     os.chdir(ROOT)
     print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
+    only = sys.argv[1:]  # optional: names of the checks to run, e.g. "rope attention sample"
     for check in (check_elementwise, check_softmax, check_norm, check_loss, check_optim, check_decode, check_gemm,
-                  check_large):
+                  check_rope, check_attention, check_sample, check_large):
+        if only and check.__name__[len("check_"):] not in only:
+            continue
         check()
     cp.cuda.Device().synchronize()
     if FAILED:

@@ -78,6 +78,13 @@ impl<'a, T> Input<'a, T> {
         Region::new(self.name, self.ptr as usize, self.len * size_of::<T>(), false)
     }
 
+    /// The values where the host can read them, or nothing for device memory:
+    /// for the checks only the host can make (targets < vocab, ...).
+    /// Safety: as [`Input::slice`].
+    pub unsafe fn host_view(&self) -> &'a [T] {
+        if crate::dispatch::host_readable(self.ptr) { unsafe { self.slice() } } else { &[] }
+    }
+
     /// The data for a host computation that writes `outputs`: borrowed, or
     /// copied first when it is the very buffer one of them overwrites (an
     /// in-place call the kernel does not stream itself). Safety: as [`Input::slice`].
@@ -108,7 +115,7 @@ impl<'a, T> Output<'a, T> {
 
     /// Whether `input` is this very buffer (an in-place call).
     pub fn is<U>(&self, input: &Input<'_, U>) -> bool {
-        self.len > 0 && self.ptr as usize == input.ptr as usize
+        self.len > 0 && std::ptr::eq(self.ptr.cast::<u8>(), input.ptr.cast::<u8>())
     }
 }
 

@@ -73,10 +73,11 @@ impl<const N: usize> Call<N> {
         self
     }
 
-    /// The op's GPU kernels read inputs other threads may have overwritten, so
-    /// an aliased input is copied first.
-    pub fn no_in_place_kernels(mut self) -> Self {
-        self.in_place_kernels = false;
+    /// Whether the op's GPU kernels handle this call's aliasing themselves; when
+    /// not (they read inputs other threads may already have overwritten), an
+    /// aliased input is copied first.
+    pub fn kernels_in_place(mut self, safe: bool) -> Self {
+        self.in_place_kernels = safe;
         self
     }
 
@@ -104,11 +105,14 @@ impl<const N: usize> Call<N> {
 
 /// Runs a call on the place its operands and the backend choice dictate.
 /// `gpu` receives one device pointer per buffer of the call, in order.
-pub fn run<const N: usize>(call: &Call<N>, cpu: impl FnOnce() -> Result<()>, gpu: impl FnOnce(&Gpu, &[DevPtr]) -> Result<()>) -> Result<()> {
+pub fn run<const N: usize>(call: &Call<N>, cpu: impl FnOnce(), gpu: impl FnOnce(&Gpu, &[DevPtr]) -> Result<()>) -> Result<()> {
     if call.work == 0 {
         return Ok(());
     }
-    let Some(device) = chosen_gpu()? else { return cpu() };
+    let Some(device) = chosen_gpu()? else {
+        cpu();
+        return Ok(());
+    };
     // Empty operands are not read or written: they go with any placement.
     let places = call.buffers.map(|r| (r.bytes > 0).then(|| memory::classify(r.start)));
     let all_device = places.iter().flatten().all(|&p| p == Place::Device);
@@ -118,21 +122,23 @@ pub fn run<const N: usize>(call: &Call<N>, cpu: impl FnOnce() -> Result<()>, gpu
     }
     let all_host = places.iter().flatten().all(|&p| p == Place::Host);
     if all_host && requested()? == Requested::Auto && !call.gpu_pays_off() {
-        return cpu();
+        cpu();
+        return Ok(());
     }
     staged(device, call, &places, gpu)
 }
 
 /// For ops whose GPU kernels do not exist yet: host operands run on the CPU;
 /// device operands are refused rather than read from the host.
-pub fn run_cpu_only<const N: usize>(call: &Call<N>, cpu: impl FnOnce() -> Result<()>) -> Result<()> {
+pub fn run_cpu_only<const N: usize>(call: &Call<N>, cpu: impl FnOnce()) -> Result<()> {
     if call.work == 0 {
         return Ok(());
     }
     if chosen_gpu()?.is_some() && call.buffers.iter().any(|r| r.bytes > 0 && memory::classify(r.start) == Place::Device) {
         return Err(Error::NotAvailable("device pointers are not supported by this op yet (no GPU kernel); pass host memory".to_string()));
     }
-    cpu()
+    cpu();
+    Ok(())
 }
 
 /// The GPU to use, None for the CPU; -1 when the GPU is demanded but unusable.
@@ -182,7 +188,7 @@ fn staged<const N: usize>(device: &Gpu, call: &Call<N>, places: &[Option<Place>]
                 unsafe { memory::download(buffer, region.bytes, call.stream.cast())? };
             }
         }
-        memory::synchronize(call.stream.cast())?;
+        unsafe { memory::synchronize(call.stream.cast())? };
         for (buffer, region, place) in &taken {
             if region.written && *place == Place::Host {
                 // SAFETY: the caller's output region, checked for size and overlaps.
@@ -193,7 +199,7 @@ fn staged<const N: usize>(device: &Gpu, call: &Call<N>, places: &[Option<Place>]
     })();
     if result.is_err() {
         // Kernels may still be reading the buffers: let them finish before reuse.
-        let _ = memory::synchronize(call.stream.cast());
+        let _ = unsafe { memory::synchronize(call.stream.cast()) };
     }
     for (buffer, _, _) in taken {
         device.pools.give(buffer);

@@ -341,3 +341,145 @@ fn many_threads_on_their_own_streams_agree_with_serial() {
         }
     });
 }
+
+#[test]
+fn rope_calls_match_the_cpu() {
+    if !present("rope_calls_match_the_cpu") {
+        return;
+    }
+    let s = Stream::new();
+    let mut rng = Rng::new(109);
+    for (batch, seq, hq, hkv, d, offset, alpha) in [(1, 1, 1, 1, 2, 0, 1.0f32), (2, 17, 4, 2, 64, 5, 1.0), (1, 33, 3, 3, 128, 100, 4.0)] {
+        let rows = seq + offset;
+        let (mut f, df) = (poisoned(rows * d / 2), Dev::from(&poisoned(rows * d / 2)));
+        let (b, sq, d32, off) = (batch as i32, seq as i32, d as i32, offset as i32);
+        unsafe {
+            assert_ok(cuda_rope_freqs(df.p(), rows as i32, d32, 10000.0, alpha, s.raw()));
+            assert_ok(cuda_rope_freqs(f.as_mut_ptr(), rows as i32, d32, 10000.0, alpha, NULL));
+        }
+        s.sync();
+        agree(&df.read(), &f, 1e-6, "freqs");
+        let (q, k) = (rng.vec(batch * seq * hq * d, 1.0), rng.vec(batch * seq * hkv * d, 1.0));
+        let (dq, dk) = (Dev::from(&q), Dev::from(&k));
+        let (dqo, dko) = (Dev::from(&poisoned(q.len())), Dev::from(&poisoned(k.len())));
+        let (mut qo, mut ko) = (poisoned(q.len()), poisoned(k.len()));
+        unsafe {
+            assert_ok(cuda_rope_forward(dq.p(), df.p(), dqo.p(), b, sq, hq as i32, d32, off, s.raw()));
+            assert_ok(cuda_rope_forward(q.as_ptr(), f.as_ptr(), qo.as_mut_ptr(), b, sq, hq as i32, d32, off, NULL));
+            s.sync();
+            agree(&dqo.read(), &qo, 2e-6, "rope_forward");
+            assert_ok(cuda_rope_qk(dq.p(), dk.p(), df.p(), dqo.p(), dko.p(), b, sq, hq as i32, hkv as i32, d32, off, s.raw()));
+            assert_ok(cuda_rope_qk(q.as_ptr(), k.as_ptr(), f.as_ptr(), qo.as_mut_ptr(), ko.as_mut_ptr(), b, sq, hq as i32, hkv as i32, d32, off, NULL));
+            s.sync();
+            agree(&dqo.read(), &qo, 2e-6, "rope_qk q");
+            agree(&dko.read(), &ko, 2e-6, "rope_qk k");
+            // In place, plain and NTK-scaled (seq_len > orig_len).
+            let k2 = rng.vec(q.len(), 1.0);
+            for orig_len in [seq as i32 + 1, (seq as i32 / 2).max(0)] {
+                let (dqi, dki) = (Dev::from(&q), Dev::from(&k2));
+                let (mut qi, mut ki) = (q.clone(), k2.clone());
+                let ntk = if d >= 4 { 2.0 } else { 1.0 };
+                assert_ok(cuda_rope_ntk(dqi.p(), dki.p(), df.p(), b, sq, hq as i32, d32, ntk, orig_len, s.raw()));
+                assert_ok(cuda_rope_ntk(qi.as_mut_ptr(), ki.as_mut_ptr(), f.as_ptr(), b, sq, hq as i32, d32, ntk, orig_len, NULL));
+                s.sync();
+                agree(&dqi.read(), &qi, 2e-6, "rope_ntk q");
+                agree(&dki.read(), &ki, 2e-6, "rope_ntk k");
+            }
+        }
+    }
+}
+
+#[test]
+fn device_sampling_agrees_with_the_cpu() {
+    if !present("device_sampling_agrees_with_the_cpu") {
+        return;
+    }
+    let s = Stream::new();
+    let mut rng = Rng::new(110);
+    for (rows, vocab) in [(3000, 100), (64, 131_072)] {
+        let x = rng.vec(rows * vocab, 2.0);
+        let seeds: Vec<u64> = (0..rows as u64).map(|i| i * 31 + 7).collect();
+        let (dx, ds, dout) = (Dev::from(&x), Dev::from(&seeds), Dev::from(&vec![-1i32; rows]));
+        type Call = unsafe extern "C" fn(*const f32, *mut i32, *const u64, i32, i32, f32, *mut std::ffi::c_void) -> i32;
+        unsafe extern "C" fn topk(l: *const f32, o: *mut i32, s: *const u64, b: i32, v: i32, t: f32, st: *mut std::ffi::c_void) -> i32 {
+            unsafe { cuda_topk_sample(l, o, s, b, v, 50, t, st) }
+        }
+        unsafe extern "C" fn topp(l: *const f32, o: *mut i32, s: *const u64, b: i32, v: i32, t: f32, st: *mut std::ffi::c_void) -> i32 {
+            unsafe { cuda_topp_sample(l, o, s, b, v, 0.9, t, st) }
+        }
+        for (name, sampler) in [("sample", cuda_sample as Call), ("topk", topk), ("topp", topp)] {
+            for temperature in [0.0f32, 0.8] {
+                let mut cpu = vec![-1i32; rows];
+                unsafe {
+                    assert_ok(sampler(dx.p(), dout.p(), ds.p(), rows as i32, vocab as i32, temperature, s.raw()));
+                    assert_ok(sampler(x.as_ptr(), cpu.as_mut_ptr(), seeds.as_ptr(), rows as i32, vocab as i32, temperature, NULL));
+                }
+                s.sync();
+                let gpu = dout.read();
+                let same = gpu.iter().zip(&cpu).filter(|(a, b)| a == b).count();
+                let needed = if temperature == 0.0 { rows } else { rows - rows / 1000 };
+                assert!(same >= needed, "{name} T={temperature} vocab {vocab}: GPU and CPU agree on {same} of {rows} draws");
+                if name == "topk" && temperature > 0.0 {
+                    for (r, &t) in gpu.iter().enumerate() {
+                        let row = &x[r * vocab..(r + 1) * vocab];
+                        let above = row.iter().filter(|&&v| v > row[t as usize]).count();
+                        assert!(above < 50, "topk row {r}: token {t} outside the top 50");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn device_attention_matches_the_cpu() {
+    if !present("device_attention_matches_the_cpu") {
+        return;
+    }
+    let s = Stream::new();
+    let mut rng = Rng::new(111);
+    for (batch, seq, heads, d) in [(1, 1, 1, 32), (2, 37, 3, 64), (1, 129, 2, 128), (1, 20, 2, 48)] {
+        let n = batch * seq * heads * d;
+        let (q, k, v) = (rng.vec(n, 1.0), rng.vec(n, 1.0), rng.vec(n, 1.0));
+        let (dq, dk, dv, dout) = (Dev::from(&q), Dev::from(&k), Dev::from(&v), Dev::from(&poisoned(n)));
+        let mut out = poisoned(n);
+        let scale = 1.0 / (d as f32).sqrt();
+        let dims = (batch as i32, seq as i32, heads as i32, d as i32);
+        for causal in [0, 1] {
+            unsafe {
+                assert_ok(cuda_flash_attention(dq.p(), dk.p(), dv.p(), dout.p(), dims.0, dims.1, dims.2, dims.3, scale, causal, s.raw()));
+                assert_ok(cuda_flash_attention(q.as_ptr(), k.as_ptr(), v.as_ptr(), out.as_mut_ptr(), dims.0, dims.1, dims.2, dims.3, scale, causal, NULL));
+            }
+            s.sync();
+            agree(&dout.read(), &out, 2e-5, &format!("flash {batch}x{seq}x{heads}x{d} causal={causal}"));
+        }
+        // One shared KV head: causal (NULL mask) and an additive mask with a fully masked row.
+        let (kv, vv) = (rng.vec(batch * seq * d, 1.0), rng.vec(batch * seq * d, 1.0));
+        let (dkv, dvv) = (Dev::from(&kv), Dev::from(&vv));
+        let mask: Vec<f32> = (0..seq * seq).map(|x| if x / seq == seq / 2 || x % seq > x / seq + 3 { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let dmask = Dev::from(&mask);
+        for (dm, hm) in [(std::ptr::null(), std::ptr::null()), (dmask.p() as *const f32, mask.as_ptr())] {
+            unsafe {
+                assert_ok(cuda_mqa_attention(dq.p(), dkv.p(), dvv.p(), dout.p(), dm, dims.0, dims.1, dims.2, dims.3, scale, s.raw()));
+                assert_ok(cuda_mqa_attention(q.as_ptr(), kv.as_ptr(), vv.as_ptr(), out.as_mut_ptr(), hm, dims.0, dims.1, dims.2, dims.3, scale, NULL));
+            }
+            s.sync();
+            agree(&dout.read(), &out, 2e-5, &format!("mqa {batch}x{seq}x{heads}x{d}"));
+        }
+        // The unfused halves.
+        let (dscores, mut scores) = (Dev::from(&poisoned(batch * heads * seq * seq)), poisoned(batch * heads * seq * seq));
+        unsafe {
+            assert_ok(cuda_attention_scores(dq.p(), dkv.p(), dscores.p(), dims.0, dims.2, dims.1, dims.3, scale, s.raw()));
+            assert_ok(cuda_attention_scores(q.as_ptr(), kv.as_ptr(), scores.as_mut_ptr(), dims.0, dims.2, dims.1, dims.3, scale, NULL));
+            s.sync();
+            agree(&dscores.read(), &scores, 2e-5, "attention_scores");
+            let mut w = poisoned(scores.len());
+            cuda_softmax(scores.as_ptr(), w.as_mut_ptr(), (batch * heads * seq) as i32, seq as i32, NULL);
+            let dw = Dev::from(&w);
+            assert_ok(cuda_attention_output(dw.p(), dvv.p(), dout.p(), dims.0, dims.2, dims.1, dims.3, s.raw()));
+            assert_ok(cuda_attention_output(w.as_ptr(), vv.as_ptr(), out.as_mut_ptr(), dims.0, dims.2, dims.1, dims.3, NULL));
+        }
+        s.sync();
+        agree(&dout.read(), &out, 2e-5, "attention_output");
+    }
+}

@@ -27,6 +27,10 @@ fn header_declares_every_export() {
     for name in exports {
         assert!(GENERATED.contains(&format!("{name}(")), "{name} missing from the header");
     }
+    // Nothing internal leaks into the header as a macro.
+    for define in GENERATED.lines().filter_map(|l| l.strip_prefix("#define ")) {
+        assert!(define.starts_with("CUDANN_"), "unexpected macro in the header: {define}");
+    }
     for code in ["CUDANN_SUCCESS 0", "CUDANN_NOT_AVAILABLE -1", "CUDANN_INVALID_VALUE -2", "CUDANN_LAUNCH_FAILED -3", "CUDANN_OUT_OF_MEMORY -4", "CUDANN_INTERNAL -5"] {
         assert!(GENERATED.contains(&format!("#define {code}")), "{code} missing");
     }

@@ -131,11 +131,47 @@ def bench_gemm():
         row("sgemm", f"{batch}x{m}x{n}x{k}", ours, theirs, 4 * batch * (m * k + k * n + m * n), ">=0.97x cuBLAS")
 
 
+def bench_attention():
+    b, s, h, d = 8, 2048, 16, 64
+    q, k, v = (torch.randn(b, s, h, d, device=DEV) for _ in range(3))
+    o = torch.empty_like(q)
+    qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))  # torch wants [b, h, s, d]
+    ours = timed(lambda: call("cuda_flash_attention", ptr(q), ptr(k), ptr(v), ptr(o), I(b), I(s), I(h), I(d), F(d ** -0.5), I(1), stream()), reps=10, inner=3)
+    theirs = timed(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True), reps=10, inner=3)
+    row("flash_attention", f"{b}x{s}x{h}x{d} causal", ours, theirs, 4 * 4 * b * s * h * d, "<= torch SDPA fp32")
+
+
+def bench_sampling():
+    for batch in (256, 1):
+        v = 131072
+        x = torch.randn(batch, v, device=DEV) * 3
+        seeds = torch.arange(batch, device=DEV, dtype=torch.int64)
+        out = torch.empty(batch, device=DEV, dtype=torch.int32)
+        target = "<=0.10ms" if batch > 1 else "<=0.03ms"
+
+        def torch_topk():
+            vals, idx = torch.topk(x, 50, dim=-1)
+            return idx.gather(-1, torch.multinomial(torch.softmax(vals, -1), 1))
+
+        def torch_topp():
+            sorted_x, idx = torch.sort(x, dim=-1, descending=True)
+            probs = torch.softmax(sorted_x, -1)
+            drop = probs.cumsum(-1) - probs > 0.9
+            probs = probs.masked_fill(drop, 0)
+            return idx.gather(-1, torch.multinomial(probs, 1))
+        row("sample", f"{batch}x{v}", timed(lambda: call("cuda_sample", ptr(x), ptr(out), ptr(seeds), I(batch), I(v), F(1.0), stream())),
+            timed(lambda: torch.multinomial(torch.softmax(x, -1), 1)), 4 * batch * v, target)
+        row("topk_sample k=50", f"{batch}x{v}", timed(lambda: call("cuda_topk_sample", ptr(x), ptr(out), ptr(seeds), I(batch), I(v), I(50), F(1.0), stream())),
+            timed(torch_topk), 4 * batch * v, target)
+        row("topp_sample p=0.9", f"{batch}x{v}", timed(lambda: call("cuda_topp_sample", ptr(x), ptr(out), ptr(seeds), I(batch), I(v), F(0.9), F(1.0), stream())),
+            timed(torch_topp), 4 * batch * v, target)
+
+
 def main():
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | TF32 off")
     bw = copy_bandwidth()
     print(f"# device copy bandwidth: {bw / 1e12:.2f} TB/s (read + write)")
-    for bench in (bench_elementwise, bench_rows, bench_adamw, bench_gemm):
+    for bench in (bench_elementwise, bench_rows, bench_adamw, bench_gemm, bench_attention, bench_sampling):
         bench()
     print(f"{'op':<18} {'size':<16} {'ours ms':>9} {'torch ms':>9} {'torch/ours':>10} {'% copy bw':>9}  target")
     for op, size, ours, theirs, moved, target in ROWS:

@@ -6,6 +6,7 @@ use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output};
 use crate::cpu::attention::{self, AttnShape, Mask};
 use crate::dispatch::{self, Call};
+use crate::gpu::ops;
 use crate::error::Result;
 
 /// Checked shape with `kv_heads` key/value heads; returns the element counts of
@@ -49,14 +50,13 @@ pub unsafe extern "C" fn cuda_attention_scores(
         let q = Input::new("Q", Q, if out_len == 0 { 0 } else { q_len })?;
         let k = Input::new("K", K, if out_len == 0 { 0 } else { kv_len })?;
         let out = Output::new("scores", scores, out_len)?;
-        let call = Call::new(stream, out_len, [q.region(), k.region(), out.region()])?;
-        dispatch::run_cpu_only(&call, || {
-            unsafe {
-                let (q, k) = (q.read(&[out.region()]), k.read(&[out.region()]));
-                attention::scores(&q, &k, out.slice(), s, scale);
-            }
-            Ok(())
-        })
+        let flops = 2.0 * out_len as f64 * s.head_dim as f64;
+        let call = Call::new(stream, out_len, [q.region(), k.region(), out.region()])?.flops(flops).kernels_in_place(false);
+        dispatch::run(
+            &call,
+            || unsafe { attention::scores(&q.read(&[out.region()]), &k.read(&[out.region()]), out.slice(), s, scale) },
+            |g, p| unsafe { ops::attention_scores(g, stream.cast(), p[0], p[1], p[2], s, scale) },
+        )
     })
 }
 
@@ -80,14 +80,13 @@ pub unsafe extern "C" fn cuda_attention_output(
         let w = Input::new("weights", weights, if out_len == 0 { 0 } else { score_len(&s)? })?;
         let v = Input::new("V", V, if out_len == 0 { 0 } else { kv_len })?;
         let out = Output::new("output", output, out_len)?;
-        let call = Call::new(stream, out_len, [w.region(), v.region(), out.region()])?;
-        dispatch::run_cpu_only(&call, || {
-            unsafe {
-                let (w, v) = (w.read(&[out.region()]), v.read(&[out.region()]));
-                attention::output(&w, &v, out.slice(), s);
-            }
-            Ok(())
-        })
+        let flops = out_len as f64 * s.seq as f64;
+        let call = Call::new(stream, out_len, [w.region(), v.region(), out.region()])?.flops(flops).kernels_in_place(false);
+        dispatch::run(
+            &call,
+            || unsafe { attention::output(&w.read(&[out.region()]), &v.read(&[out.region()]), out.slice(), s) },
+            |g, p| unsafe { ops::attention_output(g, stream.cast(), p[0], p[1], p[2], s) },
+        )
     })
 }
 
@@ -144,7 +143,7 @@ pub unsafe extern "C" fn cuda_mqa_attention(
 
 /// Shared body of the fused attention calls: causal, or with an additive
 /// `[seq, seq]` mask when `mask` is not NULL, or unmasked.
-#[allow(clippy::too_many_arguments, non_snake_case)]
+#[allow(non_snake_case)]
 unsafe fn fused(
     Q: *const f32,
     K: *const f32,
@@ -165,8 +164,9 @@ unsafe fn fused(
     let mask_len = if mask.is_null() { 0 } else { used(check::elements(&[("seq_len", s.seq), ("seq_len", s.seq)])?) };
     let m = Input::new("mask", mask, mask_len)?;
     let out = Output::new("output", output, n)?;
-    let call = Call::new(stream, n, [q.region(), k.region(), v.region(), m.region(), out.region()])?;
-    dispatch::run_cpu_only(&call, || {
+    let flops = 4.0 * n as f64 * s.seq as f64;
+    let call = Call::new(stream, n, [q.region(), k.region(), v.region(), m.region(), out.region()])?.flops(flops).kernels_in_place(false);
+    let cpu = || {
         let written = [out.region()];
         let (q, k, v, m) = unsafe { (q.read(&written), k.read(&written), v.read(&written), m.read(&written)) };
         let mask = match (causal, mask.is_null()) {
@@ -175,6 +175,10 @@ unsafe fn fused(
             (false, true) => Mask::None,
         };
         attention::attention(&q, &k, &v, unsafe { out.slice() }, s, scale, mask);
-        Ok(())
-    })
+    };
+    if s.head_dim > ops::FLASH_MAX_HEAD_DIM {
+        return dispatch::run_cpu_only(&call, cpu);
+    }
+    // An empty mask region's pointer is the caller's NULL: no additive mask.
+    dispatch::run(&call, cpu, |g, p| unsafe { ops::flash_attention(g, stream.cast(), p[0], p[1], p[2], p[4], p[3], s, scale, causal) })
 }

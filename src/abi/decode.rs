@@ -27,26 +27,26 @@ fn rows<'a>(logits: *const f32, output: *mut i32, batch: c_int, vocab_size: c_in
 pub unsafe extern "C" fn cuda_argmax(logits: *const f32, output: *mut i32, batch: c_int, vocab_size: c_int, stream: *mut c_void) -> i32 {
     ffi_fn!("cuda_argmax", {
         let (x, y, vocab) = rows(logits, output, batch, vocab_size)?;
-        let call = Call::new(stream, y.len, [x.region(), y.region()])?.no_in_place_kernels();
+        let call = Call::new(stream, y.len, [x.region(), y.region()])?.kernels_in_place(false);
         dispatch::run(
             &call,
-            || Ok(unsafe { decode::argmax(&x.read(&[y.region()]), y.slice(), vocab) }),
+            || unsafe { decode::argmax(&x.read(&[y.region()]), y.slice(), vocab) },
             |g, p| unsafe { ops::argmax(g, stream.cast(), p[0], p[1], y.len, vocab) },
         )
     })
 }
 
 /// Shared body of the samplers.
-#[allow(clippy::too_many_arguments)]
 unsafe fn sample(logits: *const f32, output: *mut i32, seeds: *const u64, batch: c_int, vocab_size: c_int, temperature: f32, sampler: Sampler, stream: *mut c_void) -> Result<()> {
     require(temperature >= 0.0, || format!("temperature must be >= 0 (got {temperature})"))?;
     let (x, y, vocab) = rows(logits, output, batch, vocab_size)?;
     let s = Input::new("seeds", seeds, y.len)?;
-    let call = Call::new(stream, y.len, [x.region(), s.region(), y.region()])?;
-    dispatch::run_cpu_only(&call, || {
-        unsafe { decode::sample(&x.read(&[y.region()]), &s.read(&[y.region()]), y.slice(), vocab, temperature, sampler) };
-        Ok(())
-    })
+    let call = Call::new(stream, y.len, [x.region(), s.region(), y.region()])?.kernels_in_place(false);
+    dispatch::run(
+        &call,
+        || unsafe { decode::sample(&x.read(&[y.region()]), &s.read(&[y.region()]), y.slice(), vocab, temperature, sampler) },
+        |g, p| unsafe { ops::sample(g, stream.cast(), p[0], p[1], p[2], y.len, vocab, temperature, sampler) },
+    )
 }
 
 /// Per row, one token drawn from `softmax(logits / temperature)` into

@@ -19,7 +19,7 @@ pub unsafe extern "C" fn cuda_silu(input: *const f32, output: *mut f32, n: i64, 
         let call = Call::new(stream, y.len, [x.region(), y.region()])?;
         dispatch::run(
             &call,
-            || Ok(unsafe { elementwise::silu(Src::of(&x, &y, &[]), y.slice()) }),
+            || unsafe { elementwise::silu(Src::of(&x, &y, &[]), y.slice()) },
             |g, p| unsafe { ops::silu(g, stream.cast(), p[0], p[1], y.len) },
         )
     })
@@ -51,7 +51,7 @@ pub unsafe extern "C" fn cuda_add(a: *const f32, b: *const f32, output: *mut f32
         let call = Call::new(stream, y.len, [a.region(), b.region(), y.region()])?;
         dispatch::run(
             &call,
-            || Ok(unsafe { elementwise::add(Src::of(&a, &y, &[]), Src::of(&b, &y, &[]), y.slice()) }),
+            || unsafe { elementwise::add(Src::of(&a, &y, &[]), Src::of(&b, &y, &[]), y.slice()) },
             |g, p| unsafe { ops::add(g, stream.cast(), p[0], p[1], p[2], y.len) },
         )
     })
@@ -66,7 +66,7 @@ pub unsafe extern "C" fn cuda_mul(a: *const f32, b: *const f32, output: *mut f32
         let call = Call::new(stream, y.len, [a.region(), b.region(), y.region()])?;
         dispatch::run(
             &call,
-            || Ok(unsafe { elementwise::mul(Src::of(&a, &y, &[]), Src::of(&b, &y, &[]), y.slice()) }),
+            || unsafe { elementwise::mul(Src::of(&a, &y, &[]), Src::of(&b, &y, &[]), y.slice()) },
             |g, p| unsafe { ops::mul(g, stream.cast(), p[0], p[1], p[2], y.len) },
         )
     })
@@ -82,7 +82,7 @@ pub unsafe extern "C" fn cuda_scale(input: *const f32, output: *mut f32, scale: 
         let call = Call::new(stream, y.len, [x.region(), y.region()])?;
         dispatch::run(
             &call,
-            || Ok(unsafe { elementwise::scale(Src::of(&x, &y, &[]), scale, y.slice()) }),
+            || unsafe { elementwise::scale(Src::of(&x, &y, &[]), scale, y.slice()) },
             |g, p| unsafe { ops::scale(g, stream.cast(), p[0], p[1], scale, y.len) },
         )
     })

@@ -52,7 +52,7 @@ pub unsafe extern "C" fn cuda_gemm_batched(
 }
 
 /// The shared body of both GEMM entry points.
-#[allow(clippy::too_many_arguments, non_snake_case)]
+#[allow(non_snake_case)]
 unsafe fn batched(
     A: *const f32,
     B: *const f32,
@@ -77,10 +77,10 @@ unsafe fn batched(
     let b = Input::new("B", B, b_len)?;
     let c = Output::new("C", C, c_len)?;
     let flops = 2.0 * c_len as f64 * k as f64;
-    let call = Call::new(stream, c_len, [a.region(), b.region(), c.region()])?.flops(flops).no_in_place_kernels();
+    let call = Call::new(stream, c_len, [a.region(), b.region(), c.region()])?.flops(flops).kernels_in_place(false);
     dispatch::run(
         &call,
-        || Ok(unsafe { gemm::sgemm_batched(&a.read(&[c.region()]), &b.read(&[c.region()]), c.slice(), m, n, k, alpha, beta) }),
+        || unsafe { gemm::sgemm_batched(&a.read(&[c.region()]), &b.read(&[c.region()]), c.slice(), m, n, k, alpha, beta) },
         |g, p| unsafe { ops::sgemm(g, stream.cast(), p[0], p[1], p[2], batch, m, n, k, alpha, beta) },
     )
 }

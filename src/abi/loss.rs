@@ -17,9 +17,7 @@ fn targets_checked<'a>(targets: *const c_int, batch_seq: c_int, vocab_size: c_in
     let vocab = check::dim("vocab_size", vocab_size)?;
     let n = check::elements(&[("batch_seq", rows), ("vocab_size", vocab)])?;
     let t = Input::new("targets", targets, if n == 0 { 0 } else { rows })?;
-    // SAFETY: `rows` ints of host memory.
-    let readable = dispatch::host_readable(targets);
-    if let Some((row, &bad)) = readable.then(|| unsafe { t.slice() }).unwrap_or_default().iter().enumerate().find(|&(_, &v)| v >= vocab_size) {
+    if let Some((row, &bad)) = unsafe { t.host_view() }.iter().enumerate().find(|&(_, &v)| v >= vocab_size) {
         return Err(crate::error::invalid(format!("targets[{row}] = {bad} is >= vocab_size ({vocab})")));
     }
     Ok((t, vocab, n))
@@ -45,13 +43,13 @@ pub unsafe extern "C" fn cuda_cross_entropy_forward(
         let x = Input::new("logits", logits, n)?;
         let l = Output::new("loss", loss, if n == 0 { 0 } else { 1 })?;
         let lp = Output::new("log_probs", log_probs, n)?;
-        let call = Call::new(stream, n, [x.region(), t.region(), l.region(), lp.region()])?.no_in_place_kernels();
+        let call = Call::new(stream, n, [x.region(), t.region(), l.region(), lp.region()])?.kernels_in_place(false);
         dispatch::run(
             &call,
             || {
                 let t = unsafe { t.read(&[l.region(), lp.region()]) };
                 let mean = loss::cross_entropy_forward(unsafe { Src::of(&x, &lp, &[l.region()]) }, &t, unsafe { lp.slice() }, vocab);
-                Ok(unsafe { l.slice()[0] = mean })
+                unsafe { l.slice()[0] = mean }
             },
             |g, p| unsafe { ops::cross_entropy_forward(g, stream.cast(), p[0], p[1], p[2], p[3], n / vocab, vocab) },
         )
@@ -78,7 +76,7 @@ pub unsafe extern "C" fn cuda_cross_entropy_backward(
         let call = Call::new(stream, n, [lp.region(), t.region(), d.region()])?;
         dispatch::run(
             &call,
-            || Ok(unsafe { loss::cross_entropy_backward(Src::of(&lp, &d, &[]), &t.read(&[d.region()]), d.slice(), vocab, scale) }),
+            || unsafe { loss::cross_entropy_backward(Src::of(&lp, &d, &[]), &t.read(&[d.region()]), d.slice(), vocab, scale) },
             |g, p| unsafe { ops::cross_entropy_backward(g, stream.cast(), p[0], p[1], p[2], n / vocab, vocab, scale) },
         )
     })
@@ -112,16 +110,15 @@ pub unsafe extern "C" fn cuda_aux_loss_forward(
         let used = |len: usize| if n == 0 { 0 } else { len };
         let p = Input::new("router_probs", router_probs, n)?;
         let idx = Input::new("expert_indices", expert_indices, used(rows * k))?;
-        // SAFETY: host memory when host-readable (device indices out of range count for no expert).
-        let readable = dispatch::host_readable(expert_indices);
-        if let Some((i, &bad)) = readable.then(|| unsafe { idx.slice() }).unwrap_or_default().iter().enumerate().find(|&(_, &e)| e < 0 || e >= n_experts) {
+        // (Device indices out of range count for no expert.)
+        if let Some((i, &bad)) = unsafe { idx.host_view() }.iter().enumerate().find(|&(_, &e)| e < 0 || e >= n_experts) {
             return Err(crate::error::invalid(format!("expert_indices[{i}] = {bad} is outside [0, n_experts = {experts})")));
         }
         let l = Output::new("aux_loss", aux_loss, used(1))?;
         let f = Output::new("f_counts", f_counts, used(experts))?;
         let pm = Output::new("p_means", p_means, used(experts))?;
         let written = [l.region(), f.region(), pm.region()];
-        let call = Call::new(stream, n, [p.region(), idx.region(), l.region(), f.region(), pm.region()])?.no_in_place_kernels();
+        let call = Call::new(stream, n, [p.region(), idx.region(), l.region(), f.region(), pm.region()])?.kernels_in_place(false);
         let cpu = || {
             let out = unsafe { loss::aux_loss(&p.read(&written), &idx.read(&written), experts, k, alpha) };
             unsafe {
@@ -129,7 +126,6 @@ pub unsafe extern "C" fn cuda_aux_loss_forward(
                 f.slice().copy_from_slice(&out.f_counts);
                 pm.slice().copy_from_slice(&out.p_means);
             }
-            Ok(())
         };
         dispatch::run(&call, cpu, |g, p| unsafe { ops::aux_loss(g, stream.cast(), p[0], p[1], p[2], p[3], p[4], rows, experts, k, alpha) })
     })

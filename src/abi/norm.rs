@@ -38,7 +38,7 @@ pub unsafe extern "C" fn cuda_rmsnorm(
         let call = Call::new(stream, n, [x.region(), w.region(), y.region()])?;
         dispatch::run(
             &call,
-            || Ok(unsafe { norm::rmsnorm(Src::of(&x, &y, &[]), &w.read(&[y.region()]), y.slice(), hidden, eps) }),
+            || unsafe { norm::rmsnorm(Src::of(&x, &y, &[]), &w.read(&[y.region()]), y.slice(), hidden, eps) },
             |g, p| unsafe { ops::rmsnorm(g, stream.cast(), p[0], p[1], p[2], n / hidden, hidden, eps) },
         )
     })
@@ -76,7 +76,6 @@ pub unsafe extern "C" fn cuda_rmsnorm_residual(
                 elementwise::add(Src::of(&x, &s, &[]), Src::of(&r, &s, &[]), s.slice());
                 norm::rmsnorm(Src::Slice(s.slice()), &w, y.slice(), hidden, eps);
             }
-            Ok(())
         };
         dispatch::run(&call, cpu, gpu)
     })

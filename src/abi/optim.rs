@@ -47,7 +47,7 @@ pub unsafe extern "C" fn cuda_adamw_step(
         let call = Call::new(stream, n, [p.region(), g.region(), mm.region(), vv.region()])?;
         dispatch::run(
             &call,
-            || Ok(unsafe { optim::adamw(p.slice(), &g.read(&[p.region(), mm.region(), vv.region()]), mm.slice(), vv.slice(), h) }),
+            || unsafe { optim::adamw(p.slice(), &g.read(&[p.region(), mm.region(), vv.region()]), mm.slice(), vv.slice(), h) },
             |gpu, ptr| unsafe { ops::adamw(gpu, stream.cast(), ptr[0], ptr[1], ptr[2], ptr[3], h, n) },
         )
     })
@@ -60,7 +60,7 @@ pub unsafe extern "C" fn cuda_zero_grad(grad: *mut f32, size: i64, stream: *mut 
         let g = Output::new("grad", grad, check::count("size", size)?)?;
         dispatch::run(
             &Call::new(stream, g.len, [g.region()])?,
-            || Ok(optim::zero(unsafe { g.slice() })),
+            || optim::zero(unsafe { g.slice() }),
             |_, p| unsafe { ops::zero(stream.cast(), p[0], g.len) },
         )
     })
@@ -89,7 +89,7 @@ pub unsafe extern "C" fn cuda_grad_clip(
         let call = Call::new(stream, n, [g.region(), scratch.region(), total.region()])?;
         dispatch::run(
             &call,
-            || Ok(unsafe { total.slice()[0] = optim::clip(g.slice(), clip_norm) }),
+            || unsafe { total.slice()[0] = optim::clip(g.slice(), clip_norm) },
             |gpu, p| unsafe { ops::grad_clip(gpu, stream.cast(), p[0], p[1], p[2], clip_norm, n) },
         )
     })
@@ -124,10 +124,10 @@ pub unsafe extern "C" fn cuda_scatter_add(
             usize::from(n > 0) // at least one row exists; the kernel reads the indices on the device
         };
         let gw = Output::new("grad_weight", grad_weight, check::elements(&[("max index + 1", height), ("embedding_dim", dim)])?)?;
-        let call = Call::new(stream, gw.len, [go.region(), idx.region(), gw.region()])?.no_in_place_kernels();
+        let call = Call::new(stream, gw.len, [go.region(), idx.region(), gw.region()])?.kernels_in_place(false);
         dispatch::run(
             &call,
-            || Ok(unsafe { optim::scatter_add(&go.read(&[gw.region()]), &idx.read(&[gw.region()]), gw.slice(), dim) }),
+            || unsafe { optim::scatter_add(&go.read(&[gw.region()]), &idx.read(&[gw.region()]), gw.slice(), dim) },
             |gpu, p| unsafe { ops::scatter_add(gpu, stream.cast(), p[0], p[1], p[2], rows, dim) },
         )
     })

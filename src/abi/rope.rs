@@ -6,6 +6,7 @@ use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output, require};
 use crate::cpu::{par::Src, rope::{self, Angles, RopeShape}};
 use crate::dispatch::{self, Call};
+use crate::gpu::ops;
 use crate::error::Result;
 
 /// `head_dim` must be positive and even.
@@ -49,10 +50,11 @@ pub unsafe extern "C" fn cuda_rope_freqs(freqs: *mut f32, max_seq_len: c_int, he
         require(base > 0.0 && base.is_finite(), || format!("base must be finite and > 0 (got {base})"))?;
         ntk_alpha(alpha, d)?;
         let table = Output::new("freqs", freqs, check::elements(&[("max_seq_len", rows), ("head_dim / 2", d / 2)])?)?;
-        dispatch::run_cpu_only(&Call::new(stream, table.len, [table.region()])?, || {
-            unsafe { rope::freqs(table.slice(), d, base, alpha) };
-            Ok(())
-        })
+        dispatch::run(
+            &Call::new(stream, table.len, [table.region()])?,
+            || unsafe { rope::freqs(table.slice(), d, base, alpha) },
+            |g, p| unsafe { ops::rope_freqs(g, stream.cast(), p[0], rows, d, base, alpha) },
+        )
     })
 }
 
@@ -79,13 +81,11 @@ pub unsafe extern "C" fn cuda_rope_forward(
         let f = Input::new("freqs", freqs, if n == 0 { 0 } else { table_len(&shape)? })?;
         let y = Output::new("output", output, n)?;
         let call = Call::new(stream, n, [x.region(), f.region(), y.region()])?;
-        dispatch::run_cpu_only(&call, || {
-            unsafe {
-                let f = f.read(&[y.region()]);
-                rope::rotate(Src::of(&x, &y, &[]), y.slice(), &f, shape, Angles::AsStored);
-            }
-            Ok(())
-        })
+        dispatch::run(
+            &call,
+            || unsafe { rope::rotate(Src::of(&x, &y, &[]), y.slice(), &f.read(&[y.region()]), shape, Angles::AsStored) },
+            |g, p| unsafe { ops::rope_rotate(g, stream.cast(), p[0], p[1], p[2], shape, n / (shape.heads * shape.head_dim), 1.0) },
+        )
     })
 }
 
@@ -117,8 +117,11 @@ pub unsafe extern "C" fn cuda_rope_qk(
         let qo = Output::new("q_out", q_out, nq)?;
         let ko = Output::new("k_out", k_out, nk)?;
         let regions = [q.region(), k.region(), f.region(), qo.region(), ko.region()];
-        let call = Call::new(stream, nq + nk, regions)?;
-        dispatch::run_cpu_only(&call, || {
+        // The kernels handle q_out == q and k_out == k, not an input that is the
+        // other output's buffer (rotating q would overwrite k first).
+        let crossed = qo.region().start == k.region().start || ko.region().start == q.region().start;
+        let call = Call::new(stream, nq + nk, regions)?.kernels_in_place(!crossed);
+        let cpu = || {
             // Inputs that are the *other* output's buffer are copied before either is written.
             unsafe {
                 let f = f.read(&[qo.region(), ko.region()]);
@@ -126,7 +129,11 @@ pub unsafe extern "C" fn cuda_rope_qk(
                 rope::rotate(q, qo.slice(), &f, q_shape, Angles::AsStored);
                 rope::rotate(k, ko.slice(), &f, k_shape, Angles::AsStored);
             }
-            Ok(())
+        };
+        let tokens = q_shape.seq_len * batch.max(0) as usize;
+        dispatch::run(&call, cpu, |g, p| unsafe {
+            ops::rope_rotate(g, stream.cast(), p[0], p[2], p[3], q_shape, tokens, 1.0)?;
+            ops::rope_rotate(g, stream.cast(), p[1], p[2], p[4], k_shape, tokens, 1.0)
         })
     })
 }
@@ -140,13 +147,17 @@ unsafe fn rotate_q_and_k(q: *mut f32, k: *mut f32, freqs: *const f32, batch: c_i
     let f = Input::new("freqs", freqs, if n == 0 { 0 } else { table_len(&shape)? })?;
     let call = Call::new(stream, n, [q.region(), k.region(), f.region()])?;
     let angles = angles(&shape);
-    dispatch::run_cpu_only(&call, || {
+    let cpu = || {
         unsafe {
             let f = f.read(&[q.region(), k.region()]);
             rope::rotate(Src::Output, q.slice(), &f, shape, angles);
             rope::rotate(Src::Output, k.slice(), &f, shape, angles);
         }
-        Ok(())
+    };
+    let tokens = n / (shape.heads * shape.head_dim).max(1);
+    dispatch::run(&call, cpu, |g, p| unsafe {
+        ops::rope_rotate(g, stream.cast(), p[0], p[2], p[0], shape, tokens, angles.ntk_alpha())?;
+        ops::rope_rotate(g, stream.cast(), p[1], p[2], p[1], shape, tokens, angles.ntk_alpha())
     })
 }
 

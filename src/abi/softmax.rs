@@ -23,7 +23,7 @@ pub unsafe extern "C" fn cuda_softmax(input: *const f32, output: *mut f32, rows:
         let call = Call::new(stream, n, [x.region(), y.region()])?;
         dispatch::run(
             &call,
-            || Ok(unsafe { softmax::softmax(Src::of(&x, &y, &[]), y.slice(), cols) }),
+            || unsafe { softmax::softmax(Src::of(&x, &y, &[]), y.slice(), cols) },
             |g, p| unsafe { ops::softmax(g, stream.cast(), p[0], p[1], rows, cols) },
         )
     })
@@ -51,10 +51,10 @@ pub unsafe extern "C" fn cuda_softmax_topk(
         let x = Input::new("input", input, check::elements(&[("rows", rows), ("cols", cols)])?)?;
         let w = Output::new("weights", weights, rows * k)?;
         let idx = Output::new("indices", indices, rows * k)?;
-        let call = Call::new(stream, rows * k, [x.region(), w.region(), idx.region()])?.no_in_place_kernels();
+        let call = Call::new(stream, rows * k, [x.region(), w.region(), idx.region()])?.kernels_in_place(false);
         dispatch::run(
             &call,
-            || Ok(unsafe { softmax::softmax_topk(&x.read(&[w.region(), idx.region()]), w.slice(), idx.slice(), cols, k) }),
+            || unsafe { softmax::softmax_topk(&x.read(&[w.region(), idx.region()]), w.slice(), idx.slice(), cols, k) },
             |g, p| unsafe { ops::softmax_topk(g, stream.cast(), p[0], p[1], p[2], rows, cols, k) },
         )
     })

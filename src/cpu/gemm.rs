@@ -15,7 +15,6 @@ const BAND: usize = 1024;
 ///
 /// SAFETY: the pointers cover these views; the crate computes
 /// dst = alpha' * dst + beta' * lhs * rhs, so its alpha/beta are our beta/alpha.
-#[allow(clippy::too_many_arguments)]
 unsafe fn crate_gemm(a: *const f32, b: *const f32, c: *mut f32, m: usize, w: usize, k: usize, ldb: usize, ldc: usize, alpha: f32, beta: f32, threads: Parallelism) {
     unsafe {
         gemm::gemm(

@@ -26,6 +26,16 @@ pub enum Angles {
     NtkScaled { alpha: f32 },
 }
 
+impl Angles {
+    /// The scaling factor's base as the GPU kernel takes it (1 = as stored).
+    pub fn ntk_alpha(self) -> f32 {
+        match self {
+            Angles::AsStored => 1.0,
+            Angles::NtkScaled { alpha } => alpha,
+        }
+    }
+}
+
 /// Shape of one rotation call: `[batch, seq_len, heads, head_dim]`, positions
 /// start at `offset`.
 #[derive(Clone, Copy)]

@@ -63,7 +63,6 @@ fn with_handle<R>(f: impl FnOnce(sys::cublasHandle_t) -> Result<R>) -> Result<R>
 /// Row-major C = alpha A·B + beta C over `batch` contiguous matrices, as the
 /// column-major product Cᵀ = Bᵀ·Aᵀ (no copies). Safety: valid device pointers of
 /// the implied sizes; every dimension fits in an i32 (the ABI's `int`).
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm(a: DevPtr, b: DevPtr, c: DevPtr, batch: usize, m: usize, n: usize, k: usize, alpha: f32, beta: f32, stream: Stream) -> Result<()> {
     with_handle(|h| unsafe {
         check(sys::cublasSetStream_v2(h, stream.cast()), "cublasSetStream")?;

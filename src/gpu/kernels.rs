@@ -18,4 +18,11 @@ pub const MODULES: &[(&str, &str, &[&str])] = &[
     ),
     ("decode", include_str!("../../kernels/ptx/decode.ptx"), &["argmax_f32"]),
     ("gemm", include_str!("../../kernels/ptx/gemm.ptx"), &["sgemm_tiled_f32"]),
+    ("rope", include_str!("../../kernels/ptx/rope.ptx"), &["rope_freqs_f32", "rope_rotate_f32"]),
+    (
+        "attention",
+        include_str!("../../kernels/ptx/attention.ptx"),
+        &["attention_scores_f32", "attention_output_f32", "flash_attention_f32"],
+    ),
+    ("sample", include_str!("../../kernels/ptx/sample.ptx"), &["sample_f32", "topk_sample_f32", "topp_sample_f32"]),
 ];

@@ -119,7 +119,8 @@ pub unsafe fn finish_download(staged: &Staged, dst: usize, bytes: usize) {
     unsafe { std::ptr::copy_nonoverlapping(staged.pinned.0 as *const u8, dst as *mut u8, bytes) };
 }
 
-pub fn synchronize(stream: Stream) -> Result<()> {
+/// Safety: `stream` is a live stream of the current context (or NULL).
+pub unsafe fn synchronize(stream: Stream) -> Result<()> {
     check(unsafe { sys::cuStreamSynchronize(stream) }, "cuStreamSynchronize")
 }
 

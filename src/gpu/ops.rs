@@ -2,6 +2,11 @@
 //! stream. Launch geometry follows the contract in kernels/README.md.
 
 use super::driver::{Arg, DevPtr, Launch, Stream};
+use crate::cpu::attention::AttnShape;
+use crate::cpu::decode::Sampler;
+
+/// Threads per row of the sampling kernels (kernels/README.md).
+const SAMPLE_BLOCK: u32 = 1024;
 use super::{Gpu, blas};
 use crate::error::Result;
 
@@ -49,26 +54,22 @@ pub unsafe fn softmax(g: &Gpu, s: Stream, x: DevPtr, y: DevPtr, rows: usize, col
     unsafe { g.launch("softmax_f32", per_row(rows, 1024), s, &mut [Ptr(x), Ptr(y), I32(rows as i32), I32(cols as i32)]) }
 }
 
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn softmax_topk(g: &Gpu, s: Stream, x: DevPtr, w: DevPtr, idx: DevPtr, rows: usize, cols: usize, k: usize) -> Result<()> {
     let args = &mut [Ptr(x), Ptr(w), Ptr(idx), I32(rows as i32), I32(cols as i32), I32(k as i32)];
     unsafe { g.launch("softmax_topk_f32", per_row(rows, 32), s, args) }
 }
 
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn rmsnorm(g: &Gpu, s: Stream, x: DevPtr, w: DevPtr, y: DevPtr, rows: usize, hidden: usize, eps: f32) -> Result<()> {
     let args = &mut [Ptr(x), Ptr(w), Ptr(y), I32(rows as i32), I32(hidden as i32), F32(eps)];
     // 512 threads: measured ~8% faster than 1024 on 4096-wide rows.
     unsafe { g.launch("rmsnorm_f32", per_row(rows, 512), s, args) }
 }
 
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn rmsnorm_residual(g: &Gpu, s: Stream, x: DevPtr, r: DevPtr, w: DevPtr, y: DevPtr, sum: DevPtr, rows: usize, hidden: usize, eps: f32) -> Result<()> {
     let args = &mut [Ptr(x), Ptr(r), Ptr(w), Ptr(y), Ptr(sum), I32(rows as i32), I32(hidden as i32), F32(eps)];
     unsafe { g.launch("rmsnorm_residual_f32", per_row(rows, 1024), s, args) }
 }
 
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm(g: &Gpu, s: Stream, a: DevPtr, b: DevPtr, c: DevPtr, batch: usize, m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> Result<()> {
     if k == 0 || alpha == 0.0 {
         // No product term (cuBLAS rejects K = 0): C = beta C, never read when beta == 0.
@@ -91,7 +92,6 @@ pub unsafe fn sgemm(g: &Gpu, s: Stream, a: DevPtr, b: DevPtr, c: DevPtr, batch: 
 }
 
 /// log_probs row-wise, then the mean NLL from log_probs[r, target[r]].
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn cross_entropy_forward(g: &Gpu, s: Stream, x: DevPtr, t: DevPtr, loss: DevPtr, lp: DevPtr, rows: usize, vocab: usize) -> Result<()> {
     let (r, v) = (I32(rows as i32), I32(vocab as i32));
     unsafe {
@@ -100,13 +100,11 @@ pub unsafe fn cross_entropy_forward(g: &Gpu, s: Stream, x: DevPtr, t: DevPtr, lo
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn cross_entropy_backward(g: &Gpu, s: Stream, lp: DevPtr, t: DevPtr, d: DevPtr, rows: usize, vocab: usize, factor: f32) -> Result<()> {
     let args = &mut [Ptr(lp), Ptr(t), Ptr(d), I32(rows as i32), I32(vocab as i32), F32(factor)];
     unsafe { g.launch("ce_backward_f32", strided(rows * vocab), s, args) }
 }
 
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn aux_loss(g: &Gpu, s: Stream, probs: DevPtr, experts: DevPtr, aux: DevPtr, f: DevPtr, p: DevPtr, rows: usize, n_experts: usize, top_k: usize, alpha: f32) -> Result<()> {
     let e = I32(n_experts as i32);
     unsafe {
@@ -117,7 +115,6 @@ pub unsafe fn aux_loss(g: &Gpu, s: Stream, probs: DevPtr, experts: DevPtr, aux: 
 }
 
 /// One AdamW step; bias corrections are folded into two factors on the host.
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn adamw(g: &Gpu, s: Stream, p: DevPtr, grad: DevPtr, m: DevPtr, v: DevPtr, h: crate::cpu::optim::AdamW, n: usize) -> Result<()> {
     let (inv_bc1, inv_bc2) = h.inverse_bias_corrections();
     let args = &mut [
@@ -148,6 +145,76 @@ pub unsafe fn scatter_add(g: &Gpu, s: Stream, go: DevPtr, idx: DevPtr, gw: DevPt
     // grid.y splits the destination rows (row % 32): more parallelism, same order per row.
     let at = Launch { grid: (dim.div_ceil(256) as u32, 32, 1), block: (256, 1, 1) };
     unsafe { g.launch("scatter_add_f32", at, s, &mut [Ptr(go), Ptr(idx), Ptr(gw), I32(num as i32), I32(dim as i32)]) }
+}
+
+pub unsafe fn rope_freqs(g: &Gpu, s: Stream, freqs: DevPtr, rows: usize, head_dim: usize, base: f32, alpha: f32) -> Result<()> {
+    let args = &mut [Ptr(freqs), I32(rows as i32), I32(head_dim as i32), F32(base), F32(alpha)];
+    unsafe { g.launch("rope_freqs_f32", strided(rows * head_dim / 2), s, args) }
+}
+
+/// Rotates `[tokens, heads, head_dim]`; `ntk_alpha` 1 uses the stored angles.
+pub unsafe fn rope_rotate(g: &Gpu, s: Stream, x: DevPtr, freqs: DevPtr, y: DevPtr, shape: crate::cpu::rope::RopeShape, tokens: usize, ntk_alpha: f32) -> Result<()> {
+    let pairs = tokens * shape.heads * shape.head_dim / 2;
+    let args = &mut [
+        Ptr(x), Ptr(freqs), Ptr(y), I64(tokens as i64),
+        I32(shape.seq_len as i32), I32(shape.heads as i32), I32(shape.head_dim as i32), I32(shape.offset as i32), F32(ntk_alpha),
+    ];
+    unsafe { g.launch("rope_rotate_f32", strided(pairs), s, args) }
+}
+
+/// One token per row: greedy at temperature 0, else the seeded Gumbel-max draw
+/// the CPU makes (same noise), over all tokens, the top k, or the nucleus.
+pub unsafe fn sample(g: &Gpu, s: Stream, logits: DevPtr, seeds: DevPtr, out: DevPtr, batch: usize, vocab: usize, temperature: f32, sampler: Sampler) -> Result<()> {
+    if temperature == 0.0 {
+        return unsafe { argmax(g, s, logits, out, batch, vocab) };
+    }
+    let (b, v, t) = (I32(batch as i32), I32(vocab as i32), F32(temperature));
+    let at = per_row(batch, SAMPLE_BLOCK);
+    unsafe {
+        match sampler {
+            Sampler::TopK(k) if k < vocab => g.launch("topk_sample_f32", at, s, &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, I32(k as i32), t]),
+            Sampler::TopP(p) if p < 1.0 => g.launch("topp_sample_f32", at, s, &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, F32(p), t]),
+            _ => g.launch("sample_f32", at, s, &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, t]),
+        }
+    }
+}
+
+/// Square attention tiles: block (16, 16), each block a 64x64 tile, grid.z over
+/// (batch, head) pairs (blocks stride past 65535).
+fn attention_tiles(cols: usize, rows: usize, pairs: usize) -> Launch {
+    Launch { grid: (cols.div_ceil(64) as u32, rows.div_ceil(64) as u32, pairs.min(65535) as u32), block: (16, 16, 1) }
+}
+
+pub unsafe fn attention_scores(g: &Gpu, s: Stream, q: DevPtr, k: DevPtr, scores: DevPtr, a: AttnShape, scale: f32) -> Result<()> {
+    let at = attention_tiles(a.seq, a.seq, a.batch * a.heads);
+    let args = &mut [Ptr(q), Ptr(k), Ptr(scores), I32(a.batch as i32), I32(a.heads as i32), I32(a.seq as i32), I32(a.head_dim as i32), F32(scale)];
+    unsafe { g.launch("attention_scores_f32", at, s, args) }
+}
+
+pub unsafe fn attention_output(g: &Gpu, s: Stream, w: DevPtr, v: DevPtr, out: DevPtr, a: AttnShape) -> Result<()> {
+    let at = attention_tiles(a.head_dim, a.seq, a.batch * a.heads);
+    let args = &mut [Ptr(w), Ptr(v), Ptr(out), I32(a.batch as i32), I32(a.heads as i32), I32(a.seq as i32), I32(a.head_dim as i32)];
+    unsafe { g.launch("attention_output_f32", at, s, args) }
+}
+
+/// The largest head_dim the flash kernel handles (larger ones run on the CPU).
+pub(crate) const FLASH_MAX_HEAD_DIM: usize = 256;
+
+/// Fused attention: 64 threads a block, BR query rows each (64 for head_dim <= 64,
+/// 32 up to 128, 16 up to 256); `mask` 0 for none.
+pub unsafe fn flash_attention(g: &Gpu, s: Stream, q: DevPtr, k: DevPtr, v: DevPtr, out: DevPtr, mask: DevPtr, a: AttnShape, scale: f32, causal: bool) -> Result<()> {
+    let rows_per_block = match a.head_dim {
+        0..=64 => 64,
+        65..=128 => 32,
+        _ => 16,
+    };
+    let at = line(a.seq.div_ceil(rows_per_block) * a.heads * a.batch, 64);
+    let args = &mut [
+        Ptr(q), Ptr(k), Ptr(v), Ptr(out),
+        I32(a.batch as i32), I32(a.seq as i32), I32(a.heads as i32), I32(a.kv_heads as i32), I32(a.head_dim as i32),
+        F32(scale), I32(causal as i32), Ptr(mask),
+    ];
+    unsafe { g.launch("flash_attention_f32", at, s, args) }
 }
 
 pub unsafe fn argmax(g: &Gpu, s: Stream, x: DevPtr, out: DevPtr, batch: usize, vocab: usize) -> Result<()> {
