@@ -152,23 +152,38 @@ extern "C" __global__ void __launch_bounds__(256)
 #define FA_THREADS 64
 #define FA_SMEM_FLOATS 12288
 
+// Shared-memory vector loads and stores of N = 1, 2, 4 floats at a 32-bit
+// shared address, as explicit PTX: left to the compiler, its load/store
+// vectorizer merged them differently from run to run (NVRTC 12.4 hashes
+// pointers), so the PTX was not reproducible. The "memory" clobber keeps them
+// in order with the barriers; addresses are plain integers, so ptxas folds
+// constant offsets into the instruction.
+__device__ __forceinline__ unsigned smem_addr(const float* p) { return (unsigned)__cvta_generic_to_shared(p); }
 template <int N> struct Vec;
 template <> struct Vec<1> {
-    static __device__ __forceinline__ void load(const float* p, float* v) { v[0] = *p; }
-    static __device__ __forceinline__ void store(float* p, const float* v) { *p = v[0]; }
+    static __device__ __forceinline__ void load(unsigned a, float* v) {
+        asm("ld.shared.f32 %0, [%1];" : "=f"(v[0]) : "r"(a) : "memory");
+    }
+    static __device__ __forceinline__ void store(unsigned a, const float* v) {
+        asm volatile("st.shared.f32 [%0], %1;" ::"r"(a), "f"(v[0]) : "memory");
+    }
 };
 template <> struct Vec<2> {
-    static __device__ __forceinline__ void load(const float* p, float* v) {
-        const float2 t = *reinterpret_cast<const float2*>(p);
-        v[0] = t.x, v[1] = t.y;
+    static __device__ __forceinline__ void load(unsigned a, float* v) {
+        asm("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(v[0]), "=f"(v[1]) : "r"(a) : "memory");
     }
-    static __device__ __forceinline__ void store(float* p, const float* v) {
-        *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
+    static __device__ __forceinline__ void store(unsigned a, const float* v) {
+        asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(a), "f"(v[0]), "f"(v[1]) : "memory");
     }
 };
 template <> struct Vec<4> {
-    static __device__ __forceinline__ void load(const float* p, float* v) { load_vec<4>(p, v); }
-    static __device__ __forceinline__ void store(float* p, const float* v) { store_vec<4>(p, v); }
+    static __device__ __forceinline__ void load(unsigned a, float* v) {
+        asm("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3]) : "r"(a) : "memory");
+    }
+    static __device__ __forceinline__ void store(unsigned a, const float* v) {
+        asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(a), "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3])
+                     : "memory");
+    }
 };
 
 __device__ __forceinline__ float fa_exp2(float x) {  // 2^x, ~2 ulp; -inf gives 0
@@ -199,30 +214,41 @@ template <int D_, int BR_, int BC_, int PF_ = 0, int US_ = 4, int UP_ = 4, bool 
     static __device__ __forceinline__ int pswz(int j) { return ((j / VC) & ((BR / VR < 8 ? BR / VR : 8) - 1)) * VR; }
 };
 
-// 4 consecutive floats at p, of which `left` are in the row (zeros beyond it),
-// or zeros when !ok; one 16-byte load when vec4 (then left >= 4 or <= 0).
-__device__ __forceinline__ float4 fa_fetch4(const float* p, bool ok, int left, bool vec4) {
-    if (!ok || left <= 0) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (vec4) return *reinterpret_cast<const float4*>(p);
-    return make_float4(p[0], left > 1 ? p[1] : 0.0f, left > 2 ? p[2] : 0.0f, left > 3 ? p[3] : 0.0f);
+// Columns k..k+3 of row n of a [rows][d] matrix at g (row stride `stride`),
+// zeros outside the valid rows / the d columns. VEC4: one 16-byte load (d % 4
+// == 0 and g 16-byte aligned). (A branch-free form with clamped addresses was
+// ~17% slower overall.)
+template <bool VEC4> __device__ __forceinline__ float4 fa_fetch4(const float* g, i64 stride, int n, int valid, int k, int d) {
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (n < valid) {
+        const float* p = g + n * stride + k;
+        if (VEC4) {
+            if (k < d) load_vec<4>(p, v);
+        } else {
+#pragma unroll
+            for (int u = 0; u < 4; ++u)
+                if (k + u < d) v[u] = p[u];
+        }
+    }
+    return make_float4(v[0], v[1], v[2], v[3]);
 }
 
 // Rows [0, BN) of a [rows][d] matrix at g (row n at g + n * stride, valid below
 // `valid`), columns [0, D), into T[k][n ^ swz(k)]; zeros outside. A warp stores
 // 8 rows x 4 float4 columns at a time: conflict-free with the swizzle. fetch
 // reads global memory into registers, put writes them to shared memory.
-template <class C, int BN> struct TileT {
+template <class C, int BN, bool VEC4> struct TileT {
     static constexpr int GROUPS = (BN / 8) * (C::D / 16);
+    static_assert(GROUPS % (FA_THREADS / 32) == 0, "every warp gets whole groups");
     static constexpr int PER = (GROUPS + FA_THREADS / 32 - 1) / (FA_THREADS / 32);
     float4 r[PER];
-    static __device__ __forceinline__ float4 fetch1(int i, const float* g, i64 stride, int valid, int d, bool vec4) {
+    static __device__ __forceinline__ float4 fetch1(int i, const float* g, i64 stride, int valid, int d) {
         const int lane = threadIdx.x & 31, grp = (threadIdx.x >> 5) + i * (FA_THREADS / 32);
         const int n = (grp % (BN / 8)) * 8 + (lane & 7), k = ((grp / (BN / 8)) * 4 + (lane >> 3)) * 4;
-        return fa_fetch4(g + n * stride + k, grp < GROUPS && n < valid, d - k, vec4);
+        return fa_fetch4<VEC4>(g, stride, n, valid, k, d);
     }
     static __device__ __forceinline__ void put1(int i, float* T, float4 v) {
         const int lane = threadIdx.x & 31, grp = (threadIdx.x >> 5) + i * (FA_THREADS / 32);
-        if (grp >= GROUPS) return;
         const int n = (grp % (BN / 8)) * 8 + (lane & 7), k = ((grp / (BN / 8)) * 4 + (lane >> 3)) * 4;
         const int col = n ^ C::swz(k, BN);
         T[(k + 0) * BN + col] = v.x;
@@ -230,61 +256,57 @@ template <class C, int BN> struct TileT {
         T[(k + 2) * BN + col] = v.z;
         T[(k + 3) * BN + col] = v.w;
     }
-    __device__ __forceinline__ void fetch(const float* g, i64 stride, int valid, int d, bool vec4) {
+    __device__ __forceinline__ void fetch(const float* g, i64 stride, int valid, int d) {
 #pragma unroll
-        for (int i = 0; i < PER; ++i) r[i] = fetch1(i, g, stride, valid, d, vec4);
+        for (int i = 0; i < PER; ++i) r[i] = fetch1(i, g, stride, valid, d);
     }
     __device__ __forceinline__ void put(float* T) const {
 #pragma unroll
         for (int i = 0; i < PER; ++i) put1(i, T, r[i]);
     }
-    static __device__ __forceinline__ void copy(float* T, const float* g, i64 stride, int valid, int d, bool vec4) {
-#pragma unroll 4
-        for (int i = 0; i < PER; ++i) put1(i, T, fetch1(i, g, stride, valid, d, vec4));
-    }
-    // copy, every value times s (Q with the softmax scale folded in).
-    static __device__ __forceinline__ void copy_scaled(float* T, const float* g, i64 stride, int valid, int d, bool vec4,
-                                                       float s) {
+    // Global to shared directly, every value times s (s = 1 for K; Q takes the
+    // softmax scale).
+    static __device__ __forceinline__ void copy(float* T, const float* g, i64 stride, int valid, int d, float s = 1.0f) {
 #pragma unroll 4
         for (int i = 0; i < PER; ++i) {
-            const float4 v = fetch1(i, g, stride, valid, d, vec4);
+            const float4 v = fetch1(i, g, stride, valid, d);
             put1(i, T, make_float4(v.x * s, v.y * s, v.z * s, v.w * s));
         }
     }
 };
 
 // Rows [0, BC) of V into Vs[j][c] as in memory; zeros outside.
-template <class C> struct TileV {
+template <class C, bool VEC4> struct TileV {
     static constexpr int ITEMS = C::BC * C::D / 4;
-    static constexpr int PER = (ITEMS + FA_THREADS - 1) / FA_THREADS;
+    static constexpr int PER = ITEMS / FA_THREADS;
+    static_assert(ITEMS % FA_THREADS == 0, "every thread gets whole items");
     float4 r[PER];
-    static __device__ __forceinline__ float4 fetch1(int i, const float* g, i64 stride, int valid, int d, bool vec4) {
+    static __device__ __forceinline__ float4 fetch1(int i, const float* g, i64 stride, int valid, int d) {
         const int e = threadIdx.x + i * FA_THREADS;
         const int n = e / (C::D / 4), k = (e % (C::D / 4)) * 4;
-        return fa_fetch4(g + n * stride + k, e < ITEMS && n < valid, d - k, vec4);
+        return fa_fetch4<VEC4>(g, stride, n, valid, k, d);
     }
     static __device__ __forceinline__ void put1(int i, float* T, float4 v) {
-        const int e = threadIdx.x + i * FA_THREADS;
-        if (e < ITEMS) reinterpret_cast<float4*>(T)[e] = v;
+        reinterpret_cast<float4*>(T)[threadIdx.x + i * FA_THREADS] = v;
     }
-    __device__ __forceinline__ void fetch(const float* g, i64 stride, int valid, int d, bool vec4) {
+    __device__ __forceinline__ void fetch(const float* g, i64 stride, int valid, int d) {
 #pragma unroll
-        for (int i = 0; i < PER; ++i) r[i] = fetch1(i, g, stride, valid, d, vec4);
+        for (int i = 0; i < PER; ++i) r[i] = fetch1(i, g, stride, valid, d);
     }
     __device__ __forceinline__ void put(float* T) const {
 #pragma unroll
         for (int i = 0; i < PER; ++i) put1(i, T, r[i]);
     }
-    static __device__ __forceinline__ void copy(float* T, const float* g, i64 stride, int valid, int d, bool vec4) {
+    static __device__ __forceinline__ void copy(float* T, const float* g, i64 stride, int valid, int d) {
 #pragma unroll 4
-        for (int i = 0; i < PER; ++i) put1(i, T, fetch1(i, g, stride, valid, d, vec4));
+        for (int i = 0; i < PER; ++i) put1(i, T, fetch1(i, g, stride, valid, d));
     }
 };
 
 template <bool B, class T, class F> struct Pick { typedef T type; };
 template <class T, class F> struct Pick<false, T, F> { typedef F type; };
 
-template <class C>
+template <class C, bool VEC4>
 __device__ void flash_tiles(float* smem, const float* Q, const float* K, const float* V, float* O, int batch, int seq,
                             int heads, int kv_heads, int d, float scale, int causal, const float* mask) {
     constexpr int D = C::D, BR = C::BR, BC = C::BC, TR = C::TR, TC = C::TC, TD = C::TD;
@@ -292,11 +314,10 @@ __device__ void flash_tiles(float* smem, const float* Q, const float* K, const f
     float* Qs = smem + C::Q_OFF;
     float* Ks = smem + C::K_OFF;
     float* Vs = smem + C::V_OFF;
-    float* Ps = smem + C::P_OFF;
+    const unsigned sQ = smem_addr(Qs), sK = smem_addr(Ks), sV = smem_addr(Vs), sP = smem_addr(smem + C::P_OFF);
     const int tid = threadIdx.x, rg = tid >> 3, cg = tid & 7;
     const float scale2 = scale * LOG2E;
     const i64 q_stride = (i64)heads * d, kv_stride = (i64)kv_heads * d;
-    const bool vec4 = d % 4 == 0 && aligned16(Q) && aligned16(K) && aligned16(V);
     const bool out4 = d % 4 == 0 && aligned16(O);
     const i64 q_tiles = (seq + BR - 1) / BR;
     const i64 bh_count = (i64)batch * heads;
@@ -311,7 +332,7 @@ __device__ void flash_tiles(float* smem, const float* Q, const float* K, const f
         const float* kbase = K + (b * seq * kv_heads + kvh) * d;
         const float* vbase = V + (b * seq * kv_heads + kvh) * d;
 
-        TileT<C, BR>::copy_scaled(Qs, q, q_stride, seq - i0, d, vec4, scale2);  // scores come out in base 2
+        TileT<C, BR, VEC4>::copy(Qs, q, q_stride, seq - i0, d, scale2);  // scores come out in base 2
 
         float o[TR][TD], m[TR], l[TR];
 #pragma unroll
@@ -323,29 +344,29 @@ __device__ void flash_tiles(float* smem, const float* Q, const float* K, const f
         const int kv_end = causal ? min(seq, i0 + BR) : seq;
         // Register staging only where a mode keeps a tile in flight (else unused).
         typedef FlashCfg<D, 16, 16> Small;
-        typename Pick<C::PF != 0, TileT<C, BC>, TileT<Small, 16>>::type kt;
-        typename Pick<C::PF == 1 || C::PF == 2, TileV<C>, TileV<Small>>::type vt;
-        if (C::PF == 1) vt.fetch(vbase, kv_stride, seq, d, vec4);
-        if (C::PF != 0) kt.fetch(kbase, kv_stride, seq, d, vec4);
+        typename Pick<C::PF != 0, TileT<C, BC, VEC4>, TileT<Small, 16, VEC4>>::type kt;
+        typename Pick<C::PF == 1 || C::PF == 2, TileV<C, VEC4>, TileV<Small, VEC4>>::type vt;
+        if (C::PF == 1) vt.fetch(vbase, kv_stride, seq, d);
+        if (C::PF != 0) kt.fetch(kbase, kv_stride, seq, d);
         for (int j0 = 0; j0 < kv_end; j0 += BC) {
             __syncthreads();  // the previous tile's readers are done with Ks/Vs/Ps
             const float* kn = kbase + (i64)(j0 + BC) * kv_stride;
             const float* vn = vbase + (i64)(j0 + BC) * kv_stride;
             const bool more = j0 + BC < kv_end;
             if (C::PF == 0) {
-                TileT<C, BC>::copy(Ks, kbase + (i64)j0 * kv_stride, kv_stride, seq - j0, d, vec4);
-                TileV<C>::copy(Vs, vbase + (i64)j0 * kv_stride, kv_stride, seq - j0, d, vec4);
+                TileT<C, BC, VEC4>::copy(Ks, kbase + (i64)j0 * kv_stride, kv_stride, seq - j0, d);
+                TileV<C, VEC4>::copy(Vs, vbase + (i64)j0 * kv_stride, kv_stride, seq - j0, d);
             } else if (C::PF == 1) {
                 kt.put(Ks);
                 vt.put(Vs);
             } else {
                 kt.put(Ks);
-                vt.fetch(vbase + (i64)j0 * kv_stride, kv_stride, seq - j0, d, vec4);  // lands during S
+                vt.fetch(vbase + (i64)j0 * kv_stride, kv_stride, seq - j0, d);  // lands during S
             }
             __syncthreads();
             if (C::PF == 1 && more) {  // in flight while this tile computes
-                kt.fetch(kn, kv_stride, seq - j0 - BC, d, vec4);
-                vt.fetch(vn, kv_stride, seq - j0 - BC, d, vec4);
+                kt.fetch(kn, kv_stride, seq - j0 - BC, d);
+                vt.fetch(vn, kv_stride, seq - j0 - BC, d);
             }
 
             float s[TR][TC];
@@ -353,18 +374,24 @@ __device__ void flash_tiles(float* smem, const float* Q, const float* K, const f
             for (int t = 0; t < TR; ++t)
 #pragma unroll
                 for (int u = 0; u < TC; ++u) s[t][u] = 0.0f;
-#pragma unroll(C::US)
-            for (int k = 0; k < D; ++k) {
-                float qa[TR], kb[TC];
-                const int sq = C::swz(k, BR), sk = C::swz(k, BC);
+            // k in groups of 4 that share one swizzle: one base address per
+            // group, the rest constant offsets.
+#pragma unroll(C::US / 4)
+            for (int k0 = 0; k0 < D; k0 += 4) {
+                const unsigned qb = sQ + 4u * (k0 * BR + ((rg * VR) ^ C::swz(k0, BR)));
+                const unsigned kb0 = sK + 4u * (k0 * BC + ((cg * VC) ^ C::swz(k0, BC)));
 #pragma unroll
-                for (int g = 0; g < TR / VR; ++g) Vec<VR>::load(Qs + k * BR + ((rg * VR + g * 8 * VR) ^ sq), qa + g * VR);
+                for (int i = 0; i < 4; ++i) {
+                    float qa[TR], kb[TC];
 #pragma unroll
-                for (int g = 0; g < TC / VC; ++g) Vec<VC>::load(Ks + k * BC + ((cg * VC + g * 8 * VC) ^ sk), kb + g * VC);
+                    for (int g = 0; g < TR / VR; ++g) Vec<VR>::load(qb + 4u * (i * BR + g * 8 * VR), qa + g * VR);
 #pragma unroll
-                for (int t = 0; t < TR; ++t)
+                    for (int g = 0; g < TC / VC; ++g) Vec<VC>::load(kb0 + 4u * (i * BC + g * 8 * VC), kb + g * VC);
 #pragma unroll
-                    for (int u = 0; u < TC; ++u) s[t][u] = fmaf(qa[t], kb[u], s[t][u]);
+                    for (int t = 0; t < TR; ++t)
+#pragma unroll
+                        for (int u = 0; u < TC; ++u) s[t][u] = fmaf(qa[t], kb[u], s[t][u]);
+                }
             }
 
             // Scores in base 2, masked; the online softmax update.
@@ -406,7 +433,7 @@ __device__ void flash_tiles(float* smem, const float* Q, const float* K, const f
             if (C::P_IN_K) __syncthreads();  // every thread is done reading Ks
             if (C::PF == 2) {
                 vt.put(Vs);  // Vs was last read before this tile's first barrier
-                if (j0 + BC < kv_end) kt.fetch(kbase + (i64)(j0 + BC) * kv_stride, kv_stride, seq - j0 - BC, d, vec4);
+                if (j0 + BC < kv_end) kt.fetch(kbase + (i64)(j0 + BC) * kv_stride, kv_stride, seq - j0 - BC, d);
             }
 #pragma unroll
             for (int u = 0; u < TC; ++u) {
@@ -416,23 +443,28 @@ __device__ void flash_tiles(float* smem, const float* Q, const float* K, const f
                     float pv[VR];
 #pragma unroll
                     for (int e = 0; e < VR; ++e) pv[e] = s[g * VR + e][u];
-                    Vec<VR>::store(Ps + j * BR + ((rg * VR + g * 8 * VR) ^ C::pswz(j)), pv);
+                    Vec<VR>::store(sP + 4u * (j * BR + ((rg * VR + g * 8 * VR) ^ C::pswz(j))), pv);
                 }
             }
             __syncthreads();
 
-#pragma unroll(C::UP)
-            for (int j = 0; j < BC; ++j) {
-                float pa[TR], vb[TD];
-                const int sp = C::pswz(j);
+            // j in groups of VC that share one P swizzle.
+#pragma unroll(C::UP / VC)
+            for (int j0 = 0; j0 < BC; j0 += VC) {
+                const unsigned pb = sP + 4u * (j0 * BR + ((rg * VR) ^ C::pswz(j0)));
+                const unsigned vb0 = sV + 4u * (j0 * D + cg * VD);
 #pragma unroll
-                for (int g = 0; g < TR / VR; ++g) Vec<VR>::load(Ps + j * BR + ((rg * VR + g * 8 * VR) ^ sp), pa + g * VR);
+                for (int i = 0; i < VC; ++i) {
+                    float pa[TR], vb[TD];
 #pragma unroll
-                for (int g = 0; g < TD / VD; ++g) Vec<VD>::load(Vs + j * D + cg * VD + g * 8 * VD, vb + g * VD);
+                    for (int g = 0; g < TR / VR; ++g) Vec<VR>::load(pb + 4u * (i * BR + g * 8 * VR), pa + g * VR);
 #pragma unroll
-                for (int t = 0; t < TR; ++t)
+                    for (int g = 0; g < TD / VD; ++g) Vec<VD>::load(vb0 + 4u * (i * D + g * 8 * VD), vb + g * VD);
 #pragma unroll
-                    for (int v = 0; v < TD; ++v) o[t][v] = fmaf(pa[t], vb[v], o[t][v]);
+                    for (int t = 0; t < TR; ++t)
+#pragma unroll
+                        for (int v = 0; v < TD; ++v) o[t][v] = fmaf(pa[t], vb[v], o[t][v]);
+                }
             }
         }
 
@@ -470,38 +502,57 @@ typedef FlashCfg<64, 64, 32, 1, 8> FlashD64;
 typedef FlashCfg<128, 32, 16, 1> FlashD128;
 typedef FlashCfg<256, 16, 16, 0> FlashD256;
 
+// One (head-dim class, load width) per out-of-line function: the all-d kernel
+// is eight small functions rather than one huge one (its registers stay with
+// each; only the rare scalar-load variants spill).
+template <class C, bool VEC4>
+__device__ __noinline__ void flash_call(float* smem, const float* Q, const float* K, const float* V, float* O, int batch,
+                                        int seq, int heads, int kv_heads, int d, float scale, int causal,
+                                        const float* mask) {
+    flash_tiles<C, VEC4>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
+}
+
+template <class C>
+__device__ __forceinline__ void flash_pick(float* smem, const float* Q, const float* K, const float* V, float* O,
+                                          int batch, int seq, int heads, int kv_heads, int d, float scale, int causal,
+                                          const float* mask) {
+    if (d % 4 == 0 && aligned16(Q) && aligned16(K) && aligned16(V))
+        flash_call<C, true>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
+    else
+        flash_call<C, false>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
+}
+
 // Launch: block 64, grid ceil(seq / BR) * heads * batch with BR = 64 for d <= 64,
 // 32 for d <= 128, 16 for d <= 256 (blocks stride over the work, so any grid
 // works); 48 KB of static shared memory. Q, O [batch, seq, heads, d]; K, V
 // [batch, seq, kv_heads, d], kv_heads == heads or 1; O = softmax(scale Q K^T
 // [+ causal mask] [+ mask]) V with mask NULL or an additive [seq, seq] mask. A
-// query whose keys are all masked gets zeros. d <= 256; O must not alias Q/K/V.
-// Every head dim in one kernel costs registers (it spills): for d <= 64,
-// flash_attention_d64_f32 is faster.
+// query whose keys are all masked gets zeros. d <= 256, any alignment; O must
+// not alias Q/K/V. For d <= 64 flash_attention_d64_f32 is faster.
 extern "C" __global__ void __launch_bounds__(FA_THREADS)
     flash_attention_f32(const float* Q, const float* K, const float* V, float* O, int batch, int seq, int heads,
                         int kv_heads, int d, float scale, int causal, const float* mask) {
     __shared__ __align__(16) float smem[FA_SMEM_FLOATS];
     if (d <= 32)
-        flash_tiles<FlashD32>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
+        flash_pick<FlashD32>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
     else if (d <= 64)
-        flash_tiles<FlashD64>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
+        flash_pick<FlashD64>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
     else if (d <= 128)
-        flash_tiles<FlashD128>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
+        flash_pick<FlashD128>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
     else
-        flash_tiles<FlashD256>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
+        flash_pick<FlashD256>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
 }
 
 // Launch: as flash_attention_f32 (block 64, grid ceil(seq / 64) * heads * batch),
-// same arguments, d <= 64: the d <= 64 tiles compiled alone keep their registers
-// (no spills), ~12% faster than through flash_attention_f32. A larger d leaves
-// O untouched. (More specialised kernels in this module made NVRTC 12.4's
-// output nondeterministic, and d = 32 / 128 gained little from one.)
-#define FLASH_ENTRY(name, Cfg)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(FA_THREADS)                                                    \
-        name(const float* Q, const float* K, const float* V, float* O, int batch, int seq, int heads,            \
-             int kv_heads, int d, float scale, int causal, const float* mask) {                                  \
-        __shared__ __align__(16) float smem[Cfg::FLOATS];                                                        \
-        if (d <= Cfg::D) flash_tiles<Cfg>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask); \
-    }
-FLASH_ENTRY(flash_attention_d64_f32, FlashD64)
+// same arguments, for d <= 64 with d % 4 == 0 and Q, K, V 16-byte aligned
+// (otherwise O is left untouched: use flash_attention_f32). The d <= 64 tiles
+// with 16-byte loads compiled alone: ~4% faster than through
+// flash_attention_f32 for 32 < d <= 64 (for d <= 32 the latter's 32-wide tiles
+// are faster).
+extern "C" __global__ void __launch_bounds__(FA_THREADS)
+    flash_attention_d64_f32(const float* Q, const float* K, const float* V, float* O, int batch, int seq, int heads,
+                            int kv_heads, int d, float scale, int causal, const float* mask) {
+    __shared__ __align__(16) float smem[FlashD64::FLOATS];
+    if (d <= 64 && d % 4 == 0 && aligned16(Q) && aligned16(K) && aligned16(V))
+        flash_tiles<FlashD64, true>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
+}

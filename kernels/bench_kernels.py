@@ -55,8 +55,7 @@ def bench_attention_rope():
     import torch.nn.functional as F
     f32, i32, i64 = np.float32, np.int32, np.int64
     br = lambda d: 64 if d <= 64 else 32 if d <= 128 else 16
-    special = lambda d: "flash_attention_d32_f32" if d <= 32 else "flash_attention_d64_f32" if d <= 64 else \
-        "flash_attention_d128_f32" if d <= 128 else None
+    special = lambda d: "flash_attention_d64_f32" if 32 < d <= 64 else None
     for b, h, s, d, causal, kvh in ((8, 16, 2048, 64, 1, 16), (8, 16, 2048, 64, 0, 16), (8, 16, 2048, 32, 1, 16),
                                     (4, 16, 2048, 128, 1, 16), (8, 16, 2048, 64, 1, 1), (2, 8, 1024, 256, 1, 8)):
         q = cp.random.standard_normal((b, s, h, d), dtype=f32)
@@ -87,7 +86,7 @@ def bench_attention_rope():
         tms = median_ms(sdpa, reps=5, batch=3)
         ref = F.scaled_dot_product_attention(tq, tk, tv, is_causal=bool(causal)).permute(0, 2, 1, 3)
         diff = float((torch.as_tensor(o, device="cuda") - ref).abs().max())
-        print(f"{'%s b=%d h=%d s=%d d=%d c=%d kv=%d' % (name[len('flash_attention_'):-4] or 'all', b, h, s, d, causal, kvh):<40} "
+        print(f"{'flash %s b=%d h=%d s=%d d=%d c=%d kv=%d' % (name[len('flash_attention_'):-4] or 'all', b, h, s, d, causal, kvh):<40} "
               f"{flash.num_regs:>3} regs {ms:8.4f} ms {flops / ms / 1e9:7.2f} TFLOP/s   torch sdpa fp32 {tms:8.4f} ms "
               f"({'faster' if ms <= tms else 'SLOWER'}; max |diff| {diff:.1e}); all-d kernel {gms:.4f} ms")
         del q, k, v, o, tq, tk, tv, ref

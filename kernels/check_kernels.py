@@ -589,9 +589,9 @@ def check_rope():
 # ----------------------------------------------------------------------------- attention
 
 FA_BR = lambda d: 64 if d <= 64 else 32 if d <= 128 else 16
-# The all-head-dim kernel, and the specialised ones: (name, largest d, BR).
-FA_KERNELS = (("flash_attention_f32", 256, None), ("flash_attention_d32_f32", 32, 64),
-              ("flash_attention_d64_f32", 64, 64), ("flash_attention_d128_f32", 128, 32))
+# The all-head-dim kernel, and the one for d <= 64 with 16-byte loads: (name, largest d, BR, needs d % 4 == 0
+# and aligned pointers).
+FA_KERNELS = (("flash_attention_f32", 256, None, False), ("flash_attention_d64_f32", 64, 64, True))
 
 
 def attn_ref(q, k, v, scale, causal, mask):
@@ -668,12 +668,12 @@ def check_attention():
                 mask[seq // 2, :] = -np.inf
             mask[:, 0] = np.where(np.arange(seq) % 5 == 0, -np.inf, 0.0)
         want, mag = attn_ref(q, k, v, scale, causal, mask)
-        for name, dmax, br in FA_KERNELS:
-            if d > dmax:
+        for name, dmax, br, aligned in FA_KERNELS:
+            if d > dmax or (aligned and d % 4):
                 continue
             flash = kernel("attention", name)
             work = -(-seq // (br or FA_BR(d))) * heads * batch
-            for offset in (0, 1):
+            for offset in ((0,) if aligned else (0, 1)):
                 for grid in (work, 3):
                     O = cp.full((batch, seq, heads, d), NAN, np.float32)
                     mptr = dev(mask, offset) if mask is not None else np.uint64(0)
@@ -693,10 +693,14 @@ def check_attention():
                                                                     i32(4), i32(64), f32(0.125), i32(1), np.uint64(0)))
             outs.append(O.get())
         report(name, "determinism", 0.0, np.array_equal(outs[0], outs[1]))
-    O = cp.full((2, 200, 4, 64), 7.0, np.float32)
-    kernel("attention", "flash_attention_d32_f32")((32,), (64,), (dev(q), dev(k), dev(v), O, i32(2), i32(200), i32(4),
-                                                                  i32(4), i32(64), f32(0.125), i32(1), np.uint64(0)))
-    report("flash_attention_d32_f32", "d=64 > 32: O untouched", 0.0, bool(cp.all(O == 7.0)))
+    for what, args in (("d=80 > 64", (dev(randn(2, 200, 4, 80)),) * 3 + (i32(80),)),
+                       ("d=62 (d % 4 != 0)", (dev(randn(2, 200, 4, 62)),) * 3 + (i32(62),)),
+                       ("misaligned Q", (dev(q, 1), dev(k), dev(v), i32(64)))):
+        O = cp.full((2, 200, 4, args[3].item()), 7.0, np.float32)
+        kernel("attention", "flash_attention_d64_f32")((32,), (64,), args[:3] + (O, i32(2), i32(200), i32(4), i32(4),
+                                                                                 args[3], f32(0.125), i32(1),
+                                                                                 np.uint64(0)))
+        report("flash_attention_d64_f32", f"{what}: O untouched", 0.0, bool(cp.all(O == 7.0)))
 
 
 # ----------------------------------------------------------------------------- sampling
