@@ -147,6 +147,21 @@ fn top_k_and_top_p_stay_inside_their_sets_on_large_vocabularies() {
 }
 
 #[test]
+fn samplers_never_fail_on_all_minus_infinity_or_nan_rows() {
+    let vocab = 40;
+    let mut x = vec![f32::NEG_INFINITY; 2 * vocab];
+    x[vocab + 3] = f32::NAN;
+    x[vocab + 7] = 1.0;
+    let seeds = [5u64, 6];
+    for (name, sampler) in SAMPLERS {
+        let mut out = [-1i32; 2];
+        assert_ok(unsafe { sampler(x.as_ptr(), out.as_mut_ptr(), seeds.as_ptr(), 2, vocab as i32, 1.0, NULL) });
+        assert_eq!(out[0], 0, "{name}: an all -inf row gives token 0");
+        assert!((0..vocab as i32).contains(&out[1]), "{name}: a row with a NaN still gives a token");
+    }
+}
+
+#[test]
 fn sampling_bad_arguments() {
     let x = vec![0.0f32; 16];
     let seeds = [1u64, 2];

@@ -60,7 +60,8 @@ fn nucleus_floor(p: &[f32], top_p: f32) -> Option<(f32, usize)> {
     let bins = (f32::MAX.to_bits() >> SHIFT) as usize + 1;
     let mut mass = vec![0.0f64; bins];
     for &v in p {
-        mass[(v.to_bits() >> SHIFT) as usize] += v as f64;
+        // NaN probabilities (from NaN logits) share the top bin rather than index past it.
+        mass[((v.to_bits() >> SHIFT) as usize).min(bins - 1)] += v as f64;
     }
     let target = top_p as f64 * mass.iter().sum::<f64>();
     let mut cum = 0.0;
@@ -69,8 +70,12 @@ fn nucleus_floor(p: &[f32], top_p: f32) -> Option<(f32, usize)> {
             cum += mass[b];
             continue;
         }
-        let mut members: Vec<(f32, usize)> =
-            p.iter().enumerate().filter(|&(_, &v)| (v.to_bits() >> SHIFT) as usize == b).map(|(j, &v)| (v, j)).collect();
+        let mut members: Vec<(f32, usize)> = p
+            .iter()
+            .enumerate()
+            .filter(|&(_, &v)| ((v.to_bits() >> SHIFT) as usize).min(bins - 1) == b)
+            .map(|(j, &v)| (v, j))
+            .collect();
         members.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         for &(v, j) in &members {
             cum += v as f64;
@@ -96,6 +101,9 @@ pub fn sample_row(x: &[f32], key: u64, temperature: f32, sampler: Sampler) -> us
         }
         Sampler::TopP(top_p) if top_p < 1.0 => {
             let m = max(x);
+            if m == f32::NEG_INFINITY {
+                return 0; // every token impossible: token 0, as the plain sampler and the GPU give
+            }
             let p: Vec<f32> = x.iter().map(|&v| exp((v - m) / temperature)).collect();
             match nucleus_floor(&p, top_p) {
                 Some((pf, jf)) => gumbel_argmax(x, key, temperature, |j| p[j] > pf || (p[j] == pf && j <= jf)),

@@ -22,7 +22,7 @@ pub const MODULES: &[(&str, &str, &[&str])] = &[
     (
         "attention",
         include_str!("../../kernels/ptx/attention.ptx"),
-        &["attention_scores_f32", "attention_output_f32", "flash_attention_f32"],
+        &["attention_scores_f32", "attention_output_f32", "flash_attention_f32", "flash_attention_d64_f32"],
     ),
     ("sample", include_str!("../../kernels/ptx/sample.ptx"), &["sample_f32", "topk_sample_f32", "topp_sample_f32"]),
 ];

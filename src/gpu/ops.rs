@@ -201,20 +201,23 @@ pub unsafe fn attention_output(g: &Gpu, s: Stream, w: DevPtr, v: DevPtr, out: De
 pub(crate) const FLASH_MAX_HEAD_DIM: usize = 256;
 
 /// Fused attention: 64 threads a block, BR query rows each (64 for head_dim <= 64,
-/// 32 up to 128, 16 up to 256); `mask` 0 for none.
+/// 32 up to 128, 16 up to 256); `mask` 0 for none. Head dims 33..=64 that are
+/// multiples of 4, on 16-byte aligned Q/K/V/O, take the vectorised d64 kernel.
 pub unsafe fn flash_attention(g: &Gpu, s: Stream, q: DevPtr, k: DevPtr, v: DevPtr, out: DevPtr, mask: DevPtr, a: AttnShape, scale: f32, causal: bool) -> Result<()> {
     let rows_per_block = match a.head_dim {
         0..=64 => 64,
         65..=128 => 32,
         _ => 16,
     };
+    let aligned = [q, k, v, out].iter().all(|p| p % 16 == 0);
+    let kernel = if (33..=64).contains(&a.head_dim) && a.head_dim % 4 == 0 && aligned { "flash_attention_d64_f32" } else { "flash_attention_f32" };
     let at = line(a.seq.div_ceil(rows_per_block) * a.heads * a.batch, 64);
     let args = &mut [
         Ptr(q), Ptr(k), Ptr(v), Ptr(out),
         I32(a.batch as i32), I32(a.seq as i32), I32(a.heads as i32), I32(a.kv_heads as i32), I32(a.head_dim as i32),
         F32(scale), I32(causal as i32), Ptr(mask),
     ];
-    unsafe { g.launch("flash_attention_f32", at, s, args) }
+    unsafe { g.launch(kernel, at, s, args) }
 }
 
 pub unsafe fn argmax(g: &Gpu, s: Stream, x: DevPtr, out: DevPtr, batch: usize, vocab: usize) -> Result<()> {
