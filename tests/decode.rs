@@ -90,41 +90,43 @@ fn sampled_frequencies_match_exact_probabilities() {
     // One row repeated with a different seed per row: token counts follow the
     // sampler's exact distribution (chi-square, p > 0.001 for fixed seeds).
     let mut rng = Rng::new(82);
-    let vocab = 64;
-    let row = rng.vec(vocab, 1.5);
-    let draws = 40_000;
-    let x: Vec<f32> = row.iter().cycle().take(vocab * draws).cloned().collect();
-    let seeds: Vec<u64> = (0..draws as u64).map(|i| i.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 99).collect();
-    for (name, sampler) in SAMPLERS {
-        for temperature in [0.7, 1.3] {
-            let out = draw(sampler, &x, &seeds, vocab, temperature as f32);
-            let q = exact_probs(name, &row, temperature);
-            let mut counts = vec![0usize; vocab];
-            for &t in &out {
-                assert!(q[t as usize] > 0.0, "{name}: token {t} has probability 0 (outside the kept set)");
-                counts[t as usize] += 1;
-            }
-            // Pool cells with expected count < 5 so the chi-square approximation holds.
-            let (mut chi2, mut cells, mut pooled_obs, mut pooled_exp) = (0.0, 0usize, 0.0, 0.0);
-            for (j, &c) in counts.iter().enumerate() {
-                let e = q[j] * draws as f64;
-                if e >= 5.0 {
-                    chi2 += (c as f64 - e).powi(2) / e;
-                    cells += 1;
-                } else {
-                    pooled_obs += c as f64;
-                    pooled_exp += e;
+    // 70: one tile, groups of 3 and of 2 tokens; 1100: a second, partial tile.
+    for (vocab, scale) in [(70, 1.5), (1100, 0.6)] {
+        let row = rng.vec(vocab, scale);
+        let draws = 40_000;
+        let x: Vec<f32> = row.iter().cycle().take(vocab * draws).cloned().collect();
+        let seeds: Vec<u64> = (0..draws as u64).map(|i| i.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 99).collect();
+        for (name, sampler) in SAMPLERS {
+            for temperature in [0.7, 1.3] {
+                let out = draw(sampler, &x, &seeds, vocab, temperature as f32);
+                let q = exact_probs(name, &row, temperature);
+                let mut counts = vec![0usize; vocab];
+                for &t in &out {
+                    assert!(q[t as usize] > 0.0, "{name}: token {t} has probability 0 (outside the kept set)");
+                    counts[t as usize] += 1;
                 }
+                // Pool cells with expected count < 5 so the chi-square approximation holds.
+                let (mut chi2, mut cells, mut pooled_obs, mut pooled_exp) = (0.0, 0usize, 0.0, 0.0);
+                for (j, &c) in counts.iter().enumerate() {
+                    let e = q[j] * draws as f64;
+                    if e >= 5.0 {
+                        chi2 += (c as f64 - e).powi(2) / e;
+                        cells += 1;
+                    } else {
+                        pooled_obs += c as f64;
+                        pooled_exp += e;
+                    }
+                }
+                if pooled_exp >= 5.0 {
+                    chi2 += (pooled_obs - pooled_exp).powi(2) / pooled_exp;
+                    cells += 1;
+                }
+                let dof = (cells - 1) as f64;
+                // Wilson-Hilferty: the chi-square quantile at p = 0.001.
+                let z = 3.09;
+                let limit = dof * (1.0 - 2.0 / (9.0 * dof) + z * (2.0 / (9.0 * dof)).sqrt()).powi(3);
+                assert!(chi2 < limit, "{name} vocab {vocab} T={temperature}: chi2 {chi2:.1} over {dof} dof exceeds {limit:.1}");
             }
-            if pooled_exp >= 5.0 {
-                chi2 += (pooled_obs - pooled_exp).powi(2) / pooled_exp;
-                cells += 1;
-            }
-            let dof = (cells - 1) as f64;
-            // Wilson-Hilferty: the chi-square quantile at p = 0.001.
-            let z = 3.09;
-            let limit = dof * (1.0 - 2.0 / (9.0 * dof) + z * (2.0 / (9.0 * dof)).sqrt()).powi(3);
-            assert!(chi2 < limit, "{name} T={temperature}: chi2 {chi2:.1} over {dof} dof exceeds {limit:.1}");
         }
     }
 }

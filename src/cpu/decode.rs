@@ -1,11 +1,10 @@
 //! Argmax and seeded sampling (plain, top-k, top-p) by the Gumbel-max trick.
 
-use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::math::exp;
 use super::reduce::max;
-use super::rng::{gumbel, row_key};
+use super::rng::{LANES, TILE, group, member_noise, members, noise, noise_bound, row_key};
 use super::softmax::top_k_indices;
 
 /// First maximal index; a NaN counts as maximal (numpy's argmax).
@@ -25,30 +24,52 @@ pub enum Sampler {
     TopP(f32),
 }
 
-const PICK_CHUNK: usize = 1024;
-
-#[multiversion(targets = "simd")]
-fn perturbed(x: &[f32], first: usize, key: u64, temperature: f32, out: &mut [f32]) {
-    for (k, (o, &x)) in out.iter_mut().zip(x).enumerate() {
-        *o = x / temperature + gumbel(key, (first + k) as u64);
-    }
-}
-
-/// argmax_j (x_j / T + g_j) over the tokens `keep` admits (first wins ties).
+/// argmax_j (x_j / T + noise_j) over the tokens `keep` admits; ties go to the
+/// lower index. A group is drawn only when its largest kept x / T plus its
+/// noise bound reaches the best score so far (the bound is monotone in both
+/// terms, and rounding is monotone, so no skipped token could have won).
 fn gumbel_argmax(x: &[f32], key: u64, temperature: f32, keep: impl Fn(usize) -> bool) -> usize {
-    let mut best = (f32::NEG_INFINITY, 0usize);
-    let mut scores = [0.0f32; PICK_CHUNK];
-    for (c, x) in x.chunks(PICK_CHUNK).enumerate() {
-        let first = c * PICK_CHUNK;
-        let scores = &mut scores[..x.len()];
-        perturbed(x, first, key, temperature, scores);
-        for (k, s) in scores.iter().enumerate() {
-            if *s > best.0 && keep(first + k) {
-                best = (*s, first + k);
+    let mut best = (f32::NEG_INFINITY, usize::MAX);
+    for (tile, chunk) in x.chunks(TILE).enumerate() {
+        let start = tile * TILE;
+        let top = lane_maxima(chunk, start, &keep);
+        for (lane, &top) in top.iter().enumerate() {
+            let n = members(x.len(), start, lane);
+            if n == 0 || top.is_nan() {
+                continue; // no kept token with a score
+            }
+            let g = group(key, tile, lane, n);
+            if top / temperature + noise_bound(&g) < best.0 {
+                continue;
+            }
+            for i in 0..n {
+                let j = start + i * LANES + lane;
+                if !keep(j) {
+                    continue;
+                }
+                let s = x[j] / temperature + member_noise(key, &g, i, j);
+                // A score of -inf is never drawn (the row's token is then 0).
+                if s > best.0 || (s == best.0 && j < best.1 && s > f32::NEG_INFINITY) {
+                    best = (s, j);
+                }
             }
         }
     }
-    best.1
+    if best.1 == usize::MAX { 0 } else { best.1 }
+}
+
+/// The largest kept logit of each group of a tile (NaN where none is kept);
+/// NaN logits are ignored (their scores never win).
+fn lane_maxima(chunk: &[f32], start: usize, keep: &impl Fn(usize) -> bool) -> [f32; LANES] {
+    let mut top = [f32::NAN; LANES];
+    for (r, row) in chunk.chunks(LANES).enumerate() {
+        for (lane, &v) in row.iter().enumerate() {
+            if keep(start + r * LANES + lane) {
+                top[lane] = top[lane].max(v);
+            }
+        }
+    }
+    top
 }
 
 /// The nucleus: probabilities (unnormalised) p, the smallest set of most probable
@@ -93,7 +114,7 @@ pub fn sample_row(x: &[f32], key: u64, temperature: f32, sampler: Sampler) -> us
     match sampler {
         Sampler::TopK(k) if k < x.len() => {
             let kept = top_k_indices(x, k);
-            let score = |j: usize| x[j] / temperature + gumbel(key, j as u64);
+            let score = |j: usize| x[j] / temperature + noise(key, j, x.len());
             kept.iter().copied().fold((f32::NEG_INFINITY, kept[0]), |best, j| {
                 let s = score(j);
                 if s > best.0 || (s == best.0 && j < best.1) { (s, j) } else { best }
