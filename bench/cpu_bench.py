@@ -81,6 +81,14 @@ def np_topp(logits, top_p, temperature, rng):
     return out
 
 
+def np_sample(logits, temperature, rng):
+    """Softmax, then one inverse-CDF draw per row (the vectorised numpy way)."""
+    probs = np_softmax(logits / temperature)
+    cdf = np.cumsum(probs, axis=1)
+    u = rng.random((len(logits), 1)) * cdf[:, -1:]
+    return np.minimum((cdf < u).sum(axis=1), logits.shape[1] - 1).astype(np.int32)
+
+
 # --- the cases: (name, size, target speedup, cudann call, numpy call) -----------
 
 def case_silu(n=1 << 24):
@@ -141,6 +149,16 @@ def case_topp(batch=8, vocab=131072):
             lambda: np_topp(logits, 0.9, 1.0, rng))
 
 
+def case_sample(batch=8, vocab=131072):
+    logits = randn(batch, vocab) * np.float32(3)
+    seeds = np.arange(batch, dtype=np.uint64)
+    tokens = np.empty(batch, np.int32)
+    rng = np.random.default_rng(1)
+    return ("sample", f"{batch}x{vocab}", 3.0,
+            lambda: check(LIB.cuda_sample(logits, tokens, seeds, batch, vocab, 1.0, None)),
+            lambda: np_sample(logits, 1.0, rng))
+
+
 def cases():
     yield case_silu()
     yield case_softmax()
@@ -149,6 +167,7 @@ def cases():
     yield case_adamw()
     yield case_gemm(1024, 1024, 1024)
     yield case_gemm(16, 4096, 4096)
+    yield case_sample()
     yield case_topp()
 
 

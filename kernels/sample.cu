@@ -165,12 +165,14 @@ struct Draw {
 // the draw. keep may have side effects: it is called exactly once per token.
 // Warp w takes tiles w, w + 32, ...; lane l loads group l of the tile
 // (coalesced: the warp reads 32 consecutive floats per load) and bounds its
-// best score by its largest kept x / T plus the group's noise bound. Groups
-// whose bound reaches lb (a lower bound on the best score, shared by the
-// block) are drawn exactly, the whole warp on one group at a time, largest
-// bound first, so that lb rises before the rest are weighed.
+// best score by its largest kept x / T plus the group's noise bound. Each
+// group's member that takes M costs no hash and is drawn at once, which gives
+// lb (a lower bound on the best score, shared by the block) a head start.
+// Groups whose bound still reaches lb are drawn exactly, the whole warp on
+// one group at a time, largest bound first, until no bound reaches lb.
+__shared__ int block_lb;  // total-order key of the block's lb (file scope: one copy for all instantiations)
+
 template <class Keep> __device__ void stream_pass(const float* xr, int vocab, Draw& d, Keep keep) {
-    __shared__ int block_lb;  // total-order key of the block's lb
     const int lane = threadIdx.x & 31;
     __syncthreads();  // an earlier pass may still read block_lb
     if (threadIdx.x == 0) block_lb = total_order_key(-INF);
@@ -200,17 +202,22 @@ template <class Keep> __device__ void stream_pass(const float* xr, int vocab, Dr
             // |fl(x/T) - t| <= 2^-22 |t|, and the sum's rounding: (|t| + 32) 2^-20 covers both.
             bound = (t + noise_bound(g)) + (fabsf(t) + 32.0f) * 0x1p-20f;
             if (!(fabsf(t) <= 1e30f)) bound = INF;  // x / T inf or NaN: always drawn
+            if (kept >> g.argmax & 1) {
+                const int ja = start + g.argmax * 32 + lane;
+                d.exact(xr[ja], ja, g.max);
+            }
         }
-        lb = fmaxf(lb, from_total_order_key(block_lb));
+        lb = fmaxf(lb, fmaxf(warp_allreduce(d.bs, Max()), from_total_order_key(block_lb)));
         cand = cand && bound >= lb;
         while (__ballot_sync(FULL, cand)) {
             // The candidate with the largest bound (ties: the lowest lane).
             u64 pick = cand ? ((u64)(unsigned)(total_order_key(bound) ^ 0x80000000) << 32) | (31 - lane) : 0;
             pick = warp_allreduce(pick, [](u64 a, u64 b) { return a > b ? a : b; });
             const int src = 31 - (int)(pick & 31);
-            const int sn = __shfl_sync(FULL, n, src), sarg = __shfl_sync(FULL, g.argmax, src);
+            const int sn = __shfl_sync(FULL, n, src);
             const unsigned skept = __shfl_sync(FULL, kept, src);
-            const Group sg = {__shfl_sync(FULL, g.max, src), __shfl_sync(FULL, g.exp_neg_max, src), sarg};
+            const Group sg = {__shfl_sync(FULL, g.max, src), __shfl_sync(FULL, g.exp_neg_max, src),
+                              __shfl_sync(FULL, g.argmax, src)};
             if (lane < sn && (skept >> lane & 1)) {
                 const int j = start + lane * 32 + src;
                 d.exact(xr[j], j, member_noise(d.key, sg, lane, j));
@@ -320,7 +327,7 @@ __device__ __forceinline__ int entry_index(u64 e) { return (int)(0xffffffffu - (
 
 // Launch: block 1024, grid batch. One token per row of logits[batch, vocab]
 // drawn from softmax(logits / temperature), temperature > 0; seeds[batch].
-extern "C" __global__ void __launch_bounds__(S_THREADS)
+extern "C" __global__ void __launch_bounds__(S_THREADS, 2)  // 32 registers: two blocks per SM
     sample_f32(const float* logits, int* out, const u64* seeds, int batch, int vocab, float temperature) {
     for (i64 row = blockIdx.x; row < batch; row += gridDim.x) {
         Draw d(row_key(seeds[row], row), temperature, false);

@@ -20,8 +20,8 @@ const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 /// Separates the groups' hash stream from the tokens'.
 const GROUP_SALT: u64 = 0xD1B5_4A32_D192_ED03;
 /// Tokens per tile; a tile holds LANES groups.
-pub const TILE: usize = 1024;
-pub const LANES: usize = 32;
+pub(crate) const TILE: usize = 1024;
+pub(crate) const LANES: usize = 32;
 
 /// SplitMix64's finaliser: a bijective 64-bit mix.
 #[inline(always)]
