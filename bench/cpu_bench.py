@@ -139,21 +139,21 @@ def case_gemm(m, n, k):
             lambda: a @ b)
 
 
-def case_topp(batch=8, vocab=131072):
+def sampling_inputs(batch, vocab):
+    """Logits N(0, 9), seeds, the token buffer, and numpy's generator."""
     logits = randn(batch, vocab) * np.float32(3)
-    seeds = np.arange(batch, dtype=np.uint64)
-    tokens = np.empty(batch, np.int32)
-    rng = np.random.default_rng(1)
+    return logits, np.arange(batch, dtype=np.uint64), np.empty(batch, np.int32), np.random.default_rng(1)
+
+
+def case_topp(batch=8, vocab=131072):
+    logits, seeds, tokens, rng = sampling_inputs(batch, vocab)
     return ("topp_sample", f"{batch}x{vocab} p=0.9", 10.0,
             lambda: check(LIB.cuda_topp_sample(logits, tokens, seeds, batch, vocab, 0.9, 1.0, None)),
             lambda: np_topp(logits, 0.9, 1.0, rng))
 
 
 def case_sample(batch=8, vocab=131072):
-    logits = randn(batch, vocab) * np.float32(3)
-    seeds = np.arange(batch, dtype=np.uint64)
-    tokens = np.empty(batch, np.int32)
-    rng = np.random.default_rng(1)
+    logits, seeds, tokens, rng = sampling_inputs(batch, vocab)
     return ("sample", f"{batch}x{vocab}", 3.0,
             lambda: check(LIB.cuda_sample(logits, tokens, seeds, batch, vocab, 1.0, None)),
             lambda: np_sample(logits, 1.0, rng))
