@@ -1,28 +1,11 @@
 // Cross-entropy (log-softmax, mean NLL, backward) and the MoE auxiliary loss.
-#include "common.cuh"
-
-// Floats of a row each thread keeps in registers (as softmax.cu): rows up to
-// 32 * blockDim.x are read once and written once.
-#define ROW_ITEMS 32
+#include "rows.cuh"
 
 // lp = x - (m + log sum exp(x - m)) on a row held in registers; reads the
 // whole row before writing, so lp may be x.
 template <int V, int N> __device__ void log_softmax_row_cached(const float* x, float* lp, int cols) {
     float v[N][V];
-    float m = -INF;
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-        const int c = (j * (int)blockDim.x + (int)threadIdx.x) * V;
-        if (c < cols) {
-            load_vec<V>(x + c, v[j]);
-        } else {
-#pragma unroll
-            for (int e = 0; e < V; ++e) v[j][e] = -INF;
-        }
-#pragma unroll
-        for (int e = 0; e < V; ++e) m = fmaxf(m, v[j][e]);
-    }
-    m = block_allreduce(m, Max(), -INF);
+    const float m = row_load_max<V, N>(x, cols, v);
     float s = 0.0f;
 #pragma unroll
     for (int j = 0; j < N; ++j)
@@ -31,32 +14,16 @@ template <int V, int N> __device__ void log_softmax_row_cached(const float* x, f
     s = block_allreduce(s, Sum(), 0.0f);
     const float lse = m + logf(s);
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-        const int c = (j * (int)blockDim.x + (int)threadIdx.x) * V;
-        if (c < cols) {
+    for (int j = 0; j < N; ++j)
 #pragma unroll
-            for (int e = 0; e < V; ++e) v[j][e] -= lse;
-            store_vec<V>(lp + c, v[j]);
-        }
-    }
+        for (int e = 0; e < V; ++e) v[j][e] -= lse;
+    row_store<V, N>(lp, cols, v);
 }
 
 // Wider rows: an online (max, sum of exp) pass, then a pass that writes.
 __device__ void log_softmax_row_looped(const float* x, float* lp, int cols) {
-    float m = -INF, s = 0.0f;
-    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
-        const float v = x[c];
-        if (v > m) {
-            s = s * expf(m - v) + 1.0f;
-            m = v;
-        } else if (v != -INF) {
-            s += expf(v - m);
-        }
-    }
-    const float bm = block_allreduce(m, Max(), -INF);
-    s = m == -INF ? 0.0f : s * expf(m - bm);
-    s = block_allreduce(s, Sum(), 0.0f);
-    const float lse = bm + logf(s);
+    const float2 ms = row_max_sumexp(x, cols);
+    const float lse = ms.x + logf(ms.y);
     for (i64 c = threadIdx.x; c < cols; c += blockDim.x) lp[c] = x[c] - lse;
 }
 

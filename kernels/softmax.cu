@@ -1,29 +1,11 @@
 // Row softmax and the MoE router's top-k.
-#include "common.cuh"
+#include "rows.cuh"
 
-// Floats of a row each thread keeps in registers: rows up to 32 * blockDim.x
-// (32768 with 1024 threads) are read once and written once.
-#define ROW_ITEMS 32
-
-// One row held in registers: N chunks of V consecutive floats per thread, chunk
-// j at float offset (j * blockDim.x + threadIdx.x) * V; V == 4 needs cols % 4 == 0
-// and 16-byte aligned rows. Reads everything before writing: in place is safe.
+// Softmax of a row held in registers; reads the whole row before writing, so y
+// may be x.
 template <int V, int N> __device__ void softmax_row_cached(const float* x, float* y, int cols) {
     float v[N][V];
-    float m = -INF;
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-        const int c = (j * (int)blockDim.x + (int)threadIdx.x) * V;
-        if (c < cols) {
-            load_vec<V>(x + c, v[j]);
-        } else {
-#pragma unroll
-            for (int e = 0; e < V; ++e) v[j][e] = -INF;
-        }
-#pragma unroll
-        for (int e = 0; e < V; ++e) m = fmaxf(m, v[j][e]);
-    }
-    m = block_allreduce(m, Max(), -INF);
+    const float m = row_load_max<V, N>(x, cols, v);
     // All -inf: every probability is 0 (and x - m would be NaN).
     const float shift = m == -INF ? 0.0f : m;
     float s = 0.0f;
@@ -34,34 +16,18 @@ template <int V, int N> __device__ void softmax_row_cached(const float* x, float
     s = block_allreduce(s, Sum(), 0.0f);
     const float inv = m == -INF ? 0.0f : 1.0f / s;
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-        const int c = (j * (int)blockDim.x + (int)threadIdx.x) * V;
-        if (c < cols) {
+    for (int j = 0; j < N; ++j)
 #pragma unroll
-            for (int e = 0; e < V; ++e) v[j][e] *= inv;
-            store_vec<V>(y + c, v[j]);
-        }
-    }
+        for (int e = 0; e < V; ++e) v[j][e] *= inv;
+    row_store<V, N>(y, cols, v);
 }
 
 // Rows too wide for registers: one pass for an online (max, sum of exp), one
 // pass to write. Each element is read before the same thread writes it.
 __device__ void softmax_row_looped(const float* x, float* y, int cols) {
-    float m = -INF, s = 0.0f;
-    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
-        const float v = x[c];
-        if (v > m) {
-            s = s * expf(m - v) + 1.0f;  // expf(-inf) = 0 on the first element
-            m = v;
-        } else if (v != -INF) {
-            s += expf(v - m);  // a NaN v makes s NaN, as the CPU backend does
-        }
-    }
-    const float bm = block_allreduce(m, Max(), -INF);
-    s = m == -INF ? 0.0f : s * expf(m - bm);
-    s = block_allreduce(s, Sum(), 0.0f);
-    const float inv = bm == -INF ? 0.0f : 1.0f / s;
-    const float shift = bm == -INF ? 0.0f : bm;
+    const float2 ms = row_max_sumexp(x, cols);
+    const float inv = ms.x == -INF ? 0.0f : 1.0f / ms.y;
+    const float shift = ms.x == -INF ? 0.0f : ms.x;
     for (i64 c = threadIdx.x; c < cols; c += blockDim.x) y[c] = expf(x[c] - shift) * inv;
 }
 
