@@ -89,6 +89,14 @@ def bench_attention_rope():
         print(f"{'flash %s b=%d h=%d s=%d d=%d c=%d kv=%d' % (name[len('flash_attention_'):-4] or 'all', b, h, s, d, causal, kvh):<40} "
               f"{flash.num_regs:>3} regs {ms:8.4f} ms {flops / ms / 1e9:7.2f} TFLOP/s   torch sdpa fp32 {tms:8.4f} ms "
               f"({'faster' if ms <= tms else 'SLOWER'}; max |diff| {diff:.1e}); all-d kernel {gms:.4f} ms")
+        if d == 64:  # the TF32 tensor-core kernel (CUDANN_ALLOW_TF32=1): target 2x torch's fp32 SDPA
+            tf = kernel("attention_tf32", "flash_attention_tf32_d64")
+            tms32 = median_ms(lambda: tf((-(-s // 64) * h * b,), (128,), args), reps=5, batch=3)
+            tf((-(-s // 64) * h * b,), (128,), args)
+            diff = float((torch.as_tensor(o, device="cuda") - ref).abs().max())
+            print(f"{'flash tf32 b=%d h=%d s=%d d=%d c=%d kv=%d' % (b, h, s, d, causal, kvh):<40} {tf.num_regs:>3} regs "
+                  f"{tms32:8.4f} ms {flops / tms32 / 1e9:7.2f} TFLOP/s   {tms / tms32:.2f}x torch sdpa fp32 "
+                  f"({'OK' if tms32 * 2 <= tms else 'SLOW'}: target 2x; max |diff| {diff:.1e})")
         del q, k, v, o, tq, tk, tv, ref
     b, h, s, d = 8, 16, 1024, 64
     q, kk, vv = (cp.random.standard_normal(sh, dtype=f32) for sh in ((b, s, h, d), (b, s, d), (b, s, d)))

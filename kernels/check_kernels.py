@@ -683,6 +683,29 @@ def check_attention():
                     err = float(np.max(np.abs(got - want) / (mag + 1e-3)))
                     report(name, f"b={batch} s={seq} h={heads} kv={kvh} d={d} c={causal} "
                            f"m={mk} off={offset} grid={grid}", err, err <= 2e-5 and np.all(np.isfinite(got)))
+    # The TF32 tensor-core kernel (CUDANN_ALLOW_TF32=1, head_dim 64): products
+    # rounded to 10 mantissa bits, so errors of ~1e-3 of the output's scale.
+    tf32 = kernel("attention_tf32", "flash_attention_tf32_d64")
+    for batch, seq, heads, kvh, causal, mk in ((2, 37, 3, 3, 1, None), (1, 129, 2, 2, 0, None), (2, 63, 3, 1, 1, None),
+                                               (1, 66, 2, 1, 1, "rows"), (1, 300, 2, 2, 0, "rows"),
+                                               (1, 1000, 4, 4, 1, None), (1, 1, 1, 1, 1, None)):
+        q, k, v = randn(batch, seq, heads, 64, scale=1.5), randn(batch, seq, kvh, 64, scale=1.5), randn(batch, seq, kvh, 64)
+        mask = None
+        if mk is not None:
+            mask = np.where(RNG.random((seq, seq)) < 0.3, -np.inf, 0.0).astype(np.float32)
+            mask[seq // 2, :] = -np.inf
+        want, mag = attn_ref(q, k, v, 0.125, causal, mask)
+        work = -(-seq // 64) * heads * batch
+        for grid in (work, 3):
+            O = cp.full((batch, seq, heads, 64), NAN, np.float32)
+            mptr = dev(mask) if mask is not None else np.uint64(0)
+            tf32((grid,), (128,), (dev(q), dev(k), dev(v), O, i32(batch), i32(seq), i32(heads), i32(kvh), i32(64),
+                                   f32(0.125), i32(causal), mptr))
+            got = O.get()
+            err = float(np.max(np.abs(got - want) / (mag + 1e-3)))
+            zeros = mask is None or bool(np.all(got[:, seq // 2] == 0))
+            report("flash_attention_tf32_d64", f"b={batch} s={seq} h={heads} kv={kvh} c={causal} m={mk} grid={grid}",
+                   err, err <= 1e-2 and zeros and np.all(np.isfinite(got)))
     # Bitwise determinism; a head dim above a specialised kernel's leaves O alone.
     q, k, v = randn(2, 200, 4, 64), randn(2, 200, 4, 64), randn(2, 200, 4, 64)
     for name in ("flash_attention_f32", "flash_attention_d64_f32"):

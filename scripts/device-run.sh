@@ -33,5 +33,6 @@ fi
 if [ "$step" = all ] || [ "$step" = bench ]; then
   nvcc -O2 -std=c++17 bench/gpu/overhead.cu -Iinclude -L.device -lcudann -o /tmp/overhead && /tmp/overhead | tee "$out/overhead.txt"
   python3 bench/gpu/gpu_bench.py .device/libcudann.so 2>&1 | tee "$out/gpu_bench.txt"
+  CUDANN_ALLOW_TF32=1 python3 bench/gpu/gpu_bench.py .device/libcudann.so attention 2>&1 | grep tf32 | tee -a "$out/gpu_bench.txt"
 fi
 exit $failed

@@ -24,12 +24,15 @@ WHEEL = "nvidia-cuda-nvrtc-cu12==12.4.127"
 WANT_VERSION = (12, 4)
 ARCH = "compute_70"
 OPTIONS = [f"--gpu-architecture={ARCH}", "--std=c++17"]
+# A source whose first line is "// gen-ptx: compute_NN" needs a newer GPU (the
+# Rust side loads its module only there); every other source targets ARCH.
+ARCH_LINE = re.compile(r"^// gen-ptx: (compute_\d+)\s*$")
 MAX_PTX_ISA = (8, 4)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC_DIR = os.path.join(ROOT, "kernels")
 PTX_DIR = os.path.join(SRC_DIR, "ptx")
-GENERATOR_LINE = f"NVRTC 12.4 ({WHEEL}), {' '.join(OPTIONS)}"
+GENERATOR_LINE = f"NVRTC 12.4 ({WHEEL}), {' '.join(OPTIONS)} (or a source's own compute_NN)"
 
 
 # Where the wheel is installed when the running Python has no (or another)
@@ -100,13 +103,16 @@ def compile_one(lib, cu_path):
     name = os.path.basename(cu_path)
     with open(cu_path, "rb") as f:
         source = f.read()
+    wanted = ARCH_LINE.match(source.decode().split("\n", 1)[0])
+    arch = wanted.group(1) if wanted else ARCH
+    options = [f"--gpu-architecture={arch}"] + OPTIONS[1:]
     texts, names, count = read_headers()
     prog = ctypes.c_void_p()
     check(lib, lib.nvrtcCreateProgram(ctypes.byref(prog), source, name.encode(), count, texts, names),
           "nvrtcCreateProgram")
     try:
-        opts = (ctypes.c_char_p * len(OPTIONS))(*[o.encode() for o in OPTIONS])
-        status = lib.nvrtcCompileProgram(prog, len(OPTIONS), opts)
+        opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
+        status = lib.nvrtcCompileProgram(prog, len(options), opts)
         size = ctypes.c_size_t()
         check(lib, lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size)), "nvrtcGetProgramLogSize")
         log = ctypes.create_string_buffer(size.value)
@@ -122,17 +128,17 @@ def compile_one(lib, cu_path):
         text = ptx.value.decode()  # .value stops at the trailing NUL
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
-    validate(name, text)
+    validate(name, text, "sm_" + arch.split("_")[1])
     return text
 
 
-def validate(name, ptx):
-    """The PTX must load on CUDA 12.4+ drivers and target compute_70."""
+def validate(name, ptx, target):
+    """The PTX must load on CUDA 12.4+ drivers and target the architecture asked for."""
     m = re.search(r"^\.version (\d+)\.(\d+)$", ptx, re.M)
     if not m or (int(m.group(1)), int(m.group(2))) > MAX_PTX_ISA:
         raise RuntimeError(f"{name}: PTX ISA {m and m.group(0)} exceeds {MAX_PTX_ISA}")
-    if not re.search(r"^\.target sm_70$", ptx, re.M):
-        raise RuntimeError(f"{name}: PTX .target is not sm_70")
+    if not re.search(rf"^\.target {target}$", ptx, re.M):
+        raise RuntimeError(f"{name}: PTX .target is not {target}")
     if not re.search(r"^\.visible \.entry ", ptx, re.M):
         raise RuntimeError(f"{name}: no kernel entry point")
 

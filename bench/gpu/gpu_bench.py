@@ -2,17 +2,23 @@
 GPU in the same run. CUDA-event timing, median of many runs after warm-up.
 
     python3 bench/gpu/gpu_bench.py [path/to/libcudann.so]
+    CUDANN_ALLOW_TF32=1 python3 bench/gpu/gpu_bench.py [lib] attention   # the TF32 flash kernel
+
+An optional last argument names the benches to run (elementwise, rows, adamw,
+gemm, attention, sampling). torch's side stays fp32 (TF32 off) either way.
 
 Prints: op, size, ours ms, torch ms, torch/ours, % of the measured copy
 bandwidth (bytes each op must move / time), and the issue's target.
 """
 import ctypes
+import os
 import statistics
 import sys
 
 import torch
 
 LIB = ctypes.CDLL(sys.argv[1] if len(sys.argv) > 1 else "target/release/libcudann.so")
+ONLY = sys.argv[2:]
 F, I, L, P = ctypes.c_float, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
@@ -138,7 +144,10 @@ def bench_attention():
     qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))  # torch wants [b, h, s, d]
     ours = timed(lambda: call("cuda_flash_attention", ptr(q), ptr(k), ptr(v), ptr(o), I(b), I(s), I(h), I(d), F(d ** -0.5), I(1), stream()), reps=10, inner=3)
     theirs = timed(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True), reps=10, inner=3)
-    row("flash_attention", f"{b}x{s}x{h}x{d} causal", ours, theirs, 4 * 4 * b * s * h * d, "<= torch SDPA fp32")
+    if os.environ.get("CUDANN_ALLOW_TF32") == "1":
+        row("flash_attention tf32", f"{b}x{s}x{h}x{d} causal", ours, theirs, 4 * 4 * b * s * h * d, ">=2x torch SDPA fp32")
+    else:
+        row("flash_attention", f"{b}x{s}x{h}x{d} causal", ours, theirs, 4 * 4 * b * s * h * d, "<= torch SDPA fp32")
 
 
 def bench_sampling():
@@ -168,11 +177,13 @@ def bench_sampling():
 
 
 def main():
-    print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | TF32 off")
+    tf32 = "cudann TF32 on" if os.environ.get("CUDANN_ALLOW_TF32") == "1" else "TF32 off"
+    print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | torch TF32 off, {tf32}")
     bw = copy_bandwidth()
     print(f"# device copy bandwidth: {bw / 1e12:.2f} TB/s (read + write)")
     for bench in (bench_elementwise, bench_rows, bench_adamw, bench_gemm, bench_attention, bench_sampling):
-        bench()
+        if not ONLY or bench.__name__[len("bench_"):] in ONLY:
+            bench()
     print(f"{'op':<18} {'size':<16} {'ours ms':>9} {'torch ms':>9} {'torch/ours':>10} {'% copy bw':>9}  target")
     for op, size, ours, theirs, moved, target in ROWS:
         pct = 100 * moved / (ours * 1e-3) / bw

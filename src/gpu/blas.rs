@@ -16,10 +16,6 @@ pub fn available() -> bool {
     *PRESENT.get_or_init(|| unsafe { sys::is_culib_present() })
 }
 
-fn allow_tf32() -> bool {
-    static TF32: OnceLock<bool> = OnceLock::new();
-    *TF32.get_or_init(|| std::env::var("CUDANN_ALLOW_TF32").is_ok_and(|v| v.trim() == "1"))
-}
 
 fn check(status: cublasStatus_t, what: &str) -> Result<()> {
     match status {
@@ -51,7 +47,7 @@ fn with_handle<R>(f: impl FnOnce(sys::cublasHandle_t) -> Result<R>) -> Result<R>
             // SAFETY: plain creation into an out-pointer (needs the current context).
             unsafe {
                 check(sys::cublasCreate_v2(&mut handle), "cublasCreate")?;
-                let mode = if allow_tf32() { cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH } else { cublasMath_t::CUBLAS_DEFAULT_MATH };
+                let mode = if super::allow_tf32() { cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH } else { cublasMath_t::CUBLAS_DEFAULT_MATH };
                 check(sys::cublasSetMathMode(handle, mode), "cublasSetMathMode")?;
             }
             *slot = Some(Handle(handle));

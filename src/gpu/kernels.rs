@@ -1,28 +1,34 @@
 //! The precompiled PTX (kernels/ptx, made by scripts/gen-ptx.py) and the kernels
 //! the Rust side launches from it.
 
-/// (module source, kernels the Rust side launches from it).
-pub const MODULES: &[(&str, &str, &[&str])] = &[
-    ("elementwise", include_str!("../../kernels/ptx/elementwise.ptx"), &["silu_f32", "add_f32", "mul_f32", "scale_f32"]),
-    ("softmax", include_str!("../../kernels/ptx/softmax.ptx"), &["softmax_f32", "softmax_topk_f32"]),
-    ("norm", include_str!("../../kernels/ptx/norm.ptx"), &["rmsnorm_f32", "rmsnorm_residual_f32"]),
+/// (module name, PTX, kernels the Rust side launches from it, the compute
+/// capability it needs as major * 10 + minor: its PTX `.target`).
+pub const MODULES: &[(&str, &str, &[&str], u32)] = &[
+    ("elementwise", include_str!("../../kernels/ptx/elementwise.ptx"), &["silu_f32", "add_f32", "mul_f32", "scale_f32"], 70),
+    ("softmax", include_str!("../../kernels/ptx/softmax.ptx"), &["softmax_f32", "softmax_topk_f32"], 70),
+    ("norm", include_str!("../../kernels/ptx/norm.ptx"), &["rmsnorm_f32", "rmsnorm_residual_f32"], 70),
     (
         "loss",
         include_str!("../../kernels/ptx/loss.ptx"),
         &["log_softmax_f32", "nll_mean_f32", "ce_backward_f32", "aux_counts_f32", "aux_loss_f32"],
+        70,
     ),
     (
         "optim",
         include_str!("../../kernels/ptx/optim.ptx"),
         &["adamw_f32", "sumsq_partial_f32", "norm_total_f32", "clip_scale_f32", "scatter_add_f32"],
+        70,
     ),
-    ("decode", include_str!("../../kernels/ptx/decode.ptx"), &["argmax_f32"]),
-    ("gemm", include_str!("../../kernels/ptx/gemm.ptx"), &["sgemm_tiled_f32"]),
-    ("rope", include_str!("../../kernels/ptx/rope.ptx"), &["rope_freqs_f32", "rope_rotate_f32"]),
+    ("decode", include_str!("../../kernels/ptx/decode.ptx"), &["argmax_f32"], 70),
+    ("gemm", include_str!("../../kernels/ptx/gemm.ptx"), &["sgemm_tiled_f32"], 70),
+    ("rope", include_str!("../../kernels/ptx/rope.ptx"), &["rope_freqs_f32", "rope_rotate_f32"], 70),
     (
         "attention",
         include_str!("../../kernels/ptx/attention.ptx"),
         &["attention_scores_f32", "attention_output_f32", "flash_attention_f32", "flash_attention_d64_f32"],
+        70,
     ),
-    ("sample", include_str!("../../kernels/ptx/sample.ptx"), &["sample_f32", "topk_sample_f32", "topp_sample_f32"]),
+    ("sample", include_str!("../../kernels/ptx/sample.ptx"), &["sample_f32", "topk_sample_f32", "topp_sample_f32"], 70),
+    // Tensor cores (mma.sync TF32): loaded on sm_80 and later only.
+    ("attention_tf32", include_str!("../../kernels/ptx/attention_tf32.ptx"), &["flash_attention_tf32_d64"], 80),
 ];

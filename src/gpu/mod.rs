@@ -42,6 +42,13 @@ pub fn get() -> Result<&'static Gpu> {
     Ok(gpu)
 }
 
+/// Whether the caller allowed TF32 tensor-core math (CUDANN_ALLOW_TF32=1, read
+/// once): GEMM through cuBLAS's TF32 mode, flash attention's TF32 kernel.
+pub fn allow_tf32() -> bool {
+    static TF32: OnceLock<bool> = OnceLock::new();
+    *TF32.get_or_init(|| std::env::var("CUDANN_ALLOW_TF32").is_ok_and(|v| v.trim() == "1"))
+}
+
 fn probe() -> Result<Gpu> {
     // SAFETY: only asks the loader whether libcuda exists.
     if !unsafe { sys::is_culib_present() } {
@@ -63,8 +70,16 @@ fn probe() -> Result<Gpu> {
         check(sys::cuDevicePrimaryCtxRetain(&mut context, device), "cuDevicePrimaryCtxRetain")?;
         check(sys::cuCtxSetCurrent(context), "cuCtxSetCurrent")?;
     }
+    let (mut major, mut minor) = (0, 0);
+    unsafe {
+        use sys::CUdevice_attribute::{CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR};
+        check(sys::cuDeviceGetAttribute(&mut major, MAJOR, device), "cuDeviceGetAttribute")?;
+        check(sys::cuDeviceGetAttribute(&mut minor, MINOR, device), "cuDeviceGetAttribute")?;
+    }
+    let capability = (major * 10 + minor) as u32;
     let mut kernels = HashMap::new();
-    for (module_name, ptx, names) in kernels::MODULES {
+    // Modules for newer GPUs than this one are skipped: their kernels are absent.
+    for (module_name, ptx, names, _) in kernels::MODULES.iter().filter(|m| m.3 <= capability) {
         let source = CString::new(*ptx).map_err(|_| Error::Internal(format!("{module_name}.ptx holds a NUL")))?;
         let mut module = std::ptr::null_mut();
         // SAFETY: a NUL-terminated PTX image; the module lives as long as the process.
@@ -93,6 +108,11 @@ impl Gpu {
             }
         }
         Ok(())
+    }
+
+    /// Whether kernel `name` was loaded (modules for newer GPUs are not).
+    pub fn has(&self, name: &str) -> bool {
+        self.kernels.contains_key(name)
     }
 
     /// Enqueues kernel `name` on `stream`. Safety: `args` match its parameters

@@ -210,8 +210,14 @@ pub unsafe fn flash_attention(g: &Gpu, s: Stream, q: DevPtr, k: DevPtr, v: DevPt
         _ => 16,
     };
     let aligned = [q, k, v, out].iter().all(|p| p % 16 == 0);
-    let kernel = if (33..=64).contains(&a.head_dim) && a.head_dim % 4 == 0 && aligned { "flash_attention_d64_f32" } else { "flash_attention_f32" };
-    let at = line(a.seq.div_ceil(rows_per_block) * a.heads * a.batch, 64);
+    let tf32 = a.head_dim == 64 && aligned && super::allow_tf32() && g.has("flash_attention_tf32_d64");
+    let kernel = match a.head_dim {
+        _ if tf32 => "flash_attention_tf32_d64",
+        33..=64 if a.head_dim % 4 == 0 && aligned => "flash_attention_d64_f32",
+        _ => "flash_attention_f32",
+    };
+    // The TF32 kernel: 128 threads and 64 query rows a block; its blocks stride.
+    let at = if tf32 { line((a.seq.div_ceil(64) * a.heads * a.batch).min(1 << 20), 128) } else { line(a.seq.div_ceil(rows_per_block) * a.heads * a.batch, 64) };
     let args = &mut [
         Ptr(q), Ptr(k), Ptr(v), Ptr(out),
         I32(a.batch as i32), I32(a.seq as i32), I32(a.heads as i32), I32(a.kv_heads as i32), I32(a.head_dim as i32),

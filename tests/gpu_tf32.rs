@@ -1,0 +1,65 @@
+//! Flash attention with CUDANN_ALLOW_TF32=1 (the tensor-core kernel for head_dim
+//! 64) against the CPU backend. Its own test binary: the flag is read once per
+//! process.
+mod common;
+use common::device::{Dev, Stream, present};
+use common::*;
+use cudann::*;
+
+/// TF32 rounds each product's operands to 10 mantissa bits: the output is off by
+/// ~1e-3 of its scale, so compare in relative L2 and bound the worst element.
+fn agree_tf32(gpu: &[f32], cpu: &[f32], what: &str) {
+    let diff: f64 = gpu.iter().zip(cpu).map(|(&g, &c)| (g as f64 - c as f64).powi(2)).sum();
+    let norm: f64 = cpu.iter().map(|&c| (c as f64).powi(2)).sum();
+    let worst = gpu.iter().zip(cpu).map(|(&g, &c)| (g - c).abs()).fold(0.0f32, f32::max);
+    assert!(diff.sqrt() <= 4e-3 * norm.sqrt(), "{what}: relative L2 error {:.2e}", diff.sqrt() / norm.sqrt());
+    assert!(worst <= 3e-2, "{what}: worst element off by {worst}");
+}
+
+#[test]
+fn tf32_flash_attention_matches_the_cpu() {
+    // SAFETY: set before this process's first library call, with no other threads.
+    unsafe { std::env::set_var("CUDANN_ALLOW_TF32", "1") };
+    if !present("tf32_flash_attention_matches_the_cpu") {
+        return;
+    }
+    let s = Stream::new();
+    let mut rng = Rng::new(120);
+    for (batch, seq, heads, d) in [(2, 37, 3, 64), (1, 129, 2, 64), (1, 300, 4, 64), (1, 70, 2, 48)] {
+        let n = batch * seq * heads * d;
+        let (q, k, v) = (rng.vec(n, 1.0), rng.vec(n, 1.0), rng.vec(n, 1.0));
+        let (dq, dk, dv, dout) = (Dev::from(&q), Dev::from(&k), Dev::from(&v), Dev::from(&poisoned(n)));
+        let mut out = poisoned(n);
+        let scale = 1.0 / (d as f32).sqrt();
+        let dims = (batch as i32, seq as i32, heads as i32, d as i32);
+        for causal in [0, 1] {
+            unsafe {
+                assert_ok(cuda_flash_attention(dq.p(), dk.p(), dv.p(), dout.p(), dims.0, dims.1, dims.2, dims.3, scale, causal, s.raw()));
+                assert_ok(cuda_flash_attention(q.as_ptr(), k.as_ptr(), v.as_ptr(), out.as_mut_ptr(), dims.0, dims.1, dims.2, dims.3, scale, causal, NULL));
+            }
+            s.sync();
+            let what = format!("flash {batch}x{seq}x{heads}x{d} causal={causal}");
+            if d == 64 {
+                agree_tf32(&dout.read(), &out, &what);
+            } else {
+                assert_close(&dout.read(), &f64s(&out), 2e-5, 1e-6, &what); // no TF32 kernel: the fp32 one
+            }
+        }
+        // One shared KV head with an additive mask that masks one query's every key.
+        let (kv, vv) = (rng.vec(batch * seq * d, 1.0), rng.vec(batch * seq * d, 1.0));
+        let (dkv, dvv) = (Dev::from(&kv), Dev::from(&vv));
+        let mask: Vec<f32> = (0..seq * seq).map(|x| if x / seq == seq / 2 || x % seq > x / seq + 3 { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let dmask = Dev::from(&mask);
+        unsafe {
+            assert_ok(cuda_mqa_attention(dq.p(), dkv.p(), dvv.p(), dout.p(), dmask.p(), dims.0, dims.1, dims.2, dims.3, scale, s.raw()));
+            assert_ok(cuda_mqa_attention(q.as_ptr(), kv.as_ptr(), vv.as_ptr(), out.as_mut_ptr(), mask.as_ptr(), dims.0, dims.1, dims.2, dims.3, scale, NULL));
+        }
+        s.sync();
+        let got = dout.read();
+        if d == 64 {
+            agree_tf32(&got, &out, &format!("mqa {batch}x{seq}x{heads}x{d}"));
+        }
+        let masked_row = (seq / 2) * heads * d..(seq / 2 + 1) * heads * d; // batch 0, query seq / 2, every head
+        assert!(got[masked_row].iter().all(|&x| x == 0.0), "a query with every key masked gives zeros");
+    }
+}
