@@ -175,7 +175,7 @@ __shared__ int block_lb;  // total-order key of the block's lb (file scope: one 
 template <class Keep> __device__ void stream_pass(const float* xr, int vocab, Draw& d, Keep keep) {
     const int lane = threadIdx.x & 31;
     __syncthreads();  // an earlier pass may still read block_lb
-    if (threadIdx.x == 0) block_lb = total_order_key(-INF);
+    if (threadIdx.x == 0) block_lb = total_order_key(d.bs);  // a caller may have seeded thread 0's draw
     __syncthreads();
     float lb = -INF;
     for (int tile = threadIdx.x >> 5; tile <= (vocab - 1) / TILE; tile += S_WARPS) {
@@ -566,8 +566,15 @@ extern "C" __global__ void __launch_bounds__(S_THREADS)
         for (int b = tid; b < 1024; b += S_THREADS) acc[b] = 0;
         if (tid == 0) buf_n = 0, grp_n = 0;
         float m = -INF;
-        for (int j = tid; j < vocab; j += S_THREADS) m = fmaxf(m, xr[j]);
-        m = block_max(m);  // NaN ignored, as the CPU's max
+        int jm = 0;  // where m is (NaN never is)
+        for (int j = tid; j < vocab; j += S_THREADS) {
+            const float x = xr[j];
+            if (x > m) m = x, jm = j;
+        }
+        const i64 top = block_allreduce(pack_rank(total_order_key(m), jm), Max(), (i64)NO_RANK);
+        m = from_total_order_key(rank_key(top));
+        // The first token of the nucleus (p = 1), drawn now: a head start for lb.
+        if (tid == 0 && m > -INF) d.exact(m, rank_index(top), token_noise(d.key, rank_index(top), vocab));
         auto prob_bits = [&](float x) { return __float_as_uint(exp_cpu(tp.div(__fsub_rn(x, m)))); };
 
         int bmin = 1 << 30, bmax = -1;
@@ -588,8 +595,9 @@ extern "C" __global__ void __launch_bounds__(S_THREADS)
             }
         }
         __syncthreads();
+        double* massd = reinterpret_cast<double*>(mass0);  // bin masses, mass * unit (exact as the CPU's)
         for (int b = tid; b < 1024; b += S_THREADS) {  // each thread its own bins
-            mass0[b] = mass_of(b);
+            massd[b] = __dmul_rn((double)mass_of(b), bin_unit(b));
             if (split)
                 lo32[b] = 0, hi32[b] = 0;
             else
@@ -598,16 +606,17 @@ extern "C" __global__ void __launch_bounds__(S_THREADS)
         bmax = block_allreduce(bmax, Max(), -1);
         bmin = -block_allreduce(-bmin, Max(), -(1 << 30));
         if (tid == 0) {
-            // decode.rs, in its order: the total ascending, then bins from the top.
+            // decode.rs, in its order: the total ascending, then bins from the top
+            // (empty bins add 0 and never end the walk, so no test for them).
             double total = 0.0;
-            for (int b = bmin; b <= bmax; ++b)
-                if (mass0[b]) total = __dadd_rn(total, __dmul_rn((double)mass0[b], bin_unit(b)));
+#pragma unroll 8
+            for (int b = bmin; b <= bmax; ++b) total = __dadd_rn(total, massd[b]);
             const double target = __dmul_rn((double)top_p, total);
             double cum = 0.0;
             int B = -1;
+#pragma unroll 8
             for (int b = bmax; b >= bmin; --b) {
-                if (!mass0[b]) continue;
-                const double mb = __dmul_rn((double)mass0[b], bin_unit(b));
+                const double mb = massd[b];
                 if (__dadd_rn(cum, mb) < target) {
                     cum = __dadd_rn(cum, mb);
                 } else {

@@ -11,6 +11,7 @@ cublas=$(find / -name 'libcublas.so.1[23]' -not -path '/proc/*' 2>/dev/null | he
 export LD_LIBRARY_PATH="$(dirname "${cublas:-/x}"):$PWD/.device:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 echo "cublas: ${cublas:-none}" | tee -a "$out/gpu.txt"
+[ -d .device/tests ] || tar -C .device -xJf .device/tests.tar.xz
 step=${1:-all}
 failed=0
 if [ "$step" = all ] || [ "$step" = tests ]; then
