@@ -136,6 +136,10 @@ def bench_sample():
             tag = f"{batch}x{vocab} N(0,{scale:g})"
             row(f"sample {tag}", ks, median_ms(lambda: ks((batch,), (1024,), (x, o, seeds, i32(batch), i32(vocab),
                                                                               f32(1.0)))), 4 * x.size, target)
+            if batch <= 32:
+                kc = kernel("sample_cluster", "sample_cluster_f32")
+                row(f"sample (cluster) {tag}", kc, median_ms(lambda: kc((4 * batch,), (1024,), (
+                    x, o, seeds, i32(batch), i32(vocab), f32(1.0)))), 4 * x.size, target)
             row(f"topk k=50 {tag}", kk, median_ms(lambda: kk((batch,), (1024,), (
                 x, o, seeds, i32(batch), i32(vocab), i32(50), f32(1.0)))), 4 * x.size, target)
             row(f"topp p=0.9 {tag}", kp, median_ms(lambda: kp((batch,), (1024,), (

@@ -994,6 +994,16 @@ def check_sample():
         chi2 = float(np.sum((counts[pos] - n * prob[pos]) ** 2 / (n * prob[pos])))
         crit = chi2_crit(int(pos.sum()) - 1)
         report(name, f"chi2 over {n} seeds (crit {crit:.1f})", chi2, chi2 <= crit and counts[~pos].sum() == 0)
+    # The cluster kernel (sm_90+: a few long rows, a cluster of 4 blocks each) draws as sample_f32.
+    clus = kernel("sample_cluster", "sample_cluster_f32")
+    for rows, vocab, grid in ((1, 131072, 4), (3, 5000, 12), (9, 70000, 8), (2, 1025, 8), (1, 1, 4)):
+        x = sample_rows(rows, vocab, "normal")
+        seeds = RNG.integers(0, 2**63, rows, dtype=np.uint64)
+        out = cp.full(rows, -7, np.int32)
+        clus((grid,), (1024,), (dev(x), out, cp.asarray(seeds), np.int32(rows), np.int32(vocab), np.float32(0.8)))
+        want = cpu_sample(x, seeds, 0.8, "all", None)
+        report("sample_cluster_f32", f"{rows}x{vocab} grid={grid}: same tokens as the CPU", float(np.sum(out.get() != want)),
+               np.array_equal(out.get(), want))
     # Same seeds, same tokens; a row's token does not depend on the batch around it.
     x = sample_rows(64, 5000, "normal")
     seeds = RNG.integers(0, 2**63, 64, dtype=np.uint64)

@@ -7,6 +7,13 @@ use crate::cpu::decode::Sampler;
 
 /// Threads per row of the sampling kernels (kernels/README.md).
 const SAMPLE_BLOCK: u32 = 1024;
+/// sample_cluster_f32's blocks per row (SAMPLE_CLUSTER in sample_cluster.cu).
+const SAMPLE_CLUSTER: usize = 4;
+/// Up to this many rows, plain sampling splits each row over a cluster: one
+/// block per row would leave most SMs idle.
+const CLUSTER_ROWS: usize = 32;
+/// Tokens per tile of the sampling kernels: rows of one tile have nothing to split.
+const TILE_TOKENS: usize = 1024;
 use super::{Gpu, blas};
 use crate::error::Result;
 
@@ -174,6 +181,10 @@ pub unsafe fn sample(g: &Gpu, s: Stream, logits: DevPtr, seeds: DevPtr, out: Dev
         match sampler {
             Sampler::TopK(k) if k < vocab => g.launch("topk_sample_f32", at, s, &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, I32(k as i32), t]),
             Sampler::TopP(p) if p < 1.0 => g.launch("topp_sample_f32", at, s, &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, F32(p), t]),
+            // A few long rows: a cluster of blocks per row (sm_90+), else one block per row.
+            _ if batch <= CLUSTER_ROWS && vocab > TILE_TOKENS && g.has("sample_cluster_f32") => {
+                g.launch("sample_cluster_f32", per_row(batch * SAMPLE_CLUSTER, SAMPLE_BLOCK), s, &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, t])
+            }
             _ => g.launch("sample_f32", at, s, &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, t]),
         }
     }
