@@ -26,9 +26,12 @@ if [ "$step" = all ] || [ "$step" = tests ]; then
 fi
 if [ "$step" = all ] || [ "$step" = sanitize ]; then
   for tool in memcheck racecheck; do
-    compute-sanitizer --tool "$tool" --error-exitcode 9 .device/tests/gpu --test-threads=1 > "$out/sanitizer-$tool.log" 2>&1 \
-      || { failed=1; echo "FAILED: compute-sanitizer $tool"; }
-    grep -E "ERROR SUMMARY|test result" "$out/sanitizer-$tool.log" | tail -2
+    : > "$out/sanitizer-$tool.log"
+    for t in gpu gpu_tf32; do
+      compute-sanitizer --tool "$tool" --error-exitcode 9 ".device/tests/$t" --test-threads=1 >> "$out/sanitizer-$tool.log" 2>&1 \
+        || { failed=1; echo "FAILED: compute-sanitizer $tool $t"; }
+    done
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result" "$out/sanitizer-$tool.log"
   done
 fi
 if [ "$step" = all ] || [ "$step" = bench ]; then
