@@ -310,31 +310,6 @@ __device__ __forceinline__ double bin_unit(int bin) {  // 2^(max(E, 1) - 150), E
     return __longlong_as_double((long long)(e + 1023) << 52);
 }
 
-// Adds an integer mass to level bin b: 32-bit atomics on two 12-bit halves
-// while the sums fit (split), else 64-bit ones.
-__device__ __forceinline__ void add_bin_mass(u64* acc, bool split, int b, unsigned mant) {
-    if (split) {
-        unsigned* lo32 = reinterpret_cast<unsigned*>(acc);
-        atomicAdd(&lo32[b], mant & 4095u);
-        atomicAdd(&lo32[1024 + b], mant >> 12);
-    } else {
-        atomicAdd(&acc[b], (u64)mant);
-    }
-}
-
-// Pass 3's rare case, out of line so that the streaming loop stays small: p =
-// e^y may lie in bin B. A member of B is counted by its next 10 bits and its
-// index kept; returns whether p lies above B.
-__device__ __noinline__ bool near_boundary(float y, int j, int B, bool split, u64* acc, unsigned* buf, int* buf_n) {
-    const unsigned pb = __float_as_uint(exp_cpu(y));
-    if (pb >= 0x7f800000u) return false;
-    if ((int)(pb >> 20) != B) return (int)(pb >> 20) > B;
-    add_bin_mass(acc, split, (pb >> 10) & 1023, mant_int(pb));
-    const int slot = atomicAdd(buf_n, 1);
-    if (slot < TOPP_CAP) buf[slot] = (unsigned)j;
-    return false;
-}
-
 // Launch: block 1024, grid batch; 0 < top_p < 1 (top_p >= 1: use sample_f32).
 extern "C" __global__ void __launch_bounds__(S_THREADS)
     topp_sample_f32(const float* logits, int* out, const u64* seeds, int batch, int vocab, float top_p,
@@ -353,7 +328,14 @@ extern "C" __global__ void __launch_bounds__(S_THREADS)
     int* minj2 = cnt2 + 1024;
     u64* grp = mass0;
     const bool split = vocab <= (1 << 20);
-    auto add_mass = [&](int b, unsigned mant) { add_bin_mass(acc, split, b, mant); };
+    auto add_mass = [&](int b, unsigned mant) {
+        if (split) {
+            atomicAdd(&lo32[b], mant & 4095u);
+            atomicAdd(&hi32[b], mant >> 12);
+        } else {
+            atomicAdd(&acc[b], (u64)mant);
+        }
+    };
     auto mass_of = [&](int b) { return split ? ((u64)hi32[b] << 12) + lo32[b] : acc[b]; };
     for (i64 row = blockIdx.x; row < batch; row += gridDim.x) {
         const float* xr = logits + row * vocab;
@@ -450,11 +432,22 @@ extern "C" __global__ void __launch_bounds__(S_THREADS)
 
         // Pass 3: draw the bins above B; count B's members by the next 10 bits
         // and keep their indices.
-        stream_pass(xr, vocab, d, [&](float x, int j) {
-            const float y = tp.div(__fsub_rn(x, m));
-            if (y >= yb) return true;
-            return y >= ya && near_boundary(y, j, B, split, acc, buf, &buf_n);
-        });
+        stream_pass_deferred(
+            xr, vocab, d,
+            [&](float x, int) {
+                const float y = tp.div(__fsub_rn(x, m));
+                return y >= yb ? 1 : y >= ya ? 2 : 0;  // 2: near bin B, for the exact test below
+            },
+            [&](float x, int j) {
+                const unsigned pb = prob_bits(x);
+                if (pb >= 0x7f800000u) return false;
+                if ((int)(pb >> 20) != B) return (int)(pb >> 20) > B;
+                add_mass((pb >> 10) & 1023, mant_int(pb));
+                const int slot = atomicAdd(&buf_n, 1);
+                if (slot < TOPP_CAP) buf[slot] = (unsigned)j;
+                return false;
+            },
+            0, 1);
         __syncthreads();
         find_boundary<1024, u64>(mass_of, reached, &cut1, &above1);
         const int I1 = max(cut1, 0);

@@ -150,8 +150,9 @@ struct Draw {
 #define STREAM_LOADS 16  // loads in flight per lane
 
 // One pass over a row (or over part `part` of `parts` of its tiles: the blocks
-// of a cluster share a row): every token j with keep(x_j, j) true is a candidate of
-// the draw. keep may have side effects: it is called exactly once per token.
+// of a cluster share a row): every token j that keep(x_j, j) returns 1 for, or
+// returns 2 for and then slow(x_j, j) true, is a candidate of the draw. keep
+// and slow may have side effects: each is called at most once per token.
 // Warp w takes tiles w, w + 32, ...; lane l loads group l of the tile
 // (coalesced: the warp reads 32 consecutive floats per load) and bounds its
 // best score by its largest kept x / T plus the group's noise bound. Each
@@ -161,7 +162,8 @@ struct Draw {
 // one group at a time, largest bound first, until no bound reaches lb.
 __shared__ int block_lb;  // total-order key of the block's lb (file scope: one copy for all instantiations)
 
-template <class Keep> __device__ void stream_pass(const float* xr, int vocab, Draw& d, Keep keep, int part = 0, int parts = 1) {
+template <class Keep, class Slow>
+__device__ void stream_pass_deferred(const float* xr, int vocab, Draw& d, Keep keep, Slow slow, int part, int parts) {
     const int lane = threadIdx.x & 31;
     __syncthreads();  // an earlier pass may still read block_lb
     if (threadIdx.x == 0) block_lb = total_order_key(d.bs);  // a caller may have seeded thread 0's draw
@@ -176,10 +178,19 @@ template <class Keep> __device__ void stream_pass(const float* xr, int vocab, Dr
             float xv[STREAM_LOADS];
 #pragma unroll
             for (int q = 0; q < STREAM_LOADS; ++q) xv[q] = i0 + q < n ? xg[(i0 + q) * 32] : 0.0f;
+            unsigned later = 0;
 #pragma unroll
             for (int q = 0; q < STREAM_LOADS; ++q) {
-                const int i = i0 + q;
-                if (i < n && keep(xv[q], start + i * 32 + lane)) kept |= 1u << i, top = fmaxf(top, xv[q]);
+                const int i = i0 + q, verdict = i < n ? keep(xv[q], start + i * 32 + lane) : 0;
+                if (verdict == 1) kept |= 1u << i, top = fmaxf(top, xv[q]);
+                if (verdict == 2) later |= 1u << q;
+            }
+            // Tokens keep left to slow, one at a time: its code appears once, not
+            // unrolled (a large loop body runs out of instruction cache).
+            for (; later; later &= later - 1) {
+                const int i = i0 + __ffs(later) - 1;
+                const float x = xg[i * 32];
+                if (slow(x, start + i * 32 + lane)) kept |= 1u << i, top = fmaxf(top, x);
             }
         }
         Group g = {0.0f, 0.0f, 0};
@@ -221,6 +232,12 @@ template <class Keep> __device__ void stream_pass(const float* xr, int vocab, Dr
         }
         if (lane == 0) atomicMax(&block_lb, total_order_key(lb));
     }
+}
+
+// stream_pass with keep(x, j) -> bool deciding every token at once.
+template <class Keep> __device__ void stream_pass(const float* xr, int vocab, Draw& d, Keep keep, int part = 0, int parts = 1) {
+    stream_pass_deferred(
+        xr, vocab, d, [&](float x, int j) { return keep(x, j) ? 1 : 0; }, [](float, int) { return false; }, part, parts);
 }
 
 // The token of the row: the best candidate over the block, or `fallback`.
