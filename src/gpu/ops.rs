@@ -181,9 +181,11 @@ pub unsafe fn sample(g: &Gpu, s: Stream, logits: DevPtr, seeds: DevPtr, out: Dev
         match sampler {
             Sampler::TopK(k) if k < vocab => g.launch("topk_sample_f32", at, s, &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, I32(k as i32), t]),
             Sampler::TopP(p) if p < 1.0 => g.launch("topp_sample_f32", at, s, &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, F32(p), t]),
-            // A few long rows: a cluster of blocks per row (sm_90+), else one block per row.
+            // A few long rows: a cluster of blocks per row (sm_90+), else (or if the
+            // GPU cannot place a cluster now) one block per row.
             _ if batch <= CLUSTER_ROWS && vocab > TILE_TOKENS && g.has("sample_cluster_f32") => {
-                g.launch("sample_cluster_f32", per_row(batch * SAMPLE_CLUSTER, SAMPLE_BLOCK), s, &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, t])
+                let args = &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, t];
+                g.launch("sample_cluster_f32", per_row(batch * SAMPLE_CLUSTER, SAMPLE_BLOCK), s, args).or_else(|_| g.launch("sample_f32", at, s, args))
             }
             _ => g.launch("sample_f32", at, s, &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, t]),
         }
