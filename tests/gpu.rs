@@ -3,7 +3,7 @@
 //! test files); in-place calls, invalid arguments, graph capture and many
 //! threads. Skipped, visibly, where there is no GPU.
 mod common;
-use common::device::{Dev, Stream, present};
+use common::device::{Dev, Stream, flash_both, present};
 use common::*;
 use cudann::*;
 
@@ -442,18 +442,14 @@ fn device_attention_matches_the_cpu() {
     for (batch, seq, heads, d) in [(1, 1, 1, 32), (2, 37, 3, 64), (1, 129, 2, 128), (1, 20, 2, 48)] {
         let n = batch * seq * heads * d;
         let (q, k, v) = (rng.vec(n, 1.0), rng.vec(n, 1.0), rng.vec(n, 1.0));
-        let (dq, dk, dv, dout) = (Dev::from(&q), Dev::from(&k), Dev::from(&v), Dev::from(&poisoned(n)));
-        let mut out = poisoned(n);
-        let scale = 1.0 / (d as f32).sqrt();
         let dims = (batch as i32, seq as i32, heads as i32, d as i32);
         for causal in [0, 1] {
-            unsafe {
-                assert_ok(cuda_flash_attention(dq.p(), dk.p(), dv.p(), dout.p(), dims.0, dims.1, dims.2, dims.3, scale, causal, s.raw()));
-                assert_ok(cuda_flash_attention(q.as_ptr(), k.as_ptr(), v.as_ptr(), out.as_mut_ptr(), dims.0, dims.1, dims.2, dims.3, scale, causal, NULL));
-            }
-            s.sync();
-            agree(&dout.read(), &out, 2e-5, &format!("flash {batch}x{seq}x{heads}x{d} causal={causal}"));
+            let (gpu, cpu) = flash_both(&s, &q, &k, &v, dims, causal);
+            agree(&gpu, &cpu, 2e-5, &format!("flash {batch}x{seq}x{heads}x{d} causal={causal}"));
         }
+        let (dq, dout) = (Dev::from(&q), Dev::from(&poisoned(n)));
+        let mut out = poisoned(n);
+        let scale = 1.0 / (d as f32).sqrt();
         // One shared KV head: causal (NULL mask) and an additive mask with a fully masked row.
         let (kv, vv) = (rng.vec(batch * seq * d, 1.0), rng.vec(batch * seq * d, 1.0));
         let (dkv, dvv) = (Dev::from(&kv), Dev::from(&vv));

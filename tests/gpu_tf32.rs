@@ -2,7 +2,7 @@
 //! 64) against the CPU backend. Its own test binary: the flag is read once per
 //! process.
 mod common;
-use common::device::{Dev, Stream, present};
+use common::device::{Dev, Stream, flash_both, present};
 use common::*;
 use cudann::*;
 
@@ -28,23 +28,19 @@ fn tf32_flash_attention_matches_the_cpu() {
     for (batch, seq, heads, d) in [(2, 37, 3, 64), (1, 129, 2, 64), (1, 300, 4, 64), (1, 70, 2, 48)] {
         let n = batch * seq * heads * d;
         let (q, k, v) = (rng.vec(n, 1.0), rng.vec(n, 1.0), rng.vec(n, 1.0));
-        let (dq, dk, dv, dout) = (Dev::from(&q), Dev::from(&k), Dev::from(&v), Dev::from(&poisoned(n)));
-        let mut out = poisoned(n);
-        let scale = 1.0 / (d as f32).sqrt();
         let dims = (batch as i32, seq as i32, heads as i32, d as i32);
         for causal in [0, 1] {
-            unsafe {
-                assert_ok(cuda_flash_attention(dq.p(), dk.p(), dv.p(), dout.p(), dims.0, dims.1, dims.2, dims.3, scale, causal, s.raw()));
-                assert_ok(cuda_flash_attention(q.as_ptr(), k.as_ptr(), v.as_ptr(), out.as_mut_ptr(), dims.0, dims.1, dims.2, dims.3, scale, causal, NULL));
-            }
-            s.sync();
+            let (gpu, cpu) = flash_both(&s, &q, &k, &v, dims, causal);
             let what = format!("flash {batch}x{seq}x{heads}x{d} causal={causal}");
             if d == 64 {
-                agree_tf32(&dout.read(), &out, &what);
+                agree_tf32(&gpu, &cpu, &what);
             } else {
-                assert_close(&dout.read(), &f64s(&out), 2e-5, 1e-6, &what); // no TF32 kernel: the fp32 one
+                assert_close(&gpu, &f64s(&cpu), 2e-5, 1e-6, &what); // no TF32 kernel: the fp32 one
             }
         }
+        let (dq, dout) = (Dev::from(&q), Dev::from(&poisoned(n)));
+        let mut out = poisoned(n);
+        let scale = 1.0 / (d as f32).sqrt();
         // One shared KV head with an additive mask that masks one query's every key.
         let (kv, vv) = (rng.vec(batch * seq * d, 1.0), rng.vec(batch * seq * d, 1.0));
         let (dkv, dvv) = (Dev::from(&kv), Dev::from(&vv));

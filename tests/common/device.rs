@@ -112,3 +112,18 @@ pub fn capture_and_replay(stream: &Stream, times: usize, f: impl FnOnce()) {
         ok(sys::cuGraphDestroy(graph));
     }
 }
+
+/// cuda_flash_attention at scale 1/sqrt(head_dim) on device copies of q, k, v
+/// (on stream `s`) and on the host arrays: (device result, host result).
+pub fn flash_both(s: &Stream, q: &[f32], k: &[f32], v: &[f32], dims: (i32, i32, i32, i32), causal: i32) -> (Vec<f32>, Vec<f32>) {
+    let (b, seq, heads, d) = dims;
+    let scale = 1.0 / (d as f32).sqrt();
+    let (dq, dk, dv, dout) = (Dev::from(q), Dev::from(k), Dev::from(v), Dev::from(&super::poisoned(q.len())));
+    let mut out = super::poisoned(q.len());
+    unsafe {
+        super::assert_ok(cudann::cuda_flash_attention(dq.p(), dk.p(), dv.p(), dout.p(), b, seq, heads, d, scale, causal, s.raw()));
+        super::assert_ok(cudann::cuda_flash_attention(q.as_ptr(), k.as_ptr(), v.as_ptr(), out.as_mut_ptr(), b, seq, heads, d, scale, causal, super::NULL));
+    }
+    s.sync();
+    (dout.read(), out)
+}
