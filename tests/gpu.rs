@@ -3,7 +3,7 @@
 //! test files); in-place calls, invalid arguments, graph capture and many
 //! threads. Skipped, visibly, where there is no GPU.
 mod common;
-use common::device::{Dev, Stream, flash_both, present};
+use common::device::{Dev, Stream, flash_both, mqa_both, present, test_mask};
 use common::*;
 use cudann::*;
 
@@ -447,22 +447,16 @@ fn device_attention_matches_the_cpu() {
             let (gpu, cpu) = flash_both(&s, &q, &k, &v, dims, causal);
             agree(&gpu, &cpu, 2e-5, &format!("flash {batch}x{seq}x{heads}x{d} causal={causal}"));
         }
-        let (dq, dout) = (Dev::from(&q), Dev::from(&poisoned(n)));
-        let mut out = poisoned(n);
-        let scale = 1.0 / (d as f32).sqrt();
         // One shared KV head: causal (NULL mask) and an additive mask with a fully masked row.
         let (kv, vv) = (rng.vec(batch * seq * d, 1.0), rng.vec(batch * seq * d, 1.0));
-        let (dkv, dvv) = (Dev::from(&kv), Dev::from(&vv));
-        let mask: Vec<f32> = (0..seq * seq).map(|x| if x / seq == seq / 2 || x % seq > x / seq + 3 { f32::NEG_INFINITY } else { 0.0 }).collect();
-        let dmask = Dev::from(&mask);
-        for (dm, hm) in [(std::ptr::null(), std::ptr::null()), (dmask.p() as *const f32, mask.as_ptr())] {
-            unsafe {
-                assert_ok(cuda_mqa_attention(dq.p(), dkv.p(), dvv.p(), dout.p(), dm, dims.0, dims.1, dims.2, dims.3, scale, s.raw()));
-                assert_ok(cuda_mqa_attention(q.as_ptr(), kv.as_ptr(), vv.as_ptr(), out.as_mut_ptr(), hm, dims.0, dims.1, dims.2, dims.3, scale, NULL));
-            }
-            s.sync();
-            agree(&dout.read(), &out, 2e-5, &format!("mqa {batch}x{seq}x{heads}x{d}"));
+        let mask = test_mask(seq);
+        for m in [None, Some(mask.as_slice())] {
+            let (gpu, cpu) = mqa_both(&s, &q, &kv, &vv, m, dims);
+            agree(&gpu, &cpu, 2e-5, &format!("mqa {batch}x{seq}x{heads}x{d}"));
         }
+        let (dq, dkv, dvv, dout) = (Dev::from(&q), Dev::from(&kv), Dev::from(&vv), Dev::from(&poisoned(n)));
+        let mut out = poisoned(n);
+        let scale = 1.0 / (d as f32).sqrt();
         // The unfused halves.
         let (dscores, mut scores) = (Dev::from(&poisoned(batch * heads * seq * seq)), poisoned(batch * heads * seq * seq));
         unsafe {

@@ -2,9 +2,8 @@
 //! 64) against the CPU backend. Its own test binary: the flag is read once per
 //! process.
 mod common;
-use common::device::{Dev, Stream, flash_both, present};
+use common::device::{Stream, flash_both, mqa_both, present, test_mask};
 use common::*;
-use cudann::*;
 
 /// TF32 rounds each product's operands to 10 mantissa bits: the output is off by
 /// ~1e-3 of its scale, so compare in relative L2 and bound the worst element.
@@ -38,20 +37,9 @@ fn tf32_flash_attention_matches_the_cpu() {
                 assert_close(&gpu, &f64s(&cpu), 2e-5, 1e-6, &what); // no TF32 kernel: the fp32 one
             }
         }
-        let (dq, dout) = (Dev::from(&q), Dev::from(&poisoned(n)));
-        let mut out = poisoned(n);
-        let scale = 1.0 / (d as f32).sqrt();
         // One shared KV head with an additive mask that masks one query's every key.
         let (kv, vv) = (rng.vec(batch * seq * d, 1.0), rng.vec(batch * seq * d, 1.0));
-        let (dkv, dvv) = (Dev::from(&kv), Dev::from(&vv));
-        let mask: Vec<f32> = (0..seq * seq).map(|x| if x / seq == seq / 2 || x % seq > x / seq + 3 { f32::NEG_INFINITY } else { 0.0 }).collect();
-        let dmask = Dev::from(&mask);
-        unsafe {
-            assert_ok(cuda_mqa_attention(dq.p(), dkv.p(), dvv.p(), dout.p(), dmask.p(), dims.0, dims.1, dims.2, dims.3, scale, s.raw()));
-            assert_ok(cuda_mqa_attention(q.as_ptr(), kv.as_ptr(), vv.as_ptr(), out.as_mut_ptr(), mask.as_ptr(), dims.0, dims.1, dims.2, dims.3, scale, NULL));
-        }
-        s.sync();
-        let got = dout.read();
+        let (got, out) = mqa_both(&s, &q, &kv, &vv, Some(&test_mask(seq)), dims);
         if d == 64 {
             agree_tf32(&got, &out, &format!("mqa {batch}x{seq}x{heads}x{d}"));
         }

@@ -127,3 +127,29 @@ pub fn flash_both(s: &Stream, q: &[f32], k: &[f32], v: &[f32], dims: (i32, i32, 
     s.sync();
     (dout.read(), out)
 }
+
+/// The additive [seq, seq] mask of the attention tests: query seq / 2 sees no key
+/// (its output must be zeros), every other query the keys up to 3 past itself.
+pub fn test_mask(seq: usize) -> Vec<f32> {
+    (0..seq * seq).map(|x| if x / seq == seq / 2 || x % seq > x / seq + 3 { f32::NEG_INFINITY } else { 0.0 }).collect()
+}
+
+/// cuda_mqa_attention (one shared KV head kv, vv; mask NULL = causal) on device
+/// copies (on stream `s`) and on the host arrays: (device result, host result).
+pub fn mqa_both(s: &Stream, q: &[f32], kv: &[f32], vv: &[f32], mask: Option<&[f32]>, dims: (i32, i32, i32, i32)) -> (Vec<f32>, Vec<f32>) {
+    let (b, seq, heads, d) = dims;
+    let scale = 1.0 / (d as f32).sqrt();
+    let (dq, dkv, dvv, dout) = (Dev::from(q), Dev::from(kv), Dev::from(vv), Dev::from(&super::poisoned(q.len())));
+    let dmask = mask.map(Dev::from);
+    let (dm, hm) = match (&dmask, mask) {
+        (Some(dm), Some(hm)) => (dm.p() as *const f32, hm.as_ptr()),
+        _ => (std::ptr::null(), std::ptr::null()),
+    };
+    let mut out = super::poisoned(q.len());
+    unsafe {
+        super::assert_ok(cudann::cuda_mqa_attention(dq.p(), dkv.p(), dvv.p(), dout.p(), dm, b, seq, heads, d, scale, s.raw()));
+        super::assert_ok(cudann::cuda_mqa_attention(q.as_ptr(), kv.as_ptr(), vv.as_ptr(), out.as_mut_ptr(), hm, b, seq, heads, d, scale, super::NULL));
+    }
+    s.sync();
+    (dout.read(), out)
+}
