@@ -276,6 +276,25 @@ template <class C, int BN, bool VEC4> struct TileT {
 };
 
 // Rows [0, BC) of V into Vs[j][c] as in memory; zeros outside.
+// acc[t][u] += a[t] b[u] for K steps of shared-memory operands: step i reads
+// a's TA floats at a0 + 4 (i a_step + 8 VA g + e) (VA at a time), b's likewise.
+// The inner product of both flash GEMMs (Q K^T and P V) on register tiles.
+template <int K, int VA, int VB, int TA, int TB>
+__device__ __forceinline__ void outer_accumulate(unsigned a0, int a_step, unsigned b0, int b_step, float (&acc)[TA][TB]) {
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+        float a[TA], b[TB];
+#pragma unroll
+        for (int g = 0; g < TA / VA; ++g) Vec<VA>::load(a0 + 4u * (i * a_step + g * 8 * VA), a + g * VA);
+#pragma unroll
+        for (int g = 0; g < TB / VB; ++g) Vec<VB>::load(b0 + 4u * (i * b_step + g * 8 * VB), b + g * VB);
+#pragma unroll
+        for (int t = 0; t < TA; ++t)
+#pragma unroll
+            for (int u = 0; u < TB; ++u) acc[t][u] = fmaf(a[t], b[u], acc[t][u]);
+    }
+}
+
 template <class C, bool VEC4> struct TileV {
     static constexpr int ITEMS = C::BC * C::D / 4;
     static constexpr int PER = ITEMS / FA_THREADS;
@@ -380,18 +399,7 @@ __device__ void flash_tiles(float* smem, const float* Q, const float* K, const f
             for (int k0 = 0; k0 < D; k0 += 4) {
                 const unsigned qb = sQ + 4u * (k0 * BR + ((rg * VR) ^ C::swz(k0, BR)));
                 const unsigned kb0 = sK + 4u * (k0 * BC + ((cg * VC) ^ C::swz(k0, BC)));
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    float qa[TR], kb[TC];
-#pragma unroll
-                    for (int g = 0; g < TR / VR; ++g) Vec<VR>::load(qb + 4u * (i * BR + g * 8 * VR), qa + g * VR);
-#pragma unroll
-                    for (int g = 0; g < TC / VC; ++g) Vec<VC>::load(kb0 + 4u * (i * BC + g * 8 * VC), kb + g * VC);
-#pragma unroll
-                    for (int t = 0; t < TR; ++t)
-#pragma unroll
-                        for (int u = 0; u < TC; ++u) s[t][u] = fmaf(qa[t], kb[u], s[t][u]);
-                }
+                outer_accumulate<4, VR, VC>(qb, BR, kb0, BC, s);
             }
 
             // Scores in base 2, masked; the online softmax update.
@@ -453,18 +461,7 @@ __device__ void flash_tiles(float* smem, const float* Q, const float* K, const f
             for (int j0 = 0; j0 < BC; j0 += VC) {
                 const unsigned pb = sP + 4u * (j0 * BR + ((rg * VR) ^ C::pswz(j0)));
                 const unsigned vb0 = sV + 4u * (j0 * D + cg * VD);
-#pragma unroll
-                for (int i = 0; i < VC; ++i) {
-                    float pa[TR], vb[TD];
-#pragma unroll
-                    for (int g = 0; g < TR / VR; ++g) Vec<VR>::load(pb + 4u * (i * BR + g * 8 * VR), pa + g * VR);
-#pragma unroll
-                    for (int g = 0; g < TD / VD; ++g) Vec<VD>::load(vb0 + 4u * (i * D + g * 8 * VD), vb + g * VD);
-#pragma unroll
-                    for (int t = 0; t < TR; ++t)
-#pragma unroll
-                        for (int v = 0; v < TD; ++v) o[t][v] = fmaf(pa[t], vb[v], o[t][v]);
-                }
+                outer_accumulate<VC, VR, VD>(pb, BR, vb0, D, o);
             }
         }
 

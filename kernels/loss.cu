@@ -1,45 +1,38 @@
 // Cross-entropy (log-softmax, mean NLL, backward) and the MoE auxiliary loss.
 #include "rows.cuh"
 
-// lp = x - (m + log sum exp(x - m)) on a row held in registers; reads the
-// whole row before writing, so lp may be x.
-template <int V, int N> __device__ void log_softmax_row_cached(const float* x, float* lp, int cols) {
-    float v[N][V];
-    const float m = row_load_max<V, N>(x, cols, v);
-    float s = 0.0f;
+// Row log-softmax for each_row (rows.cuh).
+struct LogSoftmaxRow {
+    // lp = x - (m + log sum exp(x - m)) on a row held in registers; reads the
+    // whole row before writing, so lp may be x.
+    template <int V, int N> __device__ static void cached(const float* x, float* lp, int cols) {
+        float v[N][V];
+        const float m = row_load_max<V, N>(x, cols, v);
+        float s = 0.0f;
 #pragma unroll
-    for (int j = 0; j < N; ++j)
+        for (int j = 0; j < N; ++j)
 #pragma unroll
-        for (int e = 0; e < V; ++e) s += expf(v[j][e] - m);
-    s = block_allreduce(s, Sum(), 0.0f);
-    const float lse = m + logf(s);
+            for (int e = 0; e < V; ++e) s += expf(v[j][e] - m);
+        s = block_allreduce(s, Sum(), 0.0f);
+        const float lse = m + logf(s);
 #pragma unroll
-    for (int j = 0; j < N; ++j)
+        for (int j = 0; j < N; ++j)
 #pragma unroll
-        for (int e = 0; e < V; ++e) v[j][e] -= lse;
-    row_store<V, N>(lp, cols, v);
-}
+            for (int e = 0; e < V; ++e) v[j][e] -= lse;
+        row_store<V, N>(lp, cols, v);
+    }
 
-// Wider rows: an online (max, sum of exp) pass, then a pass that writes.
-__device__ void log_softmax_row_looped(const float* x, float* lp, int cols) {
-    const float2 ms = row_max_sumexp(x, cols);
-    const float lse = ms.x + logf(ms.y);
-    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) lp[c] = x[c] - lse;
-}
+    // Wider rows: an online (max, sum of exp) pass, then a pass that writes.
+    __device__ static void looped(const float* x, float* lp, int cols) {
+        const float2 ms = row_max_sumexp(x, cols);
+        const float lse = ms.x + logf(ms.y);
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) lp[c] = x[c] - lse;
+    }
+};
 
 // Launch: block 1024, grid rows (blocks stride over rows). lp may be x.
 extern "C" __global__ void __launch_bounds__(1024) log_softmax_f32(const float* x, float* lp, int rows, int cols) {
-    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
-        const float* xr = x + row * cols;
-        float* lr = lp + row * cols;
-        const int fit = ROW_ITEMS * (int)blockDim.x;
-        if (cols % 4 == 0 && aligned16(xr) && aligned16(lr) && cols <= fit)
-            log_softmax_row_cached<4, ROW_ITEMS / 4>(xr, lr, cols);
-        else if (cols <= fit)
-            log_softmax_row_cached<1, ROW_ITEMS>(xr, lr, cols);
-        else
-            log_softmax_row_looped(xr, lr, cols);
-    }
+    each_row<LogSoftmaxRow>(x, lp, rows, cols);
 }
 
 // Launch: block 1024, grid 1 (other blocks return). loss[0] = mean over rows

@@ -54,3 +54,20 @@ __device__ float2 row_max_sumexp(const float* x, int cols) {
     s = m == -INF ? 0.0f : s * expf(m - bm);
     return make_float2(bm, block_allreduce(s, Sum(), 0.0f));
 }
+
+// Op applied to every row of x[rows, cols], writing y (blocks stride over rows):
+// Op::cached with 16-byte loads when the row fits in registers and both rows
+// are 16-byte aligned, with scalar loads when it only fits, else Op::looped.
+template <class Op> __device__ void each_row(const float* x, float* y, int rows, int cols) {
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+        const float* xr = x + row * cols;
+        float* yr = y + row * cols;
+        const int fit = ROW_ITEMS * (int)blockDim.x;
+        if (cols % 4 == 0 && aligned16(xr) && aligned16(yr) && cols <= fit)
+            Op::template cached<4, ROW_ITEMS / 4>(xr, yr, cols);
+        else if (cols <= fit)
+            Op::template cached<1, ROW_ITEMS>(xr, yr, cols);
+        else
+            Op::looped(xr, yr, cols);
+    }
+}

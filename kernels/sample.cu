@@ -353,7 +353,8 @@ extern "C" __global__ void __launch_bounds__(S_THREADS)
         m = from_total_order_key(rank_key(top));
         // The first token of the nucleus (p = 1), drawn now: a head start for lb.
         if (tid == 0 && m > -INF) d.exact(m, rank_index(top), token_noise(d.key, rank_index(top), vocab));
-        auto prob_bits = [&](float x) { return __float_as_uint(exp_cpu(tp.div(__fsub_rn(x, m)))); };
+        auto y_of = [&](float x) { return tp.div(__fsub_rn(x, m)); };  // ln p, p = e^((x - max) / T)
+        auto prob_bits = [&](float x) { return __float_as_uint(exp_cpu(y_of(x))); };
 
         int bmin = 1 << 30, bmax = -1;
         for (int j0 = 0; j0 < vocab; j0 += 8 * S_THREADS) {
@@ -421,7 +422,7 @@ extern "C" __global__ void __launch_bounds__(S_THREADS)
         // The bits of p_j when it may lie in bin B; 0 when p_j is surely below
         // the bin, ~0u when surely above.
         auto near_bits = [&](float x) {
-            const float y = tp.div(__fsub_rn(x, m));
+            const float y = y_of(x);
             if (y >= yb) return ~0u;
             if (!(y >= ya)) return 0u;
             return __float_as_uint(exp_cpu(y));
@@ -435,7 +436,7 @@ extern "C" __global__ void __launch_bounds__(S_THREADS)
         stream_pass_deferred(
             xr, vocab, d,
             [&](float x, int) {
-                const float y = tp.div(__fsub_rn(x, m));
+                const float y = y_of(x);
                 return y >= yb ? 1 : y >= ya ? 2 : 0;  // 2: near bin B, for the exact test below
             },
             [&](float x, int j) {

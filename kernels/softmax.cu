@@ -1,50 +1,43 @@
 // Row softmax and the MoE router's top-k.
 #include "rows.cuh"
 
-// Softmax of a row held in registers; reads the whole row before writing, so y
-// may be x.
-template <int V, int N> __device__ void softmax_row_cached(const float* x, float* y, int cols) {
-    float v[N][V];
-    const float m = row_load_max<V, N>(x, cols, v);
-    // All -inf: every probability is 0 (and x - m would be NaN).
-    const float shift = m == -INF ? 0.0f : m;
-    float s = 0.0f;
+// Row softmax for each_row (rows.cuh).
+struct SoftmaxRow {
+    // Softmax of a row held in registers; reads the whole row before writing, so y
+    // may be x.
+    template <int V, int N> __device__ static void cached(const float* x, float* y, int cols) {
+        float v[N][V];
+        const float m = row_load_max<V, N>(x, cols, v);
+        // All -inf: every probability is 0 (and x - m would be NaN).
+        const float shift = m == -INF ? 0.0f : m;
+        float s = 0.0f;
 #pragma unroll
-    for (int j = 0; j < N; ++j)
+        for (int j = 0; j < N; ++j)
 #pragma unroll
-        for (int e = 0; e < V; ++e) s += v[j][e] = expf(v[j][e] - shift);
-    s = block_allreduce(s, Sum(), 0.0f);
-    const float inv = m == -INF ? 0.0f : 1.0f / s;
+            for (int e = 0; e < V; ++e) s += v[j][e] = expf(v[j][e] - shift);
+        s = block_allreduce(s, Sum(), 0.0f);
+        const float inv = m == -INF ? 0.0f : 1.0f / s;
 #pragma unroll
-    for (int j = 0; j < N; ++j)
+        for (int j = 0; j < N; ++j)
 #pragma unroll
-        for (int e = 0; e < V; ++e) v[j][e] *= inv;
-    row_store<V, N>(y, cols, v);
-}
+            for (int e = 0; e < V; ++e) v[j][e] *= inv;
+        row_store<V, N>(y, cols, v);
+    }
 
-// Rows too wide for registers: one pass for an online (max, sum of exp), one
-// pass to write. Each element is read before the same thread writes it.
-__device__ void softmax_row_looped(const float* x, float* y, int cols) {
-    const float2 ms = row_max_sumexp(x, cols);
-    const float inv = ms.x == -INF ? 0.0f : 1.0f / ms.y;
-    const float shift = ms.x == -INF ? 0.0f : ms.x;
-    for (i64 c = threadIdx.x; c < cols; c += blockDim.x) y[c] = expf(x[c] - shift) * inv;
-}
+    // Rows too wide for registers: one pass for an online (max, sum of exp), one
+    // pass to write. Each element is read before the same thread writes it.
+    __device__ static void looped(const float* x, float* y, int cols) {
+        const float2 ms = row_max_sumexp(x, cols);
+        const float inv = ms.x == -INF ? 0.0f : 1.0f / ms.y;
+        const float shift = ms.x == -INF ? 0.0f : ms.x;
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) y[c] = expf(x[c] - shift) * inv;
+    }
+};
 
 // Launch: block 1024, grid rows (any grid works: blocks stride over rows).
 // Stable (the row max is subtracted); -inf gives 0; an all -inf row gives zeros.
 extern "C" __global__ void __launch_bounds__(1024) softmax_f32(const float* x, float* y, int rows, int cols) {
-    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
-        const float* xr = x + row * cols;
-        float* yr = y + row * cols;
-        const int fit = ROW_ITEMS * (int)blockDim.x;
-        if (cols % 4 == 0 && aligned16(xr) && aligned16(yr) && cols <= fit)
-            softmax_row_cached<4, ROW_ITEMS / 4>(xr, yr, cols);
-        else if (cols <= fit)
-            softmax_row_cached<1, ROW_ITEMS>(xr, yr, cols);
-        else
-            softmax_row_looped(xr, yr, cols);
-    }
+    each_row<SoftmaxRow>(x, y, rows, cols);
 }
 
 // Launch: block 32 (one warp per row; a larger block runs one row per warp),

@@ -16,7 +16,6 @@ pub fn available() -> bool {
     *PRESENT.get_or_init(|| unsafe { sys::is_culib_present() })
 }
 
-
 fn check(status: cublasStatus_t, what: &str) -> Result<()> {
     match status {
         cublasStatus_t::CUBLAS_STATUS_SUCCESS => Ok(()),

@@ -4,6 +4,7 @@
 use super::driver::{Arg, DevPtr, Launch, Stream};
 use crate::cpu::attention::AttnShape;
 use crate::cpu::decode::Sampler;
+use crate::cpu::rng::TILE;
 
 /// Threads per row of the sampling kernels (kernels/README.md).
 const SAMPLE_BLOCK: u32 = 1024;
@@ -12,8 +13,6 @@ const SAMPLE_CLUSTER: usize = 4;
 /// Up to this many rows, plain sampling splits each row over a cluster: one
 /// block per row would leave most SMs idle.
 const CLUSTER_ROWS: usize = 32;
-/// Tokens per tile of the sampling kernels: rows of one tile have nothing to split.
-const TILE_TOKENS: usize = 1024;
 use super::{Gpu, blas};
 use crate::error::Result;
 
@@ -181,9 +180,9 @@ pub unsafe fn sample(g: &Gpu, s: Stream, logits: DevPtr, seeds: DevPtr, out: Dev
         match sampler {
             Sampler::TopK(k) if k < vocab => g.launch("topk_sample_f32", at, s, &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, I32(k as i32), t]),
             Sampler::TopP(p) if p < 1.0 => g.launch("topp_sample_f32", at, s, &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, F32(p), t]),
-            // A few long rows: a cluster of blocks per row (sm_90+), else (or if the
-            // GPU cannot place a cluster now) one block per row.
-            _ if batch <= CLUSTER_ROWS && vocab > TILE_TOKENS && g.has("sample_cluster_f32") => {
+            // A few rows longer than a tile: a cluster of blocks per row (sm_90+),
+            // else (or if the GPU cannot place a cluster now) one block per row.
+            _ if batch <= CLUSTER_ROWS && vocab > TILE && g.has("sample_cluster_f32") => {
                 let args = &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, t];
                 g.launch("sample_cluster_f32", per_row(batch * SAMPLE_CLUSTER, SAMPLE_BLOCK), s, args).or_else(|_| g.launch("sample_f32", at, s, args))
             }

@@ -113,19 +113,28 @@ pub fn capture_and_replay(stream: &Stream, times: usize, f: impl FnOnce()) {
     }
 }
 
+/// Runs `call(q, k, v, extra, out, stream)` on device copies of the inputs (on
+/// stream `s`) and on the host arrays, each into a poisoned output the size of
+/// q (extra: one more input, NULL when absent): (device result, host result).
+fn on_both<C>(s: &Stream, q: &[f32], k: &[f32], v: &[f32], extra: Option<&[f32]>, call: C) -> (Vec<f32>, Vec<f32>)
+where
+    C: Fn(*const f32, *const f32, *const f32, *const f32, *mut f32, *mut c_void) -> i32,
+{
+    let (dq, dk, dv, dout) = (Dev::from(q), Dev::from(k), Dev::from(v), Dev::from(&super::poisoned(q.len())));
+    let dextra = extra.map(Dev::from);
+    let mut out = super::poisoned(q.len());
+    super::assert_ok(call(dq.p(), dk.p(), dv.p(), dextra.as_ref().map_or(std::ptr::null(), |d| d.p()), dout.p(), s.raw()));
+    super::assert_ok(call(q.as_ptr(), k.as_ptr(), v.as_ptr(), extra.map_or(std::ptr::null(), <[f32]>::as_ptr), out.as_mut_ptr(), super::NULL));
+    s.sync();
+    (dout.read(), out)
+}
+
 /// cuda_flash_attention at scale 1/sqrt(head_dim) on device copies of q, k, v
 /// (on stream `s`) and on the host arrays: (device result, host result).
 pub fn flash_both(s: &Stream, q: &[f32], k: &[f32], v: &[f32], dims: (i32, i32, i32, i32), causal: i32) -> (Vec<f32>, Vec<f32>) {
     let (b, seq, heads, d) = dims;
     let scale = 1.0 / (d as f32).sqrt();
-    let (dq, dk, dv, dout) = (Dev::from(q), Dev::from(k), Dev::from(v), Dev::from(&super::poisoned(q.len())));
-    let mut out = super::poisoned(q.len());
-    unsafe {
-        super::assert_ok(cudann::cuda_flash_attention(dq.p(), dk.p(), dv.p(), dout.p(), b, seq, heads, d, scale, causal, s.raw()));
-        super::assert_ok(cudann::cuda_flash_attention(q.as_ptr(), k.as_ptr(), v.as_ptr(), out.as_mut_ptr(), b, seq, heads, d, scale, causal, super::NULL));
-    }
-    s.sync();
-    (dout.read(), out)
+    on_both(s, q, k, v, None, |q, k, v, _, out, st| unsafe { cudann::cuda_flash_attention(q, k, v, out, b, seq, heads, d, scale, causal, st) })
 }
 
 /// The additive [seq, seq] mask of the attention tests: query seq / 2 sees no key
@@ -139,17 +148,5 @@ pub fn test_mask(seq: usize) -> Vec<f32> {
 pub fn mqa_both(s: &Stream, q: &[f32], kv: &[f32], vv: &[f32], mask: Option<&[f32]>, dims: (i32, i32, i32, i32)) -> (Vec<f32>, Vec<f32>) {
     let (b, seq, heads, d) = dims;
     let scale = 1.0 / (d as f32).sqrt();
-    let (dq, dkv, dvv, dout) = (Dev::from(q), Dev::from(kv), Dev::from(vv), Dev::from(&super::poisoned(q.len())));
-    let dmask = mask.map(Dev::from);
-    let (dm, hm) = match (&dmask, mask) {
-        (Some(dm), Some(hm)) => (dm.p() as *const f32, hm.as_ptr()),
-        _ => (std::ptr::null(), std::ptr::null()),
-    };
-    let mut out = super::poisoned(q.len());
-    unsafe {
-        super::assert_ok(cudann::cuda_mqa_attention(dq.p(), dkv.p(), dvv.p(), dout.p(), dm, b, seq, heads, d, scale, s.raw()));
-        super::assert_ok(cudann::cuda_mqa_attention(q.as_ptr(), kv.as_ptr(), vv.as_ptr(), out.as_mut_ptr(), hm, b, seq, heads, d, scale, super::NULL));
-    }
-    s.sync();
-    (dout.read(), out)
+    on_both(s, q, kv, vv, mask, |q, k, v, m, out, st| unsafe { cudann::cuda_mqa_attention(q, k, v, out, m, b, seq, heads, d, scale, st) })
 }
