@@ -146,6 +146,10 @@ def bench_sample():
                 x, o, seeds, i32(batch), i32(vocab), f32(0.9), f32(1.0)))), 4 * x.size, target)
             row(f"topp p=0.9 T=0.7 {tag}", kp, median_ms(lambda: kp((batch,), (1024,), (
                 x, o, seeds, i32(batch), i32(vocab), f32(0.9), f32(0.7)))), 4 * x.size, target)
+            kpc = kernel("sample_cluster", "topp_cluster_f32")
+            for T in (1.0, 0.7):
+                row(f"topp (cluster) p=0.9 T={T:g} {tag}", kpc, median_ms(lambda: kpc((4 * batch,), (1024,), (
+                    x, o, seeds, i32(batch), i32(vocab), f32(0.9), f32(T)))), 4 * x.size, target)
             t = torch.as_tensor(x, device="cuda")
 
             def t_plain():

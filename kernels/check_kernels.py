@@ -891,12 +891,15 @@ def cpu_library():
     return run
 
 
-def gpu_sample(kind, x, seeds, T, param, grid=None):
+def gpu_sample(kind, x, seeds, T, param, grid=None, cluster=False):
     batch, vocab = x.shape
     out = cp.full(batch, -7, np.int32)
     xd, sd = (x if isinstance(x, cp.ndarray) else dev(x)), cp.asarray(seeds, np.uint64)
     g = (batch if grid is None else grid,)
-    if kind == "all":
+    if kind == "topp" and cluster:  # clusters of 4 blocks per row (sm_90+)
+        kernel("sample_cluster", "topp_cluster_f32")((4 * g[0],), (1024,), (xd, out, sd, np.int32(batch), np.int32(vocab),
+                                                                           np.float32(param), np.float32(T)))
+    elif kind == "all":
         kernel("sample", "sample_f32")(g, (1024,), (xd, out, sd, np.int32(batch), np.int32(vocab), np.float32(T)))
     elif kind == "topk":
         kernel("sample", "topk_sample_f32")(g, (1024,), (xd, out, sd, np.int32(batch), np.int32(vocab),
@@ -932,7 +935,10 @@ def check_sample():
     lib = cpu_library()
     print(f"{'sampling reference':<22} {'numpy port' + (' + CPU library (.device/libcudann.so)' if lib else ''):<44}")
     T_list = (1.0, 0.7, 0.5, 2.0, 1.3)
-    for kind, params in (("all", (None,)), ("topk", (1, 5, 50, 900, 1500)), ("topp", (0.9, 0.5, 0.99, 0.05))):
+    for name, kind, params in (("sample_f32", "all", (None,)), ("topk_sample_f32", "topk", (1, 5, 50, 900, 1500)),
+                               ("topp_sample_f32", "topp", (0.9, 0.5, 0.99, 0.05)),
+                               ("topp_cluster_f32", "topp", (0.9, 0.5, 0.99, 0.05, 0.95, 0.8))):
+        cluster = name == "topp_cluster_f32"
         agree = total = lib_agree = lib_total = 0
         bad_member = 0
         cases = []
@@ -950,7 +956,7 @@ def check_sample():
             T = T_list[ci % len(T_list)]
             x = sample_rows(rows, vocab, style)
             seeds = RNG.integers(0, 2**63, rows, dtype=np.uint64)
-            got = gpu_sample(kind, x, seeds, T, param, grid=3 if ci % 4 == 0 else None)
+            got = gpu_sample(kind, x, seeds, T, param, grid=3 if ci % 4 == 0 else None, cluster=cluster)
             want = cpu_sample(x, seeds, T, kind, param)
             agree += int(np.sum(got == want))
             total += rows
@@ -968,9 +974,8 @@ def check_sample():
                     keep = cpu_nucleus_keep(x[r], T, param)
                     bad_member += int(keep is not None and not keep[got[r]])
             if np.any(got != want):
-                print(f"   {kind} {style} vocab={vocab} param={param} T={T}: {int(np.sum(got != want))} of {rows} differ")
+                print(f"   {name} {style} vocab={vocab} param={param} T={T}: {int(np.sum(got != want))} of {rows} differ")
         rate = agree / total
-        name = {"all": "sample_f32", "topk": "topk_sample_f32", "topp": "topp_sample_f32"}[kind]
         report(name, f"agreement with CPU draws ({total} rows)", 1 - rate, rate >= 0.999)
         report(name, "token inside the kept set", float(bad_member), bad_member == 0)
         if lib is not None:
@@ -988,7 +993,7 @@ def check_sample():
             keep = cpu_nucleus_keep(x, T, param)
         e = np.where(keep, np.exp((x.astype(np.float64) - x.max()) / T), 0.0)
         prob = e / e.sum()
-        got = gpu_sample(kind, np.tile(x, (n, 1)), np.arange(n, dtype=np.uint64) * 7919 + 3, T, param)
+        got = gpu_sample(kind, np.tile(x, (n, 1)), np.arange(n, dtype=np.uint64) * 7919 + 3, T, param, cluster=cluster)
         counts = np.bincount(got, minlength=x.size).astype(np.float64)
         pos = prob > 0
         chi2 = float(np.sum((counts[pos] - n * prob[pos]) ** 2 / (n * prob[pos])))

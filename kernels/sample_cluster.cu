@@ -1,10 +1,24 @@
 // gen-ptx: compute_90
-// Plain sampling of a few rows, each by a cluster of SAMPLE_CLUSTER blocks (sm_90
-// and later): one block is bound to one SM, which for a single row of a large
-// vocabulary leaves the GPU idle. The blocks split the row's tiles, draw exactly
-// as sample_f32 does (sampling.cuh), and the cluster's first block reads the
-// others' best through distributed shared memory. Same tokens as sample_f32.
-#include "sampling.cuh"
+// Sampling by clusters of SAMPLE_CLUSTER blocks per row (sm_90 and later): one
+// block is bound to one SM, which for a few rows of a large vocabulary leaves
+// the GPU idle, and a row read by one block is long gone from the caches when
+// that block reads it again. The blocks of a cluster split the row's tiles and
+// combine what they found through distributed shared memory.
+//
+// sample_cluster_f32 draws exactly as sample_f32 (sampling.cuh).
+//
+// topp_cluster_f32 draws exactly as topp_sample_f32 in two reads of the row:
+//  1. a streaming draw over every token (as plain sampling) that also keeps the
+//     row max and every token whose score (x / T + noise) is within TOPP_SLACK
+//     of the best: the few best scores of the row;
+//  2. the mass of the row, and of the tokens above each of the TOPP_R best
+//     scorers, from a fast exp (relative error ~1e-6).
+// The token is the best scorer inside the nucleus, i.e. the first of them whose
+// mass above it is below top_p of the total. The estimate decides that unless
+// the nucleus's edge falls within 3e-5 of the total of a candidate (or none of
+// the TOPP_R is in); then the cluster's first block runs the exact algorithm
+// (topp.cuh) on the row.
+#include "topp.cuh"
 
 #define SAMPLE_CLUSTER 4
 
@@ -20,14 +34,25 @@ __device__ __forceinline__ void cluster_sync() {
     asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
-// Block `rank`'s copy of a shared variable of this block.
-__device__ __forceinline__ i64 cluster_load(const i64* local, unsigned rank) {
-    unsigned remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"((unsigned)__cvta_generic_to_shared(local)), "r"(rank));
-    i64 v;
-    asm volatile("ld.shared::cluster.b64 %0, [%1];" : "=l"(v) : "r"(remote) : "memory");
-    return v;
+// Block `rank`'s copy of a shared variable of this block (a generic address).
+template <class T> __device__ __forceinline__ T* cluster_map(T* local, unsigned rank) {
+    T* remote;
+    asm volatile("mapa.u64 %0, %1, %2;" : "=l"(remote) : "l"(local), "r"(rank));
+    return remote;
 }
+
+// A streaming draw whose blocks pool their head starts (block_lb) across the
+// cluster before any group is drawn: each block alone sees a quarter of the
+// row, and a low lb means many groups drawn member by member.
+struct PooledHeads : DrawOnly {
+    __device__ float head() const {
+        __syncthreads();  // the block's head starts are in block_lb
+        const unsigned rank = cluster_rank();
+        if (threadIdx.x < SAMPLE_CLUSTER && threadIdx.x != rank) atomicMax(cluster_map(&block_lb, threadIdx.x), block_lb);
+        cluster_sync();
+        return block_lb_now();
+    }
+};
 
 // Launch: block 1024, grid a multiple of SAMPLE_CLUSTER (clusters stride over
 // rows: rows = grid / SAMPLE_CLUSTER at a time); arguments as sample_f32.
@@ -37,15 +62,224 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
     const unsigned rank = cluster_rank();
     for (i64 row = blockIdx.x / SAMPLE_CLUSTER; row < batch; row += gridDim.x / SAMPLE_CLUSTER) {
         Draw d(row_key(seeds[row], row), temperature, false);
-        stream_pass(logits + row * vocab, vocab, d, [](float, int) { return true; }, (int)rank, SAMPLE_CLUSTER);
+        stream_pass(logits + row * vocab, vocab, d, [](float, int) { return true; }, (int)rank, SAMPLE_CLUSTER, PooledHeads());
         const i64 best = block_allreduce(d.best, Max(), (i64)NO_RANK);
         if (threadIdx.x == 0) block_best = best;
         cluster_sync();
         if (rank == 0 && threadIdx.x < 32) {
-            i64 r = threadIdx.x < SAMPLE_CLUSTER ? cluster_load(&block_best, threadIdx.x) : (i64)NO_RANK;
+            i64 r = threadIdx.x < SAMPLE_CLUSTER ? *cluster_map(&block_best, threadIdx.x) : (i64)NO_RANK;
             r = warp_allreduce(r, Max());
             if (threadIdx.x == 0) out[row] = r == NO_RANK ? 0 : rank_index(r);
         }
         cluster_sync();  // the next row's block_best waits for every read of this one
     }
+}
+
+// ----------------------------------------------------------------------------- top-p
+
+#define TOPP_SLACK 3.0f  // candidates: scores within this of the best (e^3: ~20 of a flat row)
+#define TOPP_R 4         // candidates weighed in pass 2, best score first
+#define TOPP_CANDS 1024  // a block's candidate buffer (in topp_scratch)
+#define TOPP_MARGIN 3e-5 // of the total mass: the estimates' error is below 1e-5 of it
+#define TOPP_LOADS 8     // pass 2's loads in flight per lane
+
+// What a block found in its part of the row, read by the cluster's blocks.
+struct ToppPart {
+    float max, best, dropped;  // row max; best score; best score not kept as a candidate
+    int bad;                   // a NaN or +inf logit
+    i64 top[TOPP_R];           // its best candidates, best first (NO_RANK: none)
+    double z, lo[TOPP_R], hi[TOPP_R];  // mass: all; above candidate c surely; maybe (c included)
+};
+
+// (x - max) / T in log2 units, monotone in x: the approximate p is 2^y2.
+__device__ __forceinline__ float y2(float x, float max, float k2) { return __fmul_rn(__fsub_rn(x, max), k2); }
+
+__device__ __forceinline__ float ex2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// op over the block of each of N per-thread values, in a fixed order; every
+// thread gets the results. One barrier pair for all N.
+template <int N, class T, class Op> __device__ void block_reduce(T (&v)[N], Op op) {
+    __shared__ T per_warp[S_WARPS][N];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = warp_allreduce(v[i], op);
+    if (lane == 0)
+        for (int i = 0; i < N; ++i) per_warp[warp][i] = v[i];
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = warp_allreduce(per_warp[lane][i], op);
+    __syncthreads();
+}
+
+// Pass 1's additions to the streaming draw: it keeps the candidates, and the
+// blocks of the cluster pool their head starts before any group is drawn.
+struct ToppCandidates : PooledHeads {
+    i64* cands;  // TOPP_CANDS entries, pack_rank(score key, index)
+    int *count, *dropped_key;  // entries pushed; the best score that found no room
+    __device__ ToppCandidates(i64* c, int* n, int* dropped) : PooledHeads{TOPP_SLACK}, cands(c), count(n), dropped_key(dropped) {}
+    __device__ void seen(float s, int j, float floor) const {
+        // Called by the lanes of a branch together: one atomic per warp.
+        const unsigned lane = threadIdx.x & 31, active = __activemask();
+        const unsigned push = __ballot_sync(active, s >= floor && s > -INF);
+        if (!(push >> lane & 1)) return;
+        const int leader = __ffs(push) - 1;
+        int slot = lane == leader ? atomicAdd(count, __popc(push)) : 0;
+        slot = __shfl_sync(push, slot, leader) + __popc(push & ((1u << lane) - 1));
+        if (slot < TOPP_CANDS)
+            cands[slot] = pack_rank(total_order_key(s), j);
+        else
+            atomicMax(dropped_key, total_order_key(s));
+    }
+};
+
+// Launch: block 1024, grid a multiple of SAMPLE_CLUSTER (clusters stride over
+// rows); arguments as topp_sample_f32 (0 < top_p < 1).
+extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bounds__(S_THREADS, 1)
+    topp_cluster_f32(const float* logits, int* out, const u64* seeds, int batch, int vocab, float top_p,
+                     float temperature) {
+    __shared__ ToppPart part;
+    __shared__ int cand_n, dropped_key, n_cand, undecided;
+    __shared__ int cand_j[TOPP_R];
+    __shared__ float cand_y[TOPP_R], row_max;
+    i64* cands = reinterpret_cast<i64*>(topp_scratch);
+    const unsigned rank = cluster_rank();
+    const int tid = threadIdx.x, lane = tid & 31;
+    for (i64 row = blockIdx.x / SAMPLE_CLUSTER; row < batch; row += gridDim.x / SAMPLE_CLUSTER) {
+        const float* xr = logits + row * vocab;
+        const u64 key = row_key(seeds[row], row);
+        Draw d(key, temperature, false);
+        const float k2 = __fmul_rn(d.tp.inv, 1.44269504f);  // log2(e) / T
+
+        // Pass 1: the row max and the candidates.
+        if (tid == 0) cand_n = 0, dropped_key = total_order_key(-INF);
+        float m = -INF;
+        int bad = 0;
+        stream_pass(
+            xr, vocab, d,
+            [&](float x, int) {
+                m = fmaxf(m, x);
+                bad |= !(x < INF);
+                return true;
+            },
+            (int)rank, SAMPLE_CLUSTER, ToppCandidates(cands, &cand_n, &dropped_key));
+        float found[3] = {m, d.bs, bad ? 1.0f : 0.0f};
+        block_reduce(found, Max());
+        const float best = found[1];
+        m = found[0], bad = found[2] > 0.0f;
+        const int n = min(cand_n, TOPP_CANDS);
+        if (tid < TOPP_R) part.top[tid] = NO_RANK;
+        __syncthreads();
+        const i64 low = pack_rank(total_order_key(best - TOPP_SLACK), 0x7fffffff);  // below: never a candidate
+        for (int e = tid; e < n; e += S_THREADS) {  // each candidate's place among the block's
+            const i64 me = cands[e];
+            if (me < low) continue;
+            int place = 0;
+            for (int e2 = 0; e2 < n && place < TOPP_R; ++e2) place += cands[e2] > me ? 1 : 0;
+            if (place < TOPP_R) part.top[place] = me;
+        }
+        if (tid == 0) part.max = m, part.best = best, part.dropped = from_total_order_key(dropped_key), part.bad = bad;
+        cluster_sync();
+        if (tid == 0) {
+            // The cluster's TOPP_R best scores, kept only where no dropped or
+            // unseen token (below best - TOPP_SLACK) could rank above them.
+            float gm = -INF, gbest = -INF, gdrop = -INF;
+            int gbad = 0;
+            i64 tops[SAMPLE_CLUSTER * TOPP_R];
+            for (unsigned r = 0; r < SAMPLE_CLUSTER; ++r) {
+                const ToppPart* o = cluster_map(&part, r);
+                gm = fmaxf(gm, o->max), gbest = fmaxf(gbest, o->best), gdrop = fmaxf(gdrop, o->dropped);
+                gbad |= o->bad;
+                for (int c = 0; c < TOPP_R; ++c) tops[r * TOPP_R + c] = o->top[c];
+            }
+            const float floor = gbest - TOPP_SLACK;
+            int nc = 0;
+            for (; nc < TOPP_R; ++nc) {
+                int at = 0;
+                for (int e = 1; e < SAMPLE_CLUSTER * TOPP_R; ++e) at = tops[e] > tops[at] ? e : at;
+                const float s = from_total_order_key(rank_key(tops[at]));
+                if (tops[at] == NO_RANK || !(s >= floor && s > gdrop)) break;
+                cand_j[nc] = rank_index(tops[at]);
+                tops[at] = NO_RANK;
+            }
+#pragma unroll
+            for (int c = 0; c < TOPP_R; ++c)  // loads in parallel
+                if (c < nc) cand_y[c] = y2(xr[cand_j[c]], gm, k2);
+            n_cand = nc, row_max = gm;
+            undecided = gbad || !(gm > -INF) || nc == 0;
+        }
+        __syncthreads();
+
+        // Pass 2: the masses.
+        double sums[1 + 2 * TOPP_R] = {};  // z, lo[c], hi[c]
+        if (!undecided) {
+            const float gm = row_max;
+            float above[TOPP_R], maybe[TOPP_R], ymin = INF;
+#pragma unroll
+            for (int c = 0; c < TOPP_R; ++c) {
+                // Within eps of y_c the CPU's order (by exp's rounded value, then
+                // index) may differ from y's: such tokens count as "maybe" only.
+                const float y = c < n_cand ? cand_y[c] : INF, eps = (1.0f + fabsf(y)) * 0x1p-19f;
+                above[c] = y + eps, maybe[c] = y - eps, ymin = fminf(ymin, maybe[c]);
+            }
+            // The tiles of pass 1 (stream_pass_deferred): mostly cache hits.
+            for (int tile = (tid >> 5) * SAMPLE_CLUSTER + (int)rank; tile <= (vocab - 1) / TILE; tile += SAMPLE_CLUSTER * S_WARPS) {
+                const int start = tile * TILE, nm = members(vocab, start, lane);
+                const float* xg = xr + start + lane;
+                float t[1 + 2 * TOPP_R] = {};  // this tile's sums (<= 32 terms each: float is enough)
+                for (int i0 = 0; i0 < nm; i0 += TOPP_LOADS) {
+                    float xv[TOPP_LOADS];
+#pragma unroll
+                    for (int q = 0; q < TOPP_LOADS; ++q) xv[q] = i0 + q < nm ? xg[(i0 + q) * 32] : -INF;
+#pragma unroll
+                    for (int q = 0; q < TOPP_LOADS; ++q) {
+                        const float y = y2(xv[q], gm, k2), p = ex2_approx(y);
+                        t[0] += p;
+                        if (y >= ymin) {
+#pragma unroll
+                            for (int c = 0; c < TOPP_R; ++c) {
+                                if (y > above[c]) t[1 + c] += p;
+                                if (y >= maybe[c]) t[1 + TOPP_R + c] += p;
+                            }
+                        }
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < 1 + 2 * TOPP_R; ++i) sums[i] += t[i];
+            }
+        }
+        block_reduce(sums, Sum());
+        if (tid == 0) {
+            part.z = sums[0];
+            for (int c = 0; c < TOPP_R; ++c) part.lo[c] = sums[1 + c], part.hi[c] = sums[1 + TOPP_R + c];
+        }
+        cluster_sync();
+        if (rank == 0) {
+            if (tid == 0 && !undecided) {
+                // Candidate c is in the nucleus iff the mass above it is below top_p of the total.
+                double z = 0.0, lo[TOPP_R] = {}, hi[TOPP_R] = {};
+                for (unsigned r = 0; r < SAMPLE_CLUSTER; ++r) {
+                    const ToppPart* o = cluster_map(&part, r);
+                    z += o->z;
+                    for (int c = 0; c < TOPP_R; ++c) lo[c] += o->lo[c], hi[c] += o->hi[c];
+                }
+                const double target = (double)top_p * z, margin = TOPP_MARGIN * z;
+                int token = -1;
+                for (int c = 0; c < n_cand && token < 0; ++c) {
+                    if (hi[c] - (double)ex2_approx(cand_y[c]) + margin < target)
+                        token = cand_j[c];
+                    else if (!(lo[c] - margin >= target))
+                        break;  // too close to call
+                }
+                if (token >= 0) out[row] = token;
+                undecided = token < 0;
+            }
+            __syncthreads();
+            if (undecided) topp_row_exact(xr, vocab, key, top_p, temperature, out, row);
+        }
+    }
+    cluster_sync();  // no block leaves while another may still read its shared memory
 }

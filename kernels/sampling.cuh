@@ -135,12 +135,14 @@ struct Draw {
     bool neg_inf_ok;  // top-k: a -inf score may still be drawn (ties by index)
     __device__ Draw(u64 k, float t, bool ninf) : key(k), tp(t), best(NO_RANK), bs(-INF), neg_inf_ok(ninf) {}
 
-    __device__ __forceinline__ void exact(float x, int j, float noise) {
+    // Offers token j; returns its score, or NaN when it can never be drawn.
+    __device__ __forceinline__ float exact(float x, int j, float noise) {
         float s = __fadd_rn(tp.div(x), noise);
-        if (s != s || (s == -INF && !neg_inf_ok)) return;
+        if (s != s || (s == -INF && !neg_inf_ok)) return __int_as_float(0x7fffffff);
         if (s == 0.0f) s = 0.0f;  // -0 ties +0
         const i64 r = pack_rank(total_order_key(s), j);
         if (r > best) best = r, bs = s;
+        return s;
     }
     __device__ __forceinline__ void offer(i64 r) {
         if (r > best) best = r;
@@ -153,24 +155,46 @@ struct Draw {
 // of a cluster share a row): every token j that keep(x_j, j) returns 1 for, or
 // returns 2 for and then slow(x_j, j) true, is a candidate of the draw. keep
 // and slow may have side effects: each is called at most once per token.
-// Warp w takes tiles w, w + 32, ...; lane l loads group l of the tile
+// Warp w of part q takes tiles w parts + q + k S_WARPS parts (the parts
+// interleave, so each gets tiles of a short row); lane l loads group l of the tile
 // (coalesced: the warp reads 32 consecutive floats per load) and bounds its
 // best score by its largest kept x / T plus the group's noise bound. Each
 // group's member that takes M costs no hash and is drawn at once, which gives
 // lb (a lower bound on the best score, shared by the block) a head start.
-// Groups whose bound still reaches lb are drawn exactly, the whole warp on
-// one group at a time, largest bound first, until no bound reaches lb.
+// Groups whose bound still reaches lb - slack are drawn exactly, the whole
+// warp on one group at a time, largest bound first, until no bound reaches it.
+//
+// `extra` adds to a pass (DrawOnly: nothing): extra.slack; extra.seen(s, j,
+// lb - slack) gets every score drawn (with slack > 0 that is every token whose
+// score is within slack of the best: top-p's candidates); extra.head() is
+// called by every thread of the block once per round of tiles (a round: one
+// tile per warp of each part), after the round's head starts are in block_lb,
+// and returns a better lb if it can.
 __shared__ int block_lb;  // total-order key of the block's lb (file scope: one copy for all instantiations)
 
-template <class Keep, class Slow>
-__device__ void stream_pass_deferred(const float* xr, int vocab, Draw& d, Keep keep, Slow slow, int part, int parts) {
-    const int lane = threadIdx.x & 31;
+__device__ __forceinline__ float block_lb_now() { return from_total_order_key(*(volatile int*)&block_lb); }
+
+struct DrawOnly {
+    float slack = 0.0f;
+    __device__ __forceinline__ void seen(float, int, float) const {}
+    __device__ __forceinline__ float head() const {  // no barrier: whatever has arrived helps
+        __syncwarp();
+        return block_lb_now();
+    }
+};
+
+template <class Keep, class Slow, class Extra = DrawOnly>
+__device__ void stream_pass_deferred(const float* xr, int vocab, Draw& d, Keep keep, Slow slow, int part, int parts,
+                                     Extra extra = Extra()) {
+    const int lane = threadIdx.x & 31, last = (vocab - 1) / TILE;
     __syncthreads();  // an earlier pass may still read block_lb
     if (threadIdx.x == 0) block_lb = total_order_key(d.bs);  // a caller may have seeded thread 0's draw
     __syncthreads();
     float lb = -INF;
-    for (int tile = part * S_WARPS + (threadIdx.x >> 5); tile <= (vocab - 1) / TILE; tile += parts * S_WARPS) {
-        const int start = tile * TILE, n = members(vocab, start, lane);
+    const float slack = extra.slack;
+    for (int round = 0; round <= last; round += parts * S_WARPS) {  // the same rounds in every block
+        const int tile = round + (threadIdx.x >> 5) * parts + part, start = tile * TILE;  // parts interleave
+        const int n = tile <= last ? members(vocab, start, lane) : 0;
         const float* xg = xr + start + lane;
         unsigned kept = 0;
         float top = __int_as_float(0x7fffffff);  // NaN: nothing kept (fmaxf ignores NaN)
@@ -194,7 +218,7 @@ __device__ void stream_pass_deferred(const float* xr, int vocab, Draw& d, Keep k
             }
         }
         Group g = {0.0f, 0.0f, 0};
-        float bound = -INF;
+        float bound = -INF, sa = __int_as_float(0x7fffffff);  // sa: the argmax member's score
         bool cand = top == top;
         if (cand) {
             g = group_of(d.key, tile, lane, n);
@@ -204,16 +228,16 @@ __device__ void stream_pass_deferred(const float* xr, int vocab, Draw& d, Keep k
             if (!(fabsf(t) <= 1e30f)) bound = INF;  // x / T inf or NaN: always drawn
             if (kept >> g.argmax & 1) {
                 const int ja = start + g.argmax * 32 + lane;
-                d.exact(xr[ja], ja, g.max);
+                sa = d.exact(xr[ja], ja, g.max);
             }
         }
         // Publish lb and read the block's back before drawing: the other warps'
-        // head starts count too (no barrier: whatever has arrived helps).
+        // head starts count too.
         lb = fmaxf(lb, warp_allreduce(d.bs, Max()));
         if (lane == 0) atomicMax(&block_lb, total_order_key(lb));
-        __syncwarp();
-        lb = fmaxf(lb, from_total_order_key(*(volatile int*)&block_lb));
-        cand = cand && bound >= lb;
+        lb = fmaxf(lb, extra.head());
+        extra.seen(sa, start + g.argmax * 32 + lane, lb - slack);
+        cand = cand && bound >= lb - slack;
         while (__ballot_sync(FULL, cand)) {
             // The candidate with the largest bound (ties: the lowest lane).
             u64 pick = cand ? ((u64)(unsigned)(total_order_key(bound) ^ 0x80000000) << 32) | (31 - lane) : 0;
@@ -223,21 +247,24 @@ __device__ void stream_pass_deferred(const float* xr, int vocab, Draw& d, Keep k
             const unsigned skept = __shfl_sync(FULL, kept, src);
             const Group sg = {__shfl_sync(FULL, g.max, src), __shfl_sync(FULL, g.exp_neg_max, src),
                               __shfl_sync(FULL, g.argmax, src)};
-            if (lane < sn && (skept >> lane & 1)) {
+            if (lane < sn && lane != sg.argmax && (skept >> lane & 1)) {  // the argmax member is drawn
                 const int j = start + lane * 32 + src;
-                d.exact(xr[j], j, member_noise(d.key, sg, lane, j));
+                extra.seen(d.exact(xr[j], j, member_noise(d.key, sg, lane, j)), j, lb - slack);
             }
             lb = fmaxf(lb, warp_allreduce(d.bs, Max()));
-            cand = cand && lane != src && bound >= lb;
+            cand = cand && lane != src && bound >= lb - slack;
         }
         if (lane == 0) atomicMax(&block_lb, total_order_key(lb));
     }
 }
 
 // stream_pass with keep(x, j) -> bool deciding every token at once.
-template <class Keep> __device__ void stream_pass(const float* xr, int vocab, Draw& d, Keep keep, int part = 0, int parts = 1) {
+template <class Keep, class Extra = DrawOnly>
+__device__ void stream_pass(const float* xr, int vocab, Draw& d, Keep keep, int part = 0, int parts = 1,
+                            Extra extra = Extra()) {
     stream_pass_deferred(
-        xr, vocab, d, [&](float x, int j) { return keep(x, j) ? 1 : 0; }, [](float, int) { return false; }, part, parts);
+        xr, vocab, d, [&](float x, int j) { return keep(x, j) ? 1 : 0; }, [](float, int) { return false; }, part, parts,
+        extra);
 }
 
 // The token of the row: the best candidate over the block, or `fallback`.
@@ -245,3 +272,90 @@ __device__ __forceinline__ void finish(const Draw& d, int* out, i64 row, int fal
     const i64 r = block_allreduce(d.best, Max(), (i64)NO_RANK);
     if (threadIdx.x == 0) out[row] = r == NO_RANK ? fallback : rank_index(r);
 }
+
+// ----------------------------------------------------------------------------- block helpers (top-k, top-p)
+
+// Bins [0, NB) with values val(b) >= 0: *D = the largest b whose suffix sum
+// S(b) = sum of val over [b, NB) satisfies pred (monotone: true for large sums),
+// -1 if none; *above = S(D + 1). Exact (integer sums); call from every thread.
+template <int NB, class T, class Val, class Pred>
+__device__ void find_boundary(Val val, Pred pred, int* D, T* above) {
+    constexpr int BPT = NB > S_THREADS ? NB / S_THREADS : 1;
+    __shared__ T warp_total[S_WARPS];
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    T v[BPT], own = 0;
+#pragma unroll
+    for (int i = 0; i < BPT; ++i) {
+        const int b = t * BPT + i;
+        v[i] = b < NB ? val(b) : (T)0;
+        own += v[i];
+    }
+    T s = own;  // inclusive suffix over threads: lanes, then warps
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const T n = __shfl_down_sync(FULL, s, o);
+        if (lane + o < 32) s += n;
+    }
+    if (lane == 0) warp_total[warp] = s;
+    if (t == 0) *D = -1, *above = 0;
+    __syncthreads();
+    for (int w = warp + 1; w < S_WARPS; ++w) s += warp_total[w];
+#pragma unroll
+    for (int i = 0; i < BPT; ++i) {
+        const T next = s - v[i];
+        if (t * BPT + i < NB && pred(s) && !pred(next)) *D = t * BPT + i, *above = next;
+        s = next;
+    }
+    __syncthreads();
+}
+
+// Exclusive prefix sum over the block in thread order.
+__device__ int block_exclusive_scan(int v) {
+    __shared__ int warp_total[S_WARPS];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int s = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int n = __shfl_up_sync(FULL, s, o);
+        if (lane >= o) s += n;
+    }
+    if (lane == 31) warp_total[warp] = s;
+    __syncthreads();
+    for (int w = 0; w < warp; ++w) s += warp_total[w];
+    __syncthreads();
+    return s - v;
+}
+
+// The m-th (1-based) index j in [0, vocab), in increasing order, with pred(j);
+// -1 if there are fewer. Each thread counts one contiguous segment.
+template <class Pred> __device__ int nth_index(int vocab, int m, Pred pred) {
+    __shared__ int found;
+    const int seg = (vocab + S_THREADS - 1) / S_THREADS;
+    const int lo = (int)min((i64)threadIdx.x * seg, (i64)vocab), hi = min(vocab, lo + seg);
+    int cnt = 0;
+    for (int j = lo; j < hi; ++j) cnt += pred(j) ? 1 : 0;
+    if (threadIdx.x == 0) found = -1;
+    const int before = block_exclusive_scan(cnt);
+    if (before < m && m <= before + cnt) {
+        int need = m - before;
+        for (int j = lo; j < hi; ++j)
+            if (pred(j) && --need == 0) {
+                found = j;
+                break;
+            }
+    }
+    __syncthreads();
+    const int r = found;
+    __syncthreads();
+    return r;
+}
+
+
+// Total-order key as an unsigned (larger = later in f32::total_cmp order).
+__device__ __forceinline__ unsigned ukey(float x) { return (unsigned)total_order_key(x) ^ 0x80000000u; }
+__device__ __forceinline__ float ukey_value(unsigned k) { return from_total_order_key((int)(k ^ 0x80000000u)); }
+
+// (key, index) as one u64: larger key first, then lower index.
+__device__ __forceinline__ u64 pack_entry(unsigned k, int j) { return ((u64)k << 32) | (0xffffffffu - (unsigned)j); }
+__device__ __forceinline__ unsigned entry_key(u64 e) { return (unsigned)(e >> 32); }
+__device__ __forceinline__ int entry_index(u64 e) { return (int)(0xffffffffu - (unsigned)(e & 0xffffffffu)); }

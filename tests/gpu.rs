@@ -396,7 +396,7 @@ fn device_sampling_agrees_with_the_cpu() {
     }
     let s = Stream::new();
     let mut rng = Rng::new(110);
-    // Batches up to 32 of rows longer than a tile: plain sampling by clusters (sm_90+).
+    // Batches up to 32 of rows longer than a tile: plain and top-p sampling by clusters (sm_90+).
     for (rows, vocab) in [(3000, 100), (64, 131_072), (1, 131_072), (5, 4097), (32, 20_000)] {
         let x = rng.vec(rows * vocab, 2.0);
         let seeds: Vec<u64> = (0..rows as u64).map(|i| i * 31 + 7).collect();
@@ -408,7 +408,11 @@ fn device_sampling_agrees_with_the_cpu() {
         unsafe extern "C" fn topp(l: *const f32, o: *mut i32, s: *const u64, b: i32, v: i32, t: f32, st: *mut std::ffi::c_void) -> i32 {
             unsafe { cuda_topp_sample(l, o, s, b, v, 0.9, t, st) }
         }
-        for (name, sampler) in [("sample", cuda_sample as Call), ("topk", topk), ("topp", topp)] {
+        // A small nucleus: the cluster kernel's estimate leaves more rows to its exact path.
+        unsafe extern "C" fn topp_half(l: *const f32, o: *mut i32, s: *const u64, b: i32, v: i32, t: f32, st: *mut std::ffi::c_void) -> i32 {
+            unsafe { cuda_topp_sample(l, o, s, b, v, 0.5, t, st) }
+        }
+        for (name, sampler) in [("sample", cuda_sample as Call), ("topk", topk), ("topp", topp), ("topp 0.5", topp_half)] {
             for temperature in [0.0f32, 0.8] {
                 let mut cpu = vec![-1i32; rows];
                 unsafe {

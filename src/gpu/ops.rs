@@ -8,10 +8,11 @@ use crate::cpu::rng::TILE;
 
 /// Threads per row of the sampling kernels (kernels/README.md).
 const SAMPLE_BLOCK: u32 = 1024;
-/// sample_cluster_f32's blocks per row (SAMPLE_CLUSTER in sample_cluster.cu).
+/// Blocks per row of the cluster kernels (SAMPLE_CLUSTER and TOPP_CLUSTER in
+/// sample_cluster.cu).
 const SAMPLE_CLUSTER: usize = 4;
-/// Up to this many rows, plain sampling splits each row over a cluster: one
-/// block per row would leave most SMs idle.
+/// Up to this many rows, plain and top-p sampling split each row over a
+/// cluster: one block per row would leave most SMs idle.
 const CLUSTER_ROWS: usize = 32;
 use super::{Gpu, blas};
 use crate::error::Result;
@@ -174,19 +175,29 @@ pub unsafe fn sample(g: &Gpu, s: Stream, logits: DevPtr, seeds: DevPtr, out: Dev
     if temperature == 0.0 {
         return unsafe { argmax(g, s, logits, out, batch, vocab) };
     }
-    let (b, v, t) = (I32(batch as i32), I32(vocab as i32), F32(temperature));
+    let mut args = vec![Ptr(logits), Ptr(out), Ptr(seeds), I32(batch as i32), I32(vocab as i32)];
+    // The kernel with one block per row, and the one with a cluster per row if any.
+    let (single, cluster) = match sampler {
+        Sampler::TopK(k) if k < vocab => {
+            args.push(I32(k as i32));
+            ("topk_sample_f32", None)
+        }
+        Sampler::TopP(p) if p < 1.0 => {
+            args.push(F32(p));
+            ("topp_sample_f32", Some("topp_cluster_f32"))
+        }
+        _ => ("sample_f32", Some("sample_cluster_f32")),
+    };
+    args.push(F32(temperature));
     let at = per_row(batch, SAMPLE_BLOCK);
     unsafe {
-        match sampler {
-            Sampler::TopK(k) if k < vocab => g.launch("topk_sample_f32", at, s, &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, I32(k as i32), t]),
-            Sampler::TopP(p) if p < 1.0 => g.launch("topp_sample_f32", at, s, &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, F32(p), t]),
+        match cluster {
             // A few rows longer than a tile: a cluster of blocks per row (sm_90+),
             // else (or if the GPU cannot place a cluster now) one block per row.
-            _ if batch <= CLUSTER_ROWS && vocab > TILE && g.has("sample_cluster_f32") => {
-                let args = &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, t];
-                g.launch("sample_cluster_f32", per_row(batch * SAMPLE_CLUSTER, SAMPLE_BLOCK), s, args).or_else(|_| g.launch("sample_f32", at, s, args))
-            }
-            _ => g.launch("sample_f32", at, s, &mut [Ptr(logits), Ptr(out), Ptr(seeds), b, v, t]),
+            Some(name) if batch <= CLUSTER_ROWS && vocab > TILE && g.has(name) => g
+                .launch(name, per_row(batch * SAMPLE_CLUSTER, SAMPLE_BLOCK), s, &mut args)
+                .or_else(|_| g.launch(single, at, s, &mut args)),
+            _ => g.launch(single, at, s, &mut args),
         }
     }
 }
