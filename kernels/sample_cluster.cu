@@ -41,16 +41,22 @@ template <class T> __device__ __forceinline__ T* cluster_map(T* local, unsigned 
     return remote;
 }
 
-// A streaming draw whose blocks pool their head starts (block_lb) across the
-// cluster before any group is drawn: each block alone sees a quarter of the
-// row, and a low lb means many groups drawn member by member.
+// A streaming draw whose blocks pool their head starts across the cluster
+// before any group is drawn: each block alone sees a quarter of the row, and a
+// low lb means many groups drawn member by member. Each block publishes its
+// block_lb in pooled_lb; the second barrier keeps the next round (or a block's
+// next row) from overwriting it while others still read it.
+__shared__ int pooled_lb;
+
 struct PooledHeads : DrawOnly {
     __device__ float head() const {
         __syncthreads();  // the block's head starts are in block_lb
-        const unsigned rank = cluster_rank();
-        if (threadIdx.x < SAMPLE_CLUSTER && threadIdx.x != rank) atomicMax(cluster_map(&block_lb, threadIdx.x), block_lb);
+        if (threadIdx.x == 0) pooled_lb = block_lb;
         cluster_sync();
-        return block_lb_now();
+        int best = pooled_lb;
+        for (unsigned r = 0; r < SAMPLE_CLUSTER; ++r) best = max(best, *cluster_map(&pooled_lb, r));
+        cluster_sync();
+        return from_total_order_key(best);
     }
 };
 
@@ -142,7 +148,7 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
     topp_cluster_f32(const float* logits, int* out, const u64* seeds, int batch, int vocab, float top_p,
                      float temperature) {
     __shared__ ToppPart part;
-    __shared__ int cand_n, dropped_key, n_cand, undecided;
+    __shared__ int cand_n, dropped_key, n_cand, undecided, exact_row;
     __shared__ int cand_j[TOPP_R];
     __shared__ float cand_y[TOPP_R], row_max;
     i64* cands = reinterpret_cast<i64*>(topp_scratch);
@@ -258,6 +264,7 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
         }
         cluster_sync();
         if (rank == 0) {
+            if (tid == 0) exact_row = undecided;
             if (tid == 0 && !undecided) {
                 // Candidate c is in the nucleus iff the mass above it is below top_p of the total.
                 double z = 0.0, lo[TOPP_R] = {}, hi[TOPP_R] = {};
@@ -275,10 +282,10 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
                         break;  // too close to call
                 }
                 if (token >= 0) out[row] = token;
-                undecided = token < 0;
+                exact_row = token < 0;
             }
             __syncthreads();
-            if (undecided) topp_row_exact(xr, vocab, key, top_p, temperature, out, row);
+            if (exact_row) topp_row_exact(xr, vocab, key, top_p, temperature, out, row);
         }
     }
     cluster_sync();  // no block leaves while another may still read its shared memory
