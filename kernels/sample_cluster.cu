@@ -87,7 +87,6 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
 #define TOPP_R 4         // candidates weighed in pass 2, best score first
 #define TOPP_CANDS 1024  // a block's candidate buffer (in topp_scratch)
 #define TOPP_MARGIN 3e-5 // of the total mass: the estimates' error is below 1e-5 of it
-#define TOPP_LOADS 8     // pass 2's loads in flight per lane
 
 // What a block found in its part of the row, read by the cluster's blocks.
 struct ToppPart {
@@ -189,33 +188,34 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
         }
         if (tid == 0) part.max = m, part.best = best, part.dropped = from_total_order_key(dropped_key), part.bad = bad;
         cluster_sync();
-        if (tid == 0) {
-            // The cluster's TOPP_R best scores, kept only where no dropped or
-            // unseen token (below best - TOPP_SLACK) could rank above them.
-            float gm = -INF, gbest = -INF, gdrop = -INF;
-            int gbad = 0;
-            i64 tops[SAMPLE_CLUSTER * TOPP_R];
-            for (unsigned r = 0; r < SAMPLE_CLUSTER; ++r) {
-                const ToppPart* o = cluster_map(&part, r);
-                gm = fmaxf(gm, o->max), gbest = fmaxf(gbest, o->best), gdrop = fmaxf(gdrop, o->dropped);
-                gbad |= o->bad;
-                for (int c = 0; c < TOPP_R; ++c) tops[r * TOPP_R + c] = o->top[c];
-            }
-            const float floor = gbest - TOPP_SLACK;
-            int nc = 0;
-            for (; nc < TOPP_R; ++nc) {
-                int at = 0;
-                for (int e = 1; e < SAMPLE_CLUSTER * TOPP_R; ++e) at = tops[e] > tops[at] ? e : at;
-                const float s = from_total_order_key(rank_key(tops[at]));
-                if (tops[at] == NO_RANK || !(s >= floor && s > gdrop)) break;
-                cand_j[nc] = rank_index(tops[at]);
-                tops[at] = NO_RANK;
-            }
+        if (tid < 32) {
+            // Lane r reads block r. The cluster's TOPP_R best scores, kept only
+            // where no dropped or unseen token (below best - TOPP_SLACK) could
+            // rank above them.
+            const bool mine = lane < SAMPLE_CLUSTER;
+            const ToppPart* o = cluster_map(&part, mine ? lane : 0);
+            const float gm = warp_allreduce(mine ? o->max : -INF, Max());
+            const float gbest = warp_allreduce(mine ? o->best : -INF, Max());
+            const float gdrop = warp_allreduce(mine ? o->dropped : -INF, Max());
+            const int gbad = warp_allreduce(mine ? o->bad : 0, Max());
+            i64 tops[TOPP_R];
 #pragma unroll
-            for (int c = 0; c < TOPP_R; ++c)  // loads in parallel
-                if (c < nc) cand_y[c] = y2(xr[cand_j[c]], gm, k2);
-            n_cand = nc, row_max = gm;
-            undecided = gbad || !(gm > -INF) || nc == 0;
+            for (int c = 0; c < TOPP_R; ++c) tops[c] = mine ? o->top[c] : NO_RANK;
+            const float floor = gbest - TOPP_SLACK;
+            int nc = 0, j = 0;
+            for (; nc < TOPP_R; ++nc) {  // merge the blocks' sorted lists
+                const i64 w = warp_allreduce(tops[0], Max());
+                const float s = from_total_order_key(rank_key(w));
+                if (w == NO_RANK || !(s >= floor && s > gdrop)) break;
+                if (lane == nc) j = rank_index(w);
+                if (tops[0] == w) {
+#pragma unroll
+                    for (int c = 0; c + 1 < TOPP_R; ++c) tops[c] = tops[c + 1];
+                    tops[TOPP_R - 1] = NO_RANK;
+                }
+            }
+            if (lane < nc) cand_j[lane] = j, cand_y[lane] = y2(xr[j], gm, k2);
+            if (lane == 0) n_cand = nc, row_max = gm, undecided = gbad || !(gm > -INF) || nc == 0;
         }
         __syncthreads();
 
@@ -231,27 +231,35 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
                 const float y = c < n_cand ? cand_y[c] : INF, eps = (1.0f + fabsf(y)) * 0x1p-19f;
                 above[c] = y + eps, maybe[c] = y - eps, ymin = fminf(ymin, maybe[c]);
             }
+            float t[1 + 2 * TOPP_R] = {};  // one tile's sums (<= 32 terms each: float is enough)
+            auto weigh = [&](float x) {
+                const float y = y2(x, gm, k2), p = ex2_approx(y);
+                t[0] += p;
+                if (y >= ymin) {
+#pragma unroll
+                    for (int c = 0; c < TOPP_R; ++c) {
+                        if (y > above[c]) t[1 + c] += p;
+                        if (y >= maybe[c]) t[1 + TOPP_R + c] += p;
+                    }
+                }
+            };
             // The tiles of pass 1 (stream_pass_deferred): mostly cache hits.
             for (int tile = (tid >> 5) * SAMPLE_CLUSTER + (int)rank; tile <= (vocab - 1) / TILE; tile += SAMPLE_CLUSTER * S_WARPS) {
-                const int start = tile * TILE, nm = members(vocab, start, lane);
-                const float* xg = xr + start + lane;
-                float t[1 + 2 * TOPP_R] = {};  // this tile's sums (<= 32 terms each: float is enough)
-                for (int i0 = 0; i0 < nm; i0 += TOPP_LOADS) {
-                    float xv[TOPP_LOADS];
+                const int start = tile * TILE;
 #pragma unroll
-                    for (int q = 0; q < TOPP_LOADS; ++q) xv[q] = i0 + q < nm ? xg[(i0 + q) * 32] : -INF;
+                for (int i = 0; i < 1 + 2 * TOPP_R; ++i) t[i] = 0.0f;
+                if (aligned16(xr) && start + TILE <= vocab) {  // the order of the sums is free: float4 loads
+                    const float4* x4 = reinterpret_cast<const float4*>(xr + start) + lane;
+#pragma unroll 1
+                    for (int k0 = 0; k0 < TILE / 128; k0 += 4) {
+                        float4 v[4];
 #pragma unroll
-                    for (int q = 0; q < TOPP_LOADS; ++q) {
-                        const float y = y2(xv[q], gm, k2), p = ex2_approx(y);
-                        t[0] += p;
-                        if (y >= ymin) {
+                        for (int k = 0; k < 4; ++k) v[k] = x4[(k0 + k) * 32];
 #pragma unroll
-                            for (int c = 0; c < TOPP_R; ++c) {
-                                if (y > above[c]) t[1 + c] += p;
-                                if (y >= maybe[c]) t[1 + TOPP_R + c] += p;
-                            }
-                        }
+                        for (int k = 0; k < 4; ++k) weigh(v[k].x), weigh(v[k].y), weigh(v[k].z), weigh(v[k].w);
                     }
+                } else {
+                    for (int i = 0, nm = members(vocab, start, lane); i < nm; ++i) weigh(xr[start + lane + i * 32]);
                 }
 #pragma unroll
                 for (int i = 0; i < 1 + 2 * TOPP_R; ++i) sums[i] += t[i];
@@ -264,25 +272,24 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
         }
         cluster_sync();
         if (rank == 0) {
-            if (tid == 0) exact_row = undecided;
-            if (tid == 0 && !undecided) {
-                // Candidate c is in the nucleus iff the mass above it is below top_p of the total.
-                double z = 0.0, lo[TOPP_R] = {}, hi[TOPP_R] = {};
-                for (unsigned r = 0; r < SAMPLE_CLUSTER; ++r) {
-                    const ToppPart* o = cluster_map(&part, r);
-                    z += o->z;
-                    for (int c = 0; c < TOPP_R; ++c) lo[c] += o->lo[c], hi[c] += o->hi[c];
-                }
+            if (tid < 32) {
+                // Lane r reads block r's sums. Candidate c is in the nucleus iff
+                // the mass above it is below top_p of the total.
+                const bool mine = lane < SAMPLE_CLUSTER;
+                const ToppPart* o = cluster_map(&part, mine ? lane : 0);
+                const double z = warp_allreduce(mine ? o->z : 0.0, Sum());
                 const double target = (double)top_p * z, margin = TOPP_MARGIN * z;
                 int token = -1;
-                for (int c = 0; c < n_cand && token < 0; ++c) {
-                    if (hi[c] - (double)ex2_approx(cand_y[c]) + margin < target)
+                for (int c = 0; c < TOPP_R && c < n_cand && token < 0; ++c) {
+                    const double lo = warp_allreduce(mine ? o->lo[c] : 0.0, Sum());
+                    const double hi = warp_allreduce(mine ? o->hi[c] : 0.0, Sum());
+                    if (hi - (double)ex2_approx(cand_y[c]) + margin < target)
                         token = cand_j[c];
-                    else if (!(lo[c] - margin >= target))
+                    else if (!(lo - margin >= target))
                         break;  // too close to call
                 }
-                if (token >= 0) out[row] = token;
-                exact_row = token < 0;
+                if (lane == 0 && token >= 0 && !undecided) out[row] = token;
+                if (lane == 0) exact_row = undecided || token < 0;
             }
             __syncthreads();
             if (exact_row) topp_row_exact(xr, vocab, key, top_p, temperature, out, row);
