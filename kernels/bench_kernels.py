@@ -142,12 +142,16 @@ def bench_sample():
                     x, o, seeds, i32(batch), i32(vocab), f32(1.0)))), 4 * x.size, target)
             row(f"topk k=50 {tag}", kk, median_ms(lambda: kk((batch,), (1024,), (
                 x, o, seeds, i32(batch), i32(vocab), i32(50), f32(1.0)))), 4 * x.size, target)
+            if batch <= 32:
+                kkc = kernel("sample_cluster", "topk_cluster_f32")
+                row(f"topk (cluster) k=50 {tag}", kkc, median_ms(lambda: kkc((4 * batch,), (1024,), (
+                    x, o, seeds, i32(batch), i32(vocab), i32(50), f32(1.0)))), 4 * x.size, target)
             row(f"topp p=0.9 {tag}", kp, median_ms(lambda: kp((batch,), (1024,), (
                 x, o, seeds, i32(batch), i32(vocab), f32(0.9), f32(1.0)))), 4 * x.size, target)
             row(f"topp p=0.9 T=0.7 {tag}", kp, median_ms(lambda: kp((batch,), (1024,), (
                 x, o, seeds, i32(batch), i32(vocab), f32(0.9), f32(0.7)))), 4 * x.size, target)
             kpc = kernel("sample_cluster", "topp_cluster_f32")
-            for T in (1.0, 0.7):
+            for T in ((1.0, 0.7) if batch <= 32 else ()):
                 row(f"topp (cluster) p=0.9 T={T:g} {tag}", kpc, median_ms(lambda: kpc((4 * batch,), (1024,), (
                     x, o, seeds, i32(batch), i32(vocab), f32(0.9), f32(T)))), 4 * x.size, target)
             t = torch.as_tensor(x, device="cuda")

@@ -896,9 +896,10 @@ def gpu_sample(kind, x, seeds, T, param, grid=None, cluster=False):
     out = cp.full(batch, -7, np.int32)
     xd, sd = (x if isinstance(x, cp.ndarray) else dev(x)), cp.asarray(seeds, np.uint64)
     g = (batch if grid is None else grid,)
-    if kind == "topp" and cluster:  # clusters of 4 blocks per row (sm_90+)
-        kernel("sample_cluster", "topp_cluster_f32")((4 * g[0],), (1024,), (xd, out, sd, np.int32(batch), np.int32(vocab),
-                                                                           np.float32(param), np.float32(T)))
+    if cluster:  # clusters of 4 blocks per row (sm_90+)
+        p = np.int32(param) if kind == "topk" else np.float32(param)
+        kernel("sample_cluster", kind + "_cluster_f32")((4 * g[0],), (1024,), (xd, out, sd, np.int32(batch), np.int32(vocab),
+                                                                             p, np.float32(T)))
     elif kind == "all":
         kernel("sample", "sample_f32")(g, (1024,), (xd, out, sd, np.int32(batch), np.int32(vocab), np.float32(T)))
     elif kind == "topk":
@@ -937,8 +938,9 @@ def check_sample():
     T_list = (1.0, 0.7, 0.5, 2.0, 1.3)
     for name, kind, params in (("sample_f32", "all", (None,)), ("topk_sample_f32", "topk", (1, 5, 50, 900, 1500)),
                                ("topp_sample_f32", "topp", (0.9, 0.5, 0.99, 0.05)),
+                               ("topk_cluster_f32", "topk", (1, 5, 50, 900, 1500, 3)),
                                ("topp_cluster_f32", "topp", (0.9, 0.5, 0.99, 0.05, 0.95, 0.8))):
-        cluster = name == "topp_cluster_f32"
+        cluster = name.endswith("cluster_f32")
         agree = total = lib_agree = lib_total = 0
         bad_member = 0
         cases = []

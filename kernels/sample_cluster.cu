@@ -18,6 +18,7 @@
 // the nucleus's edge falls within 3e-5 of the total of a candidate (or none of
 // the TOPP_R is in); then the cluster's first block runs the exact algorithm
 // (topp.cuh) on the row.
+#include "topk.cuh"
 #include "topp.cuh"
 
 #define SAMPLE_CLUSTER 4
@@ -78,6 +79,78 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
             if (threadIdx.x == 0) out[row] = r == NO_RANK ? 0 : rank_index(r);
         }
         cluster_sync();  // the next row's block_best waits for every read of this one
+    }
+}
+
+// ----------------------------------------------------------------------------- top-k
+
+// Launch: block 1024, grid a multiple of SAMPLE_CLUSTER (clusters stride over
+// rows); arguments as topk_sample_f32 (1 <= k < vocab). Block r scans the r-th
+// of SAMPLE_CLUSTER contiguous parts of the row (topk.cuh) and keeps its part's
+// k best at the front of its buffer; the row's k best are among them, so the
+// cluster's first block gathers them, selects the k best again and draws. If
+// a part's scan could not buffer what it needed, the first block runs the
+// one-block algorithm on the row instead.
+extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bounds__(S_THREADS, 1)
+    topk_cluster_f32(const float* logits, int* out, const u64* seeds, int batch, int vocab, int k,
+                     float temperature) {
+    __shared__ int kept_n, part_ok, gather_at[SAMPLE_CLUSTER + 1], cut, above;
+    __shared__ u64 part_top;
+    const unsigned rank = cluster_rank();
+    const int tid = threadIdx.x, lane = tid & 31;
+    const int seg = (vocab + SAMPLE_CLUSTER - 1) / SAMPLE_CLUSTER;
+    for (i64 row = blockIdx.x / SAMPLE_CLUSTER; row < batch; row += gridDim.x / SAMPLE_CLUSTER) {
+        const float* xr = logits + row * vocab;
+        const int lo = min(vocab, (int)rank * seg), hi = min(vocab, lo + seg);
+        const TopkScan sc = topk_scan(xr, lo, hi, k);
+        u64 mine[(TOPK_CAP + S_THREADS - 1) / S_THREADS];
+        int cnt = 0;
+        if (sc.ok) topk_select(sc.D, sc.need, [&](u64 e) { mine[cnt++] = e; });
+        if (tid == 0) kept_n = 0, part_ok = sc.ok, part_top = sc.top;
+        __syncthreads();  // every read of the buffer is done
+        for (int i = 0; i < cnt; ++i) topk_buf[atomicAdd(&kept_n, 1)] = mine[i];
+        cluster_sync();
+        if (rank == 0) {
+            Draw d(row_key(seeds[row], row), temperature, true);
+            if (tid < 32) {
+                const bool in = lane < SAMPLE_CLUSTER;
+                const int n = in ? *cluster_map(&kept_n, lane) : 0;
+                const int ok = warp_allreduce(in ? *cluster_map(&part_ok, lane) : 1, [](int a, int b) { return a & b; });
+                const u64 top = warp_allreduce(in ? *cluster_map(&part_top, lane) : 0ull, [](u64 a, u64 b) { return a > b ? a : b; });
+                int at = n;  // inclusive prefix over the blocks
+#pragma unroll
+                for (int o = 1; o < 32; o <<= 1) {
+                    const int v = __shfl_up_sync(FULL, at, o);
+                    if (lane >= o) at += v;
+                }
+                if (lane < SAMPLE_CLUSTER) gather_at[lane + 1] = at;
+                if (lane == 0) gather_at[0] = 0, part_ok = ok, part_top = top;
+            }
+            __syncthreads();
+            const int j_top = entry_index(part_top);
+            if (part_ok) {
+                // The blocks' lists, one after another (block 0's is in place).
+                for (unsigned r = 1; r < SAMPLE_CLUSTER; ++r) {
+                    const u64* remote = cluster_map(topk_buf, r);
+                    for (int e = tid; e < gather_at[r + 1] - gather_at[r]; e += S_THREADS) topk_buf[gather_at[r] + e] = remote[e];
+                }
+                for (int b = tid; b < 4096; b += S_THREADS) topk_hist[b] = 0;
+                if (tid == 0) topk_buf_n = gather_at[SAMPLE_CLUSTER];
+                __syncthreads();
+                for (int e = tid; e < topk_buf_n; e += S_THREADS) atomicAdd(&topk_hist[entry_key(topk_buf[e]) >> 20], 1);
+                __syncthreads();
+                find_boundary<4096, int>([&](int b) { return topk_hist[b]; }, [&](int s) { return s >= k; }, &cut, &above);
+                if (tid == 0) d.offer(pack_rank(total_order_key(-INF), j_top));
+                topk_select(cut, k - above, [&](u64 e) {
+                    const int j = entry_index(e);
+                    d.exact(ukey_value(entry_key(e)), j, token_noise(d.key, j, vocab));
+                });
+                finish(d, out, row, j_top);
+            } else {
+                topk_row(xr, vocab, k, d, out, row);
+            }
+        }
+        cluster_sync();  // the other blocks' lists are read before the next row overwrites them
     }
 }
 

@@ -8,11 +8,10 @@ use crate::cpu::rng::TILE;
 
 /// Threads per row of the sampling kernels (kernels/README.md).
 const SAMPLE_BLOCK: u32 = 1024;
-/// Blocks per row of the cluster kernels (SAMPLE_CLUSTER and TOPP_CLUSTER in
-/// sample_cluster.cu).
+/// Blocks per row of the cluster kernels (SAMPLE_CLUSTER in sample_cluster.cu).
 const SAMPLE_CLUSTER: usize = 4;
-/// Up to this many rows, plain and top-p sampling split each row over a
-/// cluster: one block per row would leave most SMs idle.
+/// Up to this many rows, the samplers split each row over a cluster: one block
+/// per row would leave most SMs idle.
 const CLUSTER_ROWS: usize = 32;
 use super::{Gpu, blas};
 use crate::error::Result;
@@ -176,11 +175,11 @@ pub unsafe fn sample(g: &Gpu, s: Stream, logits: DevPtr, seeds: DevPtr, out: Dev
         return unsafe { argmax(g, s, logits, out, batch, vocab) };
     }
     let mut args = vec![Ptr(logits), Ptr(out), Ptr(seeds), I32(batch as i32), I32(vocab as i32)];
-    // The kernel with one block per row, and the one with a cluster per row if any.
+    // The kernel with one block per row, and the one with a cluster per row.
     let (single, cluster) = match sampler {
         Sampler::TopK(k) if k < vocab => {
             args.push(I32(k as i32));
-            ("topk_sample_f32", None)
+            ("topk_sample_f32", Some("topk_cluster_f32"))
         }
         Sampler::TopP(p) if p < 1.0 => {
             args.push(F32(p));

@@ -43,6 +43,9 @@ impl<T: Copy + Default> Dev<T> {
             ok(sys::cuMemAlloc_v2(&mut ptr, bytes));
             if !host.is_empty() {
                 ok(sys::cuMemcpyHtoD_v2(ptr, host.as_ptr().cast(), std::mem::size_of_val(host)));
+                // From pageable memory the copy may return before its DMA lands, and
+                // the tests' streams do not wait for the legacy stream.
+                ok(sys::cuCtxSynchronize());
             }
         }
         Dev { ptr, len: host.len(), _t: std::marker::PhantomData }
