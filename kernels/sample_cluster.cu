@@ -156,10 +156,11 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
 
 // ----------------------------------------------------------------------------- top-p
 
-#define TOPP_SLACK 3.0f  // candidates: scores within this of the best (e^3: ~20 of a flat row)
+#define TOPP_SLACK 2.0f  // candidates: scores within this of the best (e^2: ~7 of a flat row)
 #define TOPP_R 4         // candidates weighed in pass 2, best score first
 #define TOPP_CANDS 1024  // a block's candidate buffer (in topp_scratch)
 #define TOPP_MARGIN 3e-5 // of the total mass: the estimates' error is below 1e-5 of it
+#define TOPP_TRIES 3      // narrowed draws before the exact algorithm
 
 // What a block found in its part of the row, read by the cluster's blocks.
 struct ToppPart {
@@ -220,7 +221,8 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
     topp_cluster_f32(const float* logits, int* out, const u64* seeds, int batch, int vocab, float top_p,
                      float temperature) {
     __shared__ ToppPart part;
-    __shared__ int cand_n, dropped_key, n_cand, undecided, exact_row;
+    __shared__ int cand_n, dropped_key, n_cand, undecided, verdict, next_skip;
+    __shared__ float next_floor;
     __shared__ int cand_j[TOPP_R];
     __shared__ float cand_y[TOPP_R], row_max;
     i64* cands = reinterpret_cast<i64*>(topp_scratch);
@@ -229,143 +231,162 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
     for (i64 row = blockIdx.x / SAMPLE_CLUSTER; row < batch; row += gridDim.x / SAMPLE_CLUSTER) {
         const float* xr = logits + row * vocab;
         const u64 key = row_key(seeds[row], row);
-        Draw d(key, temperature, false);
-        const float k2 = __fmul_rn(d.tp.inv, 1.44269504f);  // log2(e) / T
+        const float k2 = __fmul_rn(Temp(temperature).inv, 1.44269504f);  // log2(e) / T
+        // A try whose candidates all lie outside the nucleus narrows the next
+        // try's draw to the tokens that can still be in: those ordered before
+        // its most probable candidate (y >= floor2), which itself is out.
+        float floor2 = -INF, rmax = 0.0f;
+        int skip = -1;
+        for (int tries = 1;; ++tries) {
+            Draw d(key, temperature, false);
 
-        // Pass 1: the row max and the candidates.
-        if (tid == 0) cand_n = 0, dropped_key = total_order_key(-INF);
-        float m = -INF;
-        int bad = 0;
-        stream_pass(
-            xr, vocab, d,
-            [&](float x, int) {
-                m = fmaxf(m, x);
-                bad |= !(x < INF);
-                return true;
-            },
-            (int)rank, SAMPLE_CLUSTER, ToppCandidates(cands, &cand_n, &dropped_key));
-        float found[3] = {m, d.bs, bad ? 1.0f : 0.0f};
-        block_reduce(found, Max());
-        const float best = found[1];
-        m = found[0], bad = found[2] > 0.0f;
-        const int n = min(cand_n, TOPP_CANDS);
-        if (tid < TOPP_R) part.top[tid] = NO_RANK;
-        __syncthreads();
-        const i64 low = pack_rank(total_order_key(best - TOPP_SLACK), 0x7fffffff);  // below: never a candidate
-        for (int e = tid; e < n; e += S_THREADS) {  // each candidate's place among the block's
-            const i64 me = cands[e];
-            if (me < low) continue;
-            int place = 0;
-            for (int e2 = 0; e2 < n && place < TOPP_R; ++e2) place += cands[e2] > me ? 1 : 0;
-            if (place < TOPP_R) part.top[place] = me;
-        }
-        if (tid == 0) part.max = m, part.best = best, part.dropped = from_total_order_key(dropped_key), part.bad = bad;
-        cluster_sync();
-        if (tid < 32) {
-            // Lane r reads block r. The cluster's TOPP_R best scores, kept only
-            // where no dropped or unseen token (below best - TOPP_SLACK) could
-            // rank above them.
-            const bool mine = lane < SAMPLE_CLUSTER;
-            const ToppPart* o = cluster_map(&part, mine ? lane : 0);
-            const float gm = warp_allreduce(mine ? o->max : -INF, Max());
-            const float gbest = warp_allreduce(mine ? o->best : -INF, Max());
-            const float gdrop = warp_allreduce(mine ? o->dropped : -INF, Max());
-            const int gbad = warp_allreduce(mine ? o->bad : 0, Max());
-            i64 tops[TOPP_R];
-#pragma unroll
-            for (int c = 0; c < TOPP_R; ++c) tops[c] = mine ? o->top[c] : NO_RANK;
-            const float floor = gbest - TOPP_SLACK;
-            int nc = 0, j = 0;
-            for (; nc < TOPP_R; ++nc) {  // merge the blocks' sorted lists
-                const i64 w = warp_allreduce(tops[0], Max());
-                const float s = from_total_order_key(rank_key(w));
-                if (w == NO_RANK || !(s >= floor && s > gdrop)) break;
-                if (lane == nc) j = rank_index(w);
-                if (tops[0] == w) {
-#pragma unroll
-                    for (int c = 0; c + 1 < TOPP_R; ++c) tops[c] = tops[c + 1];
-                    tops[TOPP_R - 1] = NO_RANK;
-                }
+            // Pass 1: the row max and the candidates.
+            if (tid == 0) cand_n = 0, dropped_key = total_order_key(-INF);
+            float m = -INF;
+            int bad = 0;
+            stream_pass(
+                xr, vocab, d,
+                [&](float x, int j) {
+                    m = fmaxf(m, x);
+                    bad |= !(x < INF);
+                    return tries == 1 || (y2(x, rmax, k2) >= floor2 && j != skip);
+                },
+                (int)rank, SAMPLE_CLUSTER, ToppCandidates(cands, &cand_n, &dropped_key));
+            float found[3] = {m, d.bs, bad ? 1.0f : 0.0f};
+            block_reduce(found, Max());
+            const float best = found[1];
+            m = found[0], bad = found[2] > 0.0f;
+            const int n = min(cand_n, TOPP_CANDS);
+            if (tid < TOPP_R) part.top[tid] = NO_RANK;
+            __syncthreads();
+            const i64 low = pack_rank(total_order_key(best - TOPP_SLACK), 0x7fffffff);  // below: never a candidate
+            for (int e = tid; e < n; e += S_THREADS) {  // each candidate's place among the block's
+                const i64 me = cands[e];
+                if (me < low) continue;
+                int place = 0;
+                for (int e2 = 0; e2 < n && place < TOPP_R; ++e2) place += cands[e2] > me ? 1 : 0;
+                if (place < TOPP_R) part.top[place] = me;
             }
-            if (lane < nc) cand_j[lane] = j, cand_y[lane] = y2(xr[j], gm, k2);
-            if (lane == 0) n_cand = nc, row_max = gm, undecided = gbad || !(gm > -INF) || nc == 0;
-        }
-        __syncthreads();
-
-        // Pass 2: the masses.
-        double sums[1 + 2 * TOPP_R] = {};  // z, lo[c], hi[c]
-        if (!undecided) {
-            const float gm = row_max;
-            float above[TOPP_R], maybe[TOPP_R], ymin = INF;
-#pragma unroll
-            for (int c = 0; c < TOPP_R; ++c) {
-                // Within eps of y_c the CPU's order (by exp's rounded value, then
-                // index) may differ from y's: such tokens count as "maybe" only.
-                const float y = c < n_cand ? cand_y[c] : INF, eps = (1.0f + fabsf(y)) * 0x1p-19f;
-                above[c] = y + eps, maybe[c] = y - eps, ymin = fminf(ymin, maybe[c]);
-            }
-            float t[1 + 2 * TOPP_R] = {};  // one tile's sums (<= 32 terms each: float is enough)
-            auto weigh = [&](float x) {
-                const float y = y2(x, gm, k2), p = ex2_approx(y);
-                t[0] += p;
-                if (y >= ymin) {
-#pragma unroll
-                    for (int c = 0; c < TOPP_R; ++c) {
-                        if (y > above[c]) t[1 + c] += p;
-                        if (y >= maybe[c]) t[1 + TOPP_R + c] += p;
-                    }
-                }
-            };
-            // The tiles of pass 1 (stream_pass_deferred): mostly cache hits.
-            for (int tile = (tid >> 5) * SAMPLE_CLUSTER + (int)rank; tile <= (vocab - 1) / TILE; tile += SAMPLE_CLUSTER * S_WARPS) {
-                const int start = tile * TILE;
-#pragma unroll
-                for (int i = 0; i < 1 + 2 * TOPP_R; ++i) t[i] = 0.0f;
-                if (aligned16(xr) && start + TILE <= vocab) {  // the order of the sums is free: float4 loads
-                    const float4* x4 = reinterpret_cast<const float4*>(xr + start) + lane;
-#pragma unroll 1
-                    for (int k0 = 0; k0 < TILE / 128; k0 += 4) {
-                        float4 v[4];
-#pragma unroll
-                        for (int k = 0; k < 4; ++k) v[k] = x4[(k0 + k) * 32];
-#pragma unroll
-                        for (int k = 0; k < 4; ++k) weigh(v[k].x), weigh(v[k].y), weigh(v[k].z), weigh(v[k].w);
-                    }
-                } else {
-                    for (int i = 0, nm = members(vocab, start, lane); i < nm; ++i) weigh(xr[start + lane + i * 32]);
-                }
-#pragma unroll
-                for (int i = 0; i < 1 + 2 * TOPP_R; ++i) sums[i] += t[i];
-            }
-        }
-        block_reduce(sums, Sum());
-        if (tid == 0) {
-            part.z = sums[0];
-            for (int c = 0; c < TOPP_R; ++c) part.lo[c] = sums[1 + c], part.hi[c] = sums[1 + TOPP_R + c];
-        }
-        cluster_sync();
-        if (rank == 0) {
+            if (tid == 0) part.max = m, part.best = best, part.dropped = from_total_order_key(dropped_key), part.bad = bad;
+            cluster_sync();
             if (tid < 32) {
-                // Lane r reads block r's sums. Candidate c is in the nucleus iff
-                // the mass above it is below top_p of the total.
+                // Lane r reads block r. The cluster's TOPP_R best scores, kept only
+                // where no dropped or unseen token (below best - TOPP_SLACK) could
+                // rank above them.
+                const bool mine = lane < SAMPLE_CLUSTER;
+                const ToppPart* o = cluster_map(&part, mine ? lane : 0);
+                const float gm = warp_allreduce(mine ? o->max : -INF, Max());
+                const float gbest = warp_allreduce(mine ? o->best : -INF, Max());
+                const float gdrop = warp_allreduce(mine ? o->dropped : -INF, Max());
+                const int gbad = warp_allreduce(mine ? o->bad : 0, Max());
+                i64 tops[TOPP_R];
+#pragma unroll
+                for (int c = 0; c < TOPP_R; ++c) tops[c] = mine ? o->top[c] : NO_RANK;
+                const float floor = gbest - TOPP_SLACK;
+                int nc = 0, j = 0;
+                for (; nc < TOPP_R; ++nc) {  // merge the blocks' sorted lists
+                    const i64 w = warp_allreduce(tops[0], Max());
+                    const float s = from_total_order_key(rank_key(w));
+                    if (w == NO_RANK || !(s >= floor && s > gdrop)) break;
+                    if (lane == nc) j = rank_index(w);
+                    if (tops[0] == w) {
+#pragma unroll
+                        for (int c = 0; c + 1 < TOPP_R; ++c) tops[c] = tops[c + 1];
+                        tops[TOPP_R - 1] = NO_RANK;
+                    }
+                }
+                if (lane < nc) cand_j[lane] = j, cand_y[lane] = y2(xr[j], gm, k2);
+                if (lane == 0) n_cand = nc, row_max = gm, undecided = gbad || !(gm > -INF) || nc == 0;
+            }
+            __syncthreads();
+            rmax = row_max;
+
+            // Pass 2: the masses.
+            double sums[1 + 2 * TOPP_R] = {};  // z, lo[c], hi[c]
+            if (!undecided) {
+                const float gm = row_max;
+                float above[TOPP_R], maybe[TOPP_R], ymin = INF;
+#pragma unroll
+                for (int c = 0; c < TOPP_R; ++c) {
+                    // Within eps of y_c the CPU's order (by exp's rounded value, then
+                    // index) may differ from y's: such tokens count as "maybe" only.
+                    const float y = c < n_cand ? cand_y[c] : INF, eps = (1.0f + fabsf(y)) * 0x1p-19f;
+                    above[c] = y + eps, maybe[c] = y - eps, ymin = fminf(ymin, maybe[c]);
+                }
+                float t[1 + 2 * TOPP_R] = {};  // one tile's sums (<= 32 terms each: float is enough)
+                auto weigh = [&](float x) {
+                    const float y = y2(x, gm, k2), p = ex2_approx(y);
+                    t[0] += p;
+                    if (y >= ymin) {
+#pragma unroll
+                        for (int c = 0; c < TOPP_R; ++c) {
+                            if (y > above[c]) t[1 + c] += p;
+                            if (y >= maybe[c]) t[1 + TOPP_R + c] += p;
+                        }
+                    }
+                };
+                // The tiles of pass 1 (stream_pass_deferred): mostly cache hits.
+                for (int tile = (tid >> 5) * SAMPLE_CLUSTER + (int)rank; tile <= (vocab - 1) / TILE; tile += SAMPLE_CLUSTER * S_WARPS) {
+                    const int start = tile * TILE;
+#pragma unroll
+                    for (int i = 0; i < 1 + 2 * TOPP_R; ++i) t[i] = 0.0f;
+                    if (aligned16(xr) && start + TILE <= vocab) {  // the order of the sums is free: float4 loads
+                        const float4* x4 = reinterpret_cast<const float4*>(xr + start) + lane;
+#pragma unroll 1
+                        for (int k0 = 0; k0 < TILE / 128; k0 += 4) {
+                            float4 v[4];
+#pragma unroll
+                            for (int k = 0; k < 4; ++k) v[k] = x4[(k0 + k) * 32];
+#pragma unroll
+                            for (int k = 0; k < 4; ++k) weigh(v[k].x), weigh(v[k].y), weigh(v[k].z), weigh(v[k].w);
+                        }
+                    } else {
+                        for (int i = 0, nm = members(vocab, start, lane); i < nm; ++i) weigh(xr[start + lane + i * 32]);
+                    }
+#pragma unroll
+                    for (int i = 0; i < 1 + 2 * TOPP_R; ++i) sums[i] += t[i];
+                }
+            }
+            block_reduce(sums, Sum());
+            if (tid == 0) {
+                part.z = sums[0];
+                for (int c = 0; c < TOPP_R; ++c) part.lo[c] = sums[1 + c], part.hi[c] = sums[1 + TOPP_R + c];
+            }
+            cluster_sync();
+            if (tid < 32) {
+                // Every block decides alike (lane r reads block r's sums). Candidate
+                // c is in the nucleus iff the mass above it is below top_p of the
+                // total. Verdict: the token; -1: too close to call; -2: all out.
                 const bool mine = lane < SAMPLE_CLUSTER;
                 const ToppPart* o = cluster_map(&part, mine ? lane : 0);
                 const double z = warp_allreduce(mine ? o->z : 0.0, Sum());
                 const double target = (double)top_p * z, margin = TOPP_MARGIN * z;
-                int token = -1;
-                for (int c = 0; c < TOPP_R && c < n_cand && token < 0; ++c) {
+                int v = undecided ? -1 : -2, top_out = -1;
+                float fl = -INF;
+                for (int c = 0; c < TOPP_R && c < n_cand && v == -2; ++c) {
                     const double lo = warp_allreduce(mine ? o->lo[c] : 0.0, Sum());
                     const double hi = warp_allreduce(mine ? o->hi[c] : 0.0, Sum());
-                    if (hi - (double)ex2_approx(cand_y[c]) + margin < target)
-                        token = cand_j[c];
-                    else if (!(lo - margin >= target))
-                        break;  // too close to call
+                    const float y = cand_y[c];
+                    if (hi - (double)ex2_approx(y) + margin < target)
+                        v = cand_j[c];
+                    else if (lo - margin >= target) {
+                        const float f = y - (1.0f + fabsf(y)) * 0x1p-19f;  // all of the nucleus is above
+                        if (f > fl) fl = f, top_out = cand_j[c];
+                    } else
+                        v = -1;
                 }
-                if (lane == 0 && token >= 0 && !undecided) out[row] = token;
-                if (lane == 0) exact_row = undecided || token < 0;
+                if (lane == 0) verdict = v, next_floor = fl, next_skip = top_out;
             }
             __syncthreads();
-            if (exact_row) topp_row_exact(xr, vocab, key, top_p, temperature, out, row);
+            if (verdict >= 0) {
+                if (rank == 0 && tid == 0) out[row] = verdict;
+                break;
+            }
+            if (verdict == -1 || tries == TOPP_TRIES) {
+                if (rank == 0) topp_row_exact(xr, vocab, key, top_p, temperature, out, row);
+                break;
+            }
+            floor2 = next_floor, skip = next_skip;
         }
     }
     cluster_sync();  // no block leaves while another may still read its shared memory
