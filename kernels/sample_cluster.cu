@@ -5,19 +5,21 @@
 // that block reads it again. The blocks of a cluster split the row's tiles and
 // combine what they found through distributed shared memory.
 //
-// sample_cluster_f32 draws exactly as sample_f32 (sampling.cuh).
+// sample_cluster_f32 draws exactly as sample_f32 (sampling.cuh), and
+// topk_cluster_f32 as topk_sample_f32 (topk.cuh; see its kernel below).
 //
 // topp_cluster_f32 draws exactly as topp_sample_f32 in two reads of the row:
 //  1. a streaming draw over every token (as plain sampling) that also keeps the
 //     row max and every token whose score (x / T + noise) is within TOPP_SLACK
 //     of the best: the few best scores of the row;
 //  2. the mass of the row, and of the tokens above each of the TOPP_R best
-//     scorers, from a fast exp (relative error ~1e-6).
+//     scorers, from a fast exp (relative error below 1e-5).
 // The token is the best scorer inside the nucleus, i.e. the first of them whose
-// mass above it is below top_p of the total. The estimate decides that unless
-// the nucleus's edge falls within 3e-5 of the total of a candidate (or none of
-// the TOPP_R is in); then the cluster's first block runs the exact algorithm
-// (topp.cuh) on the row.
+// mass above it is below top_p of the total. When both lie outside, the next
+// try draws only from the tokens above the more probable of them (the nucleus
+// is there), up to TOPP_TRIES tries. When the nucleus's edge falls within
+// TOPP_MARGIN of the total of a candidate, or after the last try, the
+// cluster's first block runs the exact algorithm (topp.cuh) on the row.
 #include "topk.cuh"
 #include "topp.cuh"
 
@@ -156,8 +158,8 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
 
 // ----------------------------------------------------------------------------- top-p
 
-#define TOPP_SLACK 2.0f  // candidates: scores within this of the best (e^2: ~7 of a flat row)
-#define TOPP_R 4         // candidates weighed in pass 2, best score first
+#define TOPP_SLACK 2.0f  // candidates: scores within this of the best (~e^2 of a flat row)
+#define TOPP_R 2         // candidates weighed in pass 2, best score first
 #define TOPP_CANDS 1024  // a block's candidate buffer (in topp_scratch)
 #define TOPP_MARGIN 3e-5 // of the total mass: the estimates' error is below 1e-5 of it
 #define TOPP_TRIES 3      // narrowed draws before the exact algorithm
