@@ -162,7 +162,7 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
 #define TOPP_R 2         // candidates weighed in pass 2, best score first
 #define TOPP_CANDS 1024  // a block's candidate buffer (in topp_scratch)
 #define TOPP_MARGIN 3e-5 // of the total mass: the estimates' error is below 1e-5 of it
-#define TOPP_TRIES 3      // narrowed draws before the exact algorithm
+#define TOPP_TRIES 3     // tries before the exact algorithm
 
 // What a block found in its part of the row, read by the cluster's blocks.
 struct ToppPart {
