@@ -186,12 +186,6 @@ template <> struct Vec<4> {
     }
 };
 
-__device__ __forceinline__ float fa_exp2(float x) {  // 2^x, ~2 ulp; -inf gives 0
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
 // PF: how K/V tiles reach shared memory. 0: loaded at the start of their
 // tile; 1: the next tile's K and V are loaded into registers while this one
 // computes; 2: V during S of its own tile, the next K during P V (half the
@@ -426,10 +420,10 @@ __device__ void flash_tiles(float* smem, const float* Q, const float* K, const f
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
                 const float mn = fmaxf(m[t], mx);
                 const float base = mn == -INF ? 0.0f : mn;  // all masked so far: p = 0, o stays 0
-                const float alpha = fa_exp2(m[t] - base);
+                const float alpha = exp2_approx(m[t] - base);
                 float rs = 0.0f;
 #pragma unroll
-                for (int u = 0; u < TC; ++u) rs += s[t][u] = fa_exp2(s[t][u] - base);
+                for (int u = 0; u < TC; ++u) rs += s[t][u] = exp2_approx(s[t][u] - base);
                 l[t] = l[t] * alpha + rs;
                 m[t] = mn;
                 if (!C::SKIP || alpha != 1.0f) {

@@ -35,20 +35,35 @@ template <class T, class Op> __device__ __forceinline__ T warp_allreduce(T v, Op
     return v;
 }
 
-// Every thread of the block gets op over all threads' v, combined in a fixed
-// tree (lanes, then warps). blockDim.x must be a multiple of 32. Safe to call
-// repeatedly: the trailing barrier keeps the next call from overwriting the
-// shared slots before every warp has read them.
-template <class T, class Op> __device__ T block_allreduce(T v, Op op, T identity) {
-    __shared__ T per_warp[32];
+// Every thread of the block gets op over all threads' v[i], for each i < N,
+// combined in a fixed tree (lanes, then warps). blockDim.x must be a multiple
+// of 32. One barrier pair for all N values. Safe to call repeatedly: the
+// trailing barrier keeps the next call from overwriting the shared slots
+// before every warp has read them.
+template <int N, class T, class Op> __device__ void block_reduce(T (&v)[N], Op op, T identity) {
+    __shared__ T per_warp[32][N];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_allreduce(v, op);
-    if (lane == 0) per_warp[warp] = v;
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = warp_allreduce(v[i], op);
+    if (lane == 0)
+        for (int i = 0; i < N; ++i) per_warp[warp][i] = v[i];
     __syncthreads();
-    v = lane < (int)(blockDim.x >> 5) ? per_warp[lane] : identity;
-    v = warp_allreduce(v, op);  // every warp reduces the same slots: same result
+#pragma unroll  // every warp reduces the same slots: same result
+    for (int i = 0; i < N; ++i) v[i] = warp_allreduce(lane < (int)(blockDim.x >> 5) ? per_warp[lane][i] : identity, op);
     __syncthreads();
-    return v;
+}
+
+template <class T, class Op> __device__ T block_allreduce(T v, Op op, T identity) {
+    T one[1] = {v};
+    block_reduce(one, op, identity);
+    return one[0];
+}
+
+// 2^x, ~2 ulp; -inf gives 0, subnormal results flush to 0.
+__device__ __forceinline__ float exp2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
 }
 
 // Moves V consecutive floats (V = 1, or 4 from a 16-byte aligned address).

@@ -175,27 +175,6 @@ struct ToppPart {
 // (x - max) / T in log2 units, monotone in x: the approximate p is 2^y2.
 __device__ __forceinline__ float y2(float x, float max, float k2) { return __fmul_rn(__fsub_rn(x, max), k2); }
 
-__device__ __forceinline__ float ex2_approx(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-// op over the block of each of N per-thread values, in a fixed order; every
-// thread gets the results. One barrier pair for all N.
-template <int N, class T, class Op> __device__ void block_reduce(T (&v)[N], Op op) {
-    __shared__ T per_warp[S_WARPS][N];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int i = 0; i < N; ++i) v[i] = warp_allreduce(v[i], op);
-    if (lane == 0)
-        for (int i = 0; i < N; ++i) per_warp[warp][i] = v[i];
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < N; ++i) v[i] = warp_allreduce(per_warp[lane][i], op);
-    __syncthreads();
-}
-
 // Pass 1's additions to the streaming draw: it keeps the candidates, and the
 // blocks of the cluster pool their head starts before any group is drawn.
 struct ToppCandidates : PooledHeads {
@@ -255,7 +234,7 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
                 },
                 (int)rank, SAMPLE_CLUSTER, ToppCandidates(cands, &cand_n, &dropped_key));
             float found[3] = {m, d.bs, bad ? 1.0f : 0.0f};
-            block_reduce(found, Max());
+            block_reduce(found, Max(), -INF);
             const float best = found[1];
             m = found[0], bad = found[2] > 0.0f;
             const int n = min(cand_n, TOPP_CANDS);
@@ -317,7 +296,7 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
                 }
                 float t[1 + 2 * TOPP_R] = {};  // one tile's sums (<= 32 terms each: float is enough)
                 auto weigh = [&](float x) {
-                    const float y = y2(x, gm, k2), p = ex2_approx(y);
+                    const float y = y2(x, gm, k2), p = exp2_approx(y);
                     t[0] += p;
                     if (y >= ymin) {
 #pragma unroll
@@ -349,7 +328,7 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
                     for (int i = 0; i < 1 + 2 * TOPP_R; ++i) sums[i] += t[i];
                 }
             }
-            block_reduce(sums, Sum());
+            block_reduce(sums, Sum(), 0.0);
             if (tid == 0) {
                 part.z = sums[0];
                 for (int c = 0; c < TOPP_R; ++c) part.lo[c] = sums[1 + c], part.hi[c] = sums[1 + TOPP_R + c];
@@ -369,7 +348,7 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
                     const double lo = warp_allreduce(mine ? o->lo[c] : 0.0, Sum());
                     const double hi = warp_allreduce(mine ? o->hi[c] : 0.0, Sum());
                     const float y = cand_y[c];
-                    if (hi - (double)ex2_approx(y) + margin < target)
+                    if (hi - (double)exp2_approx(y) + margin < target)
                         v = cand_j[c];
                     else if (lo - margin >= target) {
                         const float f = y - (1.0f + fabsf(y)) * 0x1p-19f;  // all of the nucleus is above

@@ -3,7 +3,7 @@
 //! test files); in-place calls, invalid arguments, graph capture and many
 //! threads. Skipped, visibly, where there is no GPU.
 mod common;
-use common::device::{Dev, Stream, flash_both, mqa_both, present, test_mask};
+use common::device::{Dev, Stream, flash_both, mqa_both, present, random_qkv, test_mask};
 use common::*;
 use cudann::*;
 
@@ -444,9 +444,8 @@ fn device_attention_matches_the_cpu() {
     let s = Stream::new();
     let mut rng = Rng::new(111);
     for (batch, seq, heads, d) in [(1, 1, 1, 32), (2, 37, 3, 64), (1, 129, 2, 128), (1, 20, 2, 48)] {
-        let n = batch * seq * heads * d;
-        let (q, k, v) = (rng.vec(n, 1.0), rng.vec(n, 1.0), rng.vec(n, 1.0));
-        let dims = (batch as i32, seq as i32, heads as i32, d as i32);
+        let (q, k, v, dims) = random_qkv(&mut rng, (batch, seq, heads, d));
+        let n = q.len();
         for causal in [0, 1] {
             let (gpu, cpu) = flash_both(&s, &q, &k, &v, dims, causal);
             agree(&gpu, &cpu, 2e-5, &format!("flash {batch}x{seq}x{heads}x{d} causal={causal}"));

@@ -2,7 +2,7 @@
 //! 64) against the CPU backend. Its own test binary: the flag is read once per
 //! process.
 mod common;
-use common::device::{Stream, flash_both, mqa_both, present, test_mask};
+use common::device::{Stream, flash_both, mqa_both, present, random_qkv, test_mask};
 use common::*;
 
 /// TF32 rounds each product's operands to 10 mantissa bits: the output is off by
@@ -25,9 +25,7 @@ fn tf32_flash_attention_matches_the_cpu() {
     let s = Stream::new();
     let mut rng = Rng::new(120);
     for (batch, seq, heads, d) in [(2, 37, 3, 64), (1, 129, 2, 64), (1, 300, 4, 64), (1, 70, 2, 48)] {
-        let n = batch * seq * heads * d;
-        let (q, k, v) = (rng.vec(n, 1.0), rng.vec(n, 1.0), rng.vec(n, 1.0));
-        let dims = (batch as i32, seq as i32, heads as i32, d as i32);
+        let (q, k, v, dims) = random_qkv(&mut rng, (batch, seq, heads, d));
         for causal in [0, 1] {
             let (gpu, cpu) = flash_both(&s, &q, &k, &v, dims, causal);
             let what = format!("flash {batch}x{seq}x{heads}x{d} causal={causal}");

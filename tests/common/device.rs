@@ -132,6 +132,13 @@ where
     (dout.read(), out)
 }
 
+/// N(0, 1) query, key and value tensors [batch, seq, heads, d], and the dims
+/// (batch, seq, heads, d) the attention helpers take.
+pub fn random_qkv(rng: &mut super::Rng, (batch, seq, heads, d): (usize, usize, usize, usize)) -> (Vec<f32>, Vec<f32>, Vec<f32>, (i32, i32, i32, i32)) {
+    let n = batch * seq * heads * d;
+    (rng.vec(n, 1.0), rng.vec(n, 1.0), rng.vec(n, 1.0), (batch as i32, seq as i32, heads as i32, d as i32))
+}
+
 /// cuda_flash_attention at scale 1/sqrt(head_dim) on device copies of q, k, v
 /// (on stream `s`) and on the host arrays: (device result, host result).
 pub fn flash_both(s: &Stream, q: &[f32], k: &[f32], v: &[f32], dims: (i32, i32, i32, i32), causal: i32) -> (Vec<f32>, Vec<f32>) {
