@@ -176,10 +176,36 @@ def bench_sample():
             del x, t
 
 
+def bench_switch():
+    """One block per row against a cluster per row, by batch: the batch up to
+    which the library launches the cluster kernels (src/gpu/ops.rs sample)."""
+    f32, i32 = np.float32, np.int32
+    vocab, most = 131072, 128
+    seeds, o = cp.arange(most, dtype=cp.uint64), cp.zeros(most, i32)
+    for scale in (3.0, 1.0):
+        x = cp.random.standard_normal((most, vocab), dtype=f32) * f32(scale)
+        for single, cluster, extra in (("sample_f32", "sample_cluster_f32", ()),
+                                       ("topk_sample_f32", "topk_cluster_f32", (i32(50),)),
+                                       ("topp_sample_f32", "topp_cluster_f32", (f32(0.9),)),
+                                       ("topp_sample_f32", "topp_cluster_f32", (f32(0.5),))):
+            ks, kc = kernel("sample", single), kernel("sample_cluster", cluster)
+            cells = []
+            for batch in (16, 32, 48, 64, 96, 128):
+                args = (x, o, seeds, i32(batch), i32(vocab)) + extra + (f32(1.0),)
+                one = median_ms(lambda: ks((batch,), (1024,), args))
+                four = median_ms(lambda: kc((4 * batch,), (1024,), args))
+                cells.append(f"b{batch} {one:.4f}/{four:.4f}")
+            param = f" {float(extra[0]):g}" if extra else ""
+            print(f"N(0,{scale:g}) {single}{param}, ms one block / cluster per row: " + "  ".join(cells))
+        del x
+
+
 def main():
     f32, i32, i64 = np.float32, np.int32, np.int64
     print(cp.cuda.runtime.getDeviceProperties(0)["name"].decode())
-    only = sys.argv[1:]  # optional: "core", "attention", "sample"
+    only = sys.argv[1:]  # optional: "core", "attention", "sample", "switch"
+    if "switch" in only:
+        bench_switch()
     if not only or "attention" in only:
         bench_attention_rope()
     if not only or "sample" in only:

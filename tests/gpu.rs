@@ -396,8 +396,9 @@ fn device_sampling_agrees_with_the_cpu() {
     }
     let s = Stream::new();
     let mut rng = Rng::new(110);
-    // Batches up to 32 of rows longer than a tile: plain and top-p sampling by clusters (sm_90+).
-    for (rows, vocab) in [(3000, 100), (64, 131_072), (1, 131_072), (5, 4097), (32, 20_000)] {
+    // Rows longer than a tile, up to 32 of them (all samplers) or 64 (plain and
+    // top-p): sampling by clusters on sm_90+; 65 rows: one block per row.
+    for (rows, vocab) in [(3000, 100), (65, 131_072), (40, 131_072), (1, 131_072), (5, 4097), (32, 20_000)] {
         let x = rng.vec(rows * vocab, 2.0);
         let seeds: Vec<u64> = (0..rows as u64).map(|i| i * 31 + 7).collect();
         let (dx, ds, dout) = (Dev::from(&x), Dev::from(&seeds), Dev::from(&vec![-1i32; rows]));

@@ -10,9 +10,6 @@ use crate::cpu::rng::TILE;
 const SAMPLE_BLOCK: u32 = 1024;
 /// Blocks per row of the cluster kernels (SAMPLE_CLUSTER in sample_cluster.cu).
 const SAMPLE_CLUSTER: usize = 4;
-/// Up to this many rows, the samplers split each row over a cluster: one block
-/// per row would leave most SMs idle.
-const CLUSTER_ROWS: usize = 32;
 use super::{Gpu, blas};
 use crate::error::Result;
 
@@ -175,28 +172,30 @@ pub unsafe fn sample(g: &Gpu, s: Stream, logits: DevPtr, seeds: DevPtr, out: Dev
         return unsafe { argmax(g, s, logits, out, batch, vocab) };
     }
     let mut args = vec![Ptr(logits), Ptr(out), Ptr(seeds), I32(batch as i32), I32(vocab as i32)];
-    // The kernel with one block per row, and the one with a cluster per row.
-    let (single, cluster) = match sampler {
+    // The kernel with one block per row, the one with a cluster per row, and up
+    // to how many rows the cluster is faster (one block per row leaves SMs
+    // idle; H100, 131072 tokens: bench/RESULTS.md).
+    let (single, cluster, cluster_rows) = match sampler {
         Sampler::TopK(k) if k < vocab => {
             args.push(I32(k as i32));
-            ("topk_sample_f32", Some("topk_cluster_f32"))
+            ("topk_sample_f32", "topk_cluster_f32", 32)
         }
         Sampler::TopP(p) if p < 1.0 => {
             args.push(F32(p));
-            ("topp_sample_f32", Some("topp_cluster_f32"))
+            ("topp_sample_f32", "topp_cluster_f32", 64)
         }
-        _ => ("sample_f32", Some("sample_cluster_f32")),
+        _ => ("sample_f32", "sample_cluster_f32", 64),
     };
     args.push(F32(temperature));
     let at = per_row(batch, SAMPLE_BLOCK);
     unsafe {
-        match cluster {
-            // A few rows longer than a tile: a cluster of blocks per row (sm_90+),
-            // else (or if the GPU cannot place a cluster now) one block per row.
-            Some(name) if batch <= CLUSTER_ROWS && vocab > TILE && g.has(name) => g
-                .launch(name, per_row(batch * SAMPLE_CLUSTER, SAMPLE_BLOCK), s, &mut args)
-                .or_else(|_| g.launch(single, at, s, &mut args)),
-            _ => g.launch(single, at, s, &mut args),
+        // A few rows longer than a tile: a cluster of blocks per row (sm_90+),
+        // else (or if the GPU cannot place a cluster now) one block per row.
+        if batch <= cluster_rows && vocab > TILE && g.has(cluster) {
+            g.launch(cluster, per_row(batch * SAMPLE_CLUSTER, SAMPLE_BLOCK), s, &mut args)
+                .or_else(|_| g.launch(single, at, s, &mut args))
+        } else {
+            g.launch(single, at, s, &mut args)
         }
     }
 }
