@@ -17,7 +17,9 @@
 // The token is the best scorer inside the nucleus, i.e. the first of them whose
 // mass above it is below top_p of the total. When both lie outside, the next
 // try draws only from the tokens above the more probable of them (the nucleus
-// is there), up to TOPP_TRIES tries. When the nucleus's edge falls within
+// is there), up to TOPP_TRIES tries; after the first, a third read counts the
+// tokens per 1/16 log2 unit of p, which bounds the nucleus from below: the
+// second try starts near the nucleus's edge. When the nucleus's edge falls within
 // TOPP_MARGIN of the total of a candidate, or after the last try, the
 // cluster's first block runs the exact algorithm (topp.cuh) on the row.
 #include "topk.cuh"
@@ -163,6 +165,7 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
 #define TOPP_CANDS 1024  // a block's candidate buffer (in topp_scratch)
 #define TOPP_MARGIN 3e-5 // of the total mass: the estimates' error is below 1e-5 of it
 #define TOPP_TRIES 3     // tries before the exact algorithm
+#define TOPP_BINS 1024   // after try 1: tokens counted per 1/16 log2 unit below the row max
 
 // What a block found in its part of the row, read by the cluster's blocks.
 struct ToppPart {
@@ -196,6 +199,51 @@ struct ToppCandidates : PooledHeads {
     }
 };
 
+// Every token of block `rank`'s tiles (as the streaming draw took them: mostly
+// cache hits), in an order of its choosing: begin() before each tile's tokens,
+// token(x) for each, end() after them.
+template <class Begin, class Token, class End>
+__device__ void each_token(const float* xr, int vocab, unsigned rank, Begin begin, Token token, End end) {
+    const int lane = threadIdx.x & 31;
+    for (int tile = (threadIdx.x >> 5) * SAMPLE_CLUSTER + (int)rank; tile <= (vocab - 1) / TILE; tile += SAMPLE_CLUSTER * S_WARPS) {
+        const int start = tile * TILE;
+        begin();
+        if (aligned16(xr) && start + TILE <= vocab) {  // float4 loads
+            const float4* x4 = reinterpret_cast<const float4*>(xr + start) + lane;
+#pragma unroll 1
+            for (int k0 = 0; k0 < TILE / 128; k0 += 4) {
+                float4 v[4];
+#pragma unroll
+                for (int k = 0; k < 4; ++k) v[k] = x4[(k0 + k) * 32];
+#pragma unroll
+                for (int k = 0; k < 4; ++k) token(v[k].x), token(v[k].y), token(v[k].z), token(v[k].w);
+            }
+        } else {
+            for (int i = 0, nm = members(vocab, start, lane); i < nm; ++i) token(xr[start + lane + i * 32]);
+        }
+        end();
+    }
+}
+
+// After a try whose candidates are all out: the cluster's counts per bin (bin
+// b: y in (-(b+1)/16, -b/16], y in log2 units below the row max) bound the
+// nucleus from below. A token is surely out once the tokens two or more bins
+// above it surely hold top_p of the total (the extra bin covers the CPU's
+// rounding of p); returns the y below which every token is out, or -inf.
+static_assert(S_THREADS == TOPP_BINS, "nucleus_floor: one bin per thread");
+__device__ float nucleus_floor(const unsigned* bins, float top_p) {
+    __shared__ int cut;
+    __shared__ double above;
+    const int b = TOPP_BINS - 1 - (int)threadIdx.x;  // reversed: find_boundary sums from the end
+    unsigned c = 0;
+    for (unsigned r = 0; r < SAMPLE_CLUSTER; ++r) c += *cluster_map(bins + b, r);
+    const double lo = c * exp2(-(b + 1) / 16.0) * (1.0 - 1e-4), hi = c * exp2(-b / 16.0) * (1.0 + 1e-4);
+    const double target = top_p * block_allreduce(hi, Sum(), 0.0);
+    // The largest i with the top TOPP_BINS - i bins' mass >= target.
+    find_boundary<TOPP_BINS, double>([&](int) { return lo; }, [&](double s) { return s >= target; }, &cut, &above);
+    return cut < 0 ? -INF : -(TOPP_BINS - cut + 1) / 16.0f;
+}
+
 // Launch: block 1024, grid a multiple of SAMPLE_CLUSTER (clusters stride over
 // rows); arguments as topp_sample_f32 (0 < top_p < 1).
 extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bounds__(S_THREADS, 1)
@@ -207,6 +255,7 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
     __shared__ int cand_j[TOPP_R];
     __shared__ float cand_y[TOPP_R], row_max;
     i64* cands = reinterpret_cast<i64*>(topp_scratch);
+    unsigned* bins = reinterpret_cast<unsigned*>(cands + TOPP_CANDS);  // TOPP_BINS, after the candidates
     const unsigned rank = cluster_rank();
     const int tid = threadIdx.x, lane = tid & 31;
     for (i64 row = blockIdx.x / SAMPLE_CLUSTER; row < batch; row += gridDim.x / SAMPLE_CLUSTER) {
@@ -306,27 +355,17 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
                         }
                     }
                 };
-                // The tiles of pass 1 (stream_pass_deferred): mostly cache hits.
-                for (int tile = (tid >> 5) * SAMPLE_CLUSTER + (int)rank; tile <= (vocab - 1) / TILE; tile += SAMPLE_CLUSTER * S_WARPS) {
-                    const int start = tile * TILE;
+                each_token(
+                    xr, vocab, rank,
+                    [&] {
 #pragma unroll
-                    for (int i = 0; i < 1 + 2 * TOPP_R; ++i) t[i] = 0.0f;
-                    if (aligned16(xr) && start + TILE <= vocab) {  // the order of the sums is free: float4 loads
-                        const float4* x4 = reinterpret_cast<const float4*>(xr + start) + lane;
-#pragma unroll 1
-                        for (int k0 = 0; k0 < TILE / 128; k0 += 4) {
-                            float4 v[4];
+                        for (int i = 0; i < 1 + 2 * TOPP_R; ++i) t[i] = 0.0f;
+                    },
+                    weigh,
+                    [&] {
 #pragma unroll
-                            for (int k = 0; k < 4; ++k) v[k] = x4[(k0 + k) * 32];
-#pragma unroll
-                            for (int k = 0; k < 4; ++k) weigh(v[k].x), weigh(v[k].y), weigh(v[k].z), weigh(v[k].w);
-                        }
-                    } else {
-                        for (int i = 0, nm = members(vocab, start, lane); i < nm; ++i) weigh(xr[start + lane + i * 32]);
-                    }
-#pragma unroll
-                    for (int i = 0; i < 1 + 2 * TOPP_R; ++i) sums[i] += t[i];
-                }
+                        for (int i = 0; i < 1 + 2 * TOPP_R; ++i) sums[i] += t[i];
+                    });
             }
             block_reduce(sums, Sum(), 0.0);
             if (tid == 0) {
@@ -368,6 +407,15 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
                 break;
             }
             floor2 = next_floor, skip = next_skip;
+            if (tries == 1) {  // the next tries draw only above the floor of the bins
+                for (int b = tid; b < TOPP_BINS; b += S_THREADS) bins[b] = 0;
+                __syncthreads();
+                each_token(
+                    xr, vocab, rank, [] {},
+                    [&](float x) { atomicAdd(&bins[(int)fminf(-y2(x, rmax, k2) * 16.0f, TOPP_BINS - 1.0f)], 1u); }, [] {});
+                cluster_sync();
+                floor2 = fmaxf(floor2, nucleus_floor(bins, top_p));
+            }
         }
     }
     cluster_sync();  // no block leaves while another may still read its shared memory
