@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
-"""Top-p at batch 256: the experiments of 2026-11-23 (bench/RESULTS.md; none shipped).
-
-    python3 bench/gpu/experiments/topp_experiments.py binning   # cost of binning every token in the plain draw
-    python3 bench/gpu/experiments/topp_experiments.py floor     # a cluster that keeps the row in shared memory: load + max + one exp pass
-    git apply bench/gpu/experiments/topp-cached-cluster.patch && python3 bench/gpu/experiments/topp_experiments.py cached
-    python3 bench/gpu/experiments/topp_experiments.py bins-floor  # kernels/sample_cluster.cu against the committed PTX
-    python3 bench/gpu/experiments/topp_experiments.py tries [SOURCE]  # how the cluster top-p ends its rows
+"""Top-p at batch 256: the experiments of 2026-11-23 (bench/RESULTS.md).
 
 From the repository root, on an sm_90 GPU with CuPy. Each compares tokens with the
 committed exact kernel (topp_sample_f32) where it draws, and prints ms per launch.
-bins-floor measured the floor of the bins (shipped in 0.1.0) with the PTX of commit
-21f06b5 (before it) as the committed one: git checkout 21f06b5 -- kernels/ptx.
+
+    python3 bench/gpu/experiments/topp_experiments.py binning   # cost of binning every token in the plain draw
+    python3 bench/gpu/experiments/topp_experiments.py onepass   # topp_onepass.cu: one read, counts, a second read when out
+    python3 bench/gpu/experiments/topp_experiments.py tries [SOURCE]  # how the cluster top-p ends its rows
+    python3 bench/gpu/experiments/topp_experiments.py bins-floor  # kernels/sample_cluster.cu against the committed PTX
+
+bins-floor measured the shipped floor of the bins against the PTX of commit 21f06b5
+(before it; git checkout 21f06b5 -- kernels/ptx). The cluster that keeps its row in
+shared memory (not shipped) is a patch on commit 21f06b5; CUDANN_ROOT points the
+script at a checkout of it:
+
+    git worktree add /tmp/cached 21f06b5 && git -C /tmp/cached apply "$PWD"/bench/gpu/experiments/topp-cached-cluster.patch
+    CUDANN_ROOT=/tmp/cached python3 bench/gpu/experiments/topp_experiments.py floor   # load + max + one exp pass
+    CUDANN_ROOT=/tmp/cached python3 bench/gpu/experiments/topp_experiments.py cached
 """
 
 import os
@@ -19,7 +25,8 @@ import sys
 import cupy as cp
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.environ.get("CUDANN_ROOT", os.path.dirname(os.path.dirname(os.path.dirname(HERE))))
 sys.path.insert(0, os.path.join(ROOT, "kernels"))
 from bench_kernels import median_ms  # noqa: E402
 
@@ -116,7 +123,7 @@ extern "C" __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(S_THREAD
 
 def floor():
     """The least a cluster per row that keeps its row in shared memory costs: read, max, one exp pass.
-    Needs kernels/cluster.cuh (topp-cached-cluster.patch)."""
+    Needs kernels/cluster.cuh (topp-cached-cluster.patch, CUDANN_ROOT)."""
     x, out = rows_of(1.0), cp.empty(ROWS, i32)
     for cl, nt in ((4, 512), (4, 1024), (8, 512), (8, 1024)):
         k = cp.RawKernel(FLOOR.replace("NT", str(nt)).replace("CL", str(cl)), "lf", options=OPTS)
@@ -127,7 +134,7 @@ def floor():
 
 
 def cached():
-    """topp_cached_f32 (topp-cached-cluster.patch) against the exact and the shipped cluster kernel."""
+    """topp_cached_f32 (topp-cached-cluster.patch, CUDANN_ROOT) against the exact and the shipped cluster kernel."""
     k = cp.RawKernel(source("topp_cluster.cu"), "topp_cached_f32", options=OPTS)
     exact, shipped = committed("sample", "topp_sample_f32"), committed("sample_cluster", "topp_cluster_f32")
     smem = lambda vocab: -(-(-(-vocab // 1024)) // 8) * 4096
@@ -179,6 +186,30 @@ def bins_floor():
             print(f"N(0,{s:g}) p{p}: " + " | ".join(cells), flush=True)
 
 
+def onepass():
+    """topp_onepass.cu: one read of the row that draws and counts every token per 1/64 log2
+    unit, decides the best scorer from the counts, and reads the row again (one block)
+    when it is surely out; rows too close to call are left at -1 (no exact fallback)."""
+    src = open(os.path.join(HERE, "topp_onepass.cu")).read()
+    exact = committed("sample", "topp_sample_f32")
+    for nt in (1024, 512):
+        k = cp.RawKernel(src.replace("NTHREADS", str(nt)), "topp_onepass_f32", options=OPTS)
+        print(f"threads {nt}: regs {k.num_regs} local {k.local_size_bytes}", flush=True)
+        for vocab in (131072, 32000):
+            for s in (3.0, 1.0):
+                x, seeds = rows_of(s, ROWS, vocab), cp.random.randint(0, 2**62, ROWS, dtype=cp.uint64)
+                for p, t in ((0.9, 1.0), (0.5, 1.0), (0.9, 0.5), (0.2, 1.0)):
+                    a, b, verdict = cp.full(ROWS, -7, i32), cp.full(ROWS, -7, i32), cp.zeros(ROWS, i32)
+                    args = (x, b, seeds, i32(ROWS), i32(vocab), f32(p), f32(t), verdict)
+                    exact((ROWS,), (1024,), (x, a, seeds, i32(ROWS), i32(vocab), f32(p), f32(t)))
+                    k((ROWS,), (nt,), args)
+                    wrong = int(((a != b) & (b >= 0)).sum().get())
+                    v, c = np.unique(verdict.get(), return_counts=True)
+                    ms = median_ms(lambda: k((ROWS,), (nt,), args))
+                    print(f"  vocab {vocab} N(0,{s * s:g}) p{p} T{t}: {ms:.4f} ms, wrong {wrong}, "
+                          f"rows in at once / after a second read / too close: {c[v == 1].sum()} / {c[v == 2].sum()} / {c[v == 0].sum()}", flush=True)
+
+
 def tries(path=os.path.join(ROOT, "kernels", "sample_cluster.cu")):
     """How topp_cluster_f32 (source at `path`) ends each row: decided at try 1, 2 or 3, too
     close to call (1), or every try's candidates out (2); both of the last go to the
@@ -201,4 +232,4 @@ def tries(path=os.path.join(ROOT, "kernels", "sample_cluster.cu")):
 
 if __name__ == "__main__":
     cp.random.seed(7)
-    {"binning": binning, "floor": floor, "cached": cached, "bins-floor": bins_floor, "tries": tries}[sys.argv[1]](*sys.argv[2:])
+    {"binning": binning, "floor": floor, "cached": cached, "bins-floor": bins_floor, "tries": tries, "onepass": onepass}[sys.argv[1]](*sys.argv[2:])
