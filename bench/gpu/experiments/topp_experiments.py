@@ -6,6 +6,7 @@ committed exact kernel (topp_sample_f32) where it draws, and prints ms per launc
 
     python3 bench/gpu/experiments/topp_experiments.py binning   # cost of binning every token in the plain draw
     python3 bench/gpu/experiments/topp_experiments.py onepass   # topp_onepass.cu: one read, counts, a second read when out
+    python3 bench/gpu/experiments/topp_experiments.py twokernel # topp_twokernel.cu: the second read by clusters, in a second kernel
     python3 bench/gpu/experiments/topp_experiments.py tries [SOURCE]  # how the cluster top-p ends its rows
     python3 bench/gpu/experiments/topp_experiments.py bins-floor  # kernels/sample_cluster.cu against the committed PTX
 
@@ -210,6 +211,39 @@ def onepass():
                           f"rows in at once / after a second read / too close: {c[v == 1].sum()} / {c[v == 2].sum()} / {c[v == 0].sum()}", flush=True)
 
 
+def twokernel():
+    """topp_twokernel.cu: k1 (one block per row: draw, counts, decide) then k2 (a cluster per
+    row left undecided: draw above the floor); stat 2: decided by k2, 3: k1 could not
+    decide, 4: k2 could not (both would need the exact algorithm)."""
+    src = open(os.path.join(HERE, "topp_twokernel.cu")).read()
+    exact = committed("sample", "topp_sample_f32")
+    data = {s: rows_of(s) for s in (3.0, 1.0)}
+    seeds = cp.random.randint(0, 2**62, ROWS, dtype=cp.uint64)
+    for nb, res, minb in ((8192, 128, 2), (32768, 512, 1), (16384, 256, 1)):
+        src_n = src.replace("NBINS", str(nb)).replace("RESF", f"{res}.0").replace("MINB", str(minb))
+        k1, k2 = (cp.RawKernel(src_n, name, options=OPTS) for name in ("k1", "k2"))
+        k1.max_dynamic_shared_size_bytes = 4 * nb
+        print(f"bins {nb} 1/{res} minb {minb}: k1 regs {k1.num_regs} local {k1.local_size_bytes}, k2 regs {k2.num_regs} local {k2.local_size_bytes}", flush=True)
+        for s, x in data.items():
+            for p, t in ((0.9, 1.0), (0.5, 1.0), (0.9, 0.5)):
+                a, b, st = cp.full(ROWS, -7, i32), cp.full(ROWS, -7, i32), cp.zeros(ROWS, i32)
+                exact((ROWS,), (1024,), (x, a, seeds, i32(ROWS), i32(VOCAB), f32(p), f32(t)))
+                args1 = (x, b, seeds, i32(ROWS), i32(VOCAB), f32(p), f32(t))
+                args2 = args1 + (st,)
+                k1((ROWS,), (1024,), args1, shared_mem=4 * nb)
+                n1 = int((b >= 0).sum().get())
+                k2((ROWS * 4,), (1024,), args2)
+                wrong = int(((a != b) & (b >= 0)).sum().get())
+                v, c = np.unique(st.get(), return_counts=True)
+                t1 = median_ms(lambda: k1((ROWS,), (1024,), args1, shared_mem=4 * nb))
+
+                def both():
+                    k1((ROWS,), (1024,), args1, shared_mem=4 * nb)
+                    k2((ROWS * 4,), (1024,), args2)
+                print(f"  N(0,{s * s:g}) p{p} T{t}: k1 {t1:.4f} k1+k2 {median_ms(both):.4f} ms; in after k1 {n1}, "
+                      f"wrong {wrong}, k2 stats {dict(zip(v.tolist(), c.tolist()))}", flush=True)
+
+
 def tries(path=os.path.join(ROOT, "kernels", "sample_cluster.cu")):
     """How topp_cluster_f32 (source at `path`) ends each row: decided at try 1, 2 or 3, too
     close to call (1), or every try's candidates out (2); both of the last go to the
@@ -232,4 +266,4 @@ def tries(path=os.path.join(ROOT, "kernels", "sample_cluster.cu")):
 
 if __name__ == "__main__":
     cp.random.seed(7)
-    {"binning": binning, "floor": floor, "cached": cached, "bins-floor": bins_floor, "tries": tries, "onepass": onepass}[sys.argv[1]](*sys.argv[2:])
+    {"binning": binning, "floor": floor, "cached": cached, "bins-floor": bins_floor, "tries": tries, "onepass": onepass, "twokernel": twokernel}[sys.argv[1]](*sys.argv[2:])
