@@ -939,7 +939,7 @@ def check_sample():
     for name, kind, params in (("sample_f32", "all", (None,)), ("topk_sample_f32", "topk", (1, 5, 50, 900, 1500)),
                                ("topp_sample_f32", "topp", (0.9, 0.5, 0.99, 0.05)),
                                ("topk_cluster_f32", "topk", (1, 5, 50, 900, 1500, 3)),
-                               ("topp_cluster_f32", "topp", (0.9, 0.5, 0.99, 0.05, 0.95, 0.8))):
+                               ("topp_cluster_f32", "topp", (0.9, 0.5, 0.99, 0.05, 0.95, 0.8, 0.2))):
         cluster = name.endswith("cluster_f32")
         agree = total = lib_agree = lib_total = 0
         bad_member = 0
