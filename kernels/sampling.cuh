@@ -5,9 +5,7 @@
 
 typedef unsigned long long u64;
 
-#ifndef S_THREADS  // a source may pick a smaller block (the block helpers follow it)
 #define S_THREADS 1024
-#endif
 #define S_WARPS (S_THREADS / 32)
 #define GOLDEN 0x9E3779B97F4A7C15ULL
 #define FULL 0xffffffffu

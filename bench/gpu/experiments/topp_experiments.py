@@ -5,7 +5,6 @@ From the repository root, on an sm_90 GPU with CuPy. Each compares tokens with t
 committed exact kernel (topp_sample_f32) where it draws, and prints ms per launch.
 
     python3 bench/gpu/experiments/topp_experiments.py binning   # cost of binning every token in the plain draw
-    python3 bench/gpu/experiments/topp_experiments.py onepass   # topp_onepass.cu: one read, counts, a second read when out
     python3 bench/gpu/experiments/topp_experiments.py twokernel # topp_twokernel.cu: the second read by clusters, in a second kernel
     python3 bench/gpu/experiments/topp_experiments.py tries [SOURCE]  # how the cluster top-p ends its rows
     python3 bench/gpu/experiments/topp_experiments.py bins-floor  # kernels/sample_cluster.cu against the committed PTX
@@ -187,30 +186,6 @@ def bins_floor():
             print(f"N(0,{s:g}) p{p}: " + " | ".join(cells), flush=True)
 
 
-def onepass():
-    """topp_onepass.cu: one read of the row that draws and counts every token per 1/64 log2
-    unit, decides the best scorer from the counts, and reads the row again (one block)
-    when it is surely out; rows too close to call are left at -1 (no exact fallback)."""
-    src = open(os.path.join(HERE, "topp_onepass.cu")).read()
-    exact = committed("sample", "topp_sample_f32")
-    for nt in (1024, 512):
-        k = cp.RawKernel(src.replace("NTHREADS", str(nt)), "topp_onepass_f32", options=OPTS)
-        print(f"threads {nt}: regs {k.num_regs} local {k.local_size_bytes}", flush=True)
-        for vocab in (131072, 32000):
-            for s in (3.0, 1.0):
-                x, seeds = rows_of(s, ROWS, vocab), cp.random.randint(0, 2**62, ROWS, dtype=cp.uint64)
-                for p, t in ((0.9, 1.0), (0.5, 1.0), (0.9, 0.5), (0.2, 1.0)):
-                    a, b, verdict = cp.full(ROWS, -7, i32), cp.full(ROWS, -7, i32), cp.zeros(ROWS, i32)
-                    args = (x, b, seeds, i32(ROWS), i32(vocab), f32(p), f32(t), verdict)
-                    exact((ROWS,), (1024,), (x, a, seeds, i32(ROWS), i32(vocab), f32(p), f32(t)))
-                    k((ROWS,), (nt,), args)
-                    wrong = int(((a != b) & (b >= 0)).sum().get())
-                    v, c = np.unique(verdict.get(), return_counts=True)
-                    ms = median_ms(lambda: k((ROWS,), (nt,), args))
-                    print(f"  vocab {vocab} N(0,{s * s:g}) p{p} T{t}: {ms:.4f} ms, wrong {wrong}, "
-                          f"rows in at once / after a second read / too close: {c[v == 1].sum()} / {c[v == 2].sum()} / {c[v == 0].sum()}", flush=True)
-
-
 def twokernel():
     """topp_twokernel.cu: k1 (one block per row: draw, counts, decide) then k2 (a cluster per
     row left undecided: draw above the floor); stat 2: decided by k2, 3: k1 could not
@@ -266,4 +241,4 @@ def tries(path=os.path.join(ROOT, "kernels", "sample_cluster.cu")):
 
 if __name__ == "__main__":
     cp.random.seed(7)
-    {"binning": binning, "floor": floor, "cached": cached, "bins-floor": bins_floor, "tries": tries, "onepass": onepass, "twokernel": twokernel}[sys.argv[1]](*sys.argv[2:])
+    {"binning": binning, "floor": floor, "cached": cached, "bins-floor": bins_floor, "tries": tries, "twokernel": twokernel}[sys.argv[1]](*sys.argv[2:])

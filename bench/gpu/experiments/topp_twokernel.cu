@@ -2,7 +2,7 @@
 // k1 draws over each row and counts its tokens (NBINS bins of 1/RESF log2 unit),
 // keeps the best scorer when surely inside the nucleus, else leaves a floor and
 // an "inside" bin in out[row]; k2 (a cluster of 4 per row) draws above the floor.
-#include "sampling.cuh"
+#include "sample_cluster.cu"  // the cluster helpers and PooledHeads (clusters of 4)
 #define OB NBINS          // bins of 1/RES log2 unit
 #define ORES RESF
 #define OB_ZERO (OB * 5 / 8)  // bin of y2 = 0 (the reference)
@@ -74,32 +74,6 @@ extern "C" __global__ void __launch_bounds__(S_THREADS, MINB)
         __syncthreads();
     }
 }
-
-__device__ __forceinline__ unsigned cluster_rank() {
-    unsigned r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-template <class T> __device__ __forceinline__ T* cluster_map(T* local, unsigned rank) {
-    T* remote;
-    asm volatile("mapa.u64 %0, %1, %2;" : "=l"(remote) : "l"(local), "r"(rank));
-    return remote;
-}
-__shared__ int pooled_lb;
-struct PooledHeads : DrawOnly {
-    __device__ float head() const {
-        __syncthreads();
-        if (threadIdx.x == 0) pooled_lb = block_lb;
-        cluster_sync();
-        int best = pooled_lb;
-        for (unsigned r = 0; r < 4; ++r) best = max(best, *cluster_map(&pooled_lb, r));
-        cluster_sync();
-        return from_total_order_key(best);
-    }
-};
 
 extern "C" __global__ void __cluster_dims__(4, 1, 1) __launch_bounds__(1024, 2)
     k2(const float* logits, int* out, const u64* seeds, int batch, int vocab, float top_p, float temperature, int* stat) {
