@@ -17,9 +17,9 @@
 // The token is the best scorer inside the nucleus, i.e. the first of them whose
 // mass above it is below top_p of the total. When both lie outside, the next
 // try draws only from the tokens above the more probable of them (the nucleus
-// is there), up to TOPP_TRIES tries; after the first, a third read counts the
-// tokens per 1/16 log2 unit of p, which bounds the nucleus from below: the
-// second try starts near the nucleus's edge. When the nucleus's edge falls within
+// is there), up to TOPP_TRIES tries. Before the second, a third read of the
+// row counts its tokens per 1/16 log2 unit of p, which puts a floor under the
+// nucleus: the second try starts near the nucleus's edge. When the nucleus's edge falls within
 // TOPP_MARGIN of the total of a candidate, or after the last try, the
 // cluster's first block runs the exact algorithm (topp.cuh) on the row.
 #include "topk.cuh"
@@ -165,7 +165,8 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
 #define TOPP_CANDS 1024  // a block's candidate buffer (in topp_scratch)
 #define TOPP_MARGIN 3e-5 // of the total mass: the estimates' error is below 1e-5 of it
 #define TOPP_TRIES 3     // tries before the exact algorithm
-#define TOPP_BINS 1024   // after try 1: tokens counted per 1/16 log2 unit below the row max
+#define TOPP_BINS 1024   // after try 1: tokens counted per 1/TOPP_BIN_SCALE log2 unit below the row max
+#define TOPP_BIN_SCALE 16
 
 // What a block found in its part of the row, read by the cluster's blocks.
 struct ToppPart {
@@ -226,8 +227,8 @@ __device__ void each_token(const float* xr, int vocab, unsigned rank, Begin begi
 }
 
 // After a try whose candidates are all out: the cluster's counts per bin (bin
-// b: y in (-(b+1)/16, -b/16], y in log2 units below the row max) bound the
-// nucleus from below. A token is surely out once the tokens two or more bins
+// b: y in (-(b+1)/S, -b/S], y in log2 units below the row max, S =
+// TOPP_BIN_SCALE) bound the nucleus from below. A token is surely out once the tokens two or more bins
 // above it surely hold top_p of the total (the extra bin covers the CPU's
 // rounding of p); returns the y below which every token is out, or -inf.
 static_assert(S_THREADS == TOPP_BINS, "nucleus_floor: one bin per thread");
@@ -237,11 +238,12 @@ __device__ float nucleus_floor(const unsigned* bins, float top_p) {
     const int b = TOPP_BINS - 1 - (int)threadIdx.x;  // reversed: find_boundary sums from the end
     unsigned c = 0;
     for (unsigned r = 0; r < SAMPLE_CLUSTER; ++r) c += *cluster_map(bins + b, r);
-    const double lo = c * exp2(-(b + 1) / 16.0) * (1.0 - 1e-4), hi = c * exp2(-b / 16.0) * (1.0 + 1e-4);
+    const double scale = TOPP_BIN_SCALE;
+    const double lo = c * exp2(-(b + 1) / scale) * (1.0 - 1e-4), hi = c * exp2(-b / scale) * (1.0 + 1e-4);
     const double target = top_p * block_allreduce(hi, Sum(), 0.0);
     // The largest i with the top TOPP_BINS - i bins' mass >= target.
     find_boundary<TOPP_BINS, double>([&](int) { return lo; }, [&](double s) { return s >= target; }, &cut, &above);
-    return cut < 0 ? -INF : -(TOPP_BINS - cut + 1) / 16.0f;
+    return cut < 0 ? -INF : -(TOPP_BINS - cut + 1) / (float)TOPP_BIN_SCALE;
 }
 
 // Launch: block 1024, grid a multiple of SAMPLE_CLUSTER (clusters stride over
@@ -412,7 +414,8 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
                 __syncthreads();
                 each_token(
                     xr, vocab, rank, [] {},
-                    [&](float x) { atomicAdd(&bins[(int)fminf(-y2(x, rmax, k2) * 16.0f, TOPP_BINS - 1.0f)], 1u); }, [] {});
+                    [&](float x) { atomicAdd(&bins[(int)fminf(-y2(x, rmax, k2) * TOPP_BIN_SCALE, TOPP_BINS - 1.0f)], 1u); },
+                    [] {});
                 cluster_sync();
                 floor2 = fmaxf(floor2, nucleus_floor(bins, top_p));
             }
