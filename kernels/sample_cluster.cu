@@ -228,9 +228,10 @@ __device__ void each_token(const float* xr, int vocab, unsigned rank, Begin begi
 
 // After a try whose candidates are all out: the cluster's counts per bin (bin
 // b: y in (-(b+1)/S, -b/S], y in log2 units below the row max, S =
-// TOPP_BIN_SCALE) bound the nucleus from below. A token is surely out once the tokens two or more bins
-// above it surely hold top_p of the total (the extra bin covers the CPU's
-// rounding of p); returns the y below which every token is out, or -inf.
+// TOPP_BIN_SCALE) bound the nucleus from below. A token is surely out once the
+// tokens two or more bins above it surely hold top_p of the total (the extra
+// bin covers the CPU's rounding of p); returns the y below which every token is
+// out, or -inf.
 static_assert(S_THREADS == TOPP_BINS, "nucleus_floor: one bin per thread");
 __device__ float nucleus_floor(const unsigned* bins, float top_p) {
     __shared__ int cut;
