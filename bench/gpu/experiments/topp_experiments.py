@@ -8,6 +8,8 @@ committed exact kernel (topp_sample_f32) where it draws, and prints ms per launc
     python3 bench/gpu/experiments/topp_experiments.py twokernel # topp_twokernel.cu: the second read by clusters, in a second kernel
     python3 bench/gpu/experiments/topp_experiments.py tries [SOURCE]  # how the cluster top-p ends its rows
     python3 bench/gpu/experiments/topp_experiments.py bins-floor  # kernels/sample_cluster.cu against the committed PTX
+    python3 bench/gpu/experiments/topp_experiments.py occupancy  # the cluster top-p with fewer blocks per row, more per SM
+    python3 bench/gpu/experiments/topp_experiments.py sketch     # cost of summing the row's masses in the plain draw
 
 bins-floor measured the shipped floor of the bins against the PTX of commit 21f06b5
 (before it; git checkout 21f06b5 -- kernels/ptx). The cluster that keeps its row in
@@ -239,6 +241,99 @@ def tries(path=os.path.join(ROOT, "kernels", "sample_cluster.cu")):
             print(f"N(0,{s:g}) p{p}: " + ", ".join(f"try {e // 10} {['in', 'close', 'out'][e % 10]}: {n}" for e, n in zip(v, c)), flush=True)
 
 
+def occupancy():
+    """topp_cluster_f32 rebuilt with 1 or 2 blocks per row, 256 to 1024 threads and 1 to 8 blocks
+    per SM (sampling.cuh's S_THREADS and the launch bounds edited in a copy of kernels/)."""
+    import shutil
+    import tempfile
+    seeds = cp.arange(ROWS, dtype=cp.uint64) * 7919 + 11
+    exact = committed("sample", "topp_sample_f32")
+    data = {s: rows_of(s) for s in (1.0, 3.0)}
+    runs = [(s, p, x) for s, x in data.items() for p in (0.9, 0.5)]
+    want = {}
+    for s, p, x in runs:
+        want[s, p] = cp.empty(ROWS, i32)
+        launch = lambda: exact((ROWS,), (1024,), (x, want[s, p], seeds, i32(ROWS), i32(VOCAB), f32(p), f32(1.0)))
+        print(f"topp_sample_f32 N(0,{s:g}) p{p} b{ROWS}: {median_ms(launch):.4f}", flush=True)
+    for cl, threads, per_sm in ((4, 1024, 1), (1, 1024, 1), (1, 1024, 2), (1, 512, 2), (1, 512, 3), (1, 512, 4),
+                                (2, 512, 2), (2, 512, 4), (1, 256, 4), (1, 256, 8)):
+        inc = tempfile.mkdtemp()
+        shutil.copytree(os.path.join(ROOT, "kernels"), inc, dirs_exist_ok=True)
+        with open(os.path.join(inc, "sampling.cuh"), "w") as f:
+            f.write(source("sampling.cuh").replace("#define S_THREADS 1024", f"#define S_THREADS {threads}"))
+        src = source("sample_cluster.cu").replace("#define SAMPLE_CLUSTER 4", f"#define SAMPLE_CLUSTER {cl}")
+        src = src.replace("#define TOPP_BINS 1024", f"#define TOPP_BINS {threads}")  # one bin per thread
+        at = src.rindex("__launch_bounds__(S_THREADS, 1)", 0, src.index("topp_cluster_f32(const float* logits"))
+        src = src[:at] + src[at:].replace("__launch_bounds__(S_THREADS, 1)", f"__launch_bounds__(S_THREADS, {per_sm})", 1)
+        k = cp.RawKernel(src, "topp_cluster_f32", options=("-I" + inc,) + OPTS[1:])
+        cells, differ = [], 0
+        for s, p, x in runs:
+            out = cp.empty(ROWS, i32)
+            k((cl * ROWS,), (threads,), (x, out, seeds, i32(ROWS), i32(VOCAB), f32(p), f32(1.0)))
+            differ += int((out != want[s, p]).sum())
+            for rows in (64, ROWS):
+                launch = lambda: k((cl * rows,), (threads,), (x, out, seeds, i32(rows), i32(VOCAB), f32(p), f32(1.0)))
+                cells.append(f"N{s:g} p{p} b{rows} {median_ms(launch):.4f}")
+        print(f"{cl} blocks/row, {threads} threads, {per_sm} blocks/SM ({k.num_regs} registers), "
+              f"tokens differing {differ}/{len(runs) * ROWS}: " + "  ".join(cells), flush=True)
+        shutil.rmtree(inc)
+
+
+SKETCH = r'''
+#include "sampling.cuh"
+// MODE 0: the plain draw; 1: and every token's approximate p summed; 2: and p added to one of
+// 8 bins of (x - 0) / T kept per thread in shared memory; 3: and to 8 sums in registers, one
+// per threshold.
+template <int MODE> __device__ void sketch(const float* logits, int* out, const u64* seeds, int batch, int vocab,
+                                           float temperature, float* sink) {
+    __shared__ float col[MODE == 2 ? 8 : 1][S_THREADS];
+    const float k2 = 1.44269504f / temperature;
+    for (i64 row = blockIdx.x; row < batch; row += gridDim.x) {
+        float z = 0.0f, acc[8] = {};
+        if (MODE == 2)
+            for (int b = 0; b < 8; ++b) col[b][threadIdx.x] = 0.0f;
+        Draw d(row_key(seeds[row], row), temperature, false);
+        stream_pass(logits + row * vocab, vocab, d, [&](float x, int) {
+            if (MODE >= 1) {
+                const float y = x * k2, p = exp2_approx(y);
+                z += p;
+                if (MODE == 2) col[min(max((int)(8.0f - y * 2.0f), 0), 7)][threadIdx.x] += p;
+                if (MODE == 3)
+#pragma unroll
+                    for (int b = 0; b < 8; ++b) acc[b] += y > 4.0f - b * 0.5f ? p : 0.0f;
+            }
+            return true;
+        });
+        finish(d, out, row, 0);
+        for (int b = 0; b < 8; ++b) z += (MODE == 2 ? col[b][threadIdx.x] : acc[b]) * (b + 1);
+        if (z == 1234.5f) sink[0] = z;  // keeps the sums
+    }
+}
+#define SKETCH_KERNEL(M) extern "C" __global__ void __launch_bounds__(S_THREADS, 2) \
+    sketch##M(const float* l, int* o, const u64* s, int b, int v, float t, float* k) { sketch<M>(l, o, s, b, v, t, k); }
+SKETCH_KERNEL(0)
+SKETCH_KERNEL(1)
+SKETCH_KERNEL(2)
+SKETCH_KERNEL(3)
+'''
+
+
+def sketch():
+    """What summarising the row's masses costs in the plain streaming draw (SKETCH's modes)."""
+    seeds, out, sink = cp.arange(ROWS, dtype=cp.uint64), cp.empty(ROWS, i32), cp.empty(1, f32)
+    plain = committed("sample", "sample_f32")
+    mod = cp.RawModule(code=SKETCH, options=OPTS)
+    for s in (1.0, 3.0):
+        x = rows_of(s)
+        cells = [f"sample_f32 {median_ms(lambda: plain((ROWS,), (1024,), (x, out, seeds, i32(ROWS), i32(VOCAB), f32(1.0)))):.4f}"]
+        for m in range(4):
+            f = mod.get_function(f"sketch{m}")
+            cells.append(f"mode {m} {median_ms(lambda: f((ROWS,), (1024,), (x, out, seeds, i32(ROWS), i32(VOCAB), f32(1.0), sink))):.4f}")
+        cells.append(f"x.sum(1) {median_ms(lambda: x.sum(1)):.4f}")
+        print(f"N(0,{s:g}) b{ROWS}: " + "  ".join(cells), flush=True)
+
+
 if __name__ == "__main__":
     cp.random.seed(7)
-    {"binning": binning, "floor": floor, "cached": cached, "bins-floor": bins_floor, "tries": tries, "twokernel": twokernel}[sys.argv[1]](*sys.argv[2:])
+    {"binning": binning, "floor": floor, "cached": cached, "bins-floor": bins_floor, "tries": tries, "twokernel": twokernel,
+     "occupancy": occupancy, "sketch": sketch}[sys.argv[1]](*sys.argv[2:])
