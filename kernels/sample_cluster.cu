@@ -46,6 +46,13 @@ template <class T> __device__ __forceinline__ T* cluster_map(T* local, unsigned 
     return remote;
 }
 
+// op over the cluster's copies of a shared variable, by one warp (lane r reads
+// block r's copy); every lane gets the result.
+template <class T, class Op> __device__ __forceinline__ T cluster_allreduce(T* local, Op op, T identity) {
+    const unsigned lane = threadIdx.x & 31;
+    return warp_allreduce(lane < SAMPLE_CLUSTER ? *cluster_map(local, lane) : identity, op);
+}
+
 // A streaming draw whose blocks pool their head starts across the cluster
 // before any group is drawn: each block alone sees a quarter of the row, and a
 // low lb means many groups drawn member by member. Each block publishes its
@@ -78,8 +85,7 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
         if (threadIdx.x == 0) block_best = best;
         cluster_sync();
         if (rank == 0 && threadIdx.x < 32) {
-            i64 r = threadIdx.x < SAMPLE_CLUSTER ? *cluster_map(&block_best, threadIdx.x) : (i64)NO_RANK;
-            r = warp_allreduce(r, Max());
+            const i64 r = cluster_allreduce(&block_best, Max(), (i64)NO_RANK);
             if (threadIdx.x == 0) out[row] = r == NO_RANK ? 0 : rank_index(r);
         }
         cluster_sync();  // the next row's block_best waits for every read of this one
@@ -117,10 +123,9 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
         if (rank == 0) {
             Draw d(row_key(seeds[row], row), temperature, true);
             if (tid < 32) {
-                const bool in = lane < SAMPLE_CLUSTER;
-                const int n = in ? *cluster_map(&kept_n, lane) : 0;
-                const int ok = warp_allreduce(in ? *cluster_map(&part_ok, lane) : 1, [](int a, int b) { return a & b; });
-                const u64 top = warp_allreduce(in ? *cluster_map(&part_top, lane) : 0ull, [](u64 a, u64 b) { return a > b ? a : b; });
+                const int n = lane < SAMPLE_CLUSTER ? *cluster_map(&kept_n, lane) : 0;
+                const int ok = cluster_allreduce(&part_ok, [](int a, int b) { return a & b; }, 1);
+                const u64 top = cluster_allreduce(&part_top, [](u64 a, u64 b) { return a > b ? a : b; }, 0ull);
                 int at = n;  // inclusive prefix over the blocks
 #pragma unroll
                 for (int o = 1; o < 32; o <<= 1) {
@@ -311,15 +316,14 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
             if (tid == 0) part.max = m, part.best = best, part.dropped = from_total_order_key(dropped_key), part.bad = bad;
             cluster_sync();
             if (tid < 32) {
-                // Lane r reads block r. The cluster's TOPP_R best scores, kept only
-                // where no dropped or unseen token (below best - TOPP_SLACK) could
-                // rank above them.
-                const bool mine = lane < SAMPLE_CLUSTER;
+                // The cluster's TOPP_R best scores, kept only where no dropped or
+                // unseen token (below best - TOPP_SLACK) could rank above them.
+                const float gm = cluster_allreduce(&part.max, Max(), -INF);
+                const float gbest = cluster_allreduce(&part.best, Max(), -INF);
+                const float gdrop = cluster_allreduce(&part.dropped, Max(), -INF);
+                const int gbad = cluster_allreduce(&part.bad, Max(), 0);
+                const bool mine = lane < SAMPLE_CLUSTER;  // lane r: block r's list
                 const ToppPart* o = cluster_map(&part, mine ? lane : 0);
-                const float gm = warp_allreduce(mine ? o->max : -INF, Max());
-                const float gbest = warp_allreduce(mine ? o->best : -INF, Max());
-                const float gdrop = warp_allreduce(mine ? o->dropped : -INF, Max());
-                const int gbad = warp_allreduce(mine ? o->bad : 0, Max());
                 i64 tops[TOPP_R];
 #pragma unroll
                 for (int c = 0; c < TOPP_R; ++c) tops[c] = mine ? o->top[c] : NO_RANK;
@@ -385,18 +389,16 @@ extern "C" __global__ void __cluster_dims__(SAMPLE_CLUSTER, 1, 1) __launch_bound
             }
             cluster_sync();
             if (tid < 32) {
-                // Every block decides alike (lane r reads block r's sums). Candidate
-                // c is in the nucleus iff the mass above it is below top_p of the
-                // total. Verdict: the token; -1: too close to call; -2: all out.
-                const bool mine = lane < SAMPLE_CLUSTER;
-                const ToppPart* o = cluster_map(&part, mine ? lane : 0);
-                const double z = warp_allreduce(mine ? o->z : 0.0, Sum());
+                // Every block decides alike. Candidate c is in the nucleus iff the
+                // mass above it is below top_p of the total. Verdict: the token;
+                // -1: too close to call; -2: all out.
+                const double z = cluster_allreduce(&part.z, Sum(), 0.0);
                 const double target = (double)top_p * z, margin = TOPP_MARGIN * z;
                 int v = undecided ? -1 : -2, top_out = -1;
                 float fl = -INF;
                 for (int c = 0; c < TOPP_R && c < n_cand && v == -2; ++c) {
-                    const double lo = warp_allreduce(mine ? o->lo[c] : 0.0, Sum());
-                    const double hi = warp_allreduce(mine ? o->hi[c] : 0.0, Sum());
+                    const double lo = cluster_allreduce(&part.lo[c], Sum(), 0.0);
+                    const double hi = cluster_allreduce(&part.hi[c], Sum(), 0.0);
                     const float y = cand_y[c];
                     if (hi - (double)exp2_approx(y) + margin < target)
                         v = cand_j[c];

@@ -350,7 +350,6 @@ template <class Pred> __device__ int nth_index(int vocab, int m, Pred pred) {
     return r;
 }
 
-
 // Total-order key as an unsigned (larger = later in f32::total_cmp order).
 __device__ __forceinline__ unsigned ukey(float x) { return (unsigned)total_order_key(x) ^ 0x80000000u; }
 __device__ __forceinline__ float ukey_value(unsigned k) { return from_total_order_key((int)(k ^ 0x80000000u)); }

@@ -22,7 +22,9 @@ script at a checkout of it:
 """
 
 import os
+import shutil
 import sys
+import tempfile
 
 import cupy as cp
 import numpy as np
@@ -244,8 +246,6 @@ def tries(path=os.path.join(ROOT, "kernels", "sample_cluster.cu")):
 def occupancy():
     """topp_cluster_f32 rebuilt with 1 or 2 blocks per row, 256 to 1024 threads and 1 to 8 blocks
     per SM (sampling.cuh's S_THREADS and the launch bounds edited in a copy of kernels/)."""
-    import shutil
-    import tempfile
     seeds = cp.arange(ROWS, dtype=cp.uint64) * 7919 + 11
     exact = committed("sample", "topp_sample_f32")
     data = {s: rows_of(s) for s in (1.0, 3.0)}
