@@ -3,7 +3,7 @@ LIBDIR := $(CURDIR)/target/release
 LIB    := $(LIBDIR)/libcudann.so
 CWARN  := -Wall -Wextra -Werror -pedantic
 
-.PHONY: build demo test test-rust test-bindings test-ptx deps header ptx bench
+.PHONY: build demo test test-rust test-bindings test-ptx deps header ptx bench limits
 .DEFAULT_GOAL := build
 
 build:
@@ -37,6 +37,10 @@ test-ptx:
 # Refreshes include/cudann.h from the Rust source (the header test fails until you do).
 header:
 	CUDANN_BLESS_HEADER=1 cargo test --release --test header
+
+# The largest-size tests (tensors past 2^31 elements; 9 GiB of memory).
+limits:
+	cargo test --release --test limits -- --ignored
 
 bench: build
 	python3 bench/cpu_bench.py

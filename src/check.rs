@@ -13,17 +13,27 @@ pub fn dim(name: &str, value: c_int) -> Result<usize> {
     usize::try_from(value).map_err(|_| invalid(format!("{name} must be >= 0 (got {value})")))
 }
 
-/// A flat element count given as `int64_t`: must be `>= 0`.
+/// A flat element count given as `int64_t`: must be `>= 0`, and small enough
+/// that its size in bytes is addressable (as [`elements`]).
 pub fn count(name: &str, value: i64) -> Result<usize> {
-    usize::try_from(value).map_err(|_| invalid(format!("{name} must be >= 0 (got {value})")))
+    let n = usize::try_from(value).map_err(|_| invalid(format!("{name} must be >= 0 (got {value})")))?;
+    elements(&[(name, n)])
 }
 
+/// The largest element count any tensor may have: its size in bytes, for the
+/// widest element the library handles (8 bytes), still fits in `isize`.
+pub(crate) const MAX_ELEMENTS: usize = isize::MAX as usize / size_of::<f64>();
+
 /// The element count of a tensor with these (already non-negative) dimensions;
-/// -2 when the product, or its size in bytes, overflows.
+/// -2 when the product exceeds [`MAX_ELEMENTS`]. A zero dimension makes an
+/// empty tensor, whatever the others are.
 pub fn elements(dims: &[(&str, usize)]) -> Result<usize> {
+    if dims.iter().any(|&(_, d)| d == 0) {
+        return Ok(0);
+    }
     let total = dims.iter().try_fold(1usize, |acc, &(_, d)| acc.checked_mul(d));
     match total {
-        Some(n) if n.checked_mul(size_of::<f64>()).is_some_and(|b| b <= isize::MAX as usize) => Ok(n),
+        Some(n) if n <= MAX_ELEMENTS => Ok(n),
         _ => {
             let names: Vec<String> = dims.iter().map(|(n, d)| format!("{n}={d}")).collect();
             Err(invalid(format!("tensor size overflows ({})", names.join(" x "))))
@@ -58,6 +68,8 @@ fn pointer<T>(name: &str, ptr: *const T, len: usize) -> Result<()> {
     if len == 0 {
         return Ok(());
     }
+    // Sizes come from [`elements`]; this guards the byte arithmetic of every region.
+    require(len <= isize::MAX as usize / size_of::<T>().max(1), || format!("{name} holds {len} elements, more than memory can address"))?;
     require(!ptr.is_null(), || format!("{name} is NULL but holds {len} elements"))?;
     require(ptr.is_aligned(), || format!("{name} is not aligned to {} bytes", size_of::<T>()))
 }
@@ -93,7 +105,7 @@ impl<'a, T> Input<'a, T> {
         T: Clone,
     {
         let data = unsafe { self.slice() };
-        if outputs.iter().any(|o| o.overlaps(&self.region())) { Cow::Owned(data.to_vec()) } else { Cow::Borrowed(data) }
+        if outputs.iter().any(|o| o.overlaps(&self.region())) { Cow::Owned(crate::cpu::alloc::copy(data)) } else { Cow::Borrowed(data) }
     }
 }
 

@@ -9,6 +9,11 @@ use crate::error::{Error, Result, set_last_error};
 /// `cudann_last_error()` returns.
 pub fn guard(function: &str, body: impl FnOnce() -> Result<()>) -> i32 {
     let outcome = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
+        // An error raised by unwinding (a failed allocation, `cpu::alloc`).
+        let payload = match payload.downcast::<Error>() {
+            Ok(error) => return Err(*error),
+            Err(other) => other,
+        };
         let why = payload
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -48,6 +53,16 @@ mod tests {
         let code = guard("cuda_test", || panic!("index out of bounds"));
         assert_eq!(code, crate::abi::CUDANN_INTERNAL);
         assert_eq!(last_error(), "cuda_test: internal error (panic): index out of bounds");
+    }
+
+    #[test]
+    fn a_failed_allocation_becomes_out_of_memory() {
+        let code = guard("cuda_test", || {
+            let _ = crate::cpu::alloc::filled(usize::MAX / 8, 0.0f64);
+            Ok(())
+        });
+        assert_eq!(code, crate::abi::CUDANN_OUT_OF_MEMORY);
+        assert!(last_error().starts_with("cuda_test: could not allocate"), "{}", last_error());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::alloc;
 use super::softmax::softmax_row;
 
 /// `Q`/`output` are `[batch, seq, heads, head_dim]`; `K`/`V` are
@@ -86,14 +87,14 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], shape: AttnSh
     for_each_query(out, &shape, |b, i, h, o| {
         let q = query(q, &shape, b, i, h);
         let keys = shape.keys(i, matches!(mask, Mask::Causal));
-        let mut scores = vec![0.0f32; keys.len()];
+        let mut scores = alloc::filled(keys.len(), 0.0f32);
         scores_row(q, k, &shape, b, h, keys.clone(), scale, &mut scores);
         if let Mask::Additive(mask) = mask {
             for (s, &m) in scores.iter_mut().zip(&mask[i * shape.seq..(i + 1) * shape.seq]) {
                 *s += m;
             }
         }
-        let mut weights = vec![0.0f32; keys.len()];
+        let mut weights = alloc::filled(keys.len(), 0.0f32);
         softmax_row(&scores, &mut weights);
         weighted_values(&weights, v, &shape, b, h, keys, o);
     });

@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::alloc;
 use super::math::exp;
 use super::reduce::max;
 use super::rng::{LANES, TILE, group, member_noise, members, noise, noise_bound, row_key};
@@ -91,12 +92,9 @@ fn nucleus_floor(p: &[f32], top_p: f32) -> Option<(f32, usize)> {
             cum += mass[b];
             continue;
         }
-        let mut members: Vec<(f32, usize)> = p
-            .iter()
-            .enumerate()
-            .filter(|&(_, &v)| ((v.to_bits() >> SHIFT) as usize).min(bins - 1) == b)
-            .map(|(j, &v)| (v, j))
-            .collect();
+        let in_bin = |v: f32| ((v.to_bits() >> SHIFT) as usize).min(bins - 1) == b;
+        let mut members = alloc::with_capacity(p.iter().filter(|&&v| in_bin(v)).count());
+        members.extend(p.iter().enumerate().filter(|&(_, &v)| in_bin(v)).map(|(j, &v)| (v, j)));
         members.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         for &(v, j) in &members {
             cum += v as f64;
@@ -125,7 +123,7 @@ pub fn sample_row(x: &[f32], key: u64, temperature: f32, sampler: Sampler) -> us
             if m == f32::NEG_INFINITY {
                 return 0; // every token impossible: token 0, as the plain sampler and the GPU give
             }
-            let p: Vec<f32> = x.iter().map(|&v| exp((v - m) / temperature)).collect();
+            let p = alloc::collect(x.iter().map(|&v| exp((v - m) / temperature)));
             match nucleus_floor(&p, top_p) {
                 Some((pf, jf)) => gumbel_argmax(x, key, temperature, |j| p[j] > pf || (p[j] == pf && j <= jf)),
                 None => gumbel_argmax(x, key, temperature, |_| true),

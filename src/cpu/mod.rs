@@ -1,5 +1,6 @@
 //! The CPU backend: one module per op family, each a plain function over slices.
 
+pub mod alloc;
 pub mod attention;
 pub mod decode;
 pub mod elementwise;

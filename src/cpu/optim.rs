@@ -3,6 +3,7 @@
 use multiversion::multiversion;
 use rayon::prelude::*;
 
+use super::alloc;
 use super::par::CHUNK;
 use super::reduce::{sum_f64, sum_squares};
 
@@ -67,8 +68,8 @@ pub fn clip(grad: &mut [f32], clip_norm: f32) -> f32 {
 /// Each destination row is summed by one task, in ascending i, so duplicates
 /// accumulate deterministically.
 pub fn scatter_add(grad_output: &[f32], indices: &[i32], grad_weight: &mut [f32], dim: usize) {
-    let mut order: Vec<(usize, usize)> =
-        indices.iter().enumerate().filter_map(|(i, &r)| usize::try_from(r).ok().map(|r| (r, i))).collect();
+    let mut order = alloc::with_capacity(indices.len());
+    order.extend(indices.iter().enumerate().filter_map(|(i, &r)| usize::try_from(r).ok().map(|r| (r, i))));
     order.sort_unstable();
     grad_weight.par_chunks_mut(dim).enumerate().for_each(|(r, row)| {
         let first = order.partition_point(|&(rr, _)| rr < r);

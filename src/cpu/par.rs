@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use std::borrow::Cow;
 
+use super::alloc;
 use crate::check::{Input, Output, Region};
 
 /// Elements per task for elementwise work: large enough to amortise scheduling,
@@ -38,7 +39,24 @@ impl<'a> Src<'a> {
 }
 
 thread_local! {
+    /// A reused copy buffer for in-place blocks of at most CHUNK elements, so a
+    /// thread keeps at most 64 KiB between calls; larger blocks (long rows) get a
+    /// buffer of their own, given back when the block is done.
     static BLOCK_COPY: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Calls `f(copy, block)` with a copy of `block`'s old values (an in-place output).
+fn with_copy<R>(block: &mut [f32], f: impl FnOnce(&[f32], &mut [f32]) -> R) -> R {
+    if block.len() > CHUNK {
+        let copy = alloc::copy(block);
+        return f(&copy, block);
+    }
+    BLOCK_COPY.with(|cell| {
+        let mut copy = cell.borrow_mut();
+        copy.clear();
+        copy.extend_from_slice(block);
+        f(&copy, block)
+    })
 }
 
 /// Calls `f(block_index, inputs, output_block)` for every `block`-sized piece of
@@ -64,12 +82,9 @@ pub fn blocks<const N: usize, R: Send>(
                 }
             };
             if srcs.iter().any(|s| matches!(s, Src::Output)) {
-                BLOCK_COPY.with(|cell| {
-                    let mut copy = cell.borrow_mut();
-                    copy.clear();
-                    copy.extend_from_slice(y);
+                with_copy(y, |copy, y| {
                     // SAFETY: each pointer is a live slice (a caller input or the copy).
-                    let xs = std::array::from_fn(|i| unsafe { &*slice(&srcs[i], &copy) });
+                    let xs = std::array::from_fn(|i| unsafe { &*slice(&srcs[i], copy) });
                     f(index, xs, y)
                 })
             } else {

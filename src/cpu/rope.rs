@@ -68,6 +68,9 @@ fn rotation_row(freqs: &[f32], position: usize, head_dim: usize, angles: Angles)
 /// angle into `y`.
 pub fn rotate(x: Src, y: &mut [f32], freqs: &[f32], shape: RopeShape, angles: Angles) {
     let token = shape.heads * shape.head_dim;
+    if y.is_empty() {
+        return; // no heads on this side (e.g. rope_qk with n_kv_heads = 0)
+    }
     y.par_chunks_mut(token).enumerate().for_each(|(t, y)| {
         let position = t % shape.seq_len + shape.offset;
         let rot = rotation_row(freqs, position, shape.head_dim, angles);

@@ -3,6 +3,7 @@
 use multiversion::multiversion;
 use rayon::prelude::*;
 
+use super::alloc;
 use super::par::{Src, blocks};
 use super::reduce::{exp_into, max};
 
@@ -36,7 +37,7 @@ fn ranks_before(x: &[f32], a: usize, b: usize) -> std::cmp::Ordering {
 
 /// Indices of the `k` best columns of `x` in rank order.
 pub fn top_k_indices(x: &[f32], k: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..x.len()).collect();
+    let mut order = alloc::collect(0..x.len());
     if k < order.len() {
         order.select_nth_unstable_by(k - 1, |&a, &b| ranks_before(x, a, b));
         order.truncate(k);

@@ -1,0 +1,44 @@
+//! Buffers whose size comes from the caller's arguments, allocated fallibly.
+//! Rust aborts the process when an allocation fails; here a failure unwinds to
+//! the ABI boundary instead (without running the panic hook, so nothing is
+//! printed), which returns CUDANN_OUT_OF_MEMORY. Unwinding rather than a
+//! `Result` because these buffers are taken deep inside parallel loops.
+
+use std::panic::resume_unwind;
+
+use crate::error::Error;
+
+/// Gives up the call with -4: `bytes` could not be allocated.
+fn out_of_memory(bytes: usize) -> ! {
+    resume_unwind(Box::new(Error::OutOfMemory(format!("could not allocate {bytes} bytes of host memory"))))
+}
+
+/// An empty vector with room for `len` elements.
+pub fn with_capacity<T>(len: usize) -> Vec<T> {
+    let mut v = Vec::new();
+    if v.try_reserve_exact(len).is_err() {
+        out_of_memory(len.saturating_mul(size_of::<T>()));
+    }
+    v
+}
+
+/// `len` copies of `value`.
+pub fn filled<T: Clone>(len: usize, value: T) -> Vec<T> {
+    let mut v = with_capacity(len);
+    v.resize(len, value);
+    v
+}
+
+/// A copy of `data`.
+pub fn copy<T: Clone>(data: &[T]) -> Vec<T> {
+    let mut v = with_capacity(data.len());
+    v.extend_from_slice(data);
+    v
+}
+
+/// The items of an exactly sized iterator.
+pub fn collect<T>(items: impl ExactSizeIterator<Item = T>) -> Vec<T> {
+    let mut v = with_capacity(items.len());
+    v.extend(items);
+    v
+}
