@@ -29,6 +29,16 @@
 // A bug inside the library (e.g. a caught panic); never a crash.
 #define CUDANN_INTERNAL -5
 
+// Data type of a tensor passed as `void*` (`cudann_gemm_ex` and the `_ex`-style
+// ops that take a data-type argument): IEEE binary32.
+#define CUDANN_F32 0
+
+// IEEE binary16 (not supported yet: -2).
+#define CUDANN_F16 1
+
+// bfloat16 (not supported yet: -2).
+#define CUDANN_BF16 2
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -151,6 +161,75 @@ int32_t cuda_mul(const float *a, const float *b, float *output, int64_t n, void 
 // Returns -2 for a NULL pointer with `n > 0`, `n < 0`, or a partial overlap.
 int32_t cuda_scale(const float *input, float *output, float scale, int64_t n, void *stream);
 
+// SiLU backward: `d_input[i] = d_output[i] * s (1 + x (1 - s))` with
+// `x = input[i]`, `s = sigmoid(x)`, for `0 <= i < n`. `d_input` may be
+// `d_output` or `input`. Returns -2 for a NULL pointer with `n > 0`, `n < 0`, or
+// a partial overlap; -1 for device pointers (no GPU kernel yet).
+int32_t cudann_silu_backward(const float *d_output,
+                             const float *input,
+                             float *d_input,
+                             int64_t n,
+                             void *stream);
+
+// GELU, tanh form (GPT-2): `output[i] = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x³)))`
+// with `x = input[i]`. `output` may be `input`. Returns -2 as `cuda_silu`; -1 for
+// device pointers (no GPU kernel yet).
+int32_t cudann_gelu(const float *input, float *output, int64_t n, void *stream);
+
+// GELU backward: `d_input[i] = d_output[i] * gelu'(input[i])` (the derivative
+// of `cudann_gelu`'s tanh form). `d_input` may be `d_output` or `input`.
+// Returns -2 as `cudann_silu_backward`; -1 for device pointers.
+int32_t cudann_gelu_backward(const float *d_output,
+                             const float *input,
+                             float *d_input,
+                             int64_t n,
+                             void *stream);
+
+// SwiGLU: `output[i] = silu(gate[i]) * up[i]` for `0 <= i < n`, tensors of data
+// type `dtype` (`CUDANN_F32`; the half types are -2 until half precision lands).
+// `output` may be `gate` or `up`. Returns -2 for a NULL pointer with `n > 0`,
+// `n < 0`, a bad `dtype` or a partial overlap; -1 for device pointers.
+int32_t cudann_swiglu(const void *gate,
+                      const void *up,
+                      void *output,
+                      int64_t n,
+                      int dtype,
+                      void *stream);
+
+// SwiGLU backward: `d_gate[i] = d_output[i] * up[i] * silu'(gate[i])` and
+// `d_up[i] = d_output[i] * silu(gate[i])`. `d_gate` may be `gate` (or
+// `d_output`) and `d_up` may be `up` (or `d_output`), as long as the two outputs
+// are distinct. Returns -2 for a NULL pointer with `n > 0`, `n < 0`, or an
+// overlap; -1 for device pointers.
+int32_t cudann_swiglu_backward(const float *d_output,
+                               const float *gate,
+                               const float *up,
+                               float *d_gate,
+                               float *d_up,
+                               int64_t n,
+                               void *stream);
+
+// Bias add: `output[r, c] = input[r, c] + bias[c]` over `input[rows, cols]`.
+// `output` may be `input`. Returns -2 for NULL pointers with a non-empty shape,
+// negative or overflowing dimensions, or overlaps; -1 for device pointers.
+int32_t cudann_bias_add(const float *input,
+                        const float *bias,
+                        float *output,
+                        int rows,
+                        int cols,
+                        void *stream);
+
+// Bias backward: `d_bias[c] = sum over r of d_output[r, c]` (column sums of
+// `d_output[rows, cols]`, deterministic; written, not accumulated). With
+// `rows == 0`, `d_bias` is set to zeros. Returns -2 for NULL pointers with a
+// non-empty shape, negative or overflowing dimensions, or overlaps; -1 for
+// device pointers.
+int32_t cudann_bias_backward(const float *d_output,
+                             float *d_bias,
+                             int rows,
+                             int cols,
+                             void *stream);
+
 // Row-major `C[M,N] = alpha * A[M,K] * B[K,N] + beta * C`. With `beta == 0`,
 // `C` is not read (it may hold NaN). `C` may be `A`'s or `B`'s very buffer.
 // Returns -2 for NULL pointers with a non-empty shape, negative or overflowing
@@ -177,6 +256,41 @@ int32_t cuda_gemm_batched(const float *A,
                           float alpha,
                           float beta,
                           void *stream);
+
+// Batched strided row-major GEMM with a data type per matrix:
+// `C_i = alpha * op(A_i) * op(B_i) + beta * C_i` for `i < batch`, `op(X)` is
+// `X` (`trans_x = 0`) or `Xᵀ` (`trans_x = 1`); `op(A_i)` is `m x k`, `op(B_i)`
+// is `k x n`, `C_i` is `m x n`. `A_i` starts at `A + i*stride_a` and is stored
+// row-major with `lda` elements between rows (`m x k`, `lda >= k`, or, when
+// transposed, `k x m`, `lda >= m`); likewise `B` (`k x n` or `n x k`) and `C`
+// (`ldc >= n`). Leading dimensions and strides count elements; a stride of 0
+// reuses one matrix for every batch entry (not for `C` when `batch > 1`: the
+// `C_i` must not overlap, `stride_c >= (m-1)*ldc + n`). With `beta == 0`, `C`
+// is not read. The types are `CUDANN_F32` (`CUDANN_F16`/`CUDANN_BF16` are -2
+// until half precision lands). `C` may be exactly `A`'s or `B`'s span (in
+// place, computed from the old values); any other overlap is -2. Device
+// pointers are -1 (no GPU kernel yet).
+int32_t cudann_gemm_ex(int trans_a,
+                       int trans_b,
+                       int m,
+                       int n,
+                       int k,
+                       float alpha,
+                       const void *A,
+                       int a_type,
+                       int64_t lda,
+                       int64_t stride_a,
+                       const void *B,
+                       int b_type,
+                       int64_t ldb,
+                       int64_t stride_b,
+                       float beta,
+                       void *C,
+                       int c_type,
+                       int64_t ldc,
+                       int64_t stride_c,
+                       int batch,
+                       void *stream);
 
 // Cross-entropy forward: `log_probs[batch_seq, vocab_size] = log_softmax(logits)`
 // row-wise, and `loss[0]` = mean negative log-likelihood of `targets[batch_seq]`.

@@ -126,3 +126,150 @@ fn silu_at_infinities_and_nan() {
     assert!(y[2].is_nan());
     assert_eq!(y[3], 0.0);
 }
+
+/// 0.5 x (1 + tanh u), written as x / (1 + e^(-2u)) (the same function) so
+/// that float64 keeps the tiny values of the negative tail.
+fn gelu_ref(x: f64) -> f64 {
+    let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3));
+    x / (1.0 + (-2.0 * u).exp())
+}
+
+/// f'(x) by a central difference in float64.
+fn derivative(f: fn(f64) -> f64, x: f64) -> f64 {
+    numeric_grad(&[x], |v| f(v[0]))[0]
+}
+
+/// Inputs with the awkward values of an activation's backward: 0, large
+/// magnitudes, infinities.
+fn activation_inputs(rng: &mut Rng, n: usize) -> Vec<f32> {
+    let mut x = rng.vec(n, 4.0);
+    let specials = [0.0, -0.0, 30.0, -30.0, 150.0, -150.0, f32::INFINITY, f32::NEG_INFINITY];
+    for (v, s) in x.iter_mut().zip(specials) {
+        *v = s;
+    }
+    x
+}
+
+/// d_input of an activation backward against dy * f'(x) from central
+/// differences of the float64 forward (its limit 0 or 1 at ±inf).
+fn check_activation_backward(name: &str, f: fn(f64) -> f64, backward: unsafe extern "C" fn(*const f32, *const f32, *mut f32, i64, *mut std::ffi::c_void) -> i32) {
+    let mut rng = Rng::new(4);
+    for n in SIZES {
+        let x = activation_inputs(&mut rng, n);
+        let dy = rng.vec(n, 1.0);
+        let mut dx = poisoned(n);
+        assert_ok(unsafe { backward(dy.as_ptr(), x.as_ptr(), dx.as_mut_ptr(), n as i64, NULL) });
+        let want: Vec<f64> = x
+            .iter()
+            .zip(&dy)
+            .map(|(&x, &dy)| {
+                let slope = if x.is_infinite() { if x > 0.0 { 1.0 } else { 0.0 } } else { derivative(f, x as f64) };
+                dy as f64 * slope
+            })
+            .collect();
+        assert_close(&dx, &want, 1e-5, 1e-6, name);
+        // In place on either input gives the same values.
+        for alias in [0, 1] {
+            let (mut dy2, mut x2) = (dy.clone(), x.clone());
+            let out = if alias == 0 { dy2.as_mut_ptr() } else { x2.as_mut_ptr() };
+            assert_ok(unsafe { backward(dy2.as_ptr(), x2.as_ptr(), out, n as i64, NULL) });
+            assert_eq!(if alias == 0 { &dy2 } else { &x2 }, &dx, "{name} in place");
+        }
+    }
+}
+
+#[test]
+fn silu_and_gelu_backward_match_finite_differences() {
+    check_activation_backward("silu_backward", silu_ref, cudann_silu_backward);
+    check_activation_backward("gelu_backward", gelu_ref, cudann_gelu_backward);
+}
+
+/// GELU within a few ulp times its condition number |x g'(x) / g(x)|: deep
+/// in the negative tail (values below 1e-20) an ulp of x moves the result by
+/// up to ~70 ulp, in any float32 implementation.
+#[test]
+fn gelu_matches_float64() {
+    let mut rng = Rng::new(5);
+    for n in SIZES {
+        let x = activation_inputs(&mut rng, n);
+        let mut y = poisoned(n);
+        assert_ok(unsafe { cudann_gelu(x.as_ptr(), y.as_mut_ptr(), n as i64, NULL) });
+        for (i, (&x, &y)) in x.iter().zip(&y).enumerate() {
+            let (xd, yd) = (x as f64, y as f64);
+            if x.is_infinite() {
+                assert_eq!(yd, if x > 0.0 { xd } else { -0.0 }, "gelu({x})");
+                continue;
+            }
+            let want = gelu_ref(xd);
+            let condition = if want == 0.0 { 1.0 } else { (xd * derivative(gelu_ref, xd) / want).abs() };
+            let tol = 4.0 * f32::EPSILON as f64 * (1.0 + condition) * want.abs() + 1e-44;
+            assert!((yd - want).abs() <= tol, "gelu[{i}]({x}) = {y}, want {want}");
+        }
+    }
+}
+
+#[test]
+fn swiglu_and_its_backward_match_float64_and_finite_differences() {
+    let mut rng = Rng::new(6);
+    for n in SIZES {
+        let (g, u, dy) = (rng.vec(n, 3.0), rng.vec(n, 2.0), rng.vec(n, 1.0));
+        let mut y = poisoned(n);
+        assert_ok(unsafe { cudann_swiglu(g.as_ptr().cast(), u.as_ptr().cast(), y.as_mut_ptr().cast(), n as i64, CUDANN_F32, NULL) });
+        let want: Vec<f64> = g.iter().zip(&u).map(|(&g, &u)| silu_ref(g as f64) * u as f64).collect();
+        assert_close(&y, &want, 8.0 * f32::EPSILON as f64, 1e-30, "swiglu");
+
+        let (mut dg, mut du) = (poisoned(n), poisoned(n));
+        assert_ok(unsafe { cudann_swiglu_backward(dy.as_ptr(), g.as_ptr(), u.as_ptr(), dg.as_mut_ptr(), du.as_mut_ptr(), n as i64, NULL) });
+        // Per element: ∂(dy silu(g) u)/∂g and /∂u by central differences.
+        let want_dg: Vec<f64> = (0..n).map(|i| dy[i] as f64 * u[i] as f64 * derivative(silu_ref, g[i] as f64)).collect();
+        let want_du: Vec<f64> = (0..n).map(|i| dy[i] as f64 * silu_ref(g[i] as f64)).collect();
+        assert_close(&dg, &want_dg, 1e-5, 1e-6, "swiglu d_gate");
+        assert_close(&du, &want_du, 1e-5, 1e-6, "swiglu d_up");
+        // In place: gradients over their inputs.
+        let (mut g2, mut u2) = (g.clone(), u.clone());
+        assert_ok(unsafe { cudann_swiglu_backward(dy.as_ptr(), g2.as_ptr(), u2.as_ptr(), g2.as_mut_ptr(), u2.as_mut_ptr(), n as i64, NULL) });
+        assert_eq!((g2, u2), (dg, du), "swiglu_backward in place");
+    }
+}
+
+#[test]
+fn bias_add_and_backward_match_float64() {
+    let mut rng = Rng::new(7);
+    for (rows, cols) in [(1, 1), (3, 31), (70, 33), (1000, 17), (2, 40_000)] {
+        let (x, b, dy) = (rng.vec(rows * cols, 1.0), rng.vec(cols, 1.0), rng.vec(rows * cols, 1.0));
+        let mut y = poisoned(rows * cols);
+        assert_ok(unsafe { cudann_bias_add(x.as_ptr(), b.as_ptr(), y.as_mut_ptr(), rows as i32, cols as i32, NULL) });
+        let want: Vec<f64> = (0..rows * cols).map(|i| x[i] as f64 + b[i % cols] as f64).collect();
+        assert_close(&y, &want, f32::EPSILON as f64, 0.0, "bias_add");
+        let mut db = poisoned(cols);
+        assert_ok(unsafe { cudann_bias_backward(dy.as_ptr(), db.as_mut_ptr(), rows as i32, cols as i32, NULL) });
+        let want: Vec<f64> = (0..cols).map(|c| (0..rows).map(|r| dy[r * cols + c] as f64).sum()).collect();
+        assert_close(&db, &want, 1e-5, 1e-5, "bias_backward");
+        // Thread count never changes the bits.
+        let mut db1 = poisoned(cols);
+        with_threads(1, || assert_ok(unsafe { cudann_bias_backward(dy.as_ptr(), db1.as_mut_ptr(), rows as i32, cols as i32, NULL) }));
+        assert_eq!(db1, db, "bias_backward on one thread");
+    }
+}
+
+#[test]
+fn new_elementwise_ops_bad_arguments() {
+    let x = vec![1.0f32; 8];
+    let mut y = poisoned(8);
+    let mut z = poisoned(8);
+    unsafe {
+        assert_invalid(cudann_silu_backward(x.as_ptr(), std::ptr::null(), y.as_mut_ptr(), 8, NULL), "cudann_silu_backward", "input is NULL");
+        assert_invalid(cudann_gelu(x.as_ptr(), y.as_mut_ptr(), -1, NULL), "cudann_gelu", "n must be >= 0");
+        assert_invalid(cudann_gelu_backward(y.as_ptr().add(1), x.as_ptr(), y.as_mut_ptr(), 4, NULL), "cudann_gelu_backward", "partially overlaps d_output");
+        assert_invalid(cudann_swiglu(x.as_ptr().cast(), x.as_ptr().cast(), y.as_mut_ptr().cast(), 8, CUDANN_BF16, NULL), "cudann_swiglu", "dtype CUDANN_BF16 is not supported yet");
+        assert_invalid(cudann_swiglu(x.as_ptr().cast(), x.as_ptr().cast(), y.as_mut_ptr().cast(), 8, -1, NULL), "cudann_swiglu", "dtype must be CUDANN_F32");
+        let code = cudann_swiglu_backward(x.as_ptr(), x.as_ptr(), x.as_ptr(), y.as_mut_ptr(), y.as_mut_ptr(), 8, NULL);
+        assert_invalid(code, "cudann_swiglu_backward", "overlaps");
+        assert_invalid(cudann_bias_add(x.as_ptr(), std::ptr::null(), y.as_mut_ptr(), 2, 4, NULL), "cudann_bias_add", "bias is NULL");
+        assert_invalid(cudann_bias_backward(x.as_ptr(), z.as_mut_ptr(), 2, -4, NULL), "cudann_bias_backward", "cols must be >= 0");
+        // Size 0 is a no-op with NULL pointers.
+        assert_ok(cudann_swiglu_backward(std::ptr::null(), std::ptr::null(), std::ptr::null(), std::ptr::null_mut(), std::ptr::null_mut(), 0, NULL));
+    }
+    assert_untouched(&y, "output");
+    assert_untouched(&z, "d_bias");
+}

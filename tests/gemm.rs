@@ -90,3 +90,147 @@ fn gemm_in_place_on_a_or_b_uses_the_original_values() {
     assert_ok(unsafe { cuda_gemm(a.as_ptr(), cb.as_ptr(), cb.as_mut_ptr(), n as i32, n as i32, n as i32, 1.0, 0.5, NULL) });
     assert_close(&cb, &want, tol(n), tol(n), "C == B");
 }
+
+/// One strided operand for the gemm_ex tests: the `rows x cols` matrix of
+/// batch entry `i` lives at `i * stride` with `ld` elements between rows.
+#[derive(Clone, Copy)]
+struct Layout {
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    stride: usize,
+}
+
+impl Layout {
+    fn span(&self, batch: usize) -> usize {
+        (batch - 1) * self.stride + (self.rows - 1) * self.ld + self.cols
+    }
+    fn at(&self, x: &[f32], i: usize, r: usize, c: usize) -> f64 {
+        x[i * self.stride + r * self.ld + c] as f64
+    }
+}
+
+/// C_i = alpha op(A_i) op(B_i) + beta C_i in float64, over the strided layouts.
+fn gemm_ex_ref(ta: bool, tb: bool, m: usize, n: usize, k: usize, alpha: f32, a: &[f32], la: Layout, b: &[f32], lb: Layout, beta: f32, c: &[f32], lc: Layout, batch: usize) -> Vec<f64> {
+    let mut out = f64s(c);
+    for i in 0..batch {
+        for r in 0..m {
+            for col in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|p| {
+                        let av = if ta { la.at(a, i, p, r) } else { la.at(a, i, r, p) };
+                        let bv = if tb { lb.at(b, i, col, p) } else { lb.at(b, i, p, col) };
+                        av * bv
+                    })
+                    .sum();
+                let prior = if beta == 0.0 { 0.0 } else { beta as f64 * lc.at(c, i, r, col) };
+                out[i * lc.stride + r * lc.ld + col] = alpha as f64 * dot + prior;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn gemm_ex_matches_float64_for_every_transpose_and_layout() {
+    let mut rng = Rng::new(33);
+    for (m, n, k, batch) in [(1, 1, 1, 1), (1, 300, 70, 2), (31, 33, 17, 3), (65, 9, 130, 1), (4, 1100, 40, 2)] {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            for (pad, shared_b) in [(0, false), (3, false), (5, true)] {
+                let (ar, ac) = if ta { (k, m) } else { (m, k) };
+                let (br, bc) = if tb { (n, k) } else { (k, n) };
+                let la = Layout { rows: ar, cols: ac, ld: ac + pad, stride: ar * (ac + pad) + pad };
+                let lb = Layout { rows: br, cols: bc, ld: bc + pad, stride: if shared_b { 0 } else { br * (bc + pad) } };
+                let lc = Layout { rows: m, cols: n, ld: n + pad, stride: m * (n + pad) + 2 * pad };
+                let a = rng.vec(la.span(batch), 1.0);
+                let b = rng.vec(lb.span(batch), 1.0);
+                for (alpha, beta) in [(1.0f32, 0.0f32), (0.5, -2.0)] {
+                    let c0 = rng.vec(lc.span(batch), 1.0);
+                    // beta == 0 must not read C: its old values are NaN.
+                    let mut c = if beta == 0.0 { vec![f32::NAN; c0.len()] } else { c0.clone() };
+                    let code = unsafe {
+                        cudann_gemm_ex(
+                            ta as i32, tb as i32, m as i32, n as i32, k as i32, alpha,
+                            a.as_ptr().cast(), CUDANN_F32, la.ld as i64, la.stride as i64,
+                            b.as_ptr().cast(), CUDANN_F32, lb.ld as i64, lb.stride as i64,
+                            beta, c.as_mut_ptr().cast(), CUDANN_F32, lc.ld as i64, lc.stride as i64,
+                            batch as i32, NULL,
+                        )
+                    };
+                    assert_ok(code);
+                    let mut want = gemm_ex_ref(ta, tb, m, n, k, alpha, &a, la, &b, lb, beta, &c0, lc, batch);
+                    // Padding between rows and matrices is never written.
+                    if beta == 0.0 {
+                        for (w, g) in want.iter_mut().zip(&c) {
+                            if g.is_nan() {
+                                *w = f64::NAN;
+                            }
+                        }
+                        let written = c.iter().filter(|v| !v.is_nan()).count();
+                        assert_eq!(written, batch * m * n, "elements written");
+                    }
+                    let what = format!("gemm_ex ta={ta} tb={tb} {m}x{n}x{k} batch {batch} pad {pad}");
+                    assert_close(&c, &want, tol(k), tol(k), &what);
+                }
+            }
+        }
+    }
+}
+
+/// cudann_gemm_ex with every argument contiguous, for the invalid-argument checks.
+unsafe fn gemm_ex_plain(ta: i32, tb: i32, a: *const f32, b: *const f32, c: *mut f32, types: [i32; 3], lds: [i64; 3], strides: [i64; 3], batch: i32) -> i32 {
+    unsafe {
+        cudann_gemm_ex(
+            ta, tb, 4, 4, 4, 1.0, a.cast(), types[0], lds[0], strides[0], b.cast(), types[1], lds[1], strides[1],
+            0.0, c.cast(), types[2], lds[2], strides[2], batch, NULL,
+        )
+    }
+}
+
+#[test]
+fn gemm_ex_bad_arguments() {
+    let (a, b) = (vec![1.0f32; 64], vec![1.0f32; 64]);
+    let mut c = poisoned(64);
+    let f = CUDANN_F32;
+    let (lds, strides) = ([4i64; 3], [16i64; 3]);
+    let cp = c.as_mut_ptr();
+    unsafe {
+        assert_invalid(gemm_ex_plain(0, 0, a.as_ptr(), b.as_ptr(), cp, [CUDANN_F16, f, f], lds, strides, 1), "cudann_gemm_ex", "a_type CUDANN_F16 is not supported yet");
+        assert_invalid(gemm_ex_plain(0, 0, a.as_ptr(), b.as_ptr(), cp, [f, CUDANN_BF16, f], lds, strides, 1), "cudann_gemm_ex", "b_type CUDANN_BF16 is not supported yet");
+        assert_invalid(gemm_ex_plain(0, 0, a.as_ptr(), b.as_ptr(), cp, [f, f, 9], lds, strides, 1), "cudann_gemm_ex", "c_type must be CUDANN_F32 (0)");
+        assert_invalid(gemm_ex_plain(2, 0, a.as_ptr(), b.as_ptr(), cp, [f; 3], lds, strides, 1), "cudann_gemm_ex", "trans_a must be 0 or 1");
+        assert_invalid(gemm_ex_plain(0, 0, a.as_ptr(), b.as_ptr(), cp, [f; 3], [3, 4, 4], strides, 1), "cudann_gemm_ex", "lda must be >= 4");
+        assert_invalid(gemm_ex_plain(0, 0, a.as_ptr(), b.as_ptr(), cp, [f; 3], [4, 4, 0], strides, 1), "cudann_gemm_ex", "ldc must be >= 4");
+        assert_invalid(gemm_ex_plain(0, 0, a.as_ptr(), b.as_ptr(), cp, [f; 3], lds, [16, -1, 16], 1), "cudann_gemm_ex", "stride_b must be >= 0");
+        assert_invalid(gemm_ex_plain(0, 0, a.as_ptr(), b.as_ptr(), cp, [f; 3], lds, [16, 16, 15], 2), "cudann_gemm_ex", "stride_c must be >= (m-1)*ldc + n = 16");
+        assert_invalid(gemm_ex_plain(0, 0, a.as_ptr(), b.as_ptr(), cp, [f; 3], lds, [i64::MAX / 2, 16, 16], 3), "cudann_gemm_ex", "overflows");
+        assert_invalid(gemm_ex_plain(0, 0, std::ptr::null(), b.as_ptr(), cp, [f; 3], lds, strides, 1), "cudann_gemm_ex", "A is NULL");
+        assert_invalid(gemm_ex_plain(0, 0, a.as_ptr(), b.as_ptr(), cp, [f; 3], lds, strides, -1), "cudann_gemm_ex", "batch must be >= 0");
+        // C overlapping A without being exactly A's span.
+        let mut shared = vec![1.0f32; 40];
+        let code = gemm_ex_plain(0, 0, shared.as_ptr(), b.as_ptr(), shared.as_mut_ptr().add(4), [f; 3], lds, strides, 1);
+        assert_invalid(code, "cudann_gemm_ex", "partially overlaps");
+    }
+    assert_untouched(&c, "C");
+}
+
+#[test]
+fn gemm_ex_in_place_and_empty() {
+    let mut rng = Rng::new(34);
+    let n = 5;
+    let a = rng.vec(n * n, 1.0);
+    let b = rng.vec(n * n, 1.0);
+    let mut c = a.clone();
+    let f = CUDANN_F32;
+    let l = n as i64;
+    // C is A's very buffer: computed from A's old values.
+    let code = unsafe { cudann_gemm_ex(1, 0, 5, 5, 5, 1.0, c.as_ptr().cast(), f, l, 0, b.as_ptr().cast(), f, l, 0, 1.0, c.as_mut_ptr().cast(), f, l, 0, 1, NULL) };
+    assert_ok(code);
+    let lay = Layout { rows: n, cols: n, ld: n, stride: 0 };
+    let want = gemm_ex_ref(true, false, n, n, n, 1.0, &a, lay, &b, lay, 1.0, &a, lay, 1);
+    assert_close(&c, &want, tol(n), tol(n), "in place");
+    // An empty product touches nothing; NULL is fine there.
+    let null = std::ptr::null();
+    assert_ok(unsafe { cudann_gemm_ex(0, 0, 0, 5, 5, 1.0, null, f, 5, 0, null, f, 5, 0, 0.0, std::ptr::null_mut(), f, 5, 0, 3, NULL) });
+    assert_ok(unsafe { cudann_gemm_ex(0, 0, 5, 5, 5, 1.0, null, f, 5, 0, null, f, 5, 0, 0.0, std::ptr::null_mut(), f, 5, 0, 0, NULL) });
+}

@@ -43,7 +43,7 @@ fn host_pointers_run_on_the_gpu_when_cuda_is_demanded() {
     let c0 = rng.vec(m * n, 1.0);
     let (mut c, mut want) = (c0.clone(), c0.clone());
     assert_ok(unsafe { cuda_gemm(a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), m as i32, n as i32, k as i32, 2.0, 0.5, NULL) });
-    cudann::cpu::gemm::sgemm(&a, &b, &mut want, m, n, k, 2.0, 0.5);
+    cudann::cpu::gemm::sgemm_batched(&a, &b, &mut want, m, n, k, 2.0, 0.5);
     assert_close(&c, &f64s(&want), 1e-4, 1e-4, "staged gemm");
 
     // A failing staged call still leaves outputs untouched.

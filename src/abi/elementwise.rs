@@ -1,6 +1,6 @@
 //! Elementwise ops.
 
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
 
 use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output};
@@ -25,20 +25,27 @@ pub unsafe extern "C" fn cuda_silu(input: *const f32, output: *mut f32, n: i64, 
     })
 }
 
+/// Validated operands of a flat elementwise op: `inputs` and one output, each
+/// of `n` elements.
+fn flat<'a, const N: usize>(n: i64, inputs: [(&'static str, *const f32); N], output: (&'static str, *mut f32)) -> Result<([Input<'a, f32>; N], Output<'a, f32>)> {
+    let n = check::count("n", n)?;
+    let mut checked = Vec::with_capacity(N);
+    for (name, ptr) in inputs {
+        checked.push(Input::new(name, ptr, n)?);
+    }
+    let inputs = checked.try_into().unwrap_or_else(|_| unreachable!("N inputs were pushed"));
+    Ok((inputs, Output::new(output.0, output.1, n)?))
+}
+
 /// Validated operands of a unary elementwise op.
 fn unary<'a>(input: *const f32, output: *mut f32, n: i64) -> Result<(Input<'a, f32>, Output<'a, f32>)> {
-    let n = check::count("n", n)?;
-    let x = Input::new("input", input, n)?;
-    let y = Output::new("output", output, n)?;
+    let ([x], y) = flat(n, [("input", input)], ("output", output))?;
     Ok((x, y))
 }
 
 /// Validated operands of a binary elementwise op.
 fn binary<'a>(a: *const f32, b: *const f32, output: *mut f32, n: i64) -> Result<(Input<'a, f32>, Input<'a, f32>, Output<'a, f32>)> {
-    let n = check::count("n", n)?;
-    let a = Input::new("a", a, n)?;
-    let b = Input::new("b", b, n)?;
-    let y = Output::new("output", output, n)?;
+    let ([a, b], y) = flat(n, [("a", a), ("b", b)], ("output", output))?;
     Ok((a, b, y))
 }
 
@@ -85,5 +92,119 @@ pub unsafe extern "C" fn cuda_scale(input: *const f32, output: *mut f32, scale: 
             || unsafe { elementwise::scale(Src::of(&x, &y, &[]), scale, y.slice()) },
             |g, p| unsafe { ops::scale(g, stream.cast(), p[0], p[1], scale, y.len) },
         )
+    })
+}
+
+/// The backward of an activation `f`: `d_input[i] = d_output[i] * f'(input[i])`.
+/// `d_input` may be `d_output` or `input` (in place).
+fn activation_backward(d_output: *const f32, input: *const f32, d_input: *mut f32, n: i64, stream: *mut c_void, kernel: fn(Src, Src, &mut [f32])) -> Result<()> {
+    let ([dy, x], dx) = flat(n, [("d_output", d_output), ("input", input)], ("d_input", d_input))?;
+    let call = Call::new(stream, dx.len, [dy.region(), x.region(), dx.region()])?;
+    dispatch::run_cpu_only(&call, || unsafe { kernel(Src::of(&dy, &dx, &[]), Src::of(&x, &dx, &[]), dx.slice()) })
+}
+
+/// SiLU backward: `d_input[i] = d_output[i] * s (1 + x (1 - s))` with
+/// `x = input[i]`, `s = sigmoid(x)`, for `0 <= i < n`. `d_input` may be
+/// `d_output` or `input`. Returns -2 for a NULL pointer with `n > 0`, `n < 0`, or
+/// a partial overlap; -1 for device pointers (no GPU kernel yet).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_silu_backward(d_output: *const f32, input: *const f32, d_input: *mut f32, n: i64, stream: *mut c_void) -> i32 {
+    ffi_fn!("cudann_silu_backward", { activation_backward(d_output, input, d_input, n, stream, elementwise::silu_backward) })
+}
+
+/// GELU, tanh form (GPT-2): `output[i] = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x³)))`
+/// with `x = input[i]`. `output` may be `input`. Returns -2 as `cuda_silu`; -1 for
+/// device pointers (no GPU kernel yet).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_gelu(input: *const f32, output: *mut f32, n: i64, stream: *mut c_void) -> i32 {
+    ffi_fn!("cudann_gelu", {
+        let (x, y) = unary(input, output, n)?;
+        let call = Call::new(stream, y.len, [x.region(), y.region()])?;
+        dispatch::run_cpu_only(&call, || unsafe { elementwise::gelu(Src::of(&x, &y, &[]), y.slice()) })
+    })
+}
+
+/// GELU backward: `d_input[i] = d_output[i] * gelu'(input[i])` (the derivative
+/// of `cudann_gelu`'s tanh form). `d_input` may be `d_output` or `input`.
+/// Returns -2 as `cudann_silu_backward`; -1 for device pointers.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_gelu_backward(d_output: *const f32, input: *const f32, d_input: *mut f32, n: i64, stream: *mut c_void) -> i32 {
+    ffi_fn!("cudann_gelu_backward", { activation_backward(d_output, input, d_input, n, stream, elementwise::gelu_backward) })
+}
+
+/// SwiGLU: `output[i] = silu(gate[i]) * up[i]` for `0 <= i < n`, tensors of data
+/// type `dtype` (`CUDANN_F32`; the half types are -2 until half precision lands).
+/// `output` may be `gate` or `up`. Returns -2 for a NULL pointer with `n > 0`,
+/// `n < 0`, a bad `dtype` or a partial overlap; -1 for device pointers.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_swiglu(gate: *const c_void, up: *const c_void, output: *mut c_void, n: i64, dtype: c_int, stream: *mut c_void) -> i32 {
+    ffi_fn!("cudann_swiglu", {
+        check::float32("dtype", dtype)?;
+        let ([g, u], y) = flat(n, [("gate", gate.cast()), ("up", up.cast())], ("output", output.cast()))?;
+        let call = Call::new(stream, y.len, [g.region(), u.region(), y.region()])?;
+        dispatch::run_cpu_only(&call, || unsafe { elementwise::swiglu(Src::of(&g, &y, &[]), Src::of(&u, &y, &[]), y.slice()) })
+    })
+}
+
+/// SwiGLU backward: `d_gate[i] = d_output[i] * up[i] * silu'(gate[i])` and
+/// `d_up[i] = d_output[i] * silu(gate[i])`. `d_gate` may be `gate` (or
+/// `d_output`) and `d_up` may be `up` (or `d_output`), as long as the two outputs
+/// are distinct. Returns -2 for a NULL pointer with `n > 0`, `n < 0`, or an
+/// overlap; -1 for device pointers.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_swiglu_backward(
+    d_output: *const f32,
+    gate: *const f32,
+    up: *const f32,
+    d_gate: *mut f32,
+    d_up: *mut f32,
+    n: i64,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cudann_swiglu_backward", {
+        let ([dy, g, u], dg) = flat(n, [("d_output", d_output), ("gate", gate), ("up", up)], ("d_gate", d_gate))?;
+        let du = Output::new("d_up", d_up, dg.len)?;
+        let call = Call::new(stream, dg.len, [dy.region(), g.region(), u.region(), dg.region(), du.region()])?;
+        dispatch::run_cpu_only(&call, || unsafe {
+            let outputs = [dg.region(), du.region()];
+            elementwise::swiglu_backward(&dy.read(&outputs), &g.read(&outputs), &u.read(&outputs), dg.slice(), du.slice())
+        })
+    })
+}
+
+/// Checked `[rows, cols]` of a row-broadcast op: (rows * cols, cols).
+fn rows_cols(rows: c_int, cols: c_int) -> Result<(usize, usize)> {
+    let (rows, cols) = (check::dim("rows", rows)?, check::dim("cols", cols)?);
+    Ok((check::elements(&[("rows", rows), ("cols", cols)])?, cols))
+}
+
+/// Bias add: `output[r, c] = input[r, c] + bias[c]` over `input[rows, cols]`.
+/// `output` may be `input`. Returns -2 for NULL pointers with a non-empty shape,
+/// negative or overflowing dimensions, or overlaps; -1 for device pointers.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_bias_add(input: *const f32, bias: *const f32, output: *mut f32, rows: c_int, cols: c_int, stream: *mut c_void) -> i32 {
+    ffi_fn!("cudann_bias_add", {
+        let (n, cols) = rows_cols(rows, cols)?;
+        let x = Input::new("input", input, n)?;
+        let b = Input::new("bias", bias, if n == 0 { 0 } else { cols })?;
+        let y = Output::new("output", output, n)?;
+        let call = Call::new(stream, n, [x.region(), b.region(), y.region()])?;
+        dispatch::run_cpu_only(&call, || unsafe { elementwise::bias_add(Src::of(&x, &y, &[]), &b.read(&[y.region()]), y.slice()) })
+    })
+}
+
+/// Bias backward: `d_bias[c] = sum over r of d_output[r, c]` (column sums of
+/// `d_output[rows, cols]`, deterministic; written, not accumulated). With
+/// `rows == 0`, `d_bias` is set to zeros. Returns -2 for NULL pointers with a
+/// non-empty shape, negative or overflowing dimensions, or overlaps; -1 for
+/// device pointers.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_bias_backward(d_output: *const f32, d_bias: *mut f32, rows: c_int, cols: c_int, stream: *mut c_void) -> i32 {
+    ffi_fn!("cudann_bias_backward", {
+        let (n, cols) = rows_cols(rows, cols)?;
+        let dy = Input::new("d_output", d_output, n)?;
+        let db = Output::new("d_bias", d_bias, cols)?;
+        let call = Call::new(stream, cols, [dy.region(), db.region()])?;
+        dispatch::run_cpu_only(&call, || unsafe { elementwise::bias_backward(dy.slice(), db.slice()) })
     })
 }

@@ -3,9 +3,10 @@
 use std::ffi::{c_int, c_void};
 
 use super::boundary::ffi_fn;
-use crate::check::{self, Input, Output};
-use crate::cpu::gemm;
+use crate::check::{self, Input, Output, require};
+use crate::cpu::gemm::{self, View};
 use crate::dispatch::{self, Call};
+use crate::error::{Result, invalid};
 use crate::gpu::ops;
 
 /// Row-major `C[M,N] = alpha * A[M,K] * B[K,N] + beta * C`. With `beta == 0`,
@@ -83,4 +84,115 @@ unsafe fn batched(
         || unsafe { gemm::sgemm_batched(&a.read(&[c.region()]), &b.read(&[c.region()]), c.slice(), m, n, k, alpha, beta) },
         |g, p| unsafe { ops::sgemm(g, stream.cast(), p[0], p[1], p[2], batch, m, n, k, alpha, beta) },
     )
+}
+
+/// One operand of `cudann_gemm_ex`: a batch of row-major `rows x cols` matrices
+/// (as stored, before any transpose), `ld` elements between rows and `stride`
+/// between matrices.
+struct Strided {
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    stride: usize,
+}
+
+impl Strided {
+    /// Checks `ld >= cols` and `stride >= 0`, named after the matrix.
+    fn new(matrix: &str, rows: usize, cols: usize, ld: i64, stride: i64) -> Result<Self> {
+        let name = matrix.to_lowercase();
+        let row = cols.max(1);
+        let valid_ld = usize::try_from(ld).ok().filter(|&ld| ld >= row);
+        let ld = valid_ld.ok_or_else(|| invalid(format!("ld{name} must be >= {row} (a stored row of {matrix}) (got {ld})")))?;
+        let stride = usize::try_from(stride).map_err(|_| invalid(format!("stride_{name} must be >= 0 (got {stride})")))?;
+        Ok(Strided { rows, cols, ld, stride })
+    }
+
+    /// Elements from the first matrix's first element to the last matrix's
+    /// last: `(batch-1)*stride + (rows-1)*ld + cols`; -2 past 2^60.
+    fn span(&self, matrix: &str, batch: usize) -> Result<usize> {
+        if batch == 0 || self.rows == 0 || self.cols == 0 {
+            return Ok(0);
+        }
+        let span = ((batch - 1) as u128) * self.stride as u128 + ((self.rows - 1) as u128) * self.ld as u128 + self.cols as u128;
+        let span = usize::try_from(span).unwrap_or(usize::MAX);
+        check::elements(&[(matrix, span)])
+    }
+
+    /// Elements one matrix spans (`(rows-1)*ld + cols`).
+    fn one(&self) -> usize {
+        if self.rows == 0 { 0 } else { (self.rows - 1) * self.ld + self.cols }
+    }
+}
+
+/// Batched strided row-major GEMM with a data type per matrix:
+/// `C_i = alpha * op(A_i) * op(B_i) + beta * C_i` for `i < batch`, `op(X)` is
+/// `X` (`trans_x = 0`) or `Xᵀ` (`trans_x = 1`); `op(A_i)` is `m x k`, `op(B_i)`
+/// is `k x n`, `C_i` is `m x n`. `A_i` starts at `A + i*stride_a` and is stored
+/// row-major with `lda` elements between rows (`m x k`, `lda >= k`, or, when
+/// transposed, `k x m`, `lda >= m`); likewise `B` (`k x n` or `n x k`) and `C`
+/// (`ldc >= n`). Leading dimensions and strides count elements; a stride of 0
+/// reuses one matrix for every batch entry (not for `C` when `batch > 1`: the
+/// `C_i` must not overlap, `stride_c >= (m-1)*ldc + n`). With `beta == 0`, `C`
+/// is not read. The types are `CUDANN_F32` (`CUDANN_F16`/`CUDANN_BF16` are -2
+/// until half precision lands). `C` may be exactly `A`'s or `B`'s span (in
+/// place, computed from the old values); any other overlap is -2. Device
+/// pointers are -1 (no GPU kernel yet).
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)] // the matrices are A, B, C as in BLAS
+pub unsafe extern "C" fn cudann_gemm_ex(
+    trans_a: c_int,
+    trans_b: c_int,
+    m: c_int,
+    n: c_int,
+    k: c_int,
+    alpha: f32,
+    A: *const c_void,
+    a_type: c_int,
+    lda: i64,
+    stride_a: i64,
+    B: *const c_void,
+    b_type: c_int,
+    ldb: i64,
+    stride_b: i64,
+    beta: f32,
+    C: *mut c_void,
+    c_type: c_int,
+    ldc: i64,
+    stride_c: i64,
+    batch: c_int,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cudann_gemm_ex", {
+        let (ta, tb) = (check::flag("trans_a", trans_a)?, check::flag("trans_b", trans_b)?);
+        let (m, n, k) = (check::dim("m", m)?, check::dim("n", n)?, check::dim("k", k)?);
+        let batch = check::dim("batch", batch)?;
+        for (name, value) in [("a_type", a_type), ("b_type", b_type), ("c_type", c_type)] {
+            check::float32(name, value)?;
+        }
+        let (a_rows, a_cols) = if ta { (k, m) } else { (m, k) };
+        let (b_rows, b_cols) = if tb { (n, k) } else { (k, n) };
+        let sa = Strided::new("A", a_rows, a_cols, lda, stride_a)?;
+        let sb = Strided::new("B", b_rows, b_cols, ldb, stride_b)?;
+        let sc = Strided::new("C", m, n, ldc, stride_c)?;
+        require(batch <= 1 || sc.stride >= sc.one(), || {
+            format!("stride_c must be >= (m-1)*ldc + n = {} when batch > 1 (the C matrices may not overlap) (got {})", sc.one(), sc.stride)
+        })?;
+        let c_len = sc.span("C", batch)?;
+        // Nothing to compute (or no product term): A and B are not read.
+        let reads = c_len > 0 && k > 0;
+        let a = Input::new("A", A.cast::<f32>(), if reads { sa.span("A", batch)? } else { 0 })?;
+        let b = Input::new("B", B.cast::<f32>(), if reads { sb.span("B", batch)? } else { 0 })?;
+        let c = Output::new("C", C.cast::<f32>(), c_len)?;
+        let flops = 2.0 * (batch * m * n) as f64 * k as f64;
+        let call = Call::new(stream, c_len, [a.region(), b.region(), c.region()])?.flops(flops);
+        dispatch::run_cpu_only(&call, || unsafe {
+            let (a_data, b_data) = (a.read(&[c.region()]), b.read(&[c.region()]));
+            for i in 0..batch {
+                let av = View::new(a_data.as_ptr().wrapping_add(i * sa.stride), sa.ld, ta);
+                let bv = View::new(b_data.as_ptr().wrapping_add(i * sb.stride), sb.ld, tb);
+                let cv = View::new(c.ptr.wrapping_add(i * sc.stride), sc.ld, false);
+                gemm::sgemm_view(av, bv, cv, m, n, k, alpha, beta);
+            }
+        })
+    })
 }

@@ -42,3 +42,11 @@ pub const CUDANN_LAUNCH_FAILED: i32 = -3;
 pub const CUDANN_OUT_OF_MEMORY: i32 = -4;
 /// A bug inside the library (e.g. a caught panic); never a crash.
 pub const CUDANN_INTERNAL: i32 = -5;
+
+/// Data type of a tensor passed as `void*` (`cudann_gemm_ex` and the `_ex`-style
+/// ops that take a data-type argument): IEEE binary32.
+pub const CUDANN_F32: i32 = 0;
+/// IEEE binary16 (not supported yet: -2).
+pub const CUDANN_F16: i32 = 1;
+/// bfloat16 (not supported yet: -2).
+pub const CUDANN_BF16: i32 = 2;

@@ -1,4 +1,6 @@
 //! Row-major SGEMM through the `gemm` crate (packed, SIMD, rayon-parallel).
+//! The crate takes a row and a column stride for every matrix, so transposed
+//! operands and leading dimensions are views, never copies.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -10,19 +12,74 @@ const FEW_ROWS: usize = 64;
 /// Columns per band: fixed, so results do not depend on the thread count.
 const BAND: usize = 1024;
 
-/// One single- or multi-threaded crate call on a row-major view: C is `m x w`
-/// with row stride `ldc`, B is `k x w` with row stride `ldb`.
+/// A matrix in memory: element (i, j) at `ptr + i * rs + j * cs`.
+#[derive(Clone, Copy)]
+pub struct View<T> {
+    pub ptr: T,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<T: Copy> View<T> {
+    /// A row-major matrix with `ld` elements between rows, read as itself or
+    /// as its transpose.
+    pub fn new(ptr: T, ld: usize, transposed: bool) -> Self {
+        if transposed { View { ptr, rs: 1, cs: ld } } else { View { ptr, rs: ld, cs: 1 } }
+    }
+}
+
+/// The element offset of column `j`, for a band of columns.
+fn column<T>(view: View<*const T>, j: usize) -> View<*const T> {
+    View { ptr: view.ptr.wrapping_add(j * view.cs), ..view }
+}
+
+/// C = alpha * op(A) * op(B) + beta * C for one `m x n` product of depth `k`;
+/// with beta == 0, C is never read.
 ///
-/// SAFETY: the pointers cover these views; the crate computes
+/// SAFETY: every view covers its matrix (`m x k`, `k x n`, `m x n`); C does not
+/// overlap A or B.
+pub unsafe fn sgemm_view(a: View<*const f32>, b: View<*const f32>, c: View<*mut f32>, m: usize, n: usize, k: usize, alpha: f32, beta: f32) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 || alpha == 0.0 {
+        // No product term: C = beta * C (and C = 0 without reading it when beta == 0).
+        for i in 0..m {
+            for j in 0..n {
+                let c = c.ptr.wrapping_add(i * c.rs + j * c.cs);
+                unsafe { *c = if beta == 0.0 { 0.0 } else { beta * *c } };
+            }
+        }
+    } else if m <= FEW_ROWS && n > BAND {
+        // Column bands of C are disjoint; the address travels as usize to be Send.
+        let c_addr = c.ptr as usize;
+        let b_addr = b.ptr as usize;
+        let a_addr = a.ptr as usize;
+        (0..n.div_ceil(BAND)).into_par_iter().for_each(|band| {
+            let (j0, w) = (band * BAND, BAND.min(n - band * BAND));
+            let a = View { ptr: a_addr as *const f32, ..a };
+            let b = column(View { ptr: b_addr as *const f32, ..b }, j0);
+            let c = View { ptr: (c_addr as *mut f32).wrapping_add(j0 * c.cs), ..c };
+            // SAFETY: band `j0..j0+w` of B and C lies inside the caller's views.
+            unsafe { crate_gemm(a, b, c, m, w, k, alpha, beta, Parallelism::None) };
+        });
+    } else {
+        let threads = if m * n * k < 64 * 64 * 64 { Parallelism::None } else { Parallelism::Rayon(rayon::current_num_threads()) };
+        unsafe { crate_gemm(a, b, c, m, n, k, alpha, beta, threads) };
+    }
+}
+
+/// One crate call. SAFETY: as [`sgemm_view`]; the crate computes
 /// dst = alpha' * dst + beta' * lhs * rhs, so its alpha/beta are our beta/alpha.
-unsafe fn crate_gemm(a: *const f32, b: *const f32, c: *mut f32, m: usize, w: usize, k: usize, ldb: usize, ldc: usize, alpha: f32, beta: f32, threads: Parallelism) {
+unsafe fn crate_gemm(a: View<*const f32>, b: View<*const f32>, c: View<*mut f32>, m: usize, n: usize, k: usize, alpha: f32, beta: f32, threads: Parallelism) {
+    let s = |x: usize| x as isize;
     unsafe {
         gemm::gemm(
-            m, w, k,
-            c, 1, ldc as isize,
+            m, n, k,
+            c.ptr, s(c.cs), s(c.rs),
             beta != 0.0,
-            a, 1, k as isize,
-            b, 1, ldb as isize,
+            a.ptr, s(a.cs), s(a.rs),
+            b.ptr, s(b.cs), s(b.rs),
             beta, alpha,
             false, false, false,
             threads,
@@ -30,32 +87,13 @@ unsafe fn crate_gemm(a: *const f32, b: *const f32, c: *mut f32, m: usize, w: usi
     }
 }
 
-/// C[M,N] = alpha * A[M,K] * B[K,N] + beta * C; with beta == 0, C is never read.
-pub fn sgemm(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize, alpha: f32, beta: f32) {
-    if k == 0 || alpha == 0.0 {
-        // No product term: C = beta * C (and C = 0 without reading it when beta == 0).
-        for c in c.iter_mut() {
-            *c = if beta == 0.0 { 0.0 } else { beta * *c };
-        }
-    } else if m <= FEW_ROWS && n > BAND {
-        // Column bands of C are disjoint; the address travels as usize to be Send.
-        let c_addr = c.as_mut_ptr() as usize;
-        (0..n.div_ceil(BAND)).into_par_iter().for_each(|band| {
-            let (j0, w) = (band * BAND, BAND.min(n - band * BAND));
-            let c = (c_addr as *mut f32).wrapping_add(j0);
-            // SAFETY: band `j0..j0+w` of B and C lies inside the checked slices.
-            unsafe { crate_gemm(a.as_ptr(), b.as_ptr().add(j0), c, m, w, k, n, n, alpha, beta, Parallelism::None) };
-        });
-    } else {
-        let threads = if m * n * k < 64 * 64 * 64 { Parallelism::None } else { Parallelism::Rayon(rayon::current_num_threads()) };
-        // SAFETY: the slices hold M*K, K*N and M*N elements (checked by the caller).
-        unsafe { crate_gemm(a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), m, n, k, n, n, alpha, beta, threads) };
-    }
-}
-
-/// `batch` independent products over contiguous matrices (C must be non-empty).
+/// C[M,N] = alpha * A[M,K] * B[K,N] + beta * C over contiguous row-major
+/// matrices, `batch` of them back to back.
 pub fn sgemm_batched(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize, alpha: f32, beta: f32) {
     for (i, c) in c.chunks_mut(m * n).enumerate() {
-        sgemm(&a[i * m * k..(i + 1) * m * k], &b[i * k * n..(i + 1) * k * n], c, m, n, k, alpha, beta);
+        let a = View::new(a[i * m * k..].as_ptr(), k, false);
+        let b = View::new(b[i * k * n..].as_ptr(), n, false);
+        // SAFETY: the slices hold batch * (M*K, K*N, M*N) elements (checked by the caller).
+        unsafe { sgemm_view(a, b, View::new(c.as_mut_ptr(), n, false), m, n, k, alpha, beta) };
     }
 }

@@ -2,7 +2,9 @@
 //! order, so results are bitwise reproducible whatever the thread count.
 
 use multiversion::multiversion;
+use rayon::prelude::*;
 
+use super::alloc;
 use super::math::exp;
 
 const LANES: usize = 16;
@@ -86,4 +88,43 @@ pub fn exp_into(x: &[f32], shift: f32, y: &mut [f32]) -> f32 {
 /// the terms are already per-row values.
 pub fn sum_f64(x: impl IntoIterator<Item = f64>) -> f64 {
     x.into_iter().sum()
+}
+
+/// acc += x, elementwise.
+#[multiversion(targets = "simd")]
+pub fn add_into(acc: &mut [f32], x: &[f32]) {
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a += v;
+    }
+}
+
+/// Sums over rows of per-row vectors of `width` (bias, norm-weight and
+/// embedding gradients): `add_row(r, acc)` adds row r's terms into `acc`.
+/// Rows go in a fixed number of contiguous groups (in parallel), each summing
+/// blocks of 32 rows in f32 into an f64 total; the groups are combined in
+/// order. The result depends only on `rows`, never on the thread count, and
+/// keeps f32 accuracy for any number of rows.
+pub fn column_sums(rows: usize, width: usize, add_row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    const GROUPS: usize = 64;
+    const BLOCK_ROWS: usize = 32;
+    let per_group = rows.div_ceil(GROUPS).max(1);
+    let groups: Vec<Vec<f64>> = (0..rows.div_ceil(per_group))
+        .into_par_iter()
+        .map(|g| {
+            let end = rows.min((g + 1) * per_group);
+            let mut total = alloc::filled(width, 0.0f64);
+            let mut block = alloc::filled(width, 0.0f32);
+            for start in (g * per_group..end).step_by(BLOCK_ROWS) {
+                block.fill(0.0);
+                (start..end.min(start + BLOCK_ROWS)).for_each(|r| add_row(r, &mut block));
+                total.iter_mut().zip(&block).for_each(|(t, &b)| *t += b as f64);
+            }
+            total
+        })
+        .collect();
+    let mut sums = alloc::filled(width, 0.0f64);
+    for group in &groups {
+        sums.iter_mut().zip(group).for_each(|(s, &g)| *s += g);
+    }
+    alloc::collect(sums.iter().map(|&s| s as f32))
 }

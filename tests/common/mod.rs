@@ -108,3 +108,25 @@ pub fn softmax_ref(x: &[f64]) -> Vec<f64> {
     let s: f64 = e.iter().sum();
     e.iter().map(|v| v / s).collect()
 }
+
+/// ∂f/∂x by central differences in float64 (the check every backward op's
+/// result is held against).
+pub fn numeric_grad(x: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let mut probe = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let h = 1e-6 * x[i].abs().max(1.0);
+            probe[i] = x[i] + h;
+            let up = f(&probe);
+            probe[i] = x[i] - h;
+            let down = f(&probe);
+            probe[i] = x[i];
+            (up - down) / (2.0 * h)
+        })
+        .collect()
+}
+
+/// Σ a_i b_i: the scalar `⟨dy, f(x)⟩` whose gradient a backward op computes.
+pub fn dot64(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
