@@ -358,6 +358,52 @@ int32_t cuda_rmsnorm_residual(const float *input,
                               float eps,
                               void *stream);
 
+// RMSNorm backward, for `output = input * r * weight` with
+// `r = 1 / sqrt(mean(input²) + eps)` per row of `input[rows, hidden_dim]`:
+// `d_input = r * (g - input * r² * mean(g * input))` with `g = d_output * weight`,
+// and `d_weight[j] = sum over rows of d_output * input * r` (written, not
+// accumulated; deterministic). `d_input` may be `d_output` or `input`. Returns
+// -2 as `cuda_rmsnorm`; -1 for device pointers (no GPU kernel yet).
+int32_t cudann_rmsnorm_backward(const float *d_output,
+                                const float *input,
+                                const float *weight,
+                                float *d_input,
+                                float *d_weight,
+                                int rows,
+                                int hidden_dim,
+                                float eps,
+                                void *stream);
+
+// LayerNorm of each row of `input[rows, hidden_dim]`:
+// `output = (input - mean) / sqrt(var + eps) * weight + bias` (biased variance,
+// as PyTorch and GPT-2). `output` may be `input`. Returns -2 as `cuda_rmsnorm`;
+// -1 for device pointers (no GPU kernel yet).
+int32_t cudann_layernorm(const float *input,
+                         const float *weight,
+                         const float *bias,
+                         float *output,
+                         int rows,
+                         int hidden_dim,
+                         float eps,
+                         void *stream);
+
+// LayerNorm backward (`cudann_layernorm`'s gradients): with `x̂` the normalised
+// row and `g = d_output * weight`,
+// `d_input = rstd * (g - mean(g) - x̂ * mean(g * x̂))`,
+// `d_weight = sum over rows of d_output * x̂`, `d_bias = sum over rows of
+// d_output` (written, not accumulated; deterministic). `d_input` may be
+// `d_output` or `input`. Returns -2 as `cuda_rmsnorm`; -1 for device pointers.
+int32_t cudann_layernorm_backward(const float *d_output,
+                                  const float *input,
+                                  const float *weight,
+                                  float *d_input,
+                                  float *d_weight,
+                                  float *d_bias,
+                                  int rows,
+                                  int hidden_dim,
+                                  float eps,
+                                  void *stream);
+
 // One AdamW step (decoupled weight decay, bias-corrected) over `size` elements:
 // `m = b1 m + (1-b1) g; v = b2 v + (1-b2) g²;
 // param -= lr (m̂ / (sqrt(v̂) + eps) + weight_decay param)` with
@@ -501,6 +547,17 @@ int32_t cuda_softmax_topk(const float *input,
                           int cols,
                           int k,
                           void *stream);
+
+// Softmax backward from the forward's output `y = output[rows, cols]`:
+// `d_input = y * (d_output - sum over the row of d_output * y)`. `d_input` may
+// be `d_output` or `output`. Returns -2 as `cuda_softmax`; -1 for device
+// pointers (no GPU kernel yet).
+int32_t cudann_softmax_backward(const float *d_output,
+                                const float *output,
+                                float *d_input,
+                                int rows,
+                                int cols,
+                                void *stream);
 
 #ifdef __cplusplus
 }  // extern "C"

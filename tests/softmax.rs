@@ -101,3 +101,27 @@ fn softmax_bad_arguments() {
     assert!(idx.iter().all(|&v| v == 7));
     unsafe { assert_ok(cuda_softmax(std::ptr::null(), std::ptr::null_mut(), 0, 5, NULL)) };
 }
+
+#[test]
+fn softmax_backward_matches_finite_differences() {
+    let mut rng = Rng::new(15);
+    for (rows, cols) in [(1, 1), (3, 31), (5, 33), (2, 300), (1, 4097)] {
+        let (x, dy) = (rng.vec(rows * cols, 2.0), rng.vec(rows * cols, 1.0));
+        let mut y = poisoned(x.len());
+        assert_ok(unsafe { cuda_softmax(x.as_ptr(), y.as_mut_ptr(), rows as i32, cols as i32, NULL) });
+        let mut dx = poisoned(x.len());
+        assert_ok(unsafe { cudann_softmax_backward(dy.as_ptr(), y.as_ptr(), dx.as_mut_ptr(), rows as i32, cols as i32, NULL) });
+        let dy64 = f64s(&dy);
+        let want = numeric_grad(&f64s(&x), |x| {
+            let y: Vec<f64> = x.chunks(cols).flat_map(softmax_ref).collect();
+            dot64(&dy64, &y)
+        });
+        assert_close(&dx, &want, 1e-4, 1e-6, &format!("softmax_backward {rows}x{cols}"));
+        let mut in_place = dy.clone();
+        assert_ok(unsafe { cudann_softmax_backward(in_place.as_ptr(), y.as_ptr(), in_place.as_mut_ptr(), rows as i32, cols as i32, NULL) });
+        assert_eq!(in_place, dx, "in place");
+    }
+    let mut dx = poisoned(4);
+    assert_invalid(unsafe { cudann_softmax_backward(dx.as_ptr(), std::ptr::null(), dx.as_mut_ptr(), 2, 2, NULL) }, "cudann_softmax_backward", "output is NULL");
+    assert_untouched(&dx, "d_input");
+}

@@ -80,3 +80,103 @@ pub unsafe extern "C" fn cuda_rmsnorm_residual(
         dispatch::run(&call, cpu, gpu)
     })
 }
+
+/// RMSNorm backward, for `output = input * r * weight` with
+/// `r = 1 / sqrt(mean(input²) + eps)` per row of `input[rows, hidden_dim]`:
+/// `d_input = r * (g - input * r² * mean(g * input))` with `g = d_output * weight`,
+/// and `d_weight[j] = sum over rows of d_output * input * r` (written, not
+/// accumulated; deterministic). `d_input` may be `d_output` or `input`. Returns
+/// -2 as `cuda_rmsnorm`; -1 for device pointers (no GPU kernel yet).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_rmsnorm_backward(
+    d_output: *const f32,
+    input: *const f32,
+    weight: *const f32,
+    d_input: *mut f32,
+    d_weight: *mut f32,
+    rows: c_int,
+    hidden_dim: c_int,
+    eps: f32,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cudann_rmsnorm_backward", {
+        let (n, hidden) = shape(rows, hidden_dim, eps)?;
+        let dy = Input::new("d_output", d_output, n)?;
+        let x = Input::new("input", input, n)?;
+        let w = Input::new("weight", weight, if n == 0 { 0 } else { hidden })?;
+        let dx = Output::new("d_input", d_input, n)?;
+        let dw = Output::new("d_weight", d_weight, if n == 0 { 0 } else { hidden })?;
+        let call = Call::new(stream, n, [dy.region(), x.region(), w.region(), dx.region(), dw.region()])?;
+        dispatch::run_cpu_only(&call, || unsafe {
+            let others = [dw.region()];
+            let w = w.read(&[dx.region(), dw.region()]);
+            norm::rmsnorm_backward(Src::of(&dy, &dx, &others), Src::of(&x, &dx, &others), &w, dx.slice(), dw.slice(), eps)
+        })
+    })
+}
+
+/// LayerNorm of each row of `input[rows, hidden_dim]`:
+/// `output = (input - mean) / sqrt(var + eps) * weight + bias` (biased variance,
+/// as PyTorch and GPT-2). `output` may be `input`. Returns -2 as `cuda_rmsnorm`;
+/// -1 for device pointers (no GPU kernel yet).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_layernorm(
+    input: *const f32,
+    weight: *const f32,
+    bias: *const f32,
+    output: *mut f32,
+    rows: c_int,
+    hidden_dim: c_int,
+    eps: f32,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cudann_layernorm", {
+        let (n, hidden) = shape(rows, hidden_dim, eps)?;
+        let x = Input::new("input", input, n)?;
+        let w = Input::new("weight", weight, if n == 0 { 0 } else { hidden })?;
+        let b = Input::new("bias", bias, if n == 0 { 0 } else { hidden })?;
+        let y = Output::new("output", output, n)?;
+        let call = Call::new(stream, n, [x.region(), w.region(), b.region(), y.region()])?;
+        dispatch::run_cpu_only(&call, || unsafe {
+            norm::layernorm(Src::of(&x, &y, &[]), &w.read(&[y.region()]), &b.read(&[y.region()]), y.slice(), eps)
+        })
+    })
+}
+
+/// LayerNorm backward (`cudann_layernorm`'s gradients): with `x̂` the normalised
+/// row and `g = d_output * weight`,
+/// `d_input = rstd * (g - mean(g) - x̂ * mean(g * x̂))`,
+/// `d_weight = sum over rows of d_output * x̂`, `d_bias = sum over rows of
+/// d_output` (written, not accumulated; deterministic). `d_input` may be
+/// `d_output` or `input`. Returns -2 as `cuda_rmsnorm`; -1 for device pointers.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_layernorm_backward(
+    d_output: *const f32,
+    input: *const f32,
+    weight: *const f32,
+    d_input: *mut f32,
+    d_weight: *mut f32,
+    d_bias: *mut f32,
+    rows: c_int,
+    hidden_dim: c_int,
+    eps: f32,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cudann_layernorm_backward", {
+        let (n, hidden) = shape(rows, hidden_dim, eps)?;
+        let per_row = if n == 0 { 0 } else { hidden };
+        let dy = Input::new("d_output", d_output, n)?;
+        let x = Input::new("input", input, n)?;
+        let w = Input::new("weight", weight, per_row)?;
+        let dx = Output::new("d_input", d_input, n)?;
+        let dw = Output::new("d_weight", d_weight, per_row)?;
+        let db = Output::new("d_bias", d_bias, per_row)?;
+        let call = Call::new(stream, n, [dy.region(), x.region(), w.region(), dx.region(), dw.region(), db.region()])?;
+        dispatch::run_cpu_only(&call, || unsafe {
+            let others = [dw.region(), db.region()];
+            let w = w.read(&[dx.region(), dw.region(), db.region()]);
+            let (dy, x) = (Src::of(&dy, &dx, &others), Src::of(&x, &dx, &others));
+            norm::layernorm_backward(dy, x, &w, dx.slice(), dw.slice(), db.slice(), eps)
+        })
+    })
+}

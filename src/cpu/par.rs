@@ -25,6 +25,15 @@ pub enum Src<'a> {
 }
 
 impl<'a> Src<'a> {
+    /// The whole input, for a pass that reads it before `output` is written.
+    pub fn values<'s>(&'s self, output: &'s [f32]) -> &'s [f32] {
+        match self {
+            Src::Slice(s) => s,
+            Src::Copy(s) => s,
+            Src::Output => output,
+        }
+    }
+
     /// The input of a kernel writing `output` (and `others`). Safety: as [`Input::slice`].
     pub unsafe fn of(input: &Input<'a, f32>, output: &Output<'_, f32>, others: &[Region]) -> Self {
         if output.is(input) {

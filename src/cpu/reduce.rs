@@ -14,20 +14,20 @@ const LANES: usize = 16;
 /// 2^24 terms).
 const BLOCK: usize = 64 * LANES;
 
-/// Sum of f(x) over at most BLOCK elements with LANES independent f32
-/// accumulators (so the loop vectorises), combined in a fixed order.
+/// Sum of f(a_i, b_i, c_i) over at most BLOCK elements with LANES independent
+/// f32 accumulators (so the loop vectorises), combined in a fixed order.
 #[inline(always)]
-fn block_sum(x: &[f32], f: &impl Fn(f32) -> f32) -> f32 {
+fn block_sum(a: &[f32], b: &[f32], c: &[f32], f: &impl Fn(f32, f32, f32) -> f32) -> f32 {
     let mut acc = [0.0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a += f(v);
+    let (chunks_a, chunks_b, chunks_c) = (a.chunks_exact(LANES), b.chunks_exact(LANES), c.chunks_exact(LANES));
+    let tails = (chunks_a.remainder(), chunks_b.remainder(), chunks_c.remainder());
+    for ((ca, cb), cc) in chunks_a.zip(chunks_b).zip(chunks_c) {
+        for (i, acc) in acc.iter_mut().enumerate() {
+            *acc += f(ca[i], cb[i], cc[i]);
         }
     }
-    for (a, &v) in acc.iter_mut().zip(tail) {
-        *a += f(v);
+    for (i, acc) in acc.iter_mut().enumerate().take(tails.0.len()) {
+        *acc += f(tails.0[i], tails.1[i], tails.2[i]);
     }
     let mut width = LANES;
     while width > 1 {
@@ -39,14 +39,22 @@ fn block_sum(x: &[f32], f: &impl Fn(f32) -> f32) -> f32 {
     acc[0]
 }
 
-/// Sum of f(x) over the slice: f32 blocks, totalled in f64 in block order, so
-/// the result is accurate and bitwise reproducible at any length.
+/// Sum of f(a_i, b_i, c_i) over slices of one length: f32 blocks, totalled in
+/// f64 in block order, so the result is accurate and bitwise reproducible at
+/// any length.
+#[inline(always)]
+fn triple_sum(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    if a.len() <= BLOCK {
+        return block_sum(a, b, c, &f);
+    }
+    let blocks = a.chunks(BLOCK).zip(b.chunks(BLOCK)).zip(c.chunks(BLOCK));
+    blocks.map(|((a, b), c)| block_sum(a, b, c, &f) as f64).sum::<f64>() as f32
+}
+
+/// Sum of f(x) over the slice, as [`triple_sum`].
 #[inline(always)]
 fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    if x.len() <= BLOCK {
-        return block_sum(x, &f);
-    }
-    x.chunks(BLOCK).map(|block| block_sum(block, &f) as f64).sum::<f64>() as f32
+    triple_sum(x, x, x, |v, _, _| f(v))
 }
 
 /// Largest element, ignoring NaN; -inf for an empty slice.
@@ -67,6 +75,30 @@ pub fn max(x: &[f32]) -> f32 {
 #[multiversion(targets = "simd")]
 pub fn sum_squares(x: &[f32]) -> f32 {
     lane_sum(x, |v| v * v)
+}
+
+/// Σ x.
+#[multiversion(targets = "simd")]
+pub fn sum(x: &[f32]) -> f32 {
+    lane_sum(x, |v| v)
+}
+
+/// Σ (x - shift)².
+#[multiversion(targets = "simd")]
+pub fn sum_squares_shifted(x: &[f32], shift: f32) -> f32 {
+    lane_sum(x, |v| (v - shift) * (v - shift))
+}
+
+/// Σ a·b.
+#[multiversion(targets = "simd")]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    triple_sum(a, b, b, |x, y, _| x * y)
+}
+
+/// Σ a·w·b.
+#[multiversion(targets = "simd")]
+pub fn weighted_dot(a: &[f32], w: &[f32], b: &[f32]) -> f32 {
+    triple_sum(a, w, b, |x, w, y| x * w * y)
 }
 
 /// Σ e^(x - shift).

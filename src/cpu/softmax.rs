@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::alloc;
 use super::par::{Src, blocks};
-use super::reduce::{exp_into, max};
+use super::reduce::{dot, exp_into, max};
 
 #[multiversion(targets = "simd")]
 fn scale_in_place(y: &mut [f32], s: f32) {
@@ -27,6 +27,18 @@ pub fn softmax_row(x: &[f32], y: &mut [f32]) {
 
 pub fn softmax(x: Src, y: &mut [f32], cols: usize) {
     blocks([x], y, cols, |_, [x], y| softmax_row(x, y));
+}
+
+#[multiversion(targets = "simd")]
+fn softmax_dx(dy: &[f32], y: &[f32], c: f32, dx: &mut [f32]) {
+    for ((dx, &dy), &y) in dx.iter_mut().zip(dy).zip(y) {
+        *dx = y * (dy - c);
+    }
+}
+
+/// dx = y * (dy - Σ dy·y), row by row, from the softmax output y.
+pub fn softmax_backward(dy: Src, y: Src, dx: &mut [f32], cols: usize) {
+    blocks([dy, y], dx, cols, |_, [dy, y], dx| softmax_dx(dy, y, dot(dy, y), dx));
 }
 
 /// Whether column `a` ranks before `b`: larger logit first, then lower index.

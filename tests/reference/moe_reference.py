@@ -309,7 +309,7 @@ def cmd_train(a):
         for t in range(a.steps):
             ids, tgt = get_batch(tok, t, a.batch, a.seq)
             params, m, v, met, g = step(params, m, v, jnp.float64(t + 1), ids, tgt)
-            rec = {"step": t + 1, **{k: float(x) for k, x in met.items()}}
+            rec = {"step": t + 1, **{k: float(met[k]) for k in ("loss", "ce", "aux", "grad_norm")}}
             log.write(json.dumps(rec) + "\n")
             print(json.dumps(rec), file=sys.stderr)
             if t == 0 and a.grads:
