@@ -230,6 +230,35 @@ int32_t cudann_bias_backward(const float *d_output,
                              int cols,
                              void *stream);
 
+// Embedding lookup: `output[i, :] = table[ids[i], :]` for `i < n_ids`, rows of
+// `dim` elements of data type `dtype` (`CUDANN_F32`; the half types are -2
+// until half precision lands) from `table[vocab_size, dim]`. A negative id
+// gives a row of zeros (padding). An id >= `vocab_size` is -2 (nothing
+// written) when the ids are host memory. Returns -2 for NULL pointers with a
+// non-empty shape, negative or overflowing sizes, a bad `dtype`, or overlaps;
+// -1 for device pointers (no GPU kernel yet).
+int32_t cudann_embedding(const int32_t *ids,
+                         const void *table,
+                         void *output,
+                         int n_ids,
+                         int vocab_size,
+                         int dim,
+                         int dtype,
+                         void *stream);
+
+// Embedding backward: `d_table[v, :] = sum of d_output[i, :] over the i with
+// ids[i] = v` for every row `v < vocab_size` (rows no id names are set to
+// zero; negative ids are skipped; written, not accumulated; deterministic).
+// An id >= `vocab_size` is -2 when the ids are host memory. Returns -2 as
+// `cudann_embedding`; -1 for device pointers (no GPU kernel yet).
+int32_t cudann_embedding_backward(const int32_t *ids,
+                                  const float *d_output,
+                                  float *d_table,
+                                  int n_ids,
+                                  int vocab_size,
+                                  int dim,
+                                  void *stream);
+
 // Row-major `C[M,N] = alpha * A[M,K] * B[K,N] + beta * C`. With `beta == 0`,
 // `C` is not read (it may hold NaN). `C` may be `A`'s or `B`'s very buffer.
 // Returns -2 for NULL pointers with a non-empty shape, negative or overflowing
@@ -493,6 +522,26 @@ int32_t cuda_rope_qk(const float *q,
                      int head_dim,
                      int offset,
                      void *stream);
+
+// RoPE backward for `cuda_rope_qk`: the gradients of the rotated tensors,
+// `d_q[batch, seq_len, n_q_heads, head_dim]` and `d_k[batch, seq_len,
+// n_kv_heads, head_dim]`, rotated back (each pair by minus its position's
+// angle, positions from `offset`) into `d_q_out` and `d_k_out`. A head count of
+// 0 leaves that side empty (its pointers may be NULL). `d_q_out` may be `d_q`
+// and `d_k_out` may be `d_k`. Returns -2 as `cuda_rope_qk`; -1 for device
+// pointers (no GPU kernel yet).
+int32_t cudann_rope_backward(const float *d_q,
+                             const float *d_k,
+                             const float *freqs,
+                             float *d_q_out,
+                             float *d_k_out,
+                             int batch,
+                             int seq_len,
+                             int n_q_heads,
+                             int n_kv_heads,
+                             int head_dim,
+                             int offset,
+                             void *stream);
 
 // In-place RoPE of `q` and `k`, both `[batch, seq_len, n_heads, head_dim]`,
 // positions from 0. Returns -2 as `cuda_rope_forward`, and when `q` and `k` overlap.

@@ -16,13 +16,17 @@ fn freqs(rows: usize, d: usize, base: f32, alpha: f32) -> Vec<f32> {
 
 /// Rotates `[batch, seq, heads, d]` with angle(p, i) = f(p, i) * scale(i).
 fn rotate_ref(x: &[f32], f: &[f32], seq: usize, heads: usize, d: usize, offset: usize, scale: impl Fn(usize) -> f64) -> Vec<f64> {
+    rotate_ref64(&f64s(x), f, seq, heads, d, offset, scale)
+}
+
+fn rotate_ref64(x: &[f64], f: &[f32], seq: usize, heads: usize, d: usize, offset: usize, scale: impl Fn(usize) -> f64) -> Vec<f64> {
     let mut out = vec![0.0; x.len()];
     for (t, token) in x.chunks(heads * d).enumerate() {
         let p = t % seq + offset;
         for h in 0..heads {
             for i in 0..d / 2 {
                 let angle = f[p * d / 2 + i] as f64 * scale(i);
-                let (x0, x1) = (token[h * d + 2 * i] as f64, token[h * d + 2 * i + 1] as f64);
+                let (x0, x1) = (token[h * d + 2 * i], token[h * d + 2 * i + 1]);
                 let o = t * heads * d + h * d + 2 * i;
                 out[o] = x0 * angle.cos() - x1 * angle.sin();
                 out[o + 1] = x0 * angle.sin() + x1 * angle.cos();
@@ -119,4 +123,35 @@ fn rope_bad_arguments() {
         assert_untouched(&ko, "k_out");
     }
     assert_untouched(&y, "output");
+}
+
+/// The backward is the inverse rotation: against finite differences of
+/// ⟨dy, rope(x)⟩ in float64, for q and k of different head counts at an offset.
+#[test]
+fn rope_backward_matches_finite_differences() {
+    let mut rng = Rng::new(45);
+    for (batch, seq, hq, hk, d, offset) in [(1, 1, 1, 1, 2, 0), (2, 5, 4, 2, 8, 3), (1, 7, 4, 1, 16, 100), (2, 3, 2, 0, 4, 0)] {
+        let f = freqs(seq + offset, d, 10000.0, 1.0);
+        let (nq, nk) = (batch * seq * hq * d, batch * seq * hk * d);
+        let (dq, dk) = (rng.vec(nq, 1.0), rng.vec(nk, 1.0));
+        let (mut dq_out, mut dk_out) = (poisoned(nq), poisoned(nk));
+        let (b, s, d32, o) = (batch as i32, seq as i32, d as i32, offset as i32);
+        let code = unsafe { cudann_rope_backward(dq.as_ptr(), dk.as_ptr(), f.as_ptr(), dq_out.as_mut_ptr(), dk_out.as_mut_ptr(), b, s, hq as i32, hk as i32, d32, o, NULL) };
+        assert_ok(code);
+        for (heads, dy, got) in [(hq, &dq, &dq_out), (hk, &dk, &dk_out)] {
+            let x = vec![0.0f32; dy.len()];
+            let dy64 = f64s(dy);
+            let want = numeric_grad(&f64s(&x), |x| dot64(&dy64, &rotate_ref64(x, &f, seq, heads, d, offset, |_| 1.0)));
+            assert_close(got, &want, 1e-5, 1e-6, &format!("rope_backward heads {heads} d {d} offset {offset}"));
+        }
+        // In place gives the same bits.
+        let (mut q2, mut k2) = (dq.clone(), dk.clone());
+        let code = unsafe { cudann_rope_backward(q2.as_ptr(), k2.as_ptr(), f.as_ptr(), q2.as_mut_ptr(), k2.as_mut_ptr(), b, s, hq as i32, hk as i32, d32, o, NULL) };
+        assert_ok(code);
+        assert_eq!((q2, k2), (dq_out, dk_out));
+    }
+    let mut out = poisoned(8);
+    let code = unsafe { cudann_rope_backward(std::ptr::null(), out.as_ptr(), std::ptr::null(), std::ptr::null_mut(), out.as_mut_ptr(), 1, 1, 1, 1, 8, 0, NULL) };
+    assert_invalid(code, "cudann_rope_backward", "d_q is NULL");
+    assert_untouched(&out, "d_k_out");
 }

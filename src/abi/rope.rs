@@ -3,7 +3,7 @@
 use std::ffi::{c_int, c_void};
 
 use super::boundary::ffi_fn;
-use crate::check::{self, Input, Output, require};
+use crate::check::{self, Input, Output, Region, require};
 use crate::cpu::{par::Src, rope::{self, Angles, RopeShape}};
 use crate::dispatch::{self, Call};
 use crate::gpu::ops;
@@ -83,7 +83,7 @@ pub unsafe extern "C" fn cuda_rope_forward(
         let call = Call::new(stream, n, [x.region(), f.region(), y.region()])?;
         dispatch::run(
             &call,
-            || unsafe { rope::rotate(Src::of(&x, &y, &[]), y.slice(), &f.read(&[y.region()]), shape, Angles::AsStored) },
+            || unsafe { rope::rotate(Src::of(&x, &y, &[]), y.slice(), &f.read(&[y.region()]), shape, Angles::AsStored, false) },
             |g, p| unsafe { ops::rope_rotate(g, stream.cast(), p[0], p[1], p[2], shape, n / (shape.heads * shape.head_dim), 1.0) },
         )
     })
@@ -109,33 +109,91 @@ pub unsafe extern "C" fn cuda_rope_qk(
     stream: *mut c_void,
 ) -> i32 {
     ffi_fn!("cuda_rope_qk", {
-        let (nq, q_shape) = tensor(batch, seq_len, ("n_q_heads", n_q_heads), head_dim, offset)?;
-        let (nk, k_shape) = tensor(batch, seq_len, ("n_kv_heads", n_kv_heads), head_dim, offset)?;
-        let q = Input::new("q", q, nq)?;
-        let k = Input::new("k", k, nk)?;
-        let f = Input::new("freqs", freqs, if nq + nk == 0 { 0 } else { table_len(&q_shape)? })?;
-        let qo = Output::new("q_out", q_out, nq)?;
-        let ko = Output::new("k_out", k_out, nk)?;
-        let regions = [q.region(), k.region(), f.region(), qo.region(), ko.region()];
+        let ops = unsafe { QkOperands::new(["q", "k", "q_out", "k_out"], q, k, freqs, q_out, k_out, batch, seq_len, n_q_heads, n_kv_heads, head_dim, offset)? };
         // The kernels handle q_out == q and k_out == k, not an input that is the
         // other output's buffer (rotating q would overwrite k first).
-        let crossed = qo.region().start == k.region().start || ko.region().start == q.region().start;
-        let call = Call::new(stream, nq + nk, regions)?.kernels_in_place(!crossed);
-        let cpu = || {
-            // Inputs that are the *other* output's buffer are copied before either is written.
-            unsafe {
-                let f = f.read(&[qo.region(), ko.region()]);
-                let (q, k) = (Src::of(&q, &qo, &[ko.region()]), Src::of(&k, &ko, &[qo.region()]));
-                rope::rotate(q, qo.slice(), &f, q_shape, Angles::AsStored);
-                rope::rotate(k, ko.slice(), &f, k_shape, Angles::AsStored);
-            }
-        };
-        let tokens = q_shape.seq_len * batch.max(0) as usize;
-        dispatch::run(&call, cpu, |g, p| unsafe {
+        let crossed = ops.qo.region().start == ops.k.region().start || ops.ko.region().start == ops.q.region().start;
+        let call = Call::new(stream, ops.qo.len + ops.ko.len, ops.regions())?.kernels_in_place(!crossed);
+        let tokens = ops.q_shape.seq_len * batch.max(0) as usize;
+        let (q_shape, k_shape) = (ops.q_shape, ops.k_shape);
+        dispatch::run(&call, || unsafe { ops.rotate(false) }, |g, p| unsafe {
             ops::rope_rotate(g, stream.cast(), p[0], p[2], p[3], q_shape, tokens, 1.0)?;
             ops::rope_rotate(g, stream.cast(), p[1], p[2], p[4], k_shape, tokens, 1.0)
         })
     })
+}
+
+/// RoPE backward for `cuda_rope_qk`: the gradients of the rotated tensors,
+/// `d_q[batch, seq_len, n_q_heads, head_dim]` and `d_k[batch, seq_len,
+/// n_kv_heads, head_dim]`, rotated back (each pair by minus its position's
+/// angle, positions from `offset`) into `d_q_out` and `d_k_out`. A head count of
+/// 0 leaves that side empty (its pointers may be NULL). `d_q_out` may be `d_q`
+/// and `d_k_out` may be `d_k`. Returns -2 as `cuda_rope_qk`; -1 for device
+/// pointers (no GPU kernel yet).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_rope_backward(
+    d_q: *const f32,
+    d_k: *const f32,
+    freqs: *const f32,
+    d_q_out: *mut f32,
+    d_k_out: *mut f32,
+    batch: c_int,
+    seq_len: c_int,
+    n_q_heads: c_int,
+    n_kv_heads: c_int,
+    head_dim: c_int,
+    offset: c_int,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cudann_rope_backward", {
+        let ops = unsafe { QkOperands::new(["d_q", "d_k", "d_q_out", "d_k_out"], d_q, d_k, freqs, d_q_out, d_k_out, batch, seq_len, n_q_heads, n_kv_heads, head_dim, offset)? };
+        let call = Call::new(stream, ops.qo.len + ops.ko.len, ops.regions())?;
+        dispatch::run_cpu_only(&call, || unsafe { ops.rotate(true) })
+    })
+}
+
+/// The checked operands of a query/key rotation (`cuda_rope_qk` and its
+/// backward), named after the entry point's arguments: q, k, q_out, k_out.
+struct QkOperands<'a> {
+    q: Input<'a, f32>,
+    k: Input<'a, f32>,
+    f: Input<'a, f32>,
+    qo: Output<'a, f32>,
+    ko: Output<'a, f32>,
+    q_shape: RopeShape,
+    k_shape: RopeShape,
+}
+
+impl<'a> QkOperands<'a> {
+    unsafe fn new(names: [&'static str; 4], q: *const f32, k: *const f32, freqs: *const f32, q_out: *mut f32, k_out: *mut f32, batch: c_int, seq_len: c_int, n_q_heads: c_int, n_kv_heads: c_int, head_dim: c_int, offset: c_int) -> Result<Self> {
+        let (nq, q_shape) = tensor(batch, seq_len, ("n_q_heads", n_q_heads), head_dim, offset)?;
+        let (nk, k_shape) = tensor(batch, seq_len, ("n_kv_heads", n_kv_heads), head_dim, offset)?;
+        Ok(QkOperands {
+            q: Input::new(names[0], q, nq)?,
+            k: Input::new(names[1], k, nk)?,
+            f: Input::new("freqs", freqs, if nq + nk == 0 { 0 } else { table_len(&q_shape)? })?,
+            qo: Output::new(names[2], q_out, nq)?,
+            ko: Output::new(names[3], k_out, nk)?,
+            q_shape,
+            k_shape,
+        })
+    }
+
+    fn regions(&self) -> [Region; 5] {
+        [self.q.region(), self.k.region(), self.f.region(), self.qo.region(), self.ko.region()]
+    }
+
+    /// Both rotations on the CPU. Inputs that are the *other* output's buffer
+    /// are copied before either output is written.
+    unsafe fn rotate(&self, inverse: bool) {
+        unsafe {
+            let f = self.f.read(&[self.qo.region(), self.ko.region()]);
+            let q = Src::of(&self.q, &self.qo, &[self.ko.region()]);
+            let k = Src::of(&self.k, &self.ko, &[self.qo.region()]);
+            rope::rotate(q, self.qo.slice(), &f, self.q_shape, Angles::AsStored, inverse);
+            rope::rotate(k, self.ko.slice(), &f, self.k_shape, Angles::AsStored, inverse);
+        }
+    }
 }
 
 /// Rotates `q` and `k`, both `[batch, seq_len, n_heads, head_dim]`, in place
@@ -150,8 +208,8 @@ unsafe fn rotate_q_and_k(q: *mut f32, k: *mut f32, freqs: *const f32, batch: c_i
     let cpu = || {
         unsafe {
             let f = f.read(&[q.region(), k.region()]);
-            rope::rotate(Src::Output, q.slice(), &f, shape, angles);
-            rope::rotate(Src::Output, k.slice(), &f, shape, angles);
+            rope::rotate(Src::Output, q.slice(), &f, shape, angles, false);
+            rope::rotate(Src::Output, k.slice(), &f, shape, angles, false);
         }
     };
     let tokens = n / (shape.heads * shape.head_dim).max(1);

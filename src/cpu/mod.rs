@@ -4,6 +4,7 @@ pub mod alloc;
 pub mod attention;
 pub mod decode;
 pub mod elementwise;
+pub mod embedding;
 pub mod gemm;
 pub mod loss;
 pub mod math;

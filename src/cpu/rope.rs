@@ -46,8 +46,9 @@ pub struct RopeShape {
     pub offset: usize,
 }
 
-/// (cos, sin) of every angle one position uses.
-fn rotation_row(freqs: &[f32], position: usize, head_dim: usize, angles: Angles) -> Vec<(f32, f32)> {
+/// (cos, sin) of every angle one position uses; with `inverse`, of the
+/// negated angles (the rotation back, for the backward pass).
+fn rotation_row(freqs: &[f32], position: usize, head_dim: usize, angles: Angles, inverse: bool) -> Vec<(f32, f32)> {
     let half = head_dim / 2;
     let row = &freqs[position * half..(position + 1) * half];
     row.iter()
@@ -59,21 +60,22 @@ fn rotation_row(freqs: &[f32], position: usize, head_dim: usize, angles: Angles)
                     (angle as f64 * (alpha as f64).powf(-2.0 * i as f64 / (head_dim as f64 - 2.0))) as f32
                 }
             };
-            (angle.cos(), angle.sin())
+            (angle.cos(), if inverse { -angle.sin() } else { angle.sin() })
         })
         .collect()
 }
 
 /// Rotates every interleaved pair (x[2i], x[2i+1]) of `x` by its position's
-/// angle into `y`.
-pub fn rotate(x: Src, y: &mut [f32], freqs: &[f32], shape: RopeShape, angles: Angles) {
+/// angle into `y` (by minus that angle with `inverse`: the backward of a
+/// rotation is the rotation back).
+pub fn rotate(x: Src, y: &mut [f32], freqs: &[f32], shape: RopeShape, angles: Angles, inverse: bool) {
     let token = shape.heads * shape.head_dim;
     if y.is_empty() {
         return; // no heads on this side (e.g. rope_qk with n_kv_heads = 0)
     }
     y.par_chunks_mut(token).enumerate().for_each(|(t, y)| {
         let position = t % shape.seq_len + shape.offset;
-        let rot = rotation_row(freqs, position, shape.head_dim, angles);
+        let rot = rotation_row(freqs, position, shape.head_dim, angles, inverse);
         let x = match &x {
             Src::Slice(x) => Some(&x[t * token..(t + 1) * token]),
             Src::Copy(x) => Some(&x[t * token..(t + 1) * token]),
