@@ -150,3 +150,242 @@ fn attention_in_place_on_q_matches_out_of_place() {
     }
     assert_eq!(inplace, want, "mqa attention with output == Q");
 }
+
+// ---- general attention (cudann_attention_forward / _backward / kv_cache_write)
+
+/// A general attention problem; K and V hold `capacity` positions.
+#[derive(Clone, Copy, Debug)]
+struct Gen {
+    batch: usize,
+    q_len: usize,
+    kv_len: usize,
+    capacity: usize,
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+    pos0: usize,
+    causal: bool,
+}
+
+impl Gen {
+    fn q_n(&self) -> usize {
+        self.batch * self.q_len * self.heads * self.d
+    }
+    fn kv_n(&self) -> usize {
+        self.batch * self.capacity * self.kv_heads * self.d
+    }
+    fn scale(&self) -> f32 {
+        1.0 / (self.d as f32).sqrt()
+    }
+}
+
+/// Float64 attention: (output, lse) over params = Q ++ K ++ V.
+fn general_ref(g: &Gen, params: &[f64], mask: Option<&[f32]>) -> (Vec<f64>, Vec<f64>) {
+    let (q, rest) = params.split_at(g.q_n());
+    let (k, v) = rest.split_at(g.kv_n());
+    let mut out = vec![0.0; g.q_n()];
+    let mut lse = vec![f64::NEG_INFINITY; g.batch * g.q_len * g.heads];
+    for b in 0..g.batch {
+        for i in 0..g.q_len {
+            for n in 0..g.heads {
+                let grp = n / (g.heads / g.kv_heads);
+                let qi = &q[((b * g.q_len + i) * g.heads + n) * g.d..][..g.d];
+                let kv_at = |x: &[f64], j: usize| x[((b * g.capacity + j) * g.kv_heads + grp) * g.d..][..g.d].to_vec();
+                let scores: Vec<f64> = (0..g.kv_len)
+                    .map(|j| {
+                        if g.causal && j > g.pos0 + i {
+                            return f64::NEG_INFINITY;
+                        }
+                        let s: f64 = qi.iter().zip(kv_at(k, j)).map(|(a, b)| a * b).sum::<f64>() * g.scale() as f64;
+                        s + mask.map_or(0.0, |m| m[i * g.kv_len + j] as f64)
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                if m == f64::NEG_INFINITY {
+                    continue;
+                }
+                let total: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+                lse[(b * g.q_len + i) * g.heads + n] = m + total.ln();
+                let o = &mut out[((b * g.q_len + i) * g.heads + n) * g.d..][..g.d];
+                for (j, s) in scores.iter().enumerate() {
+                    let p = (s - m).exp() / total;
+                    o.iter_mut().zip(kv_at(v, j)).for_each(|(o, v)| *o += p * v);
+                }
+            }
+        }
+    }
+    (out, lse)
+}
+
+/// cudann_attention_forward on f32 data: (output, lse).
+fn general_forward(g: &Gen, q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
+    let mut out = poisoned(g.q_n());
+    let mut lse = poisoned(g.batch * g.q_len * g.heads);
+    let mask_ptr = mask.map_or(std::ptr::null(), |m| m.as_ptr());
+    let code = unsafe {
+        cudann_attention_forward(
+            q.as_ptr().cast(), k.as_ptr().cast(), v.as_ptr().cast(), mask_ptr, out.as_mut_ptr().cast(), lse.as_mut_ptr(),
+            g.batch as i32, g.q_len as i32, g.kv_len as i32, g.capacity as i32, g.heads as i32, g.kv_heads as i32, g.d as i32,
+            g.pos0 as i32, g.causal as i32, g.scale(), CUDANN_F32, NULL,
+        )
+    };
+    assert_ok(code);
+    (out, lse)
+}
+
+fn random_mask(rng: &mut Rng, rows: usize, cols: usize, masked_row: Option<usize>) -> Vec<f32> {
+    (0..rows * cols)
+        .map(|e| if Some(e / cols) == masked_row || rng.uniform() < 0.2 { f32::NEG_INFINITY } else { (rng.uniform() - 0.5) as f32 })
+        .collect()
+}
+
+#[test]
+fn general_attention_matches_float64() {
+    let mut rng = Rng::new(70);
+    let cases = [
+        Gen { batch: 1, q_len: 1, kv_len: 1, capacity: 1, heads: 1, kv_heads: 1, d: 1, pos0: 0, causal: true },
+        Gen { batch: 2, q_len: 7, kv_len: 7, capacity: 7, heads: 4, kv_heads: 4, d: 8, pos0: 0, causal: true },
+        Gen { batch: 2, q_len: 33, kv_len: 33, capacity: 33, heads: 4, kv_heads: 2, d: 16, pos0: 0, causal: true },
+        Gen { batch: 1, q_len: 130, kv_len: 130, capacity: 130, heads: 4, kv_heads: 1, d: 5, pos0: 0, causal: true },
+        Gen { batch: 2, q_len: 65, kv_len: 70, capacity: 70, heads: 2, kv_heads: 1, d: 4, pos0: 0, causal: false },
+        // Decoding: one query at the cache's last position, a cache longer than used.
+        Gen { batch: 3, q_len: 1, kv_len: 20, capacity: 32, heads: 4, kv_heads: 2, d: 8, pos0: 19, causal: true },
+        // Prefill continuing a cache: queries at 10..15 against keys 0..15.
+        Gen { batch: 1, q_len: 5, kv_len: 15, capacity: 40, heads: 4, kv_heads: 4, d: 8, pos0: 10, causal: true },
+    ];
+    for g in cases {
+        for with_mask in [false, true] {
+            let (q, k, v) = (rng.vec(g.q_n(), 1.0), rng.vec(g.kv_n(), 1.0), rng.vec(g.kv_n(), 1.0));
+            // The mask hides one row entirely: zeros and lse = -inf there.
+            let mask = with_mask.then(|| random_mask(&mut rng, g.q_len, g.kv_len, Some(g.q_len / 2)));
+            let (out, lse) = general_forward(&g, &q, &k, &v, mask.as_deref());
+            let params = f64s(&[q, k, v].concat());
+            let (want, want_lse) = general_ref(&g, &params, mask.as_deref());
+            let what = format!("{g:?} mask {with_mask}");
+            assert_close(&out, &want, 1e-5, 1e-5, &format!("output {what}"));
+            assert_close(&lse, &want_lse, 1e-5, 1e-5, &format!("lse {what}"));
+        }
+    }
+}
+
+/// dQ, dK, dV against central differences of ⟨dy, attention(Q, K, V)⟩ in float64.
+#[test]
+fn general_attention_backward_matches_finite_differences() {
+    let mut rng = Rng::new(71);
+    let cases = [
+        Gen { batch: 1, q_len: 1, kv_len: 1, capacity: 1, heads: 1, kv_heads: 1, d: 1, pos0: 0, causal: true },
+        Gen { batch: 2, q_len: 5, kv_len: 5, capacity: 5, heads: 4, kv_heads: 2, d: 4, pos0: 0, causal: true },
+        Gen { batch: 1, q_len: 3, kv_len: 6, capacity: 6, heads: 4, kv_heads: 1, d: 3, pos0: 3, causal: true },
+        Gen { batch: 1, q_len: 7, kv_len: 7, capacity: 7, heads: 2, kv_heads: 2, d: 5, pos0: 0, causal: false },
+        Gen { batch: 1, q_len: 70, kv_len: 70, capacity: 70, heads: 2, kv_heads: 1, d: 3, pos0: 0, causal: true },
+    ];
+    for g in cases {
+        for with_mask in [false, true] {
+            let (q, k, v) = (rng.vec(g.q_n(), 1.0), rng.vec(g.kv_n(), 1.0), rng.vec(g.kv_n(), 1.0));
+            let dy = rng.vec(g.q_n(), 1.0);
+            let mask = with_mask.then(|| random_mask(&mut rng, g.q_len, g.kv_len, Some(0)));
+            let (out, lse) = general_forward(&g, &q, &k, &v, mask.as_deref());
+            let (mut dq, mut dk, mut dv) = (poisoned(g.q_n()), poisoned(g.kv_n()), poisoned(g.kv_n()));
+            let mask_ptr = mask.as_ref().map_or(std::ptr::null(), |m| m.as_ptr());
+            let code = unsafe {
+                cudann_attention_backward(
+                    dy.as_ptr(), q.as_ptr(), k.as_ptr(), v.as_ptr(), mask_ptr, out.as_ptr(), lse.as_ptr(),
+                    dq.as_mut_ptr(), dk.as_mut_ptr(), dv.as_mut_ptr(), g.batch as i32, g.q_len as i32, g.kv_len as i32,
+                    g.heads as i32, g.kv_heads as i32, g.d as i32, g.pos0 as i32, g.causal as i32, g.scale(), NULL,
+                )
+            };
+            assert_ok(code);
+            let dy64 = f64s(&dy);
+            let want = numeric_grad(&f64s(&[q.clone(), k.clone(), v.clone()].concat()), |p| dot64(&dy64, &general_ref(&g, p, mask.as_deref()).0));
+            let what = format!("{g:?} mask {with_mask}");
+            let (wq, rest) = want.split_at(g.q_n());
+            let (wk, wv) = rest.split_at(g.kv_n());
+            assert_close(&dq, wq, 1e-4, 1e-5, &format!("d_q {what}"));
+            assert_close(&dk, wk, 1e-4, 1e-5, &format!("d_k {what}"));
+            assert_close(&dv, wv, 1e-4, 1e-5, &format!("d_v {what}"));
+        }
+    }
+}
+
+#[test]
+fn general_attention_is_deterministic_across_thread_counts() {
+    let g = Gen { batch: 2, q_len: 100, kv_len: 100, capacity: 100, heads: 4, kv_heads: 2, d: 16, pos0: 0, causal: true };
+    let mut rng = Rng::new(72);
+    let (q, k, v, dy) = (rng.vec(g.q_n(), 1.0), rng.vec(g.kv_n(), 1.0), rng.vec(g.kv_n(), 1.0), rng.vec(g.q_n(), 1.0));
+    let run = || {
+        let (out, lse) = general_forward(&g, &q, &k, &v, None);
+        let (mut dq, mut dk, mut dv) = (poisoned(g.q_n()), poisoned(g.kv_n()), poisoned(g.kv_n()));
+        let code = unsafe {
+            cudann_attention_backward(
+                dy.as_ptr(), q.as_ptr(), k.as_ptr(), v.as_ptr(), std::ptr::null(), out.as_ptr(), lse.as_ptr(),
+                dq.as_mut_ptr(), dk.as_mut_ptr(), dv.as_mut_ptr(), 2, 100, 100, 4, 2, 16, 0, 1, g.scale(), NULL,
+            )
+        };
+        assert_ok(code);
+        (out, lse, dq, dk, dv)
+    };
+    let many = with_threads(4, run);
+    assert!(with_threads(1, run) == many, "results differ between 1 and 4 threads");
+}
+
+/// Decoding token by token against a cache gives the logits of recomputing the
+/// whole causal sequence: each step's output row equals the full pass's row.
+#[test]
+fn decoding_against_a_kv_cache_equals_the_full_pass() {
+    let (batch, seq, heads, kv_heads, d, max_seq) = (2, 9, 4, 2, 8, 16);
+    let full = Gen { batch, q_len: seq, kv_len: seq, capacity: seq, heads, kv_heads, d, pos0: 0, causal: true };
+    let mut rng = Rng::new(73);
+    let (q, k, v) = (rng.vec(full.q_n(), 1.0), rng.vec(full.kv_n(), 1.0), rng.vec(full.kv_n(), 1.0));
+    let (want, _) = general_forward(&full, &q, &k, &v, None);
+    let (mut k_cache, mut v_cache) = (poisoned(batch * max_seq * kv_heads * d), poisoned(batch * max_seq * kv_heads * d));
+    let row = kv_heads * d;
+    for t in 0..seq {
+        // This step's key and value rows, then one query against the cache.
+        let take = |x: &[f32], width: usize| -> Vec<f32> { (0..batch).flat_map(|b| x[(b * seq + t) * width..][..width].to_vec()).collect() };
+        let (k_new, v_new, q_new) = (take(&k, row), take(&v, row), take(&q, heads * d));
+        let code = unsafe {
+            cudann_kv_cache_write(k_new.as_ptr().cast(), v_new.as_ptr().cast(), k_cache.as_mut_ptr().cast(), v_cache.as_mut_ptr().cast(), batch as i32, 1, max_seq as i32, kv_heads as i32, d as i32, t as i32, CUDANN_F32, NULL)
+        };
+        assert_ok(code);
+        let step = Gen { batch, q_len: 1, kv_len: t + 1, capacity: max_seq, heads, kv_heads, d, pos0: t, causal: true };
+        let (out, _) = general_forward(&step, &q_new, &k_cache, &v_cache, None);
+        let expect: Vec<f64> = (0..batch).flat_map(|b| f64s(&want[(b * seq + t) * heads * d..][..heads * d])).collect();
+        assert_close(&out, &expect, 1e-6, 1e-6, &format!("decode step {t}"));
+    }
+    // Rows past the last written position were never touched.
+    assert!(k_cache[seq * row..max_seq * row].iter().all(|v| v.to_bits() == POISON.to_bits()));
+}
+
+#[test]
+fn general_attention_bad_arguments() {
+    let x = vec![1.0f32; 64];
+    let (mut out, mut lse) = (poisoned(64), poisoned(8));
+    let f = CUDANN_F32;
+    let fwd = |heads: i32, kv_heads: i32, kv_len: i32, capacity: i32, causal: i32, scale: f32, dtype: i32, out: &mut [f32], lse: &mut [f32]| unsafe {
+        cudann_attention_forward(
+            x.as_ptr().cast(), x.as_ptr().cast(), x.as_ptr().cast(), std::ptr::null(), out.as_mut_ptr().cast(), lse.as_mut_ptr(),
+            1, 2, kv_len, capacity, heads, kv_heads, 4, 0, causal, scale, dtype, NULL,
+        )
+    };
+    let name = "cudann_attention_forward";
+    assert_invalid(fwd(4, 3, 2, 2, 1, 0.5, f, &mut out, &mut lse), name, "n_kv_heads (3) must divide n_heads (4)");
+    assert_invalid(fwd(4, 0, 2, 2, 1, 0.5, f, &mut out, &mut lse), name, "n_kv_heads (0) must divide n_heads (4)");
+    assert_invalid(fwd(4, 2, 3, 2, 1, 0.5, f, &mut out, &mut lse), name, "kv_capacity (2) must be >= kv_len (3)");
+    assert_invalid(fwd(4, 2, 2, 2, 2, 0.5, f, &mut out, &mut lse), name, "is_causal must be 0 or 1");
+    assert_invalid(fwd(4, 2, 2, 2, 1, f32::NAN, f, &mut out, &mut lse), name, "scale must be finite");
+    assert_invalid(fwd(4, 2, 2, 2, 1, 0.5, CUDANN_F16, &mut out, &mut lse), name, "dtype CUDANN_F16 is not supported yet");
+    assert_untouched(&out, "output");
+    assert_untouched(&lse, "lse");
+    let (mut kc, mut vc) = (poisoned(64), poisoned(64));
+    let code = unsafe { cudann_kv_cache_write(x.as_ptr().cast(), x.as_ptr().cast(), kc.as_mut_ptr().cast(), vc.as_mut_ptr().cast(), 1, 3, 4, 2, 8, 2, f, NULL) };
+    assert_invalid(code, "cudann_kv_cache_write", "pos + new_len (2 + 3) must be <= max_seq (4)");
+    let code = unsafe { cudann_kv_cache_write(x.as_ptr().cast(), x.as_ptr().cast(), kc.as_mut_ptr().cast(), kc.as_mut_ptr().cast(), 1, 1, 4, 2, 8, 0, f, NULL) };
+    assert_invalid(code, "cudann_kv_cache_write", "overlaps");
+    assert_untouched(&kc, "k_cache");
+    let mut dq = poisoned(64);
+    let code = unsafe {
+        cudann_attention_backward(x.as_ptr(), x.as_ptr(), x.as_ptr(), x.as_ptr(), std::ptr::null(), x.as_ptr(), std::ptr::null(), dq.as_mut_ptr(), kc.as_mut_ptr(), vc.as_mut_ptr(), 1, 2, 2, 4, 2, 4, 0, 1, 0.5, NULL)
+    };
+    assert_invalid(code, "cudann_attention_backward", "lse is NULL");
+    assert_untouched(&dq, "d_q");
+}

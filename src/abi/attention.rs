@@ -3,8 +3,8 @@
 use std::ffi::{c_int, c_void};
 
 use super::boundary::ffi_fn;
-use crate::check::{self, Input, Output};
-use crate::cpu::attention::{self, AttnShape, Mask};
+use crate::check::{self, Input, Output, require};
+use crate::cpu::attention::{self, Attention, AttnShape, Mask};
 use crate::dispatch::{self, Call};
 use crate::gpu::ops;
 use crate::error::Result;
@@ -181,4 +181,190 @@ unsafe fn fused(
     }
     // An empty mask region's pointer is the caller's NULL: no additive mask.
     dispatch::run(&call, cpu, |g, p| unsafe { ops::flash_attention(g, stream.cast(), p[0], p[1], p[2], p[4], p[3], s, scale, causal) })
+}
+
+/// Checked shape of general attention (`cudann_attention_forward` and its
+/// backward): returns it and the element counts of Q/output, K/V and lse.
+fn general(batch: c_int, q_len: c_int, kv_len: c_int, kv_capacity: c_int, n_heads: c_int, n_kv_heads: c_int, head_dim: c_int, pos0: c_int, is_causal: c_int, scale: f32) -> Result<(Attention, usize, usize, usize)> {
+    let batch = check::dim("batch", batch)?;
+    let (q_len, kv_len, kv_capacity) = (check::dim("q_len", q_len)?, check::dim("kv_len", kv_len)?, check::dim("kv_capacity", kv_capacity)?);
+    let (heads, kv_heads, head_dim) = (check::dim("n_heads", n_heads)?, check::dim("n_kv_heads", n_kv_heads)?, check::dim("head_dim", head_dim)?);
+    let pos0 = check::dim("pos0", pos0)?;
+    let causal = check::flag("is_causal", is_causal)?;
+    require(kv_capacity >= kv_len, || format!("kv_capacity ({kv_capacity}) must be >= kv_len ({kv_len})"))?;
+    require(heads == 0 || (kv_heads > 0 && heads % kv_heads == 0), || format!("n_kv_heads ({kv_heads}) must divide n_heads ({heads})"))?;
+    require(scale.is_finite(), || format!("scale must be finite (got {scale})"))?;
+    let q = check::elements(&[("batch", batch), ("q_len", q_len), ("n_heads", heads), ("head_dim", head_dim)])?;
+    let kv = check::elements(&[("batch", batch), ("kv_capacity", kv_capacity), ("n_kv_heads", kv_heads), ("head_dim", head_dim)])?;
+    let lse = check::elements(&[("batch", batch), ("q_len", q_len), ("n_heads", heads)])?;
+    let shape = Attention { batch, q_len, kv_len, kv_capacity, heads, kv_heads, head_dim, pos0, causal, scale };
+    Ok((shape, q, kv, lse))
+}
+
+/// General attention forward, for training and for decoding against a KV
+/// cache: `Q`, `output` `[batch, q_len, n_heads, head_dim]`; `K`, `V`
+/// `[batch, kv_capacity, n_kv_heads, head_dim]` of which keys `0..kv_len` are
+/// used (`kv_capacity` is the cache's length; equal to `kv_len` for plain
+/// tensors). `n_kv_heads` divides `n_heads`: query head `n` reads KV head
+/// `n / (n_heads / n_kv_heads)` (MHA, GQA, MQA). Query `i` sits at position
+/// `pos0 + i`; with `is_causal = 1` it sees keys `j <= pos0 + i` (training:
+/// `pos0 = 0`, `q_len = kv_len`; one decoding step: `q_len = 1`,
+/// `pos0 = kv_len - 1`). `mask` is NULL or an additive `[q_len, kv_len]` float
+/// mask (0 / -inf) shared by every batch entry and head.
+/// `output = softmax(scale * Q Kᵀ + mask) V`; `lse` (NULL: not written), of
+/// shape `[batch, q_len, n_heads]`, receives each row's `ln Σ_j exp(score_j)`
+/// for `cudann_attention_backward`. A row whose keys are all masked gets zeros
+/// and lse = -inf. Memory O(kv_len) per row: the scores are never held whole.
+/// Tensors are of data type `dtype` (`CUDANN_F32`; the half types are -2 until
+/// half precision lands); `mask` and `lse` are float. Returns -2 for NULL
+/// pointers with a non-empty shape, negative or overflowing sizes,
+/// `kv_capacity < kv_len`, `n_kv_heads` not dividing `n_heads`, `is_causal`
+/// not 0 or 1, a non-finite `scale`, a bad `dtype`, or overlaps; -1 for device
+/// pointers (no GPU kernel yet).
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn cudann_attention_forward(
+    Q: *const c_void,
+    K: *const c_void,
+    V: *const c_void,
+    mask: *const f32,
+    output: *mut c_void,
+    lse: *mut f32,
+    batch: c_int,
+    q_len: c_int,
+    kv_len: c_int,
+    kv_capacity: c_int,
+    n_heads: c_int,
+    n_kv_heads: c_int,
+    head_dim: c_int,
+    pos0: c_int,
+    is_causal: c_int,
+    scale: f32,
+    dtype: c_int,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cudann_attention_forward", {
+        check::float32("dtype", dtype)?;
+        let (a, q_n, kv_n, lse_n) = general(batch, q_len, kv_len, kv_capacity, n_heads, n_kv_heads, head_dim, pos0, is_causal, scale)?;
+        let work = q_n + if lse.is_null() { 0 } else { lse_n };
+        let reads = |len: usize| if work == 0 { 0 } else { len };
+        let q = Input::new("Q", Q.cast::<f32>(), reads(q_n))?;
+        let k = Input::new("K", K.cast::<f32>(), reads(kv_n))?;
+        let v = Input::new("V", V.cast::<f32>(), reads(kv_n))?;
+        let mask_n = if mask.is_null() { 0 } else { reads(check::elements(&[("q_len", a.q_len), ("kv_len", a.kv_len)])?) };
+        let m = Input::new("mask", mask, mask_n)?;
+        let out = Output::new("output", output.cast::<f32>(), q_n)?;
+        let l = Output::new("lse", lse, if lse.is_null() { 0 } else { lse_n })?;
+        let flops = 4.0 * q_n as f64 * a.kv_len as f64;
+        let call = Call::new(stream, work, [q.region(), k.region(), v.region(), m.region(), out.region(), l.region()])?.flops(flops);
+        dispatch::run_cpu_only(&call, || unsafe {
+            let written = [out.region(), l.region()];
+            let (q, k, v, m) = (q.read(&written), k.read(&written), v.read(&written), m.read(&written));
+            let lse = (!lse.is_null()).then(|| l.slice());
+            attention::attention_forward(&a, &q, &k, &v, (!mask.is_null()).then_some(&m[..]), out.slice(), lse);
+        })
+    })
+}
+
+/// General attention backward (float32): the gradients of
+/// `cudann_attention_forward`'s output with respect to `Q`, `K` and `V`, from
+/// `d_output`, the forward's inputs, its `output` and its `lse` (same shapes;
+/// here `K`, `V`, `d_k`, `d_v` are `[batch, kv_len, n_kv_heads, head_dim]`).
+/// With `P = exp(S - lse)`, `dS = P * (d_output Vᵀ - rowsum(d_output * output))`:
+/// `d_v = Pᵀ d_output`, `d_k = scale dSᵀ Q` (each summed over the query heads
+/// sharing that KV head), `d_q = scale dS K`. Written, not accumulated;
+/// deterministic. Returns -2 as `cudann_attention_forward` (and for NULL `lse`
+/// with a non-empty shape); -1 for device pointers (no GPU kernel yet).
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn cudann_attention_backward(
+    d_output: *const f32,
+    Q: *const f32,
+    K: *const f32,
+    V: *const f32,
+    mask: *const f32,
+    output: *const f32,
+    lse: *const f32,
+    d_q: *mut f32,
+    d_k: *mut f32,
+    d_v: *mut f32,
+    batch: c_int,
+    q_len: c_int,
+    kv_len: c_int,
+    n_heads: c_int,
+    n_kv_heads: c_int,
+    head_dim: c_int,
+    pos0: c_int,
+    is_causal: c_int,
+    scale: f32,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cudann_attention_backward", {
+        let (a, q_n, kv_n, lse_n) = general(batch, q_len, kv_len, kv_len, n_heads, n_kv_heads, head_dim, pos0, is_causal, scale)?;
+        let work = q_n + kv_n;
+        let reads = |len: usize| if work == 0 { 0 } else { len };
+        let dy = Input::new("d_output", d_output, q_n)?;
+        let q = Input::new("Q", Q, q_n)?;
+        let k = Input::new("K", K, kv_n)?;
+        let v = Input::new("V", V, kv_n)?;
+        let mask_n = if mask.is_null() { 0 } else { reads(check::elements(&[("q_len", a.q_len), ("kv_len", a.kv_len)])?) };
+        let m = Input::new("mask", mask, mask_n)?;
+        let o = Input::new("output", output, q_n)?;
+        let l = Input::new("lse", lse, if q_n == 0 { 0 } else { lse_n })?;
+        let dq = Output::new("d_q", d_q, q_n)?;
+        let dk = Output::new("d_k", d_k, kv_n)?;
+        let dv = Output::new("d_v", d_v, kv_n)?;
+        let regions = [dy.region(), q.region(), k.region(), v.region(), m.region(), o.region(), l.region(), dq.region(), dk.region(), dv.region()];
+        let call = Call::new(stream, work, regions)?.flops(10.0 * q_n as f64 * a.kv_len as f64);
+        dispatch::run_cpu_only(&call, || unsafe {
+            let written = [dq.region(), dk.region(), dv.region()];
+            let [dy, q, k, v, m, o, l] = [&dy, &q, &k, &v, &m, &o, &l].map(|x| x.read(&written));
+            let mask = (!mask.is_null()).then_some(&m[..]);
+            attention::attention_backward(&a, &dy, &q, &k, &v, mask, &o, &l, dq.slice(), dk.slice(), dv.slice());
+        })
+    })
+}
+
+/// Writes new keys and values into a preallocated KV cache: `k_cache[b, pos + t]
+/// = k_new[b, t]` and the same for `v`, for `t < new_len`, with `k_new`, `v_new`
+/// `[batch, new_len, n_kv_heads, head_dim]` and the caches `[batch, max_seq,
+/// n_kv_heads, head_dim]` of data type `dtype` (`CUDANN_F32`; the half types are
+/// -2 until half precision lands). Other cache rows are untouched. Returns -2
+/// unless `pos + new_len <= max_seq`, and for NULL pointers with a non-empty
+/// shape, negative or overflowing sizes, a bad `dtype`, or overlaps; -1 for
+/// device pointers (no GPU kernel yet).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_kv_cache_write(
+    k_new: *const c_void,
+    v_new: *const c_void,
+    k_cache: *mut c_void,
+    v_cache: *mut c_void,
+    batch: c_int,
+    new_len: c_int,
+    max_seq: c_int,
+    n_kv_heads: c_int,
+    head_dim: c_int,
+    pos: c_int,
+    dtype: c_int,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cudann_kv_cache_write", {
+        check::float32("dtype", dtype)?;
+        let (batch, new_len, max_seq) = (check::dim("batch", batch)?, check::dim("new_len", new_len)?, check::dim("max_seq", max_seq)?);
+        let (kv_heads, head_dim, pos) = (check::dim("n_kv_heads", n_kv_heads)?, check::dim("head_dim", head_dim)?, check::dim("pos", pos)?);
+        require(pos + new_len <= max_seq, || format!("pos + new_len ({pos} + {new_len}) must be <= max_seq ({max_seq})"))?;
+        let new_n = check::elements(&[("batch", batch), ("new_len", new_len), ("n_kv_heads", kv_heads), ("head_dim", head_dim)])?;
+        let cache_n = if new_n == 0 { 0 } else { check::elements(&[("batch", batch), ("max_seq", max_seq), ("n_kv_heads", kv_heads), ("head_dim", head_dim)])? };
+        let kn = Input::new("k_new", k_new.cast::<f32>(), new_n)?;
+        let vn = Input::new("v_new", v_new.cast::<f32>(), new_n)?;
+        let kc = Output::new("k_cache", k_cache.cast::<f32>(), cache_n)?;
+        let vc = Output::new("v_cache", v_cache.cast::<f32>(), cache_n)?;
+        let call = Call::new(stream, new_n, [kn.region(), vn.region(), kc.region(), vc.region()])?;
+        let row = kv_heads * head_dim;
+        dispatch::run_cpu_only(&call, || unsafe {
+            let written = [kc.region(), vc.region()];
+            attention::kv_cache_write(&kn.read(&written), kc.slice(), new_len, max_seq, row, pos);
+            attention::kv_cache_write(&vn.read(&written), vc.slice(), new_len, max_seq, row, pos);
+        })
+    })
 }

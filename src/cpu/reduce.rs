@@ -116,6 +116,15 @@ pub fn exp_into(x: &[f32], shift: f32, y: &mut [f32]) -> f32 {
     lane_sum(y, |v| v)
 }
 
+/// x = e^(x - shift) in place; returns Σ x.
+#[multiversion(targets = "simd")]
+pub fn exp_in_place(x: &mut [f32], shift: f32) -> f32 {
+    for x in x.iter_mut() {
+        *x = exp(*x - shift);
+    }
+    lane_sum(x, |v| v)
+}
+
 /// Σ x in f64, sequentially: for the few scalar results (losses, norms) where
 /// the terms are already per-row values.
 pub fn sum_f64(x: impl IntoIterator<Item = f64>) -> f64 {
