@@ -4,7 +4,7 @@ use std::ffi::{c_int, c_void};
 
 use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output, require};
-use crate::cpu::attention::{self, Attention, AttnShape, Mask};
+use crate::cpu::attention::{self, Attention, AttnShape};
 use crate::dispatch::{self, Call};
 use crate::gpu::ops;
 use crate::error::Result;
@@ -168,13 +168,10 @@ unsafe fn fused(
     let call = Call::new(stream, n, [q.region(), k.region(), v.region(), m.region(), out.region()])?.flops(flops).kernels_in_place(false);
     let cpu = || {
         let written = [out.region()];
-        let (q, k, v, m) = unsafe { (q.read(&written), k.read(&written), v.read(&written), m.read(&written)) };
-        let mask = match (causal, mask.is_null()) {
-            (true, _) => Mask::Causal,
-            (false, false) => Mask::Additive(&m),
-            (false, true) => Mask::None,
-        };
-        attention::attention(&q, &k, &v, unsafe { out.slice() }, s, scale, mask);
+        let [q, k, v, m] = [&q, &k, &v, &m].map(|x| unsafe { x.read(&written) });
+        let general = Attention { batch: s.batch, q_len: s.seq, kv_len: s.seq, kv_capacity: s.seq, heads: s.heads, kv_heads: s.kv_heads, head_dim: s.head_dim, pos0: 0, causal, scale };
+        let mask = (!causal && !mask.is_null()).then_some(&m[..]);
+        attention::attention_forward(&general, &q, &k, &v, mask, unsafe { out.slice() }, None);
     };
     if s.head_dim > ops::FLASH_MAX_HEAD_DIM {
         return dispatch::run_cpu_only(&call, cpu);

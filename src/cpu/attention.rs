@@ -1,5 +1,7 @@
-//! Attention on the CPU. One query row at a time: its scores (O(seq) scratch,
-//! never the seq x seq matrix), a softmax, then the weighted sum of values.
+//! Attention on the CPU: the unfused scores/output pair of the original ABI
+//! (one query row at a time), and general attention (fused, by blocks of
+//! queries and keys, forward and backward), which also serves the original
+//! fused calls.
 
 use std::ops::Range;
 
@@ -10,7 +12,6 @@ use super::alloc;
 use super::gemm::{View, sgemm_view};
 use super::math::exp;
 use super::reduce::{dot, exp_in_place, max};
-use super::softmax::softmax_row;
 
 /// `Q`/`output` are `[batch, seq, heads, head_dim]`; `K`/`V` are
 /// `[batch, seq, kv_heads, head_dim]` with `kv_heads` = `heads` (multi-head) or 1
@@ -36,15 +37,6 @@ impl AttnShape {
     fn keys(&self, i: usize, causal: bool) -> Range<usize> {
         0..if causal { i + 1 } else { self.seq }
     }
-}
-
-/// Which scores are masked out.
-#[derive(Clone, Copy)]
-pub enum Mask<'a> {
-    None,
-    Causal,
-    /// Additive `[seq, seq]` mask (0 / -inf).
-    Additive(&'a [f32]),
 }
 
 /// out[j] = scale * q·k_j for the keys in `keys`.
@@ -79,25 +71,6 @@ fn for_each_query(out: &mut [f32], shape: &AttnShape, f: impl Fn(usize, usize, u
 fn query<'a>(q: &'a [f32], shape: &AttnShape, b: usize, i: usize, h: usize) -> &'a [f32] {
     let start = ((b * shape.seq + i) * shape.heads + h) * shape.head_dim;
     &q[start..start + shape.head_dim]
-}
-
-/// Fused attention: softmax(scale·QKᵀ + mask)·V. A query whose keys are all
-/// masked gets zeros.
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], shape: AttnShape, scale: f32, mask: Mask) {
-    for_each_query(out, &shape, |b, i, h, o| {
-        let q = query(q, &shape, b, i, h);
-        let keys = shape.keys(i, matches!(mask, Mask::Causal));
-        let mut scores = alloc::filled(keys.len(), 0.0f32);
-        scores_row(q, k, &shape, b, h, keys.clone(), scale, &mut scores);
-        if let Mask::Additive(mask) = mask {
-            for (s, &m) in scores.iter_mut().zip(&mask[i * shape.seq..(i + 1) * shape.seq]) {
-                *s += m;
-            }
-        }
-        let mut weights = alloc::filled(keys.len(), 0.0f32);
-        softmax_row(&scores, &mut weights);
-        weighted_values(&weights, v, &shape, b, h, keys, o);
-    });
 }
 
 /// scores[b, h, i, j] = scale·q_i·k_j for j <= i, -inf above the diagonal.
