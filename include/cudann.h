@@ -102,6 +102,96 @@ int32_t cuda_mqa_attention(const float *Q,
                            float scale,
                            void *stream);
 
+// General attention forward, for training and for decoding against a KV
+// cache: `Q`, `output` `[batch, q_len, n_heads, head_dim]`; `K`, `V`
+// `[batch, kv_capacity, n_kv_heads, head_dim]` of which keys `0..kv_len` are
+// used (`kv_capacity` is the cache's length; equal to `kv_len` for plain
+// tensors). `n_kv_heads` divides `n_heads`: query head `n` reads KV head
+// `n / (n_heads / n_kv_heads)` (MHA, GQA, MQA). Query `i` sits at position
+// `pos0 + i`; with `is_causal = 1` it sees keys `j <= pos0 + i` (training:
+// `pos0 = 0`, `q_len = kv_len`; one decoding step: `q_len = 1`,
+// `pos0 = kv_len - 1`). `mask` is NULL or an additive `[q_len, kv_len]` float
+// mask (0 / -inf) shared by every batch entry and head.
+// `output = softmax(scale * Q Kᵀ + mask) V`; `lse` (NULL: not written), of
+// shape `[batch, q_len, n_heads]`, receives each row's `ln Σ_j exp(score_j)`
+// for `cudann_attention_backward`. A row whose keys are all masked gets zeros
+// and lse = -inf. Memory O(kv_len) per row: the scores are never held whole.
+// Tensors are of data type `dtype` (`CUDANN_F32`; the half types are -2 until
+// half precision lands); `mask` and `lse` are float. Returns -2 for NULL
+// pointers with a non-empty shape, negative or overflowing sizes,
+// `kv_capacity < kv_len`, `n_kv_heads` not dividing `n_heads`, `is_causal`
+// not 0 or 1, a non-finite `scale`, a bad `dtype`, or overlaps; -1 for device
+// pointers (no GPU kernel yet).
+int32_t cudann_attention_forward(const void *Q,
+                                 const void *K,
+                                 const void *V,
+                                 const float *mask,
+                                 void *output,
+                                 float *lse,
+                                 int batch,
+                                 int q_len,
+                                 int kv_len,
+                                 int kv_capacity,
+                                 int n_heads,
+                                 int n_kv_heads,
+                                 int head_dim,
+                                 int pos0,
+                                 int is_causal,
+                                 float scale,
+                                 int dtype,
+                                 void *stream);
+
+// General attention backward (float32): the gradients of
+// `cudann_attention_forward`'s output with respect to `Q`, `K` and `V`, from
+// `d_output`, the forward's inputs, its `output` and its `lse` (same shapes;
+// here `K`, `V`, `d_k`, `d_v` are `[batch, kv_len, n_kv_heads, head_dim]`).
+// With `P = exp(S - lse)`, `dS = P * (d_output Vᵀ - rowsum(d_output * output))`:
+// `d_v = Pᵀ d_output`, `d_k = scale dSᵀ Q` (each summed over the query heads
+// sharing that KV head), `d_q = scale dS K`. Written, not accumulated;
+// deterministic. Returns -2 as `cudann_attention_forward` (and for NULL `lse`
+// with a non-empty shape); -1 for device pointers (no GPU kernel yet).
+int32_t cudann_attention_backward(const float *d_output,
+                                  const float *Q,
+                                  const float *K,
+                                  const float *V,
+                                  const float *mask,
+                                  const float *output,
+                                  const float *lse,
+                                  float *d_q,
+                                  float *d_k,
+                                  float *d_v,
+                                  int batch,
+                                  int q_len,
+                                  int kv_len,
+                                  int n_heads,
+                                  int n_kv_heads,
+                                  int head_dim,
+                                  int pos0,
+                                  int is_causal,
+                                  float scale,
+                                  void *stream);
+
+// Writes new keys and values into a preallocated KV cache: `k_cache[b, pos + t]
+// = k_new[b, t]` and the same for `v`, for `t < new_len`, with `k_new`, `v_new`
+// `[batch, new_len, n_kv_heads, head_dim]` and the caches `[batch, max_seq,
+// n_kv_heads, head_dim]` of data type `dtype` (`CUDANN_F32`; the half types are
+// -2 until half precision lands). Other cache rows are untouched. Returns -2
+// unless `pos + new_len <= max_seq`, and for NULL pointers with a non-empty
+// shape, negative or overflowing sizes, a bad `dtype`, or overlaps; -1 for
+// device pointers (no GPU kernel yet).
+int32_t cudann_kv_cache_write(const void *k_new,
+                              const void *v_new,
+                              void *k_cache,
+                              void *v_cache,
+                              int batch,
+                              int new_len,
+                              int max_seq,
+                              int n_kv_heads,
+                              int head_dim,
+                              int pos,
+                              int dtype,
+                              void *stream);
+
 // Per row of `logits[batch, vocab_size]`, the first maximal index into
 // `output[batch]` (a NaN counts as maximal, as in numpy). Returns -2 for NULL
 // pointers with `batch > 0`, negative sizes, `vocab_size == 0`, or overlaps.
@@ -361,6 +451,100 @@ int32_t cuda_aux_loss_forward(const float *router_probs,
                               int top_k,
                               float alpha,
                               void *stream);
+
+// Router backward: the gradient through `cuda_softmax_topk`'s renormalised
+// weights into the router logits. `weights`, `indices`, `d_weights` are
+// `[tokens, k]`; `d_logits[tokens, n_experts]` gets
+// `d_logits[t, e_j] = w_j * (dw_j - Σ_i w_i dw_i)` and 0 for the experts not
+// chosen (written, not accumulated). Add the aux-loss path's gradient
+// (`cudann_aux_loss_backward` then `cudann_softmax_backward`) to it.
+// Returns -2 unless `1 <= k <= n_experts`, for an index outside
+// `[0, n_experts)` in host memory, NULL pointers with a non-empty shape,
+// negative or overflowing sizes, or overlaps; -1 for device pointers (no GPU
+// kernel yet).
+int32_t cudann_moe_router_backward(const float *weights,
+                                   const int32_t *indices,
+                                   const float *d_weights,
+                                   float *d_logits,
+                                   int tokens,
+                                   int n_experts,
+                                   int k,
+                                   void *stream);
+
+// Aux-loss backward: the gradient of `cuda_aux_loss_forward`'s loss, times
+// `scale` (the loss's own upstream gradient, 1 for the loss as is), into the
+// router probabilities: `d_probs[t, e] = scale * alpha * n_experts *
+// f_counts[e] / tokens` for every token (`f_counts` as the forward wrote
+// it, a constant). Returns -2 for non-finite `alpha` or `scale`, NULL
+// pointers with a non-empty shape, negative or overflowing sizes, or
+// overlaps; -1 for device pointers (no GPU kernel yet).
+int32_t cudann_aux_loss_backward(const float *f_counts,
+                                 float *d_probs,
+                                 int tokens,
+                                 int n_experts,
+                                 float alpha,
+                                 float scale,
+                                 void *stream);
+
+// Dispatch: groups the `tokens * k` token-expert pairs of `indices[tokens, k]`
+// by expert (stable: token order within an expert), writing `order[tokens*k]`
+// (the pair `t * k + j` at each row), `offsets[n_experts + 1]` (expert `e`'s
+// rows are `offsets[e] .. offsets[e+1]`; an expert no token chose has none),
+// and `output[tokens*k, dim]`, row `p` being `input[order[p] / k]`. Returns -2
+// for an index outside `[0, n_experts)` in host memory, `k < 1`, NULL
+// pointers with a non-empty shape, negative or overflowing sizes, or
+// overlaps; -1 for device pointers (no GPU kernel yet).
+int32_t cudann_moe_dispatch(const float *input,
+                            const int32_t *indices,
+                            float *output,
+                            int32_t *order,
+                            int32_t *offsets,
+                            int tokens,
+                            int dim,
+                            int n_experts,
+                            int k,
+                            void *stream);
+
+// Dispatch backward: `d_input[t] = Σ_j d_output[row of pair t*k + j]` (the
+// rows a dispatch copied token `t` into, summed in `j` order; written, not
+// accumulated). `order` is the dispatch's. Returns -2 when `order` (in host
+// memory) is not a permutation of `0 .. tokens*k`, and as
+// `cudann_moe_dispatch`; -1 for device pointers (no GPU kernel yet).
+int32_t cudann_moe_dispatch_backward(const float *d_output,
+                                     const int32_t *order,
+                                     float *d_input,
+                                     int tokens,
+                                     int dim,
+                                     int k,
+                                     void *stream);
+
+// Combine: `output[t] = Σ_j weights[t, j] * expert_output[row of pair t*k + j]`
+// (summed in `j` order), `expert_output[tokens*k, dim]` in the dispatched
+// layout of `order`, `weights[tokens, k]` as `cuda_softmax_topk` wrote them.
+// Returns -2 as `cudann_moe_dispatch_backward`; -1 for device pointers.
+int32_t cudann_moe_combine(const float *expert_output,
+                           const float *weights,
+                           const int32_t *order,
+                           float *output,
+                           int tokens,
+                           int dim,
+                           int k,
+                           void *stream);
+
+// Combine backward: `d_expert_output[row of pair t*k + j] = weights[t, j] *
+// d_output[t]` and `d_weights[t, j] = d_output[t] · expert_output[row of pair
+// t*k + j]` (written, not accumulated). Returns -2 as `cudann_moe_combine`;
+// -1 for device pointers (no GPU kernel yet).
+int32_t cudann_moe_combine_backward(const float *d_output,
+                                    const float *expert_output,
+                                    const float *weights,
+                                    const int32_t *order,
+                                    float *d_expert_output,
+                                    float *d_weights,
+                                    int tokens,
+                                    int dim,
+                                    int k,
+                                    void *stream);
 
 // RMSNorm of each row of `input[rows, hidden_dim]`:
 // `output = input / sqrt(mean(input²) + eps) * weight[hidden_dim]`.

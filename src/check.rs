@@ -151,6 +151,20 @@ impl<'a, T> Output<'a, T> {
     }
 }
 
+impl Input<'_, i32> {
+    /// Fails when an index the host can read lies outside `[0, upper)`
+    /// (negative ones too unless `negative_ok`, for padding); device indices
+    /// are the kernel's to handle. `bound` names `upper` in the message.
+    pub fn indices_below(&self, upper: usize, bound: &str, negative_ok: bool) -> Result<()> {
+        // SAFETY: as `Input::slice`, for the host memory `host_view` admits.
+        let values = unsafe { self.host_view() };
+        match values.iter().enumerate().find(|&(_, &v)| if v < 0 { !negative_ok } else { v as usize >= upper }) {
+            Some((i, &v)) => Err(invalid(format!("{}[{i}] = {v} is outside [0, {bound} = {upper})", self.name))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The bytes a buffer covers, for overlap checks and (later) pointer classification.
 #[derive(Clone, Copy, Debug)]
 pub struct Region {

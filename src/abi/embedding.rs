@@ -12,10 +12,7 @@ use crate::error::Result;
 /// read them (device ids are the kernel's to check).
 fn ids<'a>(ids: *const i32, n_ids: usize, vocab: usize) -> Result<Input<'a, i32>> {
     let ids = Input::new("ids", ids, n_ids)?;
-    let host = unsafe { ids.host_view() };
-    if let Some((i, &id)) = host.iter().enumerate().find(|&(_, &id)| id >= 0 && id as usize >= vocab) {
-        return Err(crate::error::invalid(format!("ids[{i}] = {id} is outside the vocabulary (vocab_size {vocab})")));
-    }
+    ids.indices_below(vocab, "vocab_size", true)?;
     Ok(ids)
 }
 

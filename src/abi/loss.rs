@@ -111,9 +111,7 @@ pub unsafe extern "C" fn cuda_aux_loss_forward(
         let p = Input::new("router_probs", router_probs, n)?;
         let idx = Input::new("expert_indices", expert_indices, used(rows * k))?;
         // (Device indices out of range count for no expert.)
-        if let Some((i, &bad)) = unsafe { idx.host_view() }.iter().enumerate().find(|&(_, &e)| e < 0 || e >= n_experts) {
-            return Err(crate::error::invalid(format!("expert_indices[{i}] = {bad} is outside [0, n_experts = {experts})")));
-        }
+        idx.indices_below(experts, "n_experts", false)?;
         let l = Output::new("aux_loss", aux_loss, used(1))?;
         let f = Output::new("f_counts", f_counts, used(experts))?;
         let pm = Output::new("p_means", p_means, used(experts))?;
