@@ -39,6 +39,25 @@
 // bfloat16 (not supported yet: -2).
 #define CUDANN_BF16 2
 
+// 32-bit signed integers (checkpoint tensors).
+#define CUDANN_I32 3
+
+// 64-bit signed integers (checkpoint tensors).
+#define CUDANN_I64 4
+
+// IEEE binary64 (checkpoint tensors).
+#define CUDANN_F64 5
+
+// Bytes (checkpoint tensors).
+#define CUDANN_U8 6
+
+// An open safetensors file (opaque; from `cudann_safetensors_open`).
+typedef struct CudannSafetensors CudannSafetensors;
+
+// A safetensors file being assembled (opaque; from
+// `cudann_safetensors_writer_create`).
+typedef struct CudannSafetensorsWriter CudannSafetensorsWriter;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -191,6 +210,77 @@ int32_t cudann_kv_cache_write(const void *k_new,
                               int pos,
                               int dtype,
                               void *stream);
+
+// Opens a safetensors file for reading: maps it and checks its header (every
+// tensor's data type, shape and offsets against the file's length). On
+// success `*file` is the handle (close it with `cudann_safetensors_close`).
+// The file must not be truncated while it is open. Returns -2 (with the
+// reason) for a NULL argument, a missing or unreadable file, or a malformed
+// or truncated one; `*file` is then untouched.
+int32_t cudann_safetensors_open(const char *path, CudannSafetensors **file);
+
+// Closes a file from `cudann_safetensors_open` (NULL: nothing to do). Names it
+// handed out are invalid afterwards. Returns -2 for a handle that is not open.
+int32_t cudann_safetensors_close(CudannSafetensors *file);
+
+// `*count` = the number of tensors in the file.
+int32_t cudann_safetensors_count(const CudannSafetensors *file, int64_t *count);
+
+// `*name` = the name of tensor `index` (`0 <= index < count`, in the order of
+// the tensors' data in the file), a NUL-terminated string valid until the file
+// is closed.
+int32_t cudann_safetensors_name(const CudannSafetensors *file, int64_t index, const char **name);
+
+// A tensor's data type (`CUDANN_F32`, `CUDANN_F16`, `CUDANN_BF16`,
+// `CUDANN_I32`, `CUDANN_I64`, `CUDANN_F64` or `CUDANN_U8`), number of
+// dimensions and shape: `shape[0 .. *ndim]` (at most `max_dims` entries).
+// Returns -2 for an unknown name, a data type outside that list, or a shape of
+// more than `max_dims` dimensions (then nothing is written).
+int32_t cudann_safetensors_info(const CudannSafetensors *file,
+                                const char *name,
+                                int *dtype,
+                                int *ndim,
+                                int64_t *shape,
+                                int max_dims);
+
+// Copies tensor `name` into `data` (host memory): `count` elements of data
+// type `dtype`, which must be the stored type and element count (no
+// conversion). Returns -2 for an unknown name, a `dtype` or `count` that does
+// not match, NULL `data` with `count > 0`; -1 for device memory (not yet).
+int32_t cudann_safetensors_read(const CudannSafetensors *file,
+                                const char *name,
+                                int dtype,
+                                void *data,
+                                int64_t count,
+                                void *stream);
+
+// Starts a new safetensors file: `*writer` is the handle; add tensors with
+// `cudann_safetensors_writer_add`, write them with `_save`, release the
+// handle with `_free`.
+int32_t cudann_safetensors_writer_create(CudannSafetensorsWriter **writer);
+
+// Adds tensor `name` of data type `dtype` and shape `shape[0 .. ndim]` (`ndim`
+// may be 0: a scalar), copying its data from `data` (host memory) now, so the
+// buffer may be reused at once. Returns -2 for a name already added, an
+// unknown `dtype`, negative dimensions, NULL `data` with a non-empty shape;
+// -1 for device memory (not yet).
+int32_t cudann_safetensors_writer_add(CudannSafetensorsWriter *writer,
+                                      const char *name,
+                                      int dtype,
+                                      int ndim,
+                                      const int64_t *shape,
+                                      const void *data,
+                                      void *stream);
+
+// Writes every tensor added so far to `path` as a safetensors file (through a
+// temporary file renamed into place: a failed save never leaves a truncated
+// file under `path`). The writer stays valid. Returns -2 when the file cannot
+// be written.
+int32_t cudann_safetensors_writer_save(const CudannSafetensorsWriter *writer, const char *path);
+
+// Releases a writer and the data it holds (NULL: nothing to do). Returns -2
+// for a handle that is not live.
+int32_t cudann_safetensors_writer_free(CudannSafetensorsWriter *writer);
 
 // Per row of `logits[batch, vocab_size]`, the first maximal index into
 // `output[batch]` (a NaN counts as maximal, as in numpy). Returns -2 for NULL

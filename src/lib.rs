@@ -6,6 +6,7 @@
 //! * [`abi`]: the `extern "C"` functions, grouped like the ABI; each is a thin shell
 //!   (panic boundary, argument checks, dispatch).
 //! * [`check`]: argument validation shared by every backend.
+//! * [`checkpoint`]: safetensors files (reading, writing) behind C handles.
 //! * [`dispatch`]: backend choice (`CUDANN_BACKEND`), pointer classification, cost model.
 //! * [`cpu`]: the CPU kernels.
 //! * [`gpu`]: the GPU backend (driver, PTX kernels, cuBLAS, staging).
@@ -20,6 +21,7 @@
 
 pub mod abi;
 pub mod check;
+pub mod checkpoint;
 pub mod cpu;
 pub mod dispatch;
 pub mod error;

@@ -4,6 +4,7 @@
 
 pub(crate) mod boundary;
 pub mod attention;
+pub mod checkpoint;
 pub mod decode;
 pub mod elementwise;
 pub mod embedding;
@@ -17,6 +18,7 @@ pub mod services;
 pub mod softmax;
 
 pub use attention::*;
+pub use checkpoint::*;
 pub use decode::*;
 pub use elementwise::*;
 pub use embedding::*;
@@ -54,3 +56,11 @@ pub const CUDANN_F32: i32 = 0;
 pub const CUDANN_F16: i32 = 1;
 /// bfloat16 (not supported yet: -2).
 pub const CUDANN_BF16: i32 = 2;
+/// 32-bit signed integers (checkpoint tensors).
+pub const CUDANN_I32: i32 = 3;
+/// 64-bit signed integers (checkpoint tensors).
+pub const CUDANN_I64: i32 = 4;
+/// IEEE binary64 (checkpoint tensors).
+pub const CUDANN_F64: i32 = 5;
+/// Bytes (checkpoint tensors).
+pub const CUDANN_U8: i32 = 6;
