@@ -3,7 +3,7 @@ LIBDIR := $(CURDIR)/target/release
 LIB    := $(LIBDIR)/libcudann.so
 CWARN  := -Wall -Wextra -Werror -pedantic
 
-.PHONY: build demo test test-rust test-bindings test-ptx deps header ptx bench limits
+.PHONY: build demo examples test test-examples test-rust test-bindings test-ptx deps header ptx bench limits
 .DEFAULT_GOAL := build
 
 build:
@@ -14,9 +14,17 @@ demo: build
 	cc -std=c11 $(CWARN) -Iinclude examples/demo.c -L$(LIBDIR) -lcudann -Wl,-rpath,$(LIBDIR) -lm -o target/demo
 	./target/demo
 
+# The example programs of MODEL.md: train_moe and generate_moe (C, cudann only).
+EXAMPLES := $(CURDIR)/target/examples
+examples: build
+	mkdir -p $(EXAMPLES)
+	for prog in train_moe generate_moe; do \
+	  cc -std=c11 -O2 $(CWARN) -Iinclude examples/$$prog.c examples/moe_model.c -L$(LIBDIR) -lcudann -Wl,-rpath,$(LIBDIR) -lm -o $(EXAMPLES)/$$prog || exit 1; \
+	done
+
 # Everything: installs missing tools, then the Rust suite, every language suite,
 # and the check that the committed PTX is what the kernel sources give.
-test: deps test-rust test-bindings test-ptx
+test: deps test-rust test-bindings test-ptx test-examples
 
 deps:
 	scripts/install-test-deps.sh
@@ -30,6 +38,10 @@ test-bindings: build
 # Regenerates kernels/ptx from kernels/*.cu (NVRTC 12.4 from pip; no GPU needed).
 ptx:
 	python3 scripts/gen-ptx.py
+
+# The example programs against the JAX float64 reference of MODEL.md.
+test-examples: examples
+	python3 tests/reference/check_examples.py
 
 test-ptx:
 	python3 scripts/gen-ptx.py --check

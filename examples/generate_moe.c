@@ -1,0 +1,138 @@
+/* generate_moe: generates tokens from a MoE checkpoint of MODEL.md with
+ * cudann alone.
+ *
+ *   generate_moe --model DIR --prompt "ids..." --max-new N [--temperature T]
+ *                [--top-k K] [--top-p P] [--seed S] [--logits FILE]
+ *
+ * One forward pass over the prompt fills each layer's KV cache; then every new
+ * token is one decoding step against the cache. Temperature 0 (the default)
+ * is greedy. Prints the prompt and the generated ids on one line; --logits
+ * writes each step's logits row (float32, little-endian) for checking. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe_model.h"
+
+const char *program_name = "generate_moe";
+
+typedef struct {
+    const char *model, *prompt, *logits;
+    int max_new, top_k;
+    float temperature, top_p;
+    unsigned long long seed;
+} Args;
+
+static double number(const char *flag, const char *text) {
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (end == text || *end || errno || !isfinite(v)) die("%s: not a number: '%s'", flag, text);
+    return v;
+}
+
+static Args parse(int argc, char **argv) {
+    Args a = {.max_new = -1, .top_k = 0, .temperature = 0.0f, .top_p = 1.0f, .seed = 0};
+    for (int i = 1; i < argc; i += 2) {
+        const char *flag = argv[i], *value = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!value) die("%s needs a value", flag);
+        if (!strcmp(flag, "--model")) a.model = value;
+        else if (!strcmp(flag, "--prompt")) a.prompt = value;
+        else if (!strcmp(flag, "--logits")) a.logits = value;
+        else if (!strcmp(flag, "--max-new")) a.max_new = (int)number(flag, value);
+        else if (!strcmp(flag, "--temperature")) a.temperature = (float)number(flag, value);
+        else if (!strcmp(flag, "--top-k")) a.top_k = (int)number(flag, value);
+        else if (!strcmp(flag, "--top-p")) a.top_p = (float)number(flag, value);
+        else if (!strcmp(flag, "--seed")) a.seed = (unsigned long long)number(flag, value);
+        else die("unknown option '%s'", flag);
+    }
+    if (!a.model || !a.prompt || a.max_new < 0)
+        die("usage: generate_moe --model DIR --prompt \"ids...\" --max-new N [--temperature T] [--top-k K] [--top-p P] [--seed S] [--logits FILE]");
+    if (a.temperature < 0) die("--temperature must be >= 0");
+    if (a.top_k < 0) die("--top-k must be >= 1");
+    if (!(a.top_p > 0 && a.top_p <= 1)) die("--top-p must be in (0, 1]");
+    if (a.top_k > 0 && a.top_p < 1) die("choose one of --top-k and --top-p");
+    return a;
+}
+
+/* The prompt's ids, each in [0, vocab). */
+static int32_t *parse_prompt(const char *text, int vocab, int *count) {
+    int32_t *ids = xcalloc(strlen(text) / 2 + 1, sizeof(int32_t));
+    int n = 0;
+    for (const char *p = text;;) {
+        while (*p == ' ' || *p == ',' || *p == '\t') p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long id = strtol(p, &end, 10);
+        if (end == p || errno) die("--prompt: '%s' is not a list of token ids", text);
+        if (id < 0 || id >= vocab) die("--prompt: token %ld is outside the vocabulary [0, %d)", id, vocab);
+        ids[n++] = (int32_t)id;
+        p = end;
+    }
+    if (n == 0) die("--prompt holds no token ids");
+    *count = n;
+    return ids;
+}
+
+/* The next token from one logits row. */
+static int32_t choose(const Args *a, const float *logits, int vocab, uint64_t seed) {
+    int32_t token = -1;
+    if (a->temperature == 0.0f) CHECK(cuda_argmax(logits, &token, 1, vocab, NULL));
+    else if (a->top_k > 0) CHECK(cuda_topk_sample(logits, &token, &seed, 1, vocab, a->top_k, a->temperature, NULL));
+    else if (a->top_p < 1.0f) CHECK(cuda_topp_sample(logits, &token, &seed, 1, vocab, a->top_p, a->temperature, NULL));
+    else CHECK(cuda_sample(logits, &token, &seed, 1, vocab, a->temperature, NULL));
+    return token;
+}
+
+/* Runs `count` tokens at positions pos0.. through every layer (each writing
+ * its cache), then the head on the last one: logits [vocab]. */
+static void forward(const Model *m, const int32_t *ids, int count, int pos0, LayerActs *acts, float *x_next, KvCache *caches, float *xf, float *logits) {
+    const Config *c = &m->c;
+    CHECK(cudann_embedding(ids, tensor_in(m, m->params, m->embed), acts->x_in, count, c->vocab, c->hidden, CUDANN_F32, NULL));
+    for (int l = 0; l < c->layers; l++) {
+        layer_forward(m, l, acts, x_next, 1, count, pos0, &caches[l]);
+        float *swap = acts->x_in; /* this layer's output is the next one's input */
+        acts->x_in = x_next;
+        x_next = swap;
+    }
+    head_forward(m, acts->x_in + (size_t)(count - 1) * c->hidden, xf, logits, 1);
+}
+
+int main(int argc, char **argv) {
+    Args args = parse(argc, argv);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", args.model);
+    Config c = config_load(path);
+    Model m = model_layout(c);
+    snprintf(path, sizeof path, "%s/model.safetensors", args.model);
+    model_load(&m, path);
+    model_rope(&m);
+    int n_prompt;
+    int32_t *prompt = parse_prompt(args.prompt, c.vocab, &n_prompt);
+    if (n_prompt + args.max_new > c.max_seq) die("prompt (%d) + --max-new (%d) exceeds max_seq_len (%d)", n_prompt, args.max_new, c.max_seq);
+
+    size_t kv = (size_t)c.max_seq * (size_t)(c.kv_heads * c.head_dim);
+    KvCache *caches = xcalloc((size_t)c.layers, sizeof(KvCache));
+    for (int l = 0; l < c.layers; l++) caches[l] = (KvCache){xcalloc(kv, 4), xcalloc(kv, 4)};
+    LayerActs acts = acts_alloc(&c, n_prompt);
+    float *x_next = xcalloc((size_t)n_prompt * c.hidden, 4), *xf = xcalloc((size_t)c.hidden, 4), *logits = xcalloc((size_t)c.vocab, 4);
+    FILE *dump = args.logits ? fopen(args.logits, "wb") : NULL;
+    if (args.logits && !dump) die("cannot write %s", args.logits);
+
+    for (int i = 0; i < n_prompt; i++) printf("%s%d", i ? " " : "", prompt[i]);
+    forward(&m, prompt, n_prompt, 0, &acts, x_next, caches, xf, logits);
+    for (int step = 0; step < args.max_new; step++) {
+        if (dump && fwrite(logits, 4, (size_t)c.vocab, dump) != (size_t)c.vocab) die("cannot write %s", args.logits);
+        int32_t token = choose(&args, logits, c.vocab, args.seed + (uint64_t)step);
+        printf(" %d", token);
+        fflush(stdout);
+        if (step + 1 < args.max_new) forward(&m, &token, 1, n_prompt + step, &acts, x_next, caches, xf, logits);
+    }
+    printf("\n");
+    if (dump && fclose(dump)) die("cannot write %s", args.logits);
+    return 0;
+}
