@@ -29,15 +29,23 @@ _POINTERS = {
     "float *": ctypes.POINTER(ctypes.c_float),
     "int *": ctypes.POINTER(ctypes.c_int),
     "int32_t *": ctypes.POINTER(ctypes.c_int32),
+    "int64_t *": ctypes.POINTER(ctypes.c_int64),
     "uint64_t *": ctypes.POINTER(ctypes.c_uint64),
     "void *": ctypes.c_void_p,
     "char *": ctypes.c_char_p,
+    "char **": ctypes.POINTER(ctypes.c_char_p),
+    # Checkpoint handles are opaque: passed as they were received.
+    "CudannSafetensors *": ctypes.c_void_p,
+    "CudannSafetensors **": ctypes.POINTER(ctypes.c_void_p),
+    "CudannSafetensorsWriter *": ctypes.c_void_p,
+    "CudannSafetensorsWriter **": ctypes.POINTER(ctypes.c_void_p),
 }
 # The numpy dtype each typed pointer must point at.
 _POINTEE_DTYPE = {
     ctypes.c_float: np.dtype(np.float32),
     ctypes.c_int: np.dtype(np.int32),
     ctypes.c_int32: np.dtype(np.int32),
+    ctypes.c_int64: np.dtype(np.int64),
     ctypes.c_uint64: np.dtype(np.uint64),
 }
 
@@ -48,7 +56,7 @@ _DEFINE = re.compile(r"#define\s+(CUDANN_\w+)\s+(-?\d+)")
 def c_type(spelling):
     """Maps one C type spelling (e.g. `const float *`) to its ctypes type."""
     s = re.sub(r"\bconst\b", "", spelling)
-    s = re.sub(r"\s*\*\s*", " *", " ".join(s.split())).strip()
+    s = re.sub(r"\s*\*\s*", " *", " ".join(s.split())).strip().replace("* *", "**")
     if s in _SCALARS:
         return _SCALARS[s]
     if s in _POINTERS:
@@ -82,6 +90,10 @@ def as_pointer(arr, ptype):
     """A typed pointer to `arr`'s data, or an error if the layout or dtype is wrong."""
     if arr is None:
         return None
+    if ptype is ctypes.c_void_p:  # typed by a separate dtype argument (CUDANN_F32, ...)
+        if not arr.flags.c_contiguous:
+            raise ValueError("array is not C-contiguous")
+        return arr.ctypes.data_as(ctypes.c_void_p)
     want = _POINTEE_DTYPE.get(getattr(ptype, "_type_", None))
     if want is None:
         raise TypeError(f"no numpy dtype for pointer type {ptype!r}")

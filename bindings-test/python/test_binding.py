@@ -15,12 +15,13 @@ F32P = ctypes.POINTER(ctypes.c_float)
 def test_header_declares_the_30_ops_and_2_services():
     names = set(PROTOTYPES)
     assert len([n for n in names if n.startswith("cuda_")]) == 30
-    assert {"cudann_last_error", "cudann_version"} <= names
+    services = {"cudann_last_error", "cudann_version"}
+    assert services <= names
     plain = ctypes.CDLL(str(LIBRARY))
     for name in names:  # every declared name is exported with that exact symbol
         assert hasattr(plain, name)
     for name, (restype, _) in PROTOTYPES.items():
-        assert restype is (ctypes.c_char_p if name.startswith("cudann_") else ctypes.c_int32)
+        assert restype is (ctypes.c_char_p if name in services else ctypes.c_int32)
 
 
 def test_header_signatures_parsed_exactly():
@@ -44,7 +45,9 @@ def test_type_mapping_and_codes():
     with pytest.raises(ValueError):
         c_type("double")
     assert CODES == {"CUDANN_SUCCESS": 0, "CUDANN_NOT_AVAILABLE": -1, "CUDANN_INVALID_VALUE": -2,
-                     "CUDANN_LAUNCH_FAILED": -3, "CUDANN_OUT_OF_MEMORY": -4, "CUDANN_INTERNAL": -5}
+                     "CUDANN_LAUNCH_FAILED": -3, "CUDANN_OUT_OF_MEMORY": -4, "CUDANN_INTERNAL": -5,
+                     "CUDANN_F32": 0, "CUDANN_F16": 1, "CUDANN_BF16": 2, "CUDANN_I32": 3, "CUDANN_I64": 4,
+                     "CUDANN_F64": 5, "CUDANN_U8": 6}
 
 
 def test_as_pointer_refuses_wrong_dtype_and_strided_arrays(lib):
