@@ -122,6 +122,94 @@ static void test_error_path(void) {
   check(strlen(cudann_version()) > 0, "cudann_version is set");
 }
 
+/* cudann_gemm_ex: a batch of 2 sharing B (stride 0), B transposed, rows padded. */
+static void test_gemm_ex(void) {
+  enum { M = 3, N = 5, K = 4, PAD = 2, BATCH = 2, LDA = K + PAD, LDB = K, LDC = N + PAD };
+  float a[BATCH * M * LDA], b[N * LDB], c[BATCH * M * LDC];
+  double want[BATCH * M * LDC];
+  fill(a, BATCH * M * LDA, 8, 1.0);
+  fill(b, N * LDB, 9, 1.0);
+  for (int i = 0; i < BATCH * M * LDC; i++) c[i] = -7.0f, want[i] = -7.0;
+  for (int t = 0; t < BATCH; t++)
+    for (int i = 0; i < M; i++)
+      for (int j = 0; j < N; j++) {
+        double s = 0;
+        for (int p = 0; p < K; p++) s += (double)a[t * M * LDA + i * LDA + p] * b[j * LDB + p];
+        want[t * M * LDC + i * LDC + j] = s;
+      }
+  int32_t rc = cudann_gemm_ex(0, 1, M, N, K, 1.0f, a, CUDANN_F32, LDA, M * LDA, b, CUDANN_F32, LDB, 0, 0.0f, c, CUDANN_F32, LDC,
+                              M * LDC, BATCH, NULL);
+  check(rc == CUDANN_SUCCESS, "cudann_gemm_ex returns 0");
+  check(close_to(c, want, NULL, BATCH * M * LDC, 1e-5), "cudann_gemm_ex values, padding untouched");
+  rc = cudann_gemm_ex(0, 1, M, N, K, 1.0f, a, CUDANN_BF16, LDA, 0, b, CUDANN_F32, LDB, 0, 0.0f, c, CUDANN_F32, LDC, 0, 1, NULL);
+  check(rc == CUDANN_INVALID_VALUE && strstr(cudann_last_error(), "not supported yet"), "cudann_gemm_ex refuses bf16 for now");
+}
+
+/* SwiGLU forward and backward against the derivative of silu(g) * u. */
+static void test_swiglu(void) {
+  enum { N = 257 };
+  float g[N], u[N], dy[N], y[N], dg[N], du[N];
+  double want_y[N], want_dg[N], want_du[N];
+  fill(g, N, 10, 6.0);
+  fill(u, N, 11, 2.0);
+  fill(dy, N, 12, 1.0);
+  for (int i = 0; i < N; i++) {
+    double s = 1.0 / (1.0 + exp(-(double)g[i]));
+    want_y[i] = g[i] * s * u[i];
+    want_dg[i] = dy[i] * (double)u[i] * s * (1.0 + g[i] * (1.0 - s));
+    want_du[i] = dy[i] * g[i] * s;
+  }
+  check(cudann_swiglu(g, u, y, N, CUDANN_F32, NULL) == CUDANN_SUCCESS, "cudann_swiglu returns 0");
+  check(close_to(y, want_y, NULL, N, 1e-6), "cudann_swiglu values");
+  check(cudann_swiglu_backward(dy, g, u, dg, du, N, NULL) == CUDANN_SUCCESS, "cudann_swiglu_backward returns 0");
+  check(close_to(dg, want_dg, NULL, N, 1e-5) && close_to(du, want_du, NULL, N, 1e-6), "cudann_swiglu_backward values");
+}
+
+/* One decoding step: a query at the cache's last position against every key. */
+static void test_attention_decode(void) {
+  enum { S = 6, H = 2, D = 4, CAP = 8 };
+  float q[H * D], k[S * D], v[S * D], kc[CAP * D], vc[CAP * D], out[H * D], lse[H];
+  double want[H * D];
+  fill(q, H * D, 13, 1.0);
+  fill(k, S * D, 14, 1.0);
+  fill(v, S * D, 15, 1.0);
+  check(cudann_kv_cache_write(k, v, kc, vc, 1, S, CAP, 1, D, 0, CUDANN_F32, NULL) == CUDANN_SUCCESS, "cudann_kv_cache_write");
+  check(cudann_attention_forward(q, kc, vc, NULL, out, lse, 1, 1, S, CAP, H, 1, D, S - 1, 1, 0.5f, CUDANN_F32, NULL) == CUDANN_SUCCESS,
+        "cudann_attention_forward returns 0");
+  for (int h = 0; h < H; h++) {
+    double score[S], m = -INFINITY, z = 0;
+    for (int j = 0; j < S; j++) {
+      score[j] = 0;
+      for (int d = 0; d < D; d++) score[j] += 0.5 * q[h * D + d] * k[j * D + d];
+      m = score[j] > m ? score[j] : m;
+    }
+    for (int j = 0; j < S; j++) z += exp(score[j] - m);
+    for (int d = 0; d < D; d++) {
+      want[h * D + d] = 0;
+      for (int j = 0; j < S; j++) want[h * D + d] += exp(score[j] - m) / z * v[j * D + d];
+    }
+  }
+  check(close_to(out, want, NULL, H * D, 1e-5), "cudann_attention_forward decode values");
+}
+
+/* A checkpoint written and read back through the library. */
+static void test_safetensors(void) {
+  float w[6] = {1, -2, 3, -4, 5, -6}, got[6] = {0};
+  int64_t shape[2] = {2, 3}, dims[4] = {0}, count = 0;
+  int dtype = -1, ndim = -1;
+  const char *path = "bindings-test/c/build/test_c.safetensors"; /* run.sh runs from the repository root */
+  CudannSafetensorsWriter *writer = NULL;
+  CudannSafetensors *file = NULL;
+  check(cudann_safetensors_writer_create(&writer) == 0 && cudann_safetensors_writer_add(writer, "w", CUDANN_F32, 2, shape, w, NULL) == 0 &&
+            cudann_safetensors_writer_save(writer, path) == 0 && cudann_safetensors_writer_free(writer) == 0,
+        "cudann_safetensors_writer_* write a file");
+  check(cudann_safetensors_open(path, &file) == 0 && cudann_safetensors_count(file, &count) == 0 && count == 1, "cudann_safetensors_open");
+  check(cudann_safetensors_info(file, "w", &dtype, &ndim, dims, 4) == 0 && dtype == CUDANN_F32 && ndim == 2 && dims[0] == 2 && dims[1] == 3,
+        "cudann_safetensors_info");
+  check(cudann_safetensors_read(file, "w", CUDANN_F32, got, 6, NULL) == 0 && memcmp(got, w, sizeof w) == 0, "cudann_safetensors_read");
+  check(cudann_safetensors_close(file) == 0 && cudann_safetensors_close(file) == CUDANN_INVALID_VALUE, "a closed handle is refused");
+}
+
 int main(void) {
   test_silu_add();
   test_softmax();
@@ -131,5 +219,9 @@ int main(void) {
   test_adamw();
   test_argmax();
   test_error_path();
+  test_gemm_ex();
+  test_swiglu();
+  test_attention_decode();
+  test_safetensors();
   return summary("test_c");
 }
