@@ -3,7 +3,7 @@ LIBDIR := $(CURDIR)/target/release
 LIB    := $(LIBDIR)/libcudann.so
 CWARN  := -Wall -Wextra -Werror -pedantic
 
-.PHONY: build demo examples test test-examples test-rust test-bindings test-ptx deps header ptx bench limits
+.PHONY: build demo examples train-example generate-example test test-examples test-rust test-bindings test-ptx deps header ptx bench limits
 .DEFAULT_GOAL := build
 
 build:
@@ -21,6 +21,15 @@ examples: build
 	for prog in train_moe generate_moe; do \
 	  cc -std=c11 -O2 $(CWARN) -Iinclude examples/$$prog.c examples/moe_model.c -L$(LIBDIR) -lcudann -Wl,-rpath,$(LIBDIR) -lm -o $(EXAMPLES)/$$prog || exit 1; \
 	done
+
+# Train the tiny model of MODEL.md on a generated dataset, then generate from it.
+train-example: examples
+	python3 examples/make_data.py --vocab 1000 --tokens 50000 --out target/tiny.bin
+	$(EXAMPLES)/train_moe --config examples/tiny/config.json --seed 1 --data target/tiny.bin \
+	  --batch 8 --seq 64 --steps 300 --lr 3e-3 --log target/tiny-train.jsonl --save target/tiny-model
+
+generate-example: examples
+	$(EXAMPLES)/generate_moe --model target/tiny-model --prompt "0" --max-new 20
 
 # Everything: installs missing tools, then the Rust suite, every language suite,
 # and the check that the committed PTX is what the kernel sources give.

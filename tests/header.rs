@@ -27,11 +27,23 @@ fn header_declares_every_export() {
     for name in exports {
         assert!(GENERATED.contains(&format!("{name}(")), "{name} missing from the header");
     }
+    // And every export of src/abi, whatever its name.
+    let abi = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/abi");
+    let mut found = 0;
+    for file in std::fs::read_dir(abi).expect("src/abi") {
+        let source = std::fs::read_to_string(file.expect("entry").path()).expect("source");
+        for rest in source.split("extern \"C\" fn ").skip(1) {
+            let name = &rest[..rest.find('(').expect("a parameter list")];
+            assert!(GENERATED.contains(&format!("{name}(")), "{name} missing from the header");
+            found += 1;
+        }
+    }
+    assert!(found >= exports.len() + 30, "only {found} exports found in src/abi");
     // Nothing internal leaks into the header as a macro.
     for define in GENERATED.lines().filter_map(|l| l.strip_prefix("#define ")) {
         assert!(define.starts_with("CUDANN_"), "unexpected macro in the header: {define}");
     }
-    for code in ["CUDANN_SUCCESS 0", "CUDANN_NOT_AVAILABLE -1", "CUDANN_INVALID_VALUE -2", "CUDANN_LAUNCH_FAILED -3", "CUDANN_OUT_OF_MEMORY -4", "CUDANN_INTERNAL -5"] {
+    for code in ["CUDANN_F32 0", "CUDANN_F16 1", "CUDANN_BF16 2", "CUDANN_SUCCESS 0", "CUDANN_NOT_AVAILABLE -1", "CUDANN_INVALID_VALUE -2", "CUDANN_LAUNCH_FAILED -3", "CUDANN_OUT_OF_MEMORY -4", "CUDANN_INTERNAL -5"] {
         assert!(GENERATED.contains(&format!("#define {code}")), "{code} missing");
     }
 }
