@@ -33,10 +33,10 @@
 // ops that take a data-type argument): IEEE binary32.
 #define CUDANN_F32 0
 
-// IEEE binary16 (not supported yet: -2).
+// IEEE binary16 (compute ops: not supported yet, -2; checkpoints store it).
 #define CUDANN_F16 1
 
-// bfloat16 (not supported yet: -2).
+// bfloat16 (compute ops: not supported yet, -2; checkpoints store it).
 #define CUDANN_BF16 2
 
 // 32-bit signed integers (checkpoint tensors).
@@ -132,8 +132,9 @@ int32_t cuda_mqa_attention(const float *Q,
 // `pos0 = kv_len - 1`). `mask` is NULL or an additive `[q_len, kv_len]` float
 // mask (0 / -inf) shared by every batch entry and head.
 // `output = softmax(scale * Q Kᵀ + mask) V`; `lse` (NULL: not written), of
-// shape `[batch, q_len, n_heads]`, receives each row's `ln Σ_j exp(score_j)`
-// for `cudann_attention_backward`. A row whose keys are all masked gets zeros
+// shape `[batch, q_len, n_heads]`, receives each row's `ln Σ_j exp(score_j)`,
+// `score = scale * q·k_j + mask` (-inf for keys causality hides), for
+// `cudann_attention_backward`. A row whose keys are all masked gets zeros
 // and lse = -inf. Memory O(kv_len) per row: the scores are never held whole.
 // Tensors are of data type `dtype` (`CUDANN_F32`; the half types are -2 until
 // half precision lands); `mask` and `lse` are float. Returns -2 for NULL
@@ -167,8 +168,11 @@ int32_t cudann_attention_forward(const void *Q,
 // With `P = exp(S - lse)`, `dS = P * (d_output Vᵀ - rowsum(d_output * output))`:
 // `d_v = Pᵀ d_output`, `d_k = scale dSᵀ Q` (each summed over the query heads
 // sharing that KV head), `d_q = scale dS K`. Written, not accumulated;
-// deterministic. Returns -2 as `cudann_attention_forward` (and for NULL `lse`
-// with a non-empty shape); -1 for device pointers (no GPU kernel yet).
+// deterministic. There is no KV capacity here: `K` and `V` hold exactly
+// `kv_len` positions. Returns -2 for NULL pointers (`lse` included) with a
+// non-empty shape, negative or overflowing sizes, `n_kv_heads` not dividing
+// `n_heads`, `is_causal` not 0 or 1, a non-finite `scale`, or overlaps; -1 for
+// device pointers (no GPU kernel yet).
 int32_t cudann_attention_backward(const float *d_output,
                                   const float *Q,
                                   const float *K,
@@ -223,19 +227,23 @@ int32_t cudann_safetensors_open(const char *path, CudannSafetensors **file);
 // handed out are invalid afterwards. Returns -2 for a handle that is not open.
 int32_t cudann_safetensors_close(CudannSafetensors *file);
 
-// `*count` = the number of tensors in the file.
+// `*count` = the number of tensors in the file. Returns -2 for a handle that
+// is not open or a NULL `count`.
 int32_t cudann_safetensors_count(const CudannSafetensors *file, int64_t *count);
 
 // `*name` = the name of tensor `index` (`0 <= index < count`, in the order of
-// the tensors' data in the file), a NUL-terminated string valid until the file
-// is closed.
+// the tensors' data in the file; a file from the writer has them by data type,
+// larger elements first, then by name), a NUL-terminated string valid until
+// the file is closed. Returns -2 for a handle that is not open, an index out
+// of range, or a NULL `name`.
 int32_t cudann_safetensors_name(const CudannSafetensors *file, int64_t index, const char **name);
 
 // A tensor's data type (`CUDANN_F32`, `CUDANN_F16`, `CUDANN_BF16`,
 // `CUDANN_I32`, `CUDANN_I64`, `CUDANN_F64` or `CUDANN_U8`), number of
 // dimensions and shape: `shape[0 .. *ndim]` (at most `max_dims` entries).
-// Returns -2 for an unknown name, a data type outside that list, or a shape of
-// more than `max_dims` dimensions (then nothing is written).
+// Returns -2 for a handle that is not open, an unknown name, a data type
+// outside that list, a negative `max_dims` or a shape of more than `max_dims`
+// dimensions, or NULL out-pointers (then nothing is written).
 int32_t cudann_safetensors_info(const CudannSafetensors *file,
                                 const char *name,
                                 int *dtype,
@@ -256,12 +264,13 @@ int32_t cudann_safetensors_read(const CudannSafetensors *file,
 
 // Starts a new safetensors file: `*writer` is the handle; add tensors with
 // `cudann_safetensors_writer_add`, write them with `_save`, release the
-// handle with `_free`.
+// handle with `_free`. Returns -2 for a NULL or misaligned `writer`.
 int32_t cudann_safetensors_writer_create(CudannSafetensorsWriter **writer);
 
-// Adds tensor `name` of data type `dtype` and shape `shape[0 .. ndim]` (`ndim`
-// may be 0: a scalar), copying its data from `data` (host memory) now, so the
-// buffer may be reused at once. Returns -2 for a name already added, an
+// Adds tensor `name` of data type `dtype` (any of the seven, `CUDANN_F16` and
+// `CUDANN_BF16` included: the bytes are stored as they are) and shape
+// `shape[0 .. ndim]` (`ndim` may be 0: a scalar), copying its data from `data`
+// (host memory) now, so the buffer may be reused at once. Returns -2 for a name already added, an
 // unknown `dtype`, negative dimensions, NULL `data` with a non-empty shape;
 // -1 for device memory (not yet).
 int32_t cudann_safetensors_writer_add(CudannSafetensorsWriter *writer,
@@ -274,8 +283,8 @@ int32_t cudann_safetensors_writer_add(CudannSafetensorsWriter *writer,
 
 // Writes every tensor added so far to `path` as a safetensors file (through a
 // temporary file renamed into place: a failed save never leaves a truncated
-// file under `path`). The writer stays valid. Returns -2 when the file cannot
-// be written.
+// file under `path`), larger data types first, then by name. The writer stays
+// valid. Returns -2 when the file cannot be written.
 int32_t cudann_safetensors_writer_save(const CudannSafetensorsWriter *writer, const char *path);
 
 // Releases a writer and the data it holds (NULL: nothing to do). Returns -2

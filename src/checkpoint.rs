@@ -99,22 +99,17 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes the file next to `path` and renames it into place, so a failed
-    /// save never leaves a truncated checkpoint under the name.
+    /// Writes the file (the crate writes a temporary file beside `path` and
+    /// renames it into place, so a failed save never leaves a truncated
+    /// checkpoint under the name). Tensors are stored by decreasing element
+    /// alignment, then by name: the safetensors layout, not the order of adding.
     pub fn save(&self, path: &Path) -> Result<()> {
         let views = self.tensors.iter().map(|(name, dtype, shape, data)| {
             let view = TensorView::new(*dtype, shape.clone(), data).map_err(|e| Error::Internal(format!("tensor {name}: {e}")))?;
             Ok((name.as_str(), view))
         });
         let views: Vec<(&str, TensorView)> = views.collect::<Result<_>>()?;
-        let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
-        let written = safetensors::tensor::serialize_to_file(views, None, &temporary)
-            .map_err(|e| invalid(format!("cannot write {}: {e}", temporary.display())))
-            .and_then(|()| std::fs::rename(&temporary, path).map_err(|e| invalid(format!("cannot rename {} to {}: {e}", temporary.display(), path.display()))));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&temporary);
-        }
-        written
+        safetensors::tensor::serialize_to_file(views, None, path).map_err(|e| invalid(format!("cannot write {}: {e}", path.display())))
     }
 }
 

@@ -13,6 +13,10 @@ module Cudann
 
   SUCCESS = 0
   INVALID_VALUE = -2
+  # data types of `void*` tensors
+  F32 = 0
+  BF16 = 2
+  I32 = 3
 
   opts = { blocking: true }
   attach_function :cuda_silu, %i[pointer pointer int64 pointer], :int32, opts
@@ -26,6 +30,33 @@ module Cudann
   attach_function :cuda_argmax, %i[pointer pointer int int pointer], :int32, opts
   attach_function :cuda_topk_sample, %i[pointer pointer pointer int int int float pointer], :int32, opts
   attach_function :cuda_topp_sample, %i[pointer pointer pointer int int float float pointer], :int32, opts
+  attach_function :cudann_gemm_ex,
+                  %i[int int int int int float pointer int int64 int64 pointer int int64 int64
+                     float pointer int int64 int64 int pointer], :int32, opts
+  attach_function :cudann_swiglu, %i[pointer pointer pointer int64 int pointer], :int32, opts
+  attach_function :cudann_swiglu_backward, %i[pointer pointer pointer pointer pointer int64 pointer], :int32, opts
+  attach_function :cudann_rmsnorm_backward, %i[pointer pointer pointer pointer pointer int int float pointer], :int32, opts
+  attach_function :cudann_attention_forward,
+                  %i[pointer pointer pointer pointer pointer pointer int int int int int int int int int float int pointer],
+                  :int32, opts
+  attach_function :cudann_attention_backward,
+                  %i[pointer pointer pointer pointer pointer pointer pointer pointer pointer pointer
+                     int int int int int int int int float pointer], :int32, opts
+  attach_function :cudann_embedding, %i[pointer pointer pointer int int int int pointer], :int32, opts
+  attach_function :cudann_embedding_backward, %i[pointer pointer pointer int int int pointer], :int32, opts
+  attach_function :cudann_moe_dispatch, %i[pointer pointer pointer pointer pointer int int int int pointer], :int32, opts
+  attach_function :cudann_moe_combine, %i[pointer pointer pointer pointer int int int pointer], :int32, opts
+  # Safetensors handles are opaque pointers; out-parameters are pointers to them.
+  attach_function :cudann_safetensors_open, %i[string pointer], :int32, opts
+  attach_function :cudann_safetensors_close, %i[pointer], :int32, opts
+  attach_function :cudann_safetensors_count, %i[pointer pointer], :int32, opts
+  attach_function :cudann_safetensors_name, %i[pointer int64 pointer], :int32, opts
+  attach_function :cudann_safetensors_info, %i[pointer string pointer pointer pointer int], :int32, opts
+  attach_function :cudann_safetensors_read, %i[pointer string int pointer int64 pointer], :int32, opts
+  attach_function :cudann_safetensors_writer_create, %i[pointer], :int32, opts
+  attach_function :cudann_safetensors_writer_add, %i[pointer string int int pointer pointer pointer], :int32, opts
+  attach_function :cudann_safetensors_writer_save, %i[pointer string], :int32, opts
+  attach_function :cudann_safetensors_writer_free, %i[pointer], :int32, opts
   attach_function :cudann_last_error, [], :string
   attach_function :cudann_version, [], :string
 
@@ -36,6 +67,10 @@ module Cudann
 
   def self.int32s(values)
     FFI::MemoryPointer.new(:int32, [values.size, 1].max).tap { |p| p.put_array_of_int32(0, values) }
+  end
+
+  def self.int64s(values)
+    FFI::MemoryPointer.new(:int64, [values.size, 1].max).tap { |p| p.put_array_of_int64(0, values) }
   end
 
   def self.uint64s(values)

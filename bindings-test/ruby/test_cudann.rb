@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "minitest/autorun"
+require "tmpdir"
 require_relative "cudann_ffi"
 require_relative "reference"
 
@@ -10,6 +11,18 @@ class CudannTest < Minitest::Test
   def assert_near(got, want, rtol, scale = nil, what = "")
     err = R.mismatch(got, want, rtol, scale)
     assert_nil err, "#{what}: #{err}"
+  end
+
+  def assert_invalid(rc, message)
+    assert_equal Cudann::INVALID_VALUE, rc
+    assert_includes Cudann.cudann_last_error, message
+  end
+
+  # Calls the block with an out-parameter of `type`; asserts success and returns the value.
+  def out_param(type)
+    ptr = FFI::MemoryPointer.new(type)
+    assert_equal 0, yield(ptr)
+    ptr.public_send(:"read_#{type}")
   end
 
   def test_version
@@ -141,6 +154,159 @@ class CudannTest < Minitest::Test
     assert_equal [-7, -7], out.get_array_of_int32(0, 2), "output untouched on error"
     assert_equal 0, Cudann.cuda_silu(Cudann.floats([1]), Cudann.floats([0]), 1, nil)
     assert_equal "", Cudann.cudann_last_error, "a success clears the message"
+  end
+
+  def test_gemm_ex
+    # Two C_i = 0.5 A_i Bᵀ - 2 C_i: A_i 3x5 (row stride 7), one shared B 4x5 (row stride 6),
+    # C_i 3x4 (row stride 6, 18 apart); the padding must stay.
+    m, n, k, batch = 3, 4, 5, 2
+    lda, stride_a, ldb, ldc, stride_c = 7, 22, 6, 6, 18
+    a = R.rand_f32(20, batch * stride_a, 1.0)
+    b = R.rand_f32(21, n * ldb, 1.0)
+    c0 = R.rand_f32(22, batch * stride_c, 1.0)
+    c = Cudann.floats(c0)
+    gemm = lambda do |a_type|
+      Cudann.cudann_gemm_ex(0, 1, m, n, k, 0.5, Cudann.floats(a), a_type, lda, stride_a, Cudann.floats(b), Cudann::F32,
+                            ldb, 0, -2.0, c, Cudann::F32, ldc, stride_c, batch, nil)
+    end
+    assert_invalid gemm.call(Cudann::BF16), "not supported yet"
+    assert_equal c0, c.get_array_of_float(0, c0.size), "C untouched on error"
+    assert_equal 0, gemm.call(Cudann::F32)
+    want, bound = R.gemm_ex(false, true, m, n, k, 0.5, a, lda, stride_a, b, ldb, 0, -2.0, c0, ldc, stride_c, batch)
+    assert_near c.get_array_of_float(0, c0.size), want, 1e-5, bound, "gemm_ex"
+  end
+
+  def test_swiglu_forward_and_backward
+    n = 1000
+    gate = R.rand_f32(23, n, 8.0)
+    up = R.rand_f32(24, n, 2.0)
+    dy = R.rand_f32(25, n, 1.0)
+    out, d_gate, d_up = Array.new(3) { Cudann.floats([0] * n) }
+    assert_equal 0, Cudann.cudann_swiglu(Cudann.floats(gate), Cudann.floats(up), out, n, Cudann::F32, nil)
+    assert_near out.get_array_of_float(0, n), R.swiglu(gate, up), 1e-5, nil, "swiglu"
+    assert_equal 0, Cudann.cudann_swiglu_backward(Cudann.floats(dy), Cudann.floats(gate), Cudann.floats(up),
+                                                  d_gate, d_up, n, nil)
+    R.swiglu_backward(dy, gate, up).zip([d_gate, d_up], %w[d_gate d_up]).each do |want, got, name|
+      # silu' has a root: an absolute floor
+      assert_near got.get_array_of_float(0, n), want, 1e-5, R.abs_plus(want, 1e-2), name
+    end
+  end
+
+  def test_rmsnorm_backward
+    rows, dim = 3, 5
+    eps = R.f32(1e-5)
+    x = R.rand_f32(26, rows * dim, 2.0)
+    w = R.rand_f32(27, dim, 1.0)
+    dy = R.rand_f32(28, rows * dim, 1.0)
+    d_in = Cudann.floats([0] * x.size)
+    d_w = Cudann.floats([0] * dim)
+    assert_equal 0, Cudann.cudann_rmsnorm_backward(Cudann.floats(dy), Cudann.floats(x), Cudann.floats(w),
+                                                   d_in, d_w, rows, dim, eps, nil)
+    [[x, d_in, "d_input"], [w, d_w, "d_weight"]].each do |param, got, name|
+      want = R.num_grad(param) { R.dot(dy, R.rmsnorm(x, w, dim, eps)) }
+      assert_near got.get_array_of_float(0, param.size), want, 1e-4, R.abs_plus(want, 1e-3), name
+    end
+  end
+
+  def test_attention_forward_and_backward
+    # Causal GQA: 4 query heads on 2 KV heads, 4 positions, head_dim 3.
+    seq, heads, kv_heads, dim = 4, 4, 2, 3
+    scale = R.f32(1 / Math.sqrt(3))
+    q = R.rand_f32(29, seq * heads * dim, 2.0)
+    k = R.rand_f32(30, seq * kv_heads * dim, 2.0)
+    v = R.rand_f32(31, seq * kv_heads * dim, 1.0)
+    inputs = [q, k, v].map { |x| Cudann.floats(x) }
+    out = Cudann.floats([0] * q.size)
+    lse = Cudann.floats([0] * (seq * heads))
+    assert_equal 0, Cudann.cudann_attention_forward(*inputs, nil, out, lse, 1, seq, seq, seq, heads, kv_heads, dim,
+                                                    0, 1, scale, Cudann::F32, nil)
+    attention = -> { R.attention(q, k, v, 1, seq, seq, heads, kv_heads, dim, 0, true, scale) }
+    want_out, want_lse = attention.call
+    assert_near out.get_array_of_float(0, q.size), want_out, 1e-5, R.abs_plus(want_out, 1.0), "output"
+    assert_near lse.get_array_of_float(0, seq * heads), want_lse, 1e-5, R.abs_plus(want_lse, 1.0), "lse"
+
+    dy = R.rand_f32(32, q.size, 1.0)
+    grads = [q, k, v].map { |x| Cudann.floats([0] * x.size) }
+    assert_equal 0, Cudann.cudann_attention_backward(Cudann.floats(dy), *inputs, nil, out, lse, *grads,
+                                                     1, seq, seq, heads, kv_heads, dim, 0, 1, scale, nil)
+    [q, k, v].zip(grads, %w[d_q d_k d_v]).each do |param, got, name|
+      want = R.num_grad(param) { R.dot(dy, attention.call[0]) }
+      assert_near got.get_array_of_float(0, param.size), want, 1e-3, R.abs_plus(want, 1e-3), name
+    end
+  end
+
+  def test_embedding_forward_and_backward
+    vocab, dim = 5, 3
+    ids = [3, -1, 0, 3, 1] # -1: padding, a zero row; rows 2 and 4 unused
+    table = R.rand_f32(33, vocab * dim, 1.0)
+    dy = R.rand_f32(34, ids.size * dim, 1.0)
+    out = Cudann.floats([0] * (ids.size * dim))
+    d_table = Cudann.floats(R.rand_f32(35, vocab * dim, 1.0)) # written, not accumulated
+    assert_equal 0, Cudann.cudann_embedding(Cudann.int32s(ids), Cudann.floats(table), out, ids.size, vocab, dim,
+                                            Cudann::F32, nil)
+    assert_equal R.embedding(ids, table, dim), out.get_array_of_float(0, ids.size * dim)
+    assert_equal 0, Cudann.cudann_embedding_backward(Cudann.int32s(ids), Cudann.floats(dy), d_table, ids.size,
+                                                     vocab, dim, nil)
+    assert_near d_table.get_array_of_float(0, vocab * dim), R.embedding_backward(ids, dy, vocab, dim), 1e-6, nil,
+                "d_table"
+  end
+
+  def test_moe_dispatch_and_combine
+    tokens, dim, experts, k = 4, 3, 4, 2
+    indices = [2, 0, 0, 2, 3, 0, 2, 3] # expert 1 unused
+    input = R.rand_f32(36, tokens * dim, 1.0)
+    out = Cudann.floats([0] * (tokens * k * dim))
+    order = Cudann.int32s([0] * (tokens * k))
+    offsets = Cudann.int32s([0] * (experts + 1))
+    assert_equal 0, Cudann.cudann_moe_dispatch(Cudann.floats(input), Cudann.int32s(indices), out, order, offsets,
+                                               tokens, dim, experts, k, nil)
+    want_out, want_order, want_offsets = R.moe_dispatch(input, indices, dim, experts, k)
+    assert_equal want_order, order.get_array_of_int32(0, tokens * k), "order"
+    assert_equal want_offsets, offsets.get_array_of_int32(0, experts + 1), "offsets"
+    assert_equal want_out, out.get_array_of_float(0, tokens * k * dim), "dispatched rows"
+
+    expert_out = R.rand_f32(37, tokens * k * dim, 1.0)
+    w = R.rand_f32(38, tokens * k, 1.0)
+    combined = Cudann.floats([0] * (tokens * dim))
+    assert_equal 0, Cudann.cudann_moe_combine(Cudann.floats(expert_out), Cudann.floats(w), order, combined,
+                                              tokens, dim, k, nil)
+    want = R.moe_combine(expert_out, w, want_order, dim, k)
+    assert_near combined.get_array_of_float(0, tokens * dim), want, 1e-6, R.abs_plus(want, 1e-6), "combine"
+  end
+
+  def test_safetensors_round_trip
+    tensors = { "weight" => [Cudann::F32, [2, 3], Cudann.floats(R.rand_f32(39, 6, 1.0))],
+                "steps" => [Cudann::I32, [3], Cudann.int32s([7, -1, 1 << 30])] }
+    Dir.mktmpdir do |dir|
+      path = File.join(dir, "ckpt.safetensors")
+      writer = out_param(:pointer) { |p| Cudann.cudann_safetensors_writer_create(p) }
+      tensors.each do |name, (dtype, shape, data)|
+        assert_equal 0, Cudann.cudann_safetensors_writer_add(writer, name, dtype, shape.size, Cudann.int64s(shape),
+                                                             data, nil)
+      end
+      assert_equal 0, Cudann.cudann_safetensors_writer_save(writer, path)
+      assert_equal 0, Cudann.cudann_safetensors_writer_free(writer)
+
+      file = out_param(:pointer) { |p| Cudann.cudann_safetensors_open(path, p) }
+      count = out_param(:int64) { |p| Cudann.cudann_safetensors_count(file, p) }
+      names = Array.new(count) { |i| out_param(:pointer) { |p| Cudann.cudann_safetensors_name(file, i, p) }.read_string }
+      assert_equal tensors.keys.sort, names.sort
+      tensors.each do |name, (dtype, shape, data)|
+        type, ndim = Array.new(2) { FFI::MemoryPointer.new(:int) }
+        dims = FFI::MemoryPointer.new(:int64, 8)
+        assert_equal 0, Cudann.cudann_safetensors_info(file, name, type, ndim, dims, 8)
+        assert_equal [dtype, shape], [type.read_int, dims.get_array_of_int64(0, ndim.read_int)], name
+        back = FFI::MemoryPointer.new(data.size)
+        assert_equal 0, Cudann.cudann_safetensors_read(file, name, dtype, back, shape.inject(:*), nil)
+        assert_equal data.get_bytes(0, data.size), back.get_bytes(0, data.size), name
+      end
+      assert_equal 0, Cudann.cudann_safetensors_close(file)
+
+      truncated = File.join(dir, "truncated.safetensors")
+      File.binwrite(truncated, File.binread(path)[0...-1])
+      assert_invalid Cudann.cudann_safetensors_open(truncated, FFI::MemoryPointer.new(:pointer)),
+                     "not a valid safetensors file"
+    end
   end
 
   def test_threads_match_serial

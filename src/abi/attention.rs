@@ -209,8 +209,9 @@ fn general(batch: c_int, q_len: c_int, kv_len: c_int, kv_capacity: c_int, n_head
 /// `pos0 = kv_len - 1`). `mask` is NULL or an additive `[q_len, kv_len]` float
 /// mask (0 / -inf) shared by every batch entry and head.
 /// `output = softmax(scale * Q Kᵀ + mask) V`; `lse` (NULL: not written), of
-/// shape `[batch, q_len, n_heads]`, receives each row's `ln Σ_j exp(score_j)`
-/// for `cudann_attention_backward`. A row whose keys are all masked gets zeros
+/// shape `[batch, q_len, n_heads]`, receives each row's `ln Σ_j exp(score_j)`,
+/// `score = scale * q·k_j + mask` (-inf for keys causality hides), for
+/// `cudann_attention_backward`. A row whose keys are all masked gets zeros
 /// and lse = -inf. Memory O(kv_len) per row: the scores are never held whole.
 /// Tensors are of data type `dtype` (`CUDANN_F32`; the half types are -2 until
 /// half precision lands); `mask` and `lse` are float. Returns -2 for NULL
@@ -270,8 +271,11 @@ pub unsafe extern "C" fn cudann_attention_forward(
 /// With `P = exp(S - lse)`, `dS = P * (d_output Vᵀ - rowsum(d_output * output))`:
 /// `d_v = Pᵀ d_output`, `d_k = scale dSᵀ Q` (each summed over the query heads
 /// sharing that KV head), `d_q = scale dS K`. Written, not accumulated;
-/// deterministic. Returns -2 as `cudann_attention_forward` (and for NULL `lse`
-/// with a non-empty shape); -1 for device pointers (no GPU kernel yet).
+/// deterministic. There is no KV capacity here: `K` and `V` hold exactly
+/// `kv_len` positions. Returns -2 for NULL pointers (`lse` included) with a
+/// non-empty shape, negative or overflowing sizes, `n_kv_heads` not dividing
+/// `n_heads`, `is_causal` not 0 or 1, a non-finite `scale`, or overlaps; -1 for
+/// device pointers (no GPU kernel yet).
 #[unsafe(no_mangle)]
 #[allow(non_snake_case)]
 pub unsafe extern "C" fn cudann_attention_backward(

@@ -31,11 +31,16 @@ unsafe fn text<'a>(name: &str, ptr: *const c_char) -> Result<&'a str> {
     unsafe { CStr::from_ptr(ptr) }.to_str().map_err(|_| invalid(format!("{name} is not valid UTF-8")))
 }
 
-/// Stores `value` through an out-pointer checked non-NULL.
-unsafe fn put<T>(name: &str, ptr: *mut T, value: T) -> Result<()> {
+/// An out-pointer: non-NULL and aligned (checked before anything is done).
+fn out<T>(name: &str, ptr: *mut T) -> Result<*mut T> {
     require(!ptr.is_null(), || format!("{name} is NULL"))?;
     require(ptr.is_aligned(), || format!("{name} is not aligned to {} bytes", size_of::<T>()))?;
-    unsafe { ptr.write(value) };
+    Ok(ptr)
+}
+
+/// Stores `value` through a checked out-pointer.
+unsafe fn put<T>(name: &str, ptr: *mut T, value: T) -> Result<()> {
+    unsafe { out(name, ptr)?.write(value) };
     Ok(())
 }
 
@@ -53,9 +58,10 @@ fn file(handle: *const CudannSafetensors) -> Result<std::sync::Arc<Checkpoint>> 
 pub unsafe extern "C" fn cudann_safetensors_open(path: *const c_char, file: *mut *mut CudannSafetensors) -> i32 {
     ffi_fn!("cudann_safetensors_open", {
         let path = unsafe { text("path", path)? };
-        require(!file.is_null(), || "file is NULL".to_string())?;
+        let file = out("file", file)?;
         let id = FILES.insert(Checkpoint::open(Path::new(path))?);
-        unsafe { put("file", file, id as *mut CudannSafetensors) }
+        unsafe { file.write(id as *mut CudannSafetensors) };
+        Ok(())
     })
 }
 
@@ -71,7 +77,8 @@ pub unsafe extern "C" fn cudann_safetensors_close(file: *mut CudannSafetensors) 
     })
 }
 
-/// `*count` = the number of tensors in the file.
+/// `*count` = the number of tensors in the file. Returns -2 for a handle that
+/// is not open or a NULL `count`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_safetensors_count(file: *const CudannSafetensors, count: *mut i64) -> i32 {
     ffi_fn!("cudann_safetensors_count", {
@@ -81,8 +88,10 @@ pub unsafe extern "C" fn cudann_safetensors_count(file: *const CudannSafetensors
 }
 
 /// `*name` = the name of tensor `index` (`0 <= index < count`, in the order of
-/// the tensors' data in the file), a NUL-terminated string valid until the file
-/// is closed.
+/// the tensors' data in the file; a file from the writer has them by data type,
+/// larger elements first, then by name), a NUL-terminated string valid until
+/// the file is closed. Returns -2 for a handle that is not open, an index out
+/// of range, or a NULL `name`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_safetensors_name(file: *const CudannSafetensors, index: i64, name: *mut *const c_char) -> i32 {
     ffi_fn!("cudann_safetensors_name", {
@@ -97,8 +106,9 @@ pub unsafe extern "C" fn cudann_safetensors_name(file: *const CudannSafetensors,
 /// A tensor's data type (`CUDANN_F32`, `CUDANN_F16`, `CUDANN_BF16`,
 /// `CUDANN_I32`, `CUDANN_I64`, `CUDANN_F64` or `CUDANN_U8`), number of
 /// dimensions and shape: `shape[0 .. *ndim]` (at most `max_dims` entries).
-/// Returns -2 for an unknown name, a data type outside that list, or a shape of
-/// more than `max_dims` dimensions (then nothing is written).
+/// Returns -2 for a handle that is not open, an unknown name, a data type
+/// outside that list, a negative `max_dims` or a shape of more than `max_dims`
+/// dimensions, or NULL out-pointers (then nothing is written).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_safetensors_info(
     file: *const CudannSafetensors,
@@ -153,19 +163,21 @@ fn writer(handle: *const CudannSafetensorsWriter) -> Result<std::sync::Arc<Mutex
 
 /// Starts a new safetensors file: `*writer` is the handle; add tensors with
 /// `cudann_safetensors_writer_add`, write them with `_save`, release the
-/// handle with `_free`.
+/// handle with `_free`. Returns -2 for a NULL or misaligned `writer`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_safetensors_writer_create(writer: *mut *mut CudannSafetensorsWriter) -> i32 {
     ffi_fn!("cudann_safetensors_writer_create", {
-        require(!writer.is_null(), || "writer is NULL".to_string())?;
+        let writer = out("writer", writer)?;
         let id = WRITERS.insert(Mutex::new(Writer::default()));
-        unsafe { put("writer", writer, id as *mut CudannSafetensorsWriter) }
+        unsafe { writer.write(id as *mut CudannSafetensorsWriter) };
+        Ok(())
     })
 }
 
-/// Adds tensor `name` of data type `dtype` and shape `shape[0 .. ndim]` (`ndim`
-/// may be 0: a scalar), copying its data from `data` (host memory) now, so the
-/// buffer may be reused at once. Returns -2 for a name already added, an
+/// Adds tensor `name` of data type `dtype` (any of the seven, `CUDANN_F16` and
+/// `CUDANN_BF16` included: the bytes are stored as they are) and shape
+/// `shape[0 .. ndim]` (`ndim` may be 0: a scalar), copying its data from `data`
+/// (host memory) now, so the buffer may be reused at once. Returns -2 for a name already added, an
 /// unknown `dtype`, negative dimensions, NULL `data` with a non-empty shape;
 /// -1 for device memory (not yet).
 #[unsafe(no_mangle)]
@@ -202,8 +214,8 @@ pub unsafe extern "C" fn cudann_safetensors_writer_add(
 
 /// Writes every tensor added so far to `path` as a safetensors file (through a
 /// temporary file renamed into place: a failed save never leaves a truncated
-/// file under `path`). The writer stays valid. Returns -2 when the file cannot
-/// be written.
+/// file under `path`), larger data types first, then by name. The writer stays
+/// valid. Returns -2 when the file cannot be written.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_safetensors_writer_save(writer: *const CudannSafetensorsWriter, path: *const c_char) -> i32 {
     ffi_fn!("cudann_safetensors_writer_save", {

@@ -5,6 +5,7 @@ package cudann
 /*
 #cgo CFLAGS: -I${SRCDIR}/../../../include
 #cgo LDFLAGS: -L${SRCDIR}/../../../target/release -lcudann -Wl,-rpath,${SRCDIR}/../../../target/release
+#include <stdlib.h>
 #include "cudann.h"
 */
 import "C"
@@ -25,6 +26,13 @@ func (e *Error) Error() string { return fmt.Sprintf("cudann error %d: %s", e.Cod
 
 // InvalidValue is CUDANN_INVALID_VALUE.
 const InvalidValue = int(C.CUDANN_INVALID_VALUE)
+
+// Data types of `void*` tensors (CUDANN_F32, ...).
+const (
+	F32  = int(C.CUDANN_F32)
+	BF16 = int(C.CUDANN_BF16)
+	I32  = int(C.CUDANN_I32)
+)
 
 // call runs one entry point and, on failure, reads cudann_last_error. The
 // message is thread-local and a goroutine may change OS threads between two
@@ -53,6 +61,8 @@ func ip(x []int32) *C.int32_t {
 	return (*C.int32_t)(unsafe.Pointer(&x[0]))
 }
 
+func vp(x []float32) unsafe.Pointer { return unsafe.Pointer(fp(x)) }
+
 func cip(x []int32) *C.int { return (*C.int)(unsafe.Pointer(ip(x))) }
 
 func up(x []uint64) *C.uint64_t {
@@ -60,6 +70,32 @@ func up(x []uint64) *C.uint64_t {
 		return nil
 	}
 	return (*C.uint64_t)(unsafe.Pointer(&x[0]))
+}
+
+func i64p(x []int64) *C.int64_t {
+	if len(x) == 0 {
+		return nil
+	}
+	return (*C.int64_t)(unsafe.Pointer(&x[0]))
+}
+
+// buf is a slice's data pointer, data type and length, for the `void*` tensors
+// of the safetensors calls.
+func buf(data any) (unsafe.Pointer, C.int, C.int64_t) {
+	switch x := data.(type) {
+	case []float32:
+		return vp(x), C.CUDANN_F32, C.int64_t(len(x))
+	case []int32:
+		return unsafe.Pointer(ip(x)), C.CUDANN_I32, C.int64_t(len(x))
+	}
+	panic(fmt.Sprintf("cudann: no data type for %T", data))
+}
+
+// callStr is call with s passed as a C string.
+func callStr(s string, f func(*C.char) C.int32_t) error {
+	cs := C.CString(s)
+	defer C.free(unsafe.Pointer(cs))
+	return call(func() C.int32_t { return f(cs) })
 }
 
 // Version is cudann_version().
@@ -118,4 +154,145 @@ func TopPSample(logits []float32, out []int32, seeds []uint64, rows, vocab int, 
 	return call(func() C.int32_t {
 		return C.cuda_topp_sample(fp(logits), ip(out), up(seeds), C.int(rows), C.int(vocab), C.float(topP), C.float(temperature), nil)
 	})
+}
+
+// GemmEx is cudann_gemm_ex on float32 buffers; the types are what the library is told they hold.
+func GemmEx(transA, transB, m, n, k int, alpha float32, a []float32, aType int, lda, strideA int64,
+	b []float32, bType int, ldb, strideB int64, beta float32, c []float32, cType int, ldc, strideC int64, batch int) error {
+	return call(func() C.int32_t {
+		return C.cudann_gemm_ex(C.int(transA), C.int(transB), C.int(m), C.int(n), C.int(k), C.float(alpha),
+			vp(a), C.int(aType), C.int64_t(lda), C.int64_t(strideA), vp(b), C.int(bType), C.int64_t(ldb), C.int64_t(strideB),
+			C.float(beta), vp(c), C.int(cType), C.int64_t(ldc), C.int64_t(strideC), C.int(batch), nil)
+	})
+}
+
+// Swiglu, AttentionForward and Embedding pass CUDANN_F32: their slices are float32.
+func Swiglu(gate, u, out []float32, n int64) error {
+	return call(func() C.int32_t { return C.cudann_swiglu(vp(gate), vp(u), vp(out), C.int64_t(n), C.CUDANN_F32, nil) })
+}
+
+func SwigluBackward(dOut, gate, u, dGate, dUp []float32, n int64) error {
+	return call(func() C.int32_t {
+		return C.cudann_swiglu_backward(fp(dOut), fp(gate), fp(u), fp(dGate), fp(dUp), C.int64_t(n), nil)
+	})
+}
+
+func RMSNormBackward(dOut, in, weight, dIn, dWeight []float32, rows, dim int, eps float32) error {
+	return call(func() C.int32_t {
+		return C.cudann_rmsnorm_backward(fp(dOut), fp(in), fp(weight), fp(dIn), fp(dWeight), C.int(rows), C.int(dim),
+			C.float(eps), nil)
+	})
+}
+
+func AttentionForward(q, k, v, mask, out, lse []float32,
+	batch, qLen, kvLen, kvCapacity, heads, kvHeads, headDim, pos0, causal int, scale float32) error {
+	return call(func() C.int32_t {
+		return C.cudann_attention_forward(vp(q), vp(k), vp(v), fp(mask), vp(out), fp(lse), C.int(batch), C.int(qLen),
+			C.int(kvLen), C.int(kvCapacity), C.int(heads), C.int(kvHeads), C.int(headDim), C.int(pos0), C.int(causal),
+			C.float(scale), C.CUDANN_F32, nil)
+	})
+}
+
+func AttentionBackward(dOut, q, k, v, mask, out, lse, dq, dk, dv []float32,
+	batch, qLen, kvLen, heads, kvHeads, headDim, pos0, causal int, scale float32) error {
+	return call(func() C.int32_t {
+		return C.cudann_attention_backward(fp(dOut), fp(q), fp(k), fp(v), fp(mask), fp(out), fp(lse), fp(dq), fp(dk), fp(dv),
+			C.int(batch), C.int(qLen), C.int(kvLen), C.int(heads), C.int(kvHeads), C.int(headDim), C.int(pos0), C.int(causal),
+			C.float(scale), nil)
+	})
+}
+
+func Embedding(ids []int32, table, out []float32, nIDs, vocab, dim int) error {
+	return call(func() C.int32_t {
+		return C.cudann_embedding(ip(ids), vp(table), vp(out), C.int(nIDs), C.int(vocab), C.int(dim), C.CUDANN_F32, nil)
+	})
+}
+
+func EmbeddingBackward(ids []int32, dOut, dTable []float32, nIDs, vocab, dim int) error {
+	return call(func() C.int32_t {
+		return C.cudann_embedding_backward(ip(ids), fp(dOut), fp(dTable), C.int(nIDs), C.int(vocab), C.int(dim), nil)
+	})
+}
+
+func MoeDispatch(in []float32, indices []int32, out []float32, order, offsets []int32, tokens, dim, experts, k int) error {
+	return call(func() C.int32_t {
+		return C.cudann_moe_dispatch(fp(in), ip(indices), fp(out), ip(order), ip(offsets), C.int(tokens), C.int(dim),
+			C.int(experts), C.int(k), nil)
+	})
+}
+
+func MoeCombine(expertOut, weights []float32, order []int32, out []float32, tokens, dim, k int) error {
+	return call(func() C.int32_t {
+		return C.cudann_moe_combine(fp(expertOut), fp(weights), ip(order), fp(out), C.int(tokens), C.int(dim), C.int(k), nil)
+	})
+}
+
+// Safetensors is a file open for reading (cudann_safetensors_open).
+type Safetensors struct{ h *C.CudannSafetensors }
+
+func OpenSafetensors(path string) (*Safetensors, error) {
+	var h *C.CudannSafetensors
+	if err := callStr(path, func(p *C.char) C.int32_t { return C.cudann_safetensors_open(p, &h) }); err != nil {
+		return nil, err
+	}
+	return &Safetensors{h}, nil
+}
+
+func (f *Safetensors) Close() error {
+	return call(func() C.int32_t { return C.cudann_safetensors_close(f.h) })
+}
+
+func (f *Safetensors) Count() (int64, error) {
+	var n C.int64_t
+	err := call(func() C.int32_t { return C.cudann_safetensors_count(f.h, &n) })
+	return int64(n), err
+}
+
+func (f *Safetensors) Name(index int64) (string, error) {
+	var name *C.char
+	err := call(func() C.int32_t { return C.cudann_safetensors_name(f.h, C.int64_t(index), &name) })
+	return C.GoString(name), err
+}
+
+// Info is a tensor's data type and shape (of at most 8 dimensions).
+func (f *Safetensors) Info(name string) (dtype int, shape []int64, err error) {
+	var dt, ndim C.int
+	shape = make([]int64, 8)
+	err = callStr(name, func(s *C.char) C.int32_t {
+		return C.cudann_safetensors_info(f.h, s, &dt, &ndim, i64p(shape), C.int(len(shape)))
+	})
+	return int(dt), shape[:ndim], err
+}
+
+// Read fills data ([]float32 or []int32, of the stored type and length) with tensor name.
+func (f *Safetensors) Read(name string, data any) error {
+	p, dtype, n := buf(data)
+	return callStr(name, func(s *C.char) C.int32_t { return C.cudann_safetensors_read(f.h, s, dtype, p, n, nil) })
+}
+
+// SafetensorsWriter assembles a file (cudann_safetensors_writer_create).
+type SafetensorsWriter struct{ h *C.CudannSafetensorsWriter }
+
+func NewSafetensorsWriter() (*SafetensorsWriter, error) {
+	var h *C.CudannSafetensorsWriter
+	if err := call(func() C.int32_t { return C.cudann_safetensors_writer_create(&h) }); err != nil {
+		return nil, err
+	}
+	return &SafetensorsWriter{h}, nil
+}
+
+// Add copies data ([]float32 or []int32) in as tensor name of the given shape.
+func (w *SafetensorsWriter) Add(name string, shape []int64, data any) error {
+	p, dtype, _ := buf(data)
+	return callStr(name, func(s *C.char) C.int32_t {
+		return C.cudann_safetensors_writer_add(w.h, s, dtype, C.int(len(shape)), i64p(shape), p, nil)
+	})
+}
+
+func (w *SafetensorsWriter) Save(path string) error {
+	return callStr(path, func(p *C.char) C.int32_t { return C.cudann_safetensors_writer_save(w.h, p) })
+}
+
+func (w *SafetensorsWriter) Free() error {
+	return call(func() C.int32_t { return C.cudann_safetensors_writer_free(w.h) })
 }

@@ -4,7 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"reflect"
+	"sort"
+	"strings"
 	"sync"
 	"testing"
 
@@ -22,6 +26,15 @@ func near(t *testing.T, what string, got []float32, want, scale []float64, rtol 
 	t.Helper()
 	if err := ref.Close(got, want, scale, rtol); err != nil {
 		t.Errorf("%s: %v", what, err)
+	}
+}
+
+// invalid checks that err is CUDANN_INVALID_VALUE with a message containing msg.
+func invalid(t *testing.T, err error, msg string) {
+	t.Helper()
+	var e *Error
+	if !errors.As(err, &e) || e.Code != InvalidValue || !strings.Contains(e.Msg, msg) {
+		t.Errorf("got %v, want CUDANN_INVALID_VALUE mentioning %q", err, msg)
 	}
 }
 
@@ -213,6 +226,166 @@ func TestErrorPath(t *testing.T) {
 	if out[0] != -7 || out[1] != -7 {
 		t.Errorf("output written on error: %v", out)
 	}
+}
+
+func TestGemmEx(t *testing.T) {
+	// Two C_i = 0.5 A_i B^T - 2 C_i: A_i 3x5 (row stride 7), one shared B 4x5
+	// (row stride 6), C_i 3x4 (row stride 6, 18 apart); the padding must stay.
+	m, n, k, batch := 3, 4, 5, 2
+	lda, strideA, ldb, ldc, strideC := 7, 22, 6, 6, 18
+	a, b, c := ref.Rand(20, batch*strideA, 1), ref.Rand(21, n*ldb, 1), ref.Rand(22, batch*strideC, 1)
+	before := append([]float32(nil), c...)
+	want, bound := ref.GemmEx(false, true, m, n, k, 0.5, a, lda, strideA, b, ldb, 0, -2, c, ldc, strideC, batch)
+	gemm := func(aType int) error {
+		return GemmEx(0, 1, m, n, k, 0.5, a, aType, int64(lda), int64(strideA), b, F32, int64(ldb), 0,
+			-2, c, F32, int64(ldc), int64(strideC), batch)
+	}
+	invalid(t, gemm(BF16), "not supported yet")
+	if !reflect.DeepEqual(c, before) {
+		t.Error("C written by a BF16 call")
+	}
+	must(t, gemm(F32))
+	near(t, "gemm_ex", c, want, bound, 1e-5)
+}
+
+func TestSwiglu(t *testing.T) {
+	n := 1000
+	gate, u, dy := ref.Rand(23, n, 8), ref.Rand(24, n, 2), ref.Rand(25, n, 1)
+	out, dGate, dUp := make([]float32, n), make([]float32, n), make([]float32, n)
+	must(t, Swiglu(gate, u, out, int64(n)))
+	near(t, "swiglu", out, ref.Swiglu(gate, u), nil, 1e-5)
+	must(t, SwigluBackward(dy, gate, u, dGate, dUp, int64(n)))
+	wantGate, wantUp := ref.SwigluBackward(dy, gate, u)
+	near(t, "d_gate", dGate, wantGate, ref.AbsPlus(wantGate, 1e-2), 1e-5) // silu' has a root: an absolute floor
+	near(t, "d_up", dUp, wantUp, ref.AbsPlus(wantUp, 1e-2), 1e-5)
+}
+
+func TestRMSNormBackward(t *testing.T) {
+	rows, dim, eps := 3, 5, float32(1e-5)
+	x, w, dy := ref.Rand(26, rows*dim, 2), ref.Rand(27, dim, 1), ref.Rand(28, rows*dim, 1)
+	dIn, dW := make([]float32, rows*dim), make([]float32, dim)
+	must(t, RMSNormBackward(dy, x, w, dIn, dW, rows, dim, eps))
+	x64, w64 := ref.F64(x), ref.F64(w)
+	loss := func() float64 { return ref.Dot(dy, ref.RMSNorm(x64, w64, rows, dim, float64(eps))) }
+	wantIn, wantW := ref.NumGrad(loss, x64, 1e-6), ref.NumGrad(loss, w64, 1e-6)
+	near(t, "d_input", dIn, wantIn, ref.AbsPlus(wantIn, 1e-3), 1e-4)
+	near(t, "d_weight", dW, wantW, ref.AbsPlus(wantW, 1e-3), 1e-4)
+}
+
+func TestAttention(t *testing.T) {
+	// Causal GQA: 4 query heads on 2 KV heads, 4 positions, head_dim 3.
+	seq, heads, kvHeads, dim := 4, 4, 2, 3
+	scale := float32(1 / math.Sqrt(3))
+	q, k, v := ref.Rand(29, seq*heads*dim, 2), ref.Rand(30, seq*kvHeads*dim, 2), ref.Rand(31, seq*kvHeads*dim, 1)
+	out, lse := make([]float32, len(q)), make([]float32, seq*heads)
+	must(t, AttentionForward(q, k, v, nil, out, lse, 1, seq, seq, seq, heads, kvHeads, dim, 0, 1, scale))
+	q64, k64, v64 := ref.F64(q), ref.F64(k), ref.F64(v)
+	attention := func() ([]float64, []float64) {
+		return ref.Attention(q64, k64, v64, 1, seq, seq, heads, kvHeads, dim, 0, true, float64(scale))
+	}
+	wantOut, wantLSE := attention()
+	near(t, "output", out, wantOut, ref.AbsPlus(wantOut, 1), 1e-5)
+	near(t, "lse", lse, wantLSE, ref.AbsPlus(wantLSE, 1), 1e-5)
+
+	dy := ref.Rand(32, len(q), 1)
+	dq, dk, dv := make([]float32, len(q)), make([]float32, len(k)), make([]float32, len(v))
+	must(t, AttentionBackward(dy, q, k, v, nil, out, lse, dq, dk, dv, 1, seq, seq, heads, kvHeads, dim, 0, 1, scale))
+	loss := func() float64 {
+		o, _ := attention()
+		return ref.Dot(dy, o)
+	}
+	for _, g := range []struct {
+		name string
+		got  []float32
+		x    []float64
+	}{{"d_q", dq, q64}, {"d_k", dk, k64}, {"d_v", dv, v64}} {
+		want := ref.NumGrad(loss, g.x, 1e-6)
+		near(t, g.name, g.got, want, ref.AbsPlus(want, 1e-3), 1e-3)
+	}
+}
+
+func TestEmbedding(t *testing.T) {
+	vocab, dim := 5, 3
+	ids := []int32{3, -1, 0, 3, 1} // -1: padding, a zero row; rows 2 and 4 unused
+	table, dy := ref.Rand(33, vocab*dim, 1), ref.Rand(34, len(ids)*dim, 1)
+	out, dTable := make([]float32, len(ids)*dim), ref.Rand(35, vocab*dim, 1) // written, not accumulated
+	must(t, Embedding(ids, table, out, len(ids), vocab, dim))
+	near(t, "embedding", out, ref.Embedding(ids, table, dim), nil, 0)
+	must(t, EmbeddingBackward(ids, dy, dTable, len(ids), vocab, dim))
+	near(t, "d_table", dTable, ref.EmbeddingBackward(ids, dy, vocab, dim), nil, 1e-6)
+}
+
+func TestMoeDispatchCombine(t *testing.T) {
+	tokens, dim, experts, k := 4, 3, 4, 2
+	indices := []int32{2, 0, 0, 2, 3, 0, 2, 3} // expert 1 unused
+	in := ref.Rand(36, tokens*dim, 1)
+	out, order, offsets := make([]float32, tokens*k*dim), make([]int32, tokens*k), make([]int32, experts+1)
+	must(t, MoeDispatch(in, indices, out, order, offsets, tokens, dim, experts, k))
+	wantOut, wantOrder, wantOffsets := ref.MoeDispatch(in, indices, dim, experts, k)
+	if !reflect.DeepEqual(order, wantOrder) || !reflect.DeepEqual(offsets, wantOffsets) {
+		t.Fatalf("order %v offsets %v, want %v %v", order, offsets, wantOrder, wantOffsets)
+	}
+	near(t, "dispatched rows", out, wantOut, nil, 0)
+
+	expertOut, w := ref.Rand(37, tokens*k*dim, 1), ref.Rand(38, tokens*k, 1)
+	combined := make([]float32, tokens*dim)
+	must(t, MoeCombine(expertOut, w, order, combined, tokens, dim, k))
+	want := ref.MoeCombine(expertOut, w, order, dim, k)
+	near(t, "combine", combined, want, ref.AbsPlus(want, 1e-6), 1e-6)
+}
+
+func TestSafetensors(t *testing.T) {
+	tensors := []struct {
+		name  string
+		dtype int
+		shape []int64
+		data  any
+	}{{"weight", F32, []int64{2, 3}, ref.Rand(39, 6, 1)}, {"steps", I32, []int64{3}, []int32{7, -1, 1 << 30}}}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ckpt.safetensors")
+	w, err := NewSafetensorsWriter()
+	must(t, err)
+	for _, x := range tensors {
+		must(t, w.Add(x.name, x.shape, x.data))
+	}
+	must(t, w.Save(path))
+	must(t, w.Free())
+
+	f, err := OpenSafetensors(path)
+	must(t, err)
+	n, err := f.Count()
+	must(t, err)
+	var names []string
+	for i := int64(0); i < n; i++ {
+		name, err := f.Name(i)
+		must(t, err)
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	if !reflect.DeepEqual(names, []string{"steps", "weight"}) {
+		t.Errorf("names %q", names)
+	}
+	for _, x := range tensors {
+		dtype, shape, err := f.Info(x.name)
+		must(t, err)
+		if dtype != x.dtype || !reflect.DeepEqual(shape, x.shape) {
+			t.Errorf("%s: type %d shape %v, want %d %v", x.name, dtype, shape, x.dtype, x.shape)
+		}
+		size := reflect.ValueOf(x.data).Len()
+		got := reflect.MakeSlice(reflect.TypeOf(x.data), size, size).Interface()
+		must(t, f.Read(x.name, got))
+		if !reflect.DeepEqual(got, x.data) {
+			t.Errorf("%s: read %v, want %v", x.name, got, x.data)
+		}
+	}
+	must(t, f.Close())
+
+	data, err := os.ReadFile(path)
+	must(t, err)
+	truncated := filepath.Join(dir, "truncated.safetensors")
+	must(t, os.WriteFile(truncated, data[:len(data)-1], 0o600))
+	_, err = OpenSafetensors(truncated)
+	invalid(t, err, "not a valid safetensors file")
 }
 
 // job is one independent call; it returns its outputs.

@@ -9,6 +9,10 @@ import (
 	"sort"
 )
 
+// Float is an input precision: the library's float32 values, or float64 ones
+// that finite differences perturb.
+type Float interface{ ~float32 | ~float64 }
+
 // Rand returns n deterministic values in [-amp, amp).
 func Rand(seed int64, n int, amp float64) []float32 {
 	r := rand.New(rand.NewSource(seed))
@@ -72,7 +76,7 @@ func Softmax(x []float32, rows, cols int) []float64 {
 	return y
 }
 
-func RMSNorm(x, w []float32, rows, dim int, eps float64) []float64 {
+func RMSNorm[T Float](x, w []T, rows, dim int, eps float64) []float64 {
 	y := make([]float64, len(x))
 	for r := 0; r < rows; r++ {
 		ss := 0.0
@@ -102,6 +106,148 @@ func Gemm(a, b, c0 []float32, m, n, k int, alpha, beta float64) (c, bound []floa
 		}
 	}
 	return c, bound
+}
+
+// GemmEx is cudann_gemm_ex's result over the whole of C (entries outside the
+// C_i keep c0's values, with a zero error scale) and the error scale, as Gemm.
+func GemmEx(transA, transB bool, m, n, k int, alpha float64, a []float32, lda, strideA int,
+	b []float32, ldb, strideB int, beta float64, c0 []float32, ldc, strideC, batch int) (c, bound []float64) {
+	at := func(x []float32, ld int, trans bool, r, col int) float64 {
+		if trans {
+			r, col = col, r
+		}
+		return float64(x[r*ld+col])
+	}
+	c, bound = F64(c0), make([]float64, len(c0))
+	for bi := 0; bi < batch; bi++ {
+		for i := 0; i < m; i++ {
+			for j := 0; j < n; j++ {
+				s, sa := 0.0, 0.0
+				for p := 0; p < k; p++ {
+					t := at(a[bi*strideA:], lda, transA, i, p) * at(b[bi*strideB:], ldb, transB, p, j)
+					s, sa = s+t, sa+math.Abs(t)
+				}
+				o := bi*strideC + i*ldc + j
+				c[o], bound[o] = alpha*s+beta*c[o], math.Abs(alpha)*sa+math.Abs(beta*c[o])
+			}
+		}
+	}
+	return c, bound
+}
+
+// Swiglu is silu(gate) * up.
+func Swiglu(gate, up []float32) []float64 {
+	y := Silu(gate)
+	for i := range y {
+		y[i] *= float64(up[i])
+	}
+	return y
+}
+
+// SwigluBackward is (dy up silu'(gate), dy silu(gate)), silu'(x) = s (1 + x (1 - s)).
+func SwigluBackward(dy, gate, up []float32) (dGate, dUp []float64) {
+	dGate, dUp = make([]float64, len(dy)), make([]float64, len(dy))
+	for i, x := range F64(gate) {
+		s := 1 / (1 + math.Exp(-x))
+		dGate[i] = float64(dy[i]) * float64(up[i]) * s * (1 + x*(1-s))
+		dUp[i] = float64(dy[i]) * x * s
+	}
+	return dGate, dUp
+}
+
+// Attention is softmax(scale Q Kᵀ, causal from position pos0) V and each row's
+// log-sum-exp of the scaled scores: Q [batch, qLen, heads, dim], K and V
+// [batch, kvLen, kvHeads, dim], query head n reading KV head n / (heads / kvHeads),
+// lse [batch, qLen, heads].
+func Attention[T Float](q, k, v []T, batch, qLen, kvLen, heads, kvHeads, dim, pos0 int, causal bool,
+	scale float64) (out, lse []float64) {
+	out, lse = make([]float64, len(q)), make([]float64, batch*qLen*heads)
+	for b := 0; b < batch; b++ {
+		for i := 0; i < qLen; i++ {
+			keys := kvLen
+			if causal && pos0+i+1 < kvLen {
+				keys = pos0 + i + 1
+			}
+			for n := 0; n < heads; n++ {
+				row := (b*qLen+i)*heads + n
+				kv := func(j int) int { return ((b*kvLen+j)*kvHeads + n/(heads/kvHeads)) * dim }
+				s, m, sum := make([]float64, keys), math.Inf(-1), 0.0
+				for j := range s {
+					for d := 0; d < dim; d++ {
+						s[j] += float64(q[row*dim+d]) * float64(k[kv(j)+d])
+					}
+					s[j] *= scale
+					m = math.Max(m, s[j])
+				}
+				for _, x := range s {
+					sum += math.Exp(x - m)
+				}
+				lse[row] = m + math.Log(sum)
+				for j, x := range s {
+					for d := 0; d < dim; d++ {
+						out[row*dim+d] += math.Exp(x-lse[row]) * float64(v[kv(j)+d])
+					}
+				}
+			}
+		}
+	}
+	return out, lse
+}
+
+// Embedding is the rows table[ids[i]], zeros for a negative id.
+func Embedding(ids []int32, table []float32, dim int) []float64 {
+	out := make([]float64, len(ids)*dim)
+	for i, id := range ids {
+		for d := 0; id >= 0 && d < dim; d++ {
+			out[i*dim+d] = float64(table[int(id)*dim+d])
+		}
+	}
+	return out
+}
+
+// EmbeddingBackward sums the rows of dy per id into [vocab, dim].
+func EmbeddingBackward(ids []int32, dy []float32, vocab, dim int) []float64 {
+	d := make([]float64, vocab*dim)
+	for i, id := range ids {
+		for c := 0; id >= 0 && c < dim; c++ {
+			d[int(id)*dim+c] += float64(dy[i*dim+c])
+		}
+	}
+	return d
+}
+
+// MoeDispatch groups the pairs t*k+j of indices[tokens, k] by expert, stably:
+// each row's pair, each expert's first row (and the total), and the rows, input[pair / k].
+func MoeDispatch(in []float32, indices []int32, dim, experts, k int) (out []float64, order, offsets []int32) {
+	offsets = make([]int32, experts+1)
+	for _, e := range indices {
+		offsets[e+1]++
+	}
+	for e := 0; e < experts; e++ {
+		offsets[e+1] += offsets[e]
+	}
+	next := append([]int32(nil), offsets...)
+	order, out = make([]int32, len(indices)), make([]float64, len(indices)*dim)
+	for pair, e := range indices {
+		row := next[e]
+		next[e]++
+		order[row] = int32(pair)
+		for d := 0; d < dim; d++ {
+			out[int(row)*dim+d] = float64(in[pair/k*dim+d])
+		}
+	}
+	return out, order, offsets
+}
+
+// MoeCombine is out[t] = sum over j of w[t, j] * expertOut[row of pair t*k+j].
+func MoeCombine(expertOut, w []float32, order []int32, dim, k int) []float64 {
+	out := make([]float64, len(w)/k*dim)
+	for row, pair := range order {
+		for d := 0; d < dim; d++ {
+			out[int(pair)/k*dim+d] += float64(w[pair]) * float64(expertOut[row*dim+d])
+		}
+	}
+	return out
 }
 
 // AdamW is one bias-corrected step from float32 state: new param, m, v.
@@ -161,4 +307,45 @@ func Nucleus(probs []float64, topP float64) map[int32]bool {
 		}
 	}
 	return set
+}
+
+// F64 widens x.
+func F64[T Float](x []T) []float64 {
+	y := make([]float64, len(x))
+	for i, v := range x {
+		y[i] = float64(v)
+	}
+	return y
+}
+
+// Dot is sum(dy * y): the loss whose gradient a backward computes.
+func Dot(dy []float32, y []float64) float64 {
+	s := 0.0
+	for i, v := range y {
+		s += float64(dy[i]) * v
+	}
+	return s
+}
+
+// NumGrad is the central-difference gradient of loss() with respect to x, which
+// loss reads; x is restored.
+func NumGrad(loss func() float64, x []float64, h float64) []float64 {
+	g := make([]float64, len(x))
+	for i, v := range x {
+		x[i] = v + h
+		up := loss()
+		x[i] = v - h
+		g[i] = (up - loss()) / (2 * h)
+		x[i] = v
+	}
+	return g
+}
+
+// AbsPlus is |want| + floor: a relative error scale with an absolute floor.
+func AbsPlus(want []float64, floor float64) []float64 {
+	s := make([]float64, len(want))
+	for i, v := range want {
+		s[i] = math.Abs(v) + floor
+	}
+	return s
 }
