@@ -3,6 +3,8 @@
 //! operands and leading dimensions are views, never copies.
 
 use gemm::Parallelism;
+
+use super::skinny;
 use rayon::prelude::*;
 
 /// Products with at most this many rows of A are bound by streaming B; they run
@@ -40,6 +42,9 @@ fn column<T>(view: View<*const T>, j: usize) -> View<*const T> {
 /// overlap A or B.
 pub unsafe fn sgemm_view(a: View<*const f32>, b: View<*const f32>, c: View<*mut f32>, m: usize, n: usize, k: usize, alpha: f32, beta: f32) {
     if m == 0 || n == 0 {
+        return;
+    }
+    if k > 0 && alpha != 0.0 && unsafe { skinny::sgemm(a, b, c, m, n, k, alpha, beta) } {
         return;
     }
     if k == 0 || alpha == 0.0 {

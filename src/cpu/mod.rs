@@ -15,4 +15,5 @@ pub mod par;
 pub mod reduce;
 pub mod rng;
 pub mod rope;
+pub mod skinny;
 pub mod softmax;

@@ -1,0 +1,211 @@
+//! Products with few rows of op(A) and B stored along k: decoding's linear
+//! layers `x·Wᵀ` (W `[N, K]` row-major) for a handful of token rows. They are
+//! bound by reading W once, and the `gemm` crate loses there by 3-10x (it reads
+//! W as a transposed view: 2.5-2.8 GB/s at M = 4-16 against numpy's 7-9,
+//! bench/RESULTS.md). This kernel reads W straight from the caller's memory,
+//! once for up to 4 rows of A (from L2 for the others): tiles of 4 rows of A x
+//! 4 rows of W, dot products over k in 16-lane accumulators, W's row chunks in
+//! parallel. B stored along n (`x·B`) stays with the crate: a kernel of the
+//! same kind measured slower there. Each element of C is summed by one task in
+//! a fixed order (k blocks, then lanes by a fixed tree), so results do not
+//! depend on the thread count.
+
+use multiversion::multiversion;
+use multiversion::target::target_cfg_f;
+use rayon::prelude::*;
+
+use super::alloc;
+use super::gemm::View;
+
+/// Up to this many rows of op(A), this kernel beats the crate (measured with
+/// bench/gemm_bench.py); above it the products are bound by arithmetic.
+pub const MAX_ROWS: usize = 32;
+/// Rows of A per register tile.
+const MR: usize = 4;
+/// Lanes of one accumulator.
+const LANES: usize = 16;
+/// Depth of a k block when A has more than one row tile: the tiles' blocks of
+/// A stay in L2 while each row of W passes.
+const KB: usize = 512;
+/// Rows of W per task: fixed, so the split never depends on the thread count.
+const CHUNK_ROWS: usize = 256;
+
+type Lanes = [f32; LANES];
+
+#[inline(always)]
+unsafe fn load(p: *const f32) -> Lanes {
+    unsafe { p.cast::<Lanes>().read_unaligned() }
+}
+
+/// acc + a * b, fused where the target has FMA (a separate multiply and add
+/// otherwise: std's mul_add would call libm for every lane there).
+#[inline(always)]
+fn mul_add(acc: &mut Lanes, a: &Lanes, b: &Lanes, fused: bool) {
+    for i in 0..LANES {
+        acc[i] = if fused { a[i].mul_add(b[i], acc[i]) } else { acc[i] + a[i] * b[i] };
+    }
+}
+
+/// Σ lanes, by a fixed tree.
+#[inline(always)]
+fn lane_total(mut v: Lanes) -> f32 {
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            v[i] += v[i + width];
+        }
+    }
+    v[0]
+}
+
+/// A raw pointer that may cross to worker threads: each task writes only its
+/// own columns of C.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The pointer (a method, so closures capture the wrapper, not the field).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// C = alpha op(A) op(B) + beta C for `m <= MAX_ROWS` rows, when op(B) is
+/// stored with unit stride along k and C along n; returns false (nothing done)
+/// for any other layout. SAFETY: as `gemm::sgemm_view`.
+pub unsafe fn sgemm(a: View<*const f32>, b: View<*const f32>, c: View<*mut f32>, m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> bool {
+    if m == 0 || m > MAX_ROWS || k == 0 || c.cs != 1 || b.rs != 1 {
+        return false;
+    }
+    // op(A) packed into rows of k (a small copy: m * k floats).
+    let mut packed = alloc::filled(m * k, 0.0f32);
+    for (i, row) in packed.chunks_exact_mut(k).enumerate() {
+        for (p, x) in row.iter_mut().enumerate() {
+            *x = unsafe { *a.ptr.add(i * a.rs + p * a.cs) };
+        }
+    }
+    let out = Finish { c: Shared(c.ptr), ldc: c.rs, alpha, beta };
+    let (w, ldw) = (Shared(b.ptr.cast_mut()), b.cs);
+    (0..n.div_ceil(CHUNK_ROWS)).into_par_iter().for_each(|chunk| {
+        let n0 = chunk * CHUNK_ROWS;
+        unsafe { dots_chunk(&packed, m, k, w.ptr(), ldw, n0, CHUNK_ROWS.min(n - n0), out) };
+    });
+    true
+}
+
+/// Where finished sums go: `C[i, j] = alpha * sum + beta * C[i, j]` (C not read
+/// when beta is 0).
+#[derive(Clone, Copy)]
+struct Finish {
+    c: Shared,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+}
+
+impl Finish {
+    unsafe fn store(&self, i: usize, j: usize, sum: f32) {
+        let c = unsafe { self.c.ptr().add(i * self.ldc + j) };
+        unsafe { *c = if self.beta == 0.0 { self.alpha * sum } else { self.alpha * sum + self.beta * *c } };
+    }
+}
+
+/// Columns `n0 .. n0 + count` of C for B = Wᵀ, W stored `[n, k]` (row stride
+/// `ldw`): dot products of A's rows with W's rows.
+#[multiversion(targets = "simd")]
+unsafe fn dots_chunk(a: &[f32], m: usize, k: usize, w: *const f32, ldw: usize, n0: usize, count: usize, out: Finish) {
+    let fused = target_cfg_f!(target_feature = "fma");
+    let mut sums = alloc::filled(m * count, 0.0f32);
+    // One row tile's A fits in L2 whole: each W row is then read in one run.
+    let depth = if m <= MR { k } else { KB };
+    for k0 in (0..k).step_by(depth) {
+        let kl = depth.min(k - k0);
+        for q0 in (0..count).step_by(NR) {
+            let w_tile = unsafe { w.add((n0 + q0) * ldw + k0) };
+            for i0 in (0..m).step_by(MR) {
+                let a_tile = &a[i0 * k + k0..];
+                let tile = DotTile { a: a_tile, k, w: w_tile, ldw, kl, fused };
+                let got = match (MR.min(m - i0), NR.min(count - q0)) {
+                    (4, 4) => tile.run::<4, 4>(),
+                    (r, q) => tile.run_any(r, q),
+                };
+                for (r, row) in got.iter().enumerate().take(MR.min(m - i0)) {
+                    for (q, &v) in row.iter().enumerate().take(NR.min(count - q0)) {
+                        sums[(i0 + r) * count + q0 + q] += v;
+                    }
+                }
+            }
+        }
+    }
+    for i in 0..m {
+        for q in 0..count {
+            unsafe { out.store(i, n0 + q, sums[i * count + q]) };
+        }
+    }
+}
+
+/// Rows of W per dot tile.
+const NR: usize = 4;
+
+/// Up to MR rows of A (row stride `k`) dotted with up to NR rows of W over one
+/// k block of `kl`.
+struct DotTile<'a> {
+    a: &'a [f32],
+    k: usize,
+    w: *const f32,
+    ldw: usize,
+    kl: usize,
+    fused: bool,
+}
+
+impl DotTile<'_> {
+    /// The full R x Q tile, with R and Q known at compile time so the R * Q
+    /// accumulators stay in registers.
+    #[inline(always)]
+    fn run<const R: usize, const Q: usize>(&self) -> [[f32; NR]; MR] {
+        let mut acc = [[[0.0f32; LANES]; Q]; R];
+        let full = self.kl / LANES * LANES;
+        for p in (0..full).step_by(LANES) {
+            let wv: [Lanes; Q] = std::array::from_fn(|q| unsafe { load(self.w.add(q * self.ldw + p)) });
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = unsafe { load(self.a.as_ptr().add(r * self.k + p)) };
+                for (acc, wv) in acc.iter_mut().zip(&wv) {
+                    mul_add(acc, &x, wv, self.fused);
+                }
+            }
+        }
+        let mut out = [[0.0f32; NR]; MR];
+        for r in 0..R {
+            for q in 0..Q {
+                let tail: f32 = (full..self.kl).map(|p| self.a[r * self.k + p] * unsafe { *self.w.add(q * self.ldw + p) }).sum();
+                out[r][q] = lane_total(acc[r][q]) + tail;
+            }
+        }
+        out
+    }
+
+    /// An edge tile of `rows` x `wrows` (either below 4).
+    #[inline(always)]
+    fn run_any(&self, rows: usize, wrows: usize) -> [[f32; NR]; MR] {
+        match (rows, wrows) {
+            (1, 1) => self.run::<1, 1>(),
+            (1, 2) => self.run::<1, 2>(),
+            (1, 3) => self.run::<1, 3>(),
+            (1, _) => self.run::<1, 4>(),
+            (2, 1) => self.run::<2, 1>(),
+            (2, 2) => self.run::<2, 2>(),
+            (2, 3) => self.run::<2, 3>(),
+            (2, _) => self.run::<2, 4>(),
+            (3, 1) => self.run::<3, 1>(),
+            (3, 2) => self.run::<3, 2>(),
+            (3, 3) => self.run::<3, 3>(),
+            (3, _) => self.run::<3, 4>(),
+            (_, 1) => self.run::<4, 1>(),
+            (_, 2) => self.run::<4, 2>(),
+            _ => self.run::<4, 3>(),
+        }
+    }
+}
