@@ -19,7 +19,7 @@ use super::gemm::View;
 
 /// Up to this many rows of op(A), this kernel beats the crate (measured with
 /// bench/gemm_bench.py); above it the products are bound by arithmetic.
-pub const MAX_ROWS: usize = 32;
+const MAX_ROWS: usize = 32;
 /// Rows of A per register tile.
 const MR: usize = 4;
 /// Lanes of one accumulator.
