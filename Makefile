@@ -3,7 +3,7 @@ LIBDIR := $(CURDIR)/target/release
 LIB    := $(LIBDIR)/libcudann.so
 CWARN  := -Wall -Wextra -Werror -pedantic
 
-.PHONY: build demo examples train-example generate-example test test-examples test-rust test-bindings test-ptx deps header ptx bench limits
+.PHONY: build demo examples train-example generate-example test test-examples test-contract fuzz test-rust test-bindings test-ptx deps header ptx bench limits
 .DEFAULT_GOAL := build
 
 build:
@@ -33,7 +33,7 @@ generate-example: examples
 
 # Everything: installs missing tools, then the Rust suite, every language suite,
 # and the check that the committed PTX is what the kernel sources give.
-test: deps test-rust test-bindings test-ptx test-examples
+test: deps test-rust test-bindings test-ptx test-examples test-contract
 
 deps:
 	scripts/install-test-deps.sh
@@ -51,6 +51,21 @@ ptx:
 # The example programs against the JAX float64 reference of MODEL.md.
 test-examples: examples
 	python3 tests/reference/check_examples.py
+
+# The fuzz targets' contract checks on stable, for a bounded time: random calls
+# of every entry point on two threads, and damaged safetensors files.
+test-contract:
+	cargo run --release --manifest-path fuzz/Cargo.toml --bin contract -- 60 2
+
+# Coverage-guided fuzzing with libFuzzer (nightly and cargo-fuzz:
+# `cargo install cargo-fuzz`), FUZZ_SECONDS per target, two workers.
+FUZZ_SECONDS ?= 600
+fuzz:
+	for target in abi safetensors; do \
+	  mkdir -p fuzz/corpus/$$target && \
+	  cargo +nightly fuzz run --release --sanitizer none --features libfuzzer $$target fuzz/corpus/$$target -- \
+	    -max_total_time=$(FUZZ_SECONDS) -fork=2 -rss_limit_mb=4096 || exit 1; \
+	done
 
 test-ptx:
 	python3 scripts/gen-ptx.py --check
