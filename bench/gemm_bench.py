@@ -13,33 +13,16 @@ best rate; square/training shapes >= 0.95x the faster peer.
 """
 import argparse
 import os
-import statistics
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bindings-test" / "python"))
-from cudann_ctypes import Cudann  # noqa: E402
+from cpu_bench import LIB, timed  # the same library binding and timing
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-LIB = Cudann()
 F32 = 0
-
-
-def timed(fn, repeats):
-    time.sleep(0.3)  # let the other side's spinning worker threads settle
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
 
 
 def case(m, n, k, ta, tb, rng):

@@ -26,14 +26,6 @@ typedef struct {
     unsigned long long seed;
 } Args;
 
-static double number(const char *flag, const char *text) {
-    char *end;
-    errno = 0;
-    double v = strtod(text, &end);
-    if (end == text || *end || errno || !isfinite(v)) die("%s: not a number: '%s'", flag, text);
-    return v;
-}
-
 static Args parse(int argc, char **argv) {
     Args a = {.max_new = -1, .top_k = 0, .temperature = 0.0f, .top_p = 1.0f, .seed = 0};
     for (int i = 1; i < argc; i += 2) {
@@ -42,11 +34,11 @@ static Args parse(int argc, char **argv) {
         if (!strcmp(flag, "--model")) a.model = value;
         else if (!strcmp(flag, "--prompt")) a.prompt = value;
         else if (!strcmp(flag, "--logits")) a.logits = value;
-        else if (!strcmp(flag, "--max-new")) a.max_new = (int)number(flag, value);
-        else if (!strcmp(flag, "--temperature")) a.temperature = (float)number(flag, value);
-        else if (!strcmp(flag, "--top-k")) a.top_k = (int)number(flag, value);
-        else if (!strcmp(flag, "--top-p")) a.top_p = (float)number(flag, value);
-        else if (!strcmp(flag, "--seed")) a.seed = (unsigned long long)number(flag, value);
+        else if (!strcmp(flag, "--max-new")) a.max_new = (int)parse_number(flag, value);
+        else if (!strcmp(flag, "--temperature")) a.temperature = (float)parse_number(flag, value);
+        else if (!strcmp(flag, "--top-k")) a.top_k = (int)parse_number(flag, value);
+        else if (!strcmp(flag, "--top-p")) a.top_p = (float)parse_number(flag, value);
+        else if (!strcmp(flag, "--seed")) a.seed = (unsigned long long)parse_number(flag, value);
         else die("unknown option '%s'", flag);
     }
     if (!a.model || !a.prompt || a.max_new < 0)

@@ -2,6 +2,7 @@
  * the forward pass of a layer, through cudann alone (see moe_model.h). */
 #include "moe_model.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -22,6 +23,14 @@ void die(const char *fmt, ...) {
 
 void check_call(int32_t code, const char *what, const char *file, int line) {
     if (code != CUDANN_SUCCESS) die("%s:%d: %s returned %d: %s", file, line, what, code, cudann_last_error());
+}
+
+double parse_number(const char *flag, const char *text) {
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (end == text || *end || errno || !isfinite(v)) die("%s: not a number: '%s'", flag, text);
+    return v;
 }
 
 void *xcalloc(size_t count, size_t size) {

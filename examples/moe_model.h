@@ -17,6 +17,10 @@ void check_call(int32_t code, const char *what, const char *file, int line);
 /* Prints "program: message" on stderr and exits with status 1. */
 void die(const char *fmt, ...);
 
+/* A command-line number: exits with a message naming `flag` unless `text` is
+ * entirely a finite number. */
+double parse_number(const char *flag, const char *text);
+
 /* Memory that is released only at exit (examples hold everything for the
  * program's life). Exits with a message when it cannot be had. */
 void *xcalloc(size_t count, size_t size);

@@ -33,16 +33,8 @@ static void usage(void) {
         "[--beta1 0.9] [--beta2 0.95] [--eps 1e-8] [--weight-decay 0.0] [--clip 1.0] [--log FILE] [--grads FILE] [--save DIR]");
 }
 
-static double number(const char *flag, const char *text) {
-    char *end;
-    errno = 0;
-    double v = strtod(text, &end);
-    if (end == text || *end || errno || !isfinite(v)) die("%s: not a number: '%s'", flag, text);
-    return v;
-}
-
 static int positive(const char *flag, const char *text) {
-    double v = number(flag, text);
+    double v = parse_number(flag, text);
     if (v != floor(v) || v < 1 || v > 1 << 30) die("%s must be a positive integer (got '%s')", flag, text);
     return (int)v;
 }
@@ -54,17 +46,17 @@ static Args parse(int argc, char **argv) {
         if (!value) die("%s needs a value", flag);
         if (!strcmp(flag, "--model")) a.model = value;
         else if (!strcmp(flag, "--config")) a.config = value;
-        else if (!strcmp(flag, "--seed")) a.seed = (long long)number(flag, value), a.has_seed = 1;
+        else if (!strcmp(flag, "--seed")) a.seed = (long long)parse_number(flag, value), a.has_seed = 1;
         else if (!strcmp(flag, "--data")) a.data = value;
         else if (!strcmp(flag, "--batch")) a.batch = positive(flag, value);
         else if (!strcmp(flag, "--seq")) a.seq = positive(flag, value);
         else if (!strcmp(flag, "--steps")) a.steps = positive(flag, value);
-        else if (!strcmp(flag, "--lr")) a.lr = (float)number(flag, value);
-        else if (!strcmp(flag, "--beta1")) a.beta1 = (float)number(flag, value);
-        else if (!strcmp(flag, "--beta2")) a.beta2 = (float)number(flag, value);
-        else if (!strcmp(flag, "--eps")) a.eps = (float)number(flag, value);
-        else if (!strcmp(flag, "--weight-decay")) a.weight_decay = (float)number(flag, value);
-        else if (!strcmp(flag, "--clip")) a.clip = (float)number(flag, value);
+        else if (!strcmp(flag, "--lr")) a.lr = (float)parse_number(flag, value);
+        else if (!strcmp(flag, "--beta1")) a.beta1 = (float)parse_number(flag, value);
+        else if (!strcmp(flag, "--beta2")) a.beta2 = (float)parse_number(flag, value);
+        else if (!strcmp(flag, "--eps")) a.eps = (float)parse_number(flag, value);
+        else if (!strcmp(flag, "--weight-decay")) a.weight_decay = (float)parse_number(flag, value);
+        else if (!strcmp(flag, "--clip")) a.clip = (float)parse_number(flag, value);
         else if (!strcmp(flag, "--log")) a.log = value;
         else if (!strcmp(flag, "--grads")) a.grads = value;
         else if (!strcmp(flag, "--save")) a.save = value;

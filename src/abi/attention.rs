@@ -198,6 +198,13 @@ fn general(batch: c_int, q_len: c_int, kv_len: c_int, kv_capacity: c_int, n_head
     Ok((shape, q, kv, lse))
 }
 
+/// The optional additive `[q_len, kv_len]` mask of general attention (read
+/// only when the call has work).
+fn general_mask<'a>(mask: *const f32, a: &Attention, used: bool) -> Result<Input<'a, f32>> {
+    let len = if mask.is_null() || !used { 0 } else { check::elements(&[("q_len", a.q_len), ("kv_len", a.kv_len)])? };
+    Input::new("mask", mask, len)
+}
+
 /// General attention forward, for training and for decoding against a KV
 /// cache: `Q`, `output` `[batch, q_len, n_heads, head_dim]`; `K`, `V`
 /// `[batch, kv_capacity, n_kv_heads, head_dim]` of which keys `0..kv_len` are
@@ -249,8 +256,7 @@ pub unsafe extern "C" fn cudann_attention_forward(
         let q = Input::new("Q", Q.cast::<f32>(), reads(q_n))?;
         let k = Input::new("K", K.cast::<f32>(), reads(kv_n))?;
         let v = Input::new("V", V.cast::<f32>(), reads(kv_n))?;
-        let mask_n = if mask.is_null() { 0 } else { reads(check::elements(&[("q_len", a.q_len), ("kv_len", a.kv_len)])?) };
-        let m = Input::new("mask", mask, mask_n)?;
+        let m = general_mask(mask, &a, work > 0)?;
         let out = Output::new("output", output.cast::<f32>(), q_n)?;
         let l = Output::new("lse", lse, if lse.is_null() { 0 } else { lse_n })?;
         let flops = 4.0 * q_n as f64 * a.kv_len as f64;
@@ -303,13 +309,11 @@ pub unsafe extern "C" fn cudann_attention_backward(
     ffi_fn!("cudann_attention_backward", {
         let (a, q_n, kv_n, lse_n) = general(batch, q_len, kv_len, kv_len, n_heads, n_kv_heads, head_dim, pos0, is_causal, scale)?;
         let work = q_n + kv_n;
-        let reads = |len: usize| if work == 0 { 0 } else { len };
         let dy = Input::new("d_output", d_output, q_n)?;
         let q = Input::new("Q", Q, q_n)?;
         let k = Input::new("K", K, kv_n)?;
         let v = Input::new("V", V, kv_n)?;
-        let mask_n = if mask.is_null() { 0 } else { reads(check::elements(&[("q_len", a.q_len), ("kv_len", a.kv_len)])?) };
-        let m = Input::new("mask", mask, mask_n)?;
+        let m = general_mask(mask, &a, work > 0)?;
         let o = Input::new("output", output, q_n)?;
         let l = Input::new("lse", lse, if q_n == 0 { 0 } else { lse_n })?;
         let dq = Output::new("d_q", d_q, q_n)?;

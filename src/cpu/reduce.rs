@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use super::alloc;
 use super::math::exp;
 
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 /// Elements summed in f32 before the partial sum moves to f64: 64 terms per
 /// lane keep each block's rounding near 1e-6 relative, and the f64 running total
 /// keeps that bound for rows of any length (a single f32 total loses ~1e-3 at
@@ -29,14 +29,21 @@ fn block_sum(a: &[f32], b: &[f32], c: &[f32], f: &impl Fn(f32, f32, f32) -> f32)
     for (i, acc) in acc.iter_mut().enumerate().take(tails.0.len()) {
         *acc += f(tails.0[i], tails.1[i], tails.2[i]);
     }
+    lane_total(acc)
+}
+
+/// Σ of 16 lanes by a fixed tree (halves added pairwise), so a sum never
+/// depends on how the lanes were filled.
+#[inline(always)]
+pub(crate) fn lane_total(mut v: [f32; LANES]) -> f32 {
     let mut width = LANES;
     while width > 1 {
         width /= 2;
         for i in 0..width {
-            acc[i] += acc[i + width];
+            v[i] += v[i + width];
         }
     }
-    acc[0]
+    v[0]
 }
 
 /// Sum of f(a_i, b_i, c_i) over slices of one length: f32 blocks, totalled in

@@ -16,14 +16,13 @@ use rayon::prelude::*;
 
 use super::alloc;
 use super::gemm::View;
+use super::reduce::{LANES, lane_total};
 
 /// Up to this many rows of op(A), this kernel beats the crate (measured with
 /// bench/gemm_bench.py); above it the products are bound by arithmetic.
 const MAX_ROWS: usize = 32;
 /// Rows of A per register tile.
 const MR: usize = 4;
-/// Lanes of one accumulator.
-const LANES: usize = 16;
 /// Depth of a k block when A has more than one row tile: the tiles' blocks of
 /// A stay in L2 while each row of W passes.
 const KB: usize = 512;
@@ -44,19 +43,6 @@ fn mul_add(acc: &mut Lanes, a: &Lanes, b: &Lanes, fused: bool) {
     for i in 0..LANES {
         acc[i] = if fused { a[i].mul_add(b[i], acc[i]) } else { acc[i] + a[i] * b[i] };
     }
-}
-
-/// Σ lanes, by a fixed tree.
-#[inline(always)]
-fn lane_total(mut v: Lanes) -> f32 {
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            v[i] += v[i + width];
-        }
-    }
-    v[0]
 }
 
 /// A raw pointer that may cross to worker threads: each task writes only its
