@@ -3,7 +3,7 @@ LIBDIR := $(CURDIR)/target/release
 LIB    := $(LIBDIR)/libcudann.so
 CWARN  := -Wall -Wextra -Werror -pedantic
 
-.PHONY: build demo examples train-example generate-example test test-examples test-contract fuzz test-rust test-bindings test-ptx deps header ptx bench limits
+.PHONY: build demo examples train-example generate-example test test-examples test-contract fuzz sanitize test-rust test-bindings test-ptx deps header ptx bench limits
 .DEFAULT_GOAL := build
 
 build:
@@ -66,6 +66,24 @@ fuzz:
 	  cargo +nightly fuzz run --release --sanitizer none --features libfuzzer $$target fuzz/corpus/$$target -- \
 	    -max_total_time=$(FUZZ_SECONDS) -fork=2 -rss_limit_mb=4096 || exit 1; \
 	done
+
+# AddressSanitizer over the Rust suite (nightly; out_of_memory and retention
+# measure the process's memory, which ASan's allocator changes, so they are
+# left to the plain run), then valgrind memcheck on the C binding test (errors
+# and definite leaks) and on the example programs (errors; they keep their
+# buffers until exit by design). Valgrind hides AVX-512, so the library runs
+# its AVX2 code there.
+SAN_TESTS := $(filter-out out_of_memory retention,$(basename $(notdir $(wildcard tests/*.rs))))
+sanitize: examples
+	RUSTFLAGS=-Zsanitizer=address RUSTDOCFLAGS=-Zsanitizer=address ASAN_OPTIONS=detect_leaks=1 \
+	  cargo +nightly test --release --target x86_64-unknown-linux-gnu --target-dir target/asan --lib $(addprefix --test ,$(SAN_TESTS))
+	mkdir -p bindings-test/c/build
+	cc -std=c11 $(CWARN) -Iinclude bindings-test/c/test_c.c -L$(LIBDIR) -lcudann -Wl,-rpath,$(LIBDIR) -lm -o bindings-test/c/build/test_c
+	valgrind --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite bindings-test/c/build/test_c
+	python3 examples/make_data.py --vocab 1000 --tokens 4000 --out target/valgrind.bin
+	valgrind --error-exitcode=9 $(EXAMPLES)/train_moe --config examples/tiny/config.json --seed 1 --data target/valgrind.bin \
+	  --batch 2 --seq 16 --steps 2 --lr 1e-3 --save target/valgrind-model
+	valgrind --error-exitcode=9 $(EXAMPLES)/generate_moe --model target/valgrind-model --prompt "1 2" --max-new 4 --temperature 0.8 --top-k 5
 
 test-ptx:
 	python3 scripts/gen-ptx.py --check

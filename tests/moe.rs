@@ -164,3 +164,18 @@ fn moe_bad_arguments() {
     assert_untouched(&y, "output");
     assert!(order.iter().chain(&offsets).all(|&v| v == 7), "order/offsets were written");
 }
+
+/// Rows of no width (dim 0): the grouping is still written, and the weights'
+/// gradients are zeros. Found by fuzzing: this once panicked (-5).
+#[test]
+fn rows_of_width_zero() {
+    let idx = [1i32, 0, 1];
+    let (mut order, mut offsets) = (vec![-1i32; 3], vec![-1i32; 3]);
+    let empty = std::ptr::null_mut();
+    assert_ok(unsafe { cudann_moe_dispatch(std::ptr::null(), idx.as_ptr(), empty, order.as_mut_ptr(), offsets.as_mut_ptr(), 3, 0, 2, 1, NULL) });
+    assert_eq!((order.as_slice(), offsets.as_slice()), ([1, 0, 2].as_slice(), [0, 1, 3].as_slice()));
+    let mut dw = poisoned(3);
+    let (w, null) = ([0.5f32; 3], std::ptr::null());
+    assert_ok(unsafe { cudann_moe_combine_backward(null, null, w.as_ptr(), order.as_ptr(), empty, dw.as_mut_ptr(), 3, 0, 1, NULL) });
+    assert_eq!(dw, vec![0.0; 3]);
+}

@@ -43,6 +43,9 @@ pub fn group_by_expert(indices: &[i32], n_experts: usize) -> (Vec<i32>, Vec<i32>
 
 /// Row p of the dispatched layout = the input row of pair order[p]'s token.
 pub fn dispatch(input: &[f32], order: &[i32], output: &mut [f32], dim: usize, k: usize) {
+    if dim == 0 {
+        return; // rows of nothing (the order and offsets still matter)
+    }
     output.par_chunks_mut(dim).zip(order).for_each(|(row, &pair)| {
         let t = pair as usize / k;
         row.copy_from_slice(&input[t * dim..(t + 1) * dim]);
@@ -84,7 +87,8 @@ pub fn combine(expert_output: &[f32], weights: &[f32], order: &[i32], output: &m
 /// d_expert_output[row of (t, j)] = w[t, j] d_output[t];
 /// d_weights[t, j] = d_output[t] · expert_output[row of (t, j)].
 pub fn combine_backward(d_output: &[f32], expert_output: &[f32], weights: &[f32], order: &[i32], d_expert_output: &mut [f32], d_weights: &mut [f32], dim: usize, k: usize) {
-    d_expert_output.par_chunks_mut(dim).zip(order).for_each(|(d, &pair)| {
+    // (With dim 0 there are no rows, and every weight's gradient is 0.)
+    d_expert_output.par_chunks_mut(dim.max(1)).zip(order).for_each(|(d, &pair)| {
         let (t, w) = (pair as usize / k, weights[pair as usize]);
         d.iter_mut().zip(&d_output[t * dim..(t + 1) * dim]).for_each(|(d, &g)| *d = w * g);
     });
