@@ -1,0 +1,32 @@
+//! GEMM: cuBLAS, or the tiled kernel where cuBLAS is absent.
+
+use super::{scale, zero};
+use crate::gpu::driver::{Arg, DevPtr, Launch, Stream};
+use crate::gpu::{Gpu, blas};
+use crate::error::Result;
+
+use Arg::{F32, I32, I64, Ptr};
+
+// SAFETY (every function below): the pointers are device memory of the sizes
+// the arguments imply; the ABI layer checked the sizes.
+
+pub unsafe fn sgemm(g: &Gpu, s: Stream, a: DevPtr, b: DevPtr, c: DevPtr, batch: usize, m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> Result<()> {
+    if k == 0 || alpha == 0.0 {
+        // No product term (cuBLAS rejects K = 0): C = beta C, never read when beta == 0.
+        let len = batch * m * n;
+        return if beta == 0.0 { unsafe { zero(s, c, len) } } else { unsafe { scale(g, s, c, c, beta, len) } };
+    }
+    if blas::available() {
+        return unsafe { blas::sgemm(a, b, c, batch, m, n, k, alpha, beta, s) };
+    }
+    // The fallback kernel: 64x64 tiles, batch in grid.z (at most 65535 per launch).
+    let (sa, sb, sc) = (m * k, k * n, m * n);
+    for first in (0..batch).step_by(65535) {
+        let count = (batch - first).min(65535);
+        let at = Launch { grid: (n.div_ceil(64) as u32, m.div_ceil(64).min(65535) as u32, count as u32), block: (16, 16, 1) };
+        let (a, b, c) = (a + (first * sa * 4) as DevPtr, b + (first * sb * 4) as DevPtr, c + (first * sc * 4) as DevPtr);
+        let args = &mut [Ptr(a), Ptr(b), Ptr(c), I32(m as i32), I32(n as i32), I32(k as i32), F32(alpha), F32(beta), I64(sa as i64), I64(sb as i64), I64(sc as i64)];
+        unsafe { g.launch("sgemm_tiled_f32", at, s, args)? };
+    }
+    Ok(())
+}

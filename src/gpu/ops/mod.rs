@@ -1,0 +1,47 @@
+//! One launch sequence per op, on device pointers, enqueued on the caller's
+//! stream, one file per op family. Launch geometry follows the contract in
+//! kernels/README.md.
+
+mod attention;
+mod decode;
+mod elementwise;
+mod gemm;
+mod loss;
+mod norm;
+mod optim;
+mod rope;
+mod softmax;
+
+pub use attention::*;
+pub use decode::*;
+pub use elementwise::*;
+pub use gemm::*;
+pub use loss::*;
+pub use norm::*;
+pub use optim::*;
+pub use rope::*;
+pub use softmax::*;
+
+use super::driver::Launch;
+
+/// A 1-D launch.
+fn line(grid: usize, block: u32) -> Launch {
+    Launch {
+        grid: (grid.clamp(1, u32::MAX as usize) as u32, 1, 1),
+        block: (block, 1, 1),
+    }
+}
+
+/// Grid-stride kernels: 256 threads, about 4 elements per thread, capped grid.
+fn strided(n: usize) -> Launch {
+    line(n.div_ceil(1024).min(65535), 256)
+}
+
+/// One block per row.
+fn per_row(rows: usize, block: u32) -> Launch {
+    line(rows, block)
+}
+
+fn single(block: u32) -> Launch {
+    line(1, block)
+}
