@@ -551,6 +551,95 @@ int32_t cuda_aux_loss_forward(const float *router_probs,
                               float alpha,
                               void *stream);
 
+// Allocates `bytes` on the calling thread's current device (cudaMalloc) and
+// stores the pointer in `*ptr`; its contents are unspecified. On the CPU
+// backend (no usable GPU, or `CUDANN_BACKEND=cpu`) the memory is host memory,
+// 64-byte aligned and zeroed, so the same program runs there unchanged.
+// `bytes == 0` stores NULL. Free it with `cudann_free`. Returns -2 for a NULL
+// `ptr` or a negative `bytes`, -4 when the memory is not there (`*ptr` is
+// then untouched), -1 with `CUDANN_BACKEND=cuda` and no usable GPU.
+int32_t cudann_malloc(void **ptr, int64_t bytes);
+
+// Allocates `bytes` of page-locked host memory (cudaMallocHost): the host
+// side of asynchronous copies. The CPU backend gives plain host memory, as
+// `cudann_malloc` does. Free it with `cudann_free`. Errors as `cudann_malloc`.
+int32_t cudann_malloc_host(void **ptr, int64_t bytes);
+
+// Frees memory from `cudann_malloc` or `cudann_malloc_host` (NULL: nothing to
+// do). Like cudaFree, it first waits for the device's work. Memory is given
+// back to the system (or driver) at once. Returns -2 for a pointer that is not
+// the start of a live allocation from this library (double free, an interior
+// pointer, memory from elsewhere); nothing is freed then.
+int32_t cudann_free(void *ptr);
+
+// Copies `bytes` from `src` to `dst`, each host or device memory (the
+// direction comes from the pointers), ordered on `stream` (NULL: the default
+// stream). Asynchronous between device memory and page-locked host memory
+// (`cudann_malloc_host`) and within the device; with pageable host memory (a
+// Go slice, a numpy array) it returns only once the source has been read (to
+// the device) or the data has arrived (from the device), as cudaMemcpyAsync
+// does. On the CPU backend it is a plain copy. Returns -2 for NULL pointers
+// with `bytes > 0`, a negative `bytes`, overlapping ranges, a range that runs
+// past the end of a library allocation, or a destroyed stream.
+int32_t cudann_memcpy(void *dst, const void *src, int64_t bytes, void *stream);
+
+// Sets `bytes` bytes at `ptr` to `value`'s low byte (as memset and cudaMemset
+// do), ordered on `stream`: asynchronous on device memory; host memory is set
+// once the stream's earlier work is done. Returns -2 for NULL with
+// `bytes > 0`, a negative `bytes`, a range past the end of a library
+// allocation, or a destroyed stream.
+int32_t cudann_memset(void *ptr, int value, int64_t bytes, void *stream);
+
+// Creates a stream on the calling thread's current device and stores it in
+// `*stream`: a real `CUstream` (cudaStream_t), usable as the `stream` of every
+// `cuda_*`/`cudann_*` call and of the CUDA runtime. It waits for the legacy
+// default stream, as cudaStreamCreate's streams do. On the CPU backend it is
+// a handle that does nothing (calls on it complete before they return).
+// Destroy it with `cudann_stream_destroy`. Returns -2 for a NULL `stream`.
+int32_t cudann_stream_create(void **stream);
+
+// Destroys a stream from `cudann_stream_create`; work already enqueued on it
+// still completes. Returns -2 for NULL (the default stream), a stream the
+// library did not create, or one already destroyed; a destroyed stream passed
+// to any later call is -2 as well.
+int32_t cudann_stream_destroy(void *stream);
+
+// Waits until all work enqueued on `stream` (NULL: the default stream of the
+// current device) is done. Streams made elsewhere (PyTorch, CuPy) may be
+// passed. Returns -2 for a destroyed stream; on the CPU backend it returns at
+// once.
+int32_t cudann_stream_synchronize(void *stream);
+
+// Waits until all work on the calling thread's current device is done
+// (cudaDeviceSynchronize); returns at once on the CPU backend.
+int32_t cudann_device_synchronize(void);
+
+// Stores the number of GPUs calls can use in `*count`: 0 on the CPU backend.
+int32_t cudann_device_count(int *count);
+
+// Makes `device` the calling thread's current device (cudaSetDevice: its
+// primary context becomes current), where `cudann_malloc`, streams and
+// host-operand calls go. Calls on device pointers run on the device that owns
+// them, whatever the current one. On the CPU backend only device 0 exists.
+// Returns -2 for a device that does not exist.
+int32_t cudann_set_device(int device);
+
+// Stores the calling thread's current device in `*device` (0 on the CPU
+// backend, and on a thread that never chose one).
+int32_t cudann_get_device(int *device);
+
+// Stores the free and total memory of the current device in bytes
+// (cudaMemGetInfo); on the CPU backend, the machine's available and total
+// memory. Returns -2 for a NULL pointer.
+int32_t cudann_mem_info(int64_t *free_bytes, int64_t *total_bytes);
+
+// Which backend serves calls on this thread, and why, e.g. "cuda: NVIDIA
+// H200, driver 13.0, sm_90 (device 0 of 1)", "cpu: no CUDA driver (libcuda)
+// on this machine", "cpu: CUDANN_BACKEND=cpu", or "none: CUDANN_BACKEND=cuda,
+// but ..." (every call is then -1). The string stays valid until the next
+// call of this function on the same thread. Never NULL.
+const char *cudann_backend(void);
+
 // Router backward: the gradient through `cuda_softmax_topk`'s renormalised
 // weights into the router logits. `weights`, `indices`, `d_weights` are
 // `[tokens, k]`; `d_logits[tokens, n_experts]` gets

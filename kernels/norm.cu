@@ -67,11 +67,13 @@ __device__ void rmsnorm_row_cached(const float* x, const float* res, const float
 
 // Wider rows: pass 1 sums squares (and writes s), pass 2 re-reads the row
 // (mostly from cache) and writes y. Each thread touches the same elements in
-// both passes, so its own writes of s are what it reads back.
+// both passes, so its own writes of s are what it reads back. A thread's sum
+// runs over hidden / blockDim elements (16384 at 2^24 columns): in double, so
+// the row's sum stays within float rounding at any width.
 template <bool RESIDUAL>
 __device__ void rmsnorm_row_looped(const float* x, const float* res, const float* w, float* y, float* s, int hidden,
                                    float eps) {
-    float ss = 0.0f;
+    double ss = 0.0;
     for (i64 c = threadIdx.x; c < hidden; c += blockDim.x) {
         float v = x[c];
         if (RESIDUAL) {
@@ -80,7 +82,7 @@ __device__ void rmsnorm_row_looped(const float* x, const float* res, const float
         }
         ss += v * v;
     }
-    const float inv = inv_rms(ss, hidden, eps);
+    const float inv = inv_rms((float)ss, hidden, eps);
     const float* src = RESIDUAL ? s : x;
     for (i64 c = threadIdx.x; c < hidden; c += blockDim.x) y[c] = src[c] * inv * w[c];
 }

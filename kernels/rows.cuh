@@ -39,20 +39,23 @@ template <int V, int N> __device__ void row_store(float* y, int cols, float (&v)
 
 // One pass of an online (max, sum of exp(x - max)) over a row, then both over
 // the block: {max, sum}; the sum is 0 for an all -inf row, NaN if x has a NaN.
+// Each thread's sum runs over cols / blockDim terms (16384 at 2^24 columns):
+// in double, so the row's sum stays within float rounding at any width.
 __device__ float2 row_max_sumexp(const float* x, int cols) {
-    float m = -INF, s = 0.0f;
+    float m = -INF;
+    double s = 0.0;
     for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
         const float v = x[c];
         if (v > m) {
-            s = s * expf(m - v) + 1.0f;  // expf(-inf) = 0 on the first element
+            s = s * expf(m - v) + 1.0;  // expf(-inf) = 0 on the first element
             m = v;
         } else if (v != -INF) {
             s += expf(v - m);
         }
     }
     const float bm = block_allreduce(m, Max(), -INF);
-    s = m == -INF ? 0.0f : s * expf(m - bm);
-    return make_float2(bm, block_allreduce(s, Sum(), 0.0f));
+    const float ts = m == -INF ? 0.0f : (float)(s * expf(m - bm));
+    return make_float2(bm, block_allreduce(ts, Sum(), 0.0f));
 }
 
 // Op applied to every row of x[rows, cols], writing y (blocks stride over rows):

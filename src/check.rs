@@ -13,6 +13,19 @@ pub fn dim(name: &str, value: c_int) -> Result<usize> {
     usize::try_from(value).map_err(|_| invalid(format!("{name} must be >= 0 (got {value})")))
 }
 
+/// An out-pointer: non-NULL and aligned (checked before anything is done).
+pub fn out<T>(name: &str, ptr: *mut T) -> Result<*mut T> {
+    require(!ptr.is_null(), || format!("{name} is NULL"))?;
+    require(ptr.is_aligned(), || format!("{name} is not aligned to {} bytes", size_of::<T>()))?;
+    Ok(ptr)
+}
+
+/// Stores `value` through a checked out-pointer.
+pub unsafe fn put<T>(name: &str, ptr: *mut T, value: T) -> Result<()> {
+    unsafe { out(name, ptr)?.write(value) };
+    Ok(())
+}
+
 /// A flat element count given as `int64_t`: must be `>= 0`, and small enough
 /// that its size in bytes is addressable (as [`elements`]).
 pub fn count(name: &str, value: i64) -> Result<usize> {

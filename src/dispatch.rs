@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::gpu::driver::DevPtr;
 use crate::gpu::memory::{self, Place};
 use crate::gpu::{self, Gpu};
+use crate::handles;
 
 /// What `CUDANN_BACKEND` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,19 +104,27 @@ impl<const N: usize> Call<N> {
     }
 }
 
-/// Runs a call on the place its operands and the backend choice dictate.
-/// `gpu` receives one device pointer per buffer of the call, in order.
+/// Runs a call on the place its operands and the backend choice dictate: on
+/// the GPU that owns its device operands (the calling thread's current device
+/// when there are none). `gpu` receives one device pointer per buffer of the
+/// call, in order.
 pub fn run<const N: usize>(call: &Call<N>, cpu: impl FnOnce(), gpu: impl FnOnce(&Gpu, &[DevPtr]) -> Result<()>) -> Result<()> {
     if call.work == 0 {
         return Ok(());
     }
-    let Some(device) = chosen_gpu()? else {
+    handles::check_stream(call.stream)?;
+    let Some(current) = chosen_gpu()? else {
         cpu();
         return Ok(());
     };
     // Empty operands are not read or written: they go with any placement.
     let places = call.buffers.map(|r| (r.bytes > 0).then(|| memory::classify(r.start)));
-    let all_device = places.iter().flatten().all(|&p| p == Place::Device);
+    let device = match owner(&places)? {
+        Some(ordinal) => gpu::device(ordinal)?,
+        None => current,
+    };
+    let _entered = device.enter()?;
+    let all_device = places.iter().flatten().all(|p| matches!(p, Place::Device(_)));
     if all_device && (call.in_place_kernels || !call.aliased()) {
         let pointers = call.buffers.map(|r| r.start as DevPtr);
         return gpu(device, &pointers);
@@ -128,21 +137,40 @@ pub fn run<const N: usize>(call: &Call<N>, cpu: impl FnOnce(), gpu: impl FnOnce(
     staged(device, call, &places, gpu)
 }
 
+/// The device that owns a call's device operands (None when all are host);
+/// -2 when they are spread over two devices.
+fn owner(places: &[Option<Place>]) -> Result<Option<i32>> {
+    let mut owner = None;
+    for place in places.iter().flatten() {
+        if let Place::Device(ordinal) = *place {
+            match owner {
+                Some(other) if other != ordinal => {
+                    return Err(Error::InvalidValue(format!("operands live on two devices ({other} and {ordinal}); pass memory of one device")));
+                }
+                _ => owner = Some(ordinal),
+            }
+        }
+    }
+    Ok(owner)
+}
+
 /// For ops whose GPU kernels do not exist yet: host operands run on the CPU;
 /// device operands are refused rather than read from the host.
 pub fn run_cpu_only<const N: usize>(call: &Call<N>, cpu: impl FnOnce()) -> Result<()> {
     if call.work == 0 {
         return Ok(());
     }
-    if chosen_gpu()?.is_some() && call.buffers.iter().any(|r| r.bytes > 0 && memory::classify(r.start) == Place::Device) {
+    handles::check_stream(call.stream)?;
+    if chosen_gpu()?.is_some() && call.buffers.iter().any(|r| r.bytes > 0 && memory::classify(r.start) != Place::Host) {
         return Err(Error::NotAvailable("device pointers are not supported by this op yet (no GPU kernel); pass host memory".to_string()));
     }
     cpu();
     Ok(())
 }
 
-/// The GPU to use, None for the CPU; -1 when the GPU is demanded but unusable.
-fn chosen_gpu() -> Result<Option<&'static Gpu>> {
+/// The calling thread's current GPU, None for the CPU backend; -1 when the GPU
+/// is demanded but unusable.
+pub fn chosen_gpu() -> Result<Option<&'static Gpu>> {
     match requested()? {
         Requested::Cpu => Ok(None),
         Requested::Auto => Ok(gpu::get().ok()),

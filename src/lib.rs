@@ -11,6 +11,7 @@
 //! * [`cpu`]: the CPU kernels.
 //! * [`gpu`]: the GPU backend (driver, PTX kernels, cuBLAS, staging).
 //! * [`error`]: the error type, its ABI codes and the thread-local last message.
+//! * [`handles`]: the live allocations and streams the library handed out.
 
 // Every `unsafe fn` here has one contract: the caller's pointers are valid for
 // the sizes the ABI gives them (docs/ABI.md); it is stated there once rather than
@@ -26,5 +27,6 @@ pub mod cpu;
 pub mod dispatch;
 pub mod error;
 pub mod gpu;
+pub mod handles;
 
 pub use abi::*;

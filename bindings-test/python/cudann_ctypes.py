@@ -32,6 +32,7 @@ _POINTERS = {
     "int64_t *": ctypes.POINTER(ctypes.c_int64),
     "uint64_t *": ctypes.POINTER(ctypes.c_uint64),
     "void *": ctypes.c_void_p,
+    "void **": ctypes.POINTER(ctypes.c_void_p),
     "char *": ctypes.c_char_p,
     "char **": ctypes.POINTER(ctypes.c_char_p),
     # Checkpoint handles are opaque: passed as they were received.

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use super::boundary::ffi_fn;
-use crate::check::{self, Input, Output, require};
+use crate::check::{self, Input, Output, out, put, require};
 use crate::checkpoint::{self, Checkpoint, FILES, WRITERS, Writer};
 use crate::dispatch::{self, Call};
 use crate::error::{Result, invalid};
@@ -29,19 +29,6 @@ unsafe fn text<'a>(name: &str, ptr: *const c_char) -> Result<&'a str> {
     require(!ptr.is_null(), || format!("{name} is NULL"))?;
     // SAFETY: the caller passes a NUL-terminated string (the ABI contract).
     unsafe { CStr::from_ptr(ptr) }.to_str().map_err(|_| invalid(format!("{name} is not valid UTF-8")))
-}
-
-/// An out-pointer: non-NULL and aligned (checked before anything is done).
-fn out<T>(name: &str, ptr: *mut T) -> Result<*mut T> {
-    require(!ptr.is_null(), || format!("{name} is NULL"))?;
-    require(ptr.is_aligned(), || format!("{name} is not aligned to {} bytes", size_of::<T>()))?;
-    Ok(ptr)
-}
-
-/// Stores `value` through a checked out-pointer.
-unsafe fn put<T>(name: &str, ptr: *mut T, value: T) -> Result<()> {
-    unsafe { out(name, ptr)?.write(value) };
-    Ok(())
 }
 
 fn file(handle: *const CudannSafetensors) -> Result<std::sync::Arc<Checkpoint>> {

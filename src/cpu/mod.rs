@@ -8,6 +8,7 @@ pub mod embedding;
 pub mod gemm;
 pub mod loss;
 pub mod math;
+pub mod memory;
 pub mod moe;
 pub mod norm;
 pub mod optim;

@@ -24,7 +24,8 @@ fn check(status: cublasStatus_t, what: &str) -> Result<()> {
     }
 }
 
-/// A cuBLAS handle per thread: handles are not safe to share while streams change.
+/// A cuBLAS handle per thread and context: handles are not safe to share
+/// while streams change, and each belongs to the context it was created in.
 struct Handle(sys::cublasHandle_t);
 
 impl Drop for Handle {
@@ -35,23 +36,30 @@ impl Drop for Handle {
 }
 
 thread_local! {
-    static HANDLE: RefCell<Option<Handle>> = const { RefCell::new(None) };
+    static HANDLES: RefCell<Vec<(usize, Handle)>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Runs `f` with this thread's handle for the current context (the GPU the
+/// call runs on), created on first use.
 fn with_handle<R>(f: impl FnOnce(sys::cublasHandle_t) -> Result<R>) -> Result<R> {
-    HANDLE.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
+    let mut context = std::ptr::null_mut();
+    // SAFETY: reads the thread's current context into an out-pointer.
+    super::driver::check(unsafe { cudarc::driver::sys::cuCtxGetCurrent(&mut context) }, "cuCtxGetCurrent")?;
+    let key = context as usize;
+    HANDLES.with(|cell| {
+        let mut handles = cell.borrow_mut();
+        if !handles.iter().any(|(k, _)| *k == key) {
             let mut handle = std::ptr::null_mut();
-            // SAFETY: plain creation into an out-pointer (needs the current context).
+            // SAFETY: plain creation into an out-pointer (in the current context).
             unsafe {
                 check(sys::cublasCreate_v2(&mut handle), "cublasCreate")?;
                 let mode = if super::allow_tf32() { cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH } else { cublasMath_t::CUBLAS_DEFAULT_MATH };
                 check(sys::cublasSetMathMode(handle, mode), "cublasSetMathMode")?;
             }
-            *slot = Some(Handle(handle));
+            handles.push((key, Handle(handle)));
         }
-        f(slot.as_ref().expect("created above").0)
+        let handle = handles.iter().find(|(k, _)| *k == key).expect("created above").1.0;
+        f(handle)
     })
 }
 

@@ -1,5 +1,6 @@
-//! The GPU backend: one context (device 0's primary context), the embedded PTX
-//! loaded once, pointer classification, staging pools, cuBLAS and the launches.
+//! The GPU backend: each device's primary context (the one the CUDA runtime and
+//! PyTorch use) with the embedded PTX loaded once, pointer classification,
+//! staging pools, cuBLAS and the launches.
 
 pub mod blas;
 pub mod driver;
@@ -23,8 +24,10 @@ struct Kernel(sys::CUfunction);
 unsafe impl Send for Kernel {}
 unsafe impl Sync for Kernel {}
 
-/// The usable GPU: its context and every kernel, loaded once.
+/// One usable GPU: its primary context and every kernel, loaded once.
 pub struct Gpu {
+    /// The device ordinal (as `cudaSetDevice` numbers devices).
+    pub ordinal: i32,
     context: sys::CUcontext,
     kernels: HashMap<&'static str, Kernel>,
     pub pools: memory::Pools,
@@ -33,23 +36,18 @@ pub struct Gpu {
 unsafe impl Send for Gpu {}
 unsafe impl Sync for Gpu {}
 
-/// The GPU, probed once (lazily, thread-safely); NotAvailable with the reason
-/// when there is none (no driver, no device, PTX the driver cannot load).
-pub fn get() -> Result<&'static Gpu> {
-    static GPU: OnceLock<std::result::Result<Gpu, String>> = OnceLock::new();
-    let gpu = GPU.get_or_init(|| probe().map_err(|e| e.to_string())).as_ref().map_err(|why| Error::NotAvailable(why.clone()))?;
-    gpu.make_current()?;
-    Ok(gpu)
+/// The driver, initialised once: how many devices, and each one probed lazily.
+struct Driver {
+    devices: Vec<OnceLock<std::result::Result<Gpu, String>>>,
 }
 
-/// Whether the caller allowed TF32 tensor-core math (CUDANN_ALLOW_TF32=1, read
-/// once): GEMM through cuBLAS's TF32 mode, flash attention's TF32 kernel.
-pub fn allow_tf32() -> bool {
-    static TF32: OnceLock<bool> = OnceLock::new();
-    *TF32.get_or_init(|| std::env::var("CUDANN_ALLOW_TF32").is_ok_and(|v| v.trim() == "1"))
+/// The driver, or NotAvailable with the reason (no libcuda, no device).
+fn driver() -> Result<&'static Driver> {
+    static DRIVER: OnceLock<std::result::Result<Driver, String>> = OnceLock::new();
+    DRIVER.get_or_init(|| init().map_err(|e| e.to_string())).as_ref().map_err(|why| Error::NotAvailable(why.clone()))
 }
 
-fn probe() -> Result<Gpu> {
+fn init() -> Result<Driver> {
     // SAFETY: only asks the loader whether libcuda exists.
     if !unsafe { sys::is_culib_present() } {
         return Err(Error::NotAvailable("no CUDA driver (libcuda) on this machine".to_string()));
@@ -63,26 +61,76 @@ fn probe() -> Result<Gpu> {
     if count < 1 {
         return Err(Error::NotAvailable("the CUDA driver reports no GPU".to_string()));
     }
+    Ok(Driver { devices: (0..count).map(|_| OnceLock::new()).collect() })
+}
+
+/// How many GPUs the driver reports (NotAvailable when there is no driver).
+pub fn count() -> Result<i32> {
+    Ok(driver()?.devices.len() as i32)
+}
+
+/// GPU `ordinal`, probed once (lazily, thread-safely); -2 for an ordinal the
+/// driver does not have, NotAvailable with the reason when it is unusable.
+pub fn device(ordinal: i32) -> Result<&'static Gpu> {
+    let devices = &driver()?.devices;
+    let slot = usize::try_from(ordinal)
+        .ok()
+        .and_then(|i| devices.get(i))
+        .ok_or_else(|| Error::InvalidValue(format!("device {ordinal} does not exist ({} GPU(s): 0..{})", devices.len(), devices.len())))?;
+    slot.get_or_init(|| probe(ordinal).map_err(|e| e.to_string())).as_ref().map_err(|why| Error::NotAvailable(why.clone()))
+}
+
+/// The calling thread's current device, as the CUDA runtime sees it: the device
+/// of the thread's current context, or device 0 when it has none.
+pub fn current_ordinal() -> Result<i32> {
+    driver()?;
+    let mut context = std::ptr::null_mut();
+    let mut ordinal = 0;
+    // SAFETY: reads the thread's current context and its device.
+    unsafe {
+        check(sys::cuCtxGetCurrent(&mut context), "cuCtxGetCurrent")?;
+        if !context.is_null() {
+            check(sys::cuCtxGetDevice(&mut ordinal), "cuCtxGetDevice")?;
+        }
+    }
+    Ok(ordinal)
+}
+
+/// The calling thread's current GPU; a thread with no current context gets
+/// device 0's made current (as the CUDA runtime does on first use).
+pub fn get() -> Result<&'static Gpu> {
+    let gpu = device(current_ordinal()?)?;
+    gpu.make_current()?;
+    Ok(gpu)
+}
+
+/// Whether the caller allowed TF32 tensor-core math (CUDANN_ALLOW_TF32=1, read
+/// once): GEMM through cuBLAS's TF32 mode, flash attention's TF32 kernel.
+pub fn allow_tf32() -> bool {
+    static TF32: OnceLock<bool> = OnceLock::new();
+    *TF32.get_or_init(|| std::env::var("CUDANN_ALLOW_TF32").is_ok_and(|v| v.trim() == "1"))
+}
+
+fn probe(ordinal: i32) -> Result<Gpu> {
     let mut device = 0;
     let mut context = std::ptr::null_mut();
+    // SAFETY: plain driver calls with valid out-pointers; the primary context
+    // stays retained for the life of the process.
     unsafe {
-        check(sys::cuDeviceGet(&mut device, 0), "cuDeviceGet")?;
+        check(sys::cuDeviceGet(&mut device, ordinal), "cuDeviceGet")?;
         check(sys::cuDevicePrimaryCtxRetain(&mut context, device), "cuDevicePrimaryCtxRetain")?;
-        check(sys::cuCtxSetCurrent(context), "cuCtxSetCurrent")?;
     }
-    let (mut major, mut minor) = (0, 0);
-    unsafe {
-        use sys::CUdevice_attribute::{CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR};
-        check(sys::cuDeviceGetAttribute(&mut major, MAJOR, device), "cuDeviceGetAttribute")?;
-        check(sys::cuDeviceGetAttribute(&mut minor, MINOR, device), "cuDeviceGetAttribute")?;
-    }
-    let capability = (major * 10 + minor) as u32;
+    let gpu = Gpu { ordinal, context, kernels: HashMap::new(), pools: memory::Pools::default() };
+    let _current = gpu.enter()?;
+    let capability = attribute(ordinal, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)? * 10
+        + attribute(ordinal, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
     let mut kernels = HashMap::new();
     // Modules for newer GPUs than this one are skipped: their kernels are absent.
-    for (module_name, ptx, names, _) in kernels::MODULES.iter().filter(|m| m.3 <= capability) {
+    for (module_name, ptx, names, _) in kernels::MODULES.iter().filter(|m| m.3 <= capability as u32) {
         let source = CString::new(*ptx).map_err(|_| Error::Internal(format!("{module_name}.ptx holds a NUL")))?;
         let mut module = std::ptr::null_mut();
-        // SAFETY: a NUL-terminated PTX image; the module lives as long as the process.
+        // SAFETY: a NUL-terminated PTX image, loaded into the current (primary)
+        // context; the module lives as long as the process.
         unsafe { check(sys::cuModuleLoadData(&mut module, source.as_ptr().cast()), &format!("loading {module_name}.ptx"))? };
         for name in *names {
             let mut function = std::ptr::null_mut();
@@ -91,23 +139,83 @@ fn probe() -> Result<Gpu> {
             kernels.insert(*name, Kernel(function));
         }
     }
-    Ok(Gpu { context, kernels, pools: memory::Pools::default() })
+    drop(_current);
+    Ok(Gpu { kernels, ..gpu })
+}
+
+/// One attribute of device `ordinal`.
+fn attribute(ordinal: i32, which: sys::CUdevice_attribute) -> Result<i32> {
+    let mut value = 0;
+    // SAFETY: a plain query into an out-pointer.
+    unsafe { check(sys::cuDeviceGetAttribute(&mut value, which, ordinal), "cuDeviceGetAttribute")? };
+    Ok(value)
+}
+
+/// "NVIDIA H200, driver 13.0, sm_90" for device `ordinal`.
+pub fn describe(ordinal: i32) -> Result<String> {
+    let mut name = [0 as std::ffi::c_char; 256];
+    let mut version = 0;
+    // SAFETY: out-buffers of the sizes passed.
+    unsafe {
+        check(sys::cuDeviceGetName(name.as_mut_ptr(), name.len() as i32, ordinal), "cuDeviceGetName")?;
+        check(sys::cuDriverGetVersion(&mut version), "cuDriverGetVersion")?;
+    }
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
+    let major = attribute(ordinal, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+    let minor = attribute(ordinal, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+    Ok(format!("{name}, driver {}.{}, sm_{major}{minor}", version / 1000, version % 1000 / 10))
+}
+
+/// While alive, a GPU's context is current on this thread; the thread's
+/// previous context (if it had another) is restored on drop, so a caller's
+/// `cudaSetDevice` choice survives calls on another device's pointers.
+pub struct Entered {
+    previous: sys::CUcontext,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if !self.previous.is_null() {
+            // SAFETY: a context that was current on this thread a moment ago.
+            unsafe { sys::cuCtxSetCurrent(self.previous) };
+        }
+    }
 }
 
 impl Gpu {
-    /// Makes this context current on the calling thread (callers' threads may
-    /// have none, or another).
+    /// Gives a thread with no current context (a new Go or Ruby thread) this
+    /// one for good, as the CUDA runtime does on first use.
     fn make_current(&self) -> Result<()> {
+        let mut current = std::ptr::null_mut();
+        // SAFETY: as in `enter`.
+        unsafe {
+            check(sys::cuCtxGetCurrent(&mut current), "cuCtxGetCurrent")?;
+            if current.is_null() {
+                check(sys::cuCtxSetCurrent(self.context), "cuCtxSetCurrent")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes this context the thread's current one for good (`cudaSetDevice`).
+    pub fn select(&self) -> Result<()> {
+        // SAFETY: a context retained for the life of the process.
+        check(unsafe { sys::cuCtxSetCurrent(self.context) }, "cuCtxSetCurrent")
+    }
+
+    /// Makes this context current until the guard drops (see [`Entered`]).
+    pub fn enter(&self) -> Result<Entered> {
         let mut current = std::ptr::null_mut();
         // SAFETY: reads the thread's current context; sets a context retained
         // for the life of the process.
         unsafe {
             check(sys::cuCtxGetCurrent(&mut current), "cuCtxGetCurrent")?;
-            if current != self.context {
-                check(sys::cuCtxSetCurrent(self.context), "cuCtxSetCurrent")?;
+            if current == self.context {
+                return Ok(Entered { previous: std::ptr::null_mut() });
             }
+            check(sys::cuCtxSetCurrent(self.context), "cuCtxSetCurrent")?;
         }
-        Ok(())
+        Ok(Entered { previous: current })
     }
 
     /// Whether kernel `name` was loaded (modules for newer GPUs are not).
