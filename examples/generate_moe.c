@@ -70,14 +70,13 @@ static int32_t *parse_prompt(const char *text, int vocab, int *count) {
     return ids;
 }
 
-/* The next token from one logits row. */
-static int32_t choose(const Args *a, const float *logits, int vocab, uint64_t seed) {
-    int32_t token = -1;
-    if (a->temperature == 0.0f) CHECK(cuda_argmax(logits, &token, 1, vocab, NULL));
-    else if (a->top_k > 0) CHECK(cuda_topk_sample(logits, &token, &seed, 1, vocab, a->top_k, a->temperature, NULL));
-    else if (a->top_p < 1.0f) CHECK(cuda_topp_sample(logits, &token, &seed, 1, vocab, a->top_p, a->temperature, NULL));
-    else CHECK(cuda_sample(logits, &token, &seed, 1, vocab, a->temperature, NULL));
-    return token;
+/* The next token from one logits row into `token`, and its seed from `seed`
+ * (both library memory, so the sampler reads and writes where logits live). */
+static void choose(const Args *a, const float *logits, int vocab, int32_t *token, const uint64_t *seed) {
+    if (a->temperature == 0.0f) CHECK(cuda_argmax(logits, token, 1, vocab, NULL));
+    else if (a->top_k > 0) CHECK(cuda_topk_sample(logits, token, seed, 1, vocab, a->top_k, a->temperature, NULL));
+    else if (a->top_p < 1.0f) CHECK(cuda_topp_sample(logits, token, seed, 1, vocab, a->top_p, a->temperature, NULL));
+    else CHECK(cuda_sample(logits, token, seed, 1, vocab, a->temperature, NULL));
 }
 
 /* Runs `count` tokens at positions pos0.. through every layer (each writing
@@ -107,22 +106,35 @@ int main(int argc, char **argv) {
     int32_t *prompt = parse_prompt(args.prompt, c.vocab, &n_prompt);
     if (n_prompt + args.max_new > c.max_seq) die("prompt (%d) + --max-new (%d) exceeds max_seq_len (%d)", n_prompt, args.max_new, c.max_seq);
 
-    size_t kv = (size_t)c.max_seq * (size_t)(c.kv_heads * c.head_dim);
-    KvCache *caches = xcalloc((size_t)c.layers, sizeof(KvCache));
-    for (int l = 0; l < c.layers; l++) caches[l] = (KvCache){xcalloc(kv, 4), xcalloc(kv, 4)};
-    LayerActs acts = acts_alloc(&c, n_prompt);
-    float *x_next = xcalloc((size_t)n_prompt * c.hidden, 4), *xf = xcalloc((size_t)c.hidden, 4), *logits = xcalloc((size_t)c.vocab, 4);
     FILE *dump = args.logits ? fopen(args.logits, "wb") : NULL;
     if (args.logits && !dump) die("cannot write %s", args.logits);
+    /* The caches, activations and logits live in library memory (the GPU's,
+     * when there is one): only token ids, seeds (and dumped logits) cross. */
+    size_t kv = (size_t)c.max_seq * (size_t)(c.kv_heads * c.head_dim);
+    KvCache *caches = xcalloc((size_t)c.layers, sizeof(KvCache));
+    for (int l = 0; l < c.layers; l++) caches[l] = (KvCache){dalloc(kv, 4), dalloc(kv, 4)};
+    LayerActs acts = acts_alloc(&c, n_prompt);
+    float *x_next = dalloc((size_t)n_prompt * c.hidden, 4), *xf = dalloc((size_t)c.hidden, 4), *logits = dalloc((size_t)c.vocab, 4);
+    float *host_logits = dump ? xcalloc((size_t)c.vocab, 4) : NULL;
+    int32_t *ids = dalloc((size_t)n_prompt, 4);
+    uint64_t *seed = dalloc(1, sizeof(uint64_t));
+    copy_bytes(ids, prompt, (size_t)n_prompt * 4);
 
     for (int i = 0; i < n_prompt; i++) printf("%s%d", i ? " " : "", prompt[i]);
-    forward(&m, prompt, n_prompt, 0, &acts, x_next, caches, xf, logits);
+    forward(&m, ids, n_prompt, 0, &acts, x_next, caches, xf, logits);
     for (int step = 0; step < args.max_new; step++) {
-        if (dump && fwrite(logits, 4, (size_t)c.vocab, dump) != (size_t)c.vocab) die("cannot write %s", args.logits);
-        int32_t token = choose(&args, logits, c.vocab, args.seed + (uint64_t)step);
+        if (dump) {
+            copy_bytes(host_logits, logits, (size_t)c.vocab * 4);
+            if (fwrite(host_logits, 4, (size_t)c.vocab, dump) != (size_t)c.vocab) die("cannot write %s", args.logits);
+        }
+        uint64_t step_seed = args.seed + (uint64_t)step;
+        int32_t token;
+        copy_bytes(seed, &step_seed, sizeof step_seed);
+        choose(&args, logits, c.vocab, ids, seed);
+        copy_bytes(&token, ids, sizeof token);
         printf(" %d", token);
         fflush(stdout);
-        if (step + 1 < args.max_new) forward(&m, &token, 1, n_prompt + step, &acts, x_next, caches, xf, logits);
+        if (step + 1 < args.max_new) forward(&m, ids, 1, n_prompt + step, &acts, x_next, caches, xf, logits);
     }
     printf("\n");
     if (dump && fclose(dump)) die("cannot write %s", args.logits);

@@ -39,6 +39,19 @@ void *xcalloc(size_t count, size_t size) {
     return p;
 }
 
+void *dalloc(size_t count, size_t size) {
+    void *p = NULL;
+    int64_t bytes = (int64_t)(count ? count : 1) * (int64_t)(size ? size : 1);
+    if (cudann_malloc(&p, bytes) != CUDANN_SUCCESS) die("cannot allocate %lld bytes: %s", (long long)bytes, cudann_last_error());
+    CHECK(cudann_memset(p, 0, bytes, NULL));
+    return p;
+}
+
+void copy_bytes(void *dst, const void *src, size_t bytes) {
+    CHECK(cudann_memcpy(dst, src, (int64_t)bytes, NULL));
+    CHECK(cudann_stream_synchronize(NULL));
+}
+
 /* The whole of a small text file, NUL-terminated. */
 static char *read_text(const char *path) {
     FILE *f = fopen(path, "rb");
@@ -146,8 +159,8 @@ Model model_layout(Config c) {
     }
     m.norm = add_tensor(&m, "norm.weight", D, 0);
     m.lm_head = add_tensor(&m, "lm_head.weight", c.vocab, D);
-    m.params = xcalloc((size_t)m.n_params, sizeof(float));
-    m.freqs = xcalloc((size_t)c.max_seq * (size_t)(c.head_dim / 2), sizeof(float));
+    m.params = dalloc((size_t)m.n_params, sizeof(float));
+    m.freqs = dalloc((size_t)c.max_seq * (size_t)(c.head_dim / 2), sizeof(float));
     return m;
 }
 
@@ -162,6 +175,8 @@ static const char *shape_text(char *buf, size_t size, int ndim, const int64_t *s
 }
 
 void model_load(Model *m, const char *path) {
+    float *host = malloc((size_t)m->n_params * sizeof(float));
+    if (!host) die("out of memory (%lld parameters)", (long long)m->n_params);
     CudannSafetensors *file = NULL;
     if (cudann_safetensors_open(path, &file) != CUDANN_SUCCESS) die("%s", cudann_last_error());
     int64_t count = 0;
@@ -177,9 +192,11 @@ void model_load(Model *m, const char *path) {
         if (ndim != t->ndim || shape[0] != t->shape[0] || (ndim == 2 && shape[1] != t->shape[1]))
             die("%s: tensor %s has shape %s; the config wants %s", path, t->name, shape_text(got, sizeof got, ndim, shape),
                 shape_text(want, sizeof want, t->ndim, t->shape));
-        CHECK(cudann_safetensors_read(file, t->name, CUDANN_F32, m->params + t->offset, t->size, NULL));
+        CHECK(cudann_safetensors_read(file, t->name, CUDANN_F32, host + t->offset, t->size, NULL));
     }
     CHECK(cudann_safetensors_close(file));
+    copy_bytes(m->params, host, (size_t)m->n_params * sizeof(float));
+    free(host);
 }
 
 /* SplitMix64 and Box-Muller: the weights' initial draw. */
@@ -197,23 +214,31 @@ static double normal(uint64_t *state) {
 }
 
 void model_init(Model *m, uint64_t seed) {
+    float *host = malloc((size_t)m->n_params * sizeof(float));
+    if (!host) die("out of memory (%lld parameters)", (long long)m->n_params);
     uint64_t state = seed;
     for (int i = 0; i < m->n_tensors; i++) {
         const Tensor *t = &m->tensors[i];
-        float *p = m->params + t->offset;
+        float *p = host + t->offset;
         for (int64_t j = 0; j < t->size; j++) p[j] = t->ndim == 1 ? 1.0f : (float)(0.02 * normal(&state));
     }
+    copy_bytes(m->params, host, (size_t)m->n_params * sizeof(float));
+    free(host);
 }
 
 void model_save(const Model *m, const float *flat, const char *path) {
+    float *host = malloc((size_t)m->n_params * sizeof(float));
+    if (!host) die("out of memory (%lld parameters)", (long long)m->n_params);
+    copy_bytes(host, flat, (size_t)m->n_params * sizeof(float));
     CudannSafetensorsWriter *writer = NULL;
     CHECK(cudann_safetensors_writer_create(&writer));
     for (int i = 0; i < m->n_tensors; i++) {
         const Tensor *t = &m->tensors[i];
-        CHECK(cudann_safetensors_writer_add(writer, t->name, CUDANN_F32, t->ndim, t->shape, flat + t->offset, NULL));
+        CHECK(cudann_safetensors_writer_add(writer, t->name, CUDANN_F32, t->ndim, t->shape, host + t->offset, NULL));
     }
     if (cudann_safetensors_writer_save(writer, path) != CUDANN_SUCCESS) die("%s", cudann_last_error());
     CHECK(cudann_safetensors_writer_free(writer));
+    free(host);
 }
 
 void model_rope(Model *m) { CHECK(cuda_rope_freqs(m->freqs, m->c.max_seq, m->c.head_dim, m->c.rope_base, 1.0f, NULL)); }
@@ -222,15 +247,16 @@ LayerActs acts_alloc(const Config *c, int tokens) {
     size_t T = (size_t)tokens, D = (size_t)c->hidden, E = (size_t)c->experts, K = (size_t)c->top_k, F = (size_t)c->ffn;
     size_t q_dim = (size_t)c->heads * (size_t)c->head_dim, kv_dim = (size_t)c->kv_heads * (size_t)c->head_dim;
     LayerActs a = {
-        .x_in = xcalloc(T * D, sizeof(float)), .a = xcalloc(T * D, sizeof(float)),
-        .q = xcalloc(T * q_dim, sizeof(float)), .k = xcalloc(T * kv_dim, sizeof(float)), .v = xcalloc(T * kv_dim, sizeof(float)),
-        .o = xcalloc(T * q_dim, sizeof(float)), .lse = xcalloc(T * (size_t)c->heads, sizeof(float)),
-        .x_mid = xcalloc(T * D, sizeof(float)), .m = xcalloc(T * D, sizeof(float)),
-        .router_logits = xcalloc(T * E, sizeof(float)), .probs = xcalloc(T * E, sizeof(float)),
-        .weights = xcalloc(T * K, sizeof(float)), .f_counts = xcalloc(E, sizeof(float)), .p_means = xcalloc(E, sizeof(float)),
-        .experts = xcalloc(T * K, sizeof(int32_t)), .order = xcalloc(T * K, sizeof(int32_t)), .offsets = xcalloc(E + 1, sizeof(int32_t)),
-        .xs = xcalloc(T * K * D, sizeof(float)), .gate = xcalloc(T * K * F, sizeof(float)), .up = xcalloc(T * K * F, sizeof(float)),
-        .h = xcalloc(T * K * F, sizeof(float)), .y = xcalloc(T * K * D, sizeof(float)), .moe_out = xcalloc(T * D, sizeof(float)),
+        .x_in = dalloc(T * D, sizeof(float)), .a = dalloc(T * D, sizeof(float)),
+        .q = dalloc(T * q_dim, sizeof(float)), .k = dalloc(T * kv_dim, sizeof(float)), .v = dalloc(T * kv_dim, sizeof(float)),
+        .o = dalloc(T * q_dim, sizeof(float)), .lse = dalloc(T * (size_t)c->heads, sizeof(float)),
+        .x_mid = dalloc(T * D, sizeof(float)), .m = dalloc(T * D, sizeof(float)),
+        .router_logits = dalloc(T * E, sizeof(float)), .probs = dalloc(T * E, sizeof(float)),
+        .weights = dalloc(T * K, sizeof(float)), .f_counts = dalloc(E, sizeof(float)), .p_means = dalloc(E, sizeof(float)),
+        .experts = dalloc(T * K, sizeof(int32_t)), .order = dalloc(T * K, sizeof(int32_t)), .offsets = dalloc(E + 1, sizeof(int32_t)),
+        .xs = dalloc(T * K * D, sizeof(float)), .gate = dalloc(T * K * F, sizeof(float)), .up = dalloc(T * K * F, sizeof(float)),
+        .h = dalloc(T * K * F, sizeof(float)), .y = dalloc(T * K * D, sizeof(float)), .moe_out = dalloc(T * D, sizeof(float)),
+        .aux = dalloc(1, sizeof(float)), .expert_rows = xcalloc(E + 1, sizeof(int32_t)),
     };
     return a;
 }
@@ -270,19 +296,21 @@ void layer_forward(const Model *m, int l, LayerActs *a, float *x_out, int batch,
     linear(a->m, tensor_in(m, P, L->router), a->router_logits, T, E, D);
     CHECK(cuda_softmax(a->router_logits, a->probs, T, E, NULL));
     CHECK(cuda_softmax_topk(a->router_logits, a->weights, a->experts, T, E, K, NULL));
-    CHECK(cuda_aux_loss_forward(a->probs, a->experts, &a->aux, a->f_counts, a->p_means, T, E, K, c->aux_alpha, NULL));
+    CHECK(cuda_aux_loss_forward(a->probs, a->experts, a->aux, a->f_counts, a->p_means, T, E, K, c->aux_alpha, NULL));
 
-    /* Experts: rows grouped by expert, one product per expert and weight. */
+    /* Experts: rows grouped by expert, one product per expert and weight (the
+     * row offsets come back to the host: they size the products). */
     CHECK(cudann_moe_dispatch(a->m, a->experts, a->xs, a->order, a->offsets, T, D, E, K, NULL));
+    copy_bytes(a->expert_rows, a->offsets, (size_t)(E + 1) * sizeof(int32_t));
     for (int e = 0; e < E; e++) {
-        int start = a->offsets[e], rows = a->offsets[e + 1] - start;
+        int start = a->expert_rows[e], rows = a->expert_rows[e + 1] - start;
         if (rows == 0) continue;
         linear(a->xs + (size_t)start * D, tensor_in(m, P, L->gate[e]), a->gate + (size_t)start * F, rows, F, D);
         linear(a->xs + (size_t)start * D, tensor_in(m, P, L->up[e]), a->up + (size_t)start * F, rows, F, D);
     }
     CHECK(cudann_swiglu(a->gate, a->up, a->h, (int64_t)T * K * F, CUDANN_F32, NULL));
     for (int e = 0; e < E; e++) {
-        int start = a->offsets[e], rows = a->offsets[e + 1] - start;
+        int start = a->expert_rows[e], rows = a->expert_rows[e + 1] - start;
         if (rows) linear(a->h + (size_t)start * F, tensor_in(m, P, L->down[e]), a->y + (size_t)start * D, rows, D, F);
     }
     CHECK(cudann_moe_combine(a->y, a->weights, a->order, a->moe_out, T, D, K, NULL));

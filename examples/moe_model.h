@@ -25,6 +25,15 @@ double parse_number(const char *flag, const char *text);
  * program's life). Exits with a message when it cannot be had. */
 void *xcalloc(size_t count, size_t size);
 
+/* Library memory (cudann_malloc: device memory on a GPU, host memory without
+ * one), zeroed; like xcalloc otherwise. The model, its gradients, optimizer
+ * state and activations live there, so on a GPU no call copies operands. */
+void *dalloc(size_t count, size_t size);
+
+/* Copies `bytes` between program memory and library memory (either way),
+ * complete on return. */
+void copy_bytes(void *dst, const void *src, size_t bytes);
+
 typedef struct {
     int vocab, hidden, layers, heads, kv_heads, head_dim, ffn, experts, top_k, max_seq;
     float rope_base, rms_eps, aux_alpha;
@@ -54,8 +63,8 @@ typedef struct {
     int64_t n_params;
     int embed, norm, lm_head;
     LayerTensors *layer;
-    float *params;
-    float *freqs; /* RoPE angles [max_seq, head_dim / 2] */
+    float *params; /* library memory */
+    float *freqs;  /* RoPE angles [max_seq, head_dim / 2], library memory */
 } Model;
 
 /* Builds the tensor table of MODEL.md for `c` (no weights yet). */
@@ -72,11 +81,14 @@ void model_save(const Model *m, const float *flat, const char *path);
 /* Fills the RoPE angle table. */
 void model_rope(Model *m);
 
-/* One layer's activations for T tokens, kept for the backward pass. */
+/* One layer's activations for T tokens, kept for the backward pass, in
+ * library memory; `aux` points at the layer's aux loss (one float there), and
+ * `expert_rows` is the program's copy of the experts' row offsets, which the
+ * per-expert products need on the host. */
 typedef struct {
     float *x_in, *a, *q, *k, *v, *o, *lse, *x_mid, *m;
-    float *router_logits, *probs, *weights, *f_counts, *p_means, aux;
-    int32_t *experts, *order, *offsets;
+    float *router_logits, *probs, *weights, *f_counts, *p_means, *aux;
+    int32_t *experts, *order, *offsets, *expert_rows;
     float *xs, *gate, *up, *h, *y, *moe_out;
 } LayerActs;
 
@@ -86,7 +98,8 @@ LayerActs acts_alloc(const Config *c, int tokens);
  * op(X) = Xᵀ when trans_x is 1; ld* are the stored row lengths. */
 void matmul(int trans_a, int trans_b, int m, int n, int k, const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
-/* Keys and values of one layer for decoding: [1, max_seq, kv_heads, head_dim]. */
+/* Keys and values of one layer for decoding: [1, max_seq, kv_heads, head_dim],
+ * library memory. */
 typedef struct {
     float *k, *v;
 } KvCache;

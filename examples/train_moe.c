@@ -95,11 +95,11 @@ static Grads grads_alloc(const Config *c, int tokens) {
     size_t T = (size_t)tokens, D = (size_t)c->hidden, E = (size_t)c->experts, K = (size_t)c->top_k, F = (size_t)c->ffn;
     size_t q_dim = (size_t)c->heads * (size_t)c->head_dim, kv_dim = (size_t)c->kv_heads * (size_t)c->head_dim;
     Grads g = {
-        .d_x = xcalloc(T * D, 4), .d_prev = xcalloc(T * D, 4), .d_x_mid = xcalloc(T * D, 4), .tmp = xcalloc(T * D, 4),
-        .d_y = xcalloc(T * K * D, 4), .d_w = xcalloc(T * K, 4), .d_h = xcalloc(T * K * F, 4), .d_gate = xcalloc(T * K * F, 4),
-        .d_up = xcalloc(T * K * F, 4), .d_xs = xcalloc(T * K * D, 4), .d_m = xcalloc(T * D, 4), .d_router = xcalloc(T * E, 4),
-        .d_probs = xcalloc(T * E, 4), .d_router_aux = xcalloc(T * E, 4), .d_o = xcalloc(T * q_dim, 4), .d_q = xcalloc(T * q_dim, 4),
-        .d_k = xcalloc(T * kv_dim, 4), .d_v = xcalloc(T * kv_dim, 4), .d_a = xcalloc(T * D, 4),
+        .d_x = dalloc(T * D, 4), .d_prev = dalloc(T * D, 4), .d_x_mid = dalloc(T * D, 4), .tmp = dalloc(T * D, 4),
+        .d_y = dalloc(T * K * D, 4), .d_w = dalloc(T * K, 4), .d_h = dalloc(T * K * F, 4), .d_gate = dalloc(T * K * F, 4),
+        .d_up = dalloc(T * K * F, 4), .d_xs = dalloc(T * K * D, 4), .d_m = dalloc(T * D, 4), .d_router = dalloc(T * E, 4),
+        .d_probs = dalloc(T * E, 4), .d_router_aux = dalloc(T * E, 4), .d_o = dalloc(T * q_dim, 4), .d_q = dalloc(T * q_dim, 4),
+        .d_k = dalloc(T * kv_dim, 4), .d_v = dalloc(T * kv_dim, 4), .d_a = dalloc(T * D, 4),
     };
     return g;
 }
@@ -117,14 +117,14 @@ static void layer_backward(const Model *m, int l, const LayerActs *a, Grads *g, 
     /* Experts, in reverse: combine, down, SwiGLU, gate and up, dispatch. */
     CHECK(cudann_moe_combine_backward(g->d_x, a->y, a->weights, a->order, g->d_y, g->d_w, T, D, K, NULL));
     for (int e = 0; e < E; e++) {
-        int s = a->offsets[e], rows = a->offsets[e + 1] - s;
+        int s = a->expert_rows[e], rows = a->expert_rows[e + 1] - s;
         if (rows == 0) continue; /* its gradients stay zero */
         matmul(1, 0, D, F, rows, g->d_y + (size_t)s * D, D, a->h + (size_t)s * F, F, 0.0f, tensor_in(m, grad, L->down[e]), F);
         matmul(0, 0, rows, F, D, g->d_y + (size_t)s * D, D, tensor_in(m, P, L->down[e]), F, 0.0f, g->d_h + (size_t)s * F, F);
     }
     CHECK(cudann_swiglu_backward(g->d_h, a->gate, a->up, g->d_gate, g->d_up, (int64_t)T * K * F, NULL));
     for (int e = 0; e < E; e++) {
-        int s = a->offsets[e], rows = a->offsets[e + 1] - s;
+        int s = a->expert_rows[e], rows = a->expert_rows[e + 1] - s;
         if (rows == 0) continue;
         const float *xs = a->xs + (size_t)s * D, *dg = g->d_gate + (size_t)s * F, *du = g->d_up + (size_t)s * F;
         matmul(1, 0, F, D, rows, dg, F, xs, D, 0.0f, tensor_in(m, grad, L->gate[e]), D);
@@ -205,14 +205,20 @@ int main(int argc, char **argv) {
     if (n_tokens <= args.seq) die("%s holds %lld tokens; --seq %d needs more than that", args.data, (long long)n_tokens, args.seq);
 
     int B = args.batch, S = args.seq, T = B * S, D = c.hidden, V = c.vocab;
+    /* Everything a step touches lives in library memory (the GPU's, when there
+     * is one): only the batch's token ids go in and the losses come out. */
     LayerActs *acts = xcalloc((size_t)c.layers, sizeof(LayerActs));
     for (int l = 0; l < c.layers; l++) acts[l] = acts_alloc(&c, T);
     Grads g = grads_alloc(&c, T);
-    float *x_final = xcalloc((size_t)T * D, 4), *xf = xcalloc((size_t)T * D, 4), *d_xf = xcalloc((size_t)T * D, 4);
-    float *logits = xcalloc((size_t)T * V, 4), *log_probs = xcalloc((size_t)T * V, 4), *d_logits = xcalloc((size_t)T * V, 4);
-    float *grad = xcalloc((size_t)m.n_params, 4), *adam_m = xcalloc((size_t)m.n_params, 4), *adam_v = xcalloc((size_t)m.n_params, 4);
-    float *partial = xcalloc((size_t)(m.n_params + 255) / 256, 4);
-    int32_t *ids = xcalloc((size_t)T, 4), *targets = xcalloc((size_t)T, 4);
+    float *x_final = dalloc((size_t)T * D, 4), *xf = dalloc((size_t)T * D, 4), *d_xf = dalloc((size_t)T * D, 4);
+    float *logits = dalloc((size_t)T * V, 4), *log_probs = dalloc((size_t)T * V, 4), *d_logits = dalloc((size_t)T * V, 4);
+    float *grad = dalloc((size_t)m.n_params, 4), *adam_m = dalloc((size_t)m.n_params, 4), *adam_v = dalloc((size_t)m.n_params, 4);
+    float *partial = dalloc((size_t)(m.n_params + 255) / 256, 4);
+    int32_t *batch = xcalloc(2 * (size_t)T, 4), *ids = dalloc(2 * (size_t)T, 4), *targets = ids + T;
+    /* The step's scalars, fetched together: ce, |g|, then each layer's aux loss. */
+    size_t n_scalars = 2 + (size_t)c.layers;
+    float *scalars = dalloc(n_scalars, 4), *host_scalars = xcalloc(n_scalars, 4);
+    for (int l = 0; l < c.layers; l++) acts[l].aux = scalars + 2 + l;
     FILE *log = args.log ? fopen(args.log, "w") : NULL;
     if (args.log && !log) die("cannot write %s", args.log);
     fprintf(stderr, "train_moe: %lld parameters, %d x %d tokens a step, %lld tokens of data\n", (long long)m.n_params, B, S, (long long)n_tokens);
@@ -221,18 +227,15 @@ int main(int argc, char **argv) {
         double start = now_ms();
         for (int b = 0; b < B; b++) {
             int64_t o = ((int64_t)(step * (int64_t)B + b) * S) % (n_tokens - S);
-            memcpy(ids + (size_t)b * S, tokens + o, (size_t)S * 4);
-            memcpy(targets + (size_t)b * S, tokens + o + 1, (size_t)S * 4);
+            memcpy(batch + (size_t)b * S, tokens + o, (size_t)S * 4);
+            memcpy(batch + T + (size_t)b * S, tokens + o + 1, (size_t)S * 4);
         }
+        copy_bytes(ids, batch, 2 * (size_t)T * 4);
         /* Forward. */
         CHECK(cudann_embedding(ids, tensor_in(&m, m.params, m.embed), acts[0].x_in, T, V, D, CUDANN_F32, NULL));
-        float aux = 0.0f, ce = 0.0f;
-        for (int l = 0; l < c.layers; l++) {
-            layer_forward(&m, l, &acts[l], l + 1 < c.layers ? acts[l + 1].x_in : x_final, B, S, 0, NULL);
-            aux += acts[l].aux;
-        }
+        for (int l = 0; l < c.layers; l++) layer_forward(&m, l, &acts[l], l + 1 < c.layers ? acts[l + 1].x_in : x_final, B, S, 0, NULL);
         head_forward(&m, x_final, xf, logits, T);
-        CHECK(cuda_cross_entropy_forward(logits, targets, &ce, log_probs, T, V, NULL));
+        CHECK(cuda_cross_entropy_forward(logits, targets, scalars, log_probs, T, V, NULL));
 
         /* Backward: every target is a real token, so the mean is over T. */
         CHECK(cuda_zero_grad(grad, m.n_params, NULL));
@@ -250,9 +253,11 @@ int main(int argc, char **argv) {
         if (step == 0 && args.grads) model_save(&m, grad, args.grads);
 
         /* Update. */
-        float grad_norm = 0.0f;
-        CHECK(cuda_grad_clip(grad, partial, &grad_norm, args.clip, m.n_params, NULL));
+        CHECK(cuda_grad_clip(grad, partial, scalars + 1, args.clip, m.n_params, NULL));
         CHECK(cuda_adamw_step(m.params, grad, adam_m, adam_v, args.lr, args.beta1, args.beta2, args.eps, args.weight_decay, step + 1, m.n_params, NULL));
+        copy_bytes(host_scalars, scalars, n_scalars * 4);
+        float ce = host_scalars[0], grad_norm = host_scalars[1], aux = 0.0f;
+        for (int l = 0; l < c.layers; l++) aux += host_scalars[2 + l];
         double ms = now_ms() - start;
         if (log) {
             fprintf(log, "{\"step\": %d, \"loss\": %.9g, \"ce\": %.9g, \"aux\": %.9g, \"grad_norm\": %.9g, \"ms\": %.3f}\n", step + 1, (double)(ce + aux),
