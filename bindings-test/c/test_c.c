@@ -210,6 +210,108 @@ static void test_safetensors(void) {
   check(cudann_safetensors_close(file) == 0 && cudann_safetensors_close(file) == CUDANN_INVALID_VALUE, "a closed handle is refused");
 }
 
+/* cudann_malloc'd memory as a GPU program uses it: upload from C arrays, three
+ * ops on a library stream (rmsnorm, softmax of its output, silu in place on the
+ * input rmsnorm read first), synchronize, download, check, free. */
+static void *dev_alloc(int64_t bytes) {
+  void *p = NULL;
+  check(cudann_malloc(&p, bytes) == CUDANN_SUCCESS && p != NULL, "cudann_malloc returns 0 and a pointer");
+  return p;
+}
+
+static void test_device_memory(void) {
+  enum { R = 13, D = 257, N = R * D };
+  float *x = floats(N), *w = floats(D), *y = floats(N), *s = floats(N), *z = floats(N);
+  double *want = doubles(N);
+  fill(x, N, 16, 3.0);
+  fill(w, D, 17, 1.0);
+  float *dx = dev_alloc(N * 4), *dw = dev_alloc(D * 4), *dy = dev_alloc(N * 4), *ds = dev_alloc(N * 4);
+  void *stream = NULL;
+  check(cudann_stream_create(&stream) == CUDANN_SUCCESS && stream != NULL, "cudann_stream_create");
+  check(cudann_memcpy(dx, x, N * 4, stream) == 0 && cudann_memcpy(dw, w, D * 4, stream) == 0, "cudann_memcpy uploads");
+  /* All bytes 0xff is a NaN: any output element the ops miss shows. */
+  check(cudann_memset(dy, 0xff, N * 4, stream) == 0 && cudann_memset(ds, 0xff, N * 4, stream) == 0, "cudann_memset");
+  check(cuda_rmsnorm(dx, dw, dy, R, D, 1e-5f, stream) == CUDANN_SUCCESS, "cuda_rmsnorm on library memory");
+  check(cuda_softmax(dy, ds, R, D, stream) == CUDANN_SUCCESS, "cuda_softmax on library memory");
+  check(cuda_silu(dx, dx, N, stream) == CUDANN_SUCCESS, "cuda_silu in place on library memory");
+  check(cudann_stream_synchronize(stream) == CUDANN_SUCCESS, "cudann_stream_synchronize");
+  for (int i = 0; i < N; i++) y[i] = s[i] = z[i] = NAN;
+  check(cudann_memcpy(y, dy, N * 4, NULL) == 0 && cudann_memcpy(s, ds, N * 4, NULL) == 0 &&
+            cudann_memcpy(z, dx, N * 4, NULL) == 0,
+        "cudann_memcpy downloads");
+  ref_rmsnorm(x, w, want, R, D, (double)1e-5f);
+  check(close_to(y, want, NULL, N, 1e-5), "cuda_rmsnorm values from library memory");
+  ref_log_softmax(y, want, R, D); /* of the rmsnorm output the library computed */
+  for (int i = 0; i < N; i++) want[i] = exp(want[i]);
+  check(close_to(s, want, NULL, N, 1e-5), "cuda_softmax values from library memory");
+  ref_silu(x, want, N);
+  check(close_to(z, want, NULL, N, 5e-7), "cuda_silu values from library memory (after rmsnorm read x)");
+  check(cudann_stream_destroy(stream) == CUDANN_SUCCESS, "cudann_stream_destroy");
+  check(cudann_free(dx) == 0 && cudann_free(dw) == 0 && cudann_free(dy) == 0 && cudann_free(ds) == 0, "cudann_free");
+  check(cudann_free(dx) == CUDANN_INVALID_VALUE && strstr(cudann_last_error(), "already freed"),
+        "a double free is -2, \"already freed\"");
+  check(cudann_free(NULL) == CUDANN_SUCCESS, "cudann_free(NULL) does nothing");
+  free(x), free(w), free(y), free(s), free(z), free(want);
+}
+
+/* Misuse of library memory and streams is -2 and writes nothing. */
+static void test_device_misuse(void) {
+  float ramp[16], host[32], back[16];
+  for (int i = 0; i < 16; i++) ramp[i] = (float)i;
+  for (int i = 0; i < 32; i++) host[i] = 7.0f;
+  float *buf = dev_alloc(sizeof ramp);
+  check(cudann_memcpy(buf, ramp, sizeof ramp, NULL) == 0, "upload 64 bytes");
+  check(cudann_memcpy(host, buf, sizeof host, NULL) == CUDANN_INVALID_VALUE &&
+            strstr(cudann_last_error(), "pass the end of a 64-byte allocation"),
+        "a download past the end of an allocation is -2");
+  int untouched = 1;
+  for (int i = 0; i < 32; i++) untouched &= host[i] == 7.0f;
+  check(untouched, "the host destination is untouched");
+  check(cudann_memcpy(buf + 8, host, 9 * 4, NULL) == CUDANN_INVALID_VALUE, "an upload past the end is -2");
+  check(cudann_memset(buf, 0, -1, NULL) == CUDANN_INVALID_VALUE, "cudann_memset with bytes < 0 is -2");
+  check(cudann_free(buf + 1) == CUDANN_INVALID_VALUE, "freeing an interior pointer is -2");
+  memset(back, 0, sizeof back);
+  check(cudann_memcpy(back, buf, sizeof back, NULL) == 0 && memcmp(back, ramp, sizeof ramp) == 0,
+        "the allocation is intact after the refused calls");
+  void *p = &p;
+  check(cudann_malloc(&p, -1) == CUDANN_INVALID_VALUE && p == &p, "cudann_malloc(bytes < 0) is -2, *ptr untouched");
+  check(cudann_malloc(NULL, 16) == CUDANN_INVALID_VALUE, "cudann_malloc(NULL) is -2");
+  check(cudann_malloc(&p, 0) == 0 && p == NULL, "cudann_malloc(0) stores NULL");
+
+  void *stream = NULL;
+  check(cudann_stream_create(&stream) == 0 && cudann_stream_destroy(stream) == 0, "a stream created and destroyed");
+  check(cudann_stream_destroy(stream) == CUDANN_INVALID_VALUE && strstr(cudann_last_error(), "destroyed"),
+        "destroying it again is -2");
+  check(cudann_stream_synchronize(stream) == CUDANN_INVALID_VALUE, "synchronizing a destroyed stream is -2");
+  check(cudann_memcpy(back, buf, sizeof back, stream) == CUDANN_INVALID_VALUE, "a copy on a destroyed stream is -2");
+  for (int i = 0; i < 16; i++) host[i] = 7.0f;
+  check(cuda_silu(buf, host, 16, stream) == CUDANN_INVALID_VALUE && host[0] == 7.0f && host[15] == 7.0f,
+        "an op on a destroyed stream is -2 and writes nothing");
+  check(cudann_stream_destroy(NULL) == CUDANN_INVALID_VALUE, "destroying the default stream is -2");
+  check(cudann_free(buf) == 0, "cudann_free");
+}
+
+static void test_devices_and_backend(void) {
+  const char *backend = cudann_backend();
+  int cpu = strncmp(backend, "cpu: ", 5) == 0;
+  check(cpu || strncmp(backend, "cuda: ", 6) == 0, "cudann_backend starts with \"cpu: \" or \"cuda: \"");
+  int count = -1, device = -1;
+  check(cudann_device_count(&count) == 0 && count >= 0 && (count == 0) == cpu, "cudann_device_count (0 on cpu)");
+  check(cudann_set_device(0) == 0 && cudann_get_device(&device) == 0 && device == 0, "cudann_set_device(0)");
+  check(cudann_set_device(count > 0 ? count : 1) == CUDANN_INVALID_VALUE, "a device that does not exist is -2");
+  int64_t free_bytes = -1, total_bytes = -1;
+  check(cudann_mem_info(&free_bytes, &total_bytes) == 0 && 0 < free_bytes && free_bytes <= total_bytes,
+        "cudann_mem_info: 0 < free <= total");
+  check(cudann_mem_info(NULL, &total_bytes) == CUDANN_INVALID_VALUE, "cudann_mem_info(NULL) is -2");
+  check(cudann_device_synchronize() == 0, "cudann_device_synchronize");
+  float src[4] = {1, 2, 3, 4}, dst[4] = {0};
+  void *pinned = NULL;
+  check(cudann_malloc_host(&pinned, sizeof src) == 0 && cudann_memcpy(pinned, src, sizeof src, NULL) == 0 &&
+            cudann_memcpy(dst, pinned, sizeof dst, NULL) == 0 && memcmp(dst, src, sizeof src) == 0 &&
+            cudann_free(pinned) == 0,
+        "cudann_malloc_host memory round trip");
+}
+
 int main(void) {
   test_silu_add();
   test_softmax();
@@ -223,5 +325,8 @@ int main(void) {
   test_swiglu();
   test_attention_decode();
   test_safetensors();
+  test_device_memory();
+  test_device_misuse();
+  test_devices_and_backend();
   return summary("test_c");
 }

@@ -101,6 +101,27 @@ void test_error_path() {
   check(out == F(4, -7.0f), "output untouched on error");
 }
 
+// Library memory from std::vector: upload, cuda_silu in place on a library
+// stream, download; a double free is refused.
+void test_library_memory() {
+  const int64_t n = 1000;
+  F x = random_floats(n, 30, 8.0), y(n, NAN);
+  D want(n);
+  void *buf = nullptr, *stream = nullptr;
+  const int64_t bytes = n * int64_t(sizeof(float));
+  check(cudann_malloc(&buf, bytes) == 0 && cudann_stream_create(&stream) == 0, "cudann_malloc, stream_create");
+  float *dev = static_cast<float *>(buf);
+  check(cudann_memcpy(dev, x.data(), bytes, stream) == 0 && cuda_silu(dev, dev, n, stream) == 0 &&
+            cudann_stream_synchronize(stream) == 0 && cudann_memcpy(y.data(), dev, bytes, nullptr) == 0,
+        "upload, cuda_silu on the stream, download");
+  ref_silu(x.data(), want.data(), n);
+  check(close_to(y.data(), want.data(), nullptr, n, 5e-7), "cuda_silu values from library memory");
+  check(cudann_stream_destroy(stream) == 0 && cudann_free(buf) == 0, "stream_destroy, free");
+  check(cudann_free(buf) == CUDANN_INVALID_VALUE &&
+            std::string(cudann_last_error()).find("already freed") != std::string::npos,
+        "a double free is -2, \"already freed\"");
+}
+
 }  // namespace
 
 int main() {
@@ -111,5 +132,6 @@ int main() {
   test_adamw();
   test_argmax();
   test_error_path();
+  test_library_memory();
   return summary("test_cpp");
 }

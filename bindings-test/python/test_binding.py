@@ -12,10 +12,10 @@ from cudann_ctypes import CODES, HEADER, LIBRARY, PROTOTYPES, as_pointer, c_type
 F32P = ctypes.POINTER(ctypes.c_float)
 
 
-def test_header_declares_the_30_ops_and_2_services():
+def test_header_declares_the_30_ops_and_3_string_services():
     names = set(PROTOTYPES)
     assert len([n for n in names if n.startswith("cuda_")]) == 30
-    services = {"cudann_last_error", "cudann_version"}
+    services = {"cudann_last_error", "cudann_version", "cudann_backend"}  # the const char* returns
     assert services <= names
     plain = ctypes.CDLL(str(LIBRARY))
     for name in names:  # every declared name is exported with that exact symbol

@@ -57,6 +57,22 @@ module Cudann
   attach_function :cudann_safetensors_writer_add, %i[pointer string int int pointer pointer pointer], :int32, opts
   attach_function :cudann_safetensors_writer_save, %i[pointer string], :int32, opts
   attach_function :cudann_safetensors_writer_free, %i[pointer], :int32, opts
+  # Library memory, streams and devices. Pointers and streams are opaque
+  # FFI::Pointers; out-parameters are pointers to them.
+  attach_function :cudann_malloc, %i[pointer int64], :int32, opts
+  attach_function :cudann_malloc_host, %i[pointer int64], :int32, opts
+  attach_function :cudann_free, %i[pointer], :int32, opts
+  attach_function :cudann_memcpy, %i[pointer pointer int64 pointer], :int32, opts
+  attach_function :cudann_memset, %i[pointer int int64 pointer], :int32, opts
+  attach_function :cudann_stream_create, %i[pointer], :int32, opts
+  attach_function :cudann_stream_destroy, %i[pointer], :int32, opts
+  attach_function :cudann_stream_synchronize, %i[pointer], :int32, opts
+  attach_function :cudann_device_synchronize, [], :int32, opts
+  attach_function :cudann_device_count, %i[pointer], :int32, opts
+  attach_function :cudann_set_device, %i[int], :int32, opts
+  attach_function :cudann_get_device, %i[pointer], :int32, opts
+  attach_function :cudann_mem_info, %i[pointer pointer], :int32, opts
+  attach_function :cudann_backend, [], :string
   attach_function :cudann_last_error, [], :string
   attach_function :cudann_version, [], :string
 

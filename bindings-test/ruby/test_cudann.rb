@@ -309,6 +309,90 @@ class CudannTest < Minitest::Test
     end
   end
 
+  # Library memory of `bytes` from cudann_malloc.
+  def dev_alloc(bytes)
+    out_param(:pointer) { |p| Cudann.cudann_malloc(p, bytes) }.tap { |ptr| refute ptr.null?, "cudann_malloc(#{bytes})" }
+  end
+
+  def download(ptr, n, stream = nil)
+    host = Cudann.floats([Float::NAN] * n)
+    assert_equal 0, Cudann.cudann_memcpy(host, ptr, 4 * n, stream), Cudann.cudann_last_error
+    host.get_array_of_float(0, n)
+  end
+
+  # Library memory as a GPU program uses it: upload from FFI::MemoryPointers, three
+  # ops on a library stream (rmsnorm, softmax of its output, silu in place on the
+  # input rmsnorm read first), synchronize, download, check against float64, free.
+  def test_device_memory_pipeline
+    rows, dim = 13, 257
+    n = rows * dim
+    x = R.rand_f32(40, n, 3.0)
+    w = R.rand_f32(41, dim, 1.0)
+    dx, dy, ds = Array.new(3) { dev_alloc(4 * n) }
+    dw = dev_alloc(4 * dim)
+    stream = out_param(:pointer) { |p| Cudann.cudann_stream_create(p) }
+    assert_equal 0, Cudann.cudann_memcpy(dx, Cudann.floats(x), 4 * n, stream)
+    assert_equal 0, Cudann.cudann_memcpy(dw, Cudann.floats(w), 4 * dim, stream)
+    [dy, ds].each { |d| assert_equal 0, Cudann.cudann_memset(d, 0xff, 4 * n, stream) } # NaN: a missed element shows
+    assert_equal 0, Cudann.cuda_rmsnorm(dx, dw, dy, rows, dim, 1e-5, stream), Cudann.cudann_last_error
+    assert_equal 0, Cudann.cuda_softmax(dy, ds, rows, dim, stream), Cudann.cudann_last_error
+    assert_equal 0, Cudann.cuda_silu(dx, dx, n, stream), Cudann.cudann_last_error
+    assert_equal 0, Cudann.cudann_stream_synchronize(stream)
+    y = download(dy, n)
+    assert_near y, R.rmsnorm(x, w, dim, R.f32(1e-5)), 1e-5, nil, "rmsnorm on library memory"
+    assert_near download(ds, n), R.softmax(y, rows, dim), 1e-5, nil, "softmax of the rmsnorm output"
+    assert_near download(dx, n), x.map { |v| v / (1 + Math.exp(-v)) }, 5e-7, nil, "silu in place after rmsnorm"
+    assert_equal 0, Cudann.cudann_stream_destroy(stream)
+    [dx, dw, dy, ds].each { |d| assert_equal 0, Cudann.cudann_free(d) }
+    assert_invalid Cudann.cudann_free(dx), "already freed"
+    assert_equal 0, Cudann.cudann_free(nil), "NULL: nothing to do"
+  end
+
+  # Misuse is -2 and writes nothing.
+  def test_device_memory_misuse
+    ramp = (0...16).map(&:to_f)
+    buf = dev_alloc(64)
+    assert_equal 0, Cudann.cudann_memcpy(buf, Cudann.floats(ramp), 64, nil)
+    host = Cudann.floats([7.0] * 32)
+    assert_invalid Cudann.cudann_memcpy(host, buf, 128, nil), "pass the end of a 64-byte allocation"
+    assert_equal [7.0] * 32, host.get_array_of_float(0, 32), "host destination untouched"
+    assert_invalid Cudann.cudann_memcpy(buf + 32, host, 36, nil), "pass the end of a 64-byte allocation"
+    assert_invalid Cudann.cudann_memset(buf, 0, -1, nil), "bytes"
+    assert_invalid Cudann.cudann_free(buf + 4), "not the start of a live allocation"
+    assert_invalid Cudann.cudann_malloc(FFI::MemoryPointer.new(:pointer), -1), "bytes"
+    assert_equal ramp, download(buf, 16), "allocation intact after the refused calls"
+
+    stream = out_param(:pointer) { |p| Cudann.cudann_stream_create(p) }
+    assert_equal 0, Cudann.cudann_stream_destroy(stream)
+    assert_invalid Cudann.cudann_stream_destroy(stream), "destroyed"
+    assert_invalid Cudann.cudann_stream_synchronize(stream), "destroyed"
+    assert_invalid Cudann.cudann_memcpy(host, buf, 64, stream), "destroyed"
+    assert_invalid Cudann.cuda_silu(buf, buf, 16, stream), "destroyed"
+    assert_equal ramp, download(buf, 16), "an op on a destroyed stream writes nothing"
+    assert_equal 0, Cudann.cudann_free(buf)
+  end
+
+  def test_devices_and_backend
+    backend = Cudann.cudann_backend
+    assert_match(/\A(cpu|cuda): /, backend)
+    count = out_param(:int) { |p| Cudann.cudann_device_count(p) }
+    assert_equal backend.start_with?("cpu: "), count.zero?, "#{count} devices on #{backend}"
+    # The current device is per OS thread; a Ruby thread keeps its own.
+    assert_equal 0, Cudann.cudann_set_device(0)
+    assert_equal 0, out_param(:int) { |p| Cudann.cudann_get_device(p) }
+    assert_invalid Cudann.cudann_set_device([count, 1].max), "device"
+    free, total = Array.new(2) { FFI::MemoryPointer.new(:int64) }
+    assert_equal 0, Cudann.cudann_mem_info(free, total)
+    assert_operator 0, :<, free.read_int64
+    assert_operator free.read_int64, :<=, total.read_int64
+    assert_invalid Cudann.cudann_mem_info(nil, total), "NULL"
+    assert_equal 0, Cudann.cudann_device_synchronize
+    pinned = out_param(:pointer) { |p| Cudann.cudann_malloc_host(p, 16) }
+    assert_equal 0, Cudann.cudann_memcpy(pinned, Cudann.floats([1, 2, 3, 4]), 16, nil)
+    assert_equal [1.0, 2.0, 3.0, 4.0], download(pinned, 4), "page-locked round trip"
+    assert_equal 0, Cudann.cudann_free(pinned)
+  end
+
   def test_threads_match_serial
     inputs = Array.new(12) { |i| [R.rand_f32(100 + i, 96 * 128, 1.0), R.rand_f32(200 + i, 128 * 64, 1.0)] }
     jobs = Array.new(12) do |i|
