@@ -192,7 +192,7 @@ pub unsafe extern "C" fn cudann_memset(ptr: *mut c_void, value: c_int, bytes: i6
 }
 
 /// The next CPU-backend stream handle (nothing is behind it).
-static CPU_STREAMS: AtomicUsize = AtomicUsize::new(1);
+static CPU_STREAMS: AtomicUsize = AtomicUsize::new(0x10000);
 
 /// Creates a stream on the calling thread's current device and stores it in
 /// `*stream`: a real `CUstream` (cudaStream_t), usable as the `stream` of every
@@ -205,8 +205,10 @@ pub unsafe extern "C" fn cudann_stream_create(stream: *mut *mut c_void) -> i32 {
     ffi_fn!("cudann_stream_create", {
         let stream = out("stream", stream)?;
         let (handle, device) = match dispatch::chosen_gpu()? {
-            // A number never handed out before: a destroyed handle stays refused.
-            None => (CPU_STREAMS.fetch_add(1, Ordering::Relaxed), None),
+            // A value never handed out before (a destroyed handle stays refused)
+            // that looks like an address: bindings keep handles in pointer types,
+            // and Go's runtime kills a program holding one below 4096.
+            None => (CPU_STREAMS.fetch_add(16, Ordering::Relaxed), None),
             Some(g) => {
                 let _current = g.enter()?;
                 (device::create_stream()? as usize, Some(g.ordinal))

@@ -8,22 +8,6 @@ package cudann
 #include <stdlib.h>
 #include "cudann.h"
 
-// Streams stay integers on the Go side and become void* only here: a CPU-backend
-// handle (1, 2, ...) held in an unsafe.Pointer crashes Go's stack copier
-// ("invalid pointer found on stack"; TestKnownBugStreamHandleInUnsafePointer).
-#define STREAM(s) ((void *)(uintptr_t)(s))
-static int32_t stream_create(uintptr_t *s) { return cudann_stream_create((void **)s); }
-static int32_t stream_destroy(uintptr_t s) { return cudann_stream_destroy(STREAM(s)); }
-static int32_t stream_synchronize(uintptr_t s) { return cudann_stream_synchronize(STREAM(s)); }
-static int32_t memcpy_on(void *dst, const void *src, int64_t n, uintptr_t s) { return cudann_memcpy(dst, src, n, STREAM(s)); }
-static int32_t memset_on(void *p, int v, int64_t n, uintptr_t s) { return cudann_memset(p, v, n, STREAM(s)); }
-static int32_t silu_on(const float *in, float *out, int64_t n, uintptr_t s) { return cuda_silu(in, out, n, STREAM(s)); }
-static int32_t softmax_on(const float *in, float *out, int rows, int cols, uintptr_t s) {
-	return cuda_softmax(in, out, rows, cols, STREAM(s));
-}
-static int32_t rmsnorm_on(const float *in, const float *w, float *out, int rows, int dim, float eps, uintptr_t s) {
-	return cuda_rmsnorm(in, w, out, rows, dim, eps, STREAM(s));
-}
 */
 import "C"
 
@@ -324,9 +308,9 @@ func (m Mem) F32() *C.float { return (*C.float)(m.p) }
 // At is the address `bytes` past the start (an interior pointer, for misuse checks).
 func (m Mem) At(bytes int) Mem { return Mem{unsafe.Add(m.p, bytes)} }
 
-// Stream is a stream from cudann_stream_create, held as an integer (see the
-// preamble); the zero Stream is the default stream (NULL).
-type Stream struct{ h C.uintptr_t }
+// Stream is a stream from cudann_stream_create, held as cgo's void*; the zero
+// Stream is the default stream (NULL).
+type Stream struct{ h unsafe.Pointer }
 
 // Handle is the stream's value as the library handed it out.
 func (s Stream) Handle() uintptr { return uintptr(s.h) }
@@ -347,28 +331,30 @@ func (m Mem) Free() error { return call(func() C.int32_t { return C.cudann_free(
 
 // Upload copies all of src to dst (cudann_memcpy); the length is the caller's business.
 func Upload(dst Mem, src []float32, s Stream) error {
-	return call(func() C.int32_t { return C.memcpy_on(dst.p, vp(src), C.int64_t(4*len(src)), s.h) })
+	return call(func() C.int32_t { return C.cudann_memcpy(dst.p, vp(src), C.int64_t(4*len(src)), s.h) })
 }
 
 // Download fills all of dst from src (cudann_memcpy).
 func Download(dst []float32, src Mem, s Stream) error {
-	return call(func() C.int32_t { return C.memcpy_on(vp(dst), src.p, C.int64_t(4*len(dst)), s.h) })
+	return call(func() C.int32_t { return C.cudann_memcpy(vp(dst), src.p, C.int64_t(4*len(dst)), s.h) })
 }
 
 func Memset(m Mem, value int, bytes int64, s Stream) error {
-	return call(func() C.int32_t { return C.memset_on(m.p, C.int(value), C.int64_t(bytes), s.h) })
+	return call(func() C.int32_t { return C.cudann_memset(m.p, C.int(value), C.int64_t(bytes), s.h) })
 }
 
 func NewStream() (Stream, error) {
 	var s Stream
-	err := call(func() C.int32_t { return C.stream_create(&s.h) })
+	err := call(func() C.int32_t { return C.cudann_stream_create(&s.h) })
 	return s, err
 }
 
-func (s Stream) Destroy() error { return call(func() C.int32_t { return C.stream_destroy(s.h) }) }
+func (s Stream) Destroy() error {
+	return call(func() C.int32_t { return C.cudann_stream_destroy(s.h) })
+}
 
 func (s Stream) Synchronize() error {
-	return call(func() C.int32_t { return C.stream_synchronize(s.h) })
+	return call(func() C.int32_t { return C.cudann_stream_synchronize(s.h) })
 }
 
 func DeviceSynchronize() error {
@@ -410,28 +396,15 @@ func Backend() string {
 // The ops on library memory, ordered on a stream.
 
 func SiluOn(in, out Mem, n int64, s Stream) error {
-	return call(func() C.int32_t { return C.silu_on(in.F32(), out.F32(), C.int64_t(n), s.h) })
+	return call(func() C.int32_t { return C.cuda_silu(in.F32(), out.F32(), C.int64_t(n), s.h) })
 }
 
 func SoftmaxOn(in, out Mem, rows, cols int, s Stream) error {
-	return call(func() C.int32_t { return C.softmax_on(in.F32(), out.F32(), C.int(rows), C.int(cols), s.h) })
+	return call(func() C.int32_t { return C.cuda_softmax(in.F32(), out.F32(), C.int(rows), C.int(cols), s.h) })
 }
 
 func RMSNormOn(in, weight, out Mem, rows, dim int, eps float32, s Stream) error {
 	return call(func() C.int32_t {
-		return C.rmsnorm_on(in.F32(), weight.F32(), out.F32(), C.int(rows), C.int(dim), C.float(eps), s.h)
+		return C.cuda_rmsnorm(in.F32(), weight.F32(), out.F32(), C.int(rows), C.int(dim), C.float(eps), s.h)
 	})
 }
-
-// NaturalStream is cudann_stream_create as a plain cgo binding has it: the
-// handle in an unsafe.Pointer, cgo's type for void*. Only for the known-bug test.
-func NaturalStream() (unsafe.Pointer, error) {
-	var h unsafe.Pointer
-	err := call(func() C.int32_t { return C.cudann_stream_create(&h) })
-	return h, err
-}
-
-// unsafePointer wraps an unsafe.Pointer for the known-bug test (test files cannot use cgo).
-type unsafePointer struct{ p unsafe.Pointer }
-
-func (u unsafePointer) value() uintptr { return uintptr(u.p) }
