@@ -370,9 +370,12 @@ pub unsafe extern "C" fn cudann_kv_cache_write(
         dispatch::run(
             &call,
             || unsafe {
+                // Both inputs before either cache is written: k_new may be
+                // v_cache's buffer and v_new k_cache's.
                 let written = [kc.region(), vc.region()];
-                attention::kv_cache_write(&kn.read(&written), kc.slice(), new_len, max_seq, row, pos);
-                attention::kv_cache_write(&vn.read(&written), vc.slice(), new_len, max_seq, row, pos);
+                let (k, v) = (kn.read(&written), vn.read(&written));
+                attention::kv_cache_write(&k, kc.slice(), new_len, max_seq, row, pos);
+                attention::kv_cache_write(&v, vc.slice(), new_len, max_seq, row, pos);
             },
             |g, p| unsafe { ops::kv_cache_write(g, stream.cast(), p[0], p[1], p[2], p[3], batch, new_len, max_seq, row, pos) },
         )
