@@ -92,7 +92,7 @@ extern "C" __global__ void moe_count_i32(const int* idx, int* offsets, int pairs
 // Launch: block 1024 (a multiple of 32), grid 1 (other blocks return).
 // offsets[1 .. n_experts] becomes its inclusive prefix sum (the experts' end
 // rows), in chunks of blockDim entries carried over.
-extern "C" __global__ void moe_offsets_i32(int* offsets, int n_experts) {
+extern "C" __global__ void __launch_bounds__(1024) moe_offsets_i32(int* offsets, int n_experts) {
     if (blockIdx.x != 0) return;
     __shared__ int warp_sums[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
