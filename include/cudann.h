@@ -200,8 +200,7 @@ int32_t cudann_attention_backward(const float *d_output,
 // n_kv_heads, head_dim]` of data type `dtype` (`CUDANN_F32`; the half types are
 // -2 until half precision lands). Other cache rows are untouched. Returns -2
 // unless `pos + new_len <= max_seq`, and for NULL pointers with a non-empty
-// shape, negative or overflowing sizes, a bad `dtype`, or overlaps; -1 for
-// device pointers (no GPU kernel yet).
+// shape, negative or overflowing sizes, a bad `dtype`, or overlaps.
 int32_t cudann_kv_cache_write(const void *k_new,
                               const void *v_new,
                               void *k_cache,
@@ -353,7 +352,7 @@ int32_t cuda_scale(const float *input, float *output, float scale, int64_t n, vo
 // SiLU backward: `d_input[i] = d_output[i] * s (1 + x (1 - s))` with
 // `x = input[i]`, `s = sigmoid(x)`, for `0 <= i < n`. `d_input` may be
 // `d_output` or `input`. Returns -2 for a NULL pointer with `n > 0`, `n < 0`, or
-// a partial overlap; -1 for device pointers (no GPU kernel yet).
+// a partial overlap.
 int32_t cudann_silu_backward(const float *d_output,
                              const float *input,
                              float *d_input,
@@ -361,13 +360,12 @@ int32_t cudann_silu_backward(const float *d_output,
                              void *stream);
 
 // GELU, tanh form (GPT-2): `output[i] = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x³)))`
-// with `x = input[i]`. `output` may be `input`. Returns -2 as `cuda_silu`; -1 for
-// device pointers (no GPU kernel yet).
+// with `x = input[i]`. `output` may be `input`. Returns -2 as `cuda_silu`.
 int32_t cudann_gelu(const float *input, float *output, int64_t n, void *stream);
 
 // GELU backward: `d_input[i] = d_output[i] * gelu'(input[i])` (the derivative
 // of `cudann_gelu`'s tanh form). `d_input` may be `d_output` or `input`.
-// Returns -2 as `cudann_silu_backward`; -1 for device pointers.
+// Returns -2 as `cudann_silu_backward`.
 int32_t cudann_gelu_backward(const float *d_output,
                              const float *input,
                              float *d_input,
@@ -377,7 +375,7 @@ int32_t cudann_gelu_backward(const float *d_output,
 // SwiGLU: `output[i] = silu(gate[i]) * up[i]` for `0 <= i < n`, tensors of data
 // type `dtype` (`CUDANN_F32`; the half types are -2 until half precision lands).
 // `output` may be `gate` or `up`. Returns -2 for a NULL pointer with `n > 0`,
-// `n < 0`, a bad `dtype` or a partial overlap; -1 for device pointers.
+// `n < 0`, a bad `dtype` or a partial overlap.
 int32_t cudann_swiglu(const void *gate,
                       const void *up,
                       void *output,
@@ -389,7 +387,7 @@ int32_t cudann_swiglu(const void *gate,
 // `d_up[i] = d_output[i] * silu(gate[i])`. `d_gate` may be `gate` (or
 // `d_output`) and `d_up` may be `up` (or `d_output`), as long as the two outputs
 // are distinct. Returns -2 for a NULL pointer with `n > 0`, `n < 0`, or an
-// overlap; -1 for device pointers.
+// overlap.
 int32_t cudann_swiglu_backward(const float *d_output,
                                const float *gate,
                                const float *up,
@@ -400,7 +398,7 @@ int32_t cudann_swiglu_backward(const float *d_output,
 
 // Bias add: `output[r, c] = input[r, c] + bias[c]` over `input[rows, cols]`.
 // `output` may be `input`. Returns -2 for NULL pointers with a non-empty shape,
-// negative or overflowing dimensions, or overlaps; -1 for device pointers.
+// negative or overflowing dimensions, or overlaps.
 int32_t cudann_bias_add(const float *input,
                         const float *bias,
                         float *output,
@@ -411,8 +409,7 @@ int32_t cudann_bias_add(const float *input,
 // Bias backward: `d_bias[c] = sum over r of d_output[r, c]` (column sums of
 // `d_output[rows, cols]`, deterministic; written, not accumulated). With
 // `rows == 0`, `d_bias` is set to zeros. Returns -2 for NULL pointers with a
-// non-empty shape, negative or overflowing dimensions, or overlaps; -1 for
-// device pointers.
+// non-empty shape, negative or overflowing dimensions, or overlaps.
 int32_t cudann_bias_backward(const float *d_output,
                              float *d_bias,
                              int rows,
@@ -424,8 +421,9 @@ int32_t cudann_bias_backward(const float *d_output,
 // until half precision lands) from `table[vocab_size, dim]`. A negative id
 // gives a row of zeros (padding). An id >= `vocab_size` is -2 (nothing
 // written) when the ids are host memory. Returns -2 for NULL pointers with a
-// non-empty shape, negative or overflowing sizes, a bad `dtype`, or overlaps;
-// -1 for device pointers (no GPU kernel yet).
+// non-empty shape, negative or overflowing sizes, a bad `dtype`, or overlaps.
+// On the all-device path (ids not checked by the host) an id >= `vocab_size`
+// gives a row of NaN.
 int32_t cudann_embedding(const int32_t *ids,
                          const void *table,
                          void *output,
@@ -438,8 +436,8 @@ int32_t cudann_embedding(const int32_t *ids,
 // Embedding backward: `d_table[v, :] = sum of d_output[i, :] over the i with
 // ids[i] = v` for every row `v < vocab_size` (rows no id names are set to
 // zero; negative ids are skipped; written, not accumulated; deterministic).
-// An id >= `vocab_size` is -2 when the ids are host memory. Returns -2 as
-// `cudann_embedding`; -1 for device pointers (no GPU kernel yet).
+// An id >= `vocab_size` is -2 when the ids are host memory (on the
+// all-device path it gets no gradient). Returns -2 as `cudann_embedding`.
 int32_t cudann_embedding_backward(const int32_t *ids,
                                   const float *d_output,
                                   float *d_table,
@@ -648,8 +646,8 @@ const char *cudann_backend(void);
 // (`cudann_aux_loss_backward` then `cudann_softmax_backward`) to it.
 // Returns -2 unless `1 <= k <= n_experts`, for an index outside
 // `[0, n_experts)` in host memory, NULL pointers with a non-empty shape,
-// negative or overflowing sizes, or overlaps; -1 for device pointers (no GPU
-// kernel yet).
+// negative or overflowing sizes, or overlaps. On the all-device path an index
+// outside `[0, n_experts)` matches no expert.
 int32_t cudann_moe_router_backward(const float *weights,
                                    const int32_t *indices,
                                    const float *d_weights,
@@ -665,7 +663,7 @@ int32_t cudann_moe_router_backward(const float *weights,
 // f_counts[e] / tokens` for every token (`f_counts` as the forward wrote
 // it, a constant). Returns -2 for non-finite `alpha` or `scale`, NULL
 // pointers with a non-empty shape, negative or overflowing sizes, or
-// overlaps; -1 for device pointers (no GPU kernel yet).
+// overlaps.
 int32_t cudann_aux_loss_backward(const float *f_counts,
                                  float *d_probs,
                                  int tokens,
@@ -681,7 +679,10 @@ int32_t cudann_aux_loss_backward(const float *f_counts,
 // and `output[tokens*k, dim]`, row `p` being `input[order[p] / k]`. Returns -2
 // for an index outside `[0, n_experts)` in host memory, `k < 1`, NULL
 // pointers with a non-empty shape, negative or overflowing sizes, or
-// overlaps; -1 for device pointers (no GPU kernel yet).
+// overlaps. On the all-device path (indices not checked by the host) a pair
+// whose index is outside `[0, n_experts)` belongs to no expert:
+// `offsets[n_experts]` counts the others, and the rows past it get order -1
+// and NaN.
 int32_t cudann_moe_dispatch(const float *input,
                             const int32_t *indices,
                             float *output,
@@ -697,7 +698,8 @@ int32_t cudann_moe_dispatch(const float *input,
 // rows a dispatch copied token `t` into, summed in `j` order; written, not
 // accumulated). `order` is the dispatch's. Returns -2 when `order` (in host
 // memory) is not a permutation of `0 .. tokens*k`, and as
-// `cudann_moe_dispatch`; -1 for device pointers (no GPU kernel yet).
+// `cudann_moe_dispatch`. On the all-device path `order` is not checked: it must
+// be a dispatch's (entries outside `[0, tokens*k)` are skipped).
 int32_t cudann_moe_dispatch_backward(const float *d_output,
                                      const int32_t *order,
                                      float *d_input,
@@ -709,7 +711,7 @@ int32_t cudann_moe_dispatch_backward(const float *d_output,
 // Combine: `output[t] = Σ_j weights[t, j] * expert_output[row of pair t*k + j]`
 // (summed in `j` order), `expert_output[tokens*k, dim]` in the dispatched
 // layout of `order`, `weights[tokens, k]` as `cuda_softmax_topk` wrote them.
-// Returns -2 as `cudann_moe_dispatch_backward`; -1 for device pointers.
+// Returns -2 as `cudann_moe_dispatch_backward`.
 int32_t cudann_moe_combine(const float *expert_output,
                            const float *weights,
                            const int32_t *order,
@@ -721,8 +723,7 @@ int32_t cudann_moe_combine(const float *expert_output,
 
 // Combine backward: `d_expert_output[row of pair t*k + j] = weights[t, j] *
 // d_output[t]` and `d_weights[t, j] = d_output[t] · expert_output[row of pair
-// t*k + j]` (written, not accumulated). Returns -2 as `cudann_moe_combine`;
-// -1 for device pointers (no GPU kernel yet).
+// t*k + j]` (written, not accumulated). Returns -2 as `cudann_moe_combine`.
 int32_t cudann_moe_combine_backward(const float *d_output,
                                     const float *expert_output,
                                     const float *weights,
@@ -764,7 +765,7 @@ int32_t cuda_rmsnorm_residual(const float *input,
 // `d_input = r * (g - input * r² * mean(g * input))` with `g = d_output * weight`,
 // and `d_weight[j] = sum over rows of d_output * input * r` (written, not
 // accumulated; deterministic). `d_input` may be `d_output` or `input`. Returns
-// -2 as `cuda_rmsnorm`; -1 for device pointers (no GPU kernel yet).
+// -2 as `cuda_rmsnorm`.
 int32_t cudann_rmsnorm_backward(const float *d_output,
                                 const float *input,
                                 const float *weight,
@@ -777,8 +778,7 @@ int32_t cudann_rmsnorm_backward(const float *d_output,
 
 // LayerNorm of each row of `input[rows, hidden_dim]`:
 // `output = (input - mean) / sqrt(var + eps) * weight + bias` (biased variance,
-// as PyTorch and GPT-2). `output` may be `input`. Returns -2 as `cuda_rmsnorm`;
-// -1 for device pointers (no GPU kernel yet).
+// as PyTorch and GPT-2). `output` may be `input`. Returns -2 as `cuda_rmsnorm`.
 int32_t cudann_layernorm(const float *input,
                          const float *weight,
                          const float *bias,
@@ -793,7 +793,7 @@ int32_t cudann_layernorm(const float *input,
 // `d_input = rstd * (g - mean(g) - x̂ * mean(g * x̂))`,
 // `d_weight = sum over rows of d_output * x̂`, `d_bias = sum over rows of
 // d_output` (written, not accumulated; deterministic). `d_input` may be
-// `d_output` or `input`. Returns -2 as `cuda_rmsnorm`; -1 for device pointers.
+// `d_output` or `input`. Returns -2 as `cuda_rmsnorm`.
 int32_t cudann_layernorm_backward(const float *d_output,
                                   const float *input,
                                   const float *weight,
@@ -900,8 +900,7 @@ int32_t cuda_rope_qk(const float *q,
 // n_kv_heads, head_dim]`, rotated back (each pair by minus its position's
 // angle, positions from `offset`) into `d_q_out` and `d_k_out`. A head count of
 // 0 leaves that side empty (its pointers may be NULL). `d_q_out` may be `d_q`
-// and `d_k_out` may be `d_k`. Returns -2 as `cuda_rope_qk`; -1 for device
-// pointers (no GPU kernel yet).
+// and `d_k_out` may be `d_k`. Returns -2 as `cuda_rope_qk`.
 int32_t cudann_rope_backward(const float *d_q,
                              const float *d_k,
                              const float *freqs,
@@ -971,8 +970,7 @@ int32_t cuda_softmax_topk(const float *input,
 
 // Softmax backward from the forward's output `y = output[rows, cols]`:
 // `d_input = y * (d_output - sum over the row of d_output * y)`. `d_input` may
-// be `d_output` or `output`. Returns -2 as `cuda_softmax`; -1 for device
-// pointers (no GPU kernel yet).
+// be `d_output` or `output`. Returns -2 as `cuda_softmax`.
 int32_t cudann_softmax_backward(const float *d_output,
                                 const float *output,
                                 float *d_input,

@@ -1,6 +1,6 @@
 // Attention: the two unfused halves of causal multi-query attention (scores,
 // weighted values) and fused flash attention (multi-head or one shared KV head,
-// causal and/or an additive mask).
+// causal and/or an additive mask); the KV-cache write.
 #include "common.cuh"
 
 #define LOG2E 1.4426950408889634f
@@ -546,4 +546,34 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
     __shared__ __align__(16) float smem[FlashD64::FLOATS];
     if (d <= 64 && d % 4 == 0 && aligned16(Q) && aligned16(K) && aligned16(V))
         flash_tiles<FlashD64, true>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
+}
+
+// Launch: block 256, grid n1024(batch * new_len * row) (grid-stride).
+// Copies k_new, v_new [batch, new_len, row] (row = n_kv_heads * head_dim) into
+// rows pos .. pos + new_len - 1 of the caches [batch, max_seq, row]; other
+// cache rows are untouched. A thread reads its k and v elements before it
+// writes either, so any input may be any cache's very buffer (the ABI allows
+// that only when new_len == max_seq, where each element stays in place).
+extern "C" __global__ void kv_cache_write_f32(const float* k_new, const float* v_new, float* k_cache, float* v_cache,
+                                              int batch, int new_len, int max_seq, i64 row, int pos) {
+    const i64 per_batch = (i64)new_len * row, n = (i64)batch * per_batch;
+    const i64 t = grid_thread(), stride = grid_threads();
+    // dst(e) = e + (b * (max_seq - new_len) + pos) * row for e in batch entry b.
+    const i64 gap = ((i64)max_seq - new_len) * row, shift = (i64)pos * row;
+    if (row % 4 == 0 && aligned16(k_new) && aligned16(v_new) && aligned16(k_cache) && aligned16(v_cache)) {
+        for (i64 e = 4 * t; e < n; e += 4 * stride) {
+            const i64 d = e + (e / per_batch) * gap + shift;
+            float k[4], v[4];
+            load_vec<4>(k_new + e, k);
+            load_vec<4>(v_new + e, v);
+            store_vec<4>(k_cache + d, k);
+            store_vec<4>(v_cache + d, v);
+        }
+    } else {
+        for (i64 e = t; e < n; e += stride) {
+            const i64 d = e + (e / per_batch) * gap + shift;
+            const float k = k_new[e], v = v_new[e];
+            k_cache[d] = k, v_cache[d] = v;
+        }
+    }
 }

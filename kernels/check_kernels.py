@@ -71,6 +71,35 @@ def ulp_err(got, want):
     return float(np.max(np.abs(got[~special] - w) / spacing)) if w.size else 0.0
 
 
+def scaled_err(got, want, scale):
+    """Max |got - want| / scale over finite references (scale: the size of the
+    terms behind each result); a NaN/inf reference must be matched exactly."""
+    want = np.asarray(want, np.float64)
+    scale = np.broadcast_to(np.asarray(scale, np.float64), want.shape).ravel()
+    got, want = np.asarray(got, np.float64).ravel(), want.ravel()
+    if got.shape != want.shape:
+        return INF
+    special = ~np.isfinite(want)
+    if not np.all((np.isnan(got[special]) & np.isnan(want[special])) | (got[special] == want[special])):
+        return INF
+    fin = ~special
+    if not np.all(np.isfinite(got[fin])):
+        return INF
+    d = np.abs(got[fin] - want[fin])
+    return float(np.max(d / (scale[fin] + 1e-30))) if d.size else 0.0
+
+
+def same_bits(got, want):
+    """Bitwise equality of two float32 (or int) arrays, NaN payloads included."""
+    got, want = np.ascontiguousarray(got), np.ascontiguousarray(want)
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return False
+    return bool(np.array_equal(got.view(np.uint8), want.view(np.uint8)))
+
+
+NULLPTR = np.uint64(0)
+
+
 def grid_ew(n):
     return min(-(-n // 1024), 65535)
 
@@ -142,6 +171,160 @@ def check_elementwise():
         sd = dev(x, offset)
         scale((grid_ew(n),), (256,), (sd, sd, np.float32(0.5), np.int64(n)))
         report("scale_f32", f"in place off={offset}", 0.0, np.array_equal(sd.get(), x * np.float32(0.5)))
+    check_elementwise_training()
+
+
+def sigmoid64(x):
+    with np.errstate(over="ignore"):
+        e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def silu_grad_ref(x):
+    """(silu'(x), size of its terms) in float64, clamped at +-100 like the kernels."""
+    x = np.clip(x.astype(np.float64), -100, 100)
+    s = sigmoid64(x)
+    return s * (1 + x * (1 - s)), s + np.abs(x) * s * (1 - s)
+
+
+GELU_C, GELU_A = math.sqrt(2 / math.pi), 0.044715
+
+
+def gelu_ref(x):
+    """(gelu(x), its size times 1 + |z|): z = 2u is rounded before the exp
+    (relative error ~|z| ulp deep in the tail)."""
+    x = x.astype(np.float64)
+    c = np.clip(x, -50, 50)
+    z = 2 * GELU_C * (c + GELU_A * c ** 3)
+    with np.errstate(invalid="ignore"):
+        y = c * sigmoid64(z)
+        y = np.where(x > 50, x, np.where(x < -50, -0.0, y))
+    return y, np.abs(y) * (1 + np.abs(z)) + 1e-30
+
+
+def gelu_grad_ref(x):
+    """(gelu'(x), the size of its terms times 1 + |z|, as gelu_ref)."""
+    x = np.clip(x.astype(np.float64), -50, 50)
+    z = 2 * GELU_C * (x + GELU_A * x ** 3)
+    s = sigmoid64(z)
+    t = x * s * (1 - s) * 2 * GELU_C * (1 + 3 * GELU_A * x * x)
+    return s + t, (s + np.abs(t)) * (1 + np.abs(z))
+
+
+def check_elementwise_training():
+    f32, i64 = np.float32, np.int64
+    silu_b, gelu, gelu_b, swiglu, swiglu_b, bias_add = (kernel("elementwise", n) for n in (
+        "silu_backward_f32", "gelu_f32", "gelu_backward_f32", "swiglu_f32", "swiglu_backward_f32", "bias_add_f32"))
+    specials = np.array([0.0, -0.0, 1e-40, -1e-40, 1.0, -1.0, -0.75, -1.28, 20.0, -20.0, 49.0, 51.0, -51.0, -99.0,
+                         -101.0, 150.0, -150.0, 3e38, -3e38, INF, -INF, NAN], np.float32)
+    for n in (1, 31, 33, 1000, 4097, (1 << 20) + 3):
+        for offset in (0, 1):
+            for grid in (grid_ew(n), 3):
+                case = f"n={n} off={offset} grid={grid}"
+                x = randn(n, scale=6.0)
+                x[: min(n, specials.size)] = specials[: min(n, specials.size)]
+                dy, u = randn(n, scale=2.0), randn(n, scale=2.0)
+                xd, dyd, ud = dev(x, offset), dev(dy, offset), dev(u, offset)
+                DY, U = dy.astype(np.float64), u.astype(np.float64)
+                # Derivatives: within 1e-5 of |dy| times the size of their terms
+                # (they cross zero); values: within 1e-6 relative (a few ulp;
+                # 1e-30 absolute for the subnormal tail of silu).
+                y = cp.full(n, NAN, f32)
+                silu_b((grid,), (256,), (dyd, xd, y, i64(n)))
+                g, mag = silu_grad_ref(x)
+                err = scaled_err(y.get(), DY * g, np.abs(DY) * mag)
+                report("silu_backward_f32", case, err, err <= 1e-5)
+                y = cp.full(n, NAN, f32)
+                gelu((grid,), (256,), (xd, y, i64(n)))
+                want, mag = gelu_ref(x)
+                err = scaled_err(y.get(), want, mag)
+                report("gelu_f32", case, err, err <= 1e-6)
+                y = cp.full(n, NAN, f32)
+                gelu_b((grid,), (256,), (dyd, xd, y, i64(n)))
+                g, mag = gelu_grad_ref(x)
+                err = scaled_err(y.get(), DY * g, np.abs(DY) * mag)
+                report("gelu_backward_f32", case, err, err <= 1e-5)
+                y = cp.full(n, NAN, f32)
+                swiglu((grid,), (256,), (xd, ud, y, i64(n)))
+                sv = silu_ref(x)
+                with np.errstate(invalid="ignore"):
+                    want = sv * U
+                err = scaled_err(y.get(), want, np.abs(want) + 1e-30)
+                report("swiglu_f32", case, err, err <= 1e-6)
+                dg, du = cp.full(n, NAN, f32), cp.full(n, NAN, f32)
+                swiglu_b((grid,), (256,), (dyd, xd, ud, dg, du, i64(n)))
+                g, mag = silu_grad_ref(x)
+                with np.errstate(invalid="ignore"):
+                    e1 = scaled_err(dg.get(), DY * U * g, np.abs(DY * U) * mag)
+                    e2 = scaled_err(du.get(), DY * sv, np.abs(DY * sv) + 1e-30)
+                report("swiglu_backward_f32", case, max(e1, e2), e1 <= 1e-5 and e2 <= 1e-6)
+    # In place: dx == dy, y == x, d_gate == gate and d_up == up.
+    n = 4097
+    x, dy, u = randn(n, scale=3.0), randn(n), randn(n)
+    DY, U = dy.astype(np.float64), u.astype(np.float64)
+    for offset in (0, 1):
+        dyd = dev(dy, offset)
+        silu_b((grid_ew(n),), (256,), (dyd, dev(x, offset), dyd, i64(n)))
+        g, mag = silu_grad_ref(x)
+        err = scaled_err(dyd.get(), DY * g, np.abs(DY) * mag)
+        report("silu_backward_f32", f"in place dx==dy off={offset}", err, err <= 1e-5)
+        xd = dev(x, offset)
+        gelu_b((grid_ew(n),), (256,), (dev(dy, offset), xd, xd, i64(n)))
+        g, mag = gelu_grad_ref(x)
+        err = scaled_err(xd.get(), DY * g, np.abs(DY) * mag)
+        report("gelu_backward_f32", f"in place dx==x off={offset}", err, err <= 1e-5)
+        xd = dev(x, offset)
+        gelu((grid_ew(n),), (256,), (xd, xd, i64(n)))
+        err = scaled_err(xd.get(), *gelu_ref(x))
+        report("gelu_f32", f"in place off={offset}", err, err <= 1e-6)
+        gd, ud = dev(x, offset), dev(u, offset)
+        swiglu((grid_ew(n),), (256,), (gd, ud, ud, i64(n)))
+        err = scaled_err(ud.get(), silu_ref(x) * U, np.abs(silu_ref(x) * U) + 1e-30)
+        report("swiglu_f32", f"in place y==up off={offset}", err, err <= 1e-6)
+        gd, ud = dev(x, offset), dev(u, offset)
+        swiglu_b((grid_ew(n),), (256,), (dev(dy, offset), gd, ud, gd, ud, i64(n)))
+        g, mag = silu_grad_ref(x)
+        e1 = scaled_err(gd.get(), DY * U * g, np.abs(DY * U) * mag)
+        e2 = scaled_err(ud.get(), DY * silu_ref(x), np.abs(DY * silu_ref(x)) + 1e-30)
+        report("swiglu_backward_f32", f"in place dg==gate du==up off={offset}", max(e1, e2), e1 <= 1e-5 and e2 <= 1e-6)
+
+    # Bias add: one rounded add, bitwise numpy's.
+    for rows, cols in ((1, 1), (3, 31), (5, 36), (7, 1000), (1000, 4), (3, 4097)):
+        for offset in (0, 1):
+            for grid in (grid_ew(rows * cols), 3):
+                x, b = randn(rows, cols), randn(cols)
+                y = cp.full((rows, cols), NAN, f32)
+                bias_add((grid,), (256,), (dev(x, offset), dev(b, offset), y, np.int32(rows), np.int32(cols)))
+                ok = same_bits(y.get(), x + b[None, :])
+                report("bias_add_f32", f"{rows}x{cols} off={offset} grid={grid}", 0.0 if ok else INF, ok)
+    x, b = randn(64, 48), randn(48)
+    xd = dev(x)
+    bias_add((grid_ew(x.size),), (256,), (xd, dev(b), xd, np.int32(64), np.int32(48)))
+    ok = same_bits(xd.get(), x + b[None, :])
+    report("bias_add_f32", "in place 64x48", 0.0 if ok else INF, ok)
+
+    # Column sums: f32 runs of 32 rows into double; within 2e-6 of sum |a b|;
+    # bitwise the same for any grid and run to run.
+    colsum = kernel("elementwise", "column_sums_f32")
+    for rows, cols in ((1, 1), (3, 31), (5, 33), (1000, 36), (7, 4097), (20000, 3), (100000, 64), (0, 5)):
+        a, b = randn(rows, cols), randn(rows, cols)
+        A, B = a.astype(np.float64), b.astype(np.float64)
+        results = []
+        for grid in (-(-cols // 32), 2):
+            for bp in ("b", "null"):
+                out = cp.full(cols, NAN, np.float32)
+                colsum((grid,), (32, 32), (dev(a), dev(b) if bp == "b" else NULLPTR, out, np.int32(rows), np.int32(cols)))
+                want, mag = ((A * B).sum(0), np.abs(A * B).sum(0)) if bp == "b" else (A.sum(0), np.abs(A).sum(0))
+                err = scaled_err(out.get(), want, mag)
+                report("column_sums_f32", f"{rows}x{cols} {bp} grid={grid}", err, err <= 2e-6)
+                results.append(out.get())
+        ok = same_bits(results[0], results[2]) and same_bits(results[1], results[3])
+        report("column_sums_f32", f"{rows}x{cols} any grid: same bits", 0.0 if ok else INF, ok)
+    a = randn(1, 77)
+    ad = dev(a)
+    colsum((3,), (32, 32), (ad, NULLPTR, ad, np.int32(1), np.int32(77)))
+    ok = same_bits(ad.get(), a[0])
+    report("column_sums_f32", "one row, out == a", 0.0 if ok else INF, ok)
 
 
 # ----------------------------------------------------------------------------- softmax
@@ -239,6 +422,28 @@ def check_softmax():
         err = rel_err(w.get(), want_w)
         report("softmax_topk_f32", f"10x50 k=4 grid={grid} block={block}", err,
                np.array_equal(idx.get(), want_idx) and err <= 2e-5)
+    check_softmax_backward()
+
+
+def check_softmax_backward():
+    smb = kernel("softmax", "softmax_backward_f32")
+    for rows, cols in ((1, 1), (3, 31), (5, 33), (7, 1000), (4, 4097), (3, 40000), (600, 7)):
+        for grid in (rows, 2):
+            x, dy = randn(rows, cols, scale=3.0), randn(rows, cols)
+            y = softmax_ref(x).astype(np.float32)
+            Y, DY = y.astype(np.float64), dy.astype(np.float64)
+            dot = (DY * Y).sum(1, keepdims=True)
+            want = Y * (DY - dot)
+            mag = np.abs(Y) * (np.abs(DY) + np.abs(DY * Y).sum(1, keepdims=True))
+            dx = cp.full((rows, cols), NAN, np.float32)
+            smb((grid,), (1024,), (dev(dy), dev(y), dx, np.int32(rows), np.int32(cols)))
+            err = scaled_err(dx.get(), want, mag)
+            report("softmax_backward_f32", f"{rows}x{cols} grid={grid}", err, err <= 1e-5)
+            dyd = dev(dy, 1)
+            smb((grid,), (1024,), (dyd, dev(y, 1), dyd, np.int32(rows), np.int32(cols)))
+            err2 = scaled_err(dyd.get(), want, mag)
+            report("softmax_backward_f32", f"in place dx==dy mis {rows}x{cols} grid={grid}", err2,
+                   err2 <= 1e-5 and same_bits(dyd.get(), dx.get()))
 
 
 # ----------------------------------------------------------------------------- norm
@@ -284,6 +489,90 @@ def check_norm():
             err = rel_err(y.get(), want_y, atol=1e-6)
             report("rmsnorm_residual_f32", f"{rows}x{hidden} y={yname} s={sname}", err,
                    err <= 2e-5 and np.array_equal(s.get(), want_s))
+    check_norm_training()
+
+
+def norm_stats64(x, eps, center):
+    X = x.astype(np.float64)
+    mean = X.mean(1, keepdims=True) if center else np.zeros((X.shape[0], 1))
+    rstd = 1 / np.sqrt(((X - mean) ** 2).mean(1, keepdims=True) + eps)
+    return X, mean, rstd
+
+
+def norm_backward_ref(dy, x, w, eps, center):
+    """(dx, dw, db) in float64 and the size of the terms behind each."""
+    X, mean, rstd = norm_stats64(x, eps, center)
+    DY, W = dy.astype(np.float64), w.astype(np.float64)[None, :]
+    xhat = (X - mean) * rstd
+    g = DY * W
+    h = X.shape[1]
+    g_mean = g.mean(1, keepdims=True) if center else 0.0
+    gx_mean = (g * xhat).mean(1, keepdims=True)
+    dx = rstd * (g - g_mean - xhat * gx_mean)
+    ag = np.abs(g)
+    cancel = rstd * ((ag * np.abs(X)).mean(1, keepdims=True) + np.abs(mean) * ag.mean(1, keepdims=True))
+    dx_mag = rstd * (ag + ag.mean(1, keepdims=True) + (np.abs(xhat) + np.abs(X) * rstd) * cancel)
+    return (dx, dx_mag), ((DY * xhat).sum(0), np.abs(DY * xhat).sum(0)), (DY.sum(0), np.abs(DY).sum(0))
+
+
+def check_norm_training():
+    eps = np.float32(1e-5)
+    f32, i32 = np.float32, np.int32
+    ln = kernel("norm", "layernorm_f32")
+    xh = kernel("norm", "norm_xhat_f32")
+    rmsb = kernel("norm", "rmsnorm_backward_f32")
+    lnb = kernel("norm", "layernorm_backward_f32")
+    colsum = kernel("elementwise", "column_sums_f32")
+    for rows, hidden in ((1, 1), (3, 31), (5, 33), (7, 1000), (4, 4096), (4, 4097), (2, 20001), (600, 64)):
+        for offset in (0, 1):
+            for grid in (rows, 2):
+                case = f"{rows}x{hidden} off={offset} grid={grid}"
+                x, w, b, dy = randn(rows, hidden, scale=1.5), randn(hidden), randn(hidden), randn(rows, hidden)
+                X, mean, rstd = norm_stats64(x, eps, True)
+                W, B = w.astype(np.float64), b.astype(np.float64)
+                y = cp.full((rows, hidden), NAN, f32)
+                ln((grid,), (1024,), (dev(x, offset), dev(w, offset), dev(b, offset), y, i32(rows), i32(hidden), eps))
+                want = (X - mean) * rstd * W + B
+                mag = np.abs((X - mean) * rstd * W) + np.abs(mean) * rstd * np.abs(W) + np.abs(B)
+                err = scaled_err(y.get(), want, mag)
+                report("layernorm_f32", case, err, err <= 1e-5)
+                for center in (0, 1):
+                    X, mean, rstd = norm_stats64(x, eps, center)
+                    h = cp.full((rows, hidden), NAN, f32)
+                    xh((grid,), (1024,), (dev(x, offset), h, i32(rows), i32(hidden), eps, i32(center)))
+                    err = scaled_err(h.get(), (X - mean) * rstd, (np.abs(X) + np.abs(mean)) * rstd)
+                    report("norm_xhat_f32", case + f" center={center}", err, err <= 1e-5)
+                    (want_dx, dx_mag), (want_dw, dw_mag), (want_db, db_mag) = norm_backward_ref(dy, x, w, eps, center)
+                    dx = cp.full((rows, hidden), NAN, f32)
+                    (lnb if center else rmsb)((grid,), (1024,), (dev(dy, offset), dev(x, offset), dev(w, offset), dx,
+                                                                 i32(rows), i32(hidden), eps))
+                    err = scaled_err(dx.get(), want_dx, dx_mag)
+                    name = "layernorm_backward_f32" if center else "rmsnorm_backward_f32"
+                    report(name, case, err, err <= 2e-5)
+                    # The weight gradient as the library computes it: x̂ into a
+                    # buffer, then column sums of dy * x̂ (and of dy).
+                    dw = cp.full(hidden, NAN, f32)
+                    colsum((-(-hidden // 32),), (32, 32), (dev(dy), h, dw, i32(rows), i32(hidden)))
+                    err = scaled_err(dw.get(), want_dw, dw_mag)
+                    report("column_sums_f32", f"{name} d_weight {case}", err, err <= 1e-5)
+        # In place: y == x, dx == dy, dx == x.
+        x, w, b, dy = randn(rows, hidden), randn(hidden), randn(hidden), randn(rows, hidden)
+        X, mean, rstd = norm_stats64(x, eps, True)
+        xd = dev(x)
+        ln((rows,), (1024,), (xd, dev(w), dev(b), xd, i32(rows), i32(hidden), eps))
+        W, B = w.astype(np.float64), b.astype(np.float64)
+        mag = np.abs((X - mean) * rstd * W) + np.abs(mean) * rstd * np.abs(W) + np.abs(B)
+        err = scaled_err(xd.get(), (X - mean) * rstd * W + B, mag)
+        report("layernorm_f32", f"in place {rows}x{hidden}", err, err <= 1e-5)
+        for center in (0, 1):
+            (want_dx, dx_mag), _, _ = norm_backward_ref(dy, x, w, eps, center)
+            for alias in ("dy", "x"):
+                dyd, xd = dev(dy), dev(x)
+                out = dyd if alias == "dy" else xd
+                (lnb if center else rmsb)((rows,), (1024,), (dyd, xd, dev(w), out, i32(rows), i32(hidden), eps))
+                err = scaled_err(out.get(), want_dx, dx_mag)
+                name = "layernorm_backward_f32" if center else "rmsnorm_backward_f32"
+                report(name, f"in place dx=={alias} {rows}x{hidden}", err, err <= 2e-5)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -466,6 +755,216 @@ def check_optim():
                    np.array_equal(gwd.get(), seq))
 
 
+# ----------------------------------------------------------------------------- embedding
+
+def check_embedding():
+    emb = kernel("embedding", "embedding_f32")
+    embb = kernel("embedding", "embedding_backward_f32")
+    i32 = np.int32
+    for n_ids, vocab, dim in ((1, 1, 1), (33, 5, 31), (1000, 40, 256), (300, 1000, 1000), (17, 3, 4096),
+                              (5000, 7, 12), (70000, 9, 4)):
+        table = randn(vocab, dim)
+        ids = RNG.integers(-1, vocab + 1, n_ids).astype(np.int32)  # padding and out of range included
+        want = np.zeros((n_ids, dim), np.float32)
+        for i, v in enumerate(ids):
+            if v >= vocab:
+                want[i] = NAN
+            elif v >= 0:
+                want[i] = table[v]
+        for offset in (0, 1):
+            for grid in (min(n_ids, 65535), 3):
+                out = cp.full((n_ids, dim), -7.0, np.float32)
+                emb((grid,), (256,), (dev(ids), dev(table, offset), out, i32(n_ids), i32(vocab), i32(dim)))
+                got = out.get()
+                ok = np.array_equal(got, want, equal_nan=True) and same_bits(got[ids < vocab], want[ids < vocab])
+                report("embedding_f32", f"{n_ids} ids {vocab}x{dim} off={offset} grid={grid}", 0.0 if ok else INF, ok)
+        # Backward on a zeroed table: the float32 sum, from 0, in id order
+        # (the CPU backend's), so bitwise; ids < 0 and >= vocab skipped.
+        dy = randn(n_ids, dim)
+        seq = np.zeros((vocab, dim), np.float32)
+        for i, v in enumerate(ids):
+            if 0 <= v < vocab:
+                seq[v] += dy[i]
+        for grid in ((-(-dim // 256), 1), (1, 1), (-(-dim // 256), 32)):
+            dt = cp.zeros((vocab, dim), np.float32)
+            embb(grid, (256,), (dev(ids), dev(dy), dt, i32(n_ids), i32(vocab), i32(dim)))
+            ok = same_bits(dt.get(), seq)
+            report("embedding_backward_f32", f"{n_ids} ids {vocab}x{dim} grid={grid}", 0.0 if ok else INF, ok)
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+def check_kv_cache():
+    kv = kernel("attention", "kv_cache_write_f32")
+    i32 = np.int32
+    for batch, new_len, max_seq, heads, hd, pos in ((1, 1, 1, 1, 1, 0), (2, 3, 16, 2, 8, 5), (3, 1, 33, 4, 31, 32),
+                                                    (2, 64, 64, 2, 64, 0), (4, 100, 300, 8, 128, 17)):
+        row = heads * hd
+        n = batch * new_len * row
+        kn, vn = randn(batch, new_len, row), randn(batch, new_len, row)
+        kc0, vc0 = randn(batch, max_seq, row), randn(batch, max_seq, row)
+        want_k, want_v = kc0.copy(), vc0.copy()
+        want_k[:, pos:pos + new_len], want_v[:, pos:pos + new_len] = kn, vn
+        for offset in (0, 1):
+            for grid in (grid_ew(n), 3):
+                kc, vc = dev(kc0, offset), dev(vc0, offset)
+                kv((grid,), (256,), (dev(kn, offset), dev(vn, offset), kc, vc, i32(batch), i32(new_len), i32(max_seq),
+                                     np.int64(row), i32(pos)))
+                ok = same_bits(kc.get(), want_k) and same_bits(vc.get(), want_v)
+                report("kv_cache_write_f32", f"b={batch} new={new_len} max={max_seq} row={row} pos={pos} "
+                       f"off={offset} grid={grid}", 0.0 if ok else INF, ok)
+        if new_len == max_seq:  # crossed: k_new is v_cache, v_new is k_cache
+            a, b = dev(kn), dev(vn)
+            kv((grid_ew(n),), (256,), (a, b, b, a, i32(batch), i32(new_len), i32(max_seq), np.int64(row), i32(pos)))
+            ok = same_bits(b.get(), kn) and same_bits(a.get(), vn)
+            report("kv_cache_write_f32", f"crossed buffers b={batch} new={new_len} row={row}", 0.0 if ok else INF, ok)
+
+
+# ----------------------------------------------------------------------------- moe
+
+def cpu_dot32(a, b):
+    """The CPU backend's dot product (reduce.rs triple_sum) in float32, bitwise:
+    16 lanes per block of 1024, a fixed lane tree, blocks added in double."""
+    a, b = np.asarray(a, np.float32).ravel(), np.asarray(b, np.float32).ravel()
+    n = a.size
+    totals = []
+    for b0 in range(0, max(n, 1), 1024):
+        acc = np.zeros(16, np.float32)
+        blk_a, blk_b = a[b0:b0 + 1024], b[b0:b0 + 1024]
+        for m in range(0, blk_a.size, 16):
+            p = blk_a[m:m + 16] * blk_b[m:m + 16]
+            acc[:p.size] = acc[:p.size] + p
+        for w in (8, 4, 2, 1):
+            acc[:w] = acc[:w] + acc[w:2 * w]
+        totals.append(acc[0])
+    if n <= 1024:
+        return np.float32(totals[0])
+    t = -0.0
+    for v in totals:
+        t += float(v)
+    return np.float32(t)
+
+
+def check_moe():
+    i32, f32 = np.int32, np.float32
+    rb = kernel("moe", "moe_router_backward_f32")
+    auxb = kernel("moe", "aux_loss_backward_f32")
+    count, offs, order_k, gather = (kernel("moe", n) for n in ("moe_count_i32", "moe_offsets_i32", "moe_order_i32",
+                                                               "moe_gather_f32"))
+    gadd = kernel("moe", "moe_gather_add_f32")
+    cb = kernel("moe", "moe_combine_backward_f32")
+    for tokens, dim, experts, k in ((1, 1, 1, 1), (37, 33, 8, 2), (64, 256, 64, 8), (5, 1030, 300, 4),
+                                    (2000, 16, 4, 3), (3, 2100, 2, 2), (1000, 64, 1500, 2), (7, 0, 5, 2)):
+        pairs = tokens * k
+        idx = np.stack([RNG.permutation(experts)[:k] for _ in range(tokens)]).astype(np.int32)
+        if tokens > 3:
+            idx[3] = idx[3][0]  # a token listing one expert k times
+        w = np.abs(randn(tokens, k)) + f32(0.01)
+        dw = randn(tokens, k)
+        case = f"T={tokens} dim={dim} E={experts} k={k}"
+
+        # Router backward: bitwise the CPU's (cpu_dot32 over k, one f32 term per
+        # chosen expert, in j order from 0).
+        want = np.zeros((tokens, experts), f32)
+        for t in range(tokens):
+            mean = cpu_dot32(w[t], dw[t])
+            for j in range(k):
+                want[t, idx[t, j]] = want[t, idx[t, j]] + w[t, j] * (dw[t, j] - mean)
+        for grid in (-(-tokens // 16), 1):
+            d = cp.full((tokens, experts), NAN, f32)
+            rb((grid,), (256,), (dev(w), dev(idx), dev(dw), d, i32(tokens), i32(experts), i32(k)))
+            ok = same_bits(d.get(), want)
+            report("moe_router_backward_f32", f"{case} grid={grid}", 0.0 if ok else INF, ok)
+
+        # Aux-loss backward: one double product per element, rounded once.
+        fc = np.abs(randn(experts))
+        factor = 0.37 * f32(0.01).astype(np.float64) * experts / tokens
+        d = cp.full((tokens, experts), NAN, f32)
+        auxb((grid_ew(tokens * experts),), (256,), (dev(fc), d, i32(tokens), i32(experts),
+                                                    np.float64(factor).view(np.int64)))
+        ok = same_bits(d.get(), np.broadcast_to((factor * fc.astype(np.float64)).astype(f32), (tokens, experts)))
+        report("aux_loss_backward_f32", case, 0.0 if ok else INF, ok)
+
+        # Dispatch: the stable grouping (integers) and the gathered rows.
+        flat = idx.ravel()
+        want_order = np.argsort(flat, kind="stable").astype(np.int32)
+        want_off = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=experts))]).astype(np.int32)
+        x = randn(tokens, dim)
+        want_y = x[want_order // k] if dim else np.zeros((pairs, 0), f32)
+        for grid in (min(experts, 65535), 1):
+            off = cp.full(experts + 1, -7, i32)
+            order = cp.full(pairs, -7, i32)
+            y = cp.full((pairs, dim), NAN, f32)
+            count((grid,), (256,), (dev(flat), off, i32(pairs), i32(experts)))
+            offs((1,), (1024,), (off, i32(experts)))
+            order_k((grid,), (256,), (dev(flat), off, order, i32(pairs), i32(experts)))
+            gather((max(1, min(-(-pairs // 8), 3)),), (256,), (dev(x), order, off, y, i32(pairs), i32(dim), i32(k),
+                                                               i32(experts)))
+            ok = (np.array_equal(off.get(), want_off) and np.array_equal(order.get(), want_order)
+                  and same_bits(y.get(), want_y))
+            report("moe dispatch (count/offsets/order/gather)", f"{case} grid={grid}", 0.0 if ok else INF, ok)
+
+        # Dispatch backward and combine: zeroed, then one launch per j: float32
+        # sums in j order from 0 (bitwise the CPU's).
+        rows_of = np.empty(pairs, np.int64)
+        rows_of[want_order] = np.arange(pairs)
+        g = randn(pairs, dim)
+        for weighted in (False, True):
+            want = np.zeros((tokens, dim), f32)
+            for t in range(tokens):
+                for j in range(k):
+                    r = g[rows_of[t * k + j]]
+                    want[t] = want[t] + (w[t, j] * r if weighted else r)
+            for grid in (-(-pairs // 8), 2):
+                out = cp.zeros((tokens, dim), f32)
+                for j in range(k):
+                    gadd((grid,), (256,), (dev(g), dev(w) if weighted else NULLPTR, dev(want_order), out, i32(pairs),
+                                           i32(dim), i32(k), i32(j)))
+                ok = same_bits(out.get(), want)
+                name = "combine" if weighted else "dispatch backward"
+                report("moe_gather_add_f32", f"{name} {case} grid={grid}", 0.0 if ok else INF, ok)
+
+        # Combine backward: products, and cpu_dot32 per pair.
+        dy = randn(tokens, dim)
+        want_de = np.empty((pairs, dim), f32)
+        want_dw = np.empty(pairs, f32)
+        for p in range(pairs):
+            pair = want_order[p]
+            want_de[p] = w.ravel()[pair] * dy[pair // k]
+            want_dw[pair] = cpu_dot32(dy[pair // k], g[p])
+        for grid in (-(-pairs // 8), 2):
+            de = cp.full((pairs, dim), NAN, f32)
+            dwo = cp.full(pairs, NAN, f32)
+            cb((grid,), (256,), (dev(dy), dev(g), dev(w), dev(want_order), de, dwo, i32(pairs), i32(dim), i32(k)))
+            ok = same_bits(de.get(), want_de) and same_bits(dwo.get(), want_dw)
+            report("moe_combine_backward_f32", f"{case} grid={grid}", 0.0 if ok else INF, ok)
+
+    # Indices outside [0, n_experts) (device memory, unchecked): no expert; the
+    # rows past offsets[n_experts] get order -1 and NaN.
+    flat = np.array([0, 9, 1, 0, -3, 1], np.int32)
+    x = randn(3, 4)
+    off, order, y = cp.full(3, -7, i32), cp.full(6, -7, i32), cp.full((6, 4), 0.0, f32)
+    count((2,), (256,), (dev(flat), off, i32(6), i32(2)))
+    offs((1,), (1024,), (off, i32(2)))
+    order_k((2,), (256,), (dev(flat), off, order, i32(6), i32(2)))
+    gather((1,), (256,), (dev(x), order, off, y, i32(6), i32(4), i32(2), i32(2)))
+    got = y.get()
+    ok = (np.array_equal(off.get(), [0, 2, 4]) and np.array_equal(order.get(), [0, 3, 2, 5, -1, -1])
+          and same_bits(got[:4], x[[0, 1, 1, 2]]) and bool(np.all(np.isnan(got[4:]))))
+    report("moe dispatch (count/offsets/order/gather)", "indices out of range", 0.0 if ok else INF, ok)
+    # Many experts: the offsets' scan across several 1024-entry chunks.
+    experts, tokens, k = 5000, 3000, 2
+    flat = RNG.integers(0, experts, tokens * k).astype(np.int32)
+    off = cp.full(experts + 1, -7, i32)
+    order = cp.full(tokens * k, -7, i32)
+    count((experts,), (256,), (dev(flat), off, i32(tokens * k), i32(experts)))
+    offs((1,), (1024,), (off, i32(experts)))
+    order_k((experts,), (256,), (dev(flat), off, order, i32(tokens * k), i32(experts)))
+    want_off = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=experts))])
+    ok = np.array_equal(off.get(), want_off) and np.array_equal(order.get(), np.argsort(flat, kind="stable"))
+    report("moe dispatch (count/offsets/order/gather)", f"E={experts} pairs={tokens * k}", 0.0 if ok else INF, ok)
+
+
 # ----------------------------------------------------------------------------- decode, gemm
 
 def argmax_ref(x):
@@ -584,6 +1083,26 @@ def check_rope():
         want, mag = rope_ref(x, ft.get(), seq, offset, ntk)
         err = float(np.max(np.abs(xd.get() - want) / np.repeat(mag + 1e-30, 2, axis=-1)))
         report("rope_rotate_f32", f"in place b={batch} s={seq} h={heads} d={d}", err, err <= 1e-6)
+        # The backward: the same launch, each pair turned by minus its angle
+        # (the reference with negated angles), and undoing the forward.
+        back = kernel("rope", "rope_rotate_back_f32")
+        for offset_el in (0, 1):
+            for grid in (grid_ew(n), 3):
+                xd = dev(x, offset_el)
+                y = cp.full((tokens, heads, d), NAN, np.float32)
+                back((grid,), (256,), (xd, ft, y, np.int64(tokens), np.int32(seq), np.int32(heads), np.int32(d),
+                                       np.int32(offset), np.float32(ntk)))
+                want, mag = rope_ref(x, -ft.get(), seq, offset, ntk)
+                err = float(np.max(np.abs(y.get() - want) / np.repeat(mag + 1e-30, 2, axis=-1)))
+                report("rope_rotate_back_f32", f"b={batch} s={seq} h={heads} d={d} off={offset} ntk={ntk} "
+                       f"mis={offset_el} grid={grid}", err, err <= 1e-6)
+        xd = dev(x)
+        args = (np.int64(tokens), np.int32(seq), np.int32(heads), np.int32(d), np.int32(offset), np.float32(ntk))
+        rot((grid_ew(n),), (256,), (xd, ft, xd) + args)
+        back((grid_ew(n),), (256,), (xd, ft, xd) + args)
+        err = float(np.max(np.abs(xd.get() - x) / np.repeat(rope_ref(x, ft.get(), seq, offset, ntk)[1] + 1e-30, 2, axis=-1)))
+        report("rope_rotate_back_f32", f"in place, undoes the forward b={batch} s={seq} h={heads} d={d}", err,
+               err <= 2e-6)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -1106,8 +1625,9 @@ def main():
     os.chdir(ROOT)
     print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
     only = sys.argv[1:]  # optional: names of the checks to run, e.g. "rope attention sample"
-    for check in (check_elementwise, check_softmax, check_norm, check_loss, check_optim, check_decode, check_gemm,
-                  check_rope, check_attention, check_sample, check_large):
+    for check in (check_elementwise, check_softmax, check_norm, check_loss, check_optim, check_embedding,
+                  check_decode, check_gemm, check_rope, check_attention, check_kv_cache, check_moe, check_sample,
+                  check_large):
         if only and check.__name__[len("check_"):] not in only:
             continue
         check()

@@ -1,5 +1,5 @@
-// RMSNorm and its fused residual form. Launch: block 1024, grid rows (any
-// grid works: blocks stride over rows).
+// RMSNorm and its fused residual form; LayerNorm; the backward passes of both.
+// Launch: block 1024, grid rows (any grid works: blocks stride over rows).
 #include "common.cuh"
 
 // Floats of a row each thread keeps in registers: rows up to 8 * blockDim.x
@@ -114,4 +114,104 @@ extern "C" __global__ void __launch_bounds__(1024, 2)
 extern "C" __global__ void __launch_bounds__(1024, 2) rmsnorm_residual_f32(
     const float* x, const float* r, const float* w, float* y, float* s, int rows, int hidden, float eps) {
     rmsnorm_rows<true>(x, r, w, y, s, rows, hidden, eps);
+}
+
+
+// ----------------------------------------------------------------------------- LayerNorm, backward passes
+// Rows are read from global memory in each pass (the second and later reads
+// mostly hit cache). Every pass reads a thread's own elements only, and the
+// block reductions between passes are barriers, so a row's output may be its
+// input (y == x) wherever the last pass writes.
+
+// Per row: {mean, 1 / sqrt(mean((x - mean)^2) + eps)} for LayerNorm
+// (CENTER), {0, 1 / sqrt(mean(x^2) + eps)} for RMSNorm. Two passes, as the CPU
+// backend: the variance from the centred values.
+template <bool CENTER> __device__ float2 row_stats(const float* x, int hidden, float eps) {
+    float mean = 0.0f;
+    if (CENTER) {
+        float s = 0.0f;
+        for (i64 c = threadIdx.x; c < hidden; c += blockDim.x) s += x[c];
+        mean = block_allreduce(s, Sum(), 0.0f) / (float)hidden;
+    }
+    float ss = 0.0f;
+    for (i64 c = threadIdx.x; c < hidden; c += blockDim.x) {
+        const float d = x[c] - mean;
+        ss += d * d;
+    }
+    ss = block_allreduce(ss, Sum(), 0.0f);
+    return make_float2(mean, 1.0f / sqrtf(ss / (float)hidden + eps));
+}
+
+// y = (x - mean) / sqrt(var + eps) * w + b (biased variance); y may be x.
+extern "C" __global__ void __launch_bounds__(1024)
+    layernorm_f32(const float* x, const float* w, const float* b, float* y, int rows, int hidden, float eps) {
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+        const float* xr = x + row * hidden;
+        float* yr = y + row * hidden;
+        const float2 st = row_stats<true>(xr, hidden, eps);
+        for (i64 c = threadIdx.x; c < hidden; c += blockDim.x) yr[c] = (xr[c] - st.x) * st.y * w[c] + b[c];
+    }
+}
+
+// xhat = (x - mean) * rstd, the normalised rows (center = 1: LayerNorm; 0:
+// RMSNorm, x * rstd). The backward passes write it into d_input, whose space
+// is free until their last kernel, for column_sums_f32 to read: xhat must not
+// alias x.
+extern "C" __global__ void __launch_bounds__(1024)
+    norm_xhat_f32(const float* x, float* xhat, int rows, int hidden, float eps, int center) {
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+        const float* xr = x + row * hidden;
+        float* hr = xhat + row * hidden;
+        const float2 st = center ? row_stats<true>(xr, hidden, eps) : row_stats<false>(xr, hidden, eps);
+        for (i64 c = threadIdx.x; c < hidden; c += blockDim.x) hr[c] = (xr[c] - st.x) * st.y;
+    }
+}
+
+// RMSNorm backward into dx: r = 1 / rms(x), dx = r (g - x r^2 mean(g x)) with
+// g = dy * w (the CPU backend's order of operations). dx may be dy or x.
+extern "C" __global__ void __launch_bounds__(1024) rmsnorm_backward_f32(const float* dy, const float* x,
+                                                                        const float* w, float* dx, int rows,
+                                                                        int hidden, float eps) {
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+        const float* dyr = dy + row * hidden;
+        const float* xr = x + row * hidden;
+        float* dxr = dx + row * hidden;
+        float v[2] = {0.0f, 0.0f};  // sum of x^2, sum of g x
+        for (i64 c = threadIdx.x; c < hidden; c += blockDim.x) {
+            const float xv = xr[c];
+            v[0] += xv * xv;
+            v[1] += dyr[c] * w[c] * xv;
+        }
+        block_reduce(v, Sum(), 0.0f);
+        const float r = 1.0f / sqrtf(v[0] / (float)hidden + eps);
+        const float k = v[1] / (float)hidden * r * r;
+        for (i64 c = threadIdx.x; c < hidden; c += blockDim.x) dxr[c] = r * (dyr[c] * w[c] - xr[c] * k);
+    }
+}
+
+// LayerNorm backward into dx: dx = rstd (g - mean(g) - xhat mean(g xhat)),
+// g = dy * w, xhat = (x - mean) rstd, mean(g xhat) = rstd (mean(g x) - mean
+// mean(g)) (the CPU backend's order of operations). dx may be dy or x.
+extern "C" __global__ void __launch_bounds__(1024) layernorm_backward_f32(const float* dy, const float* x,
+                                                                          const float* w, float* dx, int rows,
+                                                                          int hidden, float eps) {
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+        const float* dyr = dy + row * hidden;
+        const float* xr = x + row * hidden;
+        float* dxr = dx + row * hidden;
+        const float2 st = row_stats<true>(xr, hidden, eps);
+        float v[2] = {0.0f, 0.0f};  // sum of g, sum of g x
+        for (i64 c = threadIdx.x; c < hidden; c += blockDim.x) {
+            const float g = dyr[c] * w[c];
+            v[0] += g;
+            v[1] += g * xr[c];
+        }
+        block_reduce(v, Sum(), 0.0f);
+        const float g_mean = v[0] / (float)hidden;
+        const float gx_mean = st.y * (v[1] / (float)hidden - st.x * g_mean);
+        for (i64 c = threadIdx.x; c < hidden; c += blockDim.x) {
+            const float xhat = (xr[c] - st.x) * st.y;
+            dxr[c] = st.y * (dyr[c] * w[c] - g_mean - xhat * gx_mean);
+        }
+    }
 }

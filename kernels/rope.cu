@@ -22,8 +22,10 @@ extern "C" __global__ void rope_freqs_f32(float* freqs, int max_seq_len, int hea
 // turns by a = freqs[p * d/2 + i], or with dynamic NTK scaling (ntk_alpha != 1)
 // by (float)((double)a * ntk_alpha^(-2i/(d-2))). y = (x0 cos a - x1 sin a,
 // x0 sin a + x1 cos a), rounded after every product like the CPU backend.
-extern "C" __global__ void rope_rotate_f32(const float* x, const float* freqs, float* y, i64 tokens, int seq_len,
-                                           int heads, int head_dim, int offset, float ntk_alpha) {
+// rope_rotate_back_f32 (the backward) turns by -a instead, same launch.
+template <bool INVERSE>
+__device__ void rope_rotate(const float* x, const float* freqs, float* y, i64 tokens, int seq_len, int heads,
+                            int head_dim, int offset, float ntk_alpha) {
     const int half = head_dim / 2;
     const i64 per_token = (i64)heads * half;
     const i64 n = tokens * per_token;
@@ -36,6 +38,7 @@ extern "C" __global__ void rope_rotate_f32(const float* x, const float* freqs, f
         if (ntk_alpha != 1.0f) a = (float)((double)a * pow((double)ntk_alpha, -2.0 * i / (head_dim - 2.0)));
         float s, c;
         sincosf(a, &s, &c);
+        if (INVERSE) s = -s;  // the rotation back: by -a
         float x0, x1;
         if (pairs8) {
             const float2 v = reinterpret_cast<const float2*>(x)[e];
@@ -51,4 +54,14 @@ extern "C" __global__ void rope_rotate_f32(const float* x, const float* freqs, f
             y[2 * e] = y0, y[2 * e + 1] = y1;
         }
     }
+}
+
+extern "C" __global__ void rope_rotate_f32(const float* x, const float* freqs, float* y, i64 tokens, int seq_len,
+                                           int heads, int head_dim, int offset, float ntk_alpha) {
+    rope_rotate<false>(x, freqs, y, tokens, seq_len, heads, head_dim, offset, ntk_alpha);
+}
+
+extern "C" __global__ void rope_rotate_back_f32(const float* x, const float* freqs, float* y, i64 tokens,
+                                                int seq_len, int heads, int head_dim, int offset, float ntk_alpha) {
+    rope_rotate<true>(x, freqs, y, tokens, seq_len, heads, head_dim, offset, ntk_alpha);
 }

@@ -83,3 +83,20 @@ extern "C" __global__ void softmax_topk_f32(const float* x, float* w, int* idx, 
         for (i64 r = lane; r < k; r += 32) wr[r] *= inv;
     }
 }
+
+// Launch: block 1024, grid rows (blocks stride over rows). Softmax backward
+// from the forward's output y: dx = y (dy - sum over the row of dy y). dx may
+// be dy or y: a thread reads its elements again after the row's reduction (a
+// barrier) and writes only those.
+extern "C" __global__ void __launch_bounds__(1024)
+    softmax_backward_f32(const float* dy, const float* y, float* dx, int rows, int cols) {
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+        const float* dyr = dy + row * cols;
+        const float* yr = y + row * cols;
+        float* dxr = dx + row * cols;
+        float s = 0.0f;
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) s += dyr[c] * yr[c];
+        s = block_allreduce(s, Sum(), 0.0f);
+        for (i64 c = threadIdx.x; c < cols; c += blockDim.x) dxr[c] = yr[c] * (dyr[c] - s);
+    }
+}

@@ -27,7 +27,7 @@ fi
 if [ "$step" = all ] || [ "$step" = sanitize ]; then
   for tool in memcheck racecheck; do
     : > "$out/sanitizer-$tool.log"
-    for t in gpu gpu_tf32; do
+    for t in gpu gpu_tf32 gpu_training; do
       compute-sanitizer --tool "$tool" --error-exitcode 9 ".device/tests/$t" --test-threads=1 >> "$out/sanitizer-$tool.log" 2>&1 \
         || { failed=1; echo "FAILED: compute-sanitizer $tool $t"; }
     done

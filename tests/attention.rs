@@ -389,3 +389,17 @@ fn general_attention_bad_arguments() {
     assert_invalid(code, "cudann_attention_backward", "lse is NULL");
     assert_untouched(&dq, "d_q");
 }
+
+/// A whole-cache write (new_len == max_seq) whose inputs are the other cache's
+/// buffers: both are read before either is written, as for any in-place call.
+#[test]
+fn kv_cache_write_with_crossed_buffers_uses_the_old_values() {
+    let mut rng = Rng::new(77);
+    let (k_new, v_new) = (rng.vec(2 * 5 * 3 * 4, 1.0), rng.vec(2 * 5 * 3 * 4, 1.0));
+    let (mut a, mut b) = (k_new.clone(), v_new.clone());
+    // k_new is `a`, v_new is `b`; k_cache is `b`, v_cache is `a`.
+    let code = unsafe { cudann_kv_cache_write(a.as_ptr().cast(), b.as_ptr().cast(), b.as_mut_ptr().cast(), a.as_mut_ptr().cast(), 2, 5, 5, 3, 4, 0, CUDANN_F32, NULL) };
+    assert_ok(code);
+    assert_eq!(b, k_new, "k_cache");
+    assert_eq!(a, v_new, "v_cache");
+}

@@ -336,8 +336,7 @@ pub unsafe extern "C" fn cudann_attention_backward(
 /// n_kv_heads, head_dim]` of data type `dtype` (`CUDANN_F32`; the half types are
 /// -2 until half precision lands). Other cache rows are untouched. Returns -2
 /// unless `pos + new_len <= max_seq`, and for NULL pointers with a non-empty
-/// shape, negative or overflowing sizes, a bad `dtype`, or overlaps; -1 for
-/// device pointers (no GPU kernel yet).
+/// shape, negative or overflowing sizes, a bad `dtype`, or overlaps.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_kv_cache_write(
     k_new: *const c_void,
@@ -364,12 +363,21 @@ pub unsafe extern "C" fn cudann_kv_cache_write(
         let vn = Input::new("v_new", v_new.cast::<f32>(), new_n)?;
         let kc = Output::new("k_cache", k_cache.cast::<f32>(), cache_n)?;
         let vc = Output::new("v_cache", v_cache.cast::<f32>(), cache_n)?;
+        // One kernel writes both caches, each thread reading its k and v
+        // elements before writing: an input may be either cache's buffer.
         let call = Call::new(stream, new_n, [kn.region(), vn.region(), kc.region(), vc.region()])?;
         let row = kv_heads * head_dim;
-        dispatch::run_cpu_only(&call, || unsafe {
-            let written = [kc.region(), vc.region()];
-            attention::kv_cache_write(&kn.read(&written), kc.slice(), new_len, max_seq, row, pos);
-            attention::kv_cache_write(&vn.read(&written), vc.slice(), new_len, max_seq, row, pos);
-        })
+        dispatch::run(
+            &call,
+            || unsafe {
+                // Both inputs before either cache is written: k_new may be
+                // v_cache's buffer and v_new k_cache's.
+                let written = [kc.region(), vc.region()];
+                let (k, v) = (kn.read(&written), vn.read(&written));
+                attention::kv_cache_write(&k, kc.slice(), new_len, max_seq, row, pos);
+                attention::kv_cache_write(&v, vc.slice(), new_len, max_seq, row, pos);
+            },
+            |g, p| unsafe { ops::kv_cache_write(g, stream.cast(), p[0], p[1], p[2], p[3], batch, new_len, max_seq, row, pos) },
+        )
     })
 }

@@ -95,54 +95,66 @@ pub unsafe extern "C" fn cuda_scale(input: *const f32, output: *mut f32, scale: 
     })
 }
 
-/// The backward of an activation `f`: `d_input[i] = d_output[i] * f'(input[i])`.
-/// `d_input` may be `d_output` or `input` (in place).
-fn activation_backward(d_output: *const f32, input: *const f32, d_input: *mut f32, n: i64, stream: *mut c_void, kernel: fn(Src, Src, &mut [f32])) -> Result<()> {
+/// The backward of an activation `f`: `d_input[i] = d_output[i] * f'(input[i])`,
+/// by `cpu` or the GPU kernel `gpu_kernel`. `d_input` may be `d_output` or
+/// `input` (in place; the kernels read each element before writing it).
+fn activation_backward(d_output: *const f32, input: *const f32, d_input: *mut f32, n: i64, stream: *mut c_void, cpu: fn(Src, Src, &mut [f32]), gpu_kernel: &'static str) -> Result<()> {
     let ([dy, x], dx) = flat(n, [("d_output", d_output), ("input", input)], ("d_input", d_input))?;
     let call = Call::new(stream, dx.len, [dy.region(), x.region(), dx.region()])?;
-    dispatch::run_cpu_only(&call, || unsafe { kernel(Src::of(&dy, &dx, &[]), Src::of(&x, &dx, &[]), dx.slice()) })
+    dispatch::run(
+        &call,
+        || unsafe { cpu(Src::of(&dy, &dx, &[]), Src::of(&x, &dx, &[]), dx.slice()) },
+        |g, p| unsafe { ops::activation_backward(g, stream.cast(), gpu_kernel, p[0], p[1], p[2], dx.len) },
+    )
 }
 
 /// SiLU backward: `d_input[i] = d_output[i] * s (1 + x (1 - s))` with
 /// `x = input[i]`, `s = sigmoid(x)`, for `0 <= i < n`. `d_input` may be
 /// `d_output` or `input`. Returns -2 for a NULL pointer with `n > 0`, `n < 0`, or
-/// a partial overlap; -1 for device pointers (no GPU kernel yet).
+/// a partial overlap.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_silu_backward(d_output: *const f32, input: *const f32, d_input: *mut f32, n: i64, stream: *mut c_void) -> i32 {
-    ffi_fn!("cudann_silu_backward", { activation_backward(d_output, input, d_input, n, stream, elementwise::silu_backward) })
+    ffi_fn!("cudann_silu_backward", { activation_backward(d_output, input, d_input, n, stream, elementwise::silu_backward, "silu_backward_f32") })
 }
 
 /// GELU, tanh form (GPT-2): `output[i] = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x³)))`
-/// with `x = input[i]`. `output` may be `input`. Returns -2 as `cuda_silu`; -1 for
-/// device pointers (no GPU kernel yet).
+/// with `x = input[i]`. `output` may be `input`. Returns -2 as `cuda_silu`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_gelu(input: *const f32, output: *mut f32, n: i64, stream: *mut c_void) -> i32 {
     ffi_fn!("cudann_gelu", {
         let (x, y) = unary(input, output, n)?;
         let call = Call::new(stream, y.len, [x.region(), y.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe { elementwise::gelu(Src::of(&x, &y, &[]), y.slice()) })
+        dispatch::run(
+            &call,
+            || unsafe { elementwise::gelu(Src::of(&x, &y, &[]), y.slice()) },
+            |g, p| unsafe { ops::gelu(g, stream.cast(), p[0], p[1], y.len) },
+        )
     })
 }
 
 /// GELU backward: `d_input[i] = d_output[i] * gelu'(input[i])` (the derivative
 /// of `cudann_gelu`'s tanh form). `d_input` may be `d_output` or `input`.
-/// Returns -2 as `cudann_silu_backward`; -1 for device pointers.
+/// Returns -2 as `cudann_silu_backward`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_gelu_backward(d_output: *const f32, input: *const f32, d_input: *mut f32, n: i64, stream: *mut c_void) -> i32 {
-    ffi_fn!("cudann_gelu_backward", { activation_backward(d_output, input, d_input, n, stream, elementwise::gelu_backward) })
+    ffi_fn!("cudann_gelu_backward", { activation_backward(d_output, input, d_input, n, stream, elementwise::gelu_backward, "gelu_backward_f32") })
 }
 
 /// SwiGLU: `output[i] = silu(gate[i]) * up[i]` for `0 <= i < n`, tensors of data
 /// type `dtype` (`CUDANN_F32`; the half types are -2 until half precision lands).
 /// `output` may be `gate` or `up`. Returns -2 for a NULL pointer with `n > 0`,
-/// `n < 0`, a bad `dtype` or a partial overlap; -1 for device pointers.
+/// `n < 0`, a bad `dtype` or a partial overlap.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_swiglu(gate: *const c_void, up: *const c_void, output: *mut c_void, n: i64, dtype: c_int, stream: *mut c_void) -> i32 {
     ffi_fn!("cudann_swiglu", {
         check::float32("dtype", dtype)?;
         let ([g, u], y) = flat(n, [("gate", gate.cast()), ("up", up.cast())], ("output", output.cast()))?;
         let call = Call::new(stream, y.len, [g.region(), u.region(), y.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe { elementwise::swiglu(Src::of(&g, &y, &[]), Src::of(&u, &y, &[]), y.slice()) })
+        dispatch::run(
+            &call,
+            || unsafe { elementwise::swiglu(Src::of(&g, &y, &[]), Src::of(&u, &y, &[]), y.slice()) },
+            |gpu, p| unsafe { ops::swiglu(gpu, stream.cast(), p[0], p[1], p[2], y.len) },
+        )
     })
 }
 
@@ -150,7 +162,7 @@ pub unsafe extern "C" fn cudann_swiglu(gate: *const c_void, up: *const c_void, o
 /// `d_up[i] = d_output[i] * silu(gate[i])`. `d_gate` may be `gate` (or
 /// `d_output`) and `d_up` may be `up` (or `d_output`), as long as the two outputs
 /// are distinct. Returns -2 for a NULL pointer with `n > 0`, `n < 0`, or an
-/// overlap; -1 for device pointers.
+/// overlap.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_swiglu_backward(
     d_output: *const f32,
@@ -165,10 +177,15 @@ pub unsafe extern "C" fn cudann_swiglu_backward(
         let ([dy, g, u], dg) = flat(n, [("d_output", d_output), ("gate", gate), ("up", up)], ("d_gate", d_gate))?;
         let du = Output::new("d_up", d_up, dg.len)?;
         let call = Call::new(stream, dg.len, [dy.region(), g.region(), u.region(), dg.region(), du.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe {
-            let outputs = [dg.region(), du.region()];
-            elementwise::swiglu_backward(&dy.read(&outputs), &g.read(&outputs), &u.read(&outputs), dg.slice(), du.slice())
-        })
+        // The kernel reads an element's three inputs before writing its two outputs.
+        dispatch::run(
+            &call,
+            || unsafe {
+                let outputs = [dg.region(), du.region()];
+                elementwise::swiglu_backward(&dy.read(&outputs), &g.read(&outputs), &u.read(&outputs), dg.slice(), du.slice())
+            },
+            |gpu, p| unsafe { ops::swiglu_backward(gpu, stream.cast(), p[0], p[1], p[2], p[3], p[4], dg.len) },
+        )
     })
 }
 
@@ -180,7 +197,7 @@ fn rows_cols(rows: c_int, cols: c_int) -> Result<(usize, usize)> {
 
 /// Bias add: `output[r, c] = input[r, c] + bias[c]` over `input[rows, cols]`.
 /// `output` may be `input`. Returns -2 for NULL pointers with a non-empty shape,
-/// negative or overflowing dimensions, or overlaps; -1 for device pointers.
+/// negative or overflowing dimensions, or overlaps.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_bias_add(input: *const f32, bias: *const f32, output: *mut f32, rows: c_int, cols: c_int, stream: *mut c_void) -> i32 {
     ffi_fn!("cudann_bias_add", {
@@ -189,15 +206,18 @@ pub unsafe extern "C" fn cudann_bias_add(input: *const f32, bias: *const f32, ou
         let b = Input::new("bias", bias, if n == 0 { 0 } else { cols })?;
         let y = Output::new("output", output, n)?;
         let call = Call::new(stream, n, [x.region(), b.region(), y.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe { elementwise::bias_add(Src::of(&x, &y, &[]), &b.read(&[y.region()]), y.slice()) })
+        dispatch::run(
+            &call,
+            || unsafe { elementwise::bias_add(Src::of(&x, &y, &[]), &b.read(&[y.region()]), y.slice()) },
+            |g, p| unsafe { ops::bias_add(g, stream.cast(), p[0], p[1], p[2], n / cols, cols) },
+        )
     })
 }
 
 /// Bias backward: `d_bias[c] = sum over r of d_output[r, c]` (column sums of
 /// `d_output[rows, cols]`, deterministic; written, not accumulated). With
 /// `rows == 0`, `d_bias` is set to zeros. Returns -2 for NULL pointers with a
-/// non-empty shape, negative or overflowing dimensions, or overlaps; -1 for
-/// device pointers.
+/// non-empty shape, negative or overflowing dimensions, or overlaps.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_bias_backward(d_output: *const f32, d_bias: *mut f32, rows: c_int, cols: c_int, stream: *mut c_void) -> i32 {
     ffi_fn!("cudann_bias_backward", {
@@ -205,6 +225,12 @@ pub unsafe extern "C" fn cudann_bias_backward(d_output: *const f32, d_bias: *mut
         let dy = Input::new("d_output", d_output, n)?;
         let db = Output::new("d_bias", d_bias, cols)?;
         let call = Call::new(stream, cols, [dy.region(), db.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe { elementwise::bias_backward(dy.slice(), db.slice()) })
+        // One block owns a column (reads it, then writes its sum): d_bias may be
+        // d_output's buffer (rows == 1).
+        dispatch::run(
+            &call,
+            || unsafe { elementwise::bias_backward(&dy.read(&[db.region()]), db.slice()) },
+            |g, p| unsafe { ops::column_sums(g, stream.cast(), p[0], 0, p[1], n / cols.max(1), cols) },
+        )
     })
 }

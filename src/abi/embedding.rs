@@ -7,6 +7,7 @@ use crate::check::{self, Input, Output};
 use crate::cpu::embedding;
 use crate::dispatch::{self, Call};
 use crate::error::Result;
+use crate::gpu::ops;
 
 /// The checked ids of an embedding call: every id < `vocab` where the host can
 /// read them (device ids are the kernel's to check).
@@ -29,8 +30,9 @@ fn shape(n_ids: c_int, vocab_size: c_int, dim: c_int) -> Result<(usize, usize, u
 /// until half precision lands) from `table[vocab_size, dim]`. A negative id
 /// gives a row of zeros (padding). An id >= `vocab_size` is -2 (nothing
 /// written) when the ids are host memory. Returns -2 for NULL pointers with a
-/// non-empty shape, negative or overflowing sizes, a bad `dtype`, or overlaps;
-/// -1 for device pointers (no GPU kernel yet).
+/// non-empty shape, negative or overflowing sizes, a bad `dtype`, or overlaps.
+/// On the all-device path (ids not checked by the host) an id >= `vocab_size`
+/// gives a row of NaN.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_embedding(
     ids: *const i32,
@@ -48,16 +50,21 @@ pub unsafe extern "C" fn cudann_embedding(
         let ids = self::ids(ids, if rows == 0 { 0 } else { n }, vocab)?;
         let t = Input::new("table", table.cast::<f32>(), if rows == 0 { 0 } else { table_len })?;
         let y = Output::new("output", output.cast::<f32>(), rows)?;
-        let call = Call::new(stream, rows, [ids.region(), t.region(), y.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe { embedding::embedding(&ids.read(&[y.region()]), &t.read(&[y.region()]), y.slice(), dim) })
+        // The kernel reads other rows than it writes: aliased inputs are copied.
+        let call = Call::new(stream, rows, [ids.region(), t.region(), y.region()])?.kernels_in_place(false);
+        dispatch::run(
+            &call,
+            || unsafe { embedding::embedding(&ids.read(&[y.region()]), &t.read(&[y.region()]), y.slice(), dim) },
+            |g, p| unsafe { ops::embedding(g, stream.cast(), p[0], p[1], p[2], n, vocab, dim) },
+        )
     })
 }
 
 /// Embedding backward: `d_table[v, :] = sum of d_output[i, :] over the i with
 /// ids[i] = v` for every row `v < vocab_size` (rows no id names are set to
 /// zero; negative ids are skipped; written, not accumulated; deterministic).
-/// An id >= `vocab_size` is -2 when the ids are host memory. Returns -2 as
-/// `cudann_embedding`; -1 for device pointers (no GPU kernel yet).
+/// An id >= `vocab_size` is -2 when the ids are host memory (on the
+/// all-device path it gets no gradient). Returns -2 as `cudann_embedding`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_embedding_backward(
     ids: *const i32,
@@ -73,9 +80,11 @@ pub unsafe extern "C" fn cudann_embedding_backward(
         let ids = self::ids(ids, if table_len == 0 { 0 } else { n }, vocab)?;
         let dy = Input::new("d_output", d_output, if table_len == 0 { 0 } else { rows })?;
         let dt = Output::new("d_table", d_table, table_len)?;
-        let call = Call::new(stream, table_len, [ids.region(), dy.region(), dt.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe {
-            embedding::embedding_backward(&ids.read(&[dt.region()]), &dy.read(&[dt.region()]), dt.slice(), dim)
-        })
+        let call = Call::new(stream, table_len, [ids.region(), dy.region(), dt.region()])?.kernels_in_place(false);
+        dispatch::run(
+            &call,
+            || unsafe { embedding::embedding_backward(&ids.read(&[dt.region()]), &dy.read(&[dt.region()]), dt.slice(), dim) },
+            |g, p| unsafe { ops::embedding_backward(g, stream.cast(), p[0], p[1], p[2], n, vocab, dim) },
+        )
     })
 }

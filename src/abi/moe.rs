@@ -14,6 +14,7 @@ use crate::check::{self, Input, Output, require};
 use crate::cpu::{alloc, loss, moe};
 use crate::dispatch::{self, Call};
 use crate::error::Result;
+use crate::gpu::ops;
 
 /// Checked `tokens`, `dim`, `k`: (tokens, dim, k, pairs, token rows, pair rows).
 fn routing(tokens: c_int, dim: c_int, k: c_int) -> Result<(usize, usize, usize, usize, usize, usize)> {
@@ -47,8 +48,8 @@ fn order<'a>(order: *const i32, pairs: usize) -> Result<Input<'a, i32>> {
 /// (`cudann_aux_loss_backward` then `cudann_softmax_backward`) to it.
 /// Returns -2 unless `1 <= k <= n_experts`, for an index outside
 /// `[0, n_experts)` in host memory, NULL pointers with a non-empty shape,
-/// negative or overflowing sizes, or overlaps; -1 for device pointers (no GPU
-/// kernel yet).
+/// negative or overflowing sizes, or overlaps. On the all-device path an index
+/// outside `[0, n_experts)` matches no expert.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_moe_router_backward(
     weights: *const f32,
@@ -71,11 +72,15 @@ pub unsafe extern "C" fn cudann_moe_router_backward(
         idx.indices_below(experts, "n_experts", false)?;
         let dw = Input::new("d_weights", d_weights, pairs)?;
         let d = Output::new("d_logits", d_logits, d_len)?;
-        let call = Call::new(stream, d_len, [w.region(), idx.region(), dw.region(), d.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe {
-            let written = [d.region()];
-            moe::router_backward(&w.read(&written), &idx.read(&written), &dw.read(&written), d.slice(), experts, k)
-        })
+        let call = Call::new(stream, d_len, [w.region(), idx.region(), dw.region(), d.region()])?.kernels_in_place(false);
+        dispatch::run(
+            &call,
+            || unsafe {
+                let written = [d.region()];
+                moe::router_backward(&w.read(&written), &idx.read(&written), &dw.read(&written), d.slice(), experts, k)
+            },
+            |g, p| unsafe { ops::moe_router_backward(g, stream.cast(), p[0], p[1], p[2], p[3], tokens, experts, k) },
+        )
     })
 }
 
@@ -85,7 +90,7 @@ pub unsafe extern "C" fn cudann_moe_router_backward(
 /// f_counts[e] / tokens` for every token (`f_counts` as the forward wrote
 /// it, a constant). Returns -2 for non-finite `alpha` or `scale`, NULL
 /// pointers with a non-empty shape, negative or overflowing sizes, or
-/// overlaps; -1 for device pointers (no GPU kernel yet).
+/// overlaps.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_aux_loss_backward(f_counts: *const f32, d_probs: *mut f32, tokens: c_int, n_experts: c_int, alpha: f32, scale: f32, stream: *mut c_void) -> i32 {
     ffi_fn!("cudann_aux_loss_backward", {
@@ -96,7 +101,11 @@ pub unsafe extern "C" fn cudann_aux_loss_backward(f_counts: *const f32, d_probs:
         let f = Input::new("f_counts", f_counts, if n == 0 { 0 } else { experts })?;
         let d = Output::new("d_probs", d_probs, n)?;
         let call = Call::new(stream, n, [f.region(), d.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe { loss::aux_loss_backward(&f.read(&[d.region()]), d.slice(), alpha, scale) })
+        dispatch::run(
+            &call,
+            || unsafe { loss::aux_loss_backward(&f.read(&[d.region()]), d.slice(), alpha, scale) },
+            |g, p| unsafe { ops::aux_loss_backward(g, stream.cast(), p[0], p[1], tokens, experts, loss::aux_loss_backward_factor(alpha, scale, tokens, experts)) },
+        )
     })
 }
 
@@ -107,7 +116,10 @@ pub unsafe extern "C" fn cudann_aux_loss_backward(f_counts: *const f32, d_probs:
 /// and `output[tokens*k, dim]`, row `p` being `input[order[p] / k]`. Returns -2
 /// for an index outside `[0, n_experts)` in host memory, `k < 1`, NULL
 /// pointers with a non-empty shape, negative or overflowing sizes, or
-/// overlaps; -1 for device pointers (no GPU kernel yet).
+/// overlaps. On the all-device path (indices not checked by the host) a pair
+/// whose index is outside `[0, n_experts)` belongs to no expert:
+/// `offsets[n_experts]` counts the others, and the rows past it get order -1
+/// and NaN.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_moe_dispatch(
     input: *const f32,
@@ -131,14 +143,18 @@ pub unsafe extern "C" fn cudann_moe_dispatch(
         let y = Output::new("output", output, pair_rows)?;
         let ord = Output::new("order", order, pairs)?;
         let off = Output::new("offsets", offsets, if pairs == 0 { 0 } else { experts + 1 })?;
-        let call = Call::new(stream, pairs, [x.region(), idx.region(), y.region(), ord.region(), off.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe {
-            let written = [y.region(), ord.region(), off.region()];
-            let (grouped, starts) = moe::group_by_expert(&idx.read(&written), experts);
-            moe::dispatch(&x.read(&written), &grouped, y.slice(), dim, k);
-            ord.slice().copy_from_slice(&grouped);
-            off.slice().copy_from_slice(&starts);
-        })
+        let call = Call::new(stream, pairs, [x.region(), idx.region(), y.region(), ord.region(), off.region()])?.kernels_in_place(false);
+        dispatch::run(
+            &call,
+            || unsafe {
+                let written = [y.region(), ord.region(), off.region()];
+                let (grouped, starts) = moe::group_by_expert(&idx.read(&written), experts);
+                moe::dispatch(&x.read(&written), &grouped, y.slice(), dim, k);
+                ord.slice().copy_from_slice(&grouped);
+                off.slice().copy_from_slice(&starts);
+            },
+            |g, p| unsafe { ops::moe_dispatch(g, stream.cast(), p[0], p[1], p[2], p[3], p[4], pairs, dim, experts, k) },
+        )
     })
 }
 
@@ -146,7 +162,8 @@ pub unsafe extern "C" fn cudann_moe_dispatch(
 /// rows a dispatch copied token `t` into, summed in `j` order; written, not
 /// accumulated). `order` is the dispatch's. Returns -2 when `order` (in host
 /// memory) is not a permutation of `0 .. tokens*k`, and as
-/// `cudann_moe_dispatch`; -1 for device pointers (no GPU kernel yet).
+/// `cudann_moe_dispatch`. On the all-device path `order` is not checked: it must
+/// be a dispatch's (entries outside `[0, tokens*k)` are skipped).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_moe_dispatch_backward(d_output: *const f32, order: *const i32, d_input: *mut f32, tokens: c_int, dim: c_int, k: c_int, stream: *mut c_void) -> i32 {
     ffi_fn!("cudann_moe_dispatch_backward", {
@@ -154,18 +171,22 @@ pub unsafe extern "C" fn cudann_moe_dispatch_backward(d_output: *const f32, orde
         let dy = Input::new("d_output", d_output, pair_rows)?;
         let ord = self::order(order, if token_rows == 0 { 0 } else { pairs })?;
         let dx = Output::new("d_input", d_input, token_rows)?;
-        let call = Call::new(stream, token_rows, [dy.region(), ord.region(), dx.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe {
-            let written = [dx.region()];
-            moe::dispatch_backward(&dy.read(&written), &ord.read(&written), dx.slice(), dim, k)
-        })
+        let call = Call::new(stream, token_rows, [dy.region(), ord.region(), dx.region()])?.kernels_in_place(false);
+        dispatch::run(
+            &call,
+            || unsafe {
+                let written = [dx.region()];
+                moe::dispatch_backward(&dy.read(&written), &ord.read(&written), dx.slice(), dim, k)
+            },
+            |g, p| unsafe { ops::moe_dispatch_backward(g, stream.cast(), p[0], p[1], p[2], token_rows / dim, dim, k) },
+        )
     })
 }
 
 /// Combine: `output[t] = Σ_j weights[t, j] * expert_output[row of pair t*k + j]`
 /// (summed in `j` order), `expert_output[tokens*k, dim]` in the dispatched
 /// layout of `order`, `weights[tokens, k]` as `cuda_softmax_topk` wrote them.
-/// Returns -2 as `cudann_moe_dispatch_backward`; -1 for device pointers.
+/// Returns -2 as `cudann_moe_dispatch_backward`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_moe_combine(
     expert_output: *const f32,
@@ -184,18 +205,21 @@ pub unsafe extern "C" fn cudann_moe_combine(
         let w = Input::new("weights", weights, used(pairs))?;
         let ord = self::order(order, used(pairs))?;
         let y = Output::new("output", output, token_rows)?;
-        let call = Call::new(stream, token_rows, [e.region(), w.region(), ord.region(), y.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe {
-            let written = [y.region()];
-            moe::combine(&e.read(&written), &w.read(&written), &ord.read(&written), y.slice(), dim, k)
-        })
+        let call = Call::new(stream, token_rows, [e.region(), w.region(), ord.region(), y.region()])?.kernels_in_place(false);
+        dispatch::run(
+            &call,
+            || unsafe {
+                let written = [y.region()];
+                moe::combine(&e.read(&written), &w.read(&written), &ord.read(&written), y.slice(), dim, k)
+            },
+            |g, p| unsafe { ops::moe_combine(g, stream.cast(), p[0], p[1], p[2], p[3], token_rows / dim, dim, k) },
+        )
     })
 }
 
 /// Combine backward: `d_expert_output[row of pair t*k + j] = weights[t, j] *
 /// d_output[t]` and `d_weights[t, j] = d_output[t] · expert_output[row of pair
-/// t*k + j]` (written, not accumulated). Returns -2 as `cudann_moe_combine`;
-/// -1 for device pointers (no GPU kernel yet).
+/// t*k + j]` (written, not accumulated). Returns -2 as `cudann_moe_combine`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_moe_combine_backward(
     d_output: *const f32,
@@ -217,11 +241,15 @@ pub unsafe extern "C" fn cudann_moe_combine_backward(
         let ord = self::order(order, pairs)?;
         let de = Output::new("d_expert_output", d_expert_output, pair_rows)?;
         let dw = Output::new("d_weights", d_weights, pairs)?;
-        let call = Call::new(stream, pairs, [dy.region(), e.region(), w.region(), ord.region(), de.region(), dw.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe {
-            let written = [de.region(), dw.region()];
-            let [dy, e, w] = [&dy, &e, &w].map(|x| x.read(&written));
-            moe::combine_backward(&dy, &e, &w, &ord.read(&written), de.slice(), dw.slice(), dim, k)
-        })
+        let call = Call::new(stream, pairs, [dy.region(), e.region(), w.region(), ord.region(), de.region(), dw.region()])?.kernels_in_place(false);
+        dispatch::run(
+            &call,
+            || unsafe {
+                let written = [de.region(), dw.region()];
+                let [dy, e, w] = [&dy, &e, &w].map(|x| x.read(&written));
+                moe::combine_backward(&dy, &e, &w, &ord.read(&written), de.slice(), dw.slice(), dim, k)
+            },
+            |g, p| unsafe { ops::moe_combine_backward(g, stream.cast(), p[0], p[1], p[2], p[3], p[4], p[5], pairs, dim, k) },
+        )
     })
 }

@@ -86,7 +86,7 @@ pub unsafe extern "C" fn cuda_rmsnorm_residual(
 /// `d_input = r * (g - input * r² * mean(g * input))` with `g = d_output * weight`,
 /// and `d_weight[j] = sum over rows of d_output * input * r` (written, not
 /// accumulated; deterministic). `d_input` may be `d_output` or `input`. Returns
-/// -2 as `cuda_rmsnorm`; -1 for device pointers (no GPU kernel yet).
+/// -2 as `cuda_rmsnorm`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_rmsnorm_backward(
     d_output: *const f32,
@@ -106,19 +106,24 @@ pub unsafe extern "C" fn cudann_rmsnorm_backward(
         let w = Input::new("weight", weight, if n == 0 { 0 } else { hidden })?;
         let dx = Output::new("d_input", d_input, n)?;
         let dw = Output::new("d_weight", d_weight, if n == 0 { 0 } else { hidden })?;
-        let call = Call::new(stream, n, [dy.region(), x.region(), w.region(), dx.region(), dw.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe {
-            let others = [dw.region()];
-            let w = w.read(&[dx.region(), dw.region()]);
-            norm::rmsnorm_backward(Src::of(&dy, &dx, &others), Src::of(&x, &dx, &others), &w, dx.slice(), dw.slice(), eps)
-        })
+        // The GPU path uses d_input as scratch before its last kernel: aliased
+        // inputs are copied first.
+        let call = Call::new(stream, n, [dy.region(), x.region(), w.region(), dx.region(), dw.region()])?.kernels_in_place(false);
+        dispatch::run(
+            &call,
+            || unsafe {
+                let others = [dw.region()];
+                let w = w.read(&[dx.region(), dw.region()]);
+                norm::rmsnorm_backward(Src::of(&dy, &dx, &others), Src::of(&x, &dx, &others), &w, dx.slice(), dw.slice(), eps)
+            },
+            |g, p| unsafe { ops::rmsnorm_backward(g, stream.cast(), p[0], p[1], p[2], p[3], p[4], n / hidden, hidden, eps) },
+        )
     })
 }
 
 /// LayerNorm of each row of `input[rows, hidden_dim]`:
 /// `output = (input - mean) / sqrt(var + eps) * weight + bias` (biased variance,
-/// as PyTorch and GPT-2). `output` may be `input`. Returns -2 as `cuda_rmsnorm`;
-/// -1 for device pointers (no GPU kernel yet).
+/// as PyTorch and GPT-2). `output` may be `input`. Returns -2 as `cuda_rmsnorm`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_layernorm(
     input: *const f32,
@@ -137,9 +142,11 @@ pub unsafe extern "C" fn cudann_layernorm(
         let b = Input::new("bias", bias, if n == 0 { 0 } else { hidden })?;
         let y = Output::new("output", output, n)?;
         let call = Call::new(stream, n, [x.region(), w.region(), b.region(), y.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe {
-            norm::layernorm(Src::of(&x, &y, &[]), &w.read(&[y.region()]), &b.read(&[y.region()]), y.slice(), eps)
-        })
+        dispatch::run(
+            &call,
+            || unsafe { norm::layernorm(Src::of(&x, &y, &[]), &w.read(&[y.region()]), &b.read(&[y.region()]), y.slice(), eps) },
+            |g, p| unsafe { ops::layernorm(g, stream.cast(), p[0], p[1], p[2], p[3], n / hidden, hidden, eps) },
+        )
     })
 }
 
@@ -148,7 +155,7 @@ pub unsafe extern "C" fn cudann_layernorm(
 /// `d_input = rstd * (g - mean(g) - x̂ * mean(g * x̂))`,
 /// `d_weight = sum over rows of d_output * x̂`, `d_bias = sum over rows of
 /// d_output` (written, not accumulated; deterministic). `d_input` may be
-/// `d_output` or `input`. Returns -2 as `cuda_rmsnorm`; -1 for device pointers.
+/// `d_output` or `input`. Returns -2 as `cuda_rmsnorm`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_layernorm_backward(
     d_output: *const f32,
@@ -171,12 +178,17 @@ pub unsafe extern "C" fn cudann_layernorm_backward(
         let dx = Output::new("d_input", d_input, n)?;
         let dw = Output::new("d_weight", d_weight, per_row)?;
         let db = Output::new("d_bias", d_bias, per_row)?;
-        let call = Call::new(stream, n, [dy.region(), x.region(), w.region(), dx.region(), dw.region(), db.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe {
-            let others = [dw.region(), db.region()];
-            let w = w.read(&[dx.region(), dw.region(), db.region()]);
-            let (dy, x) = (Src::of(&dy, &dx, &others), Src::of(&x, &dx, &others));
-            norm::layernorm_backward(dy, x, &w, dx.slice(), dw.slice(), db.slice(), eps)
-        })
+        // As for RMSNorm: d_input is the GPU path's scratch, aliased inputs are copied.
+        let call = Call::new(stream, n, [dy.region(), x.region(), w.region(), dx.region(), dw.region(), db.region()])?.kernels_in_place(false);
+        dispatch::run(
+            &call,
+            || unsafe {
+                let others = [dw.region(), db.region()];
+                let w = w.read(&[dx.region(), dw.region(), db.region()]);
+                let (dy, x) = (Src::of(&dy, &dx, &others), Src::of(&x, &dx, &others));
+                norm::layernorm_backward(dy, x, &w, dx.slice(), dw.slice(), db.slice(), eps)
+            },
+            |g, p| unsafe { ops::layernorm_backward(g, stream.cast(), p[0], p[1], p[2], p[3], p[4], p[5], n / hidden, hidden, eps) },
+        )
     })
 }

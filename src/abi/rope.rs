@@ -128,8 +128,7 @@ pub unsafe extern "C" fn cuda_rope_qk(
 /// n_kv_heads, head_dim]`, rotated back (each pair by minus its position's
 /// angle, positions from `offset`) into `d_q_out` and `d_k_out`. A head count of
 /// 0 leaves that side empty (its pointers may be NULL). `d_q_out` may be `d_q`
-/// and `d_k_out` may be `d_k`. Returns -2 as `cuda_rope_qk`; -1 for device
-/// pointers (no GPU kernel yet).
+/// and `d_k_out` may be `d_k`. Returns -2 as `cuda_rope_qk`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_rope_backward(
     d_q: *const f32,
@@ -147,8 +146,16 @@ pub unsafe extern "C" fn cudann_rope_backward(
 ) -> i32 {
     ffi_fn!("cudann_rope_backward", {
         let ops = unsafe { QkOperands::new(["d_q", "d_k", "d_q_out", "d_k_out"], d_q, d_k, freqs, d_q_out, d_k_out, batch, seq_len, n_q_heads, n_kv_heads, head_dim, offset)? };
-        let call = Call::new(stream, ops.qo.len + ops.ko.len, ops.regions())?;
-        dispatch::run_cpu_only(&call, || unsafe { ops.rotate(true) })
+        // As cuda_rope_qk: in place per side is fine, an input that is the other
+        // output's buffer is copied first.
+        let crossed = ops.qo.region().start == ops.k.region().start || ops.ko.region().start == ops.q.region().start;
+        let call = Call::new(stream, ops.qo.len + ops.ko.len, ops.regions())?.kernels_in_place(!crossed);
+        let tokens = ops.q_shape.seq_len * batch.max(0) as usize;
+        let (q_shape, k_shape) = (ops.q_shape, ops.k_shape);
+        dispatch::run(&call, || unsafe { ops.rotate(true) }, |g, p| unsafe {
+            ops::rope_rotate_back(g, stream.cast(), p[0], p[2], p[3], q_shape, tokens)?;
+            ops::rope_rotate_back(g, stream.cast(), p[1], p[2], p[4], k_shape, tokens)
+        })
     })
 }
 

@@ -62,8 +62,7 @@ pub unsafe extern "C" fn cuda_softmax_topk(
 
 /// Softmax backward from the forward's output `y = output[rows, cols]`:
 /// `d_input = y * (d_output - sum over the row of d_output * y)`. `d_input` may
-/// be `d_output` or `output`. Returns -2 as `cuda_softmax`; -1 for device
-/// pointers (no GPU kernel yet).
+/// be `d_output` or `output`. Returns -2 as `cuda_softmax`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_softmax_backward(d_output: *const f32, output: *const f32, d_input: *mut f32, rows: c_int, cols: c_int, stream: *mut c_void) -> i32 {
     ffi_fn!("cudann_softmax_backward", {
@@ -73,6 +72,10 @@ pub unsafe extern "C" fn cudann_softmax_backward(d_output: *const f32, output: *
         let y = Input::new("output", output, n)?;
         let dx = Output::new("d_input", d_input, n)?;
         let call = Call::new(stream, n, [dy.region(), y.region(), dx.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe { softmax::softmax_backward(Src::of(&dy, &dx, &[]), Src::of(&y, &dx, &[]), dx.slice(), cols) })
+        dispatch::run(
+            &call,
+            || unsafe { softmax::softmax_backward(Src::of(&dy, &dx, &[]), Src::of(&y, &dx, &[]), dx.slice(), cols) },
+            |g, p| unsafe { ops::softmax_backward(g, stream.cast(), p[0], p[1], p[2], rows, cols) },
+        )
     })
 }

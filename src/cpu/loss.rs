@@ -83,12 +83,17 @@ pub fn aux_loss(probs: &[f32], experts: &[i32], n_experts: usize, top_k: usize, 
     }
 }
 
+/// scale * alpha * E / tokens in f64: the factor of [`aux_loss_backward`] (the
+/// GPU kernel takes it from here, so both backends round the same product).
+pub fn aux_loss_backward_factor(alpha: f32, scale: f32, tokens: usize, n_experts: usize) -> f64 {
+    scale as f64 * alpha as f64 * n_experts as f64 / tokens as f64
+}
+
 /// d_probs[t, e] = scale * alpha * E * f_counts[e] / tokens: the gradient of
 /// the auxiliary loss (f_counts a constant) into the router probabilities.
 pub fn aux_loss_backward(f_counts: &[f32], d_probs: &mut [f32], alpha: f32, scale: f32) {
     let n_experts = f_counts.len();
-    let tokens = d_probs.len() / n_experts;
-    let factor = scale as f64 * alpha as f64 * n_experts as f64 / tokens as f64;
+    let factor = aux_loss_backward_factor(alpha, scale, d_probs.len() / n_experts, n_experts);
     let row: Vec<f32> = f_counts.iter().map(|&f| (factor * f as f64) as f32).collect();
     d_probs.par_chunks_mut(n_experts).for_each(|d| d.copy_from_slice(&row));
 }

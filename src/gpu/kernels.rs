@@ -4,9 +4,23 @@
 /// (module name, PTX, kernels the Rust side launches from it, the compute
 /// capability it needs as major * 10 + minor: its PTX `.target`).
 pub const MODULES: &[(&str, &str, &[&str], u32)] = &[
-    ("elementwise", include_str!("../../kernels/ptx/elementwise.ptx"), &["silu_f32", "add_f32", "mul_f32", "scale_f32"], 70),
-    ("softmax", include_str!("../../kernels/ptx/softmax.ptx"), &["softmax_f32", "softmax_topk_f32"], 70),
-    ("norm", include_str!("../../kernels/ptx/norm.ptx"), &["rmsnorm_f32", "rmsnorm_residual_f32"], 70),
+    (
+        "elementwise",
+        include_str!("../../kernels/ptx/elementwise.ptx"),
+        &[
+            "silu_f32", "add_f32", "mul_f32", "scale_f32", "silu_backward_f32", "gelu_f32", "gelu_backward_f32", "swiglu_f32",
+            "swiglu_backward_f32", "bias_add_f32", "column_sums_f32",
+        ],
+        70,
+    ),
+    ("softmax", include_str!("../../kernels/ptx/softmax.ptx"), &["softmax_f32", "softmax_topk_f32", "softmax_backward_f32"], 70),
+    (
+        "norm",
+        include_str!("../../kernels/ptx/norm.ptx"),
+        &["rmsnorm_f32", "rmsnorm_residual_f32", "layernorm_f32", "norm_xhat_f32", "rmsnorm_backward_f32", "layernorm_backward_f32"],
+        70,
+    ),
+    ("embedding", include_str!("../../kernels/ptx/embedding.ptx"), &["embedding_f32", "embedding_backward_f32"], 70),
     (
         "loss",
         include_str!("../../kernels/ptx/loss.ptx"),
@@ -21,11 +35,20 @@ pub const MODULES: &[(&str, &str, &[&str], u32)] = &[
     ),
     ("decode", include_str!("../../kernels/ptx/decode.ptx"), &["argmax_f32"], 70),
     ("gemm", include_str!("../../kernels/ptx/gemm.ptx"), &["sgemm_tiled_f32"], 70),
-    ("rope", include_str!("../../kernels/ptx/rope.ptx"), &["rope_freqs_f32", "rope_rotate_f32"], 70),
+    ("rope", include_str!("../../kernels/ptx/rope.ptx"), &["rope_freqs_f32", "rope_rotate_f32", "rope_rotate_back_f32"], 70),
     (
         "attention",
         include_str!("../../kernels/ptx/attention.ptx"),
-        &["attention_scores_f32", "attention_output_f32", "flash_attention_f32", "flash_attention_d64_f32"],
+        &["attention_scores_f32", "attention_output_f32", "flash_attention_f32", "flash_attention_d64_f32", "kv_cache_write_f32"],
+        70,
+    ),
+    (
+        "moe",
+        include_str!("../../kernels/ptx/moe.ptx"),
+        &[
+            "moe_router_backward_f32", "aux_loss_backward_f32", "moe_count_i32", "moe_offsets_i32", "moe_order_i32", "moe_gather_f32",
+            "moe_gather_add_f32", "moe_combine_backward_f32",
+        ],
         70,
     ),
     ("sample", include_str!("../../kernels/ptx/sample.ptx"), &["sample_f32", "topk_sample_f32", "topp_sample_f32"], 70),

@@ -1,12 +1,12 @@
-//! Attention launches: scores, output, flash attention.
+//! Attention launches: scores, output, flash attention, the KV-cache write.
 
-use super::line;
+use super::{line, strided};
 use crate::gpu::driver::{Arg, DevPtr, Launch, Stream};
 use crate::gpu::Gpu;
 use crate::error::Result;
 use crate::cpu::attention::AttnShape;
 
-use Arg::{F32, I32, Ptr};
+use Arg::{F32, I32, I64, Ptr};
 
 // SAFETY (every function below): the pointers are device memory of the sizes
 // the arguments imply; the ABI layer checked the sizes.
@@ -56,4 +56,14 @@ pub unsafe fn flash_attention(g: &Gpu, s: Stream, q: DevPtr, k: DevPtr, v: DevPt
         F32(scale), I32(causal as i32), Ptr(mask),
     ];
     unsafe { g.launch(kernel, at, s, args) }
+}
+
+/// `k_new`, `v_new` `[batch, new_len, row]` into rows `pos ..` of the caches
+/// `[batch, max_seq, row]`, one launch for both.
+pub unsafe fn kv_cache_write(g: &Gpu, s: Stream, k_new: DevPtr, v_new: DevPtr, k_cache: DevPtr, v_cache: DevPtr, batch: usize, new_len: usize, max_seq: usize, row: usize, pos: usize) -> Result<()> {
+    let args = &mut [
+        Ptr(k_new), Ptr(v_new), Ptr(k_cache), Ptr(v_cache),
+        I32(batch as i32), I32(new_len as i32), I32(max_seq as i32), I64(row as i64), I32(pos as i32),
+    ];
+    unsafe { g.launch("kv_cache_write_f32", strided(batch * new_len * row), s, args) }
 }

@@ -1,6 +1,6 @@
-//! RMSNorm launches.
+//! RMSNorm and LayerNorm launches, forward and backward.
 
-use super::per_row;
+use super::{column_sums, per_row};
 use crate::gpu::driver::{Arg, DevPtr, Stream};
 use crate::gpu::Gpu;
 use crate::error::Result;
@@ -19,4 +19,40 @@ pub unsafe fn rmsnorm(g: &Gpu, s: Stream, x: DevPtr, w: DevPtr, y: DevPtr, rows:
 pub unsafe fn rmsnorm_residual(g: &Gpu, s: Stream, x: DevPtr, r: DevPtr, w: DevPtr, y: DevPtr, sum: DevPtr, rows: usize, hidden: usize, eps: f32) -> Result<()> {
     let args = &mut [Ptr(x), Ptr(r), Ptr(w), Ptr(y), Ptr(sum), I32(rows as i32), I32(hidden as i32), F32(eps)];
     unsafe { g.launch("rmsnorm_residual_f32", per_row(rows, 1024), s, args) }
+}
+
+pub unsafe fn layernorm(g: &Gpu, s: Stream, x: DevPtr, w: DevPtr, b: DevPtr, y: DevPtr, rows: usize, hidden: usize, eps: f32) -> Result<()> {
+    let args = &mut [Ptr(x), Ptr(w), Ptr(b), Ptr(y), I32(rows as i32), I32(hidden as i32), F32(eps)];
+    unsafe { g.launch("layernorm_f32", per_row(rows, 1024), s, args) }
+}
+
+/// The normalised rows into `xhat` (LayerNorm when `center`, else RMSNorm).
+unsafe fn xhat(g: &Gpu, s: Stream, x: DevPtr, xhat: DevPtr, rows: usize, hidden: usize, eps: f32, center: bool) -> Result<()> {
+    let args = &mut [Ptr(x), Ptr(xhat), I32(rows as i32), I32(hidden as i32), F32(eps), I32(center as i32)];
+    unsafe { g.launch("norm_xhat_f32", per_row(rows, 1024), s, args) }
+}
+
+/// RMSNorm backward. The weight gradient is a column sum of `dy * x * r`; the
+/// normalised rows `x * r` it needs are written into `dx` first (free until the
+/// last kernel), so no scratch is needed. `dx` must not alias the inputs (the
+/// ABI layer has aliased inputs copied).
+pub unsafe fn rmsnorm_backward(g: &Gpu, s: Stream, dy: DevPtr, x: DevPtr, w: DevPtr, dx: DevPtr, dw: DevPtr, rows: usize, hidden: usize, eps: f32) -> Result<()> {
+    unsafe {
+        xhat(g, s, x, dx, rows, hidden, eps, false)?;
+        column_sums(g, s, dy, dx, dw, rows, hidden)?;
+        let args = &mut [Ptr(dy), Ptr(x), Ptr(w), Ptr(dx), I32(rows as i32), I32(hidden as i32), F32(eps)];
+        g.launch("rmsnorm_backward_f32", per_row(rows, 1024), s, args)
+    }
+}
+
+/// LayerNorm backward, as [`rmsnorm_backward`]: `x̂` into `dx`, the column sums
+/// `Σ dy x̂` and `Σ dy`, then `dx`.
+pub unsafe fn layernorm_backward(g: &Gpu, s: Stream, dy: DevPtr, x: DevPtr, w: DevPtr, dx: DevPtr, dw: DevPtr, db: DevPtr, rows: usize, hidden: usize, eps: f32) -> Result<()> {
+    unsafe {
+        xhat(g, s, x, dx, rows, hidden, eps, true)?;
+        column_sums(g, s, dy, dx, dw, rows, hidden)?;
+        column_sums(g, s, dy, 0, db, rows, hidden)?;
+        let args = &mut [Ptr(dy), Ptr(x), Ptr(w), Ptr(dx), I32(rows as i32), I32(hidden as i32), F32(eps)];
+        g.launch("layernorm_backward_f32", per_row(rows, 1024), s, args)
+    }
 }

@@ -17,10 +17,19 @@ pub unsafe fn rope_freqs(g: &Gpu, s: Stream, freqs: DevPtr, rows: usize, head_di
 
 /// Rotates `[tokens, heads, head_dim]`; `ntk_alpha` 1 uses the stored angles.
 pub unsafe fn rope_rotate(g: &Gpu, s: Stream, x: DevPtr, freqs: DevPtr, y: DevPtr, shape: crate::cpu::rope::RopeShape, tokens: usize, ntk_alpha: f32) -> Result<()> {
+    unsafe { rotate("rope_rotate_f32", g, s, x, freqs, y, shape, tokens, ntk_alpha) }
+}
+
+/// The rotation back (each pair by minus its angle): RoPE's backward.
+pub unsafe fn rope_rotate_back(g: &Gpu, s: Stream, x: DevPtr, freqs: DevPtr, y: DevPtr, shape: crate::cpu::rope::RopeShape, tokens: usize) -> Result<()> {
+    unsafe { rotate("rope_rotate_back_f32", g, s, x, freqs, y, shape, tokens, 1.0) }
+}
+
+unsafe fn rotate(kernel: &'static str, g: &Gpu, s: Stream, x: DevPtr, freqs: DevPtr, y: DevPtr, shape: crate::cpu::rope::RopeShape, tokens: usize, ntk_alpha: f32) -> Result<()> {
     let pairs = tokens * shape.heads * shape.head_dim / 2;
     let args = &mut [
         Ptr(x), Ptr(freqs), Ptr(y), I64(tokens as i64),
         I32(shape.seq_len as i32), I32(shape.heads as i32), I32(shape.head_dim as i32), I32(shape.offset as i32), F32(ntk_alpha),
     ];
-    unsafe { g.launch("rope_rotate_f32", strided(pairs), s, args) }
+    unsafe { g.launch(kernel, strided(pairs), s, args) }
 }

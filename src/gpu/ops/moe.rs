@@ -1,0 +1,69 @@
+//! Mixture-of-experts launches: router and aux-loss backwards, dispatch,
+//! combine and their backwards.
+
+use super::{line, single, strided, zero};
+use crate::gpu::driver::{Arg, DevPtr, Stream};
+use crate::gpu::Gpu;
+use crate::error::Result;
+
+use Arg::{I32, I64, Ptr};
+
+// SAFETY (every function below): the pointers are device memory of the sizes
+// the arguments imply; the ABI layer checked the sizes.
+
+/// A warp per row, 8 rows per block (warps stride past 65535 blocks).
+fn warp_rows(rows: usize) -> crate::gpu::driver::Launch {
+    line(rows.div_ceil(8).min(65535), 256)
+}
+
+/// 16 lanes per token, 16 tokens per block.
+pub unsafe fn moe_router_backward(g: &Gpu, s: Stream, w: DevPtr, idx: DevPtr, dw: DevPtr, d: DevPtr, tokens: usize, experts: usize, k: usize) -> Result<()> {
+    let args = &mut [Ptr(w), Ptr(idx), Ptr(dw), Ptr(d), I32(tokens as i32), I32(experts as i32), I32(k as i32)];
+    unsafe { g.launch("moe_router_backward_f32", line(tokens.div_ceil(16).min(65535), 256), s, args) }
+}
+
+/// `factor` (computed in f64, as the CPU backend) travels as its bits.
+pub unsafe fn aux_loss_backward(g: &Gpu, s: Stream, f: DevPtr, d: DevPtr, tokens: usize, experts: usize, factor: f64) -> Result<()> {
+    let args = &mut [Ptr(f), Ptr(d), I32(tokens as i32), I32(experts as i32), I64(factor.to_bits() as i64)];
+    unsafe { g.launch("aux_loss_backward_f32", strided(tokens * experts), s, args) }
+}
+
+/// The stable grouping by expert (count, prefix sum, placement), then the rows.
+pub unsafe fn moe_dispatch(g: &Gpu, s: Stream, x: DevPtr, idx: DevPtr, y: DevPtr, order: DevPtr, offsets: DevPtr, pairs: usize, dim: usize, experts: usize, k: usize) -> Result<()> {
+    let (p, e) = (I32(pairs as i32), I32(experts as i32));
+    let per_expert = line(experts.min(65535), 256);
+    unsafe {
+        g.launch("moe_count_i32", per_expert, s, &mut [Ptr(idx), Ptr(offsets), p, e])?;
+        g.launch("moe_offsets_i32", single(1024), s, &mut [Ptr(offsets), e])?;
+        g.launch("moe_order_i32", per_expert, s, &mut [Ptr(idx), Ptr(offsets), Ptr(order), p, e])?;
+        let args = &mut [Ptr(x), Ptr(order), Ptr(offsets), Ptr(y), p, I32(dim as i32), I32(k as i32), e];
+        g.launch("moe_gather_f32", warp_rows(pairs), s, args)
+    }
+}
+
+/// `dst[t] = Σ_j w[t, j] src[row of (t, j)]` (`w` 0: without weights): zeroed,
+/// then one launch per `j`, so every token's sum runs in `j` order.
+unsafe fn gather_add(g: &Gpu, s: Stream, src: DevPtr, w: DevPtr, order: DevPtr, dst: DevPtr, tokens: usize, dim: usize, k: usize) -> Result<()> {
+    let pairs = tokens * k;
+    unsafe {
+        zero(s, dst, tokens * dim)?;
+        for j in 0..k {
+            let args = &mut [Ptr(src), Ptr(w), Ptr(order), Ptr(dst), I32(pairs as i32), I32(dim as i32), I32(k as i32), I32(j as i32)];
+            g.launch("moe_gather_add_f32", warp_rows(pairs), s, args)?;
+        }
+    }
+    Ok(())
+}
+
+pub unsafe fn moe_dispatch_backward(g: &Gpu, s: Stream, dy: DevPtr, order: DevPtr, dx: DevPtr, tokens: usize, dim: usize, k: usize) -> Result<()> {
+    unsafe { gather_add(g, s, dy, 0, order, dx, tokens, dim, k) }
+}
+
+pub unsafe fn moe_combine(g: &Gpu, s: Stream, e: DevPtr, w: DevPtr, order: DevPtr, y: DevPtr, tokens: usize, dim: usize, k: usize) -> Result<()> {
+    unsafe { gather_add(g, s, e, w, order, y, tokens, dim, k) }
+}
+
+pub unsafe fn moe_combine_backward(g: &Gpu, s: Stream, dy: DevPtr, e: DevPtr, w: DevPtr, order: DevPtr, de: DevPtr, dw: DevPtr, pairs: usize, dim: usize, k: usize) -> Result<()> {
+    let args = &mut [Ptr(dy), Ptr(e), Ptr(w), Ptr(order), Ptr(de), Ptr(dw), I32(pairs as i32), I32(dim as i32), I32(k as i32)];
+    unsafe { g.launch("moe_combine_backward_f32", warp_rows(pairs), s, args) }
+}
