@@ -158,10 +158,11 @@ fn allocation_misuse_is_refused() {
         // Sizes and the out-pointer.
         let mut ptr = std::ptr::dangling_mut::<c_void>();
         let untouched = ptr;
-        assert_invalid(cudann_malloc(&mut ptr, -1), "cudann_malloc", "bytes must be between 0");
+        assert_invalid(cudann_malloc(&mut ptr, -1), "cudann_malloc", "bytes must be between 0 and 2^60");
         assert_invalid(cudann_malloc(std::ptr::null_mut(), 16), "cudann_malloc", "ptr is NULL");
         assert_eq!(ptr, untouched);
-        assert_eq!(cudann_malloc(&mut ptr, 1 << 62), CUDANN_OUT_OF_MEMORY);
+        assert_invalid(cudann_malloc(&mut ptr, (1 << 60) + 1), "cudann_malloc", "bytes must be between 0 and 2^60");
+        assert_eq!(cudann_malloc(&mut ptr, 1 << 59), CUDANN_OUT_OF_MEMORY);
         assert_eq!(ptr, untouched, "a failed allocation leaves *ptr alone");
         assert_ok(cudann_malloc(&mut ptr, 0));
         assert!(ptr.is_null(), "zero bytes give NULL");

@@ -17,12 +17,13 @@ use crate::gpu::memory::{self as device, Place};
 use crate::gpu::{self, Gpu};
 use crate::handles::{self, Allocation, Memory, StreamKind};
 
-/// A byte count: `>= 0` and addressable.
+/// A byte count: `>= 0` and at most 2^60, the cap on every size (docs/ABI.md "Limits").
 fn bytes(name: &str, value: i64) -> Result<usize> {
+    const MAX_BYTES: i64 = 1 << 60;
     usize::try_from(value)
         .ok()
-        .filter(|&b| b <= isize::MAX as usize)
-        .ok_or_else(|| invalid(format!("{name} must be between 0 and 2^63 - 1 (got {value})")))
+        .filter(|_| value <= MAX_BYTES)
+        .ok_or_else(|| invalid(format!("{name} must be between 0 and 2^60 (got {value})")))
 }
 
 /// Allocates `bytes` on the backend's memory: `pinned` asks for page-locked
