@@ -50,6 +50,10 @@ fn argument(function: &str, param: &str) -> String {
         "const void *" => "a.input::<f32>().cast()".into(),
         "void *" if name == "stream" => "std::ptr::null_mut()".into(),
         "void *" => "a.output::<f32>().cast()".into(),
+        // Out-pointers of the memory calls (an allocation's or stream's address,
+        // memory figures).
+        "void **" => "a.output::<*mut std::ffi::c_void>()".into(),
+        "int64_t *" => "a.output::<i64>()".into(),
         "int" if name == "dtype" || name.ends_with("_type") => "a.dtype()".into(),
         "int" if name.starts_with("trans") || name.starts_with("is_") => "a.flag()".into(),
         "int" => "a.dim()".into(),
