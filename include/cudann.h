@@ -484,8 +484,8 @@ int32_t cuda_gemm_batched(const float *A,
 // `C_i` must not overlap, `stride_c >= (m-1)*ldc + n`). With `beta == 0`, `C`
 // is not read. The types are `CUDANN_F32` (`CUDANN_F16`/`CUDANN_BF16` are -2
 // until half precision lands). `C` may be exactly `A`'s or `B`'s span (in
-// place, computed from the old values); any other overlap is -2. Device
-// pointers are -1 (no GPU kernel yet).
+// place, computed from the old values); any other overlap is -2. On the GPU
+// it runs on cuBLAS (FP32, or TF32 with `CUDANN_ALLOW_TF32=1`).
 int32_t cudann_gemm_ex(int trans_a,
                        int trans_b,
                        int m,

@@ -479,7 +479,7 @@ fn device_attention_matches_the_cpu() {
     }
 }
 
-/// The training and inference ops still without GPU kernels (`cudann_gemm_ex`,
+/// The training and inference ops still without GPU kernels (general
 /// attention): device pointers are -1 naming the reason, nothing is written,
 /// and host memory still works on a GPU machine. (The ported ops are in
 /// tests/gpu_training.rs.)
@@ -489,8 +489,8 @@ fn training_ops_refuse_device_pointers_and_run_host_memory() {
         return;
     }
     let s = Stream::new();
-    let (x, y) = (Dev::from(&vec![0.5f32; 64]), Dev::from(&poisoned(64)));
-    let code = unsafe { cudann_gemm_ex(0, 0, 8, 8, 8, 1.0, x.p().cast(), CUDANN_F32, 8, 0, x.p().cast(), CUDANN_F32, 8, 0, 0.0, y.p().cast(), CUDANN_F32, 8, 0, 1, s.raw()) };
+    let (x, y, lse) = (Dev::from(&vec![0.5f32; 32]), Dev::from(&poisoned(32)), Dev::from(&poisoned(4)));
+    let code = unsafe { cudann_attention_forward(x.p().cast(), x.p().cast(), x.p().cast(), std::ptr::null(), y.p().cast(), lse.p(), 1, 4, 4, 4, 1, 1, 8, 0, 1, 0.5, CUDANN_F32, s.raw()) };
     assert_eq!(code, CUDANN_NOT_AVAILABLE);
     assert!(cudann::error::last_error().contains("no GPU kernel"), "{}", cudann::error::last_error());
     assert_untouched(&y.read(), "device output");
@@ -498,4 +498,47 @@ fn training_ops_refuse_device_pointers_and_run_host_memory() {
     let mut out = poisoned(64);
     assert_ok(unsafe { cudann_gelu(host.as_ptr(), out.as_mut_ptr(), 64, NULL) });
     assert!(out.iter().all(|&v| (v - 0.345_714).abs() < 1e-5), "gelu(0.5) = {}", out[0]);
+}
+
+/// cudann_gemm_ex on cuBLAS: every transpose pair, leading dimensions past the
+/// row, batches with strides (0 included), beta, k = 0 and in place, against
+/// the CPU backend.
+#[test]
+fn gemm_ex_matches_the_cpu() {
+    if !present("gemm_ex_matches_the_cpu") {
+        return;
+    }
+    let s = Stream::new();
+    let mut rng = Rng::new(102);
+    for (m, n, k, batch) in [(1, 4096, 512, 1), (33, 65, 17, 3), (64, 31, 128, 2), (5, 7, 0, 2)] {
+        for (ta, tb) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            let (ar, ac) = if ta == 1 { (k, m) } else { (m, k) };
+            let (br, bc) = if tb == 1 { (n, k) } else { (k, n) };
+            let (lda, ldb, ldc) = (ac + 3, bc + 1, n + 2);
+            let (sa, sb, sc) = (0, br * ldb + 5, m * ldc + 7);
+            let a = rng.vec(ar.max(1) * lda, 1.0);
+            let b = rng.vec(batch * sb.max(br * ldb), 1.0);
+            let c0 = rng.vec(batch * sc, 1.0);
+            let (da, db, dc) = (Dev::from(&a), Dev::from(&b), Dev::from(&c0));
+            let mut c = c0.clone();
+            let call = |a: *const f32, b: *const f32, c: *mut f32, stream| unsafe {
+                cudann_gemm_ex(ta, tb, m as i32, n as i32, k as i32, 0.75, a.cast(), CUDANN_F32, lda as i64, sa as i64, b.cast(), CUDANN_F32, ldb as i64, sb as i64, 0.5, c.cast(), CUDANN_F32, ldc as i64, sc as i64, batch as i32, stream)
+            };
+            assert_ok(call(da.p(), db.p(), dc.p(), s.raw()));
+            assert_ok(call(a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), NULL));
+            s.sync();
+            agree(&dc.read(), &c, 1e-5, &format!("gemm_ex m{m} n{n} k{k} batch{batch} ta{ta} tb{tb}"));
+        }
+    }
+    // In place: C is exactly A (square, no transposes).
+    let a = rng.vec(48 * 48, 1.0);
+    let b = rng.vec(48 * 48, 1.0);
+    let (da, db) = (Dev::from(&a), Dev::from(&b));
+    let mut host = a.clone();
+    unsafe {
+        assert_ok(cudann_gemm_ex(0, 0, 48, 48, 48, 1.0, da.p().cast(), CUDANN_F32, 48, 0, db.p().cast(), CUDANN_F32, 48, 0, 0.0, da.p().cast(), CUDANN_F32, 48, 0, 1, s.raw()));
+        assert_ok(cudann_gemm_ex(0, 0, 48, 48, 48, 1.0, host.as_ptr().cast(), CUDANN_F32, 48, 0, b.as_ptr().cast(), CUDANN_F32, 48, 0, 0.0, host.as_mut_ptr().cast(), CUDANN_F32, 48, 0, 1, NULL));
+    }
+    s.sync();
+    agree(&da.read(), &host, 1e-5, "gemm_ex in place");
 }

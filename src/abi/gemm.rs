@@ -7,7 +7,8 @@ use crate::check::{self, Input, Output, require};
 use crate::cpu::gemm::{self, View};
 use crate::dispatch::{self, Call};
 use crate::error::{Result, invalid};
-use crate::gpu::ops;
+use crate::gpu::driver::DevPtr;
+use crate::gpu::{blas, ops};
 
 /// Row-major `C[M,N] = alpha * A[M,K] * B[K,N] + beta * C`. With `beta == 0`,
 /// `C` is not read (it may hold NaN). `C` may be `A`'s or `B`'s very buffer.
@@ -135,8 +136,8 @@ impl Strided {
 /// `C_i` must not overlap, `stride_c >= (m-1)*ldc + n`). With `beta == 0`, `C`
 /// is not read. The types are `CUDANN_F32` (`CUDANN_F16`/`CUDANN_BF16` are -2
 /// until half precision lands). `C` may be exactly `A`'s or `B`'s span (in
-/// place, computed from the old values); any other overlap is -2. Device
-/// pointers are -1 (no GPU kernel yet).
+/// place, computed from the old values); any other overlap is -2. On the GPU
+/// it runs on cuBLAS (FP32, or TF32 with `CUDANN_ALLOW_TF32=1`).
 #[unsafe(no_mangle)]
 #[allow(non_snake_case)] // the matrices are A, B, C as in BLAS
 pub unsafe extern "C" fn cudann_gemm_ex(
@@ -184,8 +185,11 @@ pub unsafe extern "C" fn cudann_gemm_ex(
         let b = Input::new("B", B.cast::<f32>(), if reads { sb.span("B", batch)? } else { 0 })?;
         let c = Output::new("C", C.cast::<f32>(), c_len)?;
         let flops = 2.0 * (batch * m * n) as f64 * k as f64;
-        let call = Call::new(stream, c_len, [a.region(), b.region(), c.region()])?.flops(flops);
-        dispatch::run_cpu_only(&call, || unsafe {
+        // cuBLAS does not compute in place: an aliased A or B is copied first.
+        let call = Call::new(stream, c_len, [a.region(), b.region(), c.region()])?.flops(flops).kernels_in_place(false);
+        let operand = |ptr, s: &Strided, trans| blas::Operand { ptr, trans, ld: s.ld, stride: s.stride };
+        let gpu = |_: &_, p: &[DevPtr]| unsafe { ops::gemm_ex(stream.cast(), operand(p[0], &sa, ta), operand(p[1], &sb, tb), operand(p[2], &sc, false), batch, m, n, k, alpha, beta) };
+        dispatch::run(&call, || unsafe {
             let (a_data, b_data) = (a.read(&[c.region()]), b.read(&[c.region()]));
             for i in 0..batch {
                 let av = View::new(a_data.as_ptr().wrapping_add(i * sa.stride), sa.ld, ta);
@@ -193,6 +197,6 @@ pub unsafe extern "C" fn cudann_gemm_ex(
                 let cv = View::new(c.ptr.wrapping_add(i * sc.stride), sc.ld, false);
                 gemm::sgemm_view(av, bv, cv, m, n, k, alpha, beta);
             }
-        })
+        }, gpu)
     })
 }

@@ -87,3 +87,41 @@ pub unsafe fn sgemm(a: DevPtr, b: DevPtr, c: DevPtr, batch: usize, m: usize, n: 
         )
     })
 }
+
+/// One operand of [`sgemm_strided`]: device address, transposed or not,
+/// elements between stored rows and between matrices.
+#[derive(Clone, Copy)]
+pub struct Operand {
+    pub ptr: DevPtr,
+    pub trans: bool,
+    pub ld: usize,
+    pub stride: usize,
+}
+
+/// Row-major `C_i = alpha op(A_i) op(B_i) + beta C_i` for general strides and
+/// transposes (cudann_gemm_ex), as the column-major `C_iᵀ = op(B_i)ᵀ op(A_i)ᵀ`:
+/// a row-major matrix is its transpose in column-major with the same leading
+/// dimension, so each operand keeps its own transpose flag. `k >= 1`.
+/// Safety: valid device pointers of the spans the strides imply.
+pub unsafe fn sgemm_strided(a: Operand, b: Operand, c: Operand, batch: usize, m: usize, n: usize, k: usize, alpha: f32, beta: f32, stream: Stream) -> Result<()> {
+    let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+    let fits = [m, n, k, a.ld, b.ld, c.ld].iter().all(|&v| v <= i32::MAX as usize);
+    with_handle(|h| unsafe {
+        check(sys::cublasSetStream_v2(h, stream.cast()), "cublasSetStream")?;
+        let (pa, pb, pc) = (a.ptr as *const f32, b.ptr as *const f32, c.ptr as *mut f32);
+        if batch == 1 && fits {
+            let (m_, n_, k_) = (m as i32, n as i32, k as i32);
+            return check(sys::cublasSgemm_v2(h, op(b.trans), op(a.trans), n_, m_, k_, &alpha, pb, b.ld as i32, pa, a.ld as i32, &beta, pc, c.ld as i32), "cublasSgemm");
+        }
+        check(
+            sys::cublasSgemmStridedBatched_64(
+                h, op(b.trans), op(a.trans), n as i64, m as i64, k as i64,
+                &alpha, pb, b.ld as i64, b.stride as i64,
+                pa, a.ld as i64, a.stride as i64,
+                &beta, pc, c.ld as i64, c.stride as i64,
+                batch as i64,
+            ),
+            "cublasSgemmStridedBatched_64",
+        )
+    })
+}

@@ -30,3 +30,15 @@ pub unsafe fn sgemm(g: &Gpu, s: Stream, a: DevPtr, b: DevPtr, c: DevPtr, batch: 
     }
     Ok(())
 }
+
+/// cudann_gemm_ex in float32 through cuBLAS (the tiled fallback kernel only
+/// knows contiguous untransposed operands). Without a product term (`k == 0`)
+/// cuBLAS still scales C by beta: it gets `alpha = 0` and `k = 1`, and BLAS
+/// reads neither A nor B when alpha is 0.
+pub unsafe fn gemm_ex(s: Stream, a: blas::Operand, b: blas::Operand, c: blas::Operand, batch: usize, m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> Result<()> {
+    if !blas::available() {
+        return Err(crate::error::Error::NotAvailable("cudann_gemm_ex on the GPU needs cuBLAS (libcublas), which is not installed".to_string()));
+    }
+    let (k, alpha) = if k == 0 { (1, 0.0) } else { (k, alpha) };
+    unsafe { blas::sgemm_strided(a, b, c, batch, m, n, k, alpha, beta, s) }
+}
