@@ -290,6 +290,21 @@ int32_t cudann_safetensors_writer_save(const CudannSafetensorsWriter *writer, co
 // for a handle that is not live.
 int32_t cudann_safetensors_writer_free(CudannSafetensorsWriter *writer);
 
+// Converts `n` elements of `src` (type `src_type`) into `dst` (type
+// `dst_type`), each `CUDANN_F32`, `CUDANN_F16` or `CUDANN_BF16`. To a half
+// type: round to nearest even, overflow to infinity, subnormals exact, signed
+// zeros and infinities kept; NaN stays a quiet NaN with its sign, in every
+// direction. Half to float32 is exact. The same type copies (`dst == src`
+// with the same type does nothing). Returns -2 for an unknown type, NULL with
+// `n > 0`, `n < 0`, a pointer not aligned to its type, or overlapping buffers
+// (other than that same-type in-place call).
+int32_t cudann_convert(const void *src,
+                       int src_type,
+                       void *dst,
+                       int dst_type,
+                       int64_t n,
+                       void *stream);
+
 // Per row of `logits[batch, vocab_size]`, the first maximal index into
 // `output[batch]` (a NaN counts as maximal, as in numpy). Returns -2 for NULL
 // pointers with `batch > 0`, negative sizes, `vocab_size == 0`, or overlaps.

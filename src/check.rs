@@ -54,6 +54,18 @@ pub fn elements(dims: &[(&str, usize)]) -> Result<usize> {
     }
 }
 
+/// A floating-point data-type argument: `CUDANN_F32`, `CUDANN_F16` or `CUDANN_BF16`.
+pub fn float_type(name: &str, value: c_int) -> Result<crate::cpu::convert::Float> {
+    use crate::abi::{CUDANN_BF16, CUDANN_F16, CUDANN_F32};
+    use crate::cpu::convert::Float;
+    match value {
+        CUDANN_F32 => Ok(Float::F32),
+        CUDANN_F16 => Ok(Float::F16),
+        CUDANN_BF16 => Ok(Float::Bf16),
+        _ => Err(invalid(format!("{name} must be CUDANN_F32 (0), CUDANN_F16 (1) or CUDANN_BF16 (2) (got {value})"))),
+    }
+}
+
 /// A data-type argument. Only `CUDANN_F32` is computed so far; the half types
 /// are named (so callers can be written against them) and refused.
 pub fn float32(name: &str, value: c_int) -> Result<()> {

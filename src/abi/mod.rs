@@ -5,6 +5,7 @@
 pub(crate) mod boundary;
 pub mod attention;
 pub mod checkpoint;
+pub mod convert;
 pub mod decode;
 pub mod elementwise;
 pub mod embedding;
@@ -20,6 +21,7 @@ pub mod softmax;
 
 pub use attention::*;
 pub use checkpoint::*;
+pub use convert::*;
 pub use decode::*;
 pub use elementwise::*;
 pub use embedding::*;

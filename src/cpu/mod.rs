@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod attention;
+pub mod convert;
 pub mod decode;
 pub mod elementwise;
 pub mod embedding;

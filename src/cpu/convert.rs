@@ -1,0 +1,134 @@
+//! Float32, float16 and bfloat16 (the `half` crate's types): conversions among
+//! them, and the loads and stores with which the `_ex` ops read half-precision
+//! tensors, compute in float32 and write the same type back.
+//!
+//! To a half type: round to nearest even, overflow to infinity, subnormals
+//! exact, signed zeros and infinities kept. NaN stays NaN, quiet, with its sign
+//! (and the top bits of its payload) in every direction.
+
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// A floating-point data type of the ABI (`CUDANN_F32`, `CUDANN_F16`, `CUDANN_BF16`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Float {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// Runs `$body` with the type alias `$t` naming `$float`'s Rust type.
+macro_rules! with_type {
+    ($float:expr, $t:ident => $body:expr) => {
+        match $float {
+            $crate::cpu::convert::Float::F32 => {
+                type $t = f32;
+                $body
+            }
+            $crate::cpu::convert::Float::F16 => {
+                type $t = half::f16;
+                $body
+            }
+            $crate::cpu::convert::Float::Bf16 => {
+                type $t = half::bf16;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_type;
+
+/// Elements converted per task (and per stack buffer of [`convert`]).
+const CHUNK: usize = 4096;
+
+/// A tensor element the library computes on through float32.
+pub trait Element: Copy + Send + Sync + 'static {
+    /// `dst[i] = src[i]` as float32 (exact).
+    fn load(src: &[Self], dst: &mut [f32]);
+    /// `dst[i] = src[i]` rounded to this type.
+    fn store(src: &[f32], dst: &mut [Self]);
+}
+
+impl Element for f32 {
+    fn load(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    fn store(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// The quiet bit of a float32 NaN: widening keeps a signalling NaN's bits
+/// otherwise (F16C quiets it, the portable path does not).
+fn quiet_nans(x: &mut [f32]) {
+    for v in x {
+        if v.is_nan() {
+            *v = f32::from_bits(v.to_bits() | 0x0040_0000);
+        }
+    }
+}
+
+impl Element for f16 {
+    fn load(src: &[f16], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+        quiet_nans(dst);
+    }
+    fn store(src: &[f32], dst: &mut [f16]) {
+        // F16C where the CPU has it (vcvtps2ph rounds to nearest even and quiets NaNs).
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+impl Element for bf16 {
+    fn load(src: &[bf16], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits((s.to_bits() as u32) << 16);
+        }
+        quiet_nans(dst);
+    }
+    fn store(src: &[f32], dst: &mut [bf16]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = to_bf16(*s);
+        }
+    }
+}
+
+/// Round to nearest even on the bits, branch-free so the loop vectorises (the
+/// `half` crate's scalar `bf16::from_f32` gives the same bits, with a branch).
+#[inline]
+fn to_bf16(x: f32) -> bf16 {
+    let bits = x.to_bits();
+    let rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
+    let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
+    bf16::from_bits(if nan { (bits >> 16) as u16 | 0x0040 } else { rounded as u16 })
+}
+
+/// `dst[i] = src[i]` converted, in parallel chunks (each through a float32
+/// buffer on the stack).
+pub fn convert<S: Element, D: Element>(src: &[S], dst: &mut [D]) {
+    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| {
+        let mut wide = [0.0f32; CHUNK];
+        let wide = &mut wide[..s.len()];
+        S::load(s, wide);
+        D::store(wide, d);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounding_matches_the_half_crate() {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        for _ in 0..1_000_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let x = f32::from_bits(state as u32);
+            let (ours, theirs) = (to_bf16(x), bf16::from_f32(x));
+            assert_eq!(ours.to_bits(), theirs.to_bits(), "{x:e} ({:#010x})", x.to_bits());
+        }
+    }
+}
