@@ -3,7 +3,8 @@
 use std::ffi::{c_int, c_void};
 
 use super::boundary::ffi_fn;
-use crate::check::{self, Input, Output, require};
+use crate::check::{self, Input, Output, Region, require};
+use crate::cpu::convert::{self, Element, Float, with_type};
 use crate::cpu::gemm::{self, View};
 use crate::dispatch::{self, Call};
 use crate::error::{Result, invalid};
@@ -167,9 +168,7 @@ pub unsafe extern "C" fn cudann_gemm_ex(
         let (ta, tb) = (check::flag("trans_a", trans_a)?, check::flag("trans_b", trans_b)?);
         let (m, n, k) = (check::dim("m", m)?, check::dim("n", n)?, check::dim("k", k)?);
         let batch = check::dim("batch", batch)?;
-        for (name, value) in [("a_type", a_type), ("b_type", b_type), ("c_type", c_type)] {
-            check::float32(name, value)?;
-        }
+        let types = [check::float_type("a_type", a_type)?, check::float_type("b_type", b_type)?, check::float_type("c_type", c_type)?];
         let (a_rows, a_cols) = if ta { (k, m) } else { (m, k) };
         let (b_rows, b_cols) = if tb { (n, k) } else { (k, n) };
         let sa = Strided::new("A", a_rows, a_cols, lda, stride_a)?;
@@ -181,22 +180,86 @@ pub unsafe extern "C" fn cudann_gemm_ex(
         let c_len = sc.span("C", batch)?;
         // Nothing to compute (or no product term): A and B are not read.
         let reads = c_len > 0 && k > 0;
-        let a = Input::new("A", A.cast::<f32>(), if reads { sa.span("A", batch)? } else { 0 })?;
-        let b = Input::new("B", B.cast::<f32>(), if reads { sb.span("B", batch)? } else { 0 })?;
-        let c = Output::new("C", C.cast::<f32>(), c_len)?;
+        let (a_len, b_len) = if reads { (sa.span("A", batch)?, sb.span("B", batch)?) } else { (0, 0) };
         let flops = 2.0 * (batch * m * n) as f64 * k as f64;
+        let shape = Shape { batch, m, n, k, alpha, beta, a: (ta, &sa), b: (tb, &sb), c: &sc, lens: [a_len, b_len, c_len] };
+        if types != [Float::F32; 3] {
+            let regions = [region("A", A, types[0], a_len, false)?, region("B", B, types[1], b_len, false)?, region("C", C, types[2], c_len, true)?];
+            let call = Call::new(stream, c_len, regions)?.flops(flops);
+            return dispatch::run_cpu_only(&call, || unsafe { mixed(&shape, types, A, B, C) });
+        }
+        let a = Input::new("A", A.cast::<f32>(), a_len)?;
+        let b = Input::new("B", B.cast::<f32>(), b_len)?;
+        let c = Output::new("C", C.cast::<f32>(), c_len)?;
         // cuBLAS does not compute in place: an aliased A or B is copied first.
         let call = Call::new(stream, c_len, [a.region(), b.region(), c.region()])?.flops(flops).kernels_in_place(false);
         let operand = |ptr, s: &Strided, trans| blas::Operand { ptr, trans, ld: s.ld, stride: s.stride };
         let gpu = |_: &_, p: &[DevPtr]| unsafe { ops::gemm_ex(stream.cast(), operand(p[0], &sa, ta), operand(p[1], &sb, tb), operand(p[2], &sc, false), batch, m, n, k, alpha, beta) };
-        dispatch::run(&call, || unsafe {
-            let (a_data, b_data) = (a.read(&[c.region()]), b.read(&[c.region()]));
-            for i in 0..batch {
-                let av = View::new(a_data.as_ptr().wrapping_add(i * sa.stride), sa.ld, ta);
-                let bv = View::new(b_data.as_ptr().wrapping_add(i * sb.stride), sb.ld, tb);
-                let cv = View::new(c.ptr.wrapping_add(i * sc.stride), sc.ld, false);
-                gemm::sgemm_view(av, bv, cv, m, n, k, alpha, beta);
+        dispatch::run(&call, || unsafe { shape.run(&a.read(&[c.region()]), &b.read(&[c.region()]), c.ptr) }, gpu)
+    })
+}
+
+/// A checked cudann_gemm_ex problem.
+struct Shape<'s> {
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    beta: f32,
+    a: (bool, &'s Strided),
+    b: (bool, &'s Strided),
+    c: &'s Strided,
+    /// Elements of A, B and C the call reads or writes (A and B: 0 when unread).
+    lens: [usize; 3],
+}
+
+impl Shape<'_> {
+    /// Every product on float32 spans. Safety: `c` holds C's span.
+    unsafe fn run(&self, a: &[f32], b: &[f32], c: *mut f32) {
+        let ((ta, sa), (tb, sb), sc) = (self.a, self.b, self.c);
+        for i in 0..self.batch {
+            let av = View::new(a.as_ptr().wrapping_add(i * sa.stride), sa.ld, ta);
+            let bv = View::new(b.as_ptr().wrapping_add(i * sb.stride), sb.ld, tb);
+            let cv = View::new(c.wrapping_add(i * sc.stride), sc.ld, false);
+            unsafe { gemm::sgemm_view(av, bv, cv, self.m, self.n, self.k, self.alpha, self.beta) };
+        }
+    }
+}
+
+/// An operand's bytes for the overlap checks, its pointer checked for its type.
+fn region(name: &'static str, ptr: *const c_void, t: Float, len: usize, written: bool) -> Result<Region> {
+    with_type!(t, T => if written { Output::new(name, ptr.cast::<T>().cast_mut(), len).map(|o| o.region()) } else { Input::new(name, ptr.cast::<T>(), len).map(|i| i.region()) })
+}
+
+/// `len` elements of type `t` at `ptr`, widened to float32 (a copy, so C may
+/// alias them). Safety: the caller's buffer of that size.
+unsafe fn widened(ptr: *const c_void, t: Float, len: usize) -> Vec<f32> {
+    let mut wide = crate::cpu::alloc::filled(len, 0.0f32);
+    with_type!(t, T => convert::convert(unsafe { std::slice::from_raw_parts(ptr.cast::<T>(), len) }, &mut wide));
+    wide
+}
+
+/// Half-precision operands: A and B widened to float32 (the products then run
+/// at float32 speed; the widening is O(n^2) against O(n^3)), C accumulated in
+/// float32 and rounded back into its rows (the gaps between them untouched).
+/// Safety: the checked buffers of the call.
+unsafe fn mixed(shape: &Shape, [a_t, b_t, c_t]: [Float; 3], a: *const c_void, b: *const c_void, c: *mut c_void) {
+    let [a_len, b_len, c_len] = shape.lens;
+    let (a32, b32) = unsafe { (widened(a, a_t, a_len), widened(b, b_t, b_len)) };
+    if c_t == Float::F32 {
+        return unsafe { shape.run(&a32, &b32, c.cast()) };
+    }
+    let mut c32 = if shape.beta == 0.0 { crate::cpu::alloc::filled(c_len, 0.0) } else { unsafe { widened(c, c_t, c_len) } };
+    unsafe { shape.run(&a32, &b32, c32.as_mut_ptr()) };
+    let sc = shape.c;
+    with_type!(c_t, T => {
+        let out = unsafe { std::slice::from_raw_parts_mut(c.cast::<T>(), c_len) };
+        for i in 0..shape.batch {
+            for r in 0..shape.m {
+                let at = i * sc.stride + r * sc.ld;
+                T::store(&c32[at..at + shape.n], &mut out[at..at + shape.n]);
             }
-        }, gpu)
+        }
     })
 }
