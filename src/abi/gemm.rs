@@ -6,6 +6,7 @@ use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output, Region, require};
 use crate::cpu::convert::{self, Element, Float, with_type};
 use crate::cpu::gemm::{self, View};
+use crate::cpu::skinny;
 use crate::dispatch::{self, Call};
 use crate::error::{Result, invalid};
 use crate::gpu::driver::DevPtr;
@@ -240,19 +241,28 @@ unsafe fn widened(ptr: *const c_void, t: Float, len: usize) -> Vec<f32> {
     wide
 }
 
-/// Half-precision operands: A and B widened to float32 (the products then run
-/// at float32 speed; the widening is O(n^2) against O(n^3)), C accumulated in
-/// float32 and rounded back into its rows (the gaps between them untouched).
-/// Safety: the checked buffers of the call.
+/// Half-precision operands, accumulated in float32. Few rows against half
+/// weights stored along k (decoding's `x·Wᵀ`) go to the skinny kernel, which
+/// widens W as it reads it: half the bytes of float32 weights. Otherwise A and
+/// B are widened to float32 first (O(n^2) against the product's O(n^3)). A half
+/// C is accumulated in a float32 copy and rounded back into its rows (the gaps
+/// between them untouched). Safety: the checked buffers of the call.
 unsafe fn mixed(shape: &Shape, [a_t, b_t, c_t]: [Float; 3], a: *const c_void, b: *const c_void, c: *mut c_void) {
     let [a_len, b_len, c_len] = shape.lens;
-    let (a32, b32) = unsafe { (widened(a, a_t, a_len), widened(b, b_t, b_len)) };
-    if c_t == Float::F32 {
-        return unsafe { shape.run(&a32, &b32, c.cast()) };
+    let a32 = unsafe { widened(a, a_t, a_len) };
+    let mut c32 = (c_t != Float::F32).then(|| if shape.beta == 0.0 { crate::cpu::alloc::filled(c_len, 0.0) } else { unsafe { widened(c, c_t, c_len) } });
+    let c_f32 = c32.as_mut().map_or(c.cast::<f32>(), |v| v.as_mut_ptr());
+    let ((ta, sa), (tb, sb), sc) = (shape.a, shape.b, shape.c);
+    let direct = b_t != Float::F32 && with_type!(b_t, T => (0..shape.batch).all(|i| {
+        let av = View::new(a32.as_ptr().wrapping_add(i * sa.stride), sa.ld, ta);
+        let bv = View::new(b.cast::<T>().wrapping_add(i * sb.stride), sb.ld, tb);
+        let cv = View::new(c_f32.wrapping_add(i * sc.stride), sc.ld, false);
+        unsafe { skinny::sgemm(av, bv, cv, shape.m, shape.n, shape.k, shape.alpha, shape.beta) }
+    }));
+    if !direct {
+        unsafe { shape.run(&a32, &widened(b, b_t, b_len), c_f32) };
     }
-    let mut c32 = if shape.beta == 0.0 { crate::cpu::alloc::filled(c_len, 0.0) } else { unsafe { widened(c, c_t, c_len) } };
-    unsafe { shape.run(&a32, &b32, c32.as_mut_ptr()) };
-    let sc = shape.c;
+    let Some(c32) = c32 else { return };
     with_type!(c_t, T => {
         let out = unsafe { std::slice::from_raw_parts_mut(c.cast::<T>(), c_len) };
         for i in 0..shape.batch {

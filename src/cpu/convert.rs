@@ -8,6 +8,7 @@
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// A floating-point data type of the ABI (`CUDANN_F32`, `CUDANN_F16`, `CUDANN_BF16`).
@@ -59,13 +60,32 @@ impl Element for f32 {
     }
 }
 
-/// The quiet bit of a float32 NaN: widening keeps a signalling NaN's bits
-/// otherwise (F16C quiets it, the portable path does not).
+/// A float32 NaN made quiet: widening keeps a signalling NaN's bits otherwise
+/// (F16C quiets it, the portable path does not). Branch-free, to vectorise.
+#[inline(always)]
+fn quiet(bits: u32) -> f32 {
+    let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
+    f32::from_bits(if nan { bits | 0x0040_0000 } else { bits })
+}
+
+#[multiversion(targets = "simd")]
 fn quiet_nans(x: &mut [f32]) {
     for v in x {
-        if v.is_nan() {
-            *v = f32::from_bits(v.to_bits() | 0x0040_0000);
-        }
+        *v = quiet(v.to_bits());
+    }
+}
+
+#[multiversion(targets = "simd")]
+fn widen_bf16(src: &[u16], dst: &mut [f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = quiet((s as u32) << 16);
+    }
+}
+
+#[multiversion(targets = "simd")]
+fn narrow_bf16(src: &[f32], dst: &mut [u16]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = to_bf16(s).to_bits();
     }
 }
 
@@ -82,15 +102,10 @@ impl Element for f16 {
 
 impl Element for bf16 {
     fn load(src: &[bf16], dst: &mut [f32]) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = f32::from_bits((s.to_bits() as u32) << 16);
-        }
-        quiet_nans(dst);
+        widen_bf16(src.reinterpret_cast(), dst);
     }
     fn store(src: &[f32], dst: &mut [bf16]) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = to_bf16(*s);
-        }
+        narrow_bf16(src, dst.reinterpret_cast_mut());
     }
 }
 

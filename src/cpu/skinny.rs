@@ -8,7 +8,9 @@
 //! parallel. B stored along n (`x·B`) stays with the crate: a kernel of the
 //! same kind measured slower there. Each element of C is summed by one task in
 //! a fixed order (k blocks, then lanes by a fixed tree), so results do not
-//! depend on the thread count.
+//! depend on the thread count. W may be float16 or bfloat16 ([`Weight`]): it
+//! is widened as it is loaded, so half-precision weights are read at half the
+//! bytes.
 
 use multiversion::multiversion;
 use multiversion::target::target_cfg_f;
@@ -45,16 +47,53 @@ fn mul_add(acc: &mut Lanes, a: &Lanes, b: &Lanes, fused: bool) {
     }
 }
 
-/// A raw pointer that may cross to worker threads: each task writes only its
-/// own columns of C.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
+/// An element type of W. Half-precision rows are widened a block at a time
+/// into a float32 buffer that stays in L1 (a plain loop that vectorises),
+/// then dotted like float32 rows.
+pub trait Weight: Copy + Send + Sync {
+    /// Whether W is float32 already (read in place).
+    const WIDE: bool = false;
+    /// `dst.len()` elements from `src`, as float32.
+    unsafe fn widen(src: *const Self, dst: &mut [f32]);
+}
 
-impl Shared {
+impl Weight for f32 {
+    const WIDE: bool = true;
+    unsafe fn widen(src: *const f32, dst: &mut [f32]) {
+        dst.copy_from_slice(unsafe { std::slice::from_raw_parts(src, dst.len()) });
+    }
+}
+
+impl Weight for half::bf16 {
+    /// A bfloat16 is the top half of a float32: a shift.
+    #[inline(always)]
+    unsafe fn widen(src: *const Self, dst: &mut [f32]) {
+        let src = unsafe { std::slice::from_raw_parts(src.cast::<u16>(), dst.len()) };
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits((s as u32) << 16);
+        }
+    }
+}
+
+impl Weight for half::f16 {
+    /// The `half` crate's slice conversion (F16C where the CPU has it).
+    #[inline(always)]
+    unsafe fn widen(src: *const Self, dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        unsafe { std::slice::from_raw_parts(src, dst.len()) }.convert_to_f32_slice(dst);
+    }
+}
+
+/// A raw pointer that may cross to worker threads: each task writes only its
+/// own columns of C (or only reads W).
+#[derive(Clone, Copy)]
+struct Shared<T>(*mut T);
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
     /// The pointer (a method, so closures capture the wrapper, not the field).
-    fn ptr(self) -> *mut f32 {
+    fn ptr(self) -> *mut T {
         self.0
     }
 }
@@ -62,7 +101,7 @@ impl Shared {
 /// C = alpha op(A) op(B) + beta C for `m <= MAX_ROWS` rows, when op(B) is
 /// stored with unit stride along k and C along n; returns false (nothing done)
 /// for any other layout. SAFETY: as `gemm::sgemm_view`.
-pub unsafe fn sgemm(a: View<*const f32>, b: View<*const f32>, c: View<*mut f32>, m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> bool {
+pub unsafe fn sgemm<W: Weight>(a: View<*const f32>, b: View<*const W>, c: View<*mut f32>, m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> bool {
     if m == 0 || m > MAX_ROWS || k == 0 || c.cs != 1 || b.rs != 1 {
         return false;
     }
@@ -86,7 +125,7 @@ pub unsafe fn sgemm(a: View<*const f32>, b: View<*const f32>, c: View<*mut f32>,
 /// when beta is 0).
 #[derive(Clone, Copy)]
 struct Finish {
-    c: Shared,
+    c: Shared<f32>,
     ldc: usize,
     alpha: f32,
     beta: f32,
@@ -102,18 +141,27 @@ impl Finish {
 /// Columns `n0 .. n0 + count` of C for B = Wᵀ, W stored `[n, k]` (row stride
 /// `ldw`): dot products of A's rows with W's rows.
 #[multiversion(targets = "simd")]
-unsafe fn dots_chunk(a: &[f32], m: usize, k: usize, w: *const f32, ldw: usize, n0: usize, count: usize, out: Finish) {
+unsafe fn dots_chunk<W: Weight>(a: &[f32], m: usize, k: usize, w: *const W, ldw: usize, n0: usize, count: usize, out: Finish) {
     let fused = target_cfg_f!(target_feature = "fma");
     let mut sums = alloc::filled(m * count, 0.0f32);
-    // One row tile's A fits in L2 whole: each W row is then read in one run.
-    let depth = if m <= MR { k } else { KB };
+    // One row tile's A fits in L2 whole: each W row is then read in one run
+    // (half-precision rows go through the KB-wide buffer in blocks).
+    let depth = if m <= MR && W::WIDE { k } else { KB };
+    let mut wide = [0.0f32; NR * KB];
     for k0 in (0..k).step_by(depth) {
         let kl = depth.min(k - k0);
         for q0 in (0..count).step_by(NR) {
-            let w_tile = unsafe { w.add((n0 + q0) * ldw + k0) };
+            let (w_tile, ld_tile) = if W::WIDE {
+                (unsafe { w.add((n0 + q0) * ldw + k0) }.cast::<f32>(), ldw)
+            } else {
+                for q in 0..NR.min(count - q0) {
+                    unsafe { W::widen(w.add((n0 + q0 + q) * ldw + k0), &mut wide[q * KB..q * KB + kl]) };
+                }
+                (wide.as_ptr(), KB)
+            };
             for i0 in (0..m).step_by(MR) {
                 let a_tile = &a[i0 * k + k0..];
-                let tile = DotTile { a: a_tile, k, w: w_tile, ldw, kl, fused };
+                let tile = DotTile { a: a_tile, k, w: w_tile, ldw: ld_tile, kl, fused };
                 let got = match (MR.min(m - i0), NR.min(count - q0)) {
                     (4, 4) => tile.run::<4, 4>(),
                     (r, q) => tile.run_any(r, q),
