@@ -346,6 +346,49 @@ int32_t cuda_topp_sample(const float *logits,
                          float temperature,
                          void *stream);
 
+// `cuda_argmax` on logits of type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
+// `CUDANN_BF16`). Returns -2 as `cuda_argmax`, and for an unknown `dtype`.
+int32_t cudann_argmax_ex(const void *logits,
+                         int32_t *output,
+                         int batch,
+                         int vocab_size,
+                         int dtype,
+                         void *stream);
+
+// `cuda_sample` on logits of type `dtype`: the same token as `cuda_sample`
+// on the logits widened to float32. Returns -2 as `cuda_sample`, and for an
+// unknown `dtype`.
+int32_t cudann_sample_ex(const void *logits,
+                         int32_t *output,
+                         const uint64_t *seeds,
+                         int batch,
+                         int vocab_size,
+                         float temperature,
+                         int dtype,
+                         void *stream);
+
+// `cuda_topk_sample` on logits of type `dtype`, as `cudann_sample_ex`.
+int32_t cudann_topk_sample_ex(const void *logits,
+                              int32_t *output,
+                              const uint64_t *seeds,
+                              int batch,
+                              int vocab_size,
+                              int k,
+                              float temperature,
+                              int dtype,
+                              void *stream);
+
+// `cuda_topp_sample` on logits of type `dtype`, as `cudann_sample_ex`.
+int32_t cudann_topp_sample_ex(const void *logits,
+                              int32_t *output,
+                              const uint64_t *seeds,
+                              int batch,
+                              int vocab_size,
+                              float top_p,
+                              float temperature,
+                              int dtype,
+                              void *stream);
+
 // SiLU: `output[i] = input[i] * sigmoid(input[i])` for `0 <= i < n`.
 // `output` may be `input` (in place). Returns -2 for a NULL pointer with
 // `n > 0`, `n < 0`, or a partial overlap of `output` and `input`.
@@ -363,6 +406,34 @@ int32_t cuda_mul(const float *a, const float *b, float *output, int64_t n, void 
 // `(input, output, scale, n, stream)`. `output` may be `input`.
 // Returns -2 for a NULL pointer with `n > 0`, `n < 0`, or a partial overlap.
 int32_t cuda_scale(const float *input, float *output, float scale, int64_t n, void *stream);
+
+// `cuda_add` on tensors of type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
+// `CUDANN_BF16`): half precision is read, added in float32 and rounded once
+// into the same type, on the CPU. `output` may be `a` or `b`. Returns -2 as
+// `cuda_add`, and for an unknown `dtype`.
+int32_t cudann_add_ex(const void *a,
+                      const void *b,
+                      void *output,
+                      int64_t n,
+                      int dtype,
+                      void *stream);
+
+// `cuda_mul` on tensors of type `dtype`, as `cudann_add_ex`.
+int32_t cudann_mul_ex(const void *a,
+                      const void *b,
+                      void *output,
+                      int64_t n,
+                      int dtype,
+                      void *stream);
+
+// `cuda_scale` on tensors of type `dtype`, as `cudann_add_ex` (`scale` is a
+// float32 either way).
+int32_t cudann_scale_ex(const void *input,
+                        void *output,
+                        float scale,
+                        int64_t n,
+                        int dtype,
+                        void *stream);
 
 // SiLU backward: `d_input[i] = d_output[i] * s (1 + x (1 - s))` with
 // `x = input[i]`, `s = sigmoid(x)`, for `0 <= i < n`. `d_input` may be
@@ -762,6 +833,21 @@ int32_t cuda_rmsnorm(const float *input,
                      float eps,
                      void *stream);
 
+// `cuda_rmsnorm` with `input`, `weight` and `output` of type `dtype`
+// (`CUDANN_F32`, `CUDANN_F16` or `CUDANN_BF16`): half-precision tensors are
+// read, normalised in float32 and written in the same type (each row exactly
+// the float32 op's result on the widened inputs, rounded once). Half
+// precision runs on the CPU (device pointers: -1 until its GPU kernels).
+// Returns -2 as `cuda_rmsnorm`, and for an unknown `dtype`.
+int32_t cudann_rmsnorm_ex(const void *input,
+                          const void *weight,
+                          void *output,
+                          int rows,
+                          int hidden_dim,
+                          float eps,
+                          int dtype,
+                          void *stream);
+
 // Residual RMSNorm: `s = input + residual` is written to `residual_out`, and
 // RMSNorm of `s` (as `cuda_rmsnorm`) to `output`. Each output may be `input` or
 // `residual`, but the two outputs must be distinct. Returns -2 as `cuda_rmsnorm`.
@@ -969,6 +1055,17 @@ const char *cudann_version(void);
 // Returns -2 for NULL pointers with a non-empty shape, negative or overflowing
 // dimensions, or a partial overlap.
 int32_t cuda_softmax(const float *input, float *output, int rows, int cols, void *stream);
+
+// `cuda_softmax` on tensors of type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
+// `CUDANN_BF16`): half precision is read, computed in float32 and written in
+// the same type (each row the float32 op's result, rounded once), on the CPU.
+// Returns -2 as `cuda_softmax`, and for an unknown `dtype`.
+int32_t cudann_softmax_ex(const void *input,
+                          void *output,
+                          int rows,
+                          int cols,
+                          int dtype,
+                          void *stream);
 
 // MoE router: per row of `input[rows, cols]`, the `k` most probable columns in
 // descending probability (ties: lower index first) into `indices[rows, k]`, and

@@ -4,6 +4,7 @@ use std::ffi::{c_int, c_void};
 
 use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output};
+use crate::cpu::convert::{self, Float, with_type};
 use crate::cpu::{elementwise, par::Src};
 use crate::dispatch::{self, Call};
 use crate::gpu::ops;
@@ -53,30 +54,34 @@ fn binary<'a>(a: *const f32, b: *const f32, output: *mut f32, n: i64) -> Result<
 /// Returns -2 for a NULL pointer with `n > 0`, `n < 0`, or a partial overlap.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuda_add(a: *const f32, b: *const f32, output: *mut f32, n: i64, stream: *mut c_void) -> i32 {
-    ffi_fn!("cuda_add", {
-        let (a, b, y) = binary(a, b, output, n)?;
-        let call = Call::new(stream, y.len, [a.region(), b.region(), y.region()])?;
-        dispatch::run(
-            &call,
-            || unsafe { elementwise::add(Src::of(&a, &y, &[]), Src::of(&b, &y, &[]), y.slice()) },
-            |g, p| unsafe { ops::add(g, stream.cast(), p[0], p[1], p[2], y.len) },
-        )
-    })
+    ffi_fn!("cuda_add", { unsafe { add_f32(a, b, output, n, stream) } })
+}
+
+unsafe fn add_f32(a: *const f32, b: *const f32, output: *mut f32, n: i64, stream: *mut c_void) -> Result<()> {
+    let (a, b, y) = binary(a, b, output, n)?;
+    let call = Call::new(stream, y.len, [a.region(), b.region(), y.region()])?;
+    dispatch::run(
+        &call,
+        || unsafe { elementwise::add(Src::of(&a, &y, &[]), Src::of(&b, &y, &[]), y.slice()) },
+        |g, p| unsafe { ops::add(g, stream.cast(), p[0], p[1], p[2], y.len) },
+    )
 }
 
 /// Elementwise product: `output[i] = a[i] * b[i]`. `output` may be `a` or `b`.
 /// Returns -2 for a NULL pointer with `n > 0`, `n < 0`, or a partial overlap.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuda_mul(a: *const f32, b: *const f32, output: *mut f32, n: i64, stream: *mut c_void) -> i32 {
-    ffi_fn!("cuda_mul", {
-        let (a, b, y) = binary(a, b, output, n)?;
-        let call = Call::new(stream, y.len, [a.region(), b.region(), y.region()])?;
-        dispatch::run(
-            &call,
-            || unsafe { elementwise::mul(Src::of(&a, &y, &[]), Src::of(&b, &y, &[]), y.slice()) },
-            |g, p| unsafe { ops::mul(g, stream.cast(), p[0], p[1], p[2], y.len) },
-        )
-    })
+    ffi_fn!("cuda_mul", { unsafe { mul_f32(a, b, output, n, stream) } })
+}
+
+unsafe fn mul_f32(a: *const f32, b: *const f32, output: *mut f32, n: i64, stream: *mut c_void) -> Result<()> {
+    let (a, b, y) = binary(a, b, output, n)?;
+    let call = Call::new(stream, y.len, [a.region(), b.region(), y.region()])?;
+    dispatch::run(
+        &call,
+        || unsafe { elementwise::mul(Src::of(&a, &y, &[]), Src::of(&b, &y, &[]), y.slice()) },
+        |g, p| unsafe { ops::mul(g, stream.cast(), p[0], p[1], p[2], y.len) },
+    )
 }
 
 /// Scaling: `output[i] = input[i] * scale`. Note the argument order
@@ -84,14 +89,74 @@ pub unsafe extern "C" fn cuda_mul(a: *const f32, b: *const f32, output: *mut f32
 /// Returns -2 for a NULL pointer with `n > 0`, `n < 0`, or a partial overlap.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuda_scale(input: *const f32, output: *mut f32, scale: f32, n: i64, stream: *mut c_void) -> i32 {
-    ffi_fn!("cuda_scale", {
-        let (x, y) = unary(input, output, n)?;
-        let call = Call::new(stream, y.len, [x.region(), y.region()])?;
-        dispatch::run(
-            &call,
-            || unsafe { elementwise::scale(Src::of(&x, &y, &[]), scale, y.slice()) },
-            |g, p| unsafe { ops::scale(g, stream.cast(), p[0], p[1], scale, y.len) },
-        )
+    ffi_fn!("cuda_scale", { unsafe { scale_f32(input, output, scale, n, stream) } })
+}
+
+unsafe fn scale_f32(input: *const f32, output: *mut f32, scale: f32, n: i64, stream: *mut c_void) -> Result<()> {
+    let (x, y) = unary(input, output, n)?;
+    let call = Call::new(stream, y.len, [x.region(), y.region()])?;
+    dispatch::run(
+        &call,
+        || unsafe { elementwise::scale(Src::of(&x, &y, &[]), scale, y.slice()) },
+        |g, p| unsafe { ops::scale(g, stream.cast(), p[0], p[1], scale, y.len) },
+    )
+}
+
+/// The half-precision path of the `_ex` elementwise ops: `inputs` and
+/// `output` of `n` elements of type `t`, computed by `op` in float32 blocks
+/// (on the CPU; device pointers are -1 until the GPU kernels).
+unsafe fn half_ex<const N: usize>(t: Float, inputs: [(&'static str, *const c_void); N], output: *mut c_void, n: i64, stream: *mut c_void, op: impl Fn([&[f32]; N], &mut [f32]) + Sync) -> Result<()> {
+    let n = check::count("n", n)?;
+    with_type!(t, T => {
+        let mut regions = Vec::with_capacity(N + 1);
+        let mut pointers = [std::ptr::null::<T>(); N];
+        for (p, (name, ptr)) in pointers.iter_mut().zip(inputs) {
+            let x = Input::new(name, ptr.cast::<T>(), n)?;
+            regions.push(x.region());
+            *p = x.ptr;
+        }
+        let y = Output::new("output", output.cast::<T>(), n)?;
+        regions.push(y.region());
+        // Every operand for the overlap and placement checks (N is 1 or 2).
+        let call = Call::new(stream, n, [regions[0], regions[N - 1], y.region()])?;
+        dispatch::run_cpu_only(&call, || unsafe { convert::blockwise(pointers, y.ptr, n, 1, op) })
+    })
+}
+
+/// `cuda_add` on tensors of type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
+/// `CUDANN_BF16`): half precision is read, added in float32 and rounded once
+/// into the same type, on the CPU. `output` may be `a` or `b`. Returns -2 as
+/// `cuda_add`, and for an unknown `dtype`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_add_ex(a: *const c_void, b: *const c_void, output: *mut c_void, n: i64, dtype: c_int, stream: *mut c_void) -> i32 {
+    ffi_fn!("cudann_add_ex", {
+        match check::float_type("dtype", dtype)? {
+            Float::F32 => unsafe { add_f32(a.cast(), b.cast(), output.cast(), n, stream) },
+            t => unsafe { half_ex(t, [("a", a), ("b", b)], output, n, stream, |[a, b], y| elementwise::add(Src::Slice(a), Src::Slice(b), y)) },
+        }
+    })
+}
+
+/// `cuda_mul` on tensors of type `dtype`, as `cudann_add_ex`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_mul_ex(a: *const c_void, b: *const c_void, output: *mut c_void, n: i64, dtype: c_int, stream: *mut c_void) -> i32 {
+    ffi_fn!("cudann_mul_ex", {
+        match check::float_type("dtype", dtype)? {
+            Float::F32 => unsafe { mul_f32(a.cast(), b.cast(), output.cast(), n, stream) },
+            t => unsafe { half_ex(t, [("a", a), ("b", b)], output, n, stream, |[a, b], y| elementwise::mul(Src::Slice(a), Src::Slice(b), y)) },
+        }
+    })
+}
+
+/// `cuda_scale` on tensors of type `dtype`, as `cudann_add_ex` (`scale` is a
+/// float32 either way).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_scale_ex(input: *const c_void, output: *mut c_void, scale: f32, n: i64, dtype: c_int, stream: *mut c_void) -> i32 {
+    ffi_fn!("cudann_scale_ex", {
+        match check::float_type("dtype", dtype)? {
+            Float::F32 => unsafe { scale_f32(input.cast(), output.cast(), scale, n, stream) },
+            t => unsafe { half_ex(t, [("input", input)], output, n, stream, |[x], y| elementwise::scale(Src::Slice(x), scale, y)) },
+        }
     })
 }
 

@@ -236,9 +236,7 @@ fn region(name: &'static str, ptr: *const c_void, t: Float, len: usize, written:
 /// `len` elements of type `t` at `ptr`, widened to float32 (a copy, so C may
 /// alias them). Safety: the caller's buffer of that size.
 unsafe fn widened(ptr: *const c_void, t: Float, len: usize) -> Vec<f32> {
-    let mut wide = crate::cpu::alloc::filled(len, 0.0f32);
-    with_type!(t, T => convert::convert(unsafe { std::slice::from_raw_parts(ptr.cast::<T>(), len) }, &mut wide));
-    wide
+    with_type!(t, T => unsafe { convert::widened(ptr.cast::<T>(), len) })
 }
 
 /// Half-precision operands, accumulated in float32. Few rows against half

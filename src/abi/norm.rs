@@ -4,6 +4,7 @@ use std::ffi::{c_int, c_void};
 
 use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output, require};
+use crate::cpu::convert::{self, Float, with_type};
 use crate::cpu::{elementwise, norm, par::Src};
 use crate::dispatch::{self, Call};
 use crate::gpu::ops;
@@ -31,16 +32,57 @@ pub unsafe extern "C" fn cuda_rmsnorm(
     stream: *mut c_void,
 ) -> i32 {
     ffi_fn!("cuda_rmsnorm", {
+        unsafe { rmsnorm_f32(input, weight, output, rows, hidden_dim, eps, stream) }
+    })
+}
+
+/// The body of cuda_rmsnorm (and of cudann_rmsnorm_ex in float32).
+unsafe fn rmsnorm_f32(input: *const f32, weight: *const f32, output: *mut f32, rows: c_int, hidden_dim: c_int, eps: f32, stream: *mut c_void) -> Result<()> {
+    let (n, hidden) = shape(rows, hidden_dim, eps)?;
+    let x = Input::new("input", input, n)?;
+    let w = Input::new("weight", weight, if n == 0 { 0 } else { hidden })?;
+    let y = Output::new("output", output, n)?;
+    let call = Call::new(stream, n, [x.region(), w.region(), y.region()])?;
+    dispatch::run(
+        &call,
+        || unsafe { norm::rmsnorm(Src::of(&x, &y, &[]), &w.read(&[y.region()]), y.slice(), hidden, eps) },
+        |g, p| unsafe { ops::rmsnorm(g, stream.cast(), p[0], p[1], p[2], n / hidden, hidden, eps) },
+    )
+}
+
+/// `cuda_rmsnorm` with `input`, `weight` and `output` of type `dtype`
+/// (`CUDANN_F32`, `CUDANN_F16` or `CUDANN_BF16`): half-precision tensors are
+/// read, normalised in float32 and written in the same type (each row exactly
+/// the float32 op's result on the widened inputs, rounded once). Half
+/// precision runs on the CPU (device pointers: -1 until its GPU kernels).
+/// Returns -2 as `cuda_rmsnorm`, and for an unknown `dtype`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_rmsnorm_ex(
+    input: *const c_void,
+    weight: *const c_void,
+    output: *mut c_void,
+    rows: c_int,
+    hidden_dim: c_int,
+    eps: f32,
+    dtype: c_int,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cudann_rmsnorm_ex", {
+        let t = check::float_type("dtype", dtype)?;
+        if t == Float::F32 {
+            return unsafe { rmsnorm_f32(input.cast(), weight.cast(), output.cast(), rows, hidden_dim, eps, stream) };
+        }
         let (n, hidden) = shape(rows, hidden_dim, eps)?;
-        let x = Input::new("input", input, n)?;
-        let w = Input::new("weight", weight, if n == 0 { 0 } else { hidden })?;
-        let y = Output::new("output", output, n)?;
-        let call = Call::new(stream, n, [x.region(), w.region(), y.region()])?;
-        dispatch::run(
-            &call,
-            || unsafe { norm::rmsnorm(Src::of(&x, &y, &[]), &w.read(&[y.region()]), y.slice(), hidden, eps) },
-            |g, p| unsafe { ops::rmsnorm(g, stream.cast(), p[0], p[1], p[2], n / hidden, hidden, eps) },
-        )
+        with_type!(t, T => {
+            let x = Input::new("input", input.cast::<T>(), n)?;
+            let w = Input::new("weight", weight.cast::<T>(), if n == 0 { 0 } else { hidden })?;
+            let y = Output::new("output", output.cast::<T>(), n)?;
+            let call = Call::new(stream, n, [x.region(), w.region(), y.region()])?;
+            dispatch::run_cpu_only(&call, || unsafe {
+                let w32 = convert::widened(w.ptr, w.len);
+                convert::blockwise([x.ptr], y.ptr, n, hidden, |[xb], yb| norm::rmsnorm(Src::Slice(xb), &w32, yb, hidden, eps));
+            })
+        })
     })
 }
 

@@ -4,7 +4,9 @@ use std::ffi::{c_int, c_void};
 
 use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output, require};
+use crate::cpu::convert::{self, Float, with_type};
 use crate::cpu::{par::Src, softmax};
+use crate::error::Result;
 use crate::dispatch::{self, Call};
 use crate::gpu::ops;
 
@@ -16,16 +18,43 @@ use crate::gpu::ops;
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuda_softmax(input: *const f32, output: *mut f32, rows: c_int, cols: c_int, stream: *mut c_void) -> i32 {
     ffi_fn!("cuda_softmax", {
+        unsafe { softmax_f32(input, output, rows, cols, stream) }
+    })
+}
+
+/// The body of cuda_softmax (and of cudann_softmax_ex in float32).
+unsafe fn softmax_f32(input: *const f32, output: *mut f32, rows: c_int, cols: c_int, stream: *mut c_void) -> Result<()> {
+    let (rows, cols) = (check::dim("rows", rows)?, check::dim("cols", cols)?);
+    let n = check::elements(&[("rows", rows), ("cols", cols)])?;
+    let x = Input::new("input", input, n)?;
+    let y = Output::new("output", output, n)?;
+    let call = Call::new(stream, n, [x.region(), y.region()])?;
+    dispatch::run(
+        &call,
+        || unsafe { softmax::softmax(Src::of(&x, &y, &[]), y.slice(), cols) },
+        |g, p| unsafe { ops::softmax(g, stream.cast(), p[0], p[1], rows, cols) },
+    )
+}
+
+/// `cuda_softmax` on tensors of type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
+/// `CUDANN_BF16`): half precision is read, computed in float32 and written in
+/// the same type (each row the float32 op's result, rounded once), on the CPU.
+/// Returns -2 as `cuda_softmax`, and for an unknown `dtype`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_softmax_ex(input: *const c_void, output: *mut c_void, rows: c_int, cols: c_int, dtype: c_int, stream: *mut c_void) -> i32 {
+    ffi_fn!("cudann_softmax_ex", {
+        let t = check::float_type("dtype", dtype)?;
+        if t == Float::F32 {
+            return unsafe { softmax_f32(input.cast(), output.cast(), rows, cols, stream) };
+        }
         let (rows, cols) = (check::dim("rows", rows)?, check::dim("cols", cols)?);
         let n = check::elements(&[("rows", rows), ("cols", cols)])?;
-        let x = Input::new("input", input, n)?;
-        let y = Output::new("output", output, n)?;
-        let call = Call::new(stream, n, [x.region(), y.region()])?;
-        dispatch::run(
-            &call,
-            || unsafe { softmax::softmax(Src::of(&x, &y, &[]), y.slice(), cols) },
-            |g, p| unsafe { ops::softmax(g, stream.cast(), p[0], p[1], rows, cols) },
-        )
+        with_type!(t, T => {
+            let x = Input::new("input", input.cast::<T>(), n)?;
+            let y = Output::new("output", output.cast::<T>(), n)?;
+            let call = Call::new(stream, n, [x.region(), y.region()])?;
+            dispatch::run_cpu_only(&call, || unsafe { convert::blockwise([x.ptr], y.ptr, n, cols, |[xb], yb| softmax::softmax(Src::Slice(xb), yb, cols)) })
+        })
     })
 }
 

@@ -147,3 +147,44 @@ mod tests {
         }
     }
 }
+
+/// A pointer that may cross to worker threads: each task reads and writes
+/// only its own block.
+#[derive(Clone, Copy)]
+struct Addr(usize);
+
+/// A float32 op applied to half-precision tensors: `inputs` (each `len`
+/// elements) and `output` are cut into blocks of whole rows of `cols`, each
+/// block widened into float32, computed by `op`, and rounded back. Blocks run
+/// in parallel, each read before it is written, so the output may be one of
+/// the inputs (in place). Row ops give each row exactly the float32 op's
+/// result, rounded once. Safety: every pointer holds `len` elements of `T`;
+/// the output overlaps no input other than being one of them.
+pub unsafe fn blockwise<T: Element, const N: usize>(inputs: [*const T; N], output: *mut T, len: usize, cols: usize, op: impl Fn([&[f32]; N], &mut [f32]) + Sync) {
+    if len == 0 {
+        return;
+    }
+    let cols = cols.max(1);
+    let rows_per_block = (CHUNK / cols).max(1);
+    let block = rows_per_block * cols;
+    let (inputs, output) = (inputs.map(|p| Addr(p as usize)), Addr(output as usize));
+    (0..len.div_ceil(block)).into_par_iter().for_each(|b| {
+        let (start, count) = (b * block, block.min(len - b * block));
+        let mut wide: [Vec<f32>; N] = std::array::from_fn(|_| super::alloc::filled(count, 0.0f32));
+        for (w, p) in wide.iter_mut().zip(inputs) {
+            // SAFETY: this block of an input, dropped before the output's block is borrowed.
+            T::load(unsafe { std::slice::from_raw_parts((p.0 as *const T).add(start), count) }, w);
+        }
+        let mut result = super::alloc::filled(count, 0.0f32);
+        op(std::array::from_fn(|i| &wide[i][..]), &mut result);
+        T::store(&result, unsafe { std::slice::from_raw_parts_mut((output.0 as *mut T).add(start), count) });
+    });
+}
+
+/// `len` elements of `T` at `ptr`, widened into a new float32 buffer.
+/// Safety: `ptr` holds `len` elements.
+pub unsafe fn widened<T: Element>(ptr: *const T, len: usize) -> Vec<f32> {
+    let mut wide = super::alloc::filled(len, 0.0f32);
+    convert(unsafe { std::slice::from_raw_parts(ptr, len) }, &mut wide);
+    wide
+}
