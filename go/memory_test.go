@@ -9,7 +9,7 @@ import (
 	"sync"
 	"testing"
 
-	"cudann_test/internal/ref"
+	"github.com/cudann/cudann/go/internal/ref"
 )
 
 func malloc(t *testing.T, bytes int64) Mem {

@@ -12,7 +12,7 @@ import (
 	"sync"
 	"testing"
 
-	"cudann_test/internal/ref"
+	"github.com/cudann/cudann/go/internal/ref"
 )
 
 func must(t *testing.T, err error) {
