@@ -204,5 +204,7 @@ func RopeNTK[T Float32s](q, k, freqs T, batch, seq, heads, headDim int, alpha fl
 	ol := c.param("origLen", origLen)
 	n := c.count(batch, seq, heads, headDim)
 	pq, pk, pf := c.f32("q", q, n), c.f32("k", k, n), c.minF32("freqs", freqs, c.count(seq, headDim/2))
-	return c.run(func(s unsafe.Pointer) C.int32_t { return C.cuda_rope_ntk(pq, pk, pf, b, sl, h, d, C.float(alpha), ol, s) })
+	return c.run(func(s unsafe.Pointer) C.int32_t {
+		return C.cuda_rope_ntk(pq, pk, pf, b, sl, h, d, C.float(alpha), ol, s)
+	})
 }

@@ -117,7 +117,9 @@ func GradClip[T Float32s](grad, partialNorms, totalNorm T, clipNorm float32, str
 	c := newChecker("GradClip", stream)
 	n := length(grad, 4)
 	pg, pp, pt := c.f32("grad", grad, n), c.minF32("partialNorms", partialNorms, (n+255)/256), c.f32("totalNorm", totalNorm, 1)
-	return c.run(func(s unsafe.Pointer) C.int32_t { return C.cuda_grad_clip(pg, pp, pt, C.float(clipNorm), C.int64_t(n), s) })
+	return c.run(func(s unsafe.Pointer) C.int32_t {
+		return C.cuda_grad_clip(pg, pp, pt, C.float(clipNorm), C.int64_t(n), s)
+	})
 }
 
 // Row-wise ops over [rows, cols] (or [rows, dim]) tensors.
