@@ -1,95 +1,113 @@
 # frozen_string_literal: true
 
-# libcudann through Ruby FFI, the way Ruby callers bind it: attach_function with
-# the ABI.md signatures. `blocking: true` releases the GVL during a call, so
-# Ruby threads really run the library concurrently.
 require "ffi"
 
 module Cudann
-  extend FFI::Library
+  # The C ABI as the header declares it: every entry point of cudann.h,
+  # attached with FFI. `blocking: true` releases the GVL during a call, so
+  # Ruby threads run the library concurrently; each Ruby thread is its own OS
+  # thread, so cudann_last_error() read right after a call on the same
+  # thread is that call's message.
+  module Native
+    extend FFI::Library
 
-  REPO = File.expand_path("../..", __dir__)
-  ffi_lib ENV.fetch("CUDANN_LIB", File.join(REPO, "target/release/libcudann.so"))
+    # The library: ENV["CUDANN_LIB"] (a path) when set; else an installed
+    # libcudann.so (the system's search path); else the build tree this gem
+    # source sits in (../../../target/release from here).
+    BUILD_TREE_LIB = File.expand_path("../../../target/release/libcudann.so", __dir__)
 
-  SUCCESS = 0
-  INVALID_VALUE = -2
-  # data types of `void*` tensors
-  F32 = 0
-  BF16 = 2
-  I32 = 3
+    def self.library_candidates
+      env = ENV.fetch("CUDANN_LIB", "")
+      env.empty? ? ["cudann", BUILD_TREE_LIB] : [env]
+    end
 
-  opts = { blocking: true }
-  attach_function :cuda_silu, %i[pointer pointer int64 pointer], :int32, opts
-  attach_function :cuda_softmax, %i[pointer pointer int int pointer], :int32, opts
-  attach_function :cuda_rmsnorm, %i[pointer pointer pointer int int float pointer], :int32, opts
-  attach_function :cuda_gemm, %i[pointer pointer pointer int int int float float pointer], :int32, opts
-  attach_function :cuda_cross_entropy_forward, %i[pointer pointer pointer pointer int int pointer], :int32, opts
-  attach_function :cuda_cross_entropy_backward, %i[pointer pointer pointer int int float pointer], :int32, opts
-  attach_function :cuda_adamw_step,
-                  %i[pointer pointer pointer pointer float float float float float int int64 pointer], :int32, opts
-  attach_function :cuda_argmax, %i[pointer pointer int int pointer], :int32, opts
-  attach_function :cuda_topk_sample, %i[pointer pointer pointer int int int float pointer], :int32, opts
-  attach_function :cuda_topp_sample, %i[pointer pointer pointer int int float float pointer], :int32, opts
-  attach_function :cudann_gemm_ex,
-                  %i[int int int int int float pointer int int64 int64 pointer int int64 int64
-                     float pointer int int64 int64 int pointer], :int32, opts
-  attach_function :cudann_swiglu, %i[pointer pointer pointer int64 int pointer], :int32, opts
-  attach_function :cudann_swiglu_backward, %i[pointer pointer pointer pointer pointer int64 pointer], :int32, opts
-  attach_function :cudann_rmsnorm_backward, %i[pointer pointer pointer pointer pointer int int float pointer], :int32, opts
-  attach_function :cudann_attention_forward,
-                  %i[pointer pointer pointer pointer pointer pointer int int int int int int int int int float int pointer],
-                  :int32, opts
-  attach_function :cudann_attention_backward,
-                  %i[pointer pointer pointer pointer pointer pointer pointer pointer pointer pointer
-                     int int int int int int int int float pointer], :int32, opts
-  attach_function :cudann_embedding, %i[pointer pointer pointer int int int int pointer], :int32, opts
-  attach_function :cudann_embedding_backward, %i[pointer pointer pointer int int int pointer], :int32, opts
-  attach_function :cudann_moe_dispatch, %i[pointer pointer pointer pointer pointer int int int int pointer], :int32, opts
-  attach_function :cudann_moe_combine, %i[pointer pointer pointer pointer int int int pointer], :int32, opts
-  # Safetensors handles are opaque pointers; out-parameters are pointers to them.
-  attach_function :cudann_safetensors_open, %i[string pointer], :int32, opts
-  attach_function :cudann_safetensors_close, %i[pointer], :int32, opts
-  attach_function :cudann_safetensors_count, %i[pointer pointer], :int32, opts
-  attach_function :cudann_safetensors_name, %i[pointer int64 pointer], :int32, opts
-  attach_function :cudann_safetensors_info, %i[pointer string pointer pointer pointer int], :int32, opts
-  attach_function :cudann_safetensors_read, %i[pointer string int pointer int64 pointer], :int32, opts
-  attach_function :cudann_safetensors_writer_create, %i[pointer], :int32, opts
-  attach_function :cudann_safetensors_writer_add, %i[pointer string int int pointer pointer pointer], :int32, opts
-  attach_function :cudann_safetensors_writer_save, %i[pointer string], :int32, opts
-  attach_function :cudann_safetensors_writer_free, %i[pointer], :int32, opts
-  # Library memory, streams and devices. Pointers and streams are opaque
-  # FFI::Pointers; out-parameters are pointers to them.
-  attach_function :cudann_malloc, %i[pointer int64], :int32, opts
-  attach_function :cudann_malloc_host, %i[pointer int64], :int32, opts
-  attach_function :cudann_free, %i[pointer], :int32, opts
-  attach_function :cudann_memcpy, %i[pointer pointer int64 pointer], :int32, opts
-  attach_function :cudann_memset, %i[pointer int int64 pointer], :int32, opts
-  attach_function :cudann_stream_create, %i[pointer], :int32, opts
-  attach_function :cudann_stream_destroy, %i[pointer], :int32, opts
-  attach_function :cudann_stream_synchronize, %i[pointer], :int32, opts
-  attach_function :cudann_device_synchronize, [], :int32, opts
-  attach_function :cudann_device_count, %i[pointer], :int32, opts
-  attach_function :cudann_set_device, %i[int], :int32, opts
-  attach_function :cudann_get_device, %i[pointer], :int32, opts
-  attach_function :cudann_mem_info, %i[pointer pointer], :int32, opts
-  attach_function :cudann_backend, [], :string
-  attach_function :cudann_last_error, [], :string
-  attach_function :cudann_version, [], :string
+    begin
+      ffi_lib library_candidates
+    rescue LoadError => e
+      raise LoadError, "cudann: cannot load libcudann (tried #{library_candidates.join(', ')}); " \
+                       "install it or set CUDANN_LIB to its path: #{e.message}"
+    end
 
-  # Host buffers. Values go through float32, so references must read them back.
-  def self.floats(values)
-    FFI::MemoryPointer.new(:float, [values.size, 1].max).tap { |p| p.put_array_of_float(0, values) }
-  end
-
-  def self.int32s(values)
-    FFI::MemoryPointer.new(:int32, [values.size, 1].max).tap { |p| p.put_array_of_int32(0, values) }
-  end
-
-  def self.int64s(values)
-    FFI::MemoryPointer.new(:int64, [values.size, 1].max).tap { |p| p.put_array_of_int64(0, values) }
-  end
-
-  def self.uint64s(values)
-    FFI::MemoryPointer.new(:uint64, [values.size, 1].max).tap { |p| p.put_array_of_uint64(0, values) }
+    BLOCKING = { blocking: true }.freeze
+    attach_function :cuda_attention_scores, [:pointer, :pointer, :pointer, :int, :int, :int, :int, :float, :pointer], :int32, BLOCKING
+    attach_function :cuda_attention_output, [:pointer, :pointer, :pointer, :int, :int, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cuda_flash_attention, [:pointer, :pointer, :pointer, :pointer, :int, :int, :int, :int, :float, :int, :pointer], :int32, BLOCKING
+    attach_function :cuda_mqa_attention, [:pointer, :pointer, :pointer, :pointer, :pointer, :int, :int, :int, :int, :float, :pointer], :int32, BLOCKING
+    attach_function :cudann_attention_forward, [:pointer, :pointer, :pointer, :pointer, :pointer, :pointer, :int, :int, :int, :int, :int, :int, :int, :int, :int, :float, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_attention_backward, [:pointer, :pointer, :pointer, :pointer, :pointer, :pointer, :pointer, :pointer, :pointer, :pointer, :int, :int, :int, :int, :int, :int, :int, :int, :float, :pointer], :int32, BLOCKING
+    attach_function :cudann_kv_cache_write, [:pointer, :pointer, :pointer, :pointer, :int, :int, :int, :int, :int, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_safetensors_open, [:string, :pointer], :int32, BLOCKING
+    attach_function :cudann_safetensors_close, [:pointer], :int32, BLOCKING
+    attach_function :cudann_safetensors_count, [:pointer, :pointer], :int32, BLOCKING
+    attach_function :cudann_safetensors_name, [:pointer, :int64, :pointer], :int32, BLOCKING
+    attach_function :cudann_safetensors_info, [:pointer, :string, :pointer, :pointer, :pointer, :int], :int32, BLOCKING
+    attach_function :cudann_safetensors_read, [:pointer, :string, :int, :pointer, :int64, :pointer], :int32, BLOCKING
+    attach_function :cudann_safetensors_writer_create, [:pointer], :int32, BLOCKING
+    attach_function :cudann_safetensors_writer_add, [:pointer, :string, :int, :int, :pointer, :pointer, :pointer], :int32, BLOCKING
+    attach_function :cudann_safetensors_writer_save, [:pointer, :string], :int32, BLOCKING
+    attach_function :cudann_safetensors_writer_free, [:pointer], :int32, BLOCKING
+    attach_function :cuda_argmax, [:pointer, :pointer, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cuda_sample, [:pointer, :pointer, :pointer, :int, :int, :float, :pointer], :int32, BLOCKING
+    attach_function :cuda_topk_sample, [:pointer, :pointer, :pointer, :int, :int, :int, :float, :pointer], :int32, BLOCKING
+    attach_function :cuda_topp_sample, [:pointer, :pointer, :pointer, :int, :int, :float, :float, :pointer], :int32, BLOCKING
+    attach_function :cuda_silu, [:pointer, :pointer, :int64, :pointer], :int32, BLOCKING
+    attach_function :cuda_add, [:pointer, :pointer, :pointer, :int64, :pointer], :int32, BLOCKING
+    attach_function :cuda_mul, [:pointer, :pointer, :pointer, :int64, :pointer], :int32, BLOCKING
+    attach_function :cuda_scale, [:pointer, :pointer, :float, :int64, :pointer], :int32, BLOCKING
+    attach_function :cudann_silu_backward, [:pointer, :pointer, :pointer, :int64, :pointer], :int32, BLOCKING
+    attach_function :cudann_gelu, [:pointer, :pointer, :int64, :pointer], :int32, BLOCKING
+    attach_function :cudann_gelu_backward, [:pointer, :pointer, :pointer, :int64, :pointer], :int32, BLOCKING
+    attach_function :cudann_swiglu, [:pointer, :pointer, :pointer, :int64, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_swiglu_backward, [:pointer, :pointer, :pointer, :pointer, :pointer, :int64, :pointer], :int32, BLOCKING
+    attach_function :cudann_bias_add, [:pointer, :pointer, :pointer, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_bias_backward, [:pointer, :pointer, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_embedding, [:pointer, :pointer, :pointer, :int, :int, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_embedding_backward, [:pointer, :pointer, :pointer, :int, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cuda_gemm, [:pointer, :pointer, :pointer, :int, :int, :int, :float, :float, :pointer], :int32, BLOCKING
+    attach_function :cuda_gemm_batched, [:pointer, :pointer, :pointer, :int, :int, :int, :int, :float, :float, :pointer], :int32, BLOCKING
+    attach_function :cudann_gemm_ex, [:int, :int, :int, :int, :int, :float, :pointer, :int, :int64, :int64, :pointer, :int, :int64, :int64, :float, :pointer, :int, :int64, :int64, :int, :pointer], :int32, BLOCKING
+    attach_function :cuda_cross_entropy_forward, [:pointer, :pointer, :pointer, :pointer, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cuda_cross_entropy_backward, [:pointer, :pointer, :pointer, :int, :int, :float, :pointer], :int32, BLOCKING
+    attach_function :cuda_aux_loss_forward, [:pointer, :pointer, :pointer, :pointer, :pointer, :int, :int, :int, :float, :pointer], :int32, BLOCKING
+    attach_function :cudann_malloc, [:pointer, :int64], :int32, BLOCKING
+    attach_function :cudann_malloc_host, [:pointer, :int64], :int32, BLOCKING
+    attach_function :cudann_free, [:pointer], :int32, BLOCKING
+    attach_function :cudann_memcpy, [:pointer, :pointer, :int64, :pointer], :int32, BLOCKING
+    attach_function :cudann_memset, [:pointer, :int, :int64, :pointer], :int32, BLOCKING
+    attach_function :cudann_stream_create, [:pointer], :int32, BLOCKING
+    attach_function :cudann_stream_destroy, [:pointer], :int32, BLOCKING
+    attach_function :cudann_stream_synchronize, [:pointer], :int32, BLOCKING
+    attach_function :cudann_device_synchronize, [], :int32, BLOCKING
+    attach_function :cudann_device_count, [:pointer], :int32, BLOCKING
+    attach_function :cudann_set_device, [:int], :int32, BLOCKING
+    attach_function :cudann_get_device, [:pointer], :int32, BLOCKING
+    attach_function :cudann_mem_info, [:pointer, :pointer], :int32, BLOCKING
+    attach_function :cudann_backend, [], :string
+    attach_function :cudann_moe_router_backward, [:pointer, :pointer, :pointer, :pointer, :int, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_aux_loss_backward, [:pointer, :pointer, :int, :int, :float, :float, :pointer], :int32, BLOCKING
+    attach_function :cudann_moe_dispatch, [:pointer, :pointer, :pointer, :pointer, :pointer, :int, :int, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_moe_dispatch_backward, [:pointer, :pointer, :pointer, :int, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_moe_combine, [:pointer, :pointer, :pointer, :pointer, :int, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_moe_combine_backward, [:pointer, :pointer, :pointer, :pointer, :pointer, :pointer, :int, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cuda_rmsnorm, [:pointer, :pointer, :pointer, :int, :int, :float, :pointer], :int32, BLOCKING
+    attach_function :cuda_rmsnorm_residual, [:pointer, :pointer, :pointer, :pointer, :pointer, :int, :int, :float, :pointer], :int32, BLOCKING
+    attach_function :cudann_rmsnorm_backward, [:pointer, :pointer, :pointer, :pointer, :pointer, :int, :int, :float, :pointer], :int32, BLOCKING
+    attach_function :cudann_layernorm, [:pointer, :pointer, :pointer, :pointer, :int, :int, :float, :pointer], :int32, BLOCKING
+    attach_function :cudann_layernorm_backward, [:pointer, :pointer, :pointer, :pointer, :pointer, :pointer, :int, :int, :float, :pointer], :int32, BLOCKING
+    attach_function :cuda_adamw_step, [:pointer, :pointer, :pointer, :pointer, :float, :float, :float, :float, :float, :int, :int64, :pointer], :int32, BLOCKING
+    attach_function :cuda_zero_grad, [:pointer, :int64, :pointer], :int32, BLOCKING
+    attach_function :cuda_grad_clip, [:pointer, :pointer, :pointer, :float, :int64, :pointer], :int32, BLOCKING
+    attach_function :cuda_scatter_add, [:pointer, :pointer, :pointer, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cuda_rope_freqs, [:pointer, :int, :int, :float, :float, :pointer], :int32, BLOCKING
+    attach_function :cuda_rope_forward, [:pointer, :pointer, :pointer, :int, :int, :int, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cuda_rope_qk, [:pointer, :pointer, :pointer, :pointer, :pointer, :int, :int, :int, :int, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_rope_backward, [:pointer, :pointer, :pointer, :pointer, :pointer, :int, :int, :int, :int, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cuda_rope, [:pointer, :pointer, :pointer, :int, :int, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cuda_rope_ntk, [:pointer, :pointer, :pointer, :int, :int, :int, :int, :float, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_last_error, [], :string
+    attach_function :cudann_version, [], :string
+    attach_function :cuda_softmax, [:pointer, :pointer, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cuda_softmax_topk, [:pointer, :pointer, :pointer, :int, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_softmax_backward, [:pointer, :pointer, :pointer, :int, :int, :pointer], :int32, BLOCKING
   end
 end
