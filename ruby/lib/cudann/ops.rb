@@ -112,6 +112,7 @@ module Cudann
         next if value.nil? && %i[opt out scratch].include?(p.kind)
 
         have = Tensor.count(fn, p.name, value, p.type)
+        counts[p.name] = have
         if p.at_least
           next if have >= want
 
@@ -119,7 +120,6 @@ module Cudann
         elsif have != want
           Cudann.invalid("#{fn}: #{p.name} has #{have} elements, want #{want} (#{p.expr[0]})")
         end
-        counts[p.name] = have
       end
       counts
     end
