@@ -78,6 +78,10 @@ suite_ruby() {
   scratch="$(mktemp -d)" || return 1
   ruby_tests "$ROOT/ruby" &&
     (cd "$ROOT/ruby" && gem build cudann.gemspec --output "$scratch/cudann.gem") &&
+    # --ignore-dependencies: with --install-dir, RubyGems resolves dependencies
+    # only inside that directory, so the ffi gem installed on the system (e.g.
+    # Debian's ruby-ffi) does not count and nothing may be downloaded; the
+    # tests below load that ffi.
     gem install --local --ignore-dependencies --no-document --install-dir "$scratch/gemhome" "$scratch/cudann.gem" &&
     ruby_tests "$(ls -d "$scratch"/gemhome/gems/cudann-*)"
   local rc=$?

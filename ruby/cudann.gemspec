@@ -15,7 +15,7 @@ Gem::Specification.new do |spec|
   spec.required_ruby_version = ">= 2.7"
   spec.files = Dir["lib/**/*.rb", "test/**/*.rb", "README.md", "cudann.gemspec"]
   spec.require_paths = ["lib"]
-  spec.add_dependency "ffi", ">= 1.15"
-  spec.add_development_dependency "minitest", ">= 5"
+  spec.add_dependency "ffi", "~> 1.15"
+  spec.add_development_dependency "minitest", "~> 5.0"
   spec.metadata["rubygems_mfa_required"] = "true"
 end
