@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs every language binding suite against target/release/libcudann.so:
-# C, C++, Python (ctypes), Go (cgo) and Ruby (FFI). Builds only the C/C++ test
-# programs (run `make build` first for the library). A missing tool fails its
-# suite loudly; nothing is ever skipped. Exit status is non-zero if any suite failed.
+# C, C++, Python (ctypes), and the suites of the Go module (go/, cgo) and the
+# Ruby gem (ruby/, FFI). Builds only the C/C++ test programs (run `make build`
+# first for the library). A missing tool fails its suite loudly; nothing is
+# skipped but the Ruby tests of optional pieces, visibly (Numo without
+# numo-narray; the README comparison in the installed gem, which has no
+# checkout around it). Exit status is non-zero if any suite failed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -46,19 +49,44 @@ suite_python() {
     python3 -m pytest -q -p no:cacheprovider "$HERE/python"
 }
 
+# Go and Ruby run the packages' own suites (go/, ruby/): the tests there are
+# the binding tests.
 suite_go() {
   need go "Go suite" || return 1
   export GOTOOLCHAIN=local GOPROXY=off GOFLAGS=  # never download a toolchain or a module
   if [ -z "${HOME:-}" ] || [ ! -w "${HOME:-/nonexistent}" ]; then
     export GOPATH=/tmp/cudann-gopath GOCACHE=/tmp/cudann-gocache
   fi
-  (cd "$HERE/go" && go vet ./... && go test -count=1 ./...)
+  # The uninstalled build tree: no pkg-config, the header and library from here.
+  (cd "$ROOT/go" || exit 1
+    export CGO_CFLAGS="-I$ROOT/include" CGO_LDFLAGS="-L$LIBDIR -Wl,-rpath,$LIBDIR"
+    unformatted="$(gofmt -l .)"
+    if [ -n "$unformatted" ]; then echo "FATAL: not gofmt-clean: $unformatted" >&2; exit 1; fi
+    go vet -tags cudann_nopkgconfig ./... && go test -tags cudann_nopkgconfig -count=1 ./...)
+}
+
+# The gem's suite from the source, then the gem built, installed into a
+# scratch directory, and its installed copy's suite.
+ruby_tests() { # directory holding lib/ and test/
+  (cd "$1" && CUDANN_LIB="$LIBDIR/libcudann.so" ruby -w -Ilib -e 'Dir["test/test_*.rb"].sort.each { |f| require File.expand_path(f) }')
 }
 
 suite_ruby() {
-  need ruby "Ruby suite" &&
-    { ruby -e 'require "ffi"; require "minitest"' || { echo "FATAL: the ruby ffi and minitest gems are required" >&2; return 1; }; } &&
-    ruby -w "$HERE/ruby/test_cudann.rb"
+  need ruby "Ruby suite" && need gem "Ruby gem build" || return 1
+  { ruby -e 'require "ffi"; require "minitest"' || { echo "FATAL: the ruby ffi and minitest gems are required" >&2; return 1; }; } || return 1
+  local scratch
+  scratch="$(mktemp -d)" || return 1
+  ruby_tests "$ROOT/ruby" &&
+    (cd "$ROOT/ruby" && gem build cudann.gemspec --output "$scratch/cudann.gem") &&
+    # --ignore-dependencies: with --install-dir, RubyGems resolves dependencies
+    # only inside that directory, so the ffi gem installed on the system (e.g.
+    # Debian's ruby-ffi) does not count and nothing may be downloaded; the
+    # tests below load that ffi.
+    gem install --local --ignore-dependencies --no-document --install-dir "$scratch/gemhome" "$scratch/cudann.gem" &&
+    ruby_tests "$(ls -d "$scratch"/gemhome/gems/cudann-*)"
+  local rc=$?
+  rm -rf "$scratch"
+  return $rc
 }
 
 passed=0

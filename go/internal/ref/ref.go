@@ -349,3 +349,62 @@ func AbsPlus(want []float64, floor float64) []float64 {
 	}
 	return s
 }
+
+// Gelu is the tanh form of GPT-2: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x³))).
+func Gelu[T Float](x []T) []float64 {
+	y := make([]float64, len(x))
+	for i, v := range x {
+		u := float64(v)
+		y[i] = 0.5 * u * (1 + math.Tanh(math.Sqrt(2/math.Pi)*(u+0.044715*u*u*u)))
+	}
+	return y
+}
+
+// LayerNorm is (x - mean) / sqrt(var + eps) * w + b per row (biased variance).
+func LayerNorm[T Float](x, w, b []T, rows, dim int, eps float64) []float64 {
+	y := make([]float64, len(x))
+	for r := 0; r < rows; r++ {
+		mean, vr := 0.0, 0.0
+		for c := 0; c < dim; c++ {
+			mean += float64(x[r*dim+c]) / float64(dim)
+		}
+		for c := 0; c < dim; c++ {
+			d := float64(x[r*dim+c]) - mean
+			vr += d * d / float64(dim)
+		}
+		for c := 0; c < dim; c++ {
+			y[r*dim+c] = (float64(x[r*dim+c])-mean)/math.Sqrt(vr+eps)*float64(w[c]) + float64(b[c])
+		}
+	}
+	return y
+}
+
+// RopeAngles is the table p * base^(-2i/headDim) of plain RoPE, [maxSeq, headDim/2].
+func RopeAngles(maxSeq, headDim int, base float64) []float64 {
+	f := make([]float64, maxSeq*headDim/2)
+	for p := 0; p < maxSeq; p++ {
+		for i := 0; i < headDim/2; i++ {
+			f[p*headDim/2+i] = float64(p) * math.Pow(base, -2*float64(i)/float64(headDim))
+		}
+	}
+	return f
+}
+
+// Rope rotates each interleaved pair of x[batch, seq, heads, headDim] at
+// position s + offset by sign times its angle in freqs.
+func Rope(x, freqs []float32, batch, seq, heads, headDim, offset int, sign float64) []float64 {
+	y := F64(x)
+	for b := 0; b < batch; b++ {
+		for s := 0; s < seq; s++ {
+			for h := 0; h < heads; h++ {
+				o := ((b*seq+s)*heads + h) * headDim
+				for i := 0; i < headDim/2; i++ {
+					a := sign * float64(freqs[(s+offset)*headDim/2+i])
+					x0, x1 := y[o+2*i], y[o+2*i+1]
+					y[o+2*i], y[o+2*i+1] = x0*math.Cos(a)-x1*math.Sin(a), x0*math.Sin(a)+x1*math.Cos(a)
+				}
+			}
+		}
+	}
+	return y
+}

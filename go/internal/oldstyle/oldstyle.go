@@ -4,8 +4,11 @@
 // (or fail to link), which the tests would catch.
 package oldstyle
 
+// Linked as the cudann package is: pkg-config, or -lcudann with CGO_LDFLAGS
+// under the cudann_nopkgconfig tag (link_*.go). It is internal: a test of
+// the library's ABI, not part of the module's API.
+
 /*
-#cgo LDFLAGS: -L${SRCDIR}/../../../target/release -lcudann -Wl,-rpath,${SRCDIR}/../../../target/release
 #include <stdint.h>
 
 extern int32_t cuda_silu(const float* input, float* output, int64_t n, void* stream);

@@ -3,7 +3,7 @@ package oldstyle
 import (
 	"testing"
 
-	"cudann_test/internal/ref"
+	"github.com/cudann/cudann/go/internal/ref"
 )
 
 func TestSilu(t *testing.T) {

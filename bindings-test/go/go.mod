@@ -1,3 +1,0 @@
-module cudann_test
-
-go 1.19

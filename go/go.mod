@@ -1,0 +1,3 @@
+module github.com/cudann/cudann/go
+
+go 1.19

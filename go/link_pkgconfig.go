@@ -1,0 +1,8 @@
+//go:build !cudann_nopkgconfig
+
+package cudann
+
+// The installed library: cflags and libs from cudann.pc.
+
+// #cgo pkg-config: cudann
+import "C"
