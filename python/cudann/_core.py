@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import math
-import sys
+import operator
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -104,7 +104,7 @@ class Arr:
         return 2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize
 
     def contiguous(self) -> bool:
-        if self.strides is None:
+        if self.strides is None or self.size == 0:
             return True
         want = 1
         for dim, stride in zip(reversed(self.shape), reversed(self.strides)):
@@ -288,8 +288,11 @@ def same_shape(a: Arr, b: Arr, an: str, bn: str):
 
 
 def dim(value, name: str) -> int:
-    """A size argument (an `int` of the C ABI)."""
-    v = int(value)
+    """A size argument (an `int` of the C ABI): an integer (TypeError otherwise) that fits."""
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
     if not -2**31 <= v < 2**31:
         raise ValueError(f"{name} = {v} does not fit a C int")
     return v

@@ -54,6 +54,7 @@ class SafetensorsFile:
             call("cudann_safetensors_close", h)
 
     def __len__(self) -> int:
+        """The number of tensors in the file."""
         n = ctypes.c_int64()
         call("cudann_safetensors_count", self.handle, ctypes.byref(n))
         return n.value
@@ -65,6 +66,7 @@ class SafetensorsFile:
         return p.value.decode("utf-8")
 
     def keys(self) -> List[str]:
+        """Every tensor name, in file order."""
         return [self.name(i) for i in range(len(self))]
 
     def __iter__(self) -> Iterator[str]:
@@ -142,6 +144,7 @@ class SafetensorsWriter:
         call("cudann_safetensors_writer_save", self.handle, os.fsencode(path))
 
     def free(self) -> None:
+        """Releases the writer and the data it holds (idempotent)."""
         if self._handle is not None:
             h, self._handle = self._handle, None
             call("cudann_safetensors_writer_free", h)
