@@ -180,8 +180,10 @@ def _dlpack(obj, stream) -> Arr:
         raise TypeError(f"unsupported DLPack data type (code {t.dtype.code}, {t.dtype.bits} bits)")
     shape = [t.shape[i] for i in range(t.ndim)]
     strides = [t.strides[i] for i in range(t.ndim)] if t.strides else None
+    module = type(obj).__module__.split(".")[0]  # torch bfloat16 tensors come this way
+    kind = module if device and module in ("torch", "cupy") else "dlpack"
     return Arr(obj, (t.data or 0) + t.byte_offset, shape, _DL_CODES[(t.dtype.code, t.dtype.bits)], strides,
-               device, "dlpack", keep=capsule)
+               device, kind, keep=capsule)
 
 
 def adapt(obj, name: str = "array", stream: Optional[int] = None) -> Optional[Arr]:
