@@ -197,3 +197,51 @@ def test_checkpoints_interchange_with_the_safetensors_package(rng, tmp_path):
     back = cudann.load_file(ours)
     assert (back["w"] == w).all() and (back["ids"] == ids).all() and back["scalar"].shape == ()
     assert load_file(ours)["scalar"] == 2.5
+
+
+def test_silu_and_swiglu_backward(rng):
+    x, up, dy = (rng.standard_normal(300).astype(np.float32) for _ in range(3))
+    xd = f64(x)
+    s = 1 / (1 + np.exp(-xd))
+    assert_close(cudann.silu_backward(dy, x), f64(dy) * s * (1 + xd * (1 - s)), rtol=1e-5, atol=1e-7)
+    assert_close(cudann.swiglu(x, up), xd * s * f64(up), rtol=1e-5, atol=1e-7)
+    d_gate, d_up = cudann.swiglu_backward(dy, x, up)
+    assert_close(d_gate, f64(dy) * f64(up) * s * (1 + xd * (1 - s)), rtol=1e-5, atol=1e-7)
+    assert_close(d_up, f64(dy) * xd * s, rtol=1e-5, atol=1e-7)
+
+
+def test_rmsnorm_backward(rng):
+    rows, hidden, eps = 5, 37, 1e-5
+    x, dy = rng.standard_normal((rows, hidden)).astype(np.float32), rng.standard_normal((rows, hidden)).astype(np.float32)
+    w = rng.uniform(0.5, 1.5, hidden).astype(np.float32)
+    dx, dw = cudann.rmsnorm_backward(dy, x, w, eps)
+    xd = f64(x)
+    r = 1 / np.sqrt((xd * xd).mean(-1, keepdims=True) + float(np.float32(eps)))
+    g = f64(dy) * f64(w)
+    assert_close(dx, r * (g - xd * r * r * (g * xd).mean(-1, keepdims=True)), rtol=1e-4, atol=1e-5)
+    assert_close(dw, (f64(dy) * xd * r).sum(0), rtol=1e-5, atol=1e-5)
+
+
+def test_moe_dispatch_and_combine_backward(rng):
+    tokens, dim, experts, k = 6, 5, 3, 2
+    idx = np.stack([rng.choice(experts, k, replace=False) for _ in range(tokens)]).astype(np.int32)
+    x = rng.standard_normal((tokens, dim)).astype(np.float32)
+    rows, order, _ = cudann.moe_dispatch(x, idx, experts)
+    d_rows = rng.standard_normal(rows.shape).astype(np.float32)
+    d_x = cudann.moe_dispatch_backward(d_rows, order, k)
+    want = np.zeros((tokens, dim))
+    np.add.at(want, order // k, f64(d_rows))  # row p came from token order[p] // k
+    assert_close(d_x, want, rtol=1e-6, atol=1e-7)
+    w = rng.uniform(0.1, 1, (tokens, k)).astype(np.float32)
+    expert_out = rng.standard_normal(rows.shape).astype(np.float32)
+    dy = rng.standard_normal((tokens, dim)).astype(np.float32)
+    d_expert, d_w = cudann.moe_combine_backward(dy, expert_out, w, order)
+    row_of = np.argsort(order)  # the dispatched row of pair t*k + j
+    want_de, want_dw = np.zeros(rows.shape), np.zeros((tokens, k))
+    for t in range(tokens):
+        for j in range(k):
+            p = row_of[t * k + j]
+            want_de[p] = f64(w[t, j]) * f64(dy[t])
+            want_dw[t, j] = f64(dy[t]) @ f64(expert_out[p])
+    assert_close(d_expert, want_de, rtol=1e-6, atol=1e-7)
+    assert_close(d_w, want_dw, rtol=1e-5, atol=1e-6)
