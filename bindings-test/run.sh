@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs every language binding suite against target/release/libcudann.so:
-# C, C++, Python (ctypes), and the suites of the Go module (go/, cgo) and the
-# Ruby gem (ruby/, FFI). Builds only the C/C++ test programs (run `make build`
-# first for the library). A missing tool fails its suite loudly; nothing is
-# skipped but the Ruby tests of optional pieces, visibly (Numo without
-# numo-narray; the README comparison in the installed gem, which has no
-# checkout around it). Exit status is non-zero if any suite failed.
+# C, C++, and the suites of the Python package (python/, ctypes), the Go module
+# (go/, cgo) and the Ruby gem (ruby/, FFI). Builds the C/C++ test programs and
+# the Python package (run `make build` first for the library). A missing tool
+# fails its suite loudly; nothing is skipped but the tests of optional pieces,
+# visibly (a GPU, torch/CuPy, Numo; the README comparison in the installed gem,
+# which has no checkout around it). Exit status is non-zero if any suite failed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,10 +43,25 @@ suite_cpp() {
     "$BUILD/test_cpp"
 }
 
+# The Python package (python/): built and installed as a user would (pip builds
+# the crate with cargo through setuptools-rust and bundles libcudann.so and
+# cudann.h), into a temporary --target directory; python/tests then import it
+# from there. Cargo runs under flock on $CARGO_LOCK (shared with other builds)
+# and reuses $CARGO_TARGET_DIR (default: this checkout's target/).
 suite_python() {
-  need python3 "Python suite" &&
-    { python3 -c 'import numpy, pytest' || { echo "FATAL: numpy and pytest must be importable" >&2; return 1; }; } &&
-    python3 -m pytest -q -p no:cacheprovider "$HERE/python"
+  need python3 "Python suite" && need cargo "building the Python package" && need flock "the cargo lock" &&
+    { python3 -c 'import numpy, pytest, setuptools_rust, wheel' ||
+      { echo "FATAL: numpy, pytest, setuptools-rust and wheel must be importable" >&2; return 1; }; } || return 1
+  local site status start
+  site="$(mktemp -d "${TMPDIR:-/tmp}/cudann-python.XXXXXX")"
+  start=$SECONDS
+  flock "${CARGO_LOCK:-/tmp/cargo.lock}" env CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}" \
+    python3 -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps --target "$site" "$ROOT/python" &&
+    echo "cudann package built and installed in $((SECONDS - start))s" &&
+    (cd "$site" && CUDANN_TEST_SITE="$site" PYTHONPATH="$site" python3 -m pytest -q -rs -p no:cacheprovider "$ROOT/python/tests")
+  status=$?
+  rm -rf "$site" "$ROOT/python/build" "$ROOT/python/cudann.egg-info"
+  return $status
 }
 
 # Go and Ruby run the packages' own suites (go/, ruby/): the tests there are

@@ -2,7 +2,8 @@
 # Installs what the test suites need on a fresh Debian machine (run as root, or
 # with the tools already present): Go and Ruby with the ffi gem from Debian's
 # packages, numpy, pytest, jax and safetensors from pip (jax runs the reference
-# implementation the example programs are checked against). Fails loudly if
+# implementation the example programs are checked against), and setuptools-rust
+# and wheel, with which bindings-test/run.sh builds the Python package. Fails loudly if
 # anything is missing after.
 set -euo pipefail
 
@@ -19,10 +20,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-python3 -c 'import numpy, pytest, jax, safetensors' >/dev/null 2>&1 || python3 -m pip install -q --disable-pip-version-check numpy pytest jax safetensors
+python3 -c 'import numpy, pytest, jax, safetensors, setuptools_rust, wheel' >/dev/null 2>&1 ||
+  python3 -m pip install -q --disable-pip-version-check numpy pytest jax safetensors setuptools-rust wheel
 
 # Verify: a suite that cannot run must fail the test command, never be skipped.
 command -v go >/dev/null || { echo "FATAL: go is not installed" >&2; exit 1; }
 ruby -e 'require "ffi"; require "minitest"' || { echo "FATAL: ruby with ffi and minitest is not usable" >&2; exit 1; }
-python3 -c 'import numpy, pytest, jax, safetensors' || { echo "FATAL: numpy/pytest/jax/safetensors are not importable" >&2; exit 1; }
+python3 -c 'import numpy, pytest, jax, safetensors, setuptools_rust, wheel' ||
+  { echo "FATAL: numpy/pytest/jax/safetensors/setuptools-rust/wheel are not importable" >&2; exit 1; }
 echo "test dependencies: go $(go env GOVERSION), ruby $(ruby -e 'print RUBY_VERSION'), numpy $(python3 -c 'import numpy; print(numpy.__version__)')"

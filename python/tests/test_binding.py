@@ -1,15 +1,47 @@
-"""The ctypes binding itself: header parsing, pointer conversion, old-style callers."""
+"""The package itself: what it bundles, header parsing, pointer conversion,
+every export wrapped, old-style callers of the bundled library."""
 import ctypes
+import inspect
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import cudann
 import reference as ref
 from checks import assert_ulp, assert_close
-from cudann_ctypes import CODES, HEADER, LIBRARY, PROTOTYPES, as_pointer, c_type
+from cudann import CODES, HEADER, LIBRARY, PROTOTYPES, as_pointer, c_type
+
+REPO_HEADER = Path(__file__).resolve().parents[2] / "include" / "cudann.h"
 
 F32P = ctypes.POINTER(ctypes.c_float)
+
+
+def test_the_installed_package_bundles_the_library_and_the_header():
+    pkg = Path(cudann.__file__).parent
+    assert LIBRARY == pkg / "libcudann.so" and LIBRARY.is_file()
+    assert HEADER == pkg / "cudann.h" and HEADER.is_file()
+    # Run from a checkout (bindings-test/run.sh), the bundled header is the repository's.
+    if REPO_HEADER.is_file():
+        assert HEADER.read_bytes() == REPO_HEADER.read_bytes()
+    # bindings-test/run.sh names the directory it installed the package into.
+    installed = os.environ.get("CUDANN_TEST_SITE")
+    if installed:
+        assert pkg.parent == Path(installed).resolve(), f"imported {pkg}, not the package installed in {installed}"
+
+
+def test_every_export_has_a_python_function():
+    assert set(cudann.C_FUNCTIONS) == set(PROTOTYPES)
+    for c_name, py_name in cudann.C_FUNCTIONS.items():
+        obj = cudann
+        for part in py_name.split("."):
+            obj = getattr(obj, part)
+        assert callable(obj), c_name
+        assert obj.__doc__, f"{py_name} has no docstring"
+    for name in cudann.ops.__all__:  # the operators carry type hints
+        assert "return" in inspect.get_annotations(getattr(cudann, name)), name
 
 
 def test_header_declares_the_30_ops_and_3_string_services():
@@ -50,7 +82,7 @@ def test_type_mapping_and_codes():
                      "CUDANN_F64": 5, "CUDANN_U8": 6}
 
 
-def test_as_pointer_refuses_wrong_dtype_and_strided_arrays(lib):
+def test_as_pointer_refuses_wrong_dtype_and_strided_arrays(raw):
     good = np.zeros(8, np.float32)
     assert as_pointer(good, F32P) is not None
     with pytest.raises(TypeError):
@@ -66,14 +98,16 @@ def test_as_pointer_refuses_wrong_dtype_and_strided_arrays(lib):
     # Through the wrapper: the refused call never reaches the library.
     out = np.full(8, 3.0, np.float32)
     with pytest.raises(ValueError):
-        lib.cuda_silu(np.zeros(16, np.float32)[::2], out, 8, None)
+        raw.cuda_silu(np.zeros(16, np.float32)[::2], out, 8, None)
     with pytest.raises(TypeError):
-        lib.cuda_silu(np.zeros(8, np.float64), out, 8, None)
+        raw.cuda_silu(np.zeros(8, np.float64), out, 8, None)
     assert (out == 3.0).all()
 
 
-def test_version(lib):
-    assert re.fullmatch(r"\d+\.\d+\.\d+", lib.version())
+def test_version_and_backend():
+    assert re.fullmatch(r"\d+\.\d+\.\d+", cudann.version())
+    assert cudann.__version__ == cudann.version()
+    assert cudann.backend().startswith(("cpu: ", "cuda: "))
 
 
 def test_old_style_cdll_without_argtypes(rng):

@@ -1,7 +1,8 @@
-"""cuda_cross_entropy_forward/_backward (with padding rows) and cuda_aux_loss_forward."""
+"""cross_entropy/_backward (with padding rows), aux_loss and aux_loss_backward."""
 import numpy as np
 import pytest
 
+import cudann
 import reference as ref
 from checks import assert_close, poisoned
 
@@ -15,35 +16,34 @@ def _targets(rng, rows, vocab, pad_every=3):
 
 
 @pytest.mark.parametrize("rows,vocab", [(1, 1), (31, 33), (33, 1000), (4, 4097), (2, 3)])
-def test_cross_entropy_forward(lib, rng, rows, vocab):
+def test_cross_entropy_forward(rng, rows, vocab):
     logits = (rng.standard_normal((rows, vocab)) * 3).astype(np.float32)
     targets = _targets(rng, rows, vocab)
-    loss, lp = poisoned(1), poisoned((rows, vocab))
-    assert lib.cuda_cross_entropy_forward(logits, targets, loss, lp, rows, vocab, None) == 0
+    loss, lp = poisoned(()), poisoned((rows, vocab))
+    got_loss, got_lp = cudann.cross_entropy(logits, targets, log_probs=lp, loss=loss)
+    assert got_loss is loss and got_lp is lp
     want_lp = ref.log_softmax(logits)
     assert_close(lp, want_lp, rtol=1e-5, scale=np.abs(want_lp) + 1.0)
     kept = targets >= 0
     want_loss = -want_lp[kept, targets[kept]].mean()
-    assert_close(loss, [want_loss], rtol=1e-5, atol=1e-6)
+    assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
 
 
-def test_cross_entropy_forward_in_place_and_all_padding(lib, rng):
+def test_cross_entropy_forward_in_place_and_all_padding(rng):
     logits = rng.standard_normal((5, 31)).astype(np.float32)
     want_lp = ref.log_softmax(logits)
-    loss = poisoned(1)
     targets = np.full(5, PAD, np.int32)  # no counted row: the loss is 0
-    assert lib.cuda_cross_entropy_forward(logits, targets, loss, logits, 5, 31, None) == 0
-    assert loss[0] == 0.0
+    loss, _ = cudann.cross_entropy(logits, targets, log_probs=logits)
+    assert loss.shape == () and loss == 0.0
     assert_close(logits, want_lp, rtol=1e-5, scale=np.abs(want_lp) + 1.0)
 
 
 @pytest.mark.parametrize("rows,vocab", [(1, 1), (31, 33), (33, 1000), (4, 4097)])
-def test_cross_entropy_backward(lib, rng, rows, vocab):
+def test_cross_entropy_backward(rng, rows, vocab):
     lp = ref.log_softmax(rng.standard_normal((rows, vocab)) * 3).astype(np.float32)
     targets = _targets(rng, rows, vocab)
     scale = np.float32(1.0 / rows)
-    d = poisoned((rows, vocab))
-    assert lib.cuda_cross_entropy_backward(lp, targets, d, rows, vocab, scale, None) == 0
+    d = cudann.cross_entropy_backward(lp, targets, scale)
     onehot = np.zeros((rows, vocab))
     kept = targets >= 0
     onehot[np.nonzero(kept)[0], targets[kept]] = 1.0
@@ -53,7 +53,7 @@ def test_cross_entropy_backward(lib, rng, rows, vocab):
     assert (d[~kept] == 0).all()
 
 
-def test_cross_entropy_backward_in_place(lib, rng):
+def test_cross_entropy_backward_in_place(rng):
     lp = ref.log_softmax(rng.standard_normal((3, 33))).astype(np.float32)
     targets = np.array([4, PAD, 32], np.int32)
     p = np.exp(ref.f64(lp))
@@ -61,21 +61,22 @@ def test_cross_entropy_backward_in_place(lib, rng):
     want[0, 4] -= 1.0
     want[2, 32] -= 1.0
     want[1] = 0.0
-    assert lib.cuda_cross_entropy_backward(lp, targets, lp, 3, 33, np.float32(1.0), None) == 0
+    cudann.cross_entropy_backward(lp, targets, 1.0, out=lp)
     assert_close(lp, want, rtol=1e-5, scale=p + 1.0)
 
 
 @pytest.mark.parametrize("tokens,experts,top_k", [(1, 1, 1), (31, 8, 2), (1000, 33, 4), (33, 8, 8)])
-def test_aux_loss_forward(lib, rng, tokens, experts, top_k):
+def test_aux_loss_forward(rng, tokens, experts, top_k):
     probs = ref.softmax(rng.standard_normal((tokens, experts))).astype(np.float32)
     idx = np.stack([rng.choice(experts, top_k, replace=False) for _ in range(tokens)]).astype(np.int32)
-    aux, f, p = poisoned(1), poisoned(experts), poisoned(experts)
     alpha = np.float32(0.01)
-    assert lib.cuda_aux_loss_forward(probs, idx, aux, f, p, tokens, experts, top_k, alpha, None) == 0
+    aux, f, p = cudann.aux_loss(probs, idx, alpha)
     chosen = np.zeros((tokens, experts), bool)
     chosen[np.arange(tokens)[:, None], idx] = True
     want_f = chosen.mean(axis=0)
     want_p = ref.f64(probs).mean(axis=0)
     assert_close(f, want_f, rtol=1e-6)
     assert_close(p, want_p, rtol=1e-5)
-    assert_close(aux, [float(alpha) * experts * np.sum(want_f * want_p)], rtol=1e-5)
+    assert_close(aux, float(alpha) * experts * np.sum(want_f * want_p), rtol=1e-5)
+    d_probs = cudann.aux_loss_backward(f, tokens, alpha, scale=0.5)
+    assert_close(d_probs, np.broadcast_to(0.5 * float(alpha) * experts * ref.f64(f) / tokens, (tokens, experts)), rtol=1e-6)

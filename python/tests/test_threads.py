@@ -1,48 +1,43 @@
-"""Concurrent calls from a thread pool (ctypes drops the GIL) equal serial calls."""
+"""Concurrent calls from a thread pool (ctypes drops the GIL) equal serial calls,
+and each thread's CudannError carries its own cudann_last_error() message."""
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 
+import cudann
 import reference as ref
-from checks import assert_close, poisoned
+from checks import assert_close
 
 
-def _jobs(lib, rng):
+def _jobs(rng):
     """Independent jobs; each returns its outputs as fresh arrays."""
     def gemm(a, b):
-        c = poisoned((a.shape[0], b.shape[1]))
-        assert lib.cuda_gemm(a, b, c, a.shape[0], b.shape[1], a.shape[1], np.float32(1), np.float32(0), None) == 0
-        return (c,)
+        return (cudann.gemm(a, b),)
 
     def softmax(x):
-        o = poisoned(x.shape)
-        assert lib.cuda_softmax(x, o, *x.shape, None) == 0
-        return (o,)
+        return (cudann.softmax(x),)
 
     def rmsnorm(x, w):
-        o = poisoned(x.shape)
-        assert lib.cuda_rmsnorm(x, w, o, *x.shape, np.float32(1e-5), None) == 0
-        return (o,)
+        return (cudann.rmsnorm(x, w, 1e-5),)
 
     def cross_entropy(x, t):
-        loss, lp = poisoned(1), poisoned(x.shape)
-        assert lib.cuda_cross_entropy_forward(x, t, loss, lp, *x.shape, None) == 0
-        return loss, lp
+        return cudann.cross_entropy(x, t)
 
     def sample(x, s):
-        o = poisoned(x.shape[0], np.int32)
-        assert lib.cuda_topp_sample(x, o, s, *x.shape, np.float32(0.9), np.float32(1), None) == 0
-        return (o,)
+        return (cudann.topp_sample(x, s, 0.9, 1.0),)
 
     def adamw(p, g):
         p, m, v = p.copy(), np.zeros_like(p), np.zeros_like(p)
-        assert lib.cuda_adamw_step(p, g, m, v, *map(np.float32, (1e-3, .9, .999, 1e-8, .01)), 1, p.size, None) == 0
+        cudann.adamw_step(p, g, m, v, lr=1e-3, beta1=.9, beta2=.999, eps=1e-8, weight_decay=.01, step=1)
         return p, m, v
 
     def failing(n):
-        """An error on this thread: its last_error is its own, whatever others do."""
-        assert lib.cuda_silu(np.ones(4, np.float32), poisoned(4), -n, None) == -2
-        return (np.frombuffer(lib.last_error().encode(), np.uint8),)
+        """An error on this thread: its message is its own, whatever others do."""
+        with pytest.raises(cudann.CudannError) as e:
+            cudann.rmsnorm(np.ones((2, 4), np.float32), np.ones(4, np.float32), eps=-n)
+        assert e.value.code == cudann.INVALID_VALUE
+        return (np.frombuffer(e.value.message.encode(), np.uint8),)
 
     def normal(*shape):
         return rng.standard_normal(shape).astype(np.float32)
@@ -61,8 +56,8 @@ def _jobs(lib, rng):
     return jobs
 
 
-def test_thread_pool_matches_serial(lib, rng):
-    jobs = _jobs(lib, rng)
+def test_thread_pool_matches_serial(rng):
+    jobs = _jobs(rng)
     serial = [fn(*args) for fn, args in jobs]
     for _ in range(3):
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -75,4 +70,4 @@ def test_thread_pool_matches_serial(lib, rng):
         a, b = args
         assert_close(c, ref.f64(a) @ ref.f64(b), rtol=1e-5, scale=np.abs(ref.f64(a)) @ np.abs(ref.f64(b)))
     for i, (msg,) in enumerate(serial[6::7]):
-        assert msg.tobytes().decode() == f"cuda_silu: n must be >= 0 (got -{i + 1})"
+        assert msg.tobytes().decode() == f"cuda_rmsnorm: eps must be finite and >= 0 (got -{i + 1})"

@@ -1,9 +1,11 @@
 """ABI.md conventions across all entry points: a size of 0 is a successful no-op
-whose pointers may be NULL."""
+whose pointers may be NULL (through cudann.raw, the header-typed C ABI), and
+the array API passes empty arrays through."""
 import numpy as np
 import pytest
 
-from cudann_ctypes import PROTOTYPES
+import cudann
+from cudann import PROTOTYPES
 
 f32 = np.float32
 N = None
@@ -46,6 +48,18 @@ def test_table_covers_every_entry_point():
 
 
 @pytest.mark.parametrize("name", sorted(ZERO_SIZE))
-def test_zero_size_is_a_noop_with_null_pointers(lib, name):
-    assert getattr(lib, name)(*ZERO_SIZE[name]) == 0, lib.last_error()
-    assert lib.last_error() == ""
+def test_zero_size_is_a_noop_with_null_pointers(raw, name):
+    assert getattr(raw, name)(*ZERO_SIZE[name]) == 0, raw.last_error()
+    assert raw.last_error() == ""
+
+
+def test_empty_arrays_through_the_array_api():
+    e = np.zeros((0, 8), np.float32)
+    assert cudann.silu(e).shape == (0, 8)
+    assert cudann.softmax(e).shape == (0, 8)
+    assert cudann.rmsnorm(e, np.ones(8, np.float32)).shape == (0, 8)
+    assert cudann.argmax(e).shape == (0,)
+    assert cudann.gemm(np.zeros((0, 4), np.float32), np.zeros((4, 3), np.float32)).shape == (0, 3)
+    assert cudann.rope_freqs(0, 8).shape == (0, 4)
+    cudann.zero_grad(np.zeros(0, np.float32))
+    assert cudann.last_error() == ""
