@@ -141,8 +141,8 @@ static void test_gemm_ex(void) {
                               M * LDC, BATCH, NULL);
   check(rc == CUDANN_SUCCESS, "cudann_gemm_ex returns 0");
   check(close_to(c, want, NULL, BATCH * M * LDC, 1e-5), "cudann_gemm_ex values, padding untouched");
-  rc = cudann_gemm_ex(0, 1, M, N, K, 1.0f, a, CUDANN_BF16, LDA, 0, b, CUDANN_F32, LDB, 0, 0.0f, c, CUDANN_F32, LDC, 0, 1, NULL);
-  check(rc == CUDANN_INVALID_VALUE && strstr(cudann_last_error(), "not supported yet"), "cudann_gemm_ex refuses bf16 for now");
+  rc = cudann_gemm_ex(0, 1, M, N, K, 1.0f, a, 7, LDA, 0, b, CUDANN_F32, LDB, 0, 0.0f, c, CUDANN_F32, LDC, 0, 1, NULL);
+  check(rc == CUDANN_INVALID_VALUE && strstr(cudann_last_error(), "a_type must be"), "cudann_gemm_ex refuses an unknown data type");
 }
 
 /* SwiGLU forward and backward against the derivative of silu(g) * u. */
