@@ -33,10 +33,10 @@
 // ops that take a data-type argument): IEEE binary32.
 #define CUDANN_F32 0
 
-// IEEE binary16 (compute ops: not supported yet, -2; checkpoints store it).
+// IEEE binary16 (cudann_convert, cudann_gemm_ex and the `_ex` ops compute it).
 #define CUDANN_F16 1
 
-// bfloat16 (compute ops: not supported yet, -2; checkpoints store it).
+// bfloat16 (cudann_convert, cudann_gemm_ex and the `_ex` ops compute it).
 #define CUDANN_BF16 2
 
 // 32-bit signed integers (checkpoint tensors).

@@ -56,9 +56,9 @@ pub const CUDANN_INTERNAL: i32 = -5;
 /// Data type of a tensor passed as `void*` (`cudann_gemm_ex` and the `_ex`-style
 /// ops that take a data-type argument): IEEE binary32.
 pub const CUDANN_F32: i32 = 0;
-/// IEEE binary16 (compute ops: not supported yet, -2; checkpoints store it).
+/// IEEE binary16 (cudann_convert, cudann_gemm_ex and the `_ex` ops compute it).
 pub const CUDANN_F16: i32 = 1;
-/// bfloat16 (compute ops: not supported yet, -2; checkpoints store it).
+/// bfloat16 (cudann_convert, cudann_gemm_ex and the `_ex` ops compute it).
 pub const CUDANN_BF16: i32 = 2;
 /// 32-bit signed integers (checkpoint tensors).
 pub const CUDANN_I32: i32 = 3;
