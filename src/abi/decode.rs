@@ -12,7 +12,7 @@ use crate::error::Result;
 
 /// Checked `[batch, vocab_size]` logits and `[batch]` output; a non-empty batch
 /// needs `vocab_size >= 1`.
-fn rows<'a>(logits: *const f32, output: *mut i32, batch: c_int, vocab_size: c_int) -> Result<(Input<'a, f32>, Output<'a, i32>, usize)> {
+fn rows<'a, T>(logits: *const T, output: *mut i32, batch: c_int, vocab_size: c_int) -> Result<(Input<'a, T>, Output<'a, i32>, usize)> {
     let batch = check::dim("batch", batch)?;
     let vocab = check::dim("vocab_size", vocab_size)?;
     require(batch == 0 || vocab >= 1, || "vocab_size must be >= 1 (got 0)".to_string())?;
@@ -108,17 +108,12 @@ pub unsafe extern "C" fn cuda_topp_sample(
 /// sampler (`None`: argmax) on the CPU.
 unsafe fn half_logits(t: Float, logits: *const c_void, output: *mut i32, seeds: *const u64, batch: c_int, vocab_size: c_int, temperature: f32, sampler: Option<Sampler>, stream: *mut c_void) -> Result<()> {
     require(temperature >= 0.0, || format!("temperature must be >= 0 (got {temperature})"))?;
-    let batch = check::dim("batch", batch)?;
-    let vocab = check::dim("vocab_size", vocab_size)?;
-    require(batch == 0 || vocab >= 1, || "vocab_size must be >= 1 (got 0)".to_string())?;
-    let n = check::elements(&[("batch", batch), ("vocab_size", vocab)])?;
     with_type!(t, T => {
-        let x = Input::new("logits", logits.cast::<T>(), n)?;
-        let s = Input::new("seeds", seeds, if sampler.is_some() { batch } else { 0 })?;
-        let y = Output::new("output", output, batch)?;
-        let call = Call::new(stream, batch, [x.region(), s.region(), y.region()])?;
+        let (x, y, vocab) = rows(logits.cast::<T>(), output, batch, vocab_size)?;
+        let s = Input::new("seeds", seeds, if sampler.is_some() { y.len } else { 0 })?;
+        let call = Call::new(stream, y.len, [x.region(), s.region(), y.region()])?;
         dispatch::run_cpu_only(&call, || unsafe {
-            let wide = convert::widened(x.ptr, n);
+            let wide = convert::widened(x.ptr, x.len);
             match sampler {
                 None => decode::argmax(&wide, y.slice(), vocab),
                 Some(sampler) => decode::sample(&wide, s.slice(), y.slice(), vocab, temperature, sampler),
