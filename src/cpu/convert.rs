@@ -170,15 +170,38 @@ pub unsafe fn blockwise<T: Element, const N: usize>(inputs: [*const T; N], outpu
     let (inputs, output) = (inputs.map(|p| Addr(p as usize)), Addr(output as usize));
     (0..len.div_ceil(block)).into_par_iter().for_each(|b| {
         let (start, count) = (b * block, block.min(len - b * block));
-        let mut wide: [Vec<f32>; N] = std::array::from_fn(|_| super::alloc::filled(count, 0.0f32));
-        for (w, p) in wide.iter_mut().zip(inputs) {
-            // SAFETY: this block of an input, dropped before the output's block is borrowed.
-            T::load(unsafe { std::slice::from_raw_parts((p.0 as *const T).add(start), count) }, w);
+        let run = |buffer: &mut [f32]| {
+            let (wide, result) = buffer.split_at_mut(N * count);
+            for (w, p) in wide.chunks_exact_mut(count).zip(inputs) {
+                // SAFETY: this block of an input, dropped before the output's block is borrowed.
+                T::load(unsafe { std::slice::from_raw_parts((p.0 as *const T).add(start), count) }, w);
+            }
+            let mut blocks = wide.chunks_exact(count);
+            op(std::array::from_fn(|_| blocks.next().expect("N blocks")), result);
+            T::store(result, unsafe { std::slice::from_raw_parts_mut((output.0 as *mut T).add(start), count) });
+        };
+        let need = (N + 1) * count;
+        if need > SCRATCH_KEEP {
+            // A row longer than the kept scratch: its own buffer, freed with it.
+            return run(&mut super::alloc::filled(need, 0.0));
         }
-        let mut result = super::alloc::filled(count, 0.0f32);
-        op(std::array::from_fn(|i| &wide[i][..]), &mut result);
-        T::store(&result, unsafe { std::slice::from_raw_parts_mut((output.0 as *mut T).add(start), count) });
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            if scratch.len() < need {
+                scratch.resize(need, 0.0);
+            }
+            run(&mut scratch[..need]);
+        });
     });
+}
+
+/// Floats of scratch a worker keeps between calls (256 KiB).
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+thread_local! {
+    /// Each worker's float32 blocks for [`blockwise`] (at most a few blocks of
+    /// CHUNK floats, unless one row is longer).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `len` elements of `T` at `ptr`, widened into a new float32 buffer.
