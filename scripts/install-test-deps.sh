@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suites need on a fresh Debian machine (run as root, or
 # with the tools already present): Go and Ruby with the ffi gem from Debian's
-# packages, numpy, pytest, jax and safetensors from pip (jax runs the reference
-# implementation the example programs are checked against), and setuptools-rust
+# packages, numpy, pytest, jax, safetensors and ml_dtypes from pip (jax runs the
+# reference implementation the example programs are checked against; ml_dtypes
+# is numpy's bfloat16, for the half-precision tests), and setuptools-rust
 # and wheel, with which bindings-test/run.sh builds the Python package. Fails loudly if
 # anything is missing after.
 set -euo pipefail
@@ -20,12 +21,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-python3 -c 'import numpy, pytest, jax, safetensors, setuptools_rust, wheel' >/dev/null 2>&1 ||
-  python3 -m pip install -q --disable-pip-version-check numpy pytest jax safetensors setuptools-rust wheel
+python3 -c 'import numpy, pytest, jax, safetensors, ml_dtypes, setuptools_rust, wheel' >/dev/null 2>&1 ||
+  python3 -m pip install -q --disable-pip-version-check numpy pytest jax safetensors ml_dtypes setuptools-rust wheel
 
 # Verify: a suite that cannot run must fail the test command, never be skipped.
 command -v go >/dev/null || { echo "FATAL: go is not installed" >&2; exit 1; }
 ruby -e 'require "ffi"; require "minitest"' || { echo "FATAL: ruby with ffi and minitest is not usable" >&2; exit 1; }
-python3 -c 'import numpy, pytest, jax, safetensors, setuptools_rust, wheel' ||
-  { echo "FATAL: numpy/pytest/jax/safetensors/setuptools-rust/wheel are not importable" >&2; exit 1; }
+python3 -c 'import numpy, pytest, jax, safetensors, ml_dtypes, setuptools_rust, wheel' ||
+  { echo "FATAL: numpy/pytest/jax/safetensors/ml_dtypes/setuptools-rust/wheel are not importable" >&2; exit 1; }
 echo "test dependencies: go $(go env GOVERSION), ruby $(ruby -e 'print RUBY_VERSION'), numpy $(python3 -c 'import numpy; print(numpy.__version__)')"

@@ -12,6 +12,10 @@ Conventions, for every operator:
   ``__cuda_array_interface__``/DLPack object of another library).
 * Inputs must have exactly the dtype the C ABI takes (float32 for ``float *``,
   int32 for ``int *``/``int32_t *``, uint64 seeds): no silent conversion.
+  Ops with half-precision entry points (``add``, ``mul``, ``scale``, ``softmax``,
+  ``rmsnorm``, the decoding ops, ``gemm_ex``) also take float16 and bfloat16
+  (``ml_dtypes.bfloat16`` arrays, torch bfloat16 tensors) and answer in the
+  input's dtype; :func:`convert` converts among the three.
   A wrong dtype is a ``TypeError``; a wrong shape, a non-contiguous or read-only
   array a ``ValueError``; both before the library is called.
 * The library's own refusals (bad parameters, overlapping buffers, no GPU) raise
@@ -79,6 +83,10 @@ C_FUNCTIONS = {
     "cudann_safetensors_writer_create": "SafetensorsWriter", "cudann_safetensors_writer_add": "SafetensorsWriter.add",
     "cudann_safetensors_writer_save": "SafetensorsWriter.save",
     "cudann_safetensors_writer_free": "SafetensorsWriter.free",
+    # Half precision: the dtype of the arrays picks the `_ex` entry point.
+    "cudann_convert": "convert", "cudann_add_ex": "add", "cudann_mul_ex": "mul", "cudann_scale_ex": "scale",
+    "cudann_softmax_ex": "softmax", "cudann_rmsnorm_ex": "rmsnorm", "cudann_argmax_ex": "argmax",
+    "cudann_sample_ex": "sample", "cudann_topk_sample_ex": "topk_sample", "cudann_topp_sample_ex": "topp_sample",
 }
 
 __all__ = [

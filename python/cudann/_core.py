@@ -84,6 +84,18 @@ def dtype_name(dt: Any) -> str:
     return np.dtype(dt).name if not isinstance(dt, str) else dt
 
 
+def numpy_dtype(name: str) -> np.dtype:
+    """The numpy dtype of a dtype name; ``"bfloat16"`` is ``ml_dtypes.bfloat16``
+    (a TypeError when that package is not installed: numpy itself has none)."""
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise TypeError("numpy has no bfloat16: install ml_dtypes, or pass out=") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
 class Arr:
     """An array argument seen through its raw pointer: numpy, device memory,
     ``__cuda_array_interface__`` or DLPack."""
@@ -245,9 +257,7 @@ def empty_like(template: Optional[Arr], shape, dtype: str):
     host arrays (and when there is none), torch/CuPy for their tensors,
     :class:`cudann.DeviceArray` for other device memory."""
     if template is None or not template.device:
-        if dtype == "bfloat16":
-            raise TypeError("numpy has no bfloat16: pass out=")
-        return np.empty(tuple(shape), dtype=dtype)
+        return np.empty(tuple(shape), dtype=numpy_dtype(dtype))
     if template.kind == "torch":
         return _torch_empty(template, shape, dtype)
     if template.kind == "cupy":

@@ -11,7 +11,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from ._core import Arr, adapt, backend, call, dtype_name, require, stream_handle
+from ._core import Arr, adapt, backend, call, dtype_name, numpy_dtype, require, stream_handle
 
 __all__ = ["DeviceArray", "Stream", "to_device", "malloc", "malloc_host", "free", "memcpy", "memset",
            "stream_synchronize", "device_synchronize", "device_count", "set_device", "get_device", "mem_info"]
@@ -221,9 +221,7 @@ class DeviceArray:
 
     def numpy(self, *, stream=None) -> np.ndarray:
         """A host copy (waits for `stream`'s earlier work)."""
-        if self.dtype == "bfloat16":
-            raise TypeError("numpy has no bfloat16")
-        out = np.empty(self.shape, self.dtype)
+        out = np.empty(self.shape, numpy_dtype(self.dtype))  # bfloat16: ml_dtypes' (TypeError without it)
         self.copy_to(out, stream=stream)
         if stream is not None:
             stream_synchronize(stream)

@@ -15,7 +15,7 @@ from ._core import (DTYPE_CODES, Arr, adapt, call, dim, host_to_like, infer_stre
 
 Array = Any  # numpy.ndarray, DeviceArray, torch/CuPy tensor, any __cuda_array_interface__/DLPack object
 F32, I32, U64 = "float32", "int32", "uint64"
-FLOATS = ("float32", "float16", "bfloat16")  # the `void *` tensors (half types: -2 until they land)
+FLOATS = ("float32", "float16", "bfloat16")  # the `void *` tensors (CUDANN_F32, CUDANN_F16, CUDANN_BF16)
 
 __all__ = [
     "silu", "silu_backward", "add", "mul", "scale", "gelu", "gelu_backward", "swiglu", "swiglu_backward",
@@ -26,7 +26,7 @@ __all__ = [
     "attention_backward", "kv_cache_write", "cross_entropy", "cross_entropy_backward", "aux_loss",
     "aux_loss_backward", "adamw_step", "zero_grad", "grad_clip", "scatter_add", "argmax", "sample",
     "topk_sample", "topp_sample", "embedding", "embedding_backward", "moe_router_backward", "moe_dispatch",
-    "moe_dispatch_backward", "moe_combine", "moe_combine_backward",
+    "moe_dispatch_backward", "moe_combine", "moe_combine_backward", "convert",
 ]
 
 
@@ -47,9 +47,36 @@ def _scale(scale: Optional[float], head_dim: int) -> float:
 
 
 def _dtype_code(a: Arr, name: str) -> int:
+    """The ``CUDANN_*`` data-type code of a ``void *`` tensor (float32, float16 or bfloat16)."""
     if a.dtype not in FLOATS:
-        raise TypeError(f"{name} must be float32 (float16/bfloat16: not supported yet), got {a.dtype}")
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {a.dtype}")
     return DTYPE_CODES[a.dtype]
+
+
+def _typed(a: Arr, name: str, f32_name: str, ex_name: str, ndim_min: int = 0):
+    """``(C function, extra args)`` for a dtype-driven op: float32 calls the
+    float32 entry point, float16/bfloat16 the ``_ex`` one with its dtype code."""
+    code = _dtype_code(a, name)
+    require(a, name, min_ndim=ndim_min)
+    return (f32_name, ()) if a.dtype == F32 else (ex_name, (code,))
+
+
+def _dtype_arg(dtype) -> str:
+    """A target dtype given as a name, a numpy dtype (``ml_dtypes.bfloat16`` too)
+    or a torch dtype -> ``"float32"``, ``"float16"`` or ``"bfloat16"``."""
+    if isinstance(dtype, str):
+        name = dtype
+    elif type(dtype).__module__.split(".")[0] == "torch":
+        name = str(dtype).rsplit(".", 1)[-1]
+    else:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            raise TypeError(f"dtype: expected float32, float16 or bfloat16, got {dtype!r}") from None
+    name = {"half": "float16", "float": "float32"}.get(name, name)
+    if name not in FLOATS:
+        raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+    return name
 
 
 def _shape(a: Arr, name: str, shape) -> None:
@@ -86,22 +113,47 @@ def silu_backward(d_output: Array, x: Array, out: Optional[Array] = None, *, str
     return _binary("cudann_silu_backward", d_output, x, out, stream, ("d_output", "x"))
 
 
+def _binary_typed(f32_name: str, ex_name: str, a, b, out, stream):
+    aa, ba = _adapt(stream, a=a, b=b)
+    cname, code = _typed(aa, "a", f32_name, ex_name)
+    require(ba, "b", (aa.dtype,))
+    same_shape(aa, ba, "a", "b")
+    o, oa = output(out, aa, "out", aa.shape, aa.dtype, stream_handle(stream))
+    call(cname, aa, ba, oa, aa.size, *code, infer_stream(stream, [aa, ba, oa]))
+    return o
+
+
 def add(a: Array, b: Array, out: Optional[Array] = None, *, stream=None) -> Array:
-    """``out = a + b`` elementwise (same shapes, float32)."""
-    return _binary("cuda_add", a, b, out, stream)
+    """``out = a + b`` elementwise (same shapes and dtype: float32, or float16/bfloat16
+    through ``cudann_add_ex``: computed in float32, rounded once; ``out`` may be ``a`` or ``b``)."""
+    return _binary_typed("cuda_add", "cudann_add_ex", a, b, out, stream)
 
 
 def mul(a: Array, b: Array, out: Optional[Array] = None, *, stream=None) -> Array:
-    """``out = a * b`` elementwise (same shapes, float32)."""
-    return _binary("cuda_mul", a, b, out, stream)
+    """``out = a * b`` elementwise (same shapes and dtype: float32, float16 or bfloat16, as :func:`add`)."""
+    return _binary_typed("cuda_mul", "cudann_mul_ex", a, b, out, stream)
 
 
 def scale(x: Array, factor: float, out: Optional[Array] = None, *, stream=None) -> Array:
-    """``out = x * factor`` elementwise."""
+    """``out = x * factor`` elementwise (``x`` float32, float16 or bfloat16; ``factor`` a float32)."""
     xa, = _adapt(stream, x=x)
-    require(xa, "x", (F32,))
-    o, oa = output(out, xa, "out", xa.shape, F32, stream_handle(stream))
-    call("cuda_scale", xa, oa, factor, xa.size, infer_stream(stream, [xa, oa]))
+    cname, code = _typed(xa, "x", "cuda_scale", "cudann_scale_ex")
+    o, oa = output(out, xa, "out", xa.shape, xa.dtype, stream_handle(stream))
+    call(cname, xa, oa, factor, xa.size, *code, infer_stream(stream, [xa, oa]))
+    return o
+
+
+def convert(x: Array, dtype, out: Optional[Array] = None, *, stream=None) -> Array:
+    """``x`` (float32, float16 or bfloat16) converted to ``dtype`` (``"float32"``,
+    ``"float16"``, ``"bfloat16"``, numpy/``ml_dtypes``/torch dtypes): to a half type
+    rounded to nearest even (overflow to infinity, NaN a quiet NaN of the same sign),
+    half to float32 exactly. Same shape; ``out`` may be ``x`` when the dtype is the same."""
+    xa, = _adapt(stream, x=x)
+    src = _dtype_code(xa, "x")
+    require(xa, "x")
+    target = _dtype_arg(dtype)
+    o, oa = output(out, xa, "out", xa.shape, target, stream_handle(stream))
+    call("cudann_convert", xa, src, oa, DTYPE_CODES[target], xa.size, infer_stream(stream, [xa, oa]))
     return o
 
 
@@ -164,12 +216,13 @@ def bias_backward(d_output: Array, out: Optional[Array] = None, *, stream=None) 
 # ---------------------------------------------------------------- softmax, norms
 
 def softmax(x: Array, out: Optional[Array] = None, *, stream=None) -> Array:
-    """Softmax over the last axis of ``x`` (stable; ``-inf`` gets 0; ``out`` may be ``x``)."""
+    """Softmax over the last axis of ``x`` (stable; ``-inf`` gets 0; ``out`` may be ``x``).
+    float16/bfloat16 ``x``: computed in float32 and rounded once (``cudann_softmax_ex``)."""
     xa, = _adapt(stream, x=x)
-    require(xa, "x", (F32,), min_ndim=1)
+    cname, code = _typed(xa, "x", "cuda_softmax", "cudann_softmax_ex", ndim_min=1)
     rows, cols = _rows_cols(xa, "x")
-    o, oa = output(out, xa, "out", xa.shape, F32, stream_handle(stream))
-    call("cuda_softmax", xa, oa, dim(rows, "rows"), dim(cols, "cols"), infer_stream(stream, [xa, oa]))
+    o, oa = output(out, xa, "out", xa.shape, xa.dtype, stream_handle(stream))
+    call(cname, xa, oa, dim(rows, "rows"), dim(cols, "cols"), *code, infer_stream(stream, [xa, oa]))
     return o
 
 
@@ -209,10 +262,17 @@ def _norm_in(stream, x, weight, xname="x"):
 
 
 def rmsnorm(x: Array, weight: Array, eps: float = 1e-5, out: Optional[Array] = None, *, stream=None) -> Array:
-    """RMSNorm of each row of ``x[..., hidden]``: ``x / sqrt(mean(x²) + eps) * weight[hidden]``."""
-    xa, wa, rows, hidden = _norm_in(stream, x, weight)
-    o, oa = output(out, xa, "out", xa.shape, F32, stream_handle(stream))
-    call("cuda_rmsnorm", xa, wa, oa, rows, hidden, eps, infer_stream(stream, [xa, wa, oa]))
+    """RMSNorm of each row of ``x[..., hidden]``: ``x / sqrt(mean(x²) + eps) * weight[hidden]``.
+    ``x``, ``weight`` and ``out`` share a dtype: float32, or float16/bfloat16 (``cudann_rmsnorm_ex``:
+    normalised in float32, rounded once)."""
+    xa, wa = _adapt(stream, x=x, weight=weight)
+    cname, code = _typed(xa, "x", "cuda_rmsnorm", "cudann_rmsnorm_ex", ndim_min=1)
+    require(wa, "weight", (xa.dtype,))
+    rows, hidden = _rows_cols(xa, "x")
+    _shape(wa, "weight", (hidden,))
+    o, oa = output(out, xa, "out", xa.shape, xa.dtype, stream_handle(stream))
+    call(cname, xa, wa, oa, dim(rows, "rows"), dim(hidden, "hidden_dim"), eps, *code,
+         infer_stream(stream, [xa, wa, oa]))
     return o
 
 
@@ -310,7 +370,7 @@ def gemm_batched(a: Array, b: Array, out: Optional[Array] = None, *, alpha: floa
 def _matrix(x: Arr, name: str):
     """(batch or None, rows, cols, ld, stride) of a row-major matrix or stack whose rows may be padded."""
     if x.dtype not in FLOATS:
-        raise TypeError(f"{name} must be float32 (float16/bfloat16: not supported yet), got {x.dtype}")
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
     if len(x.shape) not in (2, 3):
         raise ValueError(f"{name} must have 2 or 3 dimensions, got shape {x.shape}")
     st = x.elem_strides()
@@ -333,7 +393,8 @@ def gemm_ex(a: Array, b: Array, out: Optional[Array] = None, *, trans_a: bool = 
     shared by every batch entry) or 3-D ``[batch, rows, cols]``; their rows may be
     padded (a view such as ``x[:, :cols]`` of a wider array is fine: the leading
     dimension and batch stride come from the array's strides). The data types come
-    from the arrays (float32 today). ``out`` is 3-D when any operand is, else 2-D."""
+    from the arrays, each float32, float16 or bfloat16 (accumulated in float32; an
+    allocated ``out`` takes ``a``'s dtype). ``out`` is 3-D when any operand is, else 2-D."""
     aa, ba = _adapt(stream, a=a, b=b)
     a_batch, ar, ac, lda, sa = _matrix(aa, "a")
     b_batch, br, bc, ldb, sb = _matrix(ba, "b")
@@ -710,12 +771,13 @@ def scatter_add(grad_output: Array, indices: Array, grad_weight: Array, *, strea
 # ----------------------------------------------------------------------- decoding
 
 def argmax(logits: Array, out: Optional[Array] = None, *, stream=None) -> Array:
-    """The first maximal index of each row of ``logits[..., vocab]`` (int32; NaN counts as maximal)."""
+    """The first maximal index of each row of ``logits[..., vocab]`` (int32; NaN counts as maximal;
+    logits float32, float16 or bfloat16)."""
     la, = _adapt(stream, logits=logits)
-    require(la, "logits", (F32,), min_ndim=1)
+    cname, code = _typed(la, "logits", "cuda_argmax", "cudann_argmax_ex", ndim_min=1)
     rows, vocab = _rows_cols(la, "logits")
     o, oa = output(out, la, "out", la.shape[:-1], I32, stream_handle(stream))
-    call("cuda_argmax", la, oa, dim(rows, "batch"), dim(vocab, "vocab_size"), infer_stream(stream, [la, oa]))
+    call(cname, la, oa, dim(rows, "batch"), dim(vocab, "vocab_size"), *code, infer_stream(stream, [la, oa]))
     return o
 
 
@@ -729,21 +791,22 @@ def _seeds(seeds, la: Arr, rows: int, st):
     return sa
 
 
-def _sampler(cname: str, logits, seeds, extra, temperature, out, stream):
+def _sampler(f32_name: str, logits, seeds, extra, temperature, out, stream):
     st = stream_handle(stream)
     la, = _adapt(stream, logits=logits)
-    require(la, "logits", (F32,), min_ndim=1)
+    cname, code = _typed(la, "logits", f32_name, f32_name.replace("cuda_", "cudann_", 1) + "_ex", ndim_min=1)
     rows, vocab = _rows_cols(la, "logits")
     sa = _seeds(seeds, la, rows, st)
     o, oa = output(out, la, "out", la.shape[:-1], I32, st)
-    call(cname, la, oa, sa, dim(rows, "batch"), dim(vocab, "vocab_size"), *extra, temperature,
+    call(cname, la, oa, sa, dim(rows, "batch"), dim(vocab, "vocab_size"), *extra, temperature, *code,
          infer_stream(stream, [la, oa, sa]))
     return o
 
 
 def sample(logits: Array, seeds, temperature: float = 1.0, out: Optional[Array] = None, *, stream=None) -> Array:
     """One token per row of ``logits[..., vocab]`` from ``softmax(logits / temperature)``
-    (0: argmax). ``seeds``: uint64 per row, or an int from which per-row seeds are derived."""
+    (0: argmax). ``seeds``: uint64 per row, or an int from which per-row seeds are derived.
+    float16/bfloat16 logits give the tokens float32 sampling gives on the widened logits."""
     return _sampler("cuda_sample", logits, seeds, (), temperature, out, stream)
 
 
