@@ -1,8 +1,8 @@
 // Package cudann is the Go binding of libcudann, the C-ABI neural-network
 // operator library (include/cudann.h, docs/ABI.md).
 //
-// Tensors are Go slices ([]float32, []int32, []uint64) or library memory
-// (*Buffer, from Malloc). Every op checks, before calling the library, that
+// Tensors are Go slices ([]float32, []int32, []uint64; []uint16 holds the bits
+// of float16 or bfloat16 values) or library memory (*Buffer, from Malloc). Every op checks, before calling the library, that
 // each tensor holds exactly the number of elements its shape implies (a few
 // documented ones, such as RoPE tables and strided GEMM operands, need at
 // least that many); a wrong length is an *Error with Code InvalidValue naming
@@ -93,8 +93,9 @@ var (
 // DType is the data type of a tensor passed as void* (CUDANN_F32, ...).
 type DType int
 
-// The data types. Compute ops take F32 (F16 and BF16 are refused until half
-// precision lands); checkpoints store all seven.
+// The data types. Compute ops take F32; Convert, GemmEx and the Ex ops
+// (AddEx, SoftmaxEx, SampleEx, ...) also F16 and BF16 ([]uint16 bits in Go);
+// checkpoints store all seven.
 const (
 	F32  DType = C.CUDANN_F32
 	F16  DType = C.CUDANN_F16
@@ -104,6 +105,26 @@ const (
 	F64  DType = C.CUDANN_F64
 	U8   DType = C.CUDANN_U8
 )
+
+func (d DType) String() string {
+	switch d {
+	case F32:
+		return "F32"
+	case F16:
+		return "F16"
+	case BF16:
+		return "BF16"
+	case I32:
+		return "I32"
+	case I64:
+		return "I64"
+	case F64:
+		return "F64"
+	case U8:
+		return "U8"
+	}
+	return fmt.Sprintf("DType(%d)", int(d))
+}
 
 // Size is the size of one element in bytes (0 for an unknown type).
 func (d DType) Size() int64 {
@@ -122,6 +143,10 @@ func (d DType) Size() int64 {
 
 // Float32s is float32 tensor data: a Go slice or library memory.
 type Float32s interface{ []float32 | *Buffer }
+
+// Floats is tensor data of a floating-point DType: []float32 for F32,
+// []uint16 (the bits of each value) for F16 and BF16, or library memory.
+type Floats interface{ []float32 | []uint16 | *Buffer }
 
 // Int32s is int32 tensor data (indices, ids, targets, tokens).
 type Int32s interface{ []int32 | *Buffer }
@@ -223,6 +248,8 @@ func length(x any, elem int64) int64 {
 		return int64(len(v))
 	case []int32:
 		return int64(len(v))
+	case []uint16:
+		return int64(len(v))
 	case []uint64:
 		return int64(len(v))
 	case *Buffer:
@@ -255,6 +282,10 @@ func (c *checker) tensor(name string, x any, elem, want int64, mode int) unsafe.
 		if n = int64(len(v)); n > 0 {
 			p = unsafe.Pointer(&v[0])
 		}
+	case []uint16:
+		if n = int64(len(v)); n > 0 {
+			p = unsafe.Pointer(&v[0])
+		}
 	case []uint64:
 		if n = int64(len(v)); n > 0 {
 			p = unsafe.Pointer(&v[0])
@@ -283,6 +314,45 @@ func (c *checker) tensor(name string, x any, elem, want int64, mode int) unsafe.
 		c.fail("%s has %d elements, want %d", name, n, want)
 	}
 	return p
+}
+
+// elemOf is the element size of a tensor of data type t held in x: t's size
+// for F32, F16 and BF16, where a slice must be of the matching Go type
+// ([]float32, []uint16); for another t (the library refuses it), the slice's
+// element size (2 for a buffer).
+func (c *checker) elemOf(name string, x any, t DType) int64 {
+	var goSize int64
+	switch x.(type) {
+	case []float32:
+		goSize = 4
+	case []uint16:
+		goSize = 2
+	}
+	switch t {
+	case F32, F16, BF16:
+		if goSize != 0 && goSize != t.Size() {
+			c.fail("%s is a %T, which cannot hold %s data (F32: []float32, F16/BF16: []uint16)", name, x, t)
+		}
+		return t.Size()
+	}
+	if goSize != 0 {
+		return goSize
+	}
+	return 2
+}
+
+// typed checks a tensor of data type t (see elemOf).
+func (c *checker) typed(name string, x any, t DType, want int64, mode int) unsafe.Pointer {
+	elem := c.elemOf(name, x, t)
+	if c.err != nil {
+		return nil
+	}
+	return c.tensor(name, x, elem, want, mode)
+}
+
+// typedLen is the number of elements of data type t that x holds.
+func (c *checker) typedLen(name string, x any, t DType) int64 {
+	return length(x, c.elemOf(name, x, t))
 }
 
 func (c *checker) f32(name string, x any, want int64) *C.float {

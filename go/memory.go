@@ -126,6 +126,11 @@ func hostBytes(fn string, data any) (unsafe.Pointer, int64, error) {
 		if n > 0 {
 			p = unsafe.Pointer(&v[0])
 		}
+	case []uint16:
+		n, elem = int64(len(v)), 2
+		if n > 0 {
+			p = unsafe.Pointer(&v[0])
+		}
 	case []uint64:
 		n, elem = int64(len(v)), 8
 		if n > 0 {

@@ -287,9 +287,11 @@ func extent(c *checker, name string, rows, cols int, ld, stride int64, batch int
 }
 
 // GemmEx is the strided, batched GEMM with a data type per matrix
-// (cudann_gemm_ex). Each operand must hold at least the elements its
-// leading dimension and stride span (counted in its data type's size).
-func GemmEx[T Float32s](p GemmExParams, a, b, c T, stream ...*Stream) error {
+// (cudann_gemm_ex): F32, F16 or BF16 each, accumulated in float32. Each
+// operand must hold at least the elements its leading dimension and stride
+// span: a []float32 for F32, a []uint16 for F16/BF16, or a *Buffer (counted
+// in its data type's size).
+func GemmEx[T Floats](p GemmExParams, a, b, c T, stream ...*Stream) error {
 	ch := newChecker("GemmEx", stream)
 	m, n, k := ch.size("M", p.M), ch.size("N", p.N), ch.size("K", p.K)
 	batch := p.Batch
@@ -313,12 +315,7 @@ func GemmEx[T Float32s](p GemmExParams, a, b, c T, stream ...*Stream) error {
 	}
 	lda, ldb, ldc := ld(p.Lda, ac), ld(p.Ldb, bc), ld(p.Ldc, p.N)
 	operand := func(name string, x any, t DType, rows, cols int, ld, stride int64) unsafe.Pointer {
-		size := t.Size()
-		if size == 0 {
-			size = 4 // an unknown type: the library says so
-		}
-		need := extent(ch, name, rows, cols, ld, stride, batch) * size
-		return ch.tensor(name, x, 4, (need+3)/4, atLeast)
+		return ch.typed(name, x, t, extent(ch, name, rows, cols, ld, stride, batch), atLeast)
 	}
 	pa := operand("a", a, p.AType, ar, ac, lda, p.StrideA)
 	pb := operand("b", b, p.BType, br, bc, ldb, p.StrideB)
@@ -532,5 +529,121 @@ func MoeCombineBackward[F Float32s, I Int32s](dOut, expertOut, weights F, order 
 	pde, pdw := c.f32("dExpertOut", dExpertOut, c.count(tokens, k, dim)), c.f32("dWeights", dWeights, c.count(tokens, k))
 	return c.run(func(s unsafe.Pointer) C.int32_t {
 		return C.cudann_moe_combine_backward(pd, pe, pw, po, pde, pdw, t, d, kk, s)
+	})
+}
+
+// Half precision. The Ex ops take tensors of data type dtype (F32, F16 or
+// BF16): []float32 for F32, []uint16 (the bits of each value) for F16 and
+// BF16, or *Buffer. Half-precision tensors are read, computed in float32 and
+// written in the same type: each result is exactly the float32 op on the
+// inputs widened to float32, rounded once; the samplers pick exactly the
+// float32 sampler's tokens from the widened logits. F32 is the original op.
+// Half precision runs on the CPU (device buffers: NotAvailable for now).
+
+// Convert converts the elements of src (of type srcType) into dst (of type
+// dstType, the same number of elements), each F32, F16 or BF16: to a half type
+// rounded to nearest even (overflow to infinity, NaN a quiet NaN of the same
+// sign), half to float32 exactly (cudann_convert). The same type copies.
+func Convert[S, D Floats](src S, srcType DType, dst D, dstType DType, stream ...*Stream) error {
+	c := newChecker("Convert", stream)
+	n := c.typedLen("src", src, srcType)
+	ps, pd := c.typed("src", src, srcType, n, exact), c.typed("dst", dst, dstType, n, exact)
+	return c.run(func(s unsafe.Pointer) C.int32_t {
+		return C.cudann_convert(ps, C.int(srcType), pd, C.int(dstType), C.int64_t(n), s)
+	})
+}
+
+// AddEx is out = a + b on tensors of data type dtype (cudann_add_ex).
+func AddEx[T Floats](a, b, out T, dtype DType, stream ...*Stream) error {
+	c := newChecker("AddEx", stream)
+	n := c.typedLen("a", a, dtype)
+	pa, pb, po := c.typed("a", a, dtype, n, exact), c.typed("b", b, dtype, n, exact), c.typed("out", out, dtype, n, exact)
+	return c.run(func(s unsafe.Pointer) C.int32_t { return C.cudann_add_ex(pa, pb, po, C.int64_t(n), C.int(dtype), s) })
+}
+
+// MulEx is out = a * b on tensors of data type dtype (cudann_mul_ex).
+func MulEx[T Floats](a, b, out T, dtype DType, stream ...*Stream) error {
+	c := newChecker("MulEx", stream)
+	n := c.typedLen("a", a, dtype)
+	pa, pb, po := c.typed("a", a, dtype, n, exact), c.typed("b", b, dtype, n, exact), c.typed("out", out, dtype, n, exact)
+	return c.run(func(s unsafe.Pointer) C.int32_t { return C.cudann_mul_ex(pa, pb, po, C.int64_t(n), C.int(dtype), s) })
+}
+
+// ScaleEx is out = in * scale on tensors of data type dtype (cudann_scale_ex;
+// scale is a float32 either way).
+func ScaleEx[T Floats](in, out T, scale float32, dtype DType, stream ...*Stream) error {
+	c := newChecker("ScaleEx", stream)
+	n := c.typedLen("in", in, dtype)
+	pi, po := c.typed("in", in, dtype, n, exact), c.typed("out", out, dtype, n, exact)
+	return c.run(func(s unsafe.Pointer) C.int32_t {
+		return C.cudann_scale_ex(pi, po, C.float(scale), C.int64_t(n), C.int(dtype), s)
+	})
+}
+
+// SoftmaxEx is Softmax on tensors of data type dtype (cudann_softmax_ex).
+func SoftmaxEx[T Floats](in, out T, rows, cols int, dtype DType, stream ...*Stream) error {
+	c := newChecker("SoftmaxEx", stream)
+	r, k := c.size("rows", rows), c.size("cols", cols)
+	n := c.count(rows, cols)
+	pi, po := c.typed("in", in, dtype, n, exact), c.typed("out", out, dtype, n, exact)
+	return c.run(func(s unsafe.Pointer) C.int32_t { return C.cudann_softmax_ex(pi, po, r, k, C.int(dtype), s) })
+}
+
+// RMSNormEx is RMSNorm with in, weight and out of data type dtype
+// (cudann_rmsnorm_ex).
+func RMSNormEx[T Floats](in, weight, out T, rows, dim int, eps float32, dtype DType, stream ...*Stream) error {
+	c := newChecker("RMSNormEx", stream)
+	r, d := c.size("rows", rows), c.size("dim", dim)
+	n := c.count(rows, dim)
+	pi, pw := c.typed("in", in, dtype, n, exact), c.typed("weight", weight, dtype, int64(dim), exact)
+	po := c.typed("out", out, dtype, n, exact)
+	return c.run(func(s unsafe.Pointer) C.int32_t {
+		return C.cudann_rmsnorm_ex(pi, pw, po, r, d, C.float(eps), C.int(dtype), s)
+	})
+}
+
+// ArgmaxEx is Argmax on logits of data type dtype (cudann_argmax_ex).
+func ArgmaxEx[F Floats, I Int32s](logits F, out I, rows, vocab int, dtype DType, stream ...*Stream) error {
+	c := newChecker("ArgmaxEx", stream)
+	r, v := c.size("rows", rows), c.size("vocab", vocab)
+	pl, po := c.typed("logits", logits, dtype, c.count(rows, vocab), exact), c.i32("out", out, int64(rows))
+	return c.run(func(s unsafe.Pointer) C.int32_t { return C.cudann_argmax_ex(pl, po, r, v, C.int(dtype), s) })
+}
+
+// SampleEx is Sample on logits of data type dtype (cudann_sample_ex).
+func SampleEx[F Floats, I Int32s, U Uint64s](logits F, out I, seeds U, rows, vocab int, temperature float32,
+	dtype DType, stream ...*Stream) error {
+	c := newChecker("SampleEx", stream)
+	r, v := c.size("rows", rows), c.size("vocab", vocab)
+	pl := c.typed("logits", logits, dtype, c.count(rows, vocab), exact)
+	po, ps := c.i32("out", out, int64(rows)), c.u64("seeds", seeds, int64(rows))
+	return c.run(func(s unsafe.Pointer) C.int32_t {
+		return C.cudann_sample_ex(pl, po, ps, r, v, C.float(temperature), C.int(dtype), s)
+	})
+}
+
+// TopKSampleEx is TopKSample on logits of data type dtype
+// (cudann_topk_sample_ex).
+func TopKSampleEx[F Floats, I Int32s, U Uint64s](logits F, out I, seeds U, rows, vocab, k int, temperature float32,
+	dtype DType, stream ...*Stream) error {
+	c := newChecker("TopKSampleEx", stream)
+	r, v, kk := c.size("rows", rows), c.size("vocab", vocab), c.param("k", k)
+	pl := c.typed("logits", logits, dtype, c.count(rows, vocab), exact)
+	po, ps := c.i32("out", out, int64(rows)), c.u64("seeds", seeds, int64(rows))
+	return c.run(func(s unsafe.Pointer) C.int32_t {
+		return C.cudann_topk_sample_ex(pl, po, ps, r, v, kk, C.float(temperature), C.int(dtype), s)
+	})
+}
+
+// TopPSampleEx is TopPSample on logits of data type dtype
+// (cudann_topp_sample_ex).
+func TopPSampleEx[F Floats, I Int32s, U Uint64s](logits F, out I, seeds U, rows, vocab int, topP, temperature float32,
+	dtype DType, stream ...*Stream) error {
+	c := newChecker("TopPSampleEx", stream)
+	r, v := c.size("rows", rows), c.size("vocab", vocab)
+	pl := c.typed("logits", logits, dtype, c.count(rows, vocab), exact)
+	po, ps := c.i32("out", out, int64(rows)), c.u64("seeds", seeds, int64(rows))
+	return c.run(func(s unsafe.Pointer) C.int32_t {
+		return C.cudann_topp_sample_ex(pl, po, ps, r, v, C.float(topP), C.float(temperature), C.int(dtype), s)
 	})
 }
