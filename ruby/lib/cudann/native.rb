@@ -107,6 +107,16 @@ module Cudann
     attach_function :cudann_last_error, [], :string
     attach_function :cudann_version, [], :string
     attach_function :cuda_softmax, [:pointer, :pointer, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_convert, [:pointer, :int, :pointer, :int, :int64, :pointer], :int32, BLOCKING
+    attach_function :cudann_add_ex, [:pointer, :pointer, :pointer, :int64, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_mul_ex, [:pointer, :pointer, :pointer, :int64, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_scale_ex, [:pointer, :pointer, :float, :int64, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_softmax_ex, [:pointer, :pointer, :int, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_rmsnorm_ex, [:pointer, :pointer, :pointer, :int, :int, :float, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_argmax_ex, [:pointer, :pointer, :int, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_sample_ex, [:pointer, :pointer, :pointer, :int, :int, :float, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_topk_sample_ex, [:pointer, :pointer, :pointer, :int, :int, :int, :float, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_topp_sample_ex, [:pointer, :pointer, :pointer, :int, :int, :float, :float, :int, :pointer], :int32, BLOCKING
     attach_function :cuda_softmax_topk, [:pointer, :pointer, :pointer, :int, :int, :int, :pointer], :int32, BLOCKING
     attach_function :cudann_softmax_backward, [:pointer, :pointer, :pointer, :int, :int, :pointer], :int32, BLOCKING
   end

@@ -5,10 +5,11 @@ module Cudann
   # :inout (tensor, positional, written in place), :opt (optional input,
   # keyword), :out (output, keyword, created when absent), :scratch (keyword,
   # created when absent, not returned), :int / :int64 / :float / :bool
-  # (scalars, positional or keyword), :dtype (always F32 here), :stream.
+  # (scalars, positional or keyword), :dtype (always F32 here), :dt (a data-type
+  # scalar, positional or keyword, which types the tensors declared t(name)), :stream.
   Param = Struct.new(:kind, :name, :type, :want, :expr, :at_least, :infer)
 
-  SCALARS = %i[int int64 float bool].freeze
+  SCALARS = %i[int int64 float bool dt].freeze
   TENSOR_MARKS = { ":" => :in, "!" => :inout, "?" => :opt, ">" => :out, "~" => :scratch }.freeze
 
   class << self
@@ -20,17 +21,20 @@ module Cudann
     #   [>=expr]         at least that many elements (tables, scratch)
     #   name             int         name:float / name:bool / name:int64
     #   name:int64=x     the element count of tensor x
+    #   name:dtype       a data type (F32, F16, BF16); tensors typed t(name)
+    #                    are float32 for F32, else uint16 bits (name:t(dtype)[n])
     #   dtype, stream
     def parse_spec(spec)
       spec.split.map do |token|
         case token
         when "stream", "dtype" then Param.new(token.to_sym)
-        when /\A(\w+)([:!?>~])(f32|i32|u64)\[(>=)?(.+)\]\z/
+        when /\A(\w+)([:!?>~])(f32|i32|u64|t\(\w+\))\[(>=)?(.+)\]\z/
           name, mark, type, at_least, expr = Regexp.last_match.captures
           body = expr.gsub(/[a-z_]\w*/) { |n| "s.fetch(:#{n})" }
           Param.new(TENSOR_MARKS.fetch(mark), name.to_sym, type.to_sym,
                     eval("->(s) { #{body} }"), # rubocop:disable Security/Eval
                     [expr, expr.scan(/[a-z_]\w*/).uniq.map(&:to_sym)], !at_least.nil?)
+        when /\A(\w+):dtype\z/ then Param.new(:dt, Regexp.last_match(1).to_sym)
         when /\A(\w+):(int64|float|bool)(?:=(\w+))?\z/
           Param.new(Regexp.last_match(2).to_sym, Regexp.last_match(1).to_sym, nil, nil, nil, false,
                     Regexp.last_match(3)&.to_sym)
@@ -58,7 +62,7 @@ module Cudann
 
         tensors[p.name] = args.shift
       end
-      sizes = scalars(fn, params, tensors, args, kw)
+      sizes, params = scalars(fn, params, tensors, args, kw)
       raise ArgumentError, "#{fn}: #{args.size} argument(s) too many" unless args.empty?
 
       params.each { |p| tensors[p.name] = kw.delete(p.name) if %i[opt out scratch].include?(p.kind) }
@@ -78,26 +82,46 @@ module Cudann
 
     # The scalar arguments: keywords, else positional in the C order, else
     # inferred from a tensor's length; sizes used in shapes must be >= 0.
+    # Returns the sizes and the params with their t(dtype) tensors typed.
     def scalars(fn, params, tensors, args, kw)
       sizes = {}
       params.each do |p|
-        next unless SCALARS.include?(p.kind)
+        next unless SCALARS.include?(p.kind) && !p.infer
 
         sizes[p.name] =
-          if p.infer
-            src = params.find { |q| q.name == p.infer }
-            Tensor.count(fn, p.infer, tensors[p.infer], src.type)
-          elsif kw.key?(p.name) then kw.delete(p.name)
+          if kw.key?(p.name) then kw.delete(p.name)
           elsif !args.empty? then args.shift
           else raise ArgumentError, "#{fn}: missing #{p.name}"
           end
+      end
+      params = typed(fn, params, sizes)
+      params.each do |p|
+        next unless p.infer
+
+        src = params.find { |q| q.name == p.infer }
+        sizes[p.name] = Tensor.count(fn, p.infer, tensors[p.infer], src.type)
       end
       used = params.select(&:expr).flat_map { |p| p.expr[1] }.uniq
       used.each do |name|
         v = sizes[name]
         Cudann.invalid("#{fn}: #{name} must be an Integer >= 0 (got #{v.inspect})") unless v.is_a?(Integer) && v >= 0
       end
-      sizes
+      [sizes, params]
+    end
+
+    # Tensors declared t(name): float32 (Floats) when the data type `name` is
+    # F32, else uint16 (the bits of each F16 / BF16 value; an unknown type is
+    # the library's to refuse).
+    def typed(fn, params, sizes)
+      params.map do |p|
+        m = p.type.to_s.match(/\At\((\w+)\)\z/)
+        next p unless m
+
+        dt = sizes.fetch(m[1].to_sym)
+        raise TypeError, "#{fn}: #{m[1]} must be an Integer data type (got #{dt.inspect})" unless dt.is_a?(Integer)
+
+        p.dup.tap { |q| q.type = dt == F32 ? :f32 : :u16 }
+      end
     end
 
     # Element counts of every tensor; refuses a given tensor of the wrong length.
@@ -132,7 +156,7 @@ module Cudann
           ptr, back = Tensor.pointer(tensors[p.name], p.type, counts[p.name])
           writebacks << back if back && %i[inout out].include?(p.kind)
           ptr
-        when :int, :int64 then Integer(sizes[p.name])
+        when :int, :int64, :dt then Integer(sizes[p.name])
         when :float then Float(sizes[p.name])
         when :bool then sizes[p.name] ? 1 : 0
         when :dtype then F32
@@ -315,12 +339,42 @@ module Cudann
      "k_cache!f32[batch*max_seq*n_kv_heads*head_dim] v_cache!f32[batch*max_seq*n_kv_heads*head_dim] " \
      "batch new_len max_seq n_kv_heads head_dim pos dtype stream"
 
+  # Half precision: tensors of data type dtype (F32, F16, BF16), Floats for
+  # F32 and Integers (the uint16 bits of each value) for F16 and BF16. Half
+  # tensors are read, computed in float32 and written in the same type: each
+  # result is exactly the float32 op on the widened inputs, rounded once; the
+  # samplers pick the float32 sampler's tokens. On the CPU (host memory) so far.
+  #
+  # Cudann.convert(src, src_type, dst_type): to a half type rounded to nearest
+  # even (overflow to infinity, NaN a quiet NaN of its sign); half to F32 exact.
+  op :convert, :cudann_convert, "src:t(src_type)[n] src_type:dtype dst>t(dst_type)[n] dst_type:dtype n:int64=src stream"
+  op :add_ex, :cudann_add_ex, "a:t(dtype)[n] b:t(dtype)[n] out>t(dtype)[n] n:int64=a dtype:dtype stream"
+  op :mul_ex, :cudann_mul_ex, "a:t(dtype)[n] b:t(dtype)[n] out>t(dtype)[n] n:int64=a dtype:dtype stream"
+  op :scale_ex, :cudann_scale_ex, "input:t(dtype)[n] out>t(dtype)[n] scale:float n:int64=input dtype:dtype stream"
+  op :softmax_ex, :cudann_softmax_ex,
+     "input:t(dtype)[rows*cols] out>t(dtype)[rows*cols] rows cols dtype:dtype stream"
+  op :rmsnorm_ex, :cudann_rmsnorm_ex,
+     "input:t(dtype)[rows*hidden_dim] weight:t(dtype)[hidden_dim] out>t(dtype)[rows*hidden_dim] rows hidden_dim " \
+     "eps:float dtype:dtype stream"
+  op :argmax_ex, :cudann_argmax_ex,
+     "logits:t(dtype)[batch*vocab_size] out>i32[batch] batch vocab_size dtype:dtype stream"
+  op :sample_ex, :cudann_sample_ex,
+     "logits:t(dtype)[batch*vocab_size] out>i32[batch] seeds:u64[batch] batch vocab_size temperature:float " \
+     "dtype:dtype stream"
+  op :topk_sample_ex, :cudann_topk_sample_ex,
+     "logits:t(dtype)[batch*vocab_size] out>i32[batch] seeds:u64[batch] batch vocab_size k temperature:float " \
+     "dtype:dtype stream"
+  op :topp_sample_ex, :cudann_topp_sample_ex,
+     "logits:t(dtype)[batch*vocab_size] out>i32[batch] seeds:u64[batch] batch vocab_size top_p:float " \
+     "temperature:float dtype:dtype stream"
+
   DTYPE_SIZES = { F32 => 4, F16 => 2, BF16 => 2, I32 => 4, I64 => 8, F64 => 8, U8 => 1 }.freeze
 
   # The strided, batched GEMM with a data type per matrix (cudann_gemm_ex):
   # C_i = alpha op(A_i) op(B_i) + beta C_i; c is written in place (and
   # returned). Leading dimensions default to the stored matrices' widths.
-  # Each operand must hold at least the elements its strides span.
+  # Each operand must hold at least the elements its strides span. Types F32
+  # (Floats), F16 and BF16 (Integers: the uint16 bits), accumulated in float32.
   def self.gemm_ex(a, b, c, m:, n:, k:, trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0,
                    lda: nil, ldb: nil, ldc: nil, stride_a: 0, stride_b: 0, stride_c: 0, batch: 1,
                    a_type: F32, b_type: F32, c_type: F32, stream: nil)
@@ -336,10 +390,10 @@ module Cudann
     ptrs = [[:a, a, a_type, ar, ac, lda, stride_a], [:b, b, b_type, br, bc, ldb, stride_b],
             [:c, c, c_type, m, n, ldc, stride_c]].map do |name, x, type, rows, cols, ld, stride|
       span = rows.zero? || cols.zero? || batch.zero? ? 0 : (batch - 1) * stride + (rows - 1) * ld + cols
-      want = (span * DTYPE_SIZES.fetch(type, 4) + 3) / 4
-      have = Tensor.count(fn, name, x, :f32)
-      invalid("#{fn}: #{name} has #{have} elements, want at least #{want}") if have < want
-      Tensor.pointer(x, :f32, have)
+      elem = [F16, BF16].include?(type) ? :u16 : :f32 # another type: the library refuses it
+      have = Tensor.count(fn, name, x, elem)
+      invalid("#{fn}: #{name} has #{have} elements, want at least #{span}") if have < span
+      Tensor.pointer(x, elem, have)
     end
     check(Native.cudann_gemm_ex(trans_a ? 1 : 0, trans_b ? 1 : 0, m, n, k, alpha, ptrs[0][0], a_type, lda, stride_a,
                                 ptrs[1][0], b_type, ldb, stride_b, beta, ptrs[2][0], c_type, ldc, stride_c, batch,

@@ -9,6 +9,7 @@ module Cudann
     # element type => [FFI type, bytes, Numo class name]
     TYPES = {
       f32: [:float, 4, "SFloat"],
+      u16: [:uint16, 2, "UInt16"], # the bits of float16 / bfloat16 values
       i32: [:int32, 4, "Int32"],
       u64: [:uint64, 8, "UInt64"]
     }.freeze
@@ -28,7 +29,12 @@ module Cudann
       size = TYPES.fetch(type)[1]
       case value
       when nil then 0
-      when Array then value.size
+      when Array
+        if type == :u16 && !value.all? { |v| v.is_a?(Integer) && v >= 0 && v <= 0xFFFF }
+          raise TypeError, "#{fn}: #{name} must hold the bits of F16/BF16 values (Integers in 0..65535)"
+        end
+
+        value.size
       when Memory
         Cudann.invalid("#{fn}: #{name} is freed memory") if value.closed?
         whole(fn, name, value.bytesize, size)
