@@ -136,10 +136,12 @@ impl Strided {
 /// (`ldc >= n`). Leading dimensions and strides count elements; a stride of 0
 /// reuses one matrix for every batch entry (not for `C` when `batch > 1`: the
 /// `C_i` must not overlap, `stride_c >= (m-1)*ldc + n`). With `beta == 0`, `C`
-/// is not read. The types are `CUDANN_F32` (`CUDANN_F16`/`CUDANN_BF16` are -2
-/// until half precision lands). `C` may be exactly `A`'s or `B`'s span (in
-/// place, computed from the old values); any other overlap is -2. On the GPU
-/// it runs on cuBLAS (FP32, or TF32 with `CUDANN_ALLOW_TF32=1`).
+/// is not read. Each of `a_type`, `b_type`, `c_type` is `CUDANN_F32`,
+/// `CUDANN_F16` or `CUDANN_BF16`; products accumulate in float32 (a half `C` is
+/// rounded once, its row gaps untouched). `C` may be exactly `A`'s or `B`'s
+/// span (in place, computed from the old values); any other overlap is -2. In
+/// float32 on the GPU it runs on cuBLAS (FP32, or TF32 with
+/// `CUDANN_ALLOW_TF32=1`); half types run on the CPU (device pointers: -1).
 #[unsafe(no_mangle)]
 #[allow(non_snake_case)] // the matrices are A, B, C as in BLAS
 pub unsafe extern "C" fn cudann_gemm_ex(
