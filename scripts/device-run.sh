@@ -9,6 +9,8 @@ out=${OUT:-/tmp/out}
 mkdir -p "$out"
 cublas=$(find / -name 'libcublas.so.1[23]' -not -path '/proc/*' 2>/dev/null | head -1)
 export LD_LIBRARY_PATH="$(dirname "${cublas:-/x}"):$PWD/.device:${LD_LIBRARY_PATH:-}"
+# Programs linked with -lcudann load it by its soname.
+ln -sf libcudann.so .device/libcudann.so.0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 echo "cublas: ${cublas:-none}" | tee -a "$out/gpu.txt"
 [ -d .device/tests ] || tar -C .device -xJf .device/tests.tar.xz
