@@ -327,7 +327,7 @@ fn bench(options: &BenchOptions) -> ExitCode {
     let mut failed = false;
     let mut results = Vec::new();
     for (i, (op, size, dims)) in specs.iter().enumerate() {
-        progress(i, specs.len(), &format!("{op} {size}"));
+        progress(i + 1, specs.len(), &format!("{op} {size}"));
         let result = case(op, dims).and_then(|mut c| Ok((time(&mut *c.run, op)?, c.work)));
         failed |= result.is_err();
         results.push(result);
