@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repo root, after scripts/stage-device.sh
 # carried .device/ there: every Rust test binary (GPU tests included), the
-# kernel check, compute-sanitizer memcheck and racecheck on the GPU tests, the
-# host-overhead probe and the GPU benchmark. Logs go to $OUT (or /tmp/out).
+# kernel check, compute-sanitizer memcheck and racecheck on the GPU tests,
+# `cudann info` and `cudann bench`, the host-overhead probe and the GPU
+# benchmark. Logs go to $OUT (or /tmp/out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/out}
@@ -37,6 +38,8 @@ if [ "$step" = all ] || [ "$step" = sanitize ]; then
   done
 fi
 if [ "$step" = all ] || [ "$step" = bench ]; then
+  .device/cudann info | tee "$out/cudann-info.txt"
+  .device/cudann bench --compare 2>/dev/null | tee "$out/cudann-bench.txt"
   nvcc -O2 -std=c++17 bench/gpu/overhead.cu -Iinclude -L.device -lcudann -o /tmp/overhead && /tmp/overhead | tee "$out/overhead.txt"
   python3 bench/gpu/gpu_bench.py .device/libcudann.so 2>&1 | tee "$out/gpu_bench.txt"
   CUDANN_ALLOW_TF32=1 python3 bench/gpu/gpu_bench.py .device/libcudann.so attention 2>&1 | grep tf32 | tee -a "$out/gpu_bench.txt"
