@@ -3,11 +3,59 @@ LIBDIR := $(CURDIR)/target/release
 LIB    := $(LIBDIR)/libcudann.so
 CWARN  := -Wall -Wextra -Werror -pedantic
 
-.PHONY: build demo examples train-example generate-example test test-examples test-contract fuzz sanitize test-rust test-bindings test-ptx deps header ptx bench limits
+.PHONY: build pkgconfig-uninstalled install uninstall test-install demo examples train-example generate-example test test-examples test-contract fuzz sanitize test-rust test-bindings test-ptx deps header ptx bench limits
 .DEFAULT_GOAL := build
 
-build:
+# The crate's version (Cargo.toml) names the installed file: libcudann.so.0.1.0,
+# with the soname libcudann.so.0 (build.rs) that programs linked to it load.
+VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+DESCRIPTION := $(shell sed -n 's/^description = "\(.*\)"/\1/p' Cargo.toml | head -1)
+MAJOR       := $(firstword $(subst ., ,$(VERSION)))
+SONAME      := libcudann.so.$(MAJOR)
+
+# The library, the soname link that programs linked against the build tree load,
+# the `cudann` command (target/release/cudann), and the uninstalled pkg-config file.
+build: pkgconfig-uninstalled
 	cargo build --release
+	ln -sf libcudann.so $(LIBDIR)/$(SONAME)
+
+# target/release/pkgconfig/cudann-uninstalled.pc: `PKG_CONFIG_PATH=target/release/pkgconfig
+# pkg-config --cflags --libs cudann` then builds against this tree (pkg-config prefers it).
+pkgconfig-uninstalled:
+	mkdir -p $(LIBDIR)/pkgconfig
+	sed -e 's|@prefix@|$(CURDIR)|' -e 's|@libdir@|$${prefix}/target/release|' -e 's|@includedir@|$${prefix}/include|' \
+	  -e 's|@description@|$(DESCRIPTION)|' -e 's|@version@|$(VERSION)|' cudann.pc.in > $(LIBDIR)/pkgconfig/cudann-uninstalled.pc
+
+# `make install PREFIX=/usr DESTDIR=/tmp/stage`; `make uninstall` with the same
+# variables removes exactly what it installed. Builds first if nothing is built.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+INSTALL_LIB := $(DESTDIR)$(PREFIX)/lib
+INSTALL_INC := $(DESTDIR)$(PREFIX)/include
+INSTALLED   := $(INSTALL_LIB)/libcudann.so.$(VERSION) $(INSTALL_LIB)/$(SONAME) $(INSTALL_LIB)/libcudann.so \
+               $(INSTALL_INC)/cudann.h $(INSTALL_LIB)/pkgconfig/cudann.pc
+
+$(LIB):
+	$(MAKE) --no-print-directory build
+
+install: $(LIB)
+	install -d $(INSTALL_LIB)/pkgconfig $(INSTALL_INC)
+	install -m 755 $(LIB) $(INSTALL_LIB)/libcudann.so.$(VERSION)
+	ln -sf libcudann.so.$(VERSION) $(INSTALL_LIB)/$(SONAME)
+	ln -sf $(SONAME) $(INSTALL_LIB)/libcudann.so
+	install -m 644 include/cudann.h $(INSTALL_INC)/cudann.h
+	sed -e 's|@prefix@|$(PREFIX)|' -e 's|@libdir@|$${prefix}/lib|' -e 's|@includedir@|$${prefix}/include|' \
+	  -e 's|@description@|$(DESCRIPTION)|' -e 's|@version@|$(VERSION)|' cudann.pc.in > $(INSTALL_LIB)/pkgconfig/cudann.pc
+	@# A system directory (no DESTDIR) needs the loader's cache refreshed, where one can.
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
+
+uninstall:
+	rm -f $(INSTALLED)
+
+# Installs into a temporary DESTDIR, builds README's C quick start against the
+# installed copy with pkg-config, runs it, checks the soname, uninstalls.
+test-install: build
+	scripts/test-install.sh
 
 # Builds the library and a small C program that calls it, then runs the program.
 demo: build
@@ -32,8 +80,9 @@ generate-example: examples
 	$(EXAMPLES)/generate_moe --model target/tiny-model --prompt "0" --max-new 20
 
 # Everything: installs missing tools, then the Rust suite, every language suite,
-# and the check that the committed PTX is what the kernel sources give.
-test: deps test-rust test-bindings test-ptx test-examples test-contract
+# the check that the committed PTX is what the kernel sources give, and
+# `make install` into a temporary directory.
+test: deps test-rust test-bindings test-ptx test-examples test-contract test-install
 
 deps:
 	scripts/install-test-deps.sh

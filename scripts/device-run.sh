@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repo root, after scripts/stage-device.sh
 # carried .device/ there: every Rust test binary (GPU tests included), the
-# kernel check, compute-sanitizer memcheck and racecheck on the GPU tests, the
-# host-overhead probe and the GPU benchmark. Logs go to $OUT (or /tmp/out).
+# kernel check, compute-sanitizer memcheck and racecheck on the GPU tests,
+# `cudann info` and `cudann bench`, the host-overhead probe and the GPU
+# benchmark. Logs go to $OUT (or /tmp/out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 cublas=$(find / -name 'libcublas.so.1[23]' -not -path '/proc/*' 2>/dev/null | head -1)
 export LD_LIBRARY_PATH="$(dirname "${cublas:-/x}"):$PWD/.device:${LD_LIBRARY_PATH:-}"
+# Programs linked with -lcudann load it by its soname.
+ln -sf libcudann.so .device/libcudann.so.0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 echo "cublas: ${cublas:-none}" | tee -a "$out/gpu.txt"
 [ -d .device/tests ] || tar -C .device -xJf .device/tests.tar.xz
@@ -35,6 +38,8 @@ if [ "$step" = all ] || [ "$step" = sanitize ]; then
   done
 fi
 if [ "$step" = all ] || [ "$step" = bench ]; then
+  .device/cudann info | tee "$out/cudann-info.txt"
+  .device/cudann bench --compare 2>/dev/null | tee "$out/cudann-bench.txt"
   nvcc -O2 -std=c++17 bench/gpu/overhead.cu -Iinclude -L.device -lcudann -o /tmp/overhead && /tmp/overhead | tee "$out/overhead.txt"
   python3 bench/gpu/gpu_bench.py .device/libcudann.so 2>&1 | tee "$out/gpu_bench.txt"
   CUDANN_ALLOW_TF32=1 python3 bench/gpu/gpu_bench.py .device/libcudann.so attention 2>&1 | grep tf32 | tee -a "$out/gpu_bench.txt"

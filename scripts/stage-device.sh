@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds what the GPU machine runs (it has no Rust): libcudann.so and the test
-# binaries, copied into .device/ (git-ignored; carried by the device tool).
+# Builds what the GPU machine runs (it has no Rust): libcudann.so, the cudann
+# command and the test binaries, copied into .device/ (git-ignored; carried by
+# the device tool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release
@@ -11,12 +12,13 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] in (["test"], ["lib"], ["cdylib", "rlib"]):
         print(m["target"]["name"], m["executable"])' > /tmp/cudann-tests.txt
 rm -rf .device && mkdir -p .device/tests
-cp target/release/libcudann.so .device/
-# (the header test reads the source tree by its build-time path: not on the device)
-grep -v "^header " /tmp/cudann-tests.txt | while read -r name exe; do cp "$exe" ".device/tests/$name"; done
+cp target/release/libcudann.so target/release/cudann .device/
+# (the header test reads the source tree, and the cli test runs the cudann
+# command, by their build-time paths: not on the device; device-run.sh runs it)
+grep -v "^header \|^cli " /tmp/cudann-tests.txt | while read -r name exe; do cp "$exe" ".device/tests/$name"; done
 # Each test binary embeds the PTX: packed, they stay far under the 64 MiB the
 # device tool carries (scripts/device-run.sh unpacks them).
-strip .device/tests/* .device/libcudann.so
+strip .device/tests/* .device/libcudann.so .device/cudann
 tar -C .device -cJf .device/tests.tar.xz tests && rm -r .device/tests
 grep -qx '/.device/' .git/info/exclude || echo '/.device/' >> .git/info/exclude
 du -sh .device
