@@ -77,7 +77,9 @@ suite_go() {
     export CGO_CFLAGS="-I$ROOT/include" CGO_LDFLAGS="-L$LIBDIR -Wl,-rpath,$LIBDIR"
     unformatted="$(gofmt -l .)"
     if [ -n "$unformatted" ]; then echo "FATAL: not gofmt-clean: $unformatted" >&2; exit 1; fi
-    go vet -tags cudann_nopkgconfig ./... && go test -tags cudann_nopkgconfig -count=1 ./...)
+    go vet -tags cudann_nopkgconfig ./... && go test -tags cudann_nopkgconfig -count=1 ./...) &&
+  # The default build, through pkg-config: the uninstalled cudann.pc `make build` writes.
+  (cd "$ROOT/go" && PKG_CONFIG_PATH="$LIBDIR/pkgconfig" LD_LIBRARY_PATH="$LIBDIR" go test -count=1 ./...)
 }
 
 # The gem's suite from the source, then the gem built, installed into a
