@@ -47,6 +47,26 @@ _INT_RANGE = {
 }
 
 
+class Owned:
+    """A library object (a file, a writer, a stream, memory) released by
+    ``_release``: on leaving a ``with`` block and when garbage-collected."""
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._release()
+
+    def __del__(self):
+        try:
+            self._release()
+        except Exception:
+            pass
+
+
 class CudannError(RuntimeError):
     """A call the library refused or could not complete.
 

@@ -7,7 +7,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ._core import CODE_DTYPES, DTYPE_CODES, adapt, call, dtype_name, require, stream_handle
+from ._core import CODE_DTYPES, DTYPE_CODES, Owned, adapt, call, dtype_name, require, stream_handle
 
 __all__ = ["SafetensorsFile", "SafetensorsWriter", "load_file", "save_file"]
 
@@ -28,7 +28,7 @@ def _cname(name: str) -> bytes:
     return name.encode("utf-8") if isinstance(name, str) else bytes(name)
 
 
-class SafetensorsFile:
+class SafetensorsFile(Owned):
     """A safetensors file opened for reading (``cudann_safetensors_open``).
 
     ``with SafetensorsFile(path) as f: w = f["w"]``; ``f.keys()`` in file order,
@@ -52,6 +52,8 @@ class SafetensorsFile:
         if self._handle is not None:
             h, self._handle = self._handle, None
             call("cudann_safetensors_close", h)
+
+    _release = close
 
     def __len__(self) -> int:
         """The number of tensors in the file."""
@@ -99,20 +101,8 @@ class SafetensorsFile:
 
     __getitem__ = read
 
-    def __enter__(self) -> "SafetensorsFile":
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-
-class SafetensorsWriter:
+class SafetensorsWriter(Owned):
     """Assembles a safetensors file: ``add`` tensors (copied at once), ``save`` to a path."""
 
     def __init__(self):
@@ -149,17 +139,7 @@ class SafetensorsWriter:
             h, self._handle = self._handle, None
             call("cudann_safetensors_writer_free", h)
 
-    def __enter__(self) -> "SafetensorsWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.free()
-
-    def __del__(self):
-        try:
-            self.free()
-        except Exception:
-            pass
+    _release = free
 
 
 def load_file(path: PathLike) -> Dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from ._core import Arr, adapt, backend, call, dtype_name, numpy_dtype, require, stream_handle
+from ._core import Arr, Owned, adapt, backend, call, dtype_name, numpy_dtype, require, stream_handle
 
 __all__ = ["DeviceArray", "Stream", "to_device", "malloc", "malloc_host", "free", "memcpy", "memset",
            "stream_synchronize", "device_synchronize", "device_count", "set_device", "get_device", "mem_info"]
@@ -106,7 +106,7 @@ def mem_info() -> Tuple[int, int]:
     return free_b.value, total.value
 
 
-class Stream:
+class Stream(Owned):
     """A stream from ``cudann_stream_create`` (a real ``cudaStream_t`` on the GPU).
 
     Pass it as ``stream=`` to any call. ``with Stream() as s:`` destroys it on exit
@@ -135,28 +135,21 @@ class Stream:
             h, self._handle = self._handle, None
             call("cudann_stream_destroy", h)
 
+    _release = destroy
+
     def __int__(self) -> int:
         return self.handle
-
-    def __enter__(self) -> "Stream":
-        return self
 
     def __exit__(self, *exc) -> None:
         if self._handle is not None:
             self.synchronize()
         self.destroy()
 
-    def __del__(self):
-        try:
-            self.destroy()
-        except Exception:
-            pass
-
     def __repr__(self) -> str:
         return f"cudann.Stream({'destroyed' if self._handle is None else hex(self._handle)})"
 
 
-class DeviceArray:
+class DeviceArray(Owned):
     """An n-d array in memory from ``cudann_malloc`` (``pinned=True``: ``cudann_malloc_host``).
 
     Accepted by every op like a numpy array (outputs of an op whose first input is a
@@ -238,17 +231,7 @@ class DeviceArray:
             p, self._ptr = self._ptr, None
             free(p)
 
-    def __enter__(self) -> "DeviceArray":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.free()
-
-    def __del__(self):
-        try:
-            self.free()
-        except Exception:
-            pass
+    _release = free
 
     def __len__(self) -> int:
         if not self.shape:

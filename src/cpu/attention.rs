@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use super::alloc;
 use super::gemm::{View, sgemm_view};
 use super::math::exp;
+use super::par::Shared;
 use super::reduce::{dot, exp_in_place, max};
 
 /// `Q`/`output` are `[batch, seq, heads, head_dim]`; `K`/`V` are
@@ -121,13 +122,6 @@ pub struct Attention {
     pub causal: bool,
     pub scale: f32,
 }
-
-/// A raw pointer that may cross to worker threads: every task writes only
-/// its own rows of the buffer behind it.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
 
 impl Attention {
     /// The KV head query head `n` reads.
@@ -248,8 +242,8 @@ pub fn attention_backward(a: &Attention, d_out: &[f32], q: &[f32], k: &[f32], v:
     let per_group = a.heads / a.kv_heads;
     (0..a.batch * a.kv_heads).into_par_iter().for_each(|task| {
         let (b, g) = (task / a.kv_heads, task % a.kv_heads);
-        let shared = |s: Shared, o: usize| Shared(at_mut(s.0, o));
-        let raw = |v: View<Shared>| View { ptr: v.ptr.0, rs: v.rs, cs: v.cs };
+        let shared = |s: Shared<f32>, o: usize| Shared(at_mut(s.0, o));
+        let raw = |v: View<Shared<f32>>| View { ptr: v.ptr.0, rs: v.rs, cs: v.cs };
         // This task's rows of dK and dV (and of dQ, below) start at zero.
         for j in 0..a.kv_len {
             let row = ((b * a.kv_len + j) * a.kv_heads + g) * h;

@@ -47,6 +47,20 @@ impl<'a> Src<'a> {
     }
 }
 
+/// A raw pointer that may cross to worker threads: each task reads or writes
+/// only its own part of the buffer behind it.
+#[derive(Clone, Copy)]
+pub(crate) struct Shared<T>(pub(crate) *mut T);
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// The pointer (a method, so closures capture the wrapper, not the field).
+    pub(crate) fn ptr(self) -> *mut T {
+        self.0
+    }
+}
+
 thread_local! {
     /// A reused copy buffer for in-place blocks of at most CHUNK elements, so a
     /// thread keeps at most 64 KiB between calls; larger blocks (long rows) get a

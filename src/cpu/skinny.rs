@@ -17,6 +17,7 @@ use multiversion::target::target_cfg_f;
 use rayon::prelude::*;
 
 use super::alloc;
+use super::par::Shared;
 use super::gemm::View;
 use super::reduce::{LANES, lane_total};
 
@@ -81,20 +82,6 @@ impl Weight for half::f16 {
     unsafe fn widen(src: *const Self, dst: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
         unsafe { std::slice::from_raw_parts(src, dst.len()) }.convert_to_f32_slice(dst);
-    }
-}
-
-/// A raw pointer that may cross to worker threads: each task writes only its
-/// own columns of C (or only reads W).
-#[derive(Clone, Copy)]
-struct Shared<T>(*mut T);
-unsafe impl<T> Send for Shared<T> {}
-unsafe impl<T> Sync for Shared<T> {}
-
-impl<T> Shared<T> {
-    /// The pointer (a method, so closures capture the wrapper, not the field).
-    fn ptr(self) -> *mut T {
-        self.0
     }
 }
 
