@@ -136,8 +136,9 @@ int32_t cuda_mqa_attention(const float *Q,
 // `score = scale * q·k_j + mask` (-inf for keys causality hides), for
 // `cudann_attention_backward`. A row whose keys are all masked gets zeros
 // and lse = -inf. Memory O(kv_len) per row: the scores are never held whole.
-// Tensors are of data type `dtype` (`CUDANN_F32`; the half types are -2 until
-// half precision lands); `mask` and `lse` are float. Returns -2 for NULL
+// Tensors are of data type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
+// `CUDANN_BF16`: half precision is widened, computed in float32 and the
+// output rounded once); `mask` and `lse` are float. Returns -2 for NULL
 // pointers with a non-empty shape, negative or overflowing sizes,
 // `kv_capacity < kv_len`, `n_kv_heads` not dividing `n_heads`, `is_causal`
 // not 0 or 1, a non-finite `scale`, a bad `dtype`, or overlaps; -1 for device
@@ -197,8 +198,9 @@ int32_t cudann_attention_backward(const float *d_output,
 // Writes new keys and values into a preallocated KV cache: `k_cache[b, pos + t]
 // = k_new[b, t]` and the same for `v`, for `t < new_len`, with `k_new`, `v_new`
 // `[batch, new_len, n_kv_heads, head_dim]` and the caches `[batch, max_seq,
-// n_kv_heads, head_dim]` of data type `dtype` (`CUDANN_F32`; the half types are
-// -2 until half precision lands). Other cache rows are untouched. Returns -2
+// n_kv_heads, head_dim]` of data type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
+// `CUDANN_BF16`, copied as they are; the half types on the CPU, device
+// pointers -1 until their GPU kernel). Other cache rows are untouched. Returns -2
 // unless `pos + new_len <= max_seq`, and for NULL pointers with a non-empty
 // shape, negative or overflowing sizes, a bad `dtype`, or overlaps.
 int32_t cudann_kv_cache_write(const void *k_new,
@@ -459,9 +461,10 @@ int32_t cudann_gelu_backward(const float *d_output,
                              void *stream);
 
 // SwiGLU: `output[i] = silu(gate[i]) * up[i]` for `0 <= i < n`, tensors of data
-// type `dtype` (`CUDANN_F32`; the half types are -2 until half precision lands).
-// `output` may be `gate` or `up`. Returns -2 for a NULL pointer with `n > 0`,
-// `n < 0`, a bad `dtype` or a partial overlap.
+// type `dtype` (`CUDANN_F32`, `CUDANN_F16` or `CUDANN_BF16`; half precision is
+// computed in float32 and rounded once, on the CPU: device pointers -1 until
+// its GPU kernel). `output` may be `gate` or `up`. Returns -2 for a NULL
+// pointer with `n > 0`, `n < 0`, a bad `dtype` or a partial overlap.
 int32_t cudann_swiglu(const void *gate,
                       const void *up,
                       void *output,
@@ -503,8 +506,9 @@ int32_t cudann_bias_backward(const float *d_output,
                              void *stream);
 
 // Embedding lookup: `output[i, :] = table[ids[i], :]` for `i < n_ids`, rows of
-// `dim` elements of data type `dtype` (`CUDANN_F32`; the half types are -2
-// until half precision lands) from `table[vocab_size, dim]`. A negative id
+// `dim` elements of data type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
+// `CUDANN_BF16`, copied as they are; the half types on the CPU, device
+// pointers -1 until their GPU kernel) from `table[vocab_size, dim]`. A negative id
 // gives a row of zeros (padding). An id >= `vocab_size` is -2 (nothing
 // written) when the ids are host memory. Returns -2 for NULL pointers with a
 // non-empty shape, negative or overflowing sizes, a bad `dtype`, or overlaps.
@@ -997,6 +1001,25 @@ int32_t cuda_rope_qk(const float *q,
                      int head_dim,
                      int offset,
                      void *stream);
+
+// `cuda_rope_qk` on `q`, `k`, `q_out` and `k_out` of type `dtype`
+// (`CUDANN_F32`, `CUDANN_F16` or `CUDANN_BF16`; `freqs` is float): half
+// precision is rotated in float32 and rounded once, on the CPU (device
+// pointers -1 until its GPU kernel). Returns -2 as `cuda_rope_qk`, and for
+// an unknown `dtype`.
+int32_t cudann_rope_qk_ex(const void *q,
+                          const void *k,
+                          const float *freqs,
+                          void *q_out,
+                          void *k_out,
+                          int batch,
+                          int seq_len,
+                          int n_q_heads,
+                          int n_kv_heads,
+                          int head_dim,
+                          int offset,
+                          int dtype,
+                          void *stream);
 
 // RoPE backward for `cuda_rope_qk`: the gradients of the rotated tensors,
 // `d_q[batch, seq_len, n_q_heads, head_dim]` and `d_k[batch, seq_len,

@@ -66,20 +66,6 @@ pub fn float_type(name: &str, value: c_int) -> Result<crate::cpu::convert::Float
     }
 }
 
-/// A data-type argument. Only `CUDANN_F32` is computed so far; the half types
-/// are named (so callers can be written against them) and refused.
-pub fn float32(name: &str, value: c_int) -> Result<()> {
-    use crate::abi::{CUDANN_BF16, CUDANN_F16, CUDANN_F32};
-    match value {
-        CUDANN_F32 => Ok(()),
-        CUDANN_F16 | CUDANN_BF16 => {
-            let type_name = if value == CUDANN_F16 { "CUDANN_F16" } else { "CUDANN_BF16" };
-            Err(invalid(format!("{name} {type_name} is not supported yet (only CUDANN_F32)")))
-        }
-        _ => Err(invalid(format!("{name} must be CUDANN_F32 (0), CUDANN_F16 (1) or CUDANN_BF16 (2) (got {value})"))),
-    }
-}
-
 /// A C `int` flag: 0 or 1.
 pub fn flag(name: &str, value: c_int) -> Result<bool> {
     require(value == 0 || value == 1, || format!("{name} must be 0 or 1 (got {value})"))?;

@@ -7,6 +7,7 @@ use std::ffi::c_void;
 use std::sync::OnceLock;
 
 use crate::check::{self, Region};
+use crate::cpu::convert::Float;
 use crate::error::{Error, Result};
 use crate::gpu::driver::DevPtr;
 use crate::gpu::memory::{self, Place};
@@ -152,6 +153,12 @@ fn owner(places: &[Option<Place>]) -> Result<Option<i32>> {
         }
     }
     Ok(owner)
+}
+
+/// [`run`] for an op whose GPU kernel is float32 only so far: half-precision
+/// calls (`t` not F32) take [`run_cpu_only`].
+pub fn run_typed<const N: usize>(t: Float, call: &Call<N>, cpu: impl FnOnce(), gpu: impl FnOnce(&Gpu, &[DevPtr]) -> Result<()>) -> Result<()> {
+    if t == Float::F32 { run(call, cpu, gpu) } else { run_cpu_only(call, cpu) }
 }
 
 /// For ops whose GPU kernels do not exist yet: host operands run on the CPU;

@@ -373,7 +373,7 @@ fn general_attention_bad_arguments() {
     assert_invalid(fwd(4, 2, 3, 2, 1, 0.5, f, &mut out, &mut lse), name, "kv_capacity (2) must be >= kv_len (3)");
     assert_invalid(fwd(4, 2, 2, 2, 2, 0.5, f, &mut out, &mut lse), name, "is_causal must be 0 or 1");
     assert_invalid(fwd(4, 2, 2, 2, 1, f32::NAN, f, &mut out, &mut lse), name, "scale must be finite");
-    assert_invalid(fwd(4, 2, 2, 2, 1, 0.5, CUDANN_F16, &mut out, &mut lse), name, "dtype CUDANN_F16 is not supported yet");
+    assert_invalid(fwd(4, 2, 2, 2, 1, 0.5, 7, &mut out, &mut lse), name, "dtype must be CUDANN_F32 (0), CUDANN_F16 (1) or CUDANN_BF16 (2) (got 7)");
     assert_untouched(&out, "output");
     assert_untouched(&lse, "lse");
     let (mut kc, mut vc) = (poisoned(64), poisoned(64));

@@ -51,8 +51,8 @@ fn embedding_bad_arguments() {
     unsafe {
         let code = cudann_embedding(ids.as_ptr(), table.as_ptr().cast(), y.as_mut_ptr().cast(), 2, 3, 4, f, NULL);
         assert_invalid(code, "cudann_embedding", "ids[1] = 3 is outside [0, vocab_size = 3)");
-        let code = cudann_embedding(ids.as_ptr(), table.as_ptr().cast(), y.as_mut_ptr().cast(), 2, 4, 4, CUDANN_F16, NULL);
-        assert_invalid(code, "cudann_embedding", "dtype CUDANN_F16 is not supported yet");
+        let code = cudann_embedding(ids.as_ptr(), table.as_ptr().cast(), y.as_mut_ptr().cast(), 2, 4, 4, CUDANN_I32, NULL);
+        assert_invalid(code, "cudann_embedding", "dtype must be CUDANN_F32 (0), CUDANN_F16 (1) or CUDANN_BF16 (2) (got 3)");
         let code = cudann_embedding(ids.as_ptr(), std::ptr::null(), y.as_mut_ptr().cast(), 2, 4, 4, f, NULL);
         assert_invalid(code, "cudann_embedding", "table is NULL");
         let code = cudann_embedding_backward(ids.as_ptr(), table.as_ptr(), y.as_mut_ptr(), 2, 2, 4, NULL);

@@ -150,3 +150,111 @@ fn bad_arguments_are_refused_and_nothing_is_written() {
     assert!(y.iter().all(|&v| v == 0x5555), "outputs after refused calls");
     assert_eq!(tokens, [-7, -7]);
 }
+
+#[test]
+fn embedding_and_kv_cache_write_copy_half_bits() {
+    let mut rng = Rng::new(65);
+    let (vocab, dim) = (50usize, 33usize);
+    // Any bits, NaNs and infinities included: both ops copy, never convert.
+    let table: Vec<u16> = rng.vec(vocab * dim, 1.0).iter().map(|v| v.to_bits() as u16).collect();
+    let ids = [3i32, -1, 49, 0, 3];
+    for t in HALVES {
+        let mut got = vec![0x5555u16; ids.len() * dim];
+        unsafe { assert_ok(cudann_embedding(ids.as_ptr(), vp(&table), vm(&mut got), ids.len() as i32, vocab as i32, dim as i32, t, NULL)) };
+        for (row, &id) in got.chunks(dim).zip(&ids) {
+            let want = if id < 0 { vec![0u16; dim] } else { table[id as usize * dim..(id as usize + 1) * dim].to_vec() };
+            assert_eq!(row, &want[..], "embedding row of id {id}, type {t}");
+        }
+        let (batch, new_len, max_seq, row, pos) = (2usize, 3usize, 8usize, 2 * 5usize, 4usize);
+        let k_new = &table[..batch * new_len * row];
+        let v_new = &table[100..100 + batch * new_len * row];
+        let (mut kc, mut vc) = (vec![0x5555u16; batch * max_seq * row], vec![0x5555u16; batch * max_seq * row]);
+        unsafe { assert_ok(cudann_kv_cache_write(vp(k_new), vp(v_new), vm(&mut kc), vm(&mut vc), batch as i32, new_len as i32, max_seq as i32, 2, 5, pos as i32, t, NULL)) };
+        for (cache, new) in [(&kc, k_new), (&vc, v_new)] {
+            for b in 0..batch {
+                for p in 0..max_seq {
+                    let got = &cache[(b * max_seq + p) * row..(b * max_seq + p + 1) * row];
+                    if (pos..pos + new_len).contains(&p) {
+                        let t0 = (b * new_len + p - pos) * row;
+                        assert_eq!(got, &new[t0..t0 + row], "cache row {b}, {p}");
+                    } else {
+                        assert!(got.iter().all(|&v| v == 0x5555), "cache row {b}, {p} outside the write was touched");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn swiglu_and_rope_ex_are_the_float32_op_rounded_once() {
+    let mut rng = Rng::new(66);
+    for t in HALVES {
+        let n = 70_001;
+        let (hg, g) = to_half(&rng.vec(n, 4.0), t);
+        let (hu, u) = to_half(&rng.vec(n, 2.0), t);
+        let (mut want, mut got) = (vec![0f32; n], vec![0u16; n]);
+        unsafe {
+            assert_ok(cudann_swiglu(vp(&g), vp(&u), vm(&mut want), n as i64, CUDANN_F32, NULL));
+            assert_ok(cudann_swiglu(vp(&hg), vp(&hu), vm(&mut got), n as i64, t, NULL));
+        }
+        assert_eq!(got, rounded(&want, t), "swiglu type {t}");
+
+        // Tokens of 6 and 2 heads of 64 (blocks of whole tokens cross batch
+        // entries, so positions must follow the token index), from offset 7.
+        let (max_seq, hd) = (400usize, 64usize);
+        let mut freqs = vec![0f32; max_seq * hd / 2];
+        unsafe { assert_ok(cuda_rope_freqs(freqs.as_mut_ptr(), max_seq as i32, hd as i32, 10_000.0, 1.0, NULL)) };
+        for (batch, seq, hq, hk) in [(2usize, 5usize, 6usize, 2usize), (3, 131, 1, 1), (1, 300, 4, 0)] {
+            let (nq, nk) = (batch * seq * hq * hd, batch * seq * hk * hd);
+            let (hq_in, q) = to_half(&rng.vec(nq, 2.0), t);
+            let (hk_in, k) = to_half(&rng.vec(nk, 2.0), t);
+            let (mut wq, mut wk) = (vec![0f32; nq], vec![0f32; nk]);
+            let (mut gq, mut gk) = (vec![0u16; nq], vec![0u16; nk]);
+            let args = (batch as i32, seq as i32, hq as i32, hk as i32, hd as i32);
+            let kp = |x: &[u16]| if hk == 0 { std::ptr::null() } else { vp(x) };
+            unsafe {
+                assert_ok(cuda_rope_qk(q.as_ptr(), k.as_ptr(), freqs.as_ptr(), wq.as_mut_ptr(), wk.as_mut_ptr(), args.0, args.1, args.2, args.3, args.4, 7, NULL));
+                let kout = if hk == 0 { std::ptr::null_mut() } else { vm(&mut gk) };
+                assert_ok(cudann_rope_qk_ex(vp(&hq_in), kp(&hk_in), freqs.as_ptr(), vm(&mut gq), kout, args.0, args.1, args.2, args.3, args.4, 7, t, NULL));
+            }
+            assert_eq!(gq, rounded(&wq, t), "rope q type {t} {batch}x{seq}x{hq}");
+            assert_eq!(gk, rounded(&wk, t), "rope k type {t} {batch}x{seq}x{hk}");
+            // In place, each side into its own buffer.
+            let (mut iq, mut ik) = (hq_in.clone(), hk_in.clone());
+            unsafe {
+                let (qp, kp) = (vm(&mut iq), if hk == 0 { std::ptr::null_mut() } else { vm(&mut ik) });
+                assert_ok(cudann_rope_qk_ex(qp, kp, freqs.as_ptr(), qp, kp, args.0, args.1, args.2, args.3, args.4, 7, t, NULL));
+            }
+            assert_eq!((iq, ik), (gq, gk), "rope in place type {t}");
+        }
+    }
+}
+
+#[test]
+fn attention_ex_is_the_float32_op_rounded_once() {
+    let mut rng = Rng::new(67);
+    let f = CUDANN_F32;
+    // (batch, q_len, kv_len, capacity, heads, kv heads, pos0, causal, mask):
+    // decoding against a longer cache, and training with blocks past 64 rows.
+    for (batch, q_len, kv_len, cap, h, g, pos0, causal, masked) in [(2usize, 1usize, 37usize, 64usize, 4usize, 2usize, 36usize, 1, false), (1, 70, 70, 70, 2, 1, 0, 1, true), (2, 5, 9, 12, 3, 3, 4, 0, false)] {
+        let hd = 16usize;
+        let (nq, nkv) = (batch * q_len * h * hd, batch * cap * g * hd);
+        let mask: Vec<f32> = (0..q_len * kv_len).map(|i| if i % 7 == 3 { f32::NEG_INFINITY } else { 0.25 * (i % 3) as f32 }).collect();
+        let mp = if masked { mask.as_ptr() } else { std::ptr::null() };
+        for t in HALVES {
+            let (hq, q) = to_half(&rng.vec(nq, 1.5), t);
+            let (hk, k) = to_half(&rng.vec(nkv, 1.5), t);
+            let (hv, v) = to_half(&rng.vec(nkv, 1.5), t);
+            let (mut want, mut want_lse) = (vec![0f32; nq], vec![0f32; batch * q_len * h]);
+            let (mut got, mut got_lse) = (vec![0u16; nq], vec![0f32; batch * q_len * h]);
+            let dims = (batch as i32, q_len as i32, kv_len as i32, cap as i32, h as i32, g as i32, hd as i32, pos0 as i32);
+            unsafe {
+                assert_ok(cudann_attention_forward(vp(&q), vp(&k), vp(&v), mp, vm(&mut want), want_lse.as_mut_ptr(), dims.0, dims.1, dims.2, dims.3, dims.4, dims.5, dims.6, dims.7, causal, 0.25, f, NULL));
+                assert_ok(cudann_attention_forward(vp(&hq), vp(&hk), vp(&hv), mp, vm(&mut got), got_lse.as_mut_ptr(), dims.0, dims.1, dims.2, dims.3, dims.4, dims.5, dims.6, dims.7, causal, 0.25, t, NULL));
+            }
+            assert_eq!(got, rounded(&want, t), "attention output type {t} ({batch}, {q_len}, {kv_len}, {cap})");
+            assert_eq!(got_lse, want_lse, "attention lse type {t}");
+        }
+    }
+}

@@ -5,6 +5,7 @@ use std::ffi::{c_int, c_void};
 use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output, require};
 use crate::cpu::attention::{self, Attention, AttnShape};
+use crate::cpu::convert::with_type;
 use crate::dispatch::{self, Call};
 use crate::gpu::ops;
 use crate::error::Result;
@@ -220,8 +221,9 @@ fn general_mask<'a>(mask: *const f32, a: &Attention, used: bool) -> Result<Input
 /// `score = scale * q·k_j + mask` (-inf for keys causality hides), for
 /// `cudann_attention_backward`. A row whose keys are all masked gets zeros
 /// and lse = -inf. Memory O(kv_len) per row: the scores are never held whole.
-/// Tensors are of data type `dtype` (`CUDANN_F32`; the half types are -2 until
-/// half precision lands); `mask` and `lse` are float. Returns -2 for NULL
+/// Tensors are of data type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
+/// `CUDANN_BF16`: half precision is widened, computed in float32 and the
+/// output rounded once); `mask` and `lse` are float. Returns -2 for NULL
 /// pointers with a non-empty shape, negative or overflowing sizes,
 /// `kv_capacity < kv_len`, `n_kv_heads` not dividing `n_heads`, `is_causal`
 /// not 0 or 1, a non-finite `scale`, a bad `dtype`, or overlaps; -1 for device
@@ -249,23 +251,25 @@ pub unsafe extern "C" fn cudann_attention_forward(
     stream: *mut c_void,
 ) -> i32 {
     ffi_fn!("cudann_attention_forward", {
-        check::float32("dtype", dtype)?;
+        let dtype = check::float_type("dtype", dtype)?;
         let (a, q_n, kv_n, lse_n) = general(batch, q_len, kv_len, kv_capacity, n_heads, n_kv_heads, head_dim, pos0, is_causal, scale)?;
         let work = q_n + if lse.is_null() { 0 } else { lse_n };
         let reads = |len: usize| if work == 0 { 0 } else { len };
-        let q = Input::new("Q", Q.cast::<f32>(), reads(q_n))?;
-        let k = Input::new("K", K.cast::<f32>(), reads(kv_n))?;
-        let v = Input::new("V", V.cast::<f32>(), reads(kv_n))?;
-        let m = general_mask(mask, &a, work > 0)?;
-        let out = Output::new("output", output.cast::<f32>(), q_n)?;
-        let l = Output::new("lse", lse, if lse.is_null() { 0 } else { lse_n })?;
-        let flops = 4.0 * q_n as f64 * a.kv_len as f64;
-        let call = Call::new(stream, work, [q.region(), k.region(), v.region(), m.region(), out.region(), l.region()])?.flops(flops);
-        dispatch::run_cpu_only(&call, || unsafe {
-            let written = [out.region(), l.region()];
-            let (q, k, v, m) = (q.read(&written), k.read(&written), v.read(&written), m.read(&written));
-            let lse = (!lse.is_null()).then(|| l.slice());
-            attention::attention_forward(&a, &q, &k, &v, (!mask.is_null()).then_some(&m[..]), out.slice(), lse);
+        with_type!(dtype, T => {
+            let q = Input::new("Q", Q.cast::<T>(), reads(q_n))?;
+            let k = Input::new("K", K.cast::<T>(), reads(kv_n))?;
+            let v = Input::new("V", V.cast::<T>(), reads(kv_n))?;
+            let m = general_mask(mask, &a, work > 0)?;
+            let out = Output::new("output", output.cast::<T>(), q_n)?;
+            let l = Output::new("lse", lse, if lse.is_null() { 0 } else { lse_n })?;
+            let flops = 4.0 * q_n as f64 * a.kv_len as f64;
+            let call = Call::new(stream, work, [q.region(), k.region(), v.region(), m.region(), out.region(), l.region()])?.flops(flops);
+            dispatch::run_cpu_only(&call, || unsafe {
+                let written = [out.region(), l.region()];
+                let (q, k, v, m) = (q.read(&written), k.read(&written), v.read(&written), m.read(&written));
+                let lse = (!lse.is_null()).then(|| l.slice());
+                attention::attention_forward_ex(&a, &q, &k, &v, (!mask.is_null()).then_some(&m[..]), out.slice(), lse);
+            })
         })
     })
 }
@@ -333,8 +337,9 @@ pub unsafe extern "C" fn cudann_attention_backward(
 /// Writes new keys and values into a preallocated KV cache: `k_cache[b, pos + t]
 /// = k_new[b, t]` and the same for `v`, for `t < new_len`, with `k_new`, `v_new`
 /// `[batch, new_len, n_kv_heads, head_dim]` and the caches `[batch, max_seq,
-/// n_kv_heads, head_dim]` of data type `dtype` (`CUDANN_F32`; the half types are
-/// -2 until half precision lands). Other cache rows are untouched. Returns -2
+/// n_kv_heads, head_dim]` of data type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
+/// `CUDANN_BF16`, copied as they are; the half types on the CPU, device
+/// pointers -1 until their GPU kernel). Other cache rows are untouched. Returns -2
 /// unless `pos + new_len <= max_seq`, and for NULL pointers with a non-empty
 /// shape, negative or overflowing sizes, a bad `dtype`, or overlaps.
 #[unsafe(no_mangle)]
@@ -353,31 +358,34 @@ pub unsafe extern "C" fn cudann_kv_cache_write(
     stream: *mut c_void,
 ) -> i32 {
     ffi_fn!("cudann_kv_cache_write", {
-        check::float32("dtype", dtype)?;
+        let dtype = check::float_type("dtype", dtype)?;
         let (batch, new_len, max_seq) = (check::dim("batch", batch)?, check::dim("new_len", new_len)?, check::dim("max_seq", max_seq)?);
         let (kv_heads, head_dim, pos) = (check::dim("n_kv_heads", n_kv_heads)?, check::dim("head_dim", head_dim)?, check::dim("pos", pos)?);
         require(pos + new_len <= max_seq, || format!("pos + new_len ({pos} + {new_len}) must be <= max_seq ({max_seq})"))?;
         let new_n = check::elements(&[("batch", batch), ("new_len", new_len), ("n_kv_heads", kv_heads), ("head_dim", head_dim)])?;
         let cache_n = if new_n == 0 { 0 } else { check::elements(&[("batch", batch), ("max_seq", max_seq), ("n_kv_heads", kv_heads), ("head_dim", head_dim)])? };
-        let kn = Input::new("k_new", k_new.cast::<f32>(), new_n)?;
-        let vn = Input::new("v_new", v_new.cast::<f32>(), new_n)?;
-        let kc = Output::new("k_cache", k_cache.cast::<f32>(), cache_n)?;
-        let vc = Output::new("v_cache", v_cache.cast::<f32>(), cache_n)?;
-        // One kernel writes both caches, each thread reading its k and v
-        // elements before writing: an input may be either cache's buffer.
-        let call = Call::new(stream, new_n, [kn.region(), vn.region(), kc.region(), vc.region()])?;
-        let row = kv_heads * head_dim;
-        dispatch::run(
-            &call,
-            || unsafe {
-                // Both inputs before either cache is written: k_new may be
-                // v_cache's buffer and v_new k_cache's.
-                let written = [kc.region(), vc.region()];
-                let (k, v) = (kn.read(&written), vn.read(&written));
-                attention::kv_cache_write(&k, kc.slice(), new_len, max_seq, row, pos);
-                attention::kv_cache_write(&v, vc.slice(), new_len, max_seq, row, pos);
-            },
-            |g, p| unsafe { ops::kv_cache_write(g, stream.cast(), p[0], p[1], p[2], p[3], batch, new_len, max_seq, row, pos) },
-        )
+        with_type!(dtype, T => {
+            let kn = Input::new("k_new", k_new.cast::<T>(), new_n)?;
+            let vn = Input::new("v_new", v_new.cast::<T>(), new_n)?;
+            let kc = Output::new("k_cache", k_cache.cast::<T>(), cache_n)?;
+            let vc = Output::new("v_cache", v_cache.cast::<T>(), cache_n)?;
+            // One kernel writes both caches, each thread reading its k and v
+            // elements before writing: an input may be either cache's buffer.
+            let call = Call::new(stream, new_n, [kn.region(), vn.region(), kc.region(), vc.region()])?;
+            let row = kv_heads * head_dim;
+            dispatch::run_typed(
+                dtype,
+                &call,
+                || unsafe {
+                    // Both inputs before either cache is written: k_new may be
+                    // v_cache's buffer and v_new k_cache's.
+                    let written = [kc.region(), vc.region()];
+                    let (k, v) = (kn.read(&written), vn.read(&written));
+                    attention::kv_cache_write(&k, kc.slice(), new_len, max_seq, row, pos);
+                    attention::kv_cache_write(&v, vc.slice(), new_len, max_seq, row, pos);
+                },
+                |g, p| unsafe { ops::kv_cache_write(g, stream.cast(), p[0], p[1], p[2], p[3], batch, new_len, max_seq, row, pos) },
+            )
+        })
     })
 }

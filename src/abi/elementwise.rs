@@ -105,7 +105,7 @@ unsafe fn scale_f32(input: *const f32, output: *mut f32, scale: f32, n: i64, str
 /// The half-precision path of the `_ex` elementwise ops: `inputs` and
 /// `output` of `n` elements of type `t`, computed by `op` in float32 blocks
 /// (on the CPU; device pointers are -1 until the GPU kernels).
-unsafe fn half_ex<const N: usize>(t: Float, inputs: [(&'static str, *const c_void); N], output: *mut c_void, n: i64, stream: *mut c_void, op: impl Fn([&[f32]; N], &mut [f32]) + Sync) -> Result<()> {
+unsafe fn half_ex<const N: usize>(t: Float, inputs: [(&'static str, *const c_void); N], output: *mut c_void, n: i64, stream: *mut c_void, op: impl Fn(usize, [&[f32]; N], &mut [f32]) + Sync) -> Result<()> {
     let n = check::count("n", n)?;
     with_type!(t, T => {
         let mut regions = Vec::with_capacity(N + 1);
@@ -132,7 +132,7 @@ pub unsafe extern "C" fn cudann_add_ex(a: *const c_void, b: *const c_void, outpu
     ffi_fn!("cudann_add_ex", {
         match check::float_type("dtype", dtype)? {
             Float::F32 => unsafe { add_f32(a.cast(), b.cast(), output.cast(), n, stream) },
-            t => unsafe { half_ex(t, [("a", a), ("b", b)], output, n, stream, |[a, b], y| elementwise::add(Src::Slice(a), Src::Slice(b), y)) },
+            t => unsafe { half_ex(t, [("a", a), ("b", b)], output, n, stream, |_, [a, b], y| elementwise::add(Src::Slice(a), Src::Slice(b), y)) },
         }
     })
 }
@@ -143,7 +143,7 @@ pub unsafe extern "C" fn cudann_mul_ex(a: *const c_void, b: *const c_void, outpu
     ffi_fn!("cudann_mul_ex", {
         match check::float_type("dtype", dtype)? {
             Float::F32 => unsafe { mul_f32(a.cast(), b.cast(), output.cast(), n, stream) },
-            t => unsafe { half_ex(t, [("a", a), ("b", b)], output, n, stream, |[a, b], y| elementwise::mul(Src::Slice(a), Src::Slice(b), y)) },
+            t => unsafe { half_ex(t, [("a", a), ("b", b)], output, n, stream, |_, [a, b], y| elementwise::mul(Src::Slice(a), Src::Slice(b), y)) },
         }
     })
 }
@@ -155,7 +155,7 @@ pub unsafe extern "C" fn cudann_scale_ex(input: *const c_void, output: *mut c_vo
     ffi_fn!("cudann_scale_ex", {
         match check::float_type("dtype", dtype)? {
             Float::F32 => unsafe { scale_f32(input.cast(), output.cast(), scale, n, stream) },
-            t => unsafe { half_ex(t, [("input", input)], output, n, stream, |[x], y| elementwise::scale(Src::Slice(x), scale, y)) },
+            t => unsafe { half_ex(t, [("input", input)], output, n, stream, |_, [x], y| elementwise::scale(Src::Slice(x), scale, y)) },
         }
     })
 }
@@ -206,21 +206,28 @@ pub unsafe extern "C" fn cudann_gelu_backward(d_output: *const f32, input: *cons
 }
 
 /// SwiGLU: `output[i] = silu(gate[i]) * up[i]` for `0 <= i < n`, tensors of data
-/// type `dtype` (`CUDANN_F32`; the half types are -2 until half precision lands).
-/// `output` may be `gate` or `up`. Returns -2 for a NULL pointer with `n > 0`,
-/// `n < 0`, a bad `dtype` or a partial overlap.
+/// type `dtype` (`CUDANN_F32`, `CUDANN_F16` or `CUDANN_BF16`; half precision is
+/// computed in float32 and rounded once, on the CPU: device pointers -1 until
+/// its GPU kernel). `output` may be `gate` or `up`. Returns -2 for a NULL
+/// pointer with `n > 0`, `n < 0`, a bad `dtype` or a partial overlap.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_swiglu(gate: *const c_void, up: *const c_void, output: *mut c_void, n: i64, dtype: c_int, stream: *mut c_void) -> i32 {
     ffi_fn!("cudann_swiglu", {
-        check::float32("dtype", dtype)?;
-        let ([g, u], y) = flat(n, [("gate", gate.cast()), ("up", up.cast())], ("output", output.cast()))?;
-        let call = Call::new(stream, y.len, [g.region(), u.region(), y.region()])?;
-        dispatch::run(
-            &call,
-            || unsafe { elementwise::swiglu(Src::of(&g, &y, &[]), Src::of(&u, &y, &[]), y.slice()) },
-            |gpu, p| unsafe { ops::swiglu(gpu, stream.cast(), p[0], p[1], p[2], y.len) },
-        )
+        match check::float_type("dtype", dtype)? {
+            Float::F32 => unsafe { swiglu_f32(gate.cast(), up.cast(), output.cast(), n, stream) },
+            t => unsafe { half_ex(t, [("gate", gate), ("up", up)], output, n, stream, |_, [g, u], y| elementwise::swiglu(Src::Slice(g), Src::Slice(u), y)) },
+        }
     })
+}
+
+unsafe fn swiglu_f32(gate: *const f32, up: *const f32, output: *mut f32, n: i64, stream: *mut c_void) -> Result<()> {
+    let ([g, u], y) = flat(n, [("gate", gate), ("up", up)], ("output", output))?;
+    let call = Call::new(stream, y.len, [g.region(), u.region(), y.region()])?;
+    dispatch::run(
+        &call,
+        || unsafe { elementwise::swiglu(Src::of(&g, &y, &[]), Src::of(&u, &y, &[]), y.slice()) },
+        |gpu, p| unsafe { ops::swiglu(gpu, stream.cast(), p[0], p[1], p[2], y.len) },
+    )
 }
 
 /// SwiGLU backward: `d_gate[i] = d_output[i] * up[i] * silu'(gate[i])` and

@@ -4,6 +4,7 @@ use std::ffi::{c_int, c_void};
 
 use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output};
+use crate::cpu::convert::with_type;
 use crate::cpu::embedding;
 use crate::dispatch::{self, Call};
 use crate::error::Result;
@@ -26,8 +27,9 @@ fn shape(n_ids: c_int, vocab_size: c_int, dim: c_int) -> Result<(usize, usize, u
 }
 
 /// Embedding lookup: `output[i, :] = table[ids[i], :]` for `i < n_ids`, rows of
-/// `dim` elements of data type `dtype` (`CUDANN_F32`; the half types are -2
-/// until half precision lands) from `table[vocab_size, dim]`. A negative id
+/// `dim` elements of data type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
+/// `CUDANN_BF16`, copied as they are; the half types on the CPU, device
+/// pointers -1 until their GPU kernel) from `table[vocab_size, dim]`. A negative id
 /// gives a row of zeros (padding). An id >= `vocab_size` is -2 (nothing
 /// written) when the ids are host memory. Returns -2 for NULL pointers with a
 /// non-empty shape, negative or overflowing sizes, a bad `dtype`, or overlaps.
@@ -45,18 +47,21 @@ pub unsafe extern "C" fn cudann_embedding(
     stream: *mut c_void,
 ) -> i32 {
     ffi_fn!("cudann_embedding", {
-        check::float32("dtype", dtype)?;
+        let dtype = check::float_type("dtype", dtype)?;
         let (n, vocab, dim, rows, table_len) = shape(n_ids, vocab_size, dim)?;
         let ids = self::ids(ids, if rows == 0 { 0 } else { n }, vocab)?;
-        let t = Input::new("table", table.cast::<f32>(), if rows == 0 { 0 } else { table_len })?;
-        let y = Output::new("output", output.cast::<f32>(), rows)?;
-        // The kernel reads other rows than it writes: aliased inputs are copied.
-        let call = Call::new(stream, rows, [ids.region(), t.region(), y.region()])?.kernels_in_place(false);
-        dispatch::run(
-            &call,
-            || unsafe { embedding::embedding(&ids.read(&[y.region()]), &t.read(&[y.region()]), y.slice(), dim) },
-            |g, p| unsafe { ops::embedding(g, stream.cast(), p[0], p[1], p[2], n, vocab, dim) },
-        )
+        with_type!(dtype, T => {
+            let t = Input::new("table", table.cast::<T>(), if rows == 0 { 0 } else { table_len })?;
+            let y = Output::new("output", output.cast::<T>(), rows)?;
+            // The kernel reads other rows than it writes: aliased inputs are copied.
+            let call = Call::new(stream, rows, [ids.region(), t.region(), y.region()])?.kernels_in_place(false);
+            dispatch::run_typed(
+                dtype,
+                &call,
+                || unsafe { embedding::embedding(&ids.read(&[y.region()]), &t.read(&[y.region()]), y.slice(), dim) },
+                |g, p| unsafe { ops::embedding(g, stream.cast(), p[0], p[1], p[2], n, vocab, dim) },
+            )
+        })
     })
 }
 

@@ -80,7 +80,7 @@ pub unsafe extern "C" fn cudann_rmsnorm_ex(
             let call = Call::new(stream, n, [x.region(), w.region(), y.region()])?;
             dispatch::run_cpu_only(&call, || unsafe {
                 let w32 = convert::widened(w.ptr, w.len);
-                convert::blockwise([x.ptr], y.ptr, n, hidden, |[xb], yb| norm::rmsnorm(Src::Slice(xb), &w32, yb, hidden, eps));
+                convert::blockwise([x.ptr], y.ptr, n, hidden, |_, [xb], yb| norm::rmsnorm(Src::Slice(xb), &w32, yb, hidden, eps));
             })
         })
     })

@@ -4,6 +4,7 @@ use std::ffi::{c_int, c_void};
 
 use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output, Region, require};
+use crate::cpu::convert::{self, Element, Float, with_type};
 use crate::cpu::{par::Src, rope::{self, Angles, RopeShape}};
 use crate::dispatch::{self, Call};
 use crate::gpu::ops;
@@ -83,7 +84,7 @@ pub unsafe extern "C" fn cuda_rope_forward(
         let call = Call::new(stream, n, [x.region(), f.region(), y.region()])?;
         dispatch::run(
             &call,
-            || unsafe { rope::rotate(Src::of(&x, &y, &[]), y.slice(), &f.read(&[y.region()]), shape, Angles::AsStored, false) },
+            || unsafe { rope::rotate(Src::of(&x, &y, &[]), y.slice(), &f.read(&[y.region()]), shape, Angles::AsStored, false, 0) },
             |g, p| unsafe { ops::rope_rotate(g, stream.cast(), p[0], p[1], p[2], shape, n / (shape.heads * shape.head_dim), 1.0) },
         )
     })
@@ -110,16 +111,57 @@ pub unsafe extern "C" fn cuda_rope_qk(
 ) -> i32 {
     ffi_fn!("cuda_rope_qk", {
         let ops = unsafe { QkOperands::new(["q", "k", "q_out", "k_out"], q, k, freqs, q_out, k_out, batch, seq_len, n_q_heads, n_kv_heads, head_dim, offset)? };
-        // The kernels handle q_out == q and k_out == k, not an input that is the
-        // other output's buffer (rotating q would overwrite k first).
-        let crossed = ops.qo.region().start == ops.k.region().start || ops.ko.region().start == ops.q.region().start;
-        let call = Call::new(stream, ops.qo.len + ops.ko.len, ops.regions())?.kernels_in_place(!crossed);
-        let tokens = ops.q_shape.seq_len * batch.max(0) as usize;
-        let (q_shape, k_shape) = (ops.q_shape, ops.k_shape);
-        dispatch::run(&call, || unsafe { ops.rotate(false) }, |g, p| unsafe {
-            ops::rope_rotate(g, stream.cast(), p[0], p[2], p[3], q_shape, tokens, 1.0)?;
-            ops::rope_rotate(g, stream.cast(), p[1], p[2], p[4], k_shape, tokens, 1.0)
-        })
+        unsafe { rope_qk_f32(&ops, batch, stream) }
+    })
+}
+
+/// `cuda_rope_qk` on checked float32 operands.
+unsafe fn rope_qk_f32(ops: &QkOperands, batch: c_int, stream: *mut c_void) -> Result<()> {
+    // The kernels handle q_out == q and k_out == k, not an input that is the
+    // other output's buffer (rotating q would overwrite k first).
+    let call = Call::new(stream, ops.qo.len + ops.ko.len, ops.regions())?.kernels_in_place(!ops.crossed());
+    let tokens = ops.q_shape.seq_len * batch.max(0) as usize;
+    let (q_shape, k_shape) = (ops.q_shape, ops.k_shape);
+    dispatch::run(&call, || unsafe { ops.rotate(false) }, |g, p| unsafe {
+        ops::rope_rotate(g, stream.cast(), p[0], p[2], p[3], q_shape, tokens, 1.0)?;
+        ops::rope_rotate(g, stream.cast(), p[1], p[2], p[4], k_shape, tokens, 1.0)
+    })
+}
+
+/// `cuda_rope_qk` on `q`, `k`, `q_out` and `k_out` of type `dtype`
+/// (`CUDANN_F32`, `CUDANN_F16` or `CUDANN_BF16`; `freqs` is float): half
+/// precision is rotated in float32 and rounded once, on the CPU (device
+/// pointers -1 until its GPU kernel). Returns -2 as `cuda_rope_qk`, and for
+/// an unknown `dtype`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudann_rope_qk_ex(
+    q: *const c_void,
+    k: *const c_void,
+    freqs: *const f32,
+    q_out: *mut c_void,
+    k_out: *mut c_void,
+    batch: c_int,
+    seq_len: c_int,
+    n_q_heads: c_int,
+    n_kv_heads: c_int,
+    head_dim: c_int,
+    offset: c_int,
+    dtype: c_int,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cudann_rope_qk_ex", {
+        let names = ["q", "k", "q_out", "k_out"];
+        match check::float_type("dtype", dtype)? {
+            Float::F32 => unsafe {
+                let ops = QkOperands::new(names, q.cast(), k.cast(), freqs, q_out.cast(), k_out.cast(), batch, seq_len, n_q_heads, n_kv_heads, head_dim, offset)?;
+                rope_qk_f32(&ops, batch, stream)
+            },
+            t => with_type!(t, T => {
+                let ops = unsafe { QkOperands::<T>::new(names, q.cast(), k.cast(), freqs, q_out.cast(), k_out.cast(), batch, seq_len, n_q_heads, n_kv_heads, head_dim, offset)? };
+                let call = Call::new(stream, ops.qo.len + ops.ko.len, ops.regions())?;
+                dispatch::run_cpu_only(&call, || unsafe { ops.rotate_half() })
+            }),
+        }
     })
 }
 
@@ -148,8 +190,7 @@ pub unsafe extern "C" fn cudann_rope_backward(
         let ops = unsafe { QkOperands::new(["d_q", "d_k", "d_q_out", "d_k_out"], d_q, d_k, freqs, d_q_out, d_k_out, batch, seq_len, n_q_heads, n_kv_heads, head_dim, offset)? };
         // As cuda_rope_qk: in place per side is fine, an input that is the other
         // output's buffer is copied first.
-        let crossed = ops.qo.region().start == ops.k.region().start || ops.ko.region().start == ops.q.region().start;
-        let call = Call::new(stream, ops.qo.len + ops.ko.len, ops.regions())?.kernels_in_place(!crossed);
+        let call = Call::new(stream, ops.qo.len + ops.ko.len, ops.regions())?.kernels_in_place(!ops.crossed());
         let tokens = ops.q_shape.seq_len * batch.max(0) as usize;
         let (q_shape, k_shape) = (ops.q_shape, ops.k_shape);
         dispatch::run(&call, || unsafe { ops.rotate(true) }, |g, p| unsafe {
@@ -161,18 +202,18 @@ pub unsafe extern "C" fn cudann_rope_backward(
 
 /// The checked operands of a query/key rotation (`cuda_rope_qk` and its
 /// backward), named after the entry point's arguments: q, k, q_out, k_out.
-struct QkOperands<'a> {
-    q: Input<'a, f32>,
-    k: Input<'a, f32>,
+struct QkOperands<'a, T = f32> {
+    q: Input<'a, T>,
+    k: Input<'a, T>,
     f: Input<'a, f32>,
-    qo: Output<'a, f32>,
-    ko: Output<'a, f32>,
+    qo: Output<'a, T>,
+    ko: Output<'a, T>,
     q_shape: RopeShape,
     k_shape: RopeShape,
 }
 
-impl<'a> QkOperands<'a> {
-    unsafe fn new(names: [&'static str; 4], q: *const f32, k: *const f32, freqs: *const f32, q_out: *mut f32, k_out: *mut f32, batch: c_int, seq_len: c_int, n_q_heads: c_int, n_kv_heads: c_int, head_dim: c_int, offset: c_int) -> Result<Self> {
+impl<'a, T: Element> QkOperands<'a, T> {
+    unsafe fn new(names: [&'static str; 4], q: *const T, k: *const T, freqs: *const f32, q_out: *mut T, k_out: *mut T, batch: c_int, seq_len: c_int, n_q_heads: c_int, n_kv_heads: c_int, head_dim: c_int, offset: c_int) -> Result<Self> {
         let (nq, q_shape) = tensor(batch, seq_len, ("n_q_heads", n_q_heads), head_dim, offset)?;
         let (nk, k_shape) = tensor(batch, seq_len, ("n_kv_heads", n_kv_heads), head_dim, offset)?;
         Ok(QkOperands {
@@ -190,6 +231,31 @@ impl<'a> QkOperands<'a> {
         [self.q.region(), self.k.region(), self.f.region(), self.qo.region(), self.ko.region()]
     }
 
+    /// Whether an input is the *other* output's buffer (rotating one side
+    /// would overwrite the other's input first).
+    fn crossed(&self) -> bool {
+        self.qo.region().start == self.k.region().start || self.ko.region().start == self.q.region().start
+    }
+
+    /// Both rotations of half-precision tensors on the CPU, a block of tokens
+    /// at a time through float32 (rounded once). Inputs that are the other
+    /// output's buffer are copied first.
+    unsafe fn rotate_half(&self) {
+        unsafe {
+            let f = self.f.read(&[self.qo.region(), self.ko.region()]);
+            let q = self.q.read(&[self.ko.region()]);
+            let k = self.k.read(&[self.qo.region()]);
+            for (x, y, shape) in [(&q, &self.qo, self.q_shape), (&k, &self.ko, self.k_shape)] {
+                let token = shape.heads * shape.head_dim;
+                convert::blockwise([x.as_ptr()], y.ptr, y.len, token, |start, [x], y| {
+                    rope::rotate(Src::Slice(x), y, &f, shape, Angles::AsStored, false, start / token.max(1));
+                });
+            }
+        }
+    }
+}
+
+impl QkOperands<'_> {
     /// Both rotations on the CPU. Inputs that are the *other* output's buffer
     /// are copied before either output is written.
     unsafe fn rotate(&self, inverse: bool) {
@@ -197,8 +263,8 @@ impl<'a> QkOperands<'a> {
             let f = self.f.read(&[self.qo.region(), self.ko.region()]);
             let q = Src::of(&self.q, &self.qo, &[self.ko.region()]);
             let k = Src::of(&self.k, &self.ko, &[self.qo.region()]);
-            rope::rotate(q, self.qo.slice(), &f, self.q_shape, Angles::AsStored, inverse);
-            rope::rotate(k, self.ko.slice(), &f, self.k_shape, Angles::AsStored, inverse);
+            rope::rotate(q, self.qo.slice(), &f, self.q_shape, Angles::AsStored, inverse, 0);
+            rope::rotate(k, self.ko.slice(), &f, self.k_shape, Angles::AsStored, inverse, 0);
         }
     }
 }
@@ -215,8 +281,8 @@ unsafe fn rotate_q_and_k(q: *mut f32, k: *mut f32, freqs: *const f32, batch: c_i
     let cpu = || {
         unsafe {
             let f = f.read(&[q.region(), k.region()]);
-            rope::rotate(Src::Output, q.slice(), &f, shape, angles, false);
-            rope::rotate(Src::Output, k.slice(), &f, shape, angles, false);
+            rope::rotate(Src::Output, q.slice(), &f, shape, angles, false, 0);
+            rope::rotate(Src::Output, k.slice(), &f, shape, angles, false, 0);
         }
     };
     let tokens = n / (shape.heads * shape.head_dim).max(1);

@@ -53,7 +53,7 @@ pub unsafe extern "C" fn cudann_softmax_ex(input: *const c_void, output: *mut c_
             let x = Input::new("input", input.cast::<T>(), n)?;
             let y = Output::new("output", output.cast::<T>(), n)?;
             let call = Call::new(stream, n, [x.region(), y.region()])?;
-            dispatch::run_cpu_only(&call, || unsafe { convert::blockwise([x.ptr], y.ptr, n, cols, |[xb], yb| softmax::softmax(Src::Slice(xb), yb, cols)) })
+            dispatch::run_cpu_only(&call, || unsafe { convert::blockwise([x.ptr], y.ptr, n, cols, |_, [xb], yb| softmax::softmax(Src::Slice(xb), yb, cols)) })
         })
     })
 }

@@ -9,6 +9,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::alloc;
+use super::convert::{Element, convert};
 use super::gemm::{View, sgemm_view};
 use super::math::exp;
 use super::par::Shared;
@@ -207,6 +208,28 @@ pub fn attention_forward(a: &Attention, q: &[f32], k: &[f32], v: &[f32], mask: O
     });
 }
 
+/// [`attention_forward`] on tensors of any element type: half-precision Q
+/// and the `kv_len` used positions of K and V are widened to float32, and the
+/// output is rounded once (float32 runs in place, with no copy).
+pub fn attention_forward_ex<T: Element>(a: &Attention, q: &[T], k: &[T], v: &[T], mask: Option<&[f32]>, out: &mut [T], lse: Option<&mut [f32]>) {
+    if let Some(out) = T::as_f32_mut(out) {
+        return attention_forward(a, &T::wide(q), &T::wide(k), &T::wide(v), mask, out, lse);
+    }
+    let row = a.kv_heads * a.head_dim;
+    let used = |x: &[T]| {
+        let mut wide = alloc::filled(a.batch * a.kv_len * row, 0.0f32);
+        for (b, w) in wide.chunks_exact_mut((a.kv_len * row).max(1)).enumerate() {
+            let start = b * a.kv_capacity * row;
+            convert(&x[start..start + w.len()], w);
+        }
+        wide
+    };
+    let mut wide_out = alloc::filled(out.len(), 0.0f32);
+    let compact = Attention { kv_capacity: a.kv_len, ..*a };
+    attention_forward(&compact, &T::wide(q), &used(k), &used(v), mask, &mut wide_out, lse);
+    convert(&wide_out, out);
+}
+
 /// Softmax of one row of scores in place; returns ln Σ e^s (-inf, and a row of
 /// zeros, when every score is -inf).
 fn softmax_with_lse(row: &mut [f32]) -> f32 {
@@ -311,7 +334,7 @@ fn score_gradients(s_to_p: &mut [f32], dp_to_ds: &mut [f32], lse: f32, d: f32) {
 
 /// Copies `new[batch, new_len, row]` into `cache[batch, max_seq, row]` at
 /// sequence positions `pos..pos + new_len` (a row is kv_heads * head_dim).
-pub fn kv_cache_write(new: &[f32], cache: &mut [f32], new_len: usize, max_seq: usize, row: usize, pos: usize) {
+pub fn kv_cache_write<T: Copy + Send + Sync>(new: &[T], cache: &mut [T], new_len: usize, max_seq: usize, row: usize, pos: usize) {
     cache.par_chunks_mut(max_seq * row).zip(new.par_chunks(new_len * row)).for_each(|(cache, new)| {
         cache[pos * row..(pos + new_len) * row].copy_from_slice(new);
     });

@@ -6,6 +6,8 @@
 //! exact, signed zeros and infinities kept. NaN stays NaN, quiet, with its sign
 //! (and the top bits of its payload) in every direction.
 
+use std::borrow::Cow;
+
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use multiversion::multiversion;
@@ -49,6 +51,18 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn load(src: &[Self], dst: &mut [f32]);
     /// `dst[i] = src[i]` rounded to this type.
     fn store(src: &[f32], dst: &mut [Self]);
+
+    /// The elements as float32: borrowed for float32, widened otherwise.
+    fn wide(src: &[Self]) -> Cow<'_, [f32]> {
+        let mut wide = super::alloc::filled(src.len(), 0.0f32);
+        convert(src, &mut wide);
+        Cow::Owned(wide)
+    }
+
+    /// The elements as float32 to write in place: only float32 ones.
+    fn as_f32_mut(_dst: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
 }
 
 impl Element for f32 {
@@ -57,6 +71,12 @@ impl Element for f32 {
     }
     fn store(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
+    }
+    fn wide(src: &[f32]) -> Cow<'_, [f32]> {
+        Cow::Borrowed(src)
+    }
+    fn as_f32_mut(dst: &mut [f32]) -> Option<&mut [f32]> {
+        Some(dst)
     }
 }
 
@@ -155,12 +175,13 @@ struct Addr(usize);
 
 /// A float32 op applied to half-precision tensors: `inputs` (each `len`
 /// elements) and `output` are cut into blocks of whole rows of `cols`, each
-/// block widened into float32, computed by `op`, and rounded back. Blocks run
+/// block widened into float32, computed by `op` (given the index of the
+/// block's first element), and rounded back. Blocks run
 /// in parallel, each read before it is written, so the output may be one of
 /// the inputs (in place). Row ops give each row exactly the float32 op's
 /// result, rounded once. Safety: every pointer holds `len` elements of `T`;
 /// the output overlaps no input other than being one of them.
-pub unsafe fn blockwise<T: Element, const N: usize>(inputs: [*const T; N], output: *mut T, len: usize, cols: usize, op: impl Fn([&[f32]; N], &mut [f32]) + Sync) {
+pub unsafe fn blockwise<T: Element, const N: usize>(inputs: [*const T; N], output: *mut T, len: usize, cols: usize, op: impl Fn(usize, [&[f32]; N], &mut [f32]) + Sync) {
     if len == 0 {
         return;
     }
@@ -168,7 +189,11 @@ pub unsafe fn blockwise<T: Element, const N: usize>(inputs: [*const T; N], outpu
     let rows_per_block = (CHUNK / cols).max(1);
     let block = rows_per_block * cols;
     let (inputs, output) = (inputs.map(|p| Addr(p as usize)), Addr(output as usize));
-    (0..len.div_ceil(block)).into_par_iter().for_each(|b| {
+    // Each task takes a span of consecutive blocks, so every thread streams
+    // through memory in order (the prefetchers follow it).
+    let blocks = len.div_ceil(block);
+    let span = (SPAN / block).max(1);
+    (0..blocks.div_ceil(span)).into_par_iter().flat_map_iter(|s| s * span..blocks.min((s + 1) * span)).for_each(|b| {
         let (start, count) = (b * block, block.min(len - b * block));
         let run = |buffer: &mut [f32]| {
             let (wide, result) = buffer.split_at_mut(N * count);
@@ -177,7 +202,7 @@ pub unsafe fn blockwise<T: Element, const N: usize>(inputs: [*const T; N], outpu
                 T::load(unsafe { std::slice::from_raw_parts((p.0 as *const T).add(start), count) }, w);
             }
             let mut blocks = wide.chunks_exact(count);
-            op(std::array::from_fn(|_| blocks.next().expect("N blocks")), result);
+            op(start, std::array::from_fn(|_| blocks.next().expect("N blocks")), result);
             T::store(result, unsafe { std::slice::from_raw_parts_mut((output.0 as *mut T).add(start), count) });
         };
         let need = (N + 1) * count;
@@ -195,6 +220,9 @@ pub unsafe fn blockwise<T: Element, const N: usize>(inputs: [*const T; N], outpu
     });
 }
 
+/// Elements of consecutive blocks per task.
+const SPAN: usize = 64 * 1024;
+
 /// Floats of scratch a worker keeps between calls (256 KiB).
 const SCRATCH_KEEP: usize = 64 * 1024;
 
@@ -207,7 +235,5 @@ thread_local! {
 /// `len` elements of `T` at `ptr`, widened into a new float32 buffer.
 /// Safety: `ptr` holds `len` elements.
 pub unsafe fn widened<T: Element>(ptr: *const T, len: usize) -> Vec<f32> {
-    let mut wide = super::alloc::filled(len, 0.0f32);
-    convert(unsafe { std::slice::from_raw_parts(ptr, len) }, &mut wide);
-    wide
+    T::wide(unsafe { std::slice::from_raw_parts(ptr, len) }).into_owned()
 }

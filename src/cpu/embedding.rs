@@ -6,10 +6,11 @@ use super::optim::{scatter_add, zero};
 
 /// output[i, :] = table[ids[i], :]; a negative id gives a row of zeros. Ids
 /// must be < the table's height (checked by the caller).
-pub fn embedding(ids: &[i32], table: &[f32], output: &mut [f32], dim: usize) {
+/// Rows of any element type are copied as they are (zero bits are +0).
+pub fn embedding<T: Copy + Default + Send + Sync>(ids: &[i32], table: &[T], output: &mut [T], dim: usize) {
     output.par_chunks_mut(dim).zip(ids).for_each(|(row, &id)| match usize::try_from(id) {
         Ok(id) => row.copy_from_slice(&table[id * dim..(id + 1) * dim]),
-        Err(_) => row.fill(0.0),
+        Err(_) => row.fill(T::default()),
     });
 }
 

@@ -67,14 +67,14 @@ fn rotation_row(freqs: &[f32], position: usize, head_dim: usize, angles: Angles,
 
 /// Rotates every interleaved pair (x[2i], x[2i+1]) of `x` by its position's
 /// angle into `y` (by minus that angle with `inverse`: the backward of a
-/// rotation is the rotation back).
-pub fn rotate(x: Src, y: &mut [f32], freqs: &[f32], shape: RopeShape, angles: Angles, inverse: bool) {
+/// rotation is the rotation back). `y` starts at token `first` of the tensor.
+pub fn rotate(x: Src, y: &mut [f32], freqs: &[f32], shape: RopeShape, angles: Angles, inverse: bool, first: usize) {
     let token = shape.heads * shape.head_dim;
     if y.is_empty() {
         return; // no heads on this side (e.g. rope_qk with n_kv_heads = 0)
     }
     y.par_chunks_mut(token).enumerate().for_each(|(t, y)| {
-        let position = t % shape.seq_len + shape.offset;
+        let position = (first + t) % shape.seq_len + shape.offset;
         let rot = rotation_row(freqs, position, shape.head_dim, angles, inverse);
         let x = match &x {
             Src::Slice(x) => Some(&x[t * token..(t + 1) * token]),
