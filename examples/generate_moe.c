@@ -3,10 +3,13 @@
  *
  *   generate_moe --model DIR --prompt "ids..." --max-new N [--temperature T]
  *                [--top-k K] [--top-p P] [--seed S] [--logits FILE]
+ *                [--dtype f32|bf16|f16]
  *
  * One forward pass over the prompt fills each layer's KV cache; then every new
  * token is one decoding step against the cache. Temperature 0 (the default)
- * is greedy. Prints the prompt and the generated ids on one line; --logits
+ * is greedy. --dtype is the type the weights are held and read in (the
+ * checkpoint's tensors, F32, F16 or BF16, are converted on load);
+ * activations, the KV cache and the logits stay float32. Prints the prompt and the generated ids on one line; --logits
  * writes each step's logits row (float32, little-endian) for checking. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -21,13 +24,21 @@ const char *program_name = "generate_moe";
 
 typedef struct {
     const char *model, *prompt, *logits;
-    int max_new, top_k;
+    int max_new, top_k, dtype;
     float temperature, top_p;
     unsigned long long seed;
 } Args;
 
+static int parse_dtype(const char *text) {
+    if (!strcmp(text, "f32")) return CUDANN_F32;
+    if (!strcmp(text, "bf16")) return CUDANN_BF16;
+    if (!strcmp(text, "f16")) return CUDANN_F16;
+    die("--dtype must be f32, bf16 or f16 (got '%s')", text);
+    return -1;
+}
+
 static Args parse(int argc, char **argv) {
-    Args a = {.max_new = -1, .top_k = 0, .temperature = 0.0f, .top_p = 1.0f, .seed = 0};
+    Args a = {.max_new = -1, .top_k = 0, .temperature = 0.0f, .top_p = 1.0f, .seed = 0, .dtype = CUDANN_F32};
     for (int i = 1; i < argc; i += 2) {
         const char *flag = argv[i], *value = i + 1 < argc ? argv[i + 1] : NULL;
         if (!value) die("%s needs a value", flag);
@@ -39,10 +50,11 @@ static Args parse(int argc, char **argv) {
         else if (!strcmp(flag, "--top-k")) a.top_k = (int)parse_number(flag, value);
         else if (!strcmp(flag, "--top-p")) a.top_p = (float)parse_number(flag, value);
         else if (!strcmp(flag, "--seed")) a.seed = (unsigned long long)parse_number(flag, value);
+        else if (!strcmp(flag, "--dtype")) a.dtype = parse_dtype(value);
         else die("unknown option '%s'", flag);
     }
     if (!a.model || !a.prompt || a.max_new < 0)
-        die("usage: generate_moe --model DIR --prompt \"ids...\" --max-new N [--temperature T] [--top-k K] [--top-p P] [--seed S] [--logits FILE]");
+        die("usage: generate_moe --model DIR --prompt \"ids...\" --max-new N [--temperature T] [--top-k K] [--top-p P] [--seed S] [--logits FILE] [--dtype f32|bf16|f16]");
     if (a.temperature < 0) die("--temperature must be >= 0");
     if (a.top_k < 0) die("--top-k must be >= 1");
     if (!(a.top_p > 0 && a.top_p <= 1)) die("--top-p must be in (0, 1]");
@@ -83,7 +95,10 @@ static void choose(const Args *a, const float *logits, int vocab, int32_t *token
  * its cache), then the head on the last one: logits [vocab]. */
 static void forward(const Model *m, const int32_t *ids, int count, int pos0, LayerActs *acts, float *x_next, KvCache *caches, float *xf, float *logits) {
     const Config *c = &m->c;
-    CHECK(cudann_embedding(ids, tensor_in(m, m->params, m->embed), acts->x_in, count, c->vocab, c->hidden, CUDANN_F32, NULL));
+    /* The rows in the weights' type (into acts->a, free until the first
+     * layer's norm), widened into the residual stream. */
+    CHECK(cudann_embedding(ids, weight(m, m->embed), acts->a, count, c->vocab, c->hidden, m->dtype, NULL));
+    CHECK(cudann_convert(acts->a, m->dtype, acts->x_in, CUDANN_F32, (int64_t)count * c->hidden, NULL));
     for (int l = 0; l < c->layers; l++) {
         layer_forward(m, l, acts, x_next, 1, count, pos0, &caches[l]);
         float *swap = acts->x_in; /* this layer's output is the next one's input */
@@ -98,7 +113,7 @@ int main(int argc, char **argv) {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", args.model);
     Config c = config_load(path);
-    Model m = model_layout(c);
+    Model m = model_layout(c, args.dtype);
     snprintf(path, sizeof path, "%s/model.safetensors", args.model);
     model_load(&m, path);
     model_rope(&m);

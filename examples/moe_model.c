@@ -124,8 +124,11 @@ static int add_tensor(Model *m, const char *name, int64_t rows, int64_t cols) {
     return m->n_tensors++;
 }
 
-Model model_layout(Config c) {
-    Model m = {.c = c};
+/* Bytes of one element of a floating-point type. */
+static size_t element_size(int dtype) { return dtype == CUDANN_F32 ? 4 : 2; }
+
+Model model_layout(Config c, int dtype) {
+    Model m = {.c = c, .dtype = dtype};
     int per_layer = 7 + 3 * c.experts;
     m.tensors = xcalloc((size_t)(3 + c.layers * per_layer), sizeof(Tensor));
     m.layer = xcalloc((size_t)c.layers, sizeof(LayerTensors));
@@ -159,12 +162,21 @@ Model model_layout(Config c) {
     }
     m.norm = add_tensor(&m, "norm.weight", D, 0);
     m.lm_head = add_tensor(&m, "lm_head.weight", c.vocab, D);
-    m.params = dalloc((size_t)m.n_params, sizeof(float));
+    m.params = dalloc((size_t)m.n_params, element_size(dtype));
+    m.norm_wide = dtype == CUDANN_F32 ? NULL : dalloc((size_t)D, sizeof(float));
     m.freqs = dalloc((size_t)c.max_seq * (size_t)(c.head_dim / 2), sizeof(float));
     return m;
 }
 
 float *tensor_in(const Model *m, float *flat, int t) { return flat + m->tensors[t].offset; }
+
+const void *weight(const Model *m, int t) { return (const char *)m->params + (size_t)m->tensors[t].offset * element_size(m->dtype); }
+
+const float *norm_weight(const Model *m, int t) {
+    if (m->dtype == CUDANN_F32) return weight(m, t);
+    CHECK(cudann_convert(weight(m, t), m->dtype, m->norm_wide, CUDANN_F32, m->tensors[t].size, NULL));
+    return m->norm_wide;
+}
 
 /* "[a, b]" of a shape, for messages. */
 static const char *shape_text(char *buf, size_t size, int ndim, const int64_t *shape) {
@@ -175,7 +187,8 @@ static const char *shape_text(char *buf, size_t size, int ndim, const int64_t *s
 }
 
 void model_load(Model *m, const char *path) {
-    float *host = malloc((size_t)m->n_params * sizeof(float));
+    size_t size = element_size(m->dtype);
+    char *host = malloc((size_t)m->n_params * size);
     if (!host) die("out of memory (%lld parameters)", (long long)m->n_params);
     CudannSafetensors *file = NULL;
     if (cudann_safetensors_open(path, &file) != CUDANN_SUCCESS) die("%s", cudann_last_error());
@@ -188,14 +201,18 @@ void model_load(Model *m, const char *path) {
         int64_t shape[8];
         if (cudann_safetensors_info(file, t->name, &dtype, &ndim, shape, 8) != CUDANN_SUCCESS) die("%s: %s", path, cudann_last_error());
         char got[64], want[64];
-        if (dtype != CUDANN_F32) die("%s: tensor %s is not F32", path, t->name);
+        if (dtype != CUDANN_F32 && dtype != CUDANN_F16 && dtype != CUDANN_BF16) die("%s: tensor %s is not F32, F16 or BF16", path, t->name);
         if (ndim != t->ndim || shape[0] != t->shape[0] || (ndim == 2 && shape[1] != t->shape[1]))
             die("%s: tensor %s has shape %s; the config wants %s", path, t->name, shape_text(got, sizeof got, ndim, shape),
                 shape_text(want, sizeof want, t->ndim, t->shape));
-        CHECK(cudann_safetensors_read(file, t->name, CUDANN_F32, host + t->offset, t->size, NULL));
+        /* Read as stored, then converted into the model's type. */
+        void *stored = xcalloc((size_t)t->size, element_size(dtype));
+        CHECK(cudann_safetensors_read(file, t->name, dtype, stored, t->size, NULL));
+        CHECK(cudann_convert(stored, dtype, host + (size_t)t->offset * size, m->dtype, t->size, NULL));
+        free(stored);
     }
     CHECK(cudann_safetensors_close(file));
-    copy_bytes(m->params, host, (size_t)m->n_params * sizeof(float));
+    copy_bytes(m->params, host, (size_t)m->n_params * size);
     free(host);
 }
 
@@ -265,21 +282,23 @@ void matmul(int trans_a, int trans_b, int m, int n, int k, const float *A, int l
     CHECK(cudann_gemm_ex(trans_a, trans_b, m, n, k, 1.0f, A, CUDANN_F32, lda, 0, B, CUDANN_F32, ldb, 0, beta, C, CUDANN_F32, ldc, 0, 1, NULL));
 }
 
-/* y[rows, n] = x[rows, k] · W[n, k]ᵀ: a linear layer with weights [out, in]. */
-static void linear(const float *x, const float *w, float *y, int rows, int n, int k) { matmul(0, 1, rows, n, k, x, k, w, k, 0.0f, y, n); }
+/* y[rows, n] = x[rows, k] · W[n, k]ᵀ: a linear layer with the model's weights
+ * `t` ([out, in], of type m->dtype; accumulated in float32). */
+static void linear(const Model *m, const float *x, int t, float *y, int rows, int n, int k) {
+    CHECK(cudann_gemm_ex(0, 1, rows, n, k, 1.0f, x, CUDANN_F32, k, 0, weight(m, t), m->dtype, k, 0, 0.0f, y, CUDANN_F32, n, 0, 1, NULL));
+}
 
 void layer_forward(const Model *m, int l, LayerActs *a, float *x_out, int batch, int seq, int pos0, KvCache *cache) {
     const Config *c = &m->c;
     const LayerTensors *L = &m->layer[l];
-    float *P = m->params;
     int T = batch * seq, D = c->hidden, H = c->heads, G = c->kv_heads, h = c->head_dim, E = c->experts, K = c->top_k, F = c->ffn;
     float scale = 1.0f / sqrtf((float)h);
 
     /* Attention block. */
-    CHECK(cuda_rmsnorm(a->x_in, tensor_in(m, P, L->attn_norm), a->a, T, D, c->rms_eps, NULL));
-    linear(a->a, tensor_in(m, P, L->wq), a->q, T, H * h, D);
-    linear(a->a, tensor_in(m, P, L->wk), a->k, T, G * h, D);
-    linear(a->a, tensor_in(m, P, L->wv), a->v, T, G * h, D);
+    CHECK(cuda_rmsnorm(a->x_in, norm_weight(m, L->attn_norm), a->a, T, D, c->rms_eps, NULL));
+    linear(m, a->a, L->wq, a->q, T, H * h, D);
+    linear(m, a->a, L->wk, a->k, T, G * h, D);
+    linear(m, a->a, L->wv, a->v, T, G * h, D);
     CHECK(cuda_rope_qk(a->q, a->k, m->freqs, a->q, a->k, batch, seq, H, G, h, pos0, NULL));
     if (cache) {
         CHECK(cudann_kv_cache_write(a->k, a->v, cache->k, cache->v, 1, seq, c->max_seq, G, h, pos0, CUDANN_F32, NULL));
@@ -288,12 +307,12 @@ void layer_forward(const Model *m, int l, LayerActs *a, float *x_out, int batch,
     } else {
         CHECK(cudann_attention_forward(a->q, a->k, a->v, NULL, a->o, a->lse, batch, seq, seq, seq, H, G, h, 0, 1, scale, CUDANN_F32, NULL));
     }
-    linear(a->o, tensor_in(m, P, L->wo), a->x_mid, T, D, H * h);
+    linear(m, a->o, L->wo, a->x_mid, T, D, H * h);
     CHECK(cuda_add(a->x_mid, a->x_in, a->x_mid, (int64_t)T * D, NULL));
 
     /* Router: probabilities, the top-k with renormalised weights, the aux loss. */
-    CHECK(cuda_rmsnorm(a->x_mid, tensor_in(m, P, L->ffn_norm), a->m, T, D, c->rms_eps, NULL));
-    linear(a->m, tensor_in(m, P, L->router), a->router_logits, T, E, D);
+    CHECK(cuda_rmsnorm(a->x_mid, norm_weight(m, L->ffn_norm), a->m, T, D, c->rms_eps, NULL));
+    linear(m, a->m, L->router, a->router_logits, T, E, D);
     CHECK(cuda_softmax(a->router_logits, a->probs, T, E, NULL));
     CHECK(cuda_softmax_topk(a->router_logits, a->weights, a->experts, T, E, K, NULL));
     CHECK(cuda_aux_loss_forward(a->probs, a->experts, a->aux, a->f_counts, a->p_means, T, E, K, c->aux_alpha, NULL));
@@ -305,19 +324,19 @@ void layer_forward(const Model *m, int l, LayerActs *a, float *x_out, int batch,
     for (int e = 0; e < E; e++) {
         int start = a->expert_rows[e], rows = a->expert_rows[e + 1] - start;
         if (rows == 0) continue;
-        linear(a->xs + (size_t)start * D, tensor_in(m, P, L->gate[e]), a->gate + (size_t)start * F, rows, F, D);
-        linear(a->xs + (size_t)start * D, tensor_in(m, P, L->up[e]), a->up + (size_t)start * F, rows, F, D);
+        linear(m, a->xs + (size_t)start * D, L->gate[e], a->gate + (size_t)start * F, rows, F, D);
+        linear(m, a->xs + (size_t)start * D, L->up[e], a->up + (size_t)start * F, rows, F, D);
     }
     CHECK(cudann_swiglu(a->gate, a->up, a->h, (int64_t)T * K * F, CUDANN_F32, NULL));
     for (int e = 0; e < E; e++) {
         int start = a->expert_rows[e], rows = a->expert_rows[e + 1] - start;
-        if (rows) linear(a->h + (size_t)start * F, tensor_in(m, P, L->down[e]), a->y + (size_t)start * D, rows, D, F);
+        if (rows) linear(m, a->h + (size_t)start * F, L->down[e], a->y + (size_t)start * D, rows, D, F);
     }
     CHECK(cudann_moe_combine(a->y, a->weights, a->order, a->moe_out, T, D, K, NULL));
     CHECK(cuda_add(a->x_mid, a->moe_out, x_out, (int64_t)T * D, NULL));
 }
 
 void head_forward(const Model *m, const float *x, float *xf, float *logits, int rows) {
-    CHECK(cuda_rmsnorm(x, tensor_in(m, m->params, m->norm), xf, rows, m->c.hidden, m->c.rms_eps, NULL));
-    linear(xf, tensor_in(m, m->params, m->lm_head), logits, rows, m->c.vocab, m->c.hidden);
+    CHECK(cuda_rmsnorm(x, norm_weight(m, m->norm), xf, rows, m->c.hidden, m->c.rms_eps, NULL));
+    linear(m, xf, m->lm_head, logits, rows, m->c.vocab, m->c.hidden);
 }

@@ -63,16 +63,26 @@ typedef struct {
     int64_t n_params;
     int embed, norm, lm_head;
     LayerTensors *layer;
-    float *params; /* library memory */
-    float *freqs;  /* RoPE angles [max_seq, head_dim / 2], library memory */
+    int dtype;         /* of params: CUDANN_F32 (training), or F16/BF16 weights for inference */
+    void *params;      /* library memory */
+    float *norm_wide;  /* [hidden]: a half-precision norm weight as float, for cuda_rmsnorm */
+    float *freqs;      /* RoPE angles [max_seq, head_dim / 2], library memory */
 } Model;
 
-/* Builds the tensor table of MODEL.md for `c` (no weights yet). */
-Model model_layout(Config c);
-/* The parameters of tensor `t` inside a flat buffer laid out like `params`. */
+/* Builds the tensor table of MODEL.md for `c`, with room for the parameters
+ * in `dtype` (no weights yet). */
+Model model_layout(Config c, int dtype);
+/* The parameters of tensor `t` inside a float32 buffer laid out like
+ * `params` (float32 models, gradients, optimizer state). */
 float *tensor_in(const Model *m, float *flat, int t);
+/* Tensor `t` of the model's weights, of type m->dtype. */
+const void *weight(const Model *m, int t);
+/* A norm weight as float32: the weights themselves, or (half-precision
+ * models) converted into m->norm_wide, valid until the next call. */
+const float *norm_weight(const Model *m, int t);
 /* Loads weights from a safetensors file: every tensor of the table must be
- * there, F32, with the configuration's shape. */
+ * there with the configuration's shape, stored as F32, F16 or BF16; each is
+ * converted to the model's type (rounded to nearest even). */
 void model_load(Model *m, const char *path);
 /* Fresh weights: normal(0, 0.02), norm weights 1 (a seeded generator). */
 void model_init(Model *m, uint64_t seed);

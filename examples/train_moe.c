@@ -192,7 +192,7 @@ int main(int argc, char **argv) {
     snprintf(config_copy, sizeof config_copy, "%s", config_path);
     Config c = config_load(config_path);
     if (args.seq > c.max_seq) die("--seq %d exceeds the model's max_seq_len %d", args.seq, c.max_seq);
-    Model m = model_layout(c);
+    Model m = model_layout(c, CUDANN_F32);
     if (args.model) {
         snprintf(path, sizeof path, "%s/model.safetensors", args.model);
         model_load(&m, path);

@@ -1,7 +1,8 @@
 """Checks the example programs (target/examples/train_moe, generate_moe) against
 the independent JAX float64 implementation of MODEL.md (moe_reference.py) on
 small models: every step's loss, the step-1 gradients, greedy tokens and the
-logits of KV-cache decoding against full recomputation; plus sampling, the
+logits of KV-cache decoding against full recomputation; generation with
+bf16/f16 weights against the float32 run; plus sampling, the
 --seed initialisation, and clear failures on bad files and arguments.
 
 Run by `make test-examples` (after `make examples`); exits non-zero on any
@@ -92,6 +93,53 @@ def compare_generation(work, name, model, prompt, new):
     check(err <= 1e-5, f"{name}: KV-cache decoding logits equal full recomputation's (max error {err:.1e} of the largest)")
 
 
+def bf16_bits(x):
+    """float32 to bfloat16 bits, rounded to nearest even (on the bits, independently of the library; no NaNs here)."""
+    b = x.astype(np.float32).ravel().view(np.uint32).astype(np.uint64)
+    return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def save_bf16(tensors, path):
+    """A safetensors file of BF16 tensors, written by hand: header length, JSON header, data."""
+    header, blobs, offset = {}, [], 0
+    for name in sorted(tensors):
+        data = bf16_bits(tensors[name]).tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(tensors[name].shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + b"".join(blobs))
+
+
+# Stated tolerances of generate_moe --dtype against the float32 run: the largest
+# logit difference relative to the largest logit.
+HALF_TOLERANCE = {"bf16": 2e-2, "f16": 4e-3}
+
+
+def check_half_generation(work, model):
+    half = os.path.join(work, "bf16-checkpoint")
+    os.makedirs(half, exist_ok=True)
+    shutil.copy(os.path.join(model, "config.json"), half)
+    save_bf16(load_file(os.path.join(model, "model.safetensors")), os.path.join(half, "model.safetensors"))
+    for i, prompt in enumerate(["1 2 3 4 5", "42", "7 7 7 900 13 2 500 64"]):
+        def generate(model_dir, dtype):
+            path = os.path.join(work, f"half-{i}-{dtype}-{os.path.basename(model_dir)}.logits")
+            ids = example("generate_moe", "--model", model_dir, "--prompt", prompt, "--max-new", "12", "--dtype", dtype, "--logits", path).stdout.split()
+            return ids, np.fromfile(path, np.float32)
+        ids, logits = generate(model, "f32")
+        for dtype, tolerance in HALF_TOLERANCE.items():
+            half_ids, half_logits = generate(model, dtype)
+            err = float(np.abs(half_logits.astype(np.float64) - logits).max() / np.abs(logits).max())
+            check(half_ids == ids and err <= tolerance,
+                  f"--dtype {dtype}, prompt {i}: greedy tokens as float32's, logits within {tolerance:g} of the largest (measured {err:.1e})")
+        from_file = generate(half, "bf16")
+        converted = generate(model, "bf16")
+        check(from_file[0] == converted[0] and np.array_equal(from_file[1], converted[1]),
+              f"a BF16 checkpoint, prompt {i}: the same tokens and logits as a float32 one converted on load")
+
+
 def check_sampling(model, vocab):
     runs = {}
     for option in (["--temperature", "0.8"], ["--temperature", "1.0", "--top-k", "5"], ["--temperature", "0.7", "--top-p", "0.9"]):
@@ -144,6 +192,7 @@ def check_bad_input(work, model, data, config):
         ("generate_moe", ["--model", model, "--prompt", "1 2 99999", "--max-new", "2"], "outside the vocabulary"),
         ("generate_moe", ["--model", broken, "--prompt", "1", "--max-new", "2"], "not a valid safetensors file"),
         ("generate_moe", ["--model", model, "--prompt", "1 x", "--max-new", "2"], "not a list of token ids"),
+        ("generate_moe", ["--model", model, "--prompt", "1", "--max-new", "2", "--dtype", "f64"], "--dtype must be f32, bf16 or f16"),
     ]
     for program, args, fragment in cases:
         result = example(program, *args, expect_ok=False)
@@ -159,6 +208,7 @@ def main():
         _, gqa_model, gqa_data = make_model(work, GQA, "gqa", 3000)
         gqa_trained = compare_training(work, "gqa", gqa_model, gqa_data, batch=3, seq=17, steps=5)
         compare_generation(work, "gqa", gqa_trained, "7", 20)
+        check_half_generation(work, trained)
         check_sampling(trained, TINY["vocab_size"])
         check_seed_init(work, config_path, data)
         check_bad_input(work, model, data, TINY)
