@@ -7,10 +7,13 @@ least as fast as f32 at 1024^3; memory-bound bf16 ops 1.5x their f32 form).
     python3 bench/half_bench.py [path/to/libcudann.so]
 """
 import ctypes
+import os
 import sys
 import time
 
-import numpy as np
+# numpy's OpenBLAS threads spin after its calls, taking the cores from ours.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np  # noqa: E402
 
 LIB = ctypes.CDLL(sys.argv[1] if len(sys.argv) > 1 else "target/release/libcudann.so")
 F32, F16, BF16 = 0, 1, 2
@@ -26,6 +29,9 @@ def fn(name, *argtypes):
 convert = fn("cudann_convert", P, I, P, I, L, P)
 gemm_ex = fn("cudann_gemm_ex", I, I, I, I, I, F, P, I, L, L, P, I, L, L, F, P, I, L, L, I, P)
 add_ex = fn("cudann_add_ex", P, P, P, L, I, P)
+mul_ex = fn("cudann_mul_ex", P, P, P, L, I, P)
+scale_ex = fn("cudann_scale_ex", P, P, F, L, I, P)
+swiglu = fn("cudann_swiglu", P, P, P, L, I, P)
 softmax_ex = fn("cudann_softmax_ex", P, P, I, I, I, P)
 rmsnorm_ex = fn("cudann_rmsnorm_ex", P, P, P, I, I, F, I, P)
 
@@ -78,6 +84,10 @@ def main():
     o32, o16 = np.empty_like(a32), np.empty_like(a16)
     cases = [
         ("add", lambda A, B, O, t: lambda: add_ex(A.ctypes.data, B.ctypes.data, O.ctypes.data, A.size, t, None)),
+        ("add in place", lambda A, B, O, t: lambda: add_ex(A.ctypes.data, B.ctypes.data, A.ctypes.data, A.size, t, None)),
+        ("mul", lambda A, B, O, t: lambda: mul_ex(A.ctypes.data, B.ctypes.data, O.ctypes.data, A.size, t, None)),
+        ("scale", lambda A, B, O, t: lambda: scale_ex(A.ctypes.data, O.ctypes.data, 0.5, A.size, t, None)),
+        ("swiglu", lambda A, B, O, t: lambda: swiglu(A.ctypes.data, B.ctypes.data, O.ctypes.data, A.size, t, None)),
         ("softmax", lambda A, B, O, t: lambda: softmax_ex(A.ctypes.data, O.ctypes.data, rows, cols, t, None)),
         ("rmsnorm", lambda A, B, O, t: lambda: rmsnorm_ex(A.ctypes.data, (w32 if t == F32 else w16).ctypes.data, O.ctypes.data, rows, cols, 1e-5, t, None)),
     ]

@@ -103,9 +103,10 @@ unsafe fn scale_f32(input: *const f32, output: *mut f32, scale: f32, n: i64, str
 }
 
 /// The half-precision path of the `_ex` elementwise ops: `inputs` and
-/// `output` of `n` elements of type `t`, computed by `op` in float32 blocks
-/// (on the CPU; device pointers are -1 until the GPU kernels).
-unsafe fn half_ex<const N: usize>(t: Float, inputs: [(&'static str, *const c_void); N], output: *mut c_void, n: i64, stream: *mut c_void, op: impl Fn(usize, [&[f32]; N], &mut [f32]) + Sync) -> Result<()> {
+/// `output` of `n` elements of type `t`, each result `f` of the widened
+/// inputs, rounded once (on the CPU; device pointers are -1 until the GPU
+/// kernels). `f` must be the float32 op's own per-element expression.
+unsafe fn half_ex<const N: usize>(t: Float, inputs: [(&'static str, *const c_void); N], output: *mut c_void, n: i64, stream: *mut c_void, f: impl Fn([f32; N]) -> f32 + Sync) -> Result<()> {
     let n = check::count("n", n)?;
     with_type!(t, T => {
         let mut regions = Vec::with_capacity(N + 1);
@@ -119,7 +120,7 @@ unsafe fn half_ex<const N: usize>(t: Float, inputs: [(&'static str, *const c_voi
         regions.push(y.region());
         // Every operand for the overlap and placement checks (N is 1 or 2).
         let call = Call::new(stream, n, [regions[0], regions[N - 1], y.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe { convert::blockwise(pointers, y.ptr, n, 1, op) })
+        dispatch::run_cpu_only(&call, || unsafe { convert::elementwise(pointers, y.ptr, n, f) })
     })
 }
 
@@ -132,7 +133,7 @@ pub unsafe extern "C" fn cudann_add_ex(a: *const c_void, b: *const c_void, outpu
     ffi_fn!("cudann_add_ex", {
         match check::float_type("dtype", dtype)? {
             Float::F32 => unsafe { add_f32(a.cast(), b.cast(), output.cast(), n, stream) },
-            t => unsafe { half_ex(t, [("a", a), ("b", b)], output, n, stream, |_, [a, b], y| elementwise::add(Src::Slice(a), Src::Slice(b), y)) },
+            t => unsafe { half_ex(t, [("a", a), ("b", b)], output, n, stream, |[a, b]| a + b) },
         }
     })
 }
@@ -143,7 +144,7 @@ pub unsafe extern "C" fn cudann_mul_ex(a: *const c_void, b: *const c_void, outpu
     ffi_fn!("cudann_mul_ex", {
         match check::float_type("dtype", dtype)? {
             Float::F32 => unsafe { mul_f32(a.cast(), b.cast(), output.cast(), n, stream) },
-            t => unsafe { half_ex(t, [("a", a), ("b", b)], output, n, stream, |_, [a, b], y| elementwise::mul(Src::Slice(a), Src::Slice(b), y)) },
+            t => unsafe { half_ex(t, [("a", a), ("b", b)], output, n, stream, |[a, b]| a * b) },
         }
     })
 }
@@ -155,7 +156,7 @@ pub unsafe extern "C" fn cudann_scale_ex(input: *const c_void, output: *mut c_vo
     ffi_fn!("cudann_scale_ex", {
         match check::float_type("dtype", dtype)? {
             Float::F32 => unsafe { scale_f32(input.cast(), output.cast(), scale, n, stream) },
-            t => unsafe { half_ex(t, [("input", input)], output, n, stream, |_, [x], y| elementwise::scale(Src::Slice(x), scale, y)) },
+            t => unsafe { half_ex(t, [("input", input)], output, n, stream, |[x]| x * scale) },
         }
     })
 }
@@ -215,7 +216,7 @@ pub unsafe extern "C" fn cudann_swiglu(gate: *const c_void, up: *const c_void, o
     ffi_fn!("cudann_swiglu", {
         match check::float_type("dtype", dtype)? {
             Float::F32 => unsafe { swiglu_f32(gate.cast(), up.cast(), output.cast(), n, stream) },
-            t => unsafe { half_ex(t, [("gate", gate), ("up", up)], output, n, stream, |_, [g, u], y| elementwise::swiglu(Src::Slice(g), Src::Slice(u), y)) },
+            t => unsafe { half_ex(t, [("gate", gate), ("up", up)], output, n, stream, |[g, u]| elementwise::swiglu_one(g, u)) },
         }
     })
 }
