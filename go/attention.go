@@ -88,14 +88,27 @@ func (p AttentionParams) check(c *checker) (b, ql, kl, cap, h, kvh, hd, pos C.in
 // HeadDim], mask nil or an additive [QLen, KVLen] mask, lse nil or
 // [Batch, QLen, Heads] (each row's log-sum-exp, for the backward).
 func AttentionForward[T Float32s](q, k, v, mask, out, lse T, p AttentionParams, stream ...*Stream) error {
-	c := newChecker("AttentionForward", stream)
+	return attentionForward("AttentionForward", q, k, v, mask, out, lse, p, F32, stream)
+}
+
+// AttentionForwardEx is AttentionForward with q, k, v and out of data type
+// dtype (computed in float32, out rounded once; only the KVLen used positions
+// of k and v are read); mask and lse stay float32 (cudann_attention_forward's
+// dtype). With both nil, name the types: AttentionForwardEx[[]uint16, []float32].
+func AttentionForwardEx[T Floats, F Float32s](q, k, v T, mask F, out T, lse F, p AttentionParams, dtype DType,
+	stream ...*Stream) error {
+	return attentionForward("AttentionForwardEx", q, k, v, mask, out, lse, p, dtype, stream)
+}
+
+func attentionForward(fn string, q, k, v, mask, out, lse any, p AttentionParams, dtype DType, stream []*Stream) error {
+	c := newChecker(fn, stream)
 	b, ql, kl, cp, h, kvh, hd, pos, nq, nkv := p.check(c)
-	pq, pk, pv := c.f32("q", q, nq), c.f32("k", k, nkv), c.f32("v", v, nkv)
-	pm, po := c.optF32("mask", mask, c.count(p.QLen, p.KVLen)), c.f32("out", out, nq)
+	pq, pk, pv := c.typed("q", q, dtype, nq, exact), c.typed("k", k, dtype, nkv, exact), c.typed("v", v, dtype, nkv, exact)
+	pm, po := c.optF32("mask", mask, c.count(p.QLen, p.KVLen)), c.typed("out", out, dtype, nq, exact)
 	pl := c.optF32("lse", lse, c.count(p.Batch, p.QLen, p.Heads))
 	return c.run(func(s unsafe.Pointer) C.int32_t {
-		return C.cudann_attention_forward(unsafe.Pointer(pq), unsafe.Pointer(pk), unsafe.Pointer(pv), pm,
-			unsafe.Pointer(po), pl, b, ql, kl, cp, h, kvh, hd, pos, boolInt(p.Causal), C.float(p.Scale), C.CUDANN_F32, s)
+		return C.cudann_attention_forward(pq, pk, pv, pm, po, pl, b, ql, kl, cp, h, kvh, hd, pos, boolInt(p.Causal),
+			C.float(p.Scale), C.int(dtype), s)
 	})
 }
 
@@ -123,14 +136,27 @@ func AttentionBackward[T Float32s](dOut, q, k, v, mask, out, lse, dq, dk, dv T, 
 // (cudann_kv_cache_write, float32).
 func KVCacheWrite[T Float32s](kNew, vNew, kCache, vCache T, batch, newLen, maxSeq, kvHeads, headDim, pos int,
 	stream ...*Stream) error {
-	c := newChecker("KVCacheWrite", stream)
+	return kvCacheWrite("KVCacheWrite", kNew, vNew, kCache, vCache, batch, newLen, maxSeq, kvHeads, headDim, pos, F32, stream)
+}
+
+// KVCacheWriteEx is KVCacheWrite on tensors of data type dtype, copied as
+// they are (cudann_kv_cache_write's dtype).
+func KVCacheWriteEx[T Floats](kNew, vNew, kCache, vCache T, batch, newLen, maxSeq, kvHeads, headDim, pos int,
+	dtype DType, stream ...*Stream) error {
+	return kvCacheWrite("KVCacheWriteEx", kNew, vNew, kCache, vCache, batch, newLen, maxSeq, kvHeads, headDim, pos, dtype,
+		stream)
+}
+
+func kvCacheWrite(fn string, kNew, vNew, kCache, vCache any, batch, newLen, maxSeq, kvHeads, headDim, pos int,
+	dtype DType, stream []*Stream) error {
+	c := newChecker(fn, stream)
 	b, nl, ms := c.size("batch", batch), c.size("newLen", newLen), c.size("maxSeq", maxSeq)
 	kvh, hd, ps := c.size("kvHeads", kvHeads), c.size("headDim", headDim), c.param("pos", pos)
 	nn, nc := c.count(batch, newLen, kvHeads, headDim), c.count(batch, maxSeq, kvHeads, headDim)
-	pkn, pvn, pkc, pvc := c.f32("kNew", kNew, nn), c.f32("vNew", vNew, nn), c.f32("kCache", kCache, nc), c.f32("vCache", vCache, nc)
+	pkn, pvn := c.typed("kNew", kNew, dtype, nn, exact), c.typed("vNew", vNew, dtype, nn, exact)
+	pkc, pvc := c.typed("kCache", kCache, dtype, nc, exact), c.typed("vCache", vCache, dtype, nc, exact)
 	return c.run(func(s unsafe.Pointer) C.int32_t {
-		return C.cudann_kv_cache_write(unsafe.Pointer(pkn), unsafe.Pointer(pvn), unsafe.Pointer(pkc), unsafe.Pointer(pvc),
-			b, nl, ms, kvh, hd, ps, C.CUDANN_F32, s)
+		return C.cudann_kv_cache_write(pkn, pvn, pkc, pvc, b, nl, ms, kvh, hd, ps, C.int(dtype), s)
 	})
 }
 
@@ -160,29 +186,50 @@ func RopeForward[T Float32s](in, freqs, out T, batch, seq, heads, headDim, offse
 // kvHeads, headDim] into kOut (cuda_rope_qk).
 func RopeQK[T Float32s](q, k, freqs, qOut, kOut T, batch, seq, qHeads, kvHeads, headDim, offset int,
 	stream ...*Stream) error {
-	return ropeQK("RopeQK", false, q, k, freqs, qOut, kOut, batch, seq, qHeads, kvHeads, headDim, offset, stream)
+	return ropeQK("RopeQK", ropeF32, q, k, freqs, qOut, kOut, batch, seq, qHeads, kvHeads, headDim, offset, F32, stream)
+}
+
+// RopeQKEx is RopeQK with q, k, qOut and kOut of data type dtype, rotated in
+// float32 and rounded once; freqs stays float32 (cudann_rope_qk_ex).
+func RopeQKEx[T Floats, F Float32s](q, k T, freqs F, qOut, kOut T, batch, seq, qHeads, kvHeads, headDim, offset int,
+	dtype DType, stream ...*Stream) error {
+	return ropeQK("RopeQKEx", ropeTyped, q, k, freqs, qOut, kOut, batch, seq, qHeads, kvHeads, headDim, offset, dtype,
+		stream)
 }
 
 // RopeBackward rotates the gradients dq and dk back into dqOut and dkOut
 // (cudann_rope_backward); a head count of 0 leaves that side empty.
 func RopeBackward[T Float32s](dq, dk, freqs, dqOut, dkOut T, batch, seq, qHeads, kvHeads, headDim, offset int,
 	stream ...*Stream) error {
-	return ropeQK("RopeBackward", true, dq, dk, freqs, dqOut, dkOut, batch, seq, qHeads, kvHeads, headDim, offset, stream)
+	return ropeQK("RopeBackward", ropeInverse, dq, dk, freqs, dqOut, dkOut, batch, seq, qHeads, kvHeads, headDim, offset,
+		F32, stream)
 }
 
-func ropeQK(fn string, backward bool, q, k, freqs, qOut, kOut any, batch, seq, qHeads, kvHeads, headDim, offset int,
-	stream []*Stream) error {
+// The entry points of ropeQK.
+const (
+	ropeF32     = iota // cuda_rope_qk
+	ropeTyped          // cudann_rope_qk_ex
+	ropeInverse        // cudann_rope_backward
+)
+
+func ropeQK(fn string, entry int, q, k, freqs, qOut, kOut any, batch, seq, qHeads, kvHeads, headDim, offset int,
+	dtype DType, stream []*Stream) error {
 	c := newChecker(fn, stream)
 	b, sl, qh, kh := c.size("batch", batch), c.size("seq", seq), c.size("qHeads", qHeads), c.size("kvHeads", kvHeads)
 	d, o := c.size("headDim", headDim), c.size("offset", offset)
 	nq, nk := c.count(batch, seq, qHeads, headDim), c.count(batch, seq, kvHeads, headDim)
-	pq, pk, pf := c.f32("q", q, nq), c.f32("k", k, nk), c.minF32("freqs", freqs, c.count(seq+offset, headDim/2))
-	pqo, pko := c.f32("qOut", qOut, nq), c.f32("kOut", kOut, nk)
+	pq, pk := c.typed("q", q, dtype, nq, exact), c.typed("k", k, dtype, nk, exact)
+	pf := c.minF32("freqs", freqs, c.count(seq+offset, headDim/2))
+	pqo, pko := c.typed("qOut", qOut, dtype, nq, exact), c.typed("kOut", kOut, dtype, nk, exact)
 	return c.run(func(s unsafe.Pointer) C.int32_t {
-		if backward {
-			return C.cudann_rope_backward(pq, pk, pf, pqo, pko, b, sl, qh, kh, d, o, s)
+		switch entry {
+		case ropeTyped:
+			return C.cudann_rope_qk_ex(pq, pk, pf, pqo, pko, b, sl, qh, kh, d, o, C.int(dtype), s)
+		case ropeInverse:
+			return C.cudann_rope_backward((*C.float)(pq), (*C.float)(pk), pf, (*C.float)(pqo), (*C.float)(pko), b, sl, qh,
+				kh, d, o, s)
 		}
-		return C.cuda_rope_qk(pq, pk, pf, pqo, pko, b, sl, qh, kh, d, o, s)
+		return C.cuda_rope_qk((*C.float)(pq), (*C.float)(pk), pf, (*C.float)(pqo), (*C.float)(pko), b, sl, qh, kh, d, o, s)
 	})
 }
 

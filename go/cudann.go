@@ -94,8 +94,8 @@ var (
 type DType int
 
 // The data types. Compute ops take F32; Convert, GemmEx and the Ex ops
-// (AddEx, SoftmaxEx, SampleEx, ...) also F16 and BF16 ([]uint16 bits in Go);
-// checkpoints store all seven.
+// (AddEx, SoftmaxEx, SampleEx, SwigluEx, AttentionForwardEx, ...) also F16
+// and BF16 ([]uint16 bits in Go); checkpoints store all seven.
 const (
 	F32  DType = C.CUDANN_F32
 	F16  DType = C.CUDANN_F16

@@ -454,3 +454,168 @@ func TestGemmExHalf(t *testing.T) {
 	invalid(t, GemmEx(GemmExParams{M: 1, N: 1, K: 1, AType: F16}, make([]float32, 1), make([]float32, 1),
 		make([]float32, 1)), "a is a []float32")
 }
+
+// sameBits compares half tensors bit for bit (copies keep NaN payloads).
+func sameBits(t *testing.T, what string, got, want []uint16) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d values, want %d", what, len(got), len(want))
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("%s: first difference at %d: got %#04x, want %#04x", what, i, got[i], want[i])
+		}
+	}
+}
+
+func TestSwigluEx(t *testing.T) {
+	for _, dt := range halfTypes {
+		for _, n := range exSizes {
+			inputs := [][2][]uint16{
+				{halfData(t, 40, dt, n, 4, true), halfData(t, 41, dt, n, 4, true)},
+				{anyBits(42, n), anyBits(43, n)},
+			}
+			for _, in := range inputs {
+				gate, up := in[0], in[1]
+				want := make([]float32, n)
+				must(t, Swiglu(widen(t, dt, gate), widen(t, dt, up), want))
+				out := make([]uint16, n)
+				must(t, SwigluEx(gate, up, out, dt))
+				sameHalves(t, fmt.Sprint("SwigluEx n=", n), dt, out, round(t, dt, want))
+				must(t, SwigluEx(gate, up, gate, dt)) // in place
+				sameHalves(t, "SwigluEx in place", dt, gate, round(t, dt, want))
+			}
+		}
+	}
+	invalid(t, SwigluEx(make([]float32, 4), make([]float32, 4), make([]float32, 4), F16), "gate is a []float32")
+	invalid(t, SwigluEx(make([]uint16, 4), make([]uint16, 3), make([]uint16, 4), BF16), "up has 3 elements, want 4")
+	invalid(t, SwigluEx(make([]uint16, 4), make([]uint16, 4), make([]uint16, 4), DType(7)), "cudann_swiglu")
+}
+
+func TestEmbeddingExCopiesRows(t *testing.T) {
+	nIDs, vocab, dim := 300, 50, 513
+	r := rand.New(rand.NewSource(44))
+	ids := make([]int32, nIDs)
+	for i := range ids {
+		ids[i] = int32(r.Intn(vocab+2)) - 2 // some padding (negative) ids
+	}
+	for _, dt := range halfTypes {
+		table := anyBits(45, vocab*dim)  // NaN payloads too: copied, not converted
+		want := make([]uint16, nIDs*dim) // padding rows: +0
+		for i, id := range ids {
+			if id >= 0 {
+				copy(want[i*dim:(i+1)*dim], table[int(id)*dim:(int(id)+1)*dim])
+			}
+		}
+		out := anyBits(46, nIDs*dim)
+		must(t, EmbeddingEx(ids, table, out, nIDs, vocab, dim, dt))
+		sameBits(t, fmt.Sprint("EmbeddingEx ", dt), out, want)
+	}
+	invalid(t, EmbeddingEx([]int32{0}, make([]uint16, 4), make([]uint16, 3), 1, 2, 2, F16), "out has 3 elements, want 2")
+	invalid(t, EmbeddingEx([]int32{0}, make([]uint16, 4), make([]uint16, 2), 1, 2, 2, DType(7)), "cudann_embedding")
+}
+
+func TestKVCacheWriteExCopies(t *testing.T) {
+	batch, maxSeq, kvHeads, headDim := 2, 12, 3, 64
+	row := kvHeads * headDim
+	for _, dt := range halfTypes {
+		for _, at := range [][2]int{{0, 1}, {5, 3}, {0, 12}} {
+			pos, newLen := at[0], at[1]
+			kNew, vNew := anyBits(47, batch*newLen*row), anyBits(48, batch*newLen*row)
+			kCache, vCache := anyBits(49, batch*maxSeq*row), anyBits(50, batch*maxSeq*row)
+			wantK, wantV := append([]uint16(nil), kCache...), append([]uint16(nil), vCache...)
+			for b := 0; b < batch; b++ {
+				dst, src := (b*maxSeq+pos)*row, b*newLen*row
+				copy(wantK[dst:dst+newLen*row], kNew[src:src+newLen*row])
+				copy(wantV[dst:dst+newLen*row], vNew[src:src+newLen*row])
+			}
+			must(t, KVCacheWriteEx(kNew, vNew, kCache, vCache, batch, newLen, maxSeq, kvHeads, headDim, pos, dt))
+			sameBits(t, fmt.Sprint("KVCacheWriteEx k ", dt, at), kCache, wantK)
+			sameBits(t, fmt.Sprint("KVCacheWriteEx v ", dt, at), vCache, wantV)
+		}
+	}
+	h := make([]uint16, 2)
+	invalid(t, KVCacheWriteEx(h, h, h, h, 1, 1, 1, 1, 2, 1, F16), "must be <= max_seq")
+	invalid(t, KVCacheWriteEx(h, h, h, make([]uint16, 3), 1, 1, 1, 1, 2, 0, BF16), "vCache has 3 elements, want 2")
+}
+
+// attentionCases: training (GQA), one decoding step against a KV cache (MQA),
+// several 64-query blocks with a mask, and not causal with a fully masked row.
+var attentionCases = []AttentionParams{
+	{Batch: 2, QLen: 5, KVLen: 5, Heads: 4, KVHeads: 2, HeadDim: 8, Causal: true},
+	{Batch: 3, QLen: 1, KVLen: 7, KVCapacity: 12, Heads: 6, KVHeads: 1, HeadDim: 16, Pos0: 6, Causal: true},
+	{Batch: 1, QLen: 70, KVLen: 70, Heads: 2, KVHeads: 2, HeadDim: 32, Causal: true},
+	{Batch: 2, QLen: 3, KVLen: 90, KVCapacity: 100, Heads: 4, KVHeads: 4, HeadDim: 64, Pos0: 87},
+}
+
+func TestAttentionForwardEx(t *testing.T) {
+	for _, dt := range halfTypes {
+		for i, p := range attentionCases {
+			p.Scale = float32(1 / math.Sqrt(float64(p.HeadDim)))
+			capacity := p.KVCapacity
+			if capacity == 0 {
+				capacity = p.KVLen
+			}
+			nq, nkv := p.Batch*p.QLen*p.Heads*p.HeadDim, p.Batch*capacity*p.KVHeads*p.HeadDim
+			q, k, v := halfData(t, 51, dt, nq, 1, false), halfData(t, 52, dt, nkv, 1, false), halfData(t, 53, dt, nkv, 1, false)
+			unread(dt, k, v, p, capacity)
+			var mask []float32
+			if i >= 2 {
+				mask = ref.Rand(54, p.QLen*p.KVLen, 1)
+				for j := (p.QLen - 1) * p.KVLen; j < len(mask); j++ {
+					mask[j] = float32(math.Inf(-1)) // every key masked: zeros, lse -inf
+				}
+			}
+			want, wantLSE := make([]float32, nq), make([]float32, p.Batch*p.QLen*p.Heads)
+			must(t, AttentionForward(widen(t, dt, q), widen(t, dt, k), widen(t, dt, v), mask, want, wantLSE, p))
+			out, lse := make([]uint16, nq), make([]float32, len(wantLSE))
+			must(t, AttentionForwardEx(q, k, v, mask, out, lse, p, dt))
+			what := fmt.Sprint("AttentionForwardEx ", dt, " case ", i)
+			sameHalves(t, what, dt, out, round(t, dt, want))
+			sameFloat32s(t, what+" lse", lse, wantLSE) // the float32 op's, exactly
+		}
+	}
+	p := AttentionParams{Batch: 1, QLen: 1, KVLen: 1, Heads: 1, KVHeads: 1, HeadDim: 2, Scale: 1}
+	h := make([]uint16, 2)
+	must(t, AttentionForwardEx[[]uint16, []float32](h, h, h, nil, h, nil, p, F16)) // no mask, no lse
+	sameBits(t, "AttentionForwardEx of zeros", h, []uint16{0, 0})
+	invalid(t, AttentionForwardEx(h, h, h, make([]float32, 2), h, nil, p, F16), "mask has 2 elements, want 1")
+	invalid(t, AttentionForwardEx(h, h, h, nil, h, make([]float32, 1), p, DType(7)), "cudann_attention_forward")
+}
+
+// unread fills the KV positions past KVLen with NaNs: the op must not read them.
+func unread(dt DType, k, v []uint16, p AttentionParams, capacity int) {
+	nan := refFromF32(dt, float32(math.NaN()))
+	row := p.KVHeads * p.HeadDim
+	for b := 0; b < p.Batch; b++ {
+		for j := (b*capacity + p.KVLen) * row; j < (b+1)*capacity*row; j++ {
+			k[j], v[j] = nan, nan
+		}
+	}
+}
+
+func TestRopeQKEx(t *testing.T) {
+	for _, dt := range halfTypes {
+		for _, s := range [][6]int{{1, 1, 1, 1, 2, 0}, {2, 5, 4, 2, 16, 3}, {2, 300, 8, 2, 64, 40}} {
+			batch, seq, qHeads, kvHeads, headDim, offset := s[0], s[1], s[2], s[3], s[4], s[5]
+			freqs := make([]float32, (seq+offset)*headDim/2)
+			must(t, RopeFreqs(freqs, seq+offset, headDim, 10000, 1))
+			nq, nk := batch*seq*qHeads*headDim, batch*seq*kvHeads*headDim
+			q, k := halfData(t, 55, dt, nq, 4, true), halfData(t, 56, dt, nk, 4, true)
+			wantQ, wantK := make([]float32, nq), make([]float32, nk)
+			must(t, RopeQK(widen(t, dt, q), widen(t, dt, k), freqs, wantQ, wantK, batch, seq, qHeads, kvHeads, headDim, offset))
+			gotQ, gotK := make([]uint16, nq), make([]uint16, nk)
+			must(t, RopeQKEx(q, k, freqs, gotQ, gotK, batch, seq, qHeads, kvHeads, headDim, offset, dt))
+			sameHalves(t, fmt.Sprint("RopeQKEx q ", s), dt, gotQ, round(t, dt, wantQ))
+			sameHalves(t, fmt.Sprint("RopeQKEx k ", s), dt, gotK, round(t, dt, wantK))
+			must(t, RopeQKEx(q, k, freqs, q, k, batch, seq, qHeads, kvHeads, headDim, offset, dt)) // in place
+			sameHalves(t, "RopeQKEx q in place", dt, q, round(t, dt, wantQ))
+			sameHalves(t, "RopeQKEx k in place", dt, k, round(t, dt, wantK))
+		}
+	}
+	h, f := make([]uint16, 4), make([]float32, 2)
+	x := make([]float32, 4)
+	invalid(t, RopeQKEx(x, x, f, x, x, 1, 2, 1, 1, 2, 0, BF16), "q is a []float32")
+	invalid(t, RopeQKEx(h, h, f[:1], h, h, 1, 2, 1, 1, 2, 0, F16), "freqs has 1 elements, want at least 2")
+	invalid(t, RopeQKEx(h, h, f, h, h, 1, 2, 1, 1, 2, 0, DType(7)), "cudann_rope_qk_ex")
+}

@@ -68,12 +68,19 @@ func Scale[T Float32s](in, out T, scale float32, stream ...*Stream) error {
 
 // Swiglu is out = silu(gate) * up (cudann_swiglu, float32).
 func Swiglu[T Float32s](gate, up, out T, stream ...*Stream) error {
-	c := newChecker("Swiglu", stream)
-	n := length(gate, 4)
-	pg, pu, po := c.f32("gate", gate, n), c.f32("up", up, n), c.f32("out", out, n)
-	return c.run(func(s unsafe.Pointer) C.int32_t {
-		return C.cudann_swiglu(unsafe.Pointer(pg), unsafe.Pointer(pu), unsafe.Pointer(po), C.int64_t(n), C.CUDANN_F32, s)
-	})
+	return swiglu("Swiglu", gate, up, out, F32, stream)
+}
+
+// SwigluEx is Swiglu on tensors of data type dtype (cudann_swiglu's dtype).
+func SwigluEx[T Floats](gate, up, out T, dtype DType, stream ...*Stream) error {
+	return swiglu("SwigluEx", gate, up, out, dtype, stream)
+}
+
+func swiglu(fn string, gate, up, out any, dtype DType, stream []*Stream) error {
+	c := newChecker(fn, stream)
+	n := c.typedLen("gate", gate, dtype)
+	pg, pu, po := c.typed("gate", gate, dtype, n, exact), c.typed("up", up, dtype, n, exact), c.typed("out", out, dtype, n, exact)
+	return c.run(func(s unsafe.Pointer) C.int32_t { return C.cudann_swiglu(pg, pu, po, C.int64_t(n), C.int(dtype), s) })
 }
 
 // SwigluBackward writes the gradients of Swiglu into dGate and dUp
@@ -430,12 +437,21 @@ func TopPSample[F Float32s, I Int32s, U Uint64s](logits F, out I, seeds U, rows,
 // Embedding is out[i, :] = table[ids[i], :] for ids[nIDs] and
 // table[vocab, dim]; a negative id gives zeros (cudann_embedding, float32).
 func Embedding[I Int32s, F Float32s](ids I, table, out F, nIDs, vocab, dim int, stream ...*Stream) error {
-	c := newChecker("Embedding", stream)
+	return embedding("Embedding", ids, table, out, nIDs, vocab, dim, F32, stream)
+}
+
+// EmbeddingEx is Embedding with table and out of data type dtype, whose rows
+// are copied as they are (cudann_embedding's dtype).
+func EmbeddingEx[I Int32s, F Floats](ids I, table, out F, nIDs, vocab, dim int, dtype DType, stream ...*Stream) error {
+	return embedding("EmbeddingEx", ids, table, out, nIDs, vocab, dim, dtype, stream)
+}
+
+func embedding(fn string, ids, table, out any, nIDs, vocab, dim int, dtype DType, stream []*Stream) error {
+	c := newChecker(fn, stream)
 	n, v, d := c.size("nIDs", nIDs), c.size("vocab", vocab), c.size("dim", dim)
-	pi, pt, po := c.i32("ids", ids, int64(nIDs)), c.f32("table", table, c.count(vocab, dim)), c.f32("out", out, c.count(nIDs, dim))
-	return c.run(func(s unsafe.Pointer) C.int32_t {
-		return C.cudann_embedding(pi, unsafe.Pointer(pt), unsafe.Pointer(po), n, v, d, C.CUDANN_F32, s)
-	})
+	pi := c.i32("ids", ids, int64(nIDs))
+	pt, po := c.typed("table", table, dtype, c.count(vocab, dim), exact), c.typed("out", out, dtype, c.count(nIDs, dim), exact)
+	return c.run(func(s unsafe.Pointer) C.int32_t { return C.cudann_embedding(pi, pt, po, n, v, d, C.int(dtype), s) })
 }
 
 // EmbeddingBackward writes dTable[v, :] = the sum of dOut[i, :] over the i
@@ -537,7 +553,10 @@ func MoeCombineBackward[F Float32s, I Int32s](dOut, expertOut, weights F, order 
 // BF16, or *Buffer. Half-precision tensors are read, computed in float32 and
 // written in the same type: each result is exactly the float32 op on the
 // inputs widened to float32, rounded once; the samplers pick exactly the
-// float32 sampler's tokens from the widened logits. F32 is the original op.
+// float32 sampler's tokens from the widened logits; EmbeddingEx and
+// KVCacheWriteEx copy elements as they are. F32 is the original op. The
+// forward ops' Ex forms (SwigluEx, EmbeddingEx, AttentionForwardEx,
+// KVCacheWriteEx, RopeQKEx) sit beside their float32 forms.
 // Half precision runs on the CPU (device buffers: NotAvailable for now).
 
 // Convert converts the elements of src (of type srcType) into dst (of type

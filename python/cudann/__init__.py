@@ -13,7 +13,8 @@ Conventions, for every operator:
 * Inputs must have exactly the dtype the C ABI takes (float32 for ``float *``,
   int32 for ``int *``/``int32_t *``, uint64 seeds): no silent conversion.
   Ops with half-precision entry points (``add``, ``mul``, ``scale``, ``softmax``,
-  ``rmsnorm``, the decoding ops, ``gemm_ex``) also take float16 and bfloat16
+  ``rmsnorm``, the decoding ops, ``gemm_ex``, ``swiglu``, ``embedding``,
+  ``attention_forward``, ``kv_cache_write``, ``rope_qk``) also take float16 and bfloat16
   (``ml_dtypes.bfloat16`` arrays, torch bfloat16 tensors) and answer in the
   input's dtype; :func:`convert` converts among the three.
   A wrong dtype is a ``TypeError``; a wrong shape, a non-contiguous or read-only
@@ -87,6 +88,7 @@ C_FUNCTIONS = {
     "cudann_convert": "convert", "cudann_add_ex": "add", "cudann_mul_ex": "mul", "cudann_scale_ex": "scale",
     "cudann_softmax_ex": "softmax", "cudann_rmsnorm_ex": "rmsnorm", "cudann_argmax_ex": "argmax",
     "cudann_sample_ex": "sample", "cudann_topk_sample_ex": "topk_sample", "cudann_topp_sample_ex": "topp_sample",
+    "cudann_rope_qk_ex": "rope_qk",
 }
 
 __all__ = [

@@ -168,7 +168,8 @@ def gelu_backward(d_output: Array, x: Array, out: Optional[Array] = None, *, str
 
 
 def swiglu(gate: Array, up: Array, out: Optional[Array] = None, *, stream=None) -> Array:
-    """``out = silu(gate) * up`` elementwise; the dtype comes from the arrays (float32 today)."""
+    """``out = silu(gate) * up`` elementwise (same shapes and dtype: float32, float16 or bfloat16,
+    computed in float32 and rounded once; ``out`` may be ``gate`` or ``up``)."""
     ga, ua = _adapt(stream, gate=gate, up=up)
     code = _dtype_code(ga, "gate")
     require(ga, "gate"), require(ua, "up", (ga.dtype,))
@@ -439,8 +440,8 @@ def rope_freqs(max_seq_len: int, head_dim: int, base: float = 10000.0, alpha: fl
     return o
 
 
-def _bshd(a: Arr, name: str):
-    require(a, name, (F32,), ndim=4)
+def _bshd(a: Arr, name: str, dtype: str = F32):
+    require(a, name, (dtype,), ndim=4)
     return a.shape
 
 
@@ -455,8 +456,8 @@ def rope_forward(x: Array, freqs: Array, offset: int = 0, out: Optional[Array] =
     return o
 
 
-def _qk(qa: Optional[Arr], ka: Optional[Arr], qn: str, kn: str):
-    shapes = [a.shape for a, n in ((qa, qn), (ka, kn)) if a is not None and _bshd(a, n)]
+def _qk(qa: Optional[Arr], ka: Optional[Arr], qn: str, kn: str, dtype: str = F32):
+    shapes = [_bshd(a, n, dtype) for a, n in ((qa, qn), (ka, kn)) if a is not None]
     if not shapes:
         raise ValueError(f"{qn} and {kn} cannot both be None")
     b, s, _, d = shapes[0]
@@ -468,15 +469,18 @@ def _qk(qa: Optional[Arr], ka: Optional[Arr], qn: str, kn: str):
 
 def rope_qk(q: Array, k: Array, freqs: Array, offset: int = 0, q_out: Optional[Array] = None,
             k_out: Optional[Array] = None, *, stream=None) -> Tuple[Array, Array]:
-    """:func:`rope_forward` of ``q[b, s, n_q_heads, d]`` and ``k[b, s, n_kv_heads, d]`` at once."""
+    """:func:`rope_forward` of ``q[b, s, n_q_heads, d]`` and ``k[b, s, n_kv_heads, d]`` at once.
+    ``q`` and ``k`` of one dtype: float32, or float16/bfloat16 through ``cudann_rope_qk_ex``
+    (rotated in float32, rounded once); ``freqs`` is float32 either way."""
     qa, ka, fa = _adapt(stream, q=q, k=k, freqs=freqs)
-    require(qa, "q", (F32,)), require(ka, "k", (F32,)), require(fa, "freqs", (F32,))
-    b, s, hq, hk, d = _qk(qa, ka, "q", "k")
+    cname, code = _typed(qa, "q", "cuda_rope_qk", "cudann_rope_qk_ex")
+    require(fa, "freqs", (F32,))
+    b, s, hq, hk, d = _qk(qa, ka, "q", "k", qa.dtype)
     st = stream_handle(stream)
-    qo, qoa = output(q_out, qa, "q_out", qa.shape, F32, st)
-    ko, koa = output(k_out, qa, "k_out", ka.shape, F32, st)
-    call("cuda_rope_qk", qa, ka, fa, qoa, koa, dim(b, "batch"), dim(s, "seq_len"), dim(hq, "n_q_heads"),
-         dim(hk, "n_kv_heads"), dim(d, "head_dim"), dim(offset, "offset"), infer_stream(stream, [qa, ka, fa]))
+    qo, qoa = output(q_out, qa, "q_out", qa.shape, qa.dtype, st)
+    ko, koa = output(k_out, qa, "k_out", ka.shape, qa.dtype, st)
+    call(cname, qa, ka, fa, qoa, koa, dim(b, "batch"), dim(s, "seq_len"), dim(hq, "n_q_heads"),
+         dim(hk, "n_kv_heads"), dim(d, "head_dim"), dim(offset, "offset"), *code, infer_stream(stream, [qa, ka, fa]))
     return qo, ko
 
 
@@ -586,6 +590,8 @@ def attention_forward(q: Array, k: Array, v: Array, *, kv_len: Optional[int] = N
 
     ``q[b, q_len, h, d]``; ``k``, ``v`` ``[b, kv_capacity, n_kv_heads, d]`` of which the first
     ``kv_len`` positions are used (default: all). Query ``i`` sits at position ``pos0 + i``.
+    ``q``, ``k``, ``v`` and ``out`` share one dtype: float32, float16 or bfloat16 (computed in
+    float32, the output rounded once).
     ``mask`` is None or an additive ``[q_len, kv_len]`` float32 mask. Returns
     ``(out, lse)``, ``lse[b, q_len, h]`` float32 for :func:`attention_backward`
     (``None`` with ``need_lse=False``)."""
@@ -642,7 +648,8 @@ def attention_backward(d_output: Array, q: Array, k: Array, v: Array, out: Array
 
 def kv_cache_write(k_new: Array, v_new: Array, k_cache: Array, v_cache: Array, pos: int, *, stream=None) -> None:
     """Writes ``k_new``, ``v_new`` ``[b, new_len, n_kv_heads, d]`` into the caches
-    ``[b, max_seq, n_kv_heads, d]`` at positions ``pos .. pos + new_len``."""
+    ``[b, max_seq, n_kv_heads, d]`` at positions ``pos .. pos + new_len`` (one dtype for all four:
+    float32, float16 or bfloat16, copied as they are)."""
     ka, va, kc, vc = _adapt(stream, k_new=k_new, v_new=v_new, k_cache=k_cache, v_cache=v_cache)
     code = _dtype_code(ka, "k_new")
     for a, n in ((ka, "k_new"), (va, "v_new"), (kc, "k_cache"), (vc, "v_cache")):
@@ -825,7 +832,8 @@ def topp_sample(logits: Array, seeds, top_p: float, temperature: float = 1.0, ou
 # ---------------------------------------------------------------------- embedding
 
 def embedding(ids: Array, table: Array, out: Optional[Array] = None, *, stream=None) -> Array:
-    """``out[..., :] = table[ids[...], :]`` (int32 ids; negative: a zero row). Shape ``ids.shape + (dim,)``."""
+    """``out[..., :] = table[ids[...], :]`` (int32 ids; negative: a zero row). Shape ``ids.shape + (dim,)``;
+    ``table`` float32, float16 or bfloat16 (rows copied as they are), ``out`` of its dtype."""
     ia, ta = _adapt(stream, ids=ids, table=table)
     code = _dtype_code(ta, "table")
     require(ia, "ids", (I32,)), require(ta, "table", ndim=2)

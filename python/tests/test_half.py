@@ -1,6 +1,8 @@
 """Half precision: cudann.convert bit for bit against numpy's float16 and
-ml_dtypes' bfloat16 casts, and every dtype-driven op (the `_ex` entry points)
-against the float32 op on the widened inputs, rounded with the same cast.
+ml_dtypes' bfloat16 casts, and every dtype-driven op (the `_ex` entry points
+and the forward ops' dtype) against the float32 op on the widened inputs,
+rounded with the same cast; embedding and the KV-cache write against numpy
+copies of the bits.
 
 NaNs are compared as "a NaN, quiet bit set, same sign": the library always
 writes quiet NaNs, where numpy may keep a signalling payload. bfloat16 needs
@@ -270,6 +272,140 @@ def test_float16_and_bfloat16_do_not_mix(rng):
         cudann.add(a, a.astype(ml_dtypes.bfloat16))
     with pytest.raises(TypeError):
         cudann.scale(a, 2.0, out=np.zeros(8, ml_dtypes.bfloat16))
+
+
+# -------------------------------------------------------------- forward ops
+
+def raw_bits(x):
+    """The uint16 bit patterns of a half array, NaN payloads included."""
+    return np.ascontiguousarray(x).view(np.uint16)
+
+
+@pytest.mark.parametrize("name", HALVES)
+@pytest.mark.parametrize("n", SIZES)
+def test_swiglu(rng, name, n):
+    for gate, up in ((half_data(rng, name, n), half_data(rng, name, n)), (any_bits(rng, name, n), any_bits(rng, name, n))):
+        want = cudann.swiglu(widened(gate), widened(up)).astype(npdt(name))
+        got = cudann.swiglu(gate, up)
+        assert got.dtype == npdt(name)
+        assert_same_bits(got, want, f"swiglu {name}")
+        cudann.swiglu(gate, up, out=gate)  # in place
+        assert_same_bits(gate, want, f"swiglu {name} in place")
+
+
+@pytest.mark.parametrize("name", HALVES)
+def test_embedding_copies_rows_bit_for_bit(rng, name):
+    vocab, d = 300, 513
+    table = any_bits(rng, name, (vocab, d))  # NaN payloads too: copied, not converted
+    ids = rng.integers(-2, vocab, (3, 100)).astype(np.int32)
+    want = np.where((ids >= 0)[..., None], raw_bits(table)[np.maximum(ids, 0)], np.uint16(0))  # +0 for padding
+    got = cudann.embedding(ids, table)
+    assert got.dtype == npdt(name) and got.shape == (3, 100, d)
+    np.testing.assert_array_equal(raw_bits(got), want)
+    out = any_bits(rng, name, (3, 100, d))
+    assert cudann.embedding(ids, table, out=out) is out
+    np.testing.assert_array_equal(raw_bits(out), want)
+
+
+@pytest.mark.parametrize("name", HALVES)
+@pytest.mark.parametrize("pos,new_len", [(0, 1), (5, 3), (0, 12)])
+def test_kv_cache_write_copies_bit_for_bit(rng, name, pos, new_len):
+    b, max_seq, g, d = 2, 12, 3, 64
+    k_new, v_new = any_bits(rng, name, (b, new_len, g, d)), any_bits(rng, name, (b, new_len, g, d))
+    k_cache, v_cache = any_bits(rng, name, (b, max_seq, g, d)), any_bits(rng, name, (b, max_seq, g, d))
+    want_k, want_v = raw_bits(k_cache).copy(), raw_bits(v_cache).copy()
+    want_k[:, pos:pos + new_len], want_v[:, pos:pos + new_len] = raw_bits(k_new), raw_bits(v_new)
+    cudann.kv_cache_write(k_new, v_new, k_cache, v_cache, pos)
+    np.testing.assert_array_equal(raw_bits(k_cache), want_k)
+    np.testing.assert_array_equal(raw_bits(v_cache), want_v)
+
+
+# (batch, q_len, kv_len, kv_capacity, n_heads, n_kv_heads, head_dim, pos0, causal, masked)
+ATTENTION = [(2, 5, 5, 5, 4, 2, 8, 0, True, False),  # training, GQA
+             (3, 1, 7, 12, 6, 1, 16, 6, True, False),  # one decoding step against a KV cache, MQA
+             (1, 70, 70, 70, 2, 2, 32, 0, True, True),  # several 64-query blocks, a mask
+             (2, 3, 90, 100, 4, 4, 64, 87, False, True)]  # not causal, a fully masked row
+
+
+@pytest.mark.parametrize("name", HALVES)
+@pytest.mark.parametrize("b,ql,kv,cap,h,g,d,pos0,causal,masked", ATTENTION)
+def test_attention_forward(rng, name, b, ql, kv, cap, h, g, d, pos0, causal, masked):
+    q = half_data(rng, name, (b, ql, h, d), scale=1.0, specials=False)
+    k, v = (half_data(rng, name, (b, cap, g, d), scale=1.0, specials=False) for _ in range(2))
+    k[:, kv:], v[:, kv:] = np.nan, np.nan  # cache positions past kv_len are never read
+    mask = None
+    if masked:
+        mask = rng.standard_normal((ql, kv)).astype(F32)
+        mask[-1] = -np.inf  # a row with every key masked: zeros, lse -inf
+    kw = dict(kv_len=kv, mask=mask, pos0=pos0, causal=causal)
+    want, want_lse = cudann.attention_forward(widened(q), widened(k), widened(v), **kw)
+    got, lse = cudann.attention_forward(q, k, v, **kw)
+    assert got.dtype == npdt(name) and lse.dtype == F32
+    assert_same_bits(got, want.astype(npdt(name)), f"attention {name}")
+    assert_same_bits(lse, want_lse, f"attention lse {name}")  # the float32 op's, exactly
+    out = np.empty_like(q)
+    o, no_lse = cudann.attention_forward(q, k, v, out=out, need_lse=False, **kw)
+    assert o is out and no_lse is None
+    assert_same_bits(out, want.astype(npdt(name)), f"attention {name} out=")
+
+
+@pytest.mark.parametrize("name", HALVES)
+@pytest.mark.parametrize("b,s,hq,hk,d,offset", [(1, 1, 1, 1, 2, 0), (2, 5, 4, 2, 16, 3), (2, 300, 8, 2, 64, 40)])
+def test_rope_qk(rng, name, b, s, hq, hk, d, offset):
+    freqs = cudann.rope_freqs(s + offset, d)
+    q, k = half_data(rng, name, (b, s, hq, d)), half_data(rng, name, (b, s, hk, d))
+    want_q, want_k = (x.astype(npdt(name)) for x in cudann.rope_qk(widened(q), widened(k), freqs, offset))
+    got_q, got_k = cudann.rope_qk(q, k, freqs, offset)
+    assert got_q.dtype == got_k.dtype == npdt(name)
+    assert_same_bits(got_q, want_q, f"rope_qk q {name}")
+    assert_same_bits(got_k, want_k, f"rope_qk k {name}")
+    q_out, k_out = cudann.rope_qk(q, k, freqs, offset, q_out=q, k_out=k)  # in place
+    assert q_out is q and k_out is k
+    assert_same_bits(q, want_q, f"rope_qk q {name} in place")
+    assert_same_bits(k, want_k, f"rope_qk k {name} in place")
+
+
+@pytest.fixture
+def no_library_call(monkeypatch):
+    """Fails the test if an op enters the library (its checks must refuse first)."""
+    def entered(name, *args):
+        raise AssertionError(f"{name} was called")
+
+    monkeypatch.setattr(cudann.ops, "call", entered)
+
+
+FORWARD_CALLS = {  # each op with its `x` operands of dtype a and its `y` operands of dtype b
+    "swiglu gate/up": lambda x, y: cudann.swiglu(x((8,)), y((8,))),
+    "swiglu out": lambda x, y: cudann.swiglu(x((8,)), x((8,)), out=y((8,))),
+    "embedding out": lambda x, y: cudann.embedding(np.zeros(2, np.int32), x((4, 3)), out=y((2, 3))),
+    "attention k": lambda x, y: cudann.attention_forward(x((1, 2, 2, 4)), y((1, 2, 2, 4)), x((1, 2, 2, 4))),
+    "attention out": lambda x, y: cudann.attention_forward(x((1, 2, 2, 4)), x((1, 2, 2, 4)), x((1, 2, 2, 4)),
+                                                           out=y((1, 2, 2, 4))),
+    "kv_cache_write caches": lambda x, y: cudann.kv_cache_write(x((1, 1, 1, 4)), x((1, 1, 1, 4)), y((1, 3, 1, 4)),
+                                                                y((1, 3, 1, 4)), 0),
+    "rope_qk k": lambda x, y: cudann.rope_qk(x((1, 2, 1, 4)), y((1, 2, 1, 4)), np.zeros((2, 2), F32)),
+    "rope_qk q_out": lambda x, y: cudann.rope_qk(x((1, 2, 1, 4)), x((1, 2, 1, 4)), np.zeros((2, 2), F32),
+                                                 q_out=y((1, 2, 1, 4))),
+}
+MIXES = [("float16", "float32"), ("float32", "float16"), pytest.param("float16", "bfloat16", marks=NO_ML_DTYPES),
+         pytest.param("bfloat16", "float32", marks=NO_ML_DTYPES)]
+
+
+@pytest.mark.parametrize("a,b", MIXES)
+@pytest.mark.parametrize("what", list(FORWARD_CALLS))
+def test_forward_ops_refuse_mixed_dtypes_before_calling(no_library_call, what, a, b):
+    with pytest.raises(TypeError):
+        FORWARD_CALLS[what](lambda shape: np.zeros(shape, npdt(a)), lambda shape: np.zeros(shape, npdt(b)))
+
+
+def test_forward_ops_keep_float32_side_operands(no_library_call):
+    h = np.zeros((1, 2, 2, 4), np.float16)
+    with pytest.raises(TypeError):  # the mask is float32 whatever the tensors' dtype
+        cudann.attention_forward(h, h, h, mask=np.zeros((2, 2), np.float16))
+    with pytest.raises(TypeError):  # so are lse and the RoPE angles
+        cudann.attention_forward(h, h, h, lse=np.zeros((1, 2, 2), np.float16))
+    with pytest.raises(TypeError):
+        cudann.rope_qk(h, h, np.zeros((2, 2), np.float16))
 
 
 # ------------------------------------------------------------------ decoding

@@ -5,8 +5,9 @@ require_relative "test_helper"
 # Half precision: Cudann.convert against reference conversions written here,
 # and every _ex op against the float32 op on the inputs widened with
 # Cudann.convert, its result rounded with Cudann.convert (bit for bit; NaNs as
-# "a quiet NaN of the same sign", the library's NaN). F16/BF16 tensors are
-# Arrays of Integers (the bits).
+# "a quiet NaN of the same sign", the library's NaN); embedding_ex and
+# kv_cache_write_ex against copies of the bits made here. F16/BF16 tensors
+# are Arrays of Integers (the bits).
 class CudannHalfTest < CudannTestCase
   F32, F16, BF16 = Cudann::F32, Cudann::F16, Cudann::BF16
   HALVES = [F16, BF16].freeze
@@ -250,6 +251,123 @@ class CudannHalfTest < CudannTestCase
         end
       end
     end
+  end
+
+  def test_swiglu_ex
+    HALVES.each do |type|
+      [1, 33, 4097, 100_000].each do |n|
+        [[half_data(40, type, n, 4.0), half_data(41, type, n, 4.0)], [any_bits(42, n), any_bits(43, n)]].each do |g, u|
+          want = round(type, Cudann.swiglu(widen(type, g), widen(type, u)))
+          assert_same_halves type, Cudann.swiglu_ex(g, u, type), want, "swiglu_ex n=#{n}"
+          assert_same g, Cudann.swiglu_ex(g, u, type, out: g) # in place
+          assert_same_halves type, g, want, "swiglu_ex in place"
+        end
+      end
+    end
+    assert_invalid("up has 2 elements, want 3") { Cudann.swiglu_ex([0] * 3, [0] * 2, F16) }
+    assert_invalid("cudann_swiglu") { Cudann.swiglu_ex([0], [0], 7) }
+    assert_raises(TypeError) { Cudann.swiglu_ex([1.0], [2.0], BF16) }
+  end
+
+  def test_embedding_ex_copies_rows
+    vocab, dim = 50, 33
+    r = Random.new(44)
+    ids = Array.new(300) { r.rand(vocab + 2) - 2 } # some padding (negative) ids
+    HALVES.each do |type|
+      table = any_bits(45, vocab * dim) # NaN payloads too: copied, not converted
+      want = ids.flat_map { |id| id.negative? ? [0] * dim : table[id * dim, dim] } # padding: +0
+      assert_equal want, Cudann.embedding_ex(ids, table, ids.size, vocab, dim, type), "embedding_ex #{type}"
+    end
+    assert_invalid("table has 3 elements, want 4") { Cudann.embedding_ex([0], [0] * 3, 1, 2, 2, F16) }
+    assert_invalid("cudann_embedding") { Cudann.embedding_ex([0], [0] * 4, 1, 2, 2, 7) }
+  end
+
+  def test_kv_cache_write_ex_copies
+    batch, max_seq, heads, dim = 2, 12, 3, 16
+    row = heads * dim
+    HALVES.each do |type|
+      [[0, 1], [5, 3], [0, 12]].each do |pos, new_len|
+        k_new, v_new = [47, 48].map { |seed| any_bits(seed, batch * new_len * row) }
+        k_cache, v_cache = [49, 50].map { |seed| any_bits(seed, batch * max_seq * row) }
+        want_k, want_v = [[k_cache, k_new], [v_cache, v_new]].map { |c, new| written(c, new, batch, pos, max_seq, row) }
+        Cudann.kv_cache_write_ex(k_new, v_new, k_cache, v_cache, batch, new_len, max_seq, heads, dim, pos, type)
+        assert_equal want_k, k_cache, "kv_cache_write_ex k #{type} #{[pos, new_len]}"
+        assert_equal want_v, v_cache, "kv_cache_write_ex v #{type} #{[pos, new_len]}"
+      end
+    end
+    assert_invalid("must be <= max_seq") do
+      Cudann.kv_cache_write_ex([0] * 2, [0] * 2, [0] * 2, [0] * 2, 1, 1, 1, 1, 2, 1, F16)
+    end
+  end
+
+  # cache [batch, max_seq, row] with new [batch, new_len, row] copied in at position pos.
+  def written(cache, new, batch, pos, max_seq, row)
+    n = new.size / batch # the new elements of one batch entry
+    cache.dup.tap { |w| batch.times { |b| w[(b * max_seq + pos) * row, n] = new[b * n, n] } }
+  end
+
+  # batch, q_len, kv_len, kv_capacity, n_heads, n_kv_heads, head_dim, pos0, causal, masked: training (GQA), one
+  # decoding step against a KV cache (MQA), several 64-query blocks with a mask, not causal with a fully masked row.
+  ATTENTION = [[2, 5, 5, 5, 4, 2, 8, 0, true, false], [3, 1, 7, 12, 6, 1, 16, 6, true, false],
+               [1, 70, 70, 70, 2, 2, 32, 0, true, true], [2, 3, 90, 100, 4, 4, 64, 87, false, true]].freeze
+
+  def test_attention_forward_ex
+    HALVES.each do |type|
+      ATTENTION.each do |b, ql, kv, cap, h, g, d, pos0, causal, masked|
+        shape = { batch: b, q_len: ql, kv_len: kv, kv_capacity: cap, n_heads: h, n_kv_heads: g, head_dim: d,
+                  pos0: pos0, is_causal: causal, scale: 1 / Math.sqrt(d) }
+        q = half_data(51, type, b * ql * h * d, 1.0, specials: false)
+        k, v = [52, 53].map do |seed|
+          unread(type, half_data(seed, type, b * cap * g * d, 1.0, specials: false), kv, cap, g * d)
+        end
+        mask = masked ? attention_mask(ql, kv) : nil
+        want, want_lse = Cudann.attention_forward(widen(type, q), widen(type, k), widen(type, v), mask: mask, **shape)
+        out, lse = Cudann.attention_forward_ex(q, k, v, dtype: type, mask: mask, **shape)
+        assert_same_halves type, out, round(type, want), "attention_forward_ex #{shape}"
+        assert_equal f32_bits(want_lse), f32_bits(lse), "attention_forward_ex lse #{shape}" # the float32 op's
+      end
+    end
+    assert_invalid("mask has 2 elements, want 1") do
+      Cudann.attention_forward_ex([0] * 2, [0] * 2, [0] * 2, 1, 1, 1, 1, 1, 1, 2, 0, true, 1.0, F16, mask: [0.0] * 2)
+    end
+  end
+
+  # k or v ([batch, capacity, row]) with NaNs at every position past kv_len: the op must not read them.
+  def unread(type, x, kv_len, capacity, row)
+    nan = round(type, [Float::NAN])[0]
+    x.each_slice(row).with_index.flat_map { |r, pos| pos % capacity < kv_len ? r : [nan] * row }
+  end
+
+  # A random additive mask whose last row hides every key (zeros, lse -inf).
+  def attention_mask(q_len, kv_len)
+    R.rand_f32(54, q_len * kv_len, 1.0).tap { |m| m[(q_len - 1) * kv_len, kv_len] = [-Float::INFINITY] * kv_len }
+  end
+
+  def f32_bits(values)
+    values.pack("e*").unpack("L<*")
+  end
+
+  def test_rope_qk_ex
+    HALVES.each do |type|
+      [[1, 1, 1, 1, 2, 0], [2, 5, 4, 2, 16, 3], [2, 300, 8, 2, 64, 40]].each do |b, s, hq, hk, d, offset|
+        dims = [b, s, hq, hk, d, offset]
+        freqs = Cudann.rope_freqs(s + offset, d, 10_000.0, 1.0)
+        q = half_data(55, type, b * s * hq * d, 4.0)
+        k = half_data(56, type, b * s * hk * d, 4.0)
+        want_q, want_k = Cudann.rope_qk(widen(type, q), widen(type, k), freqs, *dims).map { |x| round(type, x) }
+        got_q, got_k = Cudann.rope_qk_ex(q, k, freqs, *dims, type)
+        assert_same_halves type, got_q, want_q, "rope_qk_ex q #{dims}"
+        assert_same_halves type, got_k, want_k, "rope_qk_ex k #{dims}"
+        Cudann.rope_qk_ex(q, k, freqs, *dims, type, q_out: q, k_out: k) # in place
+        assert_same_halves type, q, want_q, "rope_qk_ex q in place"
+        assert_same_halves type, k, want_k, "rope_qk_ex k in place"
+      end
+    end
+    assert_invalid("freqs has 1 elements, want at least 2") do
+      Cudann.rope_qk_ex([0] * 4, [0] * 4, [0.0], 1, 2, 1, 1, 2, 0, F16)
+    end
+    assert_invalid("cudann_rope_qk_ex") { Cudann.rope_qk_ex([0] * 4, [0] * 4, [0.0] * 2, 1, 2, 1, 1, 2, 0, 7) }
+    assert_raises(TypeError) { Cudann.rope_qk_ex([0.5] * 4, [0] * 4, [0.0] * 2, 1, 2, 1, 1, 2, 0, F16) }
   end
 
   def test_gemm_ex_half

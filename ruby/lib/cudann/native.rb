@@ -117,6 +117,7 @@ module Cudann
     attach_function :cudann_sample_ex, [:pointer, :pointer, :pointer, :int, :int, :float, :int, :pointer], :int32, BLOCKING
     attach_function :cudann_topk_sample_ex, [:pointer, :pointer, :pointer, :int, :int, :int, :float, :int, :pointer], :int32, BLOCKING
     attach_function :cudann_topp_sample_ex, [:pointer, :pointer, :pointer, :int, :int, :float, :float, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_rope_qk_ex, [:pointer, :pointer, :pointer, :pointer, :pointer, :int, :int, :int, :int, :int, :int, :int, :pointer], :int32, BLOCKING
     attach_function :cuda_softmax_topk, [:pointer, :pointer, :pointer, :int, :int, :int, :pointer], :int32, BLOCKING
     attach_function :cudann_softmax_backward, [:pointer, :pointer, :pointer, :int, :int, :pointer], :int32, BLOCKING
   end

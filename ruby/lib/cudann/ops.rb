@@ -367,6 +367,26 @@ module Cudann
   op :topp_sample_ex, :cudann_topp_sample_ex,
      "logits:t(dtype)[batch*vocab_size] out>i32[batch] seeds:u64[batch] batch vocab_size top_p:float " \
      "temperature:float dtype:dtype stream"
+  # The forward ops with a data type: swiglu, attention and RoPE compute in
+  # float32 and round once; embedding and the KV-cache write copy elements as
+  # they are. Attention's mask and lse and RoPE's freqs stay float32.
+  op :swiglu_ex, :cudann_swiglu, "gate:t(dtype)[n] up:t(dtype)[n] out>t(dtype)[n] n:int64=gate dtype:dtype stream"
+  op :embedding_ex, :cudann_embedding,
+     "ids:i32[n_ids] table:t(dtype)[vocab_size*dim] out>t(dtype)[n_ids*dim] n_ids vocab_size dim dtype:dtype stream"
+  op :attention_forward_ex, :cudann_attention_forward,
+     "q:t(dtype)[batch*q_len*n_heads*head_dim] k:t(dtype)[batch*kv_capacity*n_kv_heads*head_dim] " \
+     "v:t(dtype)[batch*kv_capacity*n_kv_heads*head_dim] mask?f32[q_len*kv_len] " \
+     "out>t(dtype)[batch*q_len*n_heads*head_dim] lse>f32[batch*q_len*n_heads] batch q_len kv_len kv_capacity " \
+     "n_heads n_kv_heads head_dim pos0 is_causal:bool scale:float dtype:dtype stream"
+  op :kv_cache_write_ex, :cudann_kv_cache_write,
+     "k_new:t(dtype)[batch*new_len*n_kv_heads*head_dim] v_new:t(dtype)[batch*new_len*n_kv_heads*head_dim] " \
+     "k_cache!t(dtype)[batch*max_seq*n_kv_heads*head_dim] v_cache!t(dtype)[batch*max_seq*n_kv_heads*head_dim] " \
+     "batch new_len max_seq n_kv_heads head_dim pos dtype:dtype stream"
+  op :rope_qk_ex, :cudann_rope_qk_ex,
+     "q:t(dtype)[batch*seq_len*n_q_heads*head_dim] k:t(dtype)[batch*seq_len*n_kv_heads*head_dim] " \
+     "freqs:f32[>=(seq_len+offset)*(head_dim/2)] q_out>t(dtype)[batch*seq_len*n_q_heads*head_dim] " \
+     "k_out>t(dtype)[batch*seq_len*n_kv_heads*head_dim] batch seq_len n_q_heads n_kv_heads head_dim offset " \
+     "dtype:dtype stream"
 
   DTYPE_SIZES = { F32 => 4, F16 => 2, BF16 => 2, I32 => 4, I64 => 8, F64 => 8, U8 => 1 }.freeze
 
