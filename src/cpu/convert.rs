@@ -132,7 +132,7 @@ impl Element for bf16 {
 /// Round to nearest even on the bits, branch-free so the loop vectorises (the
 /// `half` crate's scalar `bf16::from_f32` gives the same bits, with a branch).
 #[inline]
-fn to_bf16(x: f32) -> bf16 {
+pub(crate) fn to_bf16(x: f32) -> bf16 {
     let bits = x.to_bits();
     let rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
     let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;

@@ -5,7 +5,10 @@
 use multiversion::multiversion;
 
 use super::par::{Src, blocks};
-use super::reduce::{add_into, column_sums, dot, sum, sum_squares, sum_squares_shifted, weighted_dot};
+use rayon::prelude::*;
+
+use super::convert::to_bf16;
+use super::reduce::{add_into, column_sums, dot, sum, sum_squares, sum_squares_bf16, sum_squares_shifted, weighted_dot};
 
 #[multiversion(targets = "simd")]
 fn scale_by_weight(x: &[f32], w: &[f32], r: f32, y: &mut [f32]) {
@@ -23,6 +26,26 @@ fn rms_inverse(x: &[f32], eps: f32) -> f32 {
 pub fn rmsnorm(x: Src, weight: &[f32], y: &mut [f32], hidden: usize, eps: f32) {
     blocks([x], y, hidden, |_, [x], y| scale_by_weight(x, weight, rms_inverse(x, eps), y));
 }
+
+#[multiversion(targets = "simd")]
+fn scale_by_weight_bf16(x: &[u16], w: &[f32], r: f32, y: &mut [u16]) {
+    for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+        *y = to_bf16(f32::from_bits((x as u32) << 16) * r * w).to_bits();
+    }
+}
+
+/// [`rmsnorm`] of bfloat16 rows into distinct bfloat16 rows, in two passes
+/// that widen each element in a register (half the bytes of float32):
+/// bitwise the float32 op on the widened rows, rounded once.
+pub fn rmsnorm_bf16(x: &[u16], weight: &[f32], y: &mut [u16], hidden: usize, eps: f32) {
+    y.par_chunks_mut(hidden).zip(x.par_chunks(hidden)).with_min_len(ROWS_PER_TASK.div_ceil(hidden)).for_each(|(y, x)| {
+        let r = 1.0 / (sum_squares_bf16(x) / x.len() as f32 + eps).sqrt();
+        scale_by_weight_bf16(x, weight, r, y);
+    });
+}
+
+/// Elements of consecutive rows a task takes at least (so small rows stream).
+const ROWS_PER_TASK: usize = 64 * 1024;
 
 /// dx = r (g - x r² mean(g x)) with g = dy * w, r = 1 / rms(x).
 #[multiversion(targets = "simd")]

@@ -17,7 +17,7 @@ const BLOCK: usize = 64 * LANES;
 /// Sum of f(a_i, b_i, c_i) over at most BLOCK elements with LANES independent
 /// f32 accumulators (so the loop vectorises), combined in a fixed order.
 #[inline(always)]
-fn block_sum(a: &[f32], b: &[f32], c: &[f32], f: &impl Fn(f32, f32, f32) -> f32) -> f32 {
+fn block_sum<T: Copy>(a: &[T], b: &[T], c: &[T], f: &impl Fn(T, T, T) -> f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let (chunks_a, chunks_b, chunks_c) = (a.chunks_exact(LANES), b.chunks_exact(LANES), c.chunks_exact(LANES));
     let tails = (chunks_a.remainder(), chunks_b.remainder(), chunks_c.remainder());
@@ -50,7 +50,7 @@ pub(crate) fn lane_total(mut v: [f32; LANES]) -> f32 {
 /// f64 in block order, so the result is accurate and bitwise reproducible at
 /// any length.
 #[inline(always)]
-fn triple_sum(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+fn triple_sum<T: Copy>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> f32) -> f32 {
     if a.len() <= BLOCK {
         return block_sum(a, b, c, &f);
     }
@@ -82,6 +82,16 @@ pub fn max(x: &[f32]) -> f32 {
 #[multiversion(targets = "simd")]
 pub fn sum_squares(x: &[f32]) -> f32 {
     lane_sum(x, |v| v * v)
+}
+
+/// Σ x² of bfloat16 bits, each widened in a register: bitwise
+/// [`sum_squares`] of the widened values (the same lanes and order).
+#[multiversion(targets = "simd")]
+pub fn sum_squares_bf16(x: &[u16]) -> f32 {
+    triple_sum(x, x, x, |v, _, _| {
+        let v = f32::from_bits((v as u32) << 16);
+        v * v
+    })
 }
 
 /// Σ x.
