@@ -8,7 +8,7 @@
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
-use multiversion::multiversion;
+use super::simd::simd;
 use rayon::prelude::*;
 
 /// A floating-point data type of the ABI (`CUDANN_F32`, `CUDANN_F16`, `CUDANN_BF16`).
@@ -68,21 +68,21 @@ fn quiet(bits: u32) -> f32 {
     f32::from_bits(if nan { bits | 0x0040_0000 } else { bits })
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn quiet_nans(x: &mut [f32]) {
     for v in x {
         *v = quiet(v.to_bits());
     }
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn widen_bf16(src: &[u16], dst: &mut [f32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = quiet((s as u32) << 16);
     }
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn narrow_bf16(src: &[f32], dst: &mut [u16]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = to_bf16(s).to_bits();
