@@ -118,7 +118,9 @@ fuzz:
 
 # AddressSanitizer over the Rust suite (nightly; out_of_memory and retention
 # measure the process's memory, which ASan's allocator changes, so they are
-# left to the plain run; tests/simd.rs runs the op suites at every SIMD level).
+# left to the plain run; tests/simd.rs runs the op suites at every SIMD level;
+# allocator_may_return_null: a request past ASan's limit must fail as -4, as
+# the ABI says, not abort).
 # Then the C binding test against the library built with ASan, at every level:
 # the test is compiled plainly and linked with the nightly toolchain's own ASan
 # runtime, the one for the LLVM that instrumented the library (it ships only as
@@ -133,7 +135,7 @@ SAN_TESTS := $(filter-out out_of_memory retention,$(basename $(notdir $(wildcard
 ASAN_LIB  := $(CURDIR)/target/asan/x86_64-unknown-linux-gnu/release
 ASAN_RT    = $(shell rustc +nightly --print sysroot)/lib/rustlib/x86_64-unknown-linux-gnu/lib/librustc-nightly_rt.asan.a
 sanitize: examples
-	RUSTFLAGS=-Zsanitizer=address RUSTDOCFLAGS=-Zsanitizer=address ASAN_OPTIONS=detect_leaks=1 \
+	RUSTFLAGS=-Zsanitizer=address RUSTDOCFLAGS=-Zsanitizer=address ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
 	  cargo +nightly test --release --target x86_64-unknown-linux-gnu --target-dir target/asan --lib $(addprefix --test ,$(SAN_TESTS))
 	RUSTFLAGS=-Zsanitizer=address cargo +nightly build --release --target x86_64-unknown-linux-gnu --target-dir target/asan --lib
 	ln -sf libcudann.so $(ASAN_LIB)/$(SONAME)

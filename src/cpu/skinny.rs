@@ -128,6 +128,7 @@ impl Finish {
 /// `ldw`): dot products of A's rows with W's rows.
 #[simd]
 unsafe fn dots_chunk<W: Weight>(a: &[f32], m: usize, k: usize, w: *const W, ldw: usize, n0: usize, count: usize, out: Finish) {
+    // LEVEL: the SIMD level this copy is compiled for (#[simd]).
     let fused = LEVEL.fma();
     let mut sums = alloc::filled(m * count, 0.0f32);
     // One row tile's A fits in L2 whole: each W row is then read in one run
