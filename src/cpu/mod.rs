@@ -17,5 +17,6 @@ pub mod par;
 pub mod reduce;
 pub mod rng;
 pub mod rope;
+pub mod simd;
 pub mod skinny;
 pub mod softmax;

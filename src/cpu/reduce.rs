@@ -1,7 +1,7 @@
 //! Row reductions shared by softmax, norms and losses. Each sums in a fixed lane
 //! order, so results are bitwise reproducible whatever the thread count.
 
-use multiversion::multiversion;
+use super::simd::simd;
 use rayon::prelude::*;
 
 use super::alloc;
@@ -65,7 +65,7 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 }
 
 /// Largest element, ignoring NaN; -inf for an empty slice.
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = x.chunks_exact(LANES);
@@ -79,14 +79,14 @@ pub fn max(x: &[f32]) -> f32 {
 }
 
 /// Σ x².
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn sum_squares(x: &[f32]) -> f32 {
     lane_sum(x, |v| v * v)
 }
 
 /// Σ x² of bfloat16 bits, each widened in a register: bitwise
 /// [`sum_squares`] of the widened values (the same lanes and order).
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn sum_squares_bf16(x: &[u16]) -> f32 {
     triple_sum(x, x, x, |v, _, _| {
         let v = f32::from_bits((v as u32) << 16);
@@ -95,37 +95,37 @@ pub fn sum_squares_bf16(x: &[u16]) -> f32 {
 }
 
 /// Σ x.
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn sum(x: &[f32]) -> f32 {
     lane_sum(x, |v| v)
 }
 
 /// Σ (x - shift)².
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn sum_squares_shifted(x: &[f32], shift: f32) -> f32 {
     lane_sum(x, |v| (v - shift) * (v - shift))
 }
 
 /// Σ a·b.
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     triple_sum(a, b, b, |x, y, _| x * y)
 }
 
 /// Σ a·w·b.
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn weighted_dot(a: &[f32], w: &[f32], b: &[f32]) -> f32 {
     triple_sum(a, w, b, |x, w, y| x * w * y)
 }
 
 /// Σ e^(x - shift).
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn sum_exp(x: &[f32], shift: f32) -> f32 {
     lane_sum(x, |v| exp(v - shift))
 }
 
 /// y = e^(x - shift); returns Σ y.
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn exp_into(x: &[f32], shift: f32, y: &mut [f32]) -> f32 {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = exp(x - shift);
@@ -134,7 +134,7 @@ pub fn exp_into(x: &[f32], shift: f32, y: &mut [f32]) -> f32 {
 }
 
 /// x = e^(x - shift) in place; returns Σ x.
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn exp_in_place(x: &mut [f32], shift: f32) -> f32 {
     for x in x.iter_mut() {
         *x = exp(*x - shift);
@@ -149,7 +149,7 @@ pub fn sum_f64(x: impl IntoIterator<Item = f64>) -> f64 {
 }
 
 /// acc += x, elementwise.
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn add_into(acc: &mut [f32], x: &[f32]) {
     for (a, &v) in acc.iter_mut().zip(x) {
         *a += v;

@@ -12,8 +12,7 @@
 //! is widened as it is loaded, so half-precision weights are read at half the
 //! bytes.
 
-use multiversion::multiversion;
-use multiversion::target::target_cfg_f;
+use super::simd::simd;
 use rayon::prelude::*;
 
 use super::alloc;
@@ -155,9 +154,10 @@ impl Finish {
 
 /// Columns `n0 .. n0 + count` of C for B = Wᵀ, W stored `[n, k]` (row stride
 /// `ldw`): dot products of A's rows with W's rows.
-#[multiversion(targets = "simd")]
+#[simd]
 unsafe fn dots_chunk<W: Weight>(a: &[f32], m: usize, k: usize, w: *const W, ldw: usize, n0: usize, count: usize, out: Finish) {
-    let fused = target_cfg_f!(target_feature = "fma");
+    // LEVEL: the SIMD level this copy is compiled for (#[simd]).
+    let fused = LEVEL.fma();
     let mut sums = alloc::filled(m * count, 0.0f32);
     // One row tile's A fits in L2 whole: each W row is then read in one run
     // (float16 rows go through the KB-wide buffer in blocks).
