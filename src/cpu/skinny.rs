@@ -99,7 +99,13 @@ impl Weight for half::bf16 {
     }
     #[inline(always)]
     unsafe fn lanes(src: *const Self) -> Lanes {
-        unsafe { src.cast::<[u16; LANES]>().read_unaligned() }.map(|s| f32::from_bits((s as u32) << 16))
+        // A plain loop: `array::map` was left out of line, a call per load.
+        let bits = unsafe { src.cast::<[u16; LANES]>().read_unaligned() };
+        let mut wide = [0.0; LANES];
+        for (w, &b) in wide.iter_mut().zip(&bits) {
+            *w = f32::from_bits((b as u32) << 16);
+        }
+        wide
     }
 }
 
@@ -240,7 +246,11 @@ impl<V: Weight> DotTile<'_, V> {
         let mut acc = [[[0.0f32; LANES]; Q]; R];
         let full = self.kl / LANES * LANES;
         for p in (0..full).step_by(LANES) {
-            let wv: [Lanes; Q] = std::array::from_fn(|q| unsafe { V::lanes(self.w.add(q * self.ldw + p)) });
+            // A plain loop: `array::from_fn` was left out of line.
+            let mut wv = [[0.0; LANES]; Q];
+            for (q, wv) in wv.iter_mut().enumerate() {
+                *wv = unsafe { V::lanes(self.w.add(q * self.ldw + p)) };
+            }
             for (r, acc) in acc.iter_mut().enumerate() {
                 let x = unsafe { load(self.a.as_ptr().add(r * self.k + p)) };
                 for (acc, wv) in acc.iter_mut().zip(&wv) {
