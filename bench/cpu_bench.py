@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bindings-test" / "python"))
-from cudann_ctypes import Cudann  # noqa: E402  (header-derived prototypes)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from library import Library  # noqa: E402  (header-derived prototypes)
 
-LIB = Cudann()
+LIB = Library()
 RNG = np.random.default_rng(0)
 
 

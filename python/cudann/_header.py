@@ -10,7 +10,11 @@ import ctypes
 import re
 from pathlib import Path
 
+# The copy bundled with the package; in the source tree, include/cudann.h
+# (bench/ loads this module from there).
 HEADER = Path(__file__).with_name("cudann.h")
+if not HEADER.exists():
+    HEADER = Path(__file__).resolve().parents[2] / "include" / "cudann.h"
 
 # C type spelling (after `const` is dropped and spaces normalised) -> ctypes type.
 _SCALARS = {

@@ -16,8 +16,15 @@ use super::reduce::{add_into, column_sums};
 fn silu_one(x: f32) -> f32 {
     let (p, n) = exp_parts(-x.abs());
     let e = ldexp(p, n);
-    let negative = if x < -200.0 { -0.0 } else { ldexp(x * p / (1.0 + e), n) };
-    if x >= 0.0 { x / (1.0 + e) } else { negative }
+    // One division serves both signs (vectorised code computes both sides).
+    let q = (if x >= 0.0 { x } else { x * p }) / (1.0 + e);
+    if x >= 0.0 {
+        q
+    } else if x < -200.0 {
+        -0.0
+    } else {
+        ldexp(q, n)
+    }
 }
 
 #[simd]
