@@ -18,4 +18,5 @@ pub mod reduce;
 pub mod rng;
 pub mod rope;
 pub mod skinny;
+pub mod skinny_nn;
 pub mod softmax;
