@@ -118,17 +118,37 @@ fuzz:
 
 # AddressSanitizer over the Rust suite (nightly; out_of_memory and retention
 # measure the process's memory, which ASan's allocator changes, so they are
-# left to the plain run), then valgrind memcheck on the C binding test (errors
-# and definite leaks) and on the example programs (errors; they keep their
-# buffers until exit by design). Valgrind hides AVX-512, so the library runs
-# its AVX2 code there.
+# left to the plain run; tests/simd.rs runs the op suites at every SIMD level;
+# allocator_may_return_null: a request past ASan's limit must fail as -4, as
+# the ABI says, not abort).
+# Then the C binding test against the library built with ASan, at every level:
+# the test is compiled plainly and linked with the nightly toolchain's own ASan
+# runtime, the one for the LLVM that instrumented the library (it ships only as
+# a static archive, which must be in the executable; -rdynamic lets the library
+# bind to it). gcc's -fsanitize=address would load gcc's libasan instead, from
+# an older LLVM: it works today, but nothing keeps it in step with rustc's.
+# Then valgrind memcheck on the C binding test (errors and definite leaks) at
+# the scalar and AVX2 levels (valgrind does not emulate AVX-512, so CUDANN_SIMD
+# pins the level), and on the example programs (errors; they keep their
+# buffers until exit by design), which run AVX2 there.
 SAN_TESTS := $(filter-out out_of_memory retention,$(basename $(notdir $(wildcard tests/*.rs))))
+ASAN_LIB  := $(CURDIR)/target/asan/x86_64-unknown-linux-gnu/release
+ASAN_RT    = $(shell rustc +nightly --print sysroot)/lib/rustlib/x86_64-unknown-linux-gnu/lib/librustc-nightly_rt.asan.a
 sanitize: examples
-	RUSTFLAGS=-Zsanitizer=address RUSTDOCFLAGS=-Zsanitizer=address ASAN_OPTIONS=detect_leaks=1 \
+	RUSTFLAGS=-Zsanitizer=address RUSTDOCFLAGS=-Zsanitizer=address ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
 	  cargo +nightly test --release --target x86_64-unknown-linux-gnu --target-dir target/asan --lib $(addprefix --test ,$(SAN_TESTS))
+	RUSTFLAGS=-Zsanitizer=address cargo +nightly build --release --target x86_64-unknown-linux-gnu --target-dir target/asan --lib
+	ln -sf libcudann.so $(ASAN_LIB)/$(SONAME)
 	mkdir -p bindings-test/c/build
+	cc -std=c11 $(CWARN) -Iinclude bindings-test/c/test_c.c -L$(ASAN_LIB) -lcudann -Wl,-rpath,$(ASAN_LIB) \
+	  -Wl,--whole-archive $(ASAN_RT) -Wl,--no-whole-archive -rdynamic -lm -o bindings-test/c/build/test_c_asan
+	for level in scalar avx2 avx512; do \
+	  CUDANN_SIMD=$$level ASAN_OPTIONS=detect_leaks=1 bindings-test/c/build/test_c_asan || exit 1; \
+	done
 	cc -std=c11 $(CWARN) -Iinclude bindings-test/c/test_c.c -L$(LIBDIR) -lcudann -Wl,-rpath,$(LIBDIR) -lm -o bindings-test/c/build/test_c
-	valgrind --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite bindings-test/c/build/test_c
+	for level in scalar avx2; do \
+	  CUDANN_SIMD=$$level valgrind --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite bindings-test/c/build/test_c || exit 1; \
+	done
 	python3 examples/make_data.py --vocab 1000 --tokens 4000 --out target/valgrind.bin
 	valgrind --error-exitcode=9 $(EXAMPLES)/train_moe --config examples/tiny/config.json --seed 1 --data target/valgrind.bin \
 	  --batch 2 --seq 16 --steps 2 --lr 1e-3 --save target/valgrind-model

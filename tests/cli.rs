@@ -29,6 +29,14 @@ fn info_names_the_version_and_the_backend() {
 }
 
 #[test]
+fn info_names_the_simd_level_and_why() {
+    let text = stdout(&cudann(&["info"], &[("CUDANN_SIMD", "scalar")]));
+    assert!(text.contains("; SIMD kernels: scalar (CUDANN_SIMD=scalar), "), "{text}");
+    let text = stdout(&cudann(&["info"], &[("CUDANN_SIMD", "sse9")]));
+    assert!(text.contains(" (CUDANN_SIMD='sse9' is not avx512, avx2, scalar or auto: ignored, the best this CPU has)"), "{text}");
+}
+
+#[test]
 fn quick_bench_prints_a_row_per_op() {
     let text = stdout(&cudann(&["bench", "silu", "gemm", "--quick"], &[]));
     for (op, unit) in [("silu", "GB/s"), ("gemm", "GFLOP/s")] {

@@ -299,59 +299,66 @@ fn rounded(x: &[f32], dtype: i32) -> (Vec<u16>, Vec<f32>) {
 #[test]
 fn gemm_ex_half_operands_match_float64_of_the_rounded_inputs() {
     let mut rng = Rng::new(34);
-    let (m, n, k, batch) = (7, 45, 130, 2);
-    for types in [[CUDANN_F16, CUDANN_F16, CUDANN_F32], [CUDANN_BF16, CUDANN_BF16, CUDANN_F32], [CUDANN_BF16, CUDANN_BF16, CUDANN_BF16], [CUDANN_F16, CUDANN_F16, CUDANN_F16], [CUDANN_F32, CUDANN_BF16, CUDANN_F32]] {
-        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-            let (ar, ac) = if ta { (k, m) } else { (m, k) };
-            let (br, bc) = if tb { (n, k) } else { (k, n) };
-            let la = Layout { rows: ar, cols: ac, ld: ac + 2, stride: ar * (ac + 2) };
-            let lb = Layout { rows: br, cols: bc, ld: bc, stride: 0 };
-            let lc = Layout { rows: m, cols: n, ld: n + 3, stride: m * (n + 3) + 1 };
-            let a32 = rng.vec(la.span(batch), 1.0);
-            let b32 = rng.vec(lb.span(1), 1.0);
-            let c32 = rng.vec(lc.span(batch), 1.0);
-            // Each operand as the call gets it (bits) and as float32 values.
-            let as_type = |x: &[f32], t: i32| if t == CUDANN_F32 { (x.iter().map(|v| v.to_bits() as u64).collect::<Vec<_>>(), x.to_vec()) } else { let (h, v) = rounded(x, t); (h.iter().map(|&b| b as u64).collect(), v) };
-            let (a_bits, a) = as_type(&a32, types[0]);
-            let (b_bits, b) = as_type(&b32, types[1]);
-            let (c_bits, c0) = as_type(&c32, types[2]);
-            // Pack the bits at each type's width.
-            let pack = |bits: &[u64], t: i32| -> Vec<u8> { bits.iter().flat_map(|&v| if t == CUDANN_F32 { (v as u32).to_le_bytes().to_vec() } else { (v as u16).to_le_bytes().to_vec() }).collect() };
-            let (pa, pb, mut pc) = (pack(&a_bits, types[0]), pack(&b_bits, types[1]), pack(&c_bits, types[2]));
-            // Aligned storage for the packed bytes.
-            let aligned = |bytes: &[u8]| -> Vec<u32> { let mut v = vec![0u32; bytes.len().div_ceil(4)]; unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast(), bytes.len()) }; v };
-            let (da, db, mut dc) = (aligned(&pa), aligned(&pb), aligned(&pc));
-            let code = unsafe {
-                cudann_gemm_ex(
-                    ta as i32, tb as i32, m as i32, n as i32, k as i32, 0.5,
-                    da.as_ptr().cast(), types[0], la.ld as i64, la.stride as i64,
-                    db.as_ptr().cast(), types[1], lb.ld as i64, 0,
-                    -1.5, dc.as_mut_ptr().cast(), types[2], lc.ld as i64, lc.stride as i64,
-                    batch as i32, NULL,
-                )
-            };
-            assert_ok(code);
-            unsafe { std::ptr::copy_nonoverlapping(dc.as_ptr().cast::<u8>(), pc.as_mut_ptr(), pc.len()) };
-            let got: Vec<f32> = if types[2] == CUDANN_F32 {
-                pc.chunks(4).map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect()
-            } else {
-                let bits: Vec<u16> = pc.chunks(2).map(|w| u16::from_le_bytes([w[0], w[1]])).collect();
-                let mut wide = vec![0f32; bits.len()];
-                assert_ok(unsafe { cudann_convert(bits.as_ptr().cast(), types[2], wide.as_mut_ptr().cast(), CUDANN_F32, bits.len() as i64, NULL) });
-                wide
-            };
-            let want = gemm_ex_ref(ta, tb, m, n, k, 0.5, &a, la, &b, lb, -1.5, &c0, lc, batch);
-            // float32 accumulation of k products of |a||b| <= ~4, plus the output's own rounding.
-            let out_rel = match types[2] { t if t == CUDANN_BF16 => 2f64.powi(-8), t if t == CUDANN_F16 => 2f64.powi(-11), _ => 0.0 };
-            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                let tol = 1e-5 * k as f64 + out_rel * w.abs();
-                assert!((g as f64 - w).abs() <= tol, "{types:?} ta={ta} tb={tb} element {i}: {g} vs {w}");
-            }
-            // Row gaps and the gap between matrices keep C's old values.
-            let gaps: Vec<usize> = (0..lc.span(batch)).filter(|&i| (i % lc.stride) % lc.ld >= n || i % lc.stride >= m * lc.ld).collect();
-            assert!(!gaps.is_empty());
-            for i in gaps {
-                assert_eq!(got[i].to_bits(), c0[i].to_bits(), "{types:?}: gap element {i} was written");
+    // One row (W read in place, whole rows), a row tile of 3, 7 rows (k
+    // blocks of 512, tails past 16 lanes), and 70 rows of odd depth (bf16 x
+    // bf16 there runs the AVX512-BF16 kernel where the CPU has it: tiles
+    // past the edges, a k pair cut short).
+    for (m, n, k, batch) in [(1, 45, 600, 2), (3, 45, 130, 2), (7, 45, 600, 2), (70, 45, 131, 2)] {
+        for types in [[CUDANN_F16, CUDANN_F16, CUDANN_F32], [CUDANN_BF16, CUDANN_BF16, CUDANN_F32], [CUDANN_BF16, CUDANN_BF16, CUDANN_BF16], [CUDANN_F16, CUDANN_F16, CUDANN_F16], [CUDANN_F32, CUDANN_BF16, CUDANN_F32]] {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let (ar, ac) = if ta { (k, m) } else { (m, k) };
+                let (br, bc) = if tb { (n, k) } else { (k, n) };
+                let la = Layout { rows: ar, cols: ac, ld: ac + 2, stride: ar * (ac + 2) };
+                let lb = Layout { rows: br, cols: bc, ld: bc, stride: 0 };
+                let lc = Layout { rows: m, cols: n, ld: n + 3, stride: m * (n + 3) + 1 };
+                let a32 = rng.vec(la.span(batch), 1.0);
+                let b32 = rng.vec(lb.span(1), 1.0);
+                let c32 = rng.vec(lc.span(batch), 1.0);
+                // Each operand as the call gets it (bits) and as float32 values.
+                let as_type = |x: &[f32], t: i32| if t == CUDANN_F32 { (x.iter().map(|v| v.to_bits() as u64).collect::<Vec<_>>(), x.to_vec()) } else { let (h, v) = rounded(x, t); (h.iter().map(|&b| b as u64).collect(), v) };
+                let (a_bits, a) = as_type(&a32, types[0]);
+                let (b_bits, b) = as_type(&b32, types[1]);
+                let (c_bits, c0) = as_type(&c32, types[2]);
+                // Pack the bits at each type's width.
+                let pack = |bits: &[u64], t: i32| -> Vec<u8> { bits.iter().flat_map(|&v| if t == CUDANN_F32 { (v as u32).to_le_bytes().to_vec() } else { (v as u16).to_le_bytes().to_vec() }).collect() };
+                let (pa, pb, mut pc) = (pack(&a_bits, types[0]), pack(&b_bits, types[1]), pack(&c_bits, types[2]));
+                // Aligned storage for the packed bytes.
+                let aligned = |bytes: &[u8]| -> Vec<u32> { let mut v = vec![0u32; bytes.len().div_ceil(4)]; unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast(), bytes.len()) }; v };
+                let (da, db, mut dc) = (aligned(&pa), aligned(&pb), aligned(&pc));
+                // C read (beta != 0) and not read (beta == 0).
+                let beta = if ta { 0.0 } else { -1.5 };
+                let code = unsafe {
+                    cudann_gemm_ex(
+                        ta as i32, tb as i32, m as i32, n as i32, k as i32, 0.5,
+                        da.as_ptr().cast(), types[0], la.ld as i64, la.stride as i64,
+                        db.as_ptr().cast(), types[1], lb.ld as i64, 0,
+                        beta, dc.as_mut_ptr().cast(), types[2], lc.ld as i64, lc.stride as i64,
+                        batch as i32, NULL,
+                    )
+                };
+                assert_ok(code);
+                unsafe { std::ptr::copy_nonoverlapping(dc.as_ptr().cast::<u8>(), pc.as_mut_ptr(), pc.len()) };
+                let got: Vec<f32> = if types[2] == CUDANN_F32 {
+                    pc.chunks(4).map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect()
+                } else {
+                    let bits: Vec<u16> = pc.chunks(2).map(|w| u16::from_le_bytes([w[0], w[1]])).collect();
+                    let mut wide = vec![0f32; bits.len()];
+                    assert_ok(unsafe { cudann_convert(bits.as_ptr().cast(), types[2], wide.as_mut_ptr().cast(), CUDANN_F32, bits.len() as i64, NULL) });
+                    wide
+                };
+                let want = gemm_ex_ref(ta, tb, m, n, k, 0.5, &a, la, &b, lb, beta, &c0, lc, batch);
+                // float32 accumulation of k products of |a||b| <= ~4, plus the output's own rounding.
+                let out_rel = match types[2] { t if t == CUDANN_BF16 => 2f64.powi(-8), t if t == CUDANN_F16 => 2f64.powi(-11), _ => 0.0 };
+                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    let tol = 1e-5 * k as f64 + out_rel * w.abs();
+                    assert!((g as f64 - w).abs() <= tol, "{types:?} ta={ta} tb={tb} element {i}: {g} vs {w}");
+                }
+                // Row gaps and the gap between matrices keep C's old values.
+                let gaps: Vec<usize> = (0..lc.span(batch)).filter(|&i| (i % lc.stride) % lc.ld >= n || i % lc.stride >= m * lc.ld).collect();
+                assert!(!gaps.is_empty());
+                for i in gaps {
+                    assert_eq!(got[i].to_bits(), c0[i].to_bits(), "{types:?}: gap element {i} was written");
+                }
             }
         }
     }

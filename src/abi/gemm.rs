@@ -235,6 +235,25 @@ fn region(name: &'static str, ptr: *const c_void, t: Float, len: usize, written:
     with_type!(t, T => if written { Output::new(name, ptr.cast::<T>().cast_mut(), len).map(|o| o.region()) } else { Input::new(name, ptr.cast::<T>(), len).map(|i| i.region()) })
 }
 
+/// bfloat16 A and B with more rows than the skinny kernel takes, on a CPU
+/// with AVX512-BF16: the products straight from the bf16 bits (see
+/// `cpu::gemm_bf16`); false (nothing done) otherwise. Safety: as [`mixed`].
+unsafe fn bf16_kernel(shape: &Shape, types: [Float; 2], a: *const c_void, b: *const c_void, c: *mut f32) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if types == [Float::Bf16; 2] && shape.m > skinny::MAX_ROWS && crate::cpu::gemm_bf16::available() {
+        let ((ta, sa), (tb, sb), sc) = (shape.a, shape.b, shape.c);
+        for i in 0..shape.batch {
+            let av = View::new(a.cast::<u16>().wrapping_add(i * sa.stride), sa.ld, ta);
+            let bv = View::new(b.cast::<u16>().wrapping_add(i * sb.stride), sb.ld, tb);
+            let cv = View::new(c.wrapping_add(i * sc.stride), sc.ld, false);
+            unsafe { crate::cpu::gemm_bf16::gemm(av, bv, cv, shape.m, shape.n, shape.k, shape.alpha, shape.beta) };
+        }
+        return true;
+    }
+    let _ = (shape, types, a, b, c);
+    false
+}
+
 /// `len` elements of type `t` at `ptr`, widened to float32 (a copy, so C may
 /// alias them). Safety: the caller's buffer of that size.
 unsafe fn widened(ptr: *const c_void, t: Float, len: usize) -> Vec<f32> {
@@ -249,18 +268,20 @@ unsafe fn widened(ptr: *const c_void, t: Float, len: usize) -> Vec<f32> {
 /// between them untouched). Safety: the checked buffers of the call.
 unsafe fn mixed(shape: &Shape, [a_t, b_t, c_t]: [Float; 3], a: *const c_void, b: *const c_void, c: *mut c_void) {
     let [a_len, b_len, c_len] = shape.lens;
-    let a32 = unsafe { widened(a, a_t, a_len) };
     let mut c32 = (c_t != Float::F32).then(|| if shape.beta == 0.0 { crate::cpu::alloc::filled(c_len, 0.0) } else { unsafe { widened(c, c_t, c_len) } });
     let c_f32 = c32.as_mut().map_or(c.cast::<f32>(), |v| v.as_mut_ptr());
     let ((ta, sa), (tb, sb), sc) = (shape.a, shape.b, shape.c);
-    let direct = b_t != Float::F32 && with_type!(b_t, T => (0..shape.batch).all(|i| {
-        let av = View::new(a32.as_ptr().wrapping_add(i * sa.stride), sa.ld, ta);
-        let bv = View::new(b.cast::<T>().wrapping_add(i * sb.stride), sb.ld, tb);
-        let cv = View::new(c_f32.wrapping_add(i * sc.stride), sc.ld, false);
-        unsafe { skinny::sgemm(av, bv, cv, shape.m, shape.n, shape.k, shape.alpha, shape.beta) }
-    }));
-    if !direct {
-        unsafe { shape.run(&a32, &widened(b, b_t, b_len), c_f32) };
+    if !(unsafe { bf16_kernel(shape, [a_t, b_t], a, b, c_f32) }) {
+        let a32 = unsafe { widened(a, a_t, a_len) };
+        let direct = b_t != Float::F32 && with_type!(b_t, T => (0..shape.batch).all(|i| {
+            let av = View::new(a32.as_ptr().wrapping_add(i * sa.stride), sa.ld, ta);
+            let bv = View::new(b.cast::<T>().wrapping_add(i * sb.stride), sb.ld, tb);
+            let cv = View::new(c_f32.wrapping_add(i * sc.stride), sc.ld, false);
+            unsafe { skinny::sgemm(av, bv, cv, shape.m, shape.n, shape.k, shape.alpha, shape.beta) }
+        }));
+        if !direct {
+            unsafe { shape.run(&a32, &widened(b, b_t, b_len), c_f32) };
+        }
     }
     let Some(c32) = c32 else { return };
     with_type!(c_t, T => {

@@ -80,6 +80,10 @@ pub unsafe extern "C" fn cudann_rmsnorm_ex(
             let call = Call::new(stream, n, [x.region(), w.region(), y.region()])?;
             dispatch::run_cpu_only(&call, || unsafe {
                 let w32 = convert::widened(w.ptr, w.len);
+                if t == Float::Bf16 && !y.is(&x) {
+                    let bits = |p: *const T| std::slice::from_raw_parts(p.cast::<u16>(), n);
+                    return norm::rmsnorm_bf16(bits(x.ptr), &w32, std::slice::from_raw_parts_mut(y.ptr.cast::<u16>(), n), hidden, eps);
+                }
                 convert::blockwise([x.ptr], y.ptr, n, hidden, |_, [xb], yb| norm::rmsnorm(Src::Slice(xb), &w32, yb, hidden, eps));
             })
         })

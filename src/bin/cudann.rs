@@ -128,17 +128,23 @@ fn gpu_info(ordinal: i32) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+/// What the CPU has, the level the `#[simd]` kernels run (`CUDANN_SIMD`) and
+/// why; the `gemm` crate's large products pick their own.
 fn cpu_features() -> String {
-    let (avx2, fma, avx512f) = (is_x86_feature_detected!("avx2"), is_x86_feature_detected!("fma"), is_x86_feature_detected!("avx512f"));
+    let simd = cudann::cpu::simd::choice();
+    format!("{}; SIMD kernels: {} ({}), large GEMMs: the gemm crate's own pick", detected(), simd.level.name(), simd.why)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detected() -> String {
     let yes = |b: bool| if b { "yes" } else { "no" };
-    let used = if avx512f { "AVX-512" } else if avx2 && fma { "AVX2+FMA" } else { "SSE2 (baseline)" };
-    format!("avx2 {}, fma {}, avx512f {}: the SIMD kernels run {used}", yes(avx2), yes(fma), yes(avx512f))
+    let (avx2, fma, avx512f) = (is_x86_feature_detected!("avx2"), is_x86_feature_detected!("fma"), is_x86_feature_detected!("avx512f"));
+    format!("avx2 {}, fma {}, avx512f {}", yes(avx2), yes(fma), yes(avx512f))
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn cpu_features() -> String {
-    format!("{} (SIMD chosen at run time)", std::env::consts::ARCH)
+fn detected() -> String {
+    std::env::consts::ARCH.to_string()
 }
 
 struct BenchOptions {

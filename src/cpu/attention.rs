@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use multiversion::multiversion;
+use super::simd::simd;
 use rayon::prelude::*;
 
 use super::alloc;
@@ -319,7 +319,7 @@ pub fn attention_backward(a: &Attention, d_out: &[f32], q: &[f32], k: &[f32], v:
 
 /// One row of a block: p = e^(s - lse) (0 where s is -inf or the row has no
 /// key), then ds = p (dp - D) in place of dp.
-#[multiversion(targets = "simd")]
+#[simd]
 fn score_gradients(s_to_p: &mut [f32], dp_to_ds: &mut [f32], lse: f32, d: f32) {
     if lse == f32::NEG_INFINITY {
         s_to_p.fill(0.0);

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
-use multiversion::multiversion;
+use super::simd::simd;
 use rayon::prelude::*;
 
 /// A floating-point data type of the ABI (`CUDANN_F32`, `CUDANN_F16`, `CUDANN_BF16`).
@@ -88,21 +88,21 @@ fn quiet(bits: u32) -> f32 {
     f32::from_bits(if nan { bits | 0x0040_0000 } else { bits })
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn quiet_nans(x: &mut [f32]) {
     for v in x {
         *v = quiet(v.to_bits());
     }
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn widen_bf16(src: &[u16], dst: &mut [f32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = quiet((s as u32) << 16);
     }
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn narrow_bf16(src: &[f32], dst: &mut [u16]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = to_bf16(s).to_bits();
@@ -132,7 +132,7 @@ impl Element for bf16 {
 /// Round to nearest even on the bits, branch-free so the loop vectorises (the
 /// `half` crate's scalar `bf16::from_f32` gives the same bits, with a branch).
 #[inline]
-fn to_bf16(x: f32) -> bf16 {
+pub(crate) fn to_bf16(x: f32) -> bf16 {
     let bits = x.to_bits();
     let rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
     let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
@@ -230,7 +230,7 @@ fn for_each_block(len: usize, block: usize, f: impl Fn(usize, usize) + Sync) {
 const SPAN: usize = 64 * 1024;
 
 /// `y[i] = f(inputs[i])` on float32 blocks.
-#[multiversion(targets = "simd")]
+#[simd]
 fn map_block<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[f32]; N], y: &mut [f32], f: &F) {
     let inputs = inputs.map(|x| &x[..y.len()]);
     for (i, y) in y.iter_mut().enumerate() {
@@ -241,7 +241,7 @@ fn map_block<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[f32]; N], y: &mu
 /// `y[i] = f(inputs[i])` on bfloat16 bits in one pass: each element widened in
 /// a register (no quieting needed: `f`'s arithmetic quiets a NaN as widening
 /// would), computed and rounded once.
-#[multiversion(targets = "simd")]
+#[simd]
 fn map_bf16_block<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[u16]; N], y: &mut [u16], f: &F) {
     let inputs = inputs.map(|x| &x[..y.len()]);
     for (i, y) in y.iter_mut().enumerate() {

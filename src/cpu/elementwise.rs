@@ -1,6 +1,6 @@
 //! SiLU, add, mul, scale.
 
-use multiversion::multiversion;
+use super::simd::simd;
 
 use rayon::prelude::*;
 
@@ -20,7 +20,7 @@ fn silu_one(x: f32) -> f32 {
     if x >= 0.0 { x / (1.0 + e) } else { negative }
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn silu_block(x: &[f32], y: &mut [f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = silu_one(x);
@@ -33,21 +33,21 @@ pub(crate) fn swiglu_one(g: f32, u: f32) -> f32 {
     silu_one(g) * u
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn add_block(a: &[f32], b: &[f32], y: &mut [f32]) {
     for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
         *y = a + b;
     }
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn mul_block(a: &[f32], b: &[f32], y: &mut [f32]) {
     for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
         *y = a * b;
     }
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn scale_block(x: &[f32], s: f32, y: &mut [f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = x * s;
@@ -110,35 +110,35 @@ fn gelu_grad_one(x: f32) -> f32 {
     s + x * s * (1.0 - s) * 2.0 * GELU_C * (1.0 + 3.0 * GELU_A * x * x)
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn silu_backward_block(dy: &[f32], x: &[f32], dx: &mut [f32]) {
     for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
         *dx = dy * silu_grad_one(x);
     }
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn gelu_block(x: &[f32], y: &mut [f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = gelu_one(x);
     }
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn gelu_backward_block(dy: &[f32], x: &[f32], dx: &mut [f32]) {
     for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
         *dx = dy * gelu_grad_one(x);
     }
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn swiglu_block(gate: &[f32], up: &[f32], y: &mut [f32]) {
     for ((y, &g), &u) in y.iter_mut().zip(gate).zip(up) {
         *y = swiglu_one(g, u);
     }
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn swiglu_backward_block(dy: &[f32], gate: &[f32], up: &[f32], d_gate: &mut [f32], d_up: &mut [f32]) {
     for ((((dg, du), &dy), &g), &u) in d_gate.iter_mut().zip(d_up.iter_mut()).zip(dy).zip(gate).zip(up) {
         *dg = dy * u * silu_grad_one(g);
@@ -179,7 +179,7 @@ pub fn swiglu_backward(dy: &[f32], gate: &[f32], up: &[f32], d_gate: &mut [f32],
         });
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn bias_row(x: &[f32], b: &[f32], y: &mut [f32]) {
     for ((y, &x), &b) in y.iter_mut().zip(x).zip(b) {
         *y = x + b;

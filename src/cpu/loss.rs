@@ -1,20 +1,20 @@
 //! Cross-entropy and the MoE auxiliary (load-balancing) loss.
 
-use multiversion::multiversion;
+use super::simd::simd;
 use rayon::prelude::*;
 
 use super::math::exp;
 use super::par::{Src, blocks};
 use super::reduce::{max, sum_exp, sum_f64};
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn shift_into(x: &[f32], shift: f32, y: &mut [f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = x - shift;
     }
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn softmax_grad(log_probs: &[f32], scale: f32, d: &mut [f32]) {
     for (d, &lp) in d.iter_mut().zip(log_probs) {
         *d = exp(lp) * scale;

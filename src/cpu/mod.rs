@@ -7,6 +7,8 @@ pub mod decode;
 pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
+#[cfg(target_arch = "x86_64")]
+pub mod gemm_bf16;
 pub mod loss;
 pub mod math;
 pub mod memory;
@@ -17,6 +19,7 @@ pub mod par;
 pub mod reduce;
 pub mod rng;
 pub mod rope;
+pub mod simd;
 pub mod skinny;
 pub mod skinny_nn;
 pub mod softmax;

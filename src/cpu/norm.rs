@@ -2,12 +2,15 @@
 //! each row's statistics from the input (one cheap reduction) rather than take
 //! them from the forward.
 
-use multiversion::multiversion;
+use super::simd::simd;
 
 use super::par::{Src, blocks};
-use super::reduce::{add_into, column_sums, dot, sum, sum_squares, sum_squares_shifted, weighted_dot};
+use rayon::prelude::*;
 
-#[multiversion(targets = "simd")]
+use super::convert::to_bf16;
+use super::reduce::{add_into, column_sums, dot, sum, sum_squares, sum_squares_bf16, sum_squares_shifted, weighted_dot};
+
+#[simd]
 fn scale_by_weight(x: &[f32], w: &[f32], r: f32, y: &mut [f32]) {
     for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
         *y = x * r * w;
@@ -24,15 +27,35 @@ pub fn rmsnorm(x: Src, weight: &[f32], y: &mut [f32], hidden: usize, eps: f32) {
     blocks([x], y, hidden, |_, [x], y| scale_by_weight(x, weight, rms_inverse(x, eps), y));
 }
 
+#[simd]
+fn scale_by_weight_bf16(x: &[u16], w: &[f32], r: f32, y: &mut [u16]) {
+    for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+        *y = to_bf16(f32::from_bits((x as u32) << 16) * r * w).to_bits();
+    }
+}
+
+/// [`rmsnorm`] of bfloat16 rows into distinct bfloat16 rows, in two passes
+/// that widen each element in a register (half the bytes of float32):
+/// bitwise the float32 op on the widened rows, rounded once.
+pub fn rmsnorm_bf16(x: &[u16], weight: &[f32], y: &mut [u16], hidden: usize, eps: f32) {
+    y.par_chunks_mut(hidden).zip(x.par_chunks(hidden)).with_min_len(ROWS_PER_TASK.div_ceil(hidden)).for_each(|(y, x)| {
+        let r = 1.0 / (sum_squares_bf16(x) / x.len() as f32 + eps).sqrt();
+        scale_by_weight_bf16(x, weight, r, y);
+    });
+}
+
+/// Elements of consecutive rows a task takes at least (so small rows stream).
+const ROWS_PER_TASK: usize = 64 * 1024;
+
 /// dx = r (g - x r² mean(g x)) with g = dy * w, r = 1 / rms(x).
-#[multiversion(targets = "simd")]
+#[simd]
 fn rmsnorm_dx(dy: &[f32], x: &[f32], w: &[f32], r: f32, c: f32, dx: &mut [f32]) {
     for (((dx, &dy), &x), &w) in dx.iter_mut().zip(dy).zip(x).zip(w) {
         *dx = r * (dy * w - x * c);
     }
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn add_product_into(acc: &mut [f32], a: &[f32], b: &[f32], s: f32) {
     for ((acc, &a), &b) in acc.iter_mut().zip(a).zip(b) {
         *acc += a * b * s;
@@ -65,7 +88,7 @@ fn mean_rstd(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (sum_squares_shifted(x, mean) / x.len() as f32 + eps).sqrt())
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn layernorm_row(x: &[f32], w: &[f32], b: &[f32], mean: f32, rstd: f32, y: &mut [f32]) {
     for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
         *y = (x - mean) * rstd * w + b;
@@ -81,7 +104,7 @@ pub fn layernorm(x: Src, weight: &[f32], bias: &[f32], y: &mut [f32], eps: f32) 
 }
 
 /// dx = rstd (g - mean(g) - x̂ mean(g x̂)), g = dy * w, x̂ = (x - mean) rstd.
-#[multiversion(targets = "simd")]
+#[simd]
 fn layernorm_dx(dy: &[f32], x: &[f32], w: &[f32], mean: f32, rstd: f32, g_mean: f32, gx_mean: f32, dx: &mut [f32]) {
     for (((dx, &dy), &x), &w) in dx.iter_mut().zip(dy).zip(x).zip(w) {
         let xhat = (x - mean) * rstd;

@@ -1,6 +1,6 @@
 //! AdamW, zero_grad, gradient clipping, embedding scatter-add.
 
-use multiversion::multiversion;
+use super::simd::simd;
 use rayon::prelude::*;
 
 use super::alloc;
@@ -26,7 +26,7 @@ impl AdamW {
     }
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn adamw_block(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamW, inv_bc1: f32, inv_bc2: f32) {
     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
         *m = h.beta1 * *m + (1.0 - h.beta1) * g;

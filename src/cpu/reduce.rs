@@ -1,7 +1,7 @@
 //! Row reductions shared by softmax, norms and losses. Each sums in a fixed lane
 //! order, so results are bitwise reproducible whatever the thread count.
 
-use multiversion::multiversion;
+use super::simd::simd;
 use rayon::prelude::*;
 
 use super::alloc;
@@ -17,7 +17,7 @@ const BLOCK: usize = 64 * LANES;
 /// Sum of f(a_i, b_i, c_i) over at most BLOCK elements with LANES independent
 /// f32 accumulators (so the loop vectorises), combined in a fixed order.
 #[inline(always)]
-fn block_sum(a: &[f32], b: &[f32], c: &[f32], f: &impl Fn(f32, f32, f32) -> f32) -> f32 {
+fn block_sum<T: Copy>(a: &[T], b: &[T], c: &[T], f: &impl Fn(T, T, T) -> f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let (chunks_a, chunks_b, chunks_c) = (a.chunks_exact(LANES), b.chunks_exact(LANES), c.chunks_exact(LANES));
     let tails = (chunks_a.remainder(), chunks_b.remainder(), chunks_c.remainder());
@@ -50,7 +50,7 @@ pub(crate) fn lane_total(mut v: [f32; LANES]) -> f32 {
 /// f64 in block order, so the result is accurate and bitwise reproducible at
 /// any length.
 #[inline(always)]
-fn triple_sum(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+fn triple_sum<T: Copy>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> f32) -> f32 {
     if a.len() <= BLOCK {
         return block_sum(a, b, c, &f);
     }
@@ -65,7 +65,7 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 }
 
 /// Largest element, ignoring NaN; -inf for an empty slice.
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = x.chunks_exact(LANES);
@@ -79,43 +79,53 @@ pub fn max(x: &[f32]) -> f32 {
 }
 
 /// Σ x².
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn sum_squares(x: &[f32]) -> f32 {
     lane_sum(x, |v| v * v)
 }
 
+/// Σ x² of bfloat16 bits, each widened in a register: bitwise
+/// [`sum_squares`] of the widened values (the same lanes and order).
+#[simd]
+pub fn sum_squares_bf16(x: &[u16]) -> f32 {
+    triple_sum(x, x, x, |v, _, _| {
+        let v = f32::from_bits((v as u32) << 16);
+        v * v
+    })
+}
+
 /// Σ x.
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn sum(x: &[f32]) -> f32 {
     lane_sum(x, |v| v)
 }
 
 /// Σ (x - shift)².
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn sum_squares_shifted(x: &[f32], shift: f32) -> f32 {
     lane_sum(x, |v| (v - shift) * (v - shift))
 }
 
 /// Σ a·b.
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     triple_sum(a, b, b, |x, y, _| x * y)
 }
 
 /// Σ a·w·b.
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn weighted_dot(a: &[f32], w: &[f32], b: &[f32]) -> f32 {
     triple_sum(a, w, b, |x, w, y| x * w * y)
 }
 
 /// Σ e^(x - shift).
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn sum_exp(x: &[f32], shift: f32) -> f32 {
     lane_sum(x, |v| exp(v - shift))
 }
 
 /// y = e^(x - shift); returns Σ y.
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn exp_into(x: &[f32], shift: f32, y: &mut [f32]) -> f32 {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = exp(x - shift);
@@ -124,7 +134,7 @@ pub fn exp_into(x: &[f32], shift: f32, y: &mut [f32]) -> f32 {
 }
 
 /// x = e^(x - shift) in place; returns Σ x.
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn exp_in_place(x: &mut [f32], shift: f32) -> f32 {
     for x in x.iter_mut() {
         *x = exp(*x - shift);
@@ -139,7 +149,7 @@ pub fn sum_f64(x: impl IntoIterator<Item = f64>) -> f64 {
 }
 
 /// acc += x, elementwise.
-#[multiversion(targets = "simd")]
+#[simd]
 pub fn add_into(acc: &mut [f32], x: &[f32]) {
     for (a, &v) in acc.iter_mut().zip(x) {
         *a += v;

@@ -12,8 +12,7 @@
 //! is widened as it is loaded, so half-precision weights are read at half the
 //! bytes.
 
-use multiversion::multiversion;
-use multiversion::target::target_cfg_f;
+use super::simd::simd;
 use rayon::prelude::*;
 
 use super::alloc;
@@ -23,7 +22,7 @@ use super::reduce::{LANES, lane_total};
 
 /// Up to this many rows of op(A), this kernel beats the crate (measured with
 /// bench/gemm_bench.py); above it the products are bound by arithmetic.
-const MAX_ROWS: usize = 32;
+pub const MAX_ROWS: usize = 32;
 /// Rows of A per register tile.
 const MR: usize = 4;
 /// Depth of a k block when A has more than one row tile: the tiles' blocks of
@@ -48,24 +47,48 @@ pub(super) fn mul_add(acc: &mut Lanes, a: &Lanes, b: &Lanes, fused: bool) {
     }
 }
 
-/// An element type of W. Half-precision rows are widened a block at a time
-/// into a float32 buffer that stays in L1 (a plain loop that vectorises),
-/// then dotted like float32 rows.
+/// An element type of W. float32 and bfloat16 rows are dotted straight from
+/// the caller's memory (a bfloat16 widens in a register: a shift); float16
+/// rows are widened a block at a time into a float32 buffer that stays in L1
+/// (F16C slice conversion), then dotted like float32 rows.
 pub trait Weight: Copy + Send + Sync {
-    /// Whether W is float32 already (read in place).
-    const WIDE: bool = false;
+    /// Whether rows are read in place, through [`Weight::lanes`].
+    const DIRECT: bool = false;
     /// `dst.len()` elements from `src`, as float32.
     unsafe fn widen(src: *const Self, dst: &mut [f32]);
+    /// LANES elements from `src`, as float32.
+    #[inline(always)]
+    unsafe fn lanes(src: *const Self) -> Lanes {
+        let mut wide = [0.0; LANES];
+        unsafe { Self::widen(src, &mut wide) };
+        wide
+    }
+    /// One element, as float32.
+    #[inline(always)]
+    unsafe fn one(src: *const Self) -> f32 {
+        let mut wide = [0.0];
+        unsafe { Self::widen(src, &mut wide) };
+        wide[0]
+    }
 }
 
 impl Weight for f32 {
-    const WIDE: bool = true;
+    const DIRECT: bool = true;
     unsafe fn widen(src: *const f32, dst: &mut [f32]) {
         dst.copy_from_slice(unsafe { std::slice::from_raw_parts(src, dst.len()) });
+    }
+    #[inline(always)]
+    unsafe fn lanes(src: *const f32) -> Lanes {
+        unsafe { load(src) }
+    }
+    #[inline(always)]
+    unsafe fn one(src: *const f32) -> f32 {
+        unsafe { *src }
     }
 }
 
 impl Weight for half::bf16 {
+    const DIRECT: bool = true;
     /// A bfloat16 is the top half of a float32: a shift.
     #[inline(always)]
     unsafe fn widen(src: *const Self, dst: &mut [f32]) {
@@ -73,6 +96,16 @@ impl Weight for half::bf16 {
         for (d, &s) in dst.iter_mut().zip(src) {
             *d = f32::from_bits((s as u32) << 16);
         }
+    }
+    #[inline(always)]
+    unsafe fn lanes(src: *const Self) -> Lanes {
+        // A plain loop: `array::map` was left out of line, a call per load.
+        let bits = unsafe { src.cast::<[u16; LANES]>().read_unaligned() };
+        let mut wide = [0.0; LANES];
+        for (w, &b) in wide.iter_mut().zip(&bits) {
+            *w = f32::from_bits((b as u32) << 16);
+        }
+        wide
     }
 }
 
@@ -133,37 +166,26 @@ impl Finish {
 
 /// Columns `n0 .. n0 + count` of C for B = Wᵀ, W stored `[n, k]` (row stride
 /// `ldw`): dot products of A's rows with W's rows.
-#[multiversion(targets = "simd")]
+#[simd]
 unsafe fn dots_chunk<W: Weight>(a: &[f32], m: usize, k: usize, w: *const W, ldw: usize, n0: usize, count: usize, out: Finish) {
-    let fused = target_cfg_f!(target_feature = "fma");
+    // LEVEL: the SIMD level this copy is compiled for (#[simd]).
+    let fused = LEVEL.fma();
     let mut sums = alloc::filled(m * count, 0.0f32);
     // One row tile's A fits in L2 whole: each W row is then read in one run
-    // (half-precision rows go through the KB-wide buffer in blocks).
-    let depth = if m <= MR && W::WIDE { k } else { KB };
+    // (float16 rows go through the KB-wide buffer in blocks).
+    let depth = if m <= MR && W::DIRECT { k } else { KB };
     let mut wide = [0.0f32; NR * KB];
     for k0 in (0..k).step_by(depth) {
         let kl = depth.min(k - k0);
         for q0 in (0..count).step_by(NR) {
-            let (w_tile, ld_tile) = if W::WIDE {
-                (unsafe { w.add((n0 + q0) * ldw + k0) }.cast::<f32>(), ldw)
+            let rows = Rows { a, m, k, k0, kl, q0, count, fused };
+            if W::DIRECT {
+                rows.dot(unsafe { w.add((n0 + q0) * ldw + k0) }, ldw, &mut sums);
             } else {
                 for q in 0..NR.min(count - q0) {
                     unsafe { W::widen(w.add((n0 + q0 + q) * ldw + k0), &mut wide[q * KB..q * KB + kl]) };
                 }
-                (wide.as_ptr(), KB)
-            };
-            for i0 in (0..m).step_by(MR) {
-                let a_tile = &a[i0 * k + k0..];
-                let tile = DotTile { a: a_tile, k, w: w_tile, ldw: ld_tile, kl, fused };
-                let got = match (MR.min(m - i0), NR.min(count - q0)) {
-                    (4, 4) => tile.run::<4, 4>(),
-                    (r, q) => tile.run_any(r, q),
-                };
-                for (r, row) in got.iter().enumerate().take(MR.min(m - i0)) {
-                    for (q, &v) in row.iter().enumerate().take(NR.min(count - q0)) {
-                        sums[(i0 + r) * count + q0 + q] += v;
-                    }
-                }
+                rows.dot(wide.as_ptr(), KB, &mut sums);
             }
         }
     }
@@ -177,18 +199,52 @@ unsafe fn dots_chunk<W: Weight>(a: &[f32], m: usize, k: usize, w: *const W, ldw:
 /// Rows of W per dot tile.
 const NR: usize = 4;
 
+/// Every row of A against the W rows `q0 ..` (up to NR) of a chunk of
+/// `count`, over the k block `k0 .. k0 + kl`.
+struct Rows<'a> {
+    a: &'a [f32],
+    m: usize,
+    k: usize,
+    k0: usize,
+    kl: usize,
+    q0: usize,
+    count: usize,
+    fused: bool,
+}
+
+impl Rows<'_> {
+    /// Adds the block's dot products into `sums` (`[m, count]`), W's rows
+    /// at `w` with stride `ldw`.
+    #[inline(always)]
+    fn dot<V: Weight>(&self, w: *const V, ldw: usize, sums: &mut [f32]) {
+        let (m, count, q0) = (self.m, self.count, self.q0);
+        for i0 in (0..m).step_by(MR) {
+            let tile = DotTile { a: &self.a[i0 * self.k + self.k0..], k: self.k, w, ldw, kl: self.kl, fused: self.fused };
+            let got = match (MR.min(m - i0), NR.min(count - q0)) {
+                (4, 4) => tile.run::<4, 4>(),
+                (r, q) => tile.run_any(r, q),
+            };
+            for (r, row) in got.iter().enumerate().take(MR.min(m - i0)) {
+                for (q, &v) in row.iter().enumerate().take(NR.min(count - q0)) {
+                    sums[(i0 + r) * count + q0 + q] += v;
+                }
+            }
+        }
+    }
+}
+
 /// Up to MR rows of A (row stride `k`) dotted with up to NR rows of W over one
 /// k block of `kl`.
-struct DotTile<'a> {
+struct DotTile<'a, V> {
     a: &'a [f32],
     k: usize,
-    w: *const f32,
+    w: *const V,
     ldw: usize,
     kl: usize,
     fused: bool,
 }
 
-impl DotTile<'_> {
+impl<V: Weight> DotTile<'_, V> {
     /// The full R x Q tile, with R and Q known at compile time so the R * Q
     /// accumulators stay in registers.
     #[inline(always)]
@@ -196,7 +252,11 @@ impl DotTile<'_> {
         let mut acc = [[[0.0f32; LANES]; Q]; R];
         let full = self.kl / LANES * LANES;
         for p in (0..full).step_by(LANES) {
-            let wv: [Lanes; Q] = std::array::from_fn(|q| unsafe { load(self.w.add(q * self.ldw + p)) });
+            // A plain loop: `array::from_fn` was left out of line.
+            let mut wv = [[0.0; LANES]; Q];
+            for (q, wv) in wv.iter_mut().enumerate() {
+                *wv = unsafe { V::lanes(self.w.add(q * self.ldw + p)) };
+            }
             for (r, acc) in acc.iter_mut().enumerate() {
                 let x = unsafe { load(self.a.as_ptr().add(r * self.k + p)) };
                 for (acc, wv) in acc.iter_mut().zip(&wv) {
@@ -207,7 +267,7 @@ impl DotTile<'_> {
         let mut out = [[0.0f32; NR]; MR];
         for r in 0..R {
             for q in 0..Q {
-                let tail: f32 = (full..self.kl).map(|p| self.a[r * self.k + p] * unsafe { *self.w.add(q * self.ldw + p) }).sum();
+                let tail: f32 = (full..self.kl).map(|p| self.a[r * self.k + p] * unsafe { V::one(self.w.add(q * self.ldw + p)) }).sum();
                 out[r][q] = lane_total(acc[r][q]) + tail;
             }
         }

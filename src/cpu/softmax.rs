@@ -1,13 +1,13 @@
 //! Row-wise softmax and the MoE router's top-k.
 
-use multiversion::multiversion;
+use super::simd::simd;
 use rayon::prelude::*;
 
 use super::alloc;
 use super::par::{Src, blocks};
 use super::reduce::{dot, exp_into, max};
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn scale_in_place(y: &mut [f32], s: f32) {
     for y in y {
         *y *= s;
@@ -29,7 +29,7 @@ pub fn softmax(x: Src, y: &mut [f32], cols: usize) {
     blocks([x], y, cols, |_, [x], y| softmax_row(x, y));
 }
 
-#[multiversion(targets = "simd")]
+#[simd]
 fn softmax_dx(dy: &[f32], y: &[f32], c: f32, dx: &mut [f32]) {
     for ((dx, &dy), &y) in dx.iter_mut().zip(dy).zip(y) {
         *dx = y * (dy - c);
