@@ -22,7 +22,7 @@ use super::reduce::{LANES, lane_total};
 
 /// Up to this many rows of op(A), this kernel beats the crate (measured with
 /// bench/gemm_bench.py); above it the products are bound by arithmetic.
-pub const MAX_ROWS: usize = 32;
+pub(crate) const MAX_ROWS: usize = 32;
 /// Rows of A per register tile.
 const MR: usize = 4;
 /// Depth of a k block when A has more than one row tile: the tiles' blocks of

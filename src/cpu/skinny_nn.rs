@@ -14,8 +14,7 @@
 //! depends on neither the band nor the tile, so results are the same bits for
 //! any thread count.
 
-use multiversion::multiversion;
-use multiversion::target::target_cfg_f;
+use super::simd::simd;
 use rayon::prelude::*;
 
 use super::alloc;
@@ -59,9 +58,10 @@ pub unsafe fn sgemm(a: View<*const f32>, b: View<*const f32>, c: View<*mut f32>,
 }
 
 /// Columns `j0 .. j0 + width` of C; `b` points at B's column j0.
-#[multiversion(targets = "simd")]
+#[simd]
 unsafe fn band_product(a: &[f32], m: usize, k: usize, b: *const f32, ldb: usize, j0: usize, width: usize, out: Finish) {
-    let fused = target_cfg_f!(target_feature = "fma");
+    // LEVEL: the SIMD level this copy is compiled for (#[simd]).
+    let fused = LEVEL.fma();
     let mut sums = alloc::filled(m * width, 0.0f32);
     let full = width / LANES * LANES;
     // More rows of A amortise the sums' trip to L2 over more rows of B.
