@@ -237,36 +237,47 @@ fn gemm_ex_in_place_and_empty() {
     assert_ok(unsafe { cudann_gemm_ex(0, 0, 5, 5, 5, 1.0, null, f, 5, 0, null, f, 5, 0, 0.0, std::ptr::null_mut(), f, 5, 0, 0, NULL) });
 }
 
-/// The few-row kernel for `x·Wᵀ` (trans_b = 1, up to 32 rows): row and column
-/// tails of its 4 x 4 tiles, k tails of its 16 lanes, k blocks (more than 4
-/// rows and k > 512), more than one task of 256 rows of W, beta, padding, A
-/// transposed; and the same bits on 1 and 4 threads.
+/// The few-row kernels (up to 32 rows of op(A)), A transposed or not: `x·Wᵀ`
+/// (trans_b = 1: row and column tails of its 4 x 4 tiles, k tails of its 16
+/// lanes, k blocks (more than 4 rows and k > 512), more than one task of 256
+/// rows of W) and `x·B` (trans_b = 0: row tails of its 4 x 64 tiles, lane
+/// group and column tails, k tails of its passes over B's rows, more than one
+/// band of 1024 columns); padding, alpha and beta (beta = 0 with NaN in C); and
+/// the same bits on 1 and 4 threads. 33 rows take the general path.
 #[test]
-fn gemm_ex_few_rows_times_a_transposed_weight() {
+fn gemm_ex_few_rows_every_transpose() {
     let mut rng = Rng::new(35);
-    for (m, n, k) in [(1, 1, 1), (1, 300, 7), (3, 5, 16), (4, 4, 33), (5, 9, 600), (17, 257, 70), (32, 6, 1100), (33, 8, 40)] {
-        for ta in [false, true] {
+    let shapes = [(1, 1, 1), (1, 300, 7), (3, 5, 16), (4, 4, 33), (5, 9, 600), (17, 257, 70), (32, 6, 1100), (33, 8, 40), (1, 2083, 19), (2, 1125, 37), (5, 1090, 300), (32, 1131, 45)];
+    for (m, n, k) in shapes {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
             let pad = 3;
             let (ar, ac) = if ta { (k, m) } else { (m, k) };
+            let (br, bc) = if tb { (n, k) } else { (k, n) };
             let la = Layout { rows: ar, cols: ac, ld: ac + pad, stride: 0 };
-            let lb = Layout { rows: n, cols: k, ld: k + pad, stride: 0 };
+            let lb = Layout { rows: br, cols: bc, ld: bc + pad, stride: 0 };
             let lc = Layout { rows: m, cols: n, ld: n + pad, stride: 0 };
-            let (a, b, c0) = (rng.vec(la.span(1), 1.0), rng.vec(lb.span(1), 1.0), rng.vec(lc.span(1), 1.0));
-            let run = |threads: usize| {
-                let mut c = c0.clone();
-                let code = with_threads(threads, || unsafe {
-                    cudann_gemm_ex(
-                        ta as i32, 1, m as i32, n as i32, k as i32, 1.5, a.as_ptr().cast(), CUDANN_F32, la.ld as i64, 0,
-                        b.as_ptr().cast(), CUDANN_F32, lb.ld as i64, 0, -0.5, c.as_mut_ptr().cast(), CUDANN_F32, lc.ld as i64, 0, 1, NULL,
-                    )
-                });
-                assert_ok(code);
-                c
-            };
-            let c = run(4);
-            let want = gemm_ex_ref(ta, true, m, n, k, 1.5, &a, la, &b, lb, -0.5, &c0, lc, 1);
-            assert_close(&c, &want, tol(k), tol(k), &format!("x·Wᵀ m={m} n={n} k={k} ta={ta}"));
-            assert_eq!(run(1), c, "1 and 4 threads differ (m={m} n={n} k={k})");
+            let (a, b) = (rng.vec(la.span(1), 1.0), rng.vec(lb.span(1), 1.0));
+            for (alpha, beta) in [(1.5f32, -0.5f32), (0.75, 0.0)] {
+                let c0 = if beta == 0.0 { vec![f32::NAN; lc.span(1)] } else { rng.vec(lc.span(1), 1.0) };
+                let run = |threads: usize| {
+                    let mut c = c0.clone();
+                    let code = with_threads(threads, || unsafe {
+                        cudann_gemm_ex(
+                            ta as i32, tb as i32, m as i32, n as i32, k as i32, alpha, a.as_ptr().cast(), CUDANN_F32, la.ld as i64, 0,
+                            b.as_ptr().cast(), CUDANN_F32, lb.ld as i64, 0, beta, c.as_mut_ptr().cast(), CUDANN_F32, lc.ld as i64, 0, 1, NULL,
+                        )
+                    });
+                    assert_ok(code);
+                    c
+                };
+                let c = run(4);
+                // The reference keeps C's row padding (NaN with beta = 0): it must stay.
+                let want = gemm_ex_ref(ta, tb, m, n, k, alpha, &a, la, &b, lb, beta, &c0, lc, 1);
+                let what = format!("few rows m={m} n={n} k={k} ta={ta} tb={tb} beta={beta}");
+                assert_close(&c, &want, tol(k), tol(k), &what);
+                let same = run(1).iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "1 and 4 threads differ ({what})");
+            }
         }
     }
 }

@@ -1,14 +1,18 @@
 //! Row-major SGEMM through the `gemm` crate (packed, SIMD, rayon-parallel).
 //! The crate takes a row and a column stride for every matrix, so transposed
-//! operands and leading dimensions are views, never copies.
+//! operands and leading dimensions are views, never copies. Products with up
+//! to 32 rows of op(A) go to kernels of our own first (`skinny.rs` for B
+//! stored along k, `skinny_nn.rs` along n), which read B once at the memory's
+//! rate.
 
 use gemm::Parallelism;
 
-use super::skinny;
+use super::{skinny, skinny_nn};
 use rayon::prelude::*;
 
-/// Products with at most this many rows of A are bound by streaming B; they run
-/// as independent column bands (one single-threaded crate call each), which
+/// Products with at most this many rows of A are bound by streaming B; those
+/// past the few-row kernels (`skinny`, `skinny_nn`: up to 32 rows) run as
+/// independent column bands (one single-threaded crate call each), which
 /// beats the crate's own threading there.
 const FEW_ROWS: usize = 64;
 /// Columns per band: fixed, so results do not depend on the thread count.
@@ -44,7 +48,7 @@ pub unsafe fn sgemm_view(a: View<*const f32>, b: View<*const f32>, c: View<*mut 
     if m == 0 || n == 0 {
         return;
     }
-    if k > 0 && alpha != 0.0 && unsafe { skinny::sgemm(a, b, c, m, n, k, alpha, beta) } {
+    if k > 0 && alpha != 0.0 && unsafe { skinny::sgemm(a, b, c, m, n, k, alpha, beta) || skinny_nn::sgemm(a, b, c, m, n, k, alpha, beta) } {
         return;
     }
     if k == 0 || alpha == 0.0 {

@@ -21,4 +21,5 @@ pub mod rng;
 pub mod rope;
 pub mod simd;
 pub mod skinny;
+pub mod skinny_nn;
 pub mod softmax;

@@ -5,8 +5,8 @@
 //! bench/RESULTS.md). This kernel reads W straight from the caller's memory,
 //! once for up to 4 rows of A (from L2 for the others): tiles of 4 rows of A x
 //! 4 rows of W, dot products over k in 16-lane accumulators, W's row chunks in
-//! parallel. B stored along n (`x·B`) stays with the crate: a kernel of the
-//! same kind measured slower there. Each element of C is summed by one task in
+//! parallel. B stored along n (`x·B`) has a kernel of its own
+//! (`skinny_nn.rs`, which shares these helpers). Each element of C is summed by one task in
 //! a fixed order (k blocks, then lanes by a fixed tree), so results do not
 //! depend on the thread count. W may be float16 or bfloat16 ([`Weight`]): it
 //! is widened as it is loaded, so half-precision weights are read at half the
@@ -31,17 +31,17 @@ const KB: usize = 512;
 /// Rows of W per task: fixed, so the split never depends on the thread count.
 const CHUNK_ROWS: usize = 256;
 
-type Lanes = [f32; LANES];
+pub(super) type Lanes = [f32; LANES];
 
 #[inline(always)]
-unsafe fn load(p: *const f32) -> Lanes {
+pub(super) unsafe fn load(p: *const f32) -> Lanes {
     unsafe { p.cast::<Lanes>().read_unaligned() }
 }
 
 /// acc + a * b, fused where the target has FMA (a separate multiply and add
 /// otherwise: std's mul_add would call libm for every lane there).
 #[inline(always)]
-fn mul_add(acc: &mut Lanes, a: &Lanes, b: &Lanes, fused: bool) {
+pub(super) fn mul_add(acc: &mut Lanes, a: &Lanes, b: &Lanes, fused: bool) {
     for i in 0..LANES {
         acc[i] = if fused { a[i].mul_add(b[i], acc[i]) } else { acc[i] + a[i] * b[i] };
     }
@@ -125,13 +125,7 @@ pub unsafe fn sgemm<W: Weight>(a: View<*const f32>, b: View<*const W>, c: View<*
     if m == 0 || m > MAX_ROWS || k == 0 || c.cs != 1 || b.rs != 1 {
         return false;
     }
-    // op(A) packed into rows of k (a small copy: m * k floats).
-    let mut packed = alloc::filled(m * k, 0.0f32);
-    for (i, row) in packed.chunks_exact_mut(k).enumerate() {
-        for (p, x) in row.iter_mut().enumerate() {
-            *x = unsafe { *a.ptr.add(i * a.rs + p * a.cs) };
-        }
-    }
+    let packed = unsafe { packed_rows(a, m, k) };
     let out = Finish { c: Shared(c.ptr), ldc: c.rs, alpha, beta };
     let (w, ldw) = (Shared(b.ptr.cast_mut()), b.cs);
     (0..n.div_ceil(CHUNK_ROWS)).into_par_iter().for_each(|chunk| {
@@ -141,18 +135,30 @@ pub unsafe fn sgemm<W: Weight>(a: View<*const f32>, b: View<*const W>, c: View<*
     true
 }
 
+/// op(A) packed into rows of k (a small copy: m * k floats), whatever its
+/// layout. SAFETY: `a` covers `m x k`.
+pub(super) unsafe fn packed_rows(a: View<*const f32>, m: usize, k: usize) -> Vec<f32> {
+    let mut packed = alloc::filled(m * k, 0.0f32);
+    for (i, row) in packed.chunks_exact_mut(k).enumerate() {
+        for (p, x) in row.iter_mut().enumerate() {
+            *x = unsafe { *a.ptr.add(i * a.rs + p * a.cs) };
+        }
+    }
+    packed
+}
+
 /// Where finished sums go: `C[i, j] = alpha * sum + beta * C[i, j]` (C not read
 /// when beta is 0).
 #[derive(Clone, Copy)]
-struct Finish {
-    c: Shared<f32>,
-    ldc: usize,
-    alpha: f32,
-    beta: f32,
+pub(super) struct Finish {
+    pub(super) c: Shared<f32>,
+    pub(super) ldc: usize,
+    pub(super) alpha: f32,
+    pub(super) beta: f32,
 }
 
 impl Finish {
-    unsafe fn store(&self, i: usize, j: usize, sum: f32) {
+    pub(super) unsafe fn store(&self, i: usize, j: usize, sum: f32) {
         let c = unsafe { self.c.ptr().add(i * self.ldc + j) };
         unsafe { *c = if self.beta == 0.0 { self.alpha * sum } else { self.alpha * sum + self.beta * *c } };
     }
