@@ -199,6 +199,32 @@ unsafe fn dots_chunk<W: Weight>(a: &[f32], m: usize, k: usize, w: *const W, ldw:
 /// Rows of W per dot tile.
 const NR: usize = 4;
 
+/// `$tile.run::<R, Q>()` for an edge tile of `$rows` x `$cols` (each 1 to 4,
+/// not both 4), with R and Q as constants so the accumulators stay in
+/// registers (shared by this kernel's and skinny_nn's tiles).
+macro_rules! edge_tile {
+    ($tile:expr, $rows:expr, $cols:expr) => {
+        match ($rows, $cols) {
+            (1, 1) => $tile.run::<1, 1>(),
+            (1, 2) => $tile.run::<1, 2>(),
+            (1, 3) => $tile.run::<1, 3>(),
+            (1, _) => $tile.run::<1, 4>(),
+            (2, 1) => $tile.run::<2, 1>(),
+            (2, 2) => $tile.run::<2, 2>(),
+            (2, 3) => $tile.run::<2, 3>(),
+            (2, _) => $tile.run::<2, 4>(),
+            (3, 1) => $tile.run::<3, 1>(),
+            (3, 2) => $tile.run::<3, 2>(),
+            (3, 3) => $tile.run::<3, 3>(),
+            (3, _) => $tile.run::<3, 4>(),
+            (_, 1) => $tile.run::<4, 1>(),
+            (_, 2) => $tile.run::<4, 2>(),
+            _ => $tile.run::<4, 3>(),
+        }
+    };
+}
+pub(super) use edge_tile;
+
 /// Every row of A against the W rows `q0 ..` (up to NR) of a chunk of
 /// `count`, over the k block `k0 .. k0 + kl`.
 struct Rows<'a> {
@@ -277,22 +303,6 @@ impl<V: Weight> DotTile<'_, V> {
     /// An edge tile of `rows` x `wrows` (either below 4).
     #[inline(always)]
     fn run_any(&self, rows: usize, wrows: usize) -> [[f32; NR]; MR] {
-        match (rows, wrows) {
-            (1, 1) => self.run::<1, 1>(),
-            (1, 2) => self.run::<1, 2>(),
-            (1, 3) => self.run::<1, 3>(),
-            (1, _) => self.run::<1, 4>(),
-            (2, 1) => self.run::<2, 1>(),
-            (2, 2) => self.run::<2, 2>(),
-            (2, 3) => self.run::<2, 3>(),
-            (2, _) => self.run::<2, 4>(),
-            (3, 1) => self.run::<3, 1>(),
-            (3, 2) => self.run::<3, 2>(),
-            (3, 3) => self.run::<3, 3>(),
-            (3, _) => self.run::<3, 4>(),
-            (_, 1) => self.run::<4, 1>(),
-            (_, 2) => self.run::<4, 2>(),
-            _ => self.run::<4, 3>(),
-        }
+        edge_tile!(self, rows, wrows)
     }
 }

@@ -21,7 +21,7 @@ use super::alloc;
 use super::gemm::View;
 use super::par::Shared;
 use super::reduce::LANES;
-use super::skinny::{Finish, Lanes, load, mul_add, packed_rows};
+use super::skinny::{Finish, Lanes, edge_tile, load, mul_add, packed_rows};
 
 /// Up to this many rows of op(A), this kernel beats the crate (1.05-2.6x at
 /// 1-32 rows; even at 48, 0.8x at 64: bench/RESULTS.md, issue 20).
@@ -134,22 +134,6 @@ impl AddTile {
     /// An edge tile of `rows` x `groups` (either below 4).
     #[inline(always)]
     fn run_any(&self, rows: usize, groups: usize) {
-        match (rows, groups) {
-            (1, 1) => self.run::<1, 1>(),
-            (1, 2) => self.run::<1, 2>(),
-            (1, 3) => self.run::<1, 3>(),
-            (1, _) => self.run::<1, 4>(),
-            (2, 1) => self.run::<2, 1>(),
-            (2, 2) => self.run::<2, 2>(),
-            (2, 3) => self.run::<2, 3>(),
-            (2, _) => self.run::<2, 4>(),
-            (3, 1) => self.run::<3, 1>(),
-            (3, 2) => self.run::<3, 2>(),
-            (3, 3) => self.run::<3, 3>(),
-            (3, _) => self.run::<3, 4>(),
-            (_, 1) => self.run::<4, 1>(),
-            (_, 2) => self.run::<4, 2>(),
-            _ => self.run::<4, 3>(),
-        }
+        edge_tile!(self, rows, groups)
     }
 }
