@@ -842,7 +842,8 @@ int32_t cuda_rmsnorm(const float *input,
 // `cuda_rmsnorm` with `input`, `weight` and `output` of type `dtype`
 // (`CUDANN_F32`, `CUDANN_F16` or `CUDANN_BF16`): half-precision tensors are
 // read, normalised in float32 and written in the same type (each row exactly
-// the float32 op's result on the widened inputs, rounded once). Half
+// the float32 op's result on the widened inputs, rounded once; but a NaN
+// result of bf16 rows, out of place, may differ in sign and payload). Half
 // precision runs on the CPU (device pointers: -1 until its GPU kernels).
 // Returns -2 as `cuda_rmsnorm`, and for an unknown `dtype`.
 int32_t cudann_rmsnorm_ex(const void *input,

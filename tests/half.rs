@@ -258,3 +258,60 @@ fn attention_ex_is_the_float32_op_rounded_once() {
         }
     }
 }
+
+/// Every bit pattern (NaNs of both signs, quiet and signalling, infinities,
+/// subnormals) through the elementwise and row ops: the same bits as the
+/// float32 op on the widened inputs, NaN signs and payloads included (but
+/// for bf16 RMSNorm's NaNs).
+#[test]
+fn any_bits_give_the_float32_ops_bits() {
+    let mut rng = Rng::new(68);
+    for t in HALVES {
+        let n = 70_001;
+        let bits = |rng: &mut Rng| -> Vec<u16> { (0..n).map(|_| rng.next_u64() as u16).collect() };
+        let (ha, hb) = (bits(&mut rng), bits(&mut rng));
+        let wide = |h: &[u16]| {
+            let mut w = vec![0f32; h.len()];
+            assert_ok(unsafe { cudann_convert(vp(h), t, vm(&mut w), CUDANN_F32, h.len() as i64, NULL) });
+            w
+        };
+        let (a, b) = (wide(&ha), wide(&hb));
+        let (mut want, mut got) = (vec![0f32; n], vec![0u16; n]);
+        let ni = n as i64;
+        unsafe {
+            assert_ok(cudann_swiglu(vp(&a), vp(&b), vm(&mut want), ni, CUDANN_F32, NULL));
+            assert_ok(cudann_swiglu(vp(&ha), vp(&hb), vm(&mut got), ni, t, NULL));
+            same_bits(&got, &rounded(&want, t), "swiglu", t);
+            assert_ok(cuda_add(a.as_ptr(), b.as_ptr(), want.as_mut_ptr(), ni, NULL));
+            assert_ok(cudann_add_ex(vp(&ha), vp(&hb), vm(&mut got), ni, t, NULL));
+            same_bits(&got, &rounded(&want, t), "add", t);
+            assert_ok(cuda_mul(a.as_ptr(), b.as_ptr(), want.as_mut_ptr(), ni, NULL));
+            assert_ok(cudann_mul_ex(vp(&ha), vp(&hb), vm(&mut got), ni, t, NULL));
+            same_bits(&got, &rounded(&want, t), "mul", t);
+            assert_ok(cuda_scale(a.as_ptr(), want.as_mut_ptr(), -1.25, ni, NULL));
+            assert_ok(cudann_scale_ex(vp(&ha), vm(&mut got), -1.25, ni, t, NULL));
+            same_bits(&got, &rounded(&want, t), "scale", t);
+            // Short rows, so most hold no NaN (a NaN makes its whole row NaN).
+            let (rows, cols) = (n as i32 / 7, 7);
+            assert_ok(cuda_rmsnorm(a.as_ptr(), b.as_ptr(), want.as_mut_ptr(), rows, cols, 1e-5, NULL));
+            assert_ok(cudann_rmsnorm_ex(vp(&ha), vp(&hb), vm(&mut got), rows, cols, 1e-5, t, NULL));
+            // RMSNorm's bf16 rows are read in their own fused loops: a NaN result is
+            // NaN, its sign and payload unspecified (docs/ABI.md).
+            let nan = |b: u16, t: i32| if t == CUDANN_BF16 { b & 0x7fff > 0x7f80 } else { b & 0x7fff > 0x7c00 };
+            let want = rounded(&want, t);
+            let same = |g: u16, w: u16| g == w || (nan(g, t) && nan(w, t));
+            assert!(got.iter().zip(&want).all(|(&g, &w)| same(g, w)), "rmsnorm type {t}: results differ beyond NaN bits");
+            assert!(got.iter().any(|&g| !nan(g, t)), "rmsnorm type {t}: some rows hold no NaN");
+        }
+    }
+}
+
+/// The first element where two bit vectors differ, named (the vectors are too
+/// long to print whole).
+#[track_caller]
+fn same_bits(got: &[u16], want: &[u16], what: &str, t: i32) {
+    if let Some(i) = got.iter().zip(want).position(|(g, w)| g != w) {
+        let count = got.iter().zip(want).filter(|(g, w)| g != w).count();
+        panic!("{what} type {t}: {count} elements differ; first at {i}: {:#06x}, want {:#06x}", got[i], want[i]);
+    }
+}

@@ -105,8 +105,9 @@ unsafe fn scale_f32(input: *const f32, output: *mut f32, scale: f32, n: i64, str
 /// The half-precision path of the `_ex` elementwise ops: `inputs` and
 /// `output` of `n` elements of type `t`, each result `f` of the widened
 /// inputs, rounded once (on the CPU; device pointers are -1 until the GPU
-/// kernels). `f` must be the float32 op's own per-element expression.
-unsafe fn half_ex<const N: usize>(t: Float, inputs: [(&'static str, *const c_void); N], output: *mut c_void, n: i64, stream: *mut c_void, f: impl Fn([f32; N]) -> f32 + Sync) -> Result<()> {
+/// kernels), by `op` (the float32 op) or `fused` (its per-element
+/// expression) as [`convert::elementwise`] chooses.
+unsafe fn half_ex<const N: usize>(t: Float, inputs: [(&'static str, *const c_void); N], output: *mut c_void, n: i64, stream: *mut c_void, fused: Option<impl Fn([f32; N]) -> f32 + Sync>, op: impl Fn([&[f32]; N], &mut [f32]) + Sync) -> Result<()> {
     let n = check::count("n", n)?;
     with_type!(t, T => {
         let mut regions = Vec::with_capacity(N + 1);
@@ -120,7 +121,7 @@ unsafe fn half_ex<const N: usize>(t: Float, inputs: [(&'static str, *const c_voi
         regions.push(y.region());
         // Every operand for the overlap and placement checks (N is 1 or 2).
         let call = Call::new(stream, n, [regions[0], regions[N - 1], y.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe { convert::elementwise(pointers, y.ptr, n, f) })
+        dispatch::run_cpu_only(&call, || unsafe { convert::elementwise(pointers, y.ptr, n, fused, op) })
     })
 }
 
@@ -133,7 +134,7 @@ pub unsafe extern "C" fn cudann_add_ex(a: *const c_void, b: *const c_void, outpu
     ffi_fn!("cudann_add_ex", {
         match check::float_type("dtype", dtype)? {
             Float::F32 => unsafe { add_f32(a.cast(), b.cast(), output.cast(), n, stream) },
-            t => unsafe { half_ex(t, [("a", a), ("b", b)], output, n, stream, |[a, b]| a + b) },
+            t => unsafe { half_ex(t, [("a", a), ("b", b)], output, n, stream, Some(|[a, b]: [f32; 2]| a + b), |[a, b], y| elementwise::add(Src::Slice(a), Src::Slice(b), y)) },
         }
     })
 }
@@ -144,7 +145,7 @@ pub unsafe extern "C" fn cudann_mul_ex(a: *const c_void, b: *const c_void, outpu
     ffi_fn!("cudann_mul_ex", {
         match check::float_type("dtype", dtype)? {
             Float::F32 => unsafe { mul_f32(a.cast(), b.cast(), output.cast(), n, stream) },
-            t => unsafe { half_ex(t, [("a", a), ("b", b)], output, n, stream, |[a, b]| a * b) },
+            t => unsafe { half_ex(t, [("a", a), ("b", b)], output, n, stream, Some(|[a, b]: [f32; 2]| a * b), |[a, b], y| elementwise::mul(Src::Slice(a), Src::Slice(b), y)) },
         }
     })
 }
@@ -156,7 +157,7 @@ pub unsafe extern "C" fn cudann_scale_ex(input: *const c_void, output: *mut c_vo
     ffi_fn!("cudann_scale_ex", {
         match check::float_type("dtype", dtype)? {
             Float::F32 => unsafe { scale_f32(input.cast(), output.cast(), scale, n, stream) },
-            t => unsafe { half_ex(t, [("input", input)], output, n, stream, |[x]| x * scale) },
+            t => unsafe { half_ex(t, [("input", input)], output, n, stream, Some(|[x]: [f32; 1]| x * scale), |[x], y| elementwise::scale(Src::Slice(x), scale, y)) },
         }
     })
 }
@@ -216,7 +217,7 @@ pub unsafe extern "C" fn cudann_swiglu(gate: *const c_void, up: *const c_void, o
     ffi_fn!("cudann_swiglu", {
         match check::float_type("dtype", dtype)? {
             Float::F32 => unsafe { swiglu_f32(gate.cast(), up.cast(), output.cast(), n, stream) },
-            t => unsafe { half_ex(t, [("gate", gate), ("up", up)], output, n, stream, |[g, u]| elementwise::swiglu_one(g, u)) },
+            t => unsafe { half_ex(t, [("gate", gate), ("up", up)], output, n, stream, None::<fn([f32; 2]) -> f32>, |[g, u], y| elementwise::swiglu(Src::Slice(g), Src::Slice(u), y)) },
         }
     })
 }

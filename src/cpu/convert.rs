@@ -95,10 +95,17 @@ fn quiet_nans(x: &mut [f32]) {
     }
 }
 
+/// A bfloat16's bits as float32 (exact; a NaN made quiet, as every widening
+/// does, so ops that read bf16 in registers see the float32 op's inputs).
+#[inline(always)]
+pub(crate) fn bf16_value(bits: u16) -> f32 {
+    quiet((bits as u32) << 16)
+}
+
 #[simd]
 fn widen_bf16(src: &[u16], dst: &mut [f32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
-        *d = quiet((s as u32) << 16);
+        *d = bf16_value(s);
     }
 }
 
@@ -229,35 +236,28 @@ fn for_each_block(len: usize, block: usize, f: impl Fn(usize, usize) + Sync) {
 /// Elements of consecutive blocks per task.
 const SPAN: usize = 64 * 1024;
 
-/// `y[i] = f(inputs[i])` on float32 blocks.
-#[simd]
-fn map_block<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[f32]; N], y: &mut [f32], f: &F) {
-    let inputs = inputs.map(|x| &x[..y.len()]);
-    for (i, y) in y.iter_mut().enumerate() {
-        *y = f(inputs.map(|x| x[i]));
-    }
-}
-
 /// `y[i] = f(inputs[i])` on bfloat16 bits in one pass: each element widened in
-/// a register (no quieting needed: `f`'s arithmetic quiets a NaN as widening
-/// would), computed and rounded once.
+/// a register, computed and rounded once.
 #[simd]
 fn map_bf16_block<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[u16]; N], y: &mut [u16], f: &F) {
     let inputs = inputs.map(|x| &x[..y.len()]);
     for (i, y) in y.iter_mut().enumerate() {
-        *y = to_bf16(f(inputs.map(|x| f32::from_bits((x[i] as u32) << 16)))).to_bits();
+        *y = to_bf16(f(inputs.map(|x| bf16_value(x[i])))).to_bits();
     }
 }
 
-/// An elementwise float32 function `f` (arithmetic on every input) applied
-/// to `len` elements of each input into `output`, which may be one of them:
-/// each result is `f` of the inputs widened to float32, rounded once.
-/// bfloat16 runs in one fused pass (memory-bound: half the bytes of float32);
-/// other types through [`blockwise`]. Safety: as [`blockwise`].
-pub unsafe fn elementwise<T: Element, const N: usize>(inputs: [*const T; N], output: *mut T, len: usize, f: impl Fn([f32; N]) -> f32 + Sync) {
-    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<bf16>() {
-        return unsafe { blockwise(inputs, output, len, 1, |_, x, y| map_block(x, y, &f)) };
-    }
+/// A float32 elementwise op applied to `len` elements of each input into
+/// `output`, which may be one of them: each result is the op on the inputs
+/// widened to float32, rounded once. bfloat16 with `fused` (the op's
+/// per-element expression, a single arithmetic operation) runs in one pass
+/// (memory-bound: half the bytes of float32); otherwise `op` (the float32
+/// op itself) runs on widened blocks through [`blockwise`]. Only the float32
+/// op's own compiled loop gives a NaN result its very sign and payload in
+/// longer expressions. Safety: as [`blockwise`].
+pub unsafe fn elementwise<T: Element, const N: usize>(inputs: [*const T; N], output: *mut T, len: usize, fused: Option<impl Fn([f32; N]) -> f32 + Sync>, op: impl Fn([&[f32]; N], &mut [f32]) + Sync) {
+    let Some(f) = fused.filter(|_| std::any::TypeId::of::<T>() == std::any::TypeId::of::<bf16>()) else {
+        return unsafe { blockwise(inputs, output, len, 1, |_, x, y| op(x, y)) };
+    };
     let (inputs, output) = (inputs.map(|p| Addr(p as usize)), Addr(output as usize));
     for_each_block(len, CHUNK, |start, count| {
         // SAFETY: T is bf16 (u16 bits); this block lies inside the input.

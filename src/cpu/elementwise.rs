@@ -34,12 +34,6 @@ fn silu_block(x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// silu(gate) * up, the element of [`swiglu`] (also for the half-precision path).
-#[inline(always)]
-pub(crate) fn swiglu_one(g: f32, u: f32) -> f32 {
-    silu_one(g) * u
-}
-
 #[simd]
 fn add_block(a: &[f32], b: &[f32], y: &mut [f32]) {
     for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
@@ -141,7 +135,7 @@ fn gelu_backward_block(dy: &[f32], x: &[f32], dx: &mut [f32]) {
 #[simd]
 fn swiglu_block(gate: &[f32], up: &[f32], y: &mut [f32]) {
     for ((y, &g), &u) in y.iter_mut().zip(gate).zip(up) {
-        *y = swiglu_one(g, u);
+        *y = silu_one(g) * u;
     }
 }
 

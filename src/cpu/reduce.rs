@@ -89,7 +89,7 @@ pub fn sum_squares(x: &[f32]) -> f32 {
 #[simd]
 pub fn sum_squares_bf16(x: &[u16]) -> f32 {
     triple_sum(x, x, x, |v, _, _| {
-        let v = f32::from_bits((v as u32) << 16);
+        let v = super::convert::bf16_value(v);
         v * v
     })
 }
