@@ -4,6 +4,7 @@
 #include "common.cuh"
 
 #define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
 
 // ----------------------------------------------------------------------------- unfused halves
 
@@ -319,9 +320,24 @@ template <class C, bool VEC4> struct TileV {
 template <bool B, class T, class F> struct Pick { typedef T type; };
 template <class T, class F> struct Pick<false, T, F> { typedef F type; };
 
+// One attention call's shape: query i of Q [batch, q_len, heads, d] sits at
+// position pos0 + i and (causal) sees keys j <= pos0 + i of K, V [batch,
+// kv_cap, kv_heads, d], of which rows 0..kv_len are used; query head h reads
+// KV head h / (heads / kv_heads). mask: NULL or additive [q_len, kv_len];
+// lse: NULL or [batch, q_len, heads], ln of each row's softmax denominator.
+struct FlashShape {
+    int batch, q_len, kv_len, kv_cap, heads, kv_heads, d, pos0, causal;
+    float scale;
+    const float* mask;
+    float* lse;
+};
+
 template <class C, bool VEC4>
-__device__ void flash_tiles(float* smem, const float* Q, const float* K, const float* V, float* O, int batch, int seq,
-                            int heads, int kv_heads, int d, float scale, int causal, const float* mask) {
+__device__ void flash_tiles(float* smem, const float* Q, const float* K, const float* V, float* O, const FlashShape& sh) {
+    const int batch = sh.batch, q_len = sh.q_len, kv_len = sh.kv_len, heads = sh.heads, kv_heads = sh.kv_heads;
+    const int d = sh.d, pos0 = sh.pos0, causal = sh.causal;
+    const float scale = sh.scale;
+    const float* mask = sh.mask;
     constexpr int D = C::D, BR = C::BR, BC = C::BC, TR = C::TR, TC = C::TC, TD = C::TD;
     constexpr int VR = C::VR, VC = C::VC, VD = C::VD;
     float* Qs = smem + C::Q_OFF;
@@ -332,20 +348,20 @@ __device__ void flash_tiles(float* smem, const float* Q, const float* K, const f
     const float scale2 = scale * LOG2E;
     const i64 q_stride = (i64)heads * d, kv_stride = (i64)kv_heads * d;
     const bool out4 = d % 4 == 0 && aligned16(O);
-    const i64 q_tiles = (seq + BR - 1) / BR;
+    const i64 q_tiles = (q_len + BR - 1) / BR;
     const i64 bh_count = (i64)batch * heads;
     const i64 work = q_tiles * bh_count;
 
     for (i64 item = blockIdx.x; item < work; item += gridDim.x) {
         // Heaviest (last) query tiles first: the causal tail is short tiles.
         const i64 qt = q_tiles - 1 - item / bh_count, bh = item % bh_count;
-        const i64 b = bh / heads, h = bh % heads, kvh = kv_heads == 1 ? 0 : h;
+        const i64 b = bh / heads, h = bh % heads, kvh = h / (heads / kv_heads);
         const int i0 = (int)(qt * BR);
-        const float* q = Q + ((b * seq + i0) * heads + h) * d;
-        const float* kbase = K + (b * seq * kv_heads + kvh) * d;
-        const float* vbase = V + (b * seq * kv_heads + kvh) * d;
+        const float* q = Q + ((b * q_len + i0) * heads + h) * d;
+        const float* kbase = K + (b * sh.kv_cap * kv_heads + kvh) * d;
+        const float* vbase = V + (b * sh.kv_cap * kv_heads + kvh) * d;
 
-        TileT<C, BR, VEC4>::copy(Qs, q, q_stride, seq - i0, d, scale2);  // scores come out in base 2
+        TileT<C, BR, VEC4>::copy(Qs, q, q_stride, q_len - i0, d, scale2);  // scores come out in base 2
 
         float o[TR][TD], m[TR], l[TR];
 #pragma unroll
@@ -354,32 +370,32 @@ __device__ void flash_tiles(float* smem, const float* Q, const float* K, const f
 #pragma unroll
             for (int v = 0; v < TD; ++v) o[t][v] = 0.0f;
         }
-        const int kv_end = causal ? min(seq, i0 + BR) : seq;
+        const int kv_end = causal ? min(kv_len, pos0 + i0 + BR) : kv_len;
         // Register staging only where a mode keeps a tile in flight (else unused).
         typedef FlashCfg<D, 16, 16> Small;
         typename Pick<C::PF != 0, TileT<C, BC, VEC4>, TileT<Small, 16, VEC4>>::type kt;
         typename Pick<C::PF == 1 || C::PF == 2, TileV<C, VEC4>, TileV<Small, VEC4>>::type vt;
-        if (C::PF == 1) vt.fetch(vbase, kv_stride, seq, d);
-        if (C::PF != 0) kt.fetch(kbase, kv_stride, seq, d);
+        if (C::PF == 1) vt.fetch(vbase, kv_stride, kv_len, d);
+        if (C::PF != 0) kt.fetch(kbase, kv_stride, kv_len, d);
         for (int j0 = 0; j0 < kv_end; j0 += BC) {
             __syncthreads();  // the previous tile's readers are done with Ks/Vs/Ps
             const float* kn = kbase + (i64)(j0 + BC) * kv_stride;
             const float* vn = vbase + (i64)(j0 + BC) * kv_stride;
             const bool more = j0 + BC < kv_end;
             if (C::PF == 0) {
-                TileT<C, BC, VEC4>::copy(Ks, kbase + (i64)j0 * kv_stride, kv_stride, seq - j0, d);
-                TileV<C, VEC4>::copy(Vs, vbase + (i64)j0 * kv_stride, kv_stride, seq - j0, d);
+                TileT<C, BC, VEC4>::copy(Ks, kbase + (i64)j0 * kv_stride, kv_stride, kv_len - j0, d);
+                TileV<C, VEC4>::copy(Vs, vbase + (i64)j0 * kv_stride, kv_stride, kv_len - j0, d);
             } else if (C::PF == 1) {
                 kt.put(Ks);
                 vt.put(Vs);
             } else {
                 kt.put(Ks);
-                vt.fetch(vbase + (i64)j0 * kv_stride, kv_stride, seq - j0, d);  // lands during S
+                vt.fetch(vbase + (i64)j0 * kv_stride, kv_stride, kv_len - j0, d);  // lands during S
             }
             __syncthreads();
             if (C::PF == 1 && more) {  // in flight while this tile computes
-                kt.fetch(kn, kv_stride, seq - j0 - BC, d);
-                vt.fetch(vn, kv_stride, seq - j0 - BC, d);
+                kt.fetch(kn, kv_stride, kv_len - j0 - BC, d);
+                vt.fetch(vn, kv_stride, kv_len - j0 - BC, d);
             }
 
             float s[TR][TC];
@@ -397,7 +413,7 @@ __device__ void flash_tiles(float* smem, const float* Q, const float* K, const f
             }
 
             // Scores in base 2, masked; the online softmax update.
-            const bool edge = (causal && j0 + BC - 1 > i0) || j0 + BC > seq || mask != nullptr;
+            const bool edge = (causal && j0 + BC - 1 > pos0 + i0) || j0 + BC > kv_len || mask != nullptr;
 #pragma unroll
             for (int t = 0; t < TR; ++t) {
                 const int i = i0 + rg * VR + (t % VR) + (t / VR) * 8 * VR;
@@ -407,10 +423,10 @@ __device__ void flash_tiles(float* smem, const float* Q, const float* K, const f
                     float v = s[t][u];
                     if (edge) {
                         const int j = j0 + cg * VC + (u % VC) + (u / VC) * 8 * VC;
-                        if (j >= seq || (causal && j > i))
+                        if (j >= kv_len || (causal && j > pos0 + i))
                             v = -INF;
-                        else if (mask != nullptr && i < seq)
-                            v += mask[(i64)i * seq + j] * LOG2E;
+                        else if (mask != nullptr && i < q_len)
+                            v += mask[(i64)i * kv_len + j] * LOG2E;
                     }
                     s[t][u] = v;
                     mx = fmaxf(mx, v);
@@ -435,7 +451,7 @@ __device__ void flash_tiles(float* smem, const float* Q, const float* K, const f
             if (C::P_IN_K) __syncthreads();  // every thread is done reading Ks
             if (C::PF == 2) {
                 vt.put(Vs);  // Vs was last read before this tile's first barrier
-                if (j0 + BC < kv_end) kt.fetch(kbase + (i64)(j0 + BC) * kv_stride, kv_stride, seq - j0 - BC, d);
+                if (j0 + BC < kv_end) kt.fetch(kbase + (i64)(j0 + BC) * kv_stride, kv_stride, kv_len - j0 - BC, d);
             }
 #pragma unroll
             for (int u = 0; u < TC; ++u) {
@@ -467,8 +483,10 @@ __device__ void flash_tiles(float* smem, const float* Q, const float* K, const f
             lt += __shfl_xor_sync(0xffffffffu, lt, 4);
             const float inv = lt > 0.0f ? 1.0f / lt : 0.0f;
             const int i = i0 + rg * VR + (t % VR) + (t / VR) * 8 * VR;
-            if (i >= seq) continue;
-            float* orow = O + ((b * seq + i) * heads + h) * d;
+            if (i >= q_len) continue;
+            if (sh.lse != nullptr && cg == 0)  // m is in base 2: ln(2^m l) = (m + log2 l) ln 2
+                sh.lse[(b * q_len + i) * heads + h] = lt > 0.0f ? (m[t] + log2f(lt)) * LN2 : -INF;
+            float* orow = O + ((b * q_len + i) * heads + h) * d;
 #pragma unroll
             for (int g = 0; g < TD / VD; ++g) {
                 const int c = cg * VD + g * 8 * VD;
@@ -497,41 +515,43 @@ typedef FlashCfg<256, 16, 16, 0> FlashD256;
 // is eight small functions rather than one huge one (its registers stay with
 // each; only the rare scalar-load variants spill).
 template <class C, bool VEC4>
-__device__ __noinline__ void flash_call(float* smem, const float* Q, const float* K, const float* V, float* O, int batch,
-                                        int seq, int heads, int kv_heads, int d, float scale, int causal,
-                                        const float* mask) {
-    flash_tiles<C, VEC4>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
+__device__ __noinline__ void flash_call(float* smem, const float* Q, const float* K, const float* V, float* O,
+                                        const FlashShape& sh) {
+    flash_tiles<C, VEC4>(smem, Q, K, V, O, sh);
 }
 
 template <class C>
 __device__ __forceinline__ void flash_pick(float* smem, const float* Q, const float* K, const float* V, float* O,
-                                          int batch, int seq, int heads, int kv_heads, int d, float scale, int causal,
-                                          const float* mask) {
-    if (d % 4 == 0 && aligned16(Q) && aligned16(K) && aligned16(V))
-        flash_call<C, true>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
+                                          const FlashShape& sh) {
+    if (sh.d % 4 == 0 && aligned16(Q) && aligned16(K) && aligned16(V))
+        flash_call<C, true>(smem, Q, K, V, O, sh);
     else
-        flash_call<C, false>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
+        flash_call<C, false>(smem, Q, K, V, O, sh);
+}
+
+__device__ __forceinline__ void flash_any_d(const float* Q, const float* K, const float* V, float* O, const FlashShape& sh) {
+    __shared__ __align__(16) float smem[FA_SMEM_FLOATS];
+    if (sh.d <= 32)
+        flash_pick<FlashD32>(smem, Q, K, V, O, sh);
+    else if (sh.d <= 64)
+        flash_pick<FlashD64>(smem, Q, K, V, O, sh);
+    else if (sh.d <= 128)
+        flash_pick<FlashD128>(smem, Q, K, V, O, sh);
+    else
+        flash_pick<FlashD256>(smem, Q, K, V, O, sh);
 }
 
 // Launch: block 64, grid ceil(seq / BR) * heads * batch with BR = 64 for d <= 64,
 // 32 for d <= 128, 16 for d <= 256 (blocks stride over the work, so any grid
 // works); 48 KB of static shared memory. Q, O [batch, seq, heads, d]; K, V
-// [batch, seq, kv_heads, d], kv_heads == heads or 1; O = softmax(scale Q K^T
+// [batch, seq, kv_heads, d], kv_heads dividing heads; O = softmax(scale Q K^T
 // [+ causal mask] [+ mask]) V with mask NULL or an additive [seq, seq] mask. A
 // query whose keys are all masked gets zeros. d <= 256, any alignment; O must
 // not alias Q/K/V. For d <= 64 flash_attention_d64_f32 is faster.
 extern "C" __global__ void __launch_bounds__(FA_THREADS)
     flash_attention_f32(const float* Q, const float* K, const float* V, float* O, int batch, int seq, int heads,
                         int kv_heads, int d, float scale, int causal, const float* mask) {
-    __shared__ __align__(16) float smem[FA_SMEM_FLOATS];
-    if (d <= 32)
-        flash_pick<FlashD32>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
-    else if (d <= 64)
-        flash_pick<FlashD64>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
-    else if (d <= 128)
-        flash_pick<FlashD128>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
-    else
-        flash_pick<FlashD256>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
+    flash_any_d(Q, K, V, O, FlashShape{batch, seq, seq, seq, heads, kv_heads, d, 0, causal, scale, mask, nullptr});
 }
 
 // Launch: as flash_attention_f32 (block 64, grid ceil(seq / 64) * heads * batch),
@@ -544,36 +564,257 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
     flash_attention_d64_f32(const float* Q, const float* K, const float* V, float* O, int batch, int seq, int heads,
                             int kv_heads, int d, float scale, int causal, const float* mask) {
     __shared__ __align__(16) float smem[FlashD64::FLOATS];
+    const FlashShape sh{batch, seq, seq, seq, heads, kv_heads, d, 0, causal, scale, mask, nullptr};
     if (d <= 64 && d % 4 == 0 && aligned16(Q) && aligned16(K) && aligned16(V))
-        flash_tiles<FlashD64, true>(smem, Q, K, V, O, batch, seq, heads, kv_heads, d, scale, causal, mask);
+        flash_tiles<FlashD64, true>(smem, Q, K, V, O, sh);
 }
 
+// Launch: as flash_attention_f32 with grid ceil(q_len / BR) * heads * batch.
+// General attention forward (cudann_attention_forward): the shape of
+// FlashShape, lse written when not NULL (-inf for a row with no visible key,
+// whose output is zeros). d <= 256.
+extern "C" __global__ void __launch_bounds__(FA_THREADS)
+    attention_forward_f32(const float* Q, const float* K, const float* V, float* O, const float* mask, float* lse,
+                          int batch, int q_len, int kv_len, int kv_cap, int heads, int kv_heads, int d, int pos0,
+                          int causal, float scale) {
+    flash_any_d(Q, K, V, O, FlashShape{batch, q_len, kv_len, kv_cap, heads, kv_heads, d, pos0, causal, scale, mask, lse});
+}
+
+// ----------------------------------------------------------------------------- general attention backward
+//
+// Two launches, deterministic: every output element is summed by one thread
+// in a fixed order (no atomics). With P = exp(S - lse) and Dr_i = dO_i . O_i,
+// dS = P (dO V^T - Dr): attention_backward_dkdv_f32 takes one block per
+// (batch, KV head, tile of BT keys) and sums dV = P^T dO and dK = scale dS^T Q
+// over the query heads of its group and every query tile that sees the keys;
+// attention_backward_dq_f32 takes one block per (batch, head, tile of BT
+// queries) and sums dQ = scale dS K over the key tiles it sees. Both recompute
+// S and Dr from the forward's inputs, with the same code, so no scratch is
+// needed. Tiles live in shared memory with rows padded to D + 1 floats (the
+// dot products read them column-wise conflict-free); BT = 32 for D <= 64 and
+// 2048 / D above (under 48 KB), so each of the 256 threads owns T * D / 256
+// elements of its block's output tile.
+
+#define AB_THREADS 256
+
+template <int D> struct BwdTiles {
+    static constexpr int T = D <= 64 ? 32 : 2048 / D;  // keys/queries a tile
+    float q[T][D + 1], dout[T][D + 1], k[T][D + 1], v[T][D + 1];
+    float p[T][T + 1], ds[T][T + 1];
+    float lse[T], dr[T];
+};
+
+// Rows r0.. (valid below `valid`) of a [rows, d] matrix with row stride
+// `stride` into tile[T][D + 1]; zeros outside.
+template <int D, int T>
+__device__ __forceinline__ void ab_load(float (*tile)[D + 1], const float* g, i64 stride, int valid, int d) {
+    for (int e = threadIdx.x; e < T * D; e += AB_THREADS) {
+        const int r = e / D, c = e % D;
+        tile[r][c] = r < valid && c < d ? g[r * stride + c] : 0.0f;
+    }
+}
+
+// The query tile i0.. of head h: Q and dO rows, lse, and Dr = dO . O (one warp
+// a row, a fixed reduction order: the dkdv and dq kernels get the same bits).
+template <int D>
+__device__ void ab_load_queries(BwdTiles<D>& t, const float* dO, const float* Q, const float* O, const float* lse,
+                                i64 b, int h, int i0, int q_len, int heads, int d) {
+    constexpr int T = BwdTiles<D>::T;
+    const i64 row0 = (b * q_len + i0) * heads + h, stride = (i64)heads * d;
+    const int valid = q_len - i0;
+    ab_load<D, T>(t.q, Q + row0 * d, stride, valid, d);
+    ab_load<D, T>(t.dout, dO + row0 * d, stride, valid, d);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int r = warp; r < T; r += AB_THREADS / 32) {
+        float acc = 0.0f;
+        if (r < valid)
+            for (int c = lane; c < d; c += 32) acc = fmaf(dO[(row0 + (i64)r * heads) * d + c], O[(row0 + (i64)r * heads) * d + c], acc);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0) {
+            t.dr[r] = acc;
+            t.lse[r] = r < valid ? lse[row0 + (i64)r * heads] : -INF;
+        }
+    }
+}
+
+// P and dS of the loaded tiles (queries i0.., keys j0..) into t.p, t.ds.
+template <int D>
+__device__ void ab_scores(BwdTiles<D>& t, const FlashShape& sh, int i0, int j0) {
+    constexpr int T = BwdTiles<D>::T;
+    for (int e = threadIdx.x; e < T * T; e += AB_THREADS) {
+        const int r = e / T, c = e % T, i = i0 + r, j = j0 + c;
+        float p = 0.0f, ds = 0.0f;
+        if (i < sh.q_len && j < sh.kv_len && !(sh.causal && j > sh.pos0 + i) && t.lse[r] != -INF) {
+            float s = 0.0f, dp = 0.0f;
+#pragma unroll 8
+            for (int x = 0; x < D; ++x) {
+                s = fmaf(t.q[r][x], t.k[c][x], s);
+                dp = fmaf(t.dout[r][x], t.v[c][x], dp);
+            }
+            s *= sh.scale;
+            if (sh.mask != nullptr) s += sh.mask[(i64)i * sh.kv_len + j];
+            p = expf(s - t.lse[r]);
+            ds = p * (dp - t.dr[r]);
+        }
+        t.p[r][c] = p;
+        t.ds[r][c] = ds;
+    }
+}
+
+// Launch: block 256, grid batch * kv_heads * ceil(kv_len / T) (blocks
+// stride). D: 32, 64, 128 or 256 (d <= D, zero-padded).
+template <int D>
+__device__ void attention_dkdv(BwdTiles<D>& t, const float* dO, const float* Q, const float* K, const float* V,
+                               const float* O, const float* lse, float* dK, float* dV, const FlashShape& sh) {
+    constexpr int T = BwdTiles<D>::T, E = T * D / AB_THREADS;
+    const int d = sh.d, group = sh.heads / sh.kv_heads;
+    const i64 kv_stride = (i64)sh.kv_heads * d, k_tiles = (sh.kv_len + T - 1) / T;
+    for (i64 item = blockIdx.x; item < (i64)sh.batch * sh.kv_heads * k_tiles; item += gridDim.x) {
+        const i64 b = item / (sh.kv_heads * k_tiles);
+        const int g = (int)(item / k_tiles % sh.kv_heads), j0 = (int)(item % k_tiles) * T;
+        const i64 kv0 = ((b * sh.kv_len + j0) * sh.kv_heads + g) * d;
+        __syncthreads();  // the previous item's readers are done
+        ab_load<D, T>(t.k, K + kv0, kv_stride, sh.kv_len - j0, d);
+        ab_load<D, T>(t.v, V + kv0, kv_stride, sh.kv_len - j0, d);
+        float dk[E], dv[E];
+#pragma unroll
+        for (int u = 0; u < E; ++u) dk[u] = dv[u] = 0.0f;
+        // Causal: queries before j0 - pos0 see none of these keys.
+        const int first = sh.causal ? max(0, j0 - sh.pos0) / T * T : 0;
+        for (int h = g * group; h < (g + 1) * group; ++h) {
+            for (int i0 = first; i0 < sh.q_len; i0 += T) {
+                __syncthreads();
+                ab_load_queries<D>(t, dO, Q, O, lse, b, h, i0, sh.q_len, sh.heads, d);
+                __syncthreads();
+                ab_scores<D>(t, sh, i0, j0);
+                __syncthreads();
+#pragma unroll
+                for (int u = 0; u < E; ++u) {
+                    const int e = threadIdx.x + u * AB_THREADS, c = e / D, x = e % D;
+                    float a = dk[u], w = dv[u];
+                    for (int r = 0; r < T; ++r) {
+                        w = fmaf(t.p[r][c], t.dout[r][x], w);
+                        a = fmaf(t.ds[r][c], t.q[r][x], a);
+                    }
+                    dk[u] = a, dv[u] = w;
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < E; ++u) {
+            const int e = threadIdx.x + u * AB_THREADS, c = e / D, x = e % D;
+            if (j0 + c < sh.kv_len && x < d) {
+                dK[kv0 + c * kv_stride + x] = dk[u] * sh.scale;
+                dV[kv0 + c * kv_stride + x] = dv[u];
+            }
+        }
+    }
+}
+
+// Launch: block 256, grid batch * heads * ceil(q_len / T) (blocks stride).
+template <int D>
+__device__ void attention_dq(BwdTiles<D>& t, const float* dO, const float* Q, const float* K, const float* V,
+                             const float* O, const float* lse, float* dQ, const FlashShape& sh) {
+    constexpr int T = BwdTiles<D>::T, E = T * D / AB_THREADS;
+    const int d = sh.d;
+    const i64 kv_stride = (i64)sh.kv_heads * d, q_tiles = (sh.q_len + T - 1) / T;
+    for (i64 item = blockIdx.x; item < (i64)sh.batch * sh.heads * q_tiles; item += gridDim.x) {
+        const i64 b = item / (sh.heads * q_tiles);
+        const int h = (int)(item / q_tiles % sh.heads), i0 = (int)(item % q_tiles) * T;
+        const int g = h / (sh.heads / sh.kv_heads);
+        __syncthreads();
+        ab_load_queries<D>(t, dO, Q, O, lse, b, h, i0, sh.q_len, sh.heads, d);
+        float dq[E];
+#pragma unroll
+        for (int u = 0; u < E; ++u) dq[u] = 0.0f;
+        const int kv_end = sh.causal ? min(sh.kv_len, sh.pos0 + i0 + T) : sh.kv_len;
+        for (int j0 = 0; j0 < kv_end; j0 += T) {
+            const i64 kv0 = ((b * sh.kv_len + j0) * sh.kv_heads + g) * d;
+            __syncthreads();
+            ab_load<D, T>(t.k, K + kv0, kv_stride, sh.kv_len - j0, d);
+            ab_load<D, T>(t.v, V + kv0, kv_stride, sh.kv_len - j0, d);
+            __syncthreads();
+            ab_scores<D>(t, sh, i0, j0);
+            __syncthreads();
+#pragma unroll
+            for (int u = 0; u < E; ++u) {
+                const int e = threadIdx.x + u * AB_THREADS, r = e / D, x = e % D;
+                float a = dq[u];
+                for (int c = 0; c < T; ++c) a = fmaf(t.ds[r][c], t.k[c][x], a);
+                dq[u] = a;
+            }
+        }
+        const i64 row0 = (b * sh.q_len + i0) * sh.heads + h;
+#pragma unroll
+        for (int u = 0; u < E; ++u) {
+            const int e = threadIdx.x + u * AB_THREADS, r = e / D, x = e % D;
+            if (i0 + r < sh.q_len && x < d) dQ[(row0 + (i64)r * sh.heads) * d + x] = dq[u] * sh.scale;
+        }
+    }
+}
+
+// General attention backward (cudann_attention_backward): K, V, dK, dV
+// [batch, kv_len, kv_heads, d] (kv_cap = kv_len), the rest as
+// attention_forward_f32; lse is the forward's. Outputs must not alias inputs.
+#define AB_KERNEL(NAME, D)                                                                                              \
+    extern "C" __global__ void __launch_bounds__(AB_THREADS)                                                            \
+        NAME(const float* dO, const float* Q, const float* K, const float* V, const float* mask, const float* O,       \
+             const float* lse, float* dQ, float* dK, float* dV, int batch, int q_len, int kv_len, int heads,          \
+             int kv_heads, int d, int pos0, int causal, float scale, int want_dq) {                                   \
+        __shared__ BwdTiles<D> t;                                                                                      \
+        const FlashShape sh{batch, q_len, kv_len, kv_len, heads, kv_heads, d, pos0, causal, scale, mask, nullptr};    \
+        if (want_dq)                                                                                                   \
+            attention_dq<D>(t, dO, Q, K, V, O, lse, dQ, sh);                                                           \
+        else                                                                                                           \
+            attention_dkdv<D>(t, dO, Q, K, V, O, lse, dK, dV, sh);                                                     \
+    }
+// One kernel per head-dim class (D), each launched twice: want_dq = 0 for dK
+// and dV (grid over key tiles), 1 for dQ (grid over query tiles).
+AB_KERNEL(attention_backward_d32_f32, 32)
+AB_KERNEL(attention_backward_d64_f32, 64)
+AB_KERNEL(attention_backward_d128_f32, 128)
+AB_KERNEL(attention_backward_d256_f32, 256)
+
 // Launch: block 256, grid n1024(batch * new_len * row) (grid-stride).
-// Copies k_new, v_new [batch, new_len, row] (row = n_kv_heads * head_dim) into
-// rows pos .. pos + new_len - 1 of the caches [batch, max_seq, row]; other
-// cache rows are untouched. A thread reads its k and v elements before it
-// writes either, so any input may be any cache's very buffer (the ABI allows
-// that only when new_len == max_seq, where each element stays in place).
-extern "C" __global__ void kv_cache_write_f32(const float* k_new, const float* v_new, float* k_cache, float* v_cache,
-                                              int batch, int new_len, int max_seq, i64 row, int pos) {
+// Copies k_new, v_new [batch, new_len, row] (row = n_kv_heads * head_dim
+// elements of T) into rows pos .. pos + new_len - 1 of the caches [batch,
+// max_seq, row]; other cache rows are untouched. A thread reads its k and v
+// elements before it writes either, so any input may be any cache's very
+// buffer (the ABI allows that only when new_len == max_seq, where each element
+// stays in place). 16 bytes at a time where row and the pointers allow.
+template <class T>
+__device__ void kv_cache_rows(const T* k_new, const T* v_new, T* k_cache, T* v_cache, int batch, int new_len, int max_seq,
+                              i64 row, int pos) {
+    constexpr int V = 16 / sizeof(T);
     const i64 per_batch = (i64)new_len * row, n = (i64)batch * per_batch;
     const i64 t = grid_thread(), stride = grid_threads();
     // dst(e) = e + (b * (max_seq - new_len) + pos) * row for e in batch entry b.
     const i64 gap = ((i64)max_seq - new_len) * row, shift = (i64)pos * row;
-    if (row % 4 == 0 && aligned16(k_new) && aligned16(v_new) && aligned16(k_cache) && aligned16(v_cache)) {
-        for (i64 e = 4 * t; e < n; e += 4 * stride) {
+    if (row % V == 0 && aligned16(k_new) && aligned16(v_new) && aligned16(k_cache) && aligned16(v_cache)) {
+        for (i64 e = V * t; e < n; e += V * stride) {
             const i64 d = e + (e / per_batch) * gap + shift;
-            float k[4], v[4];
-            load_vec<4>(k_new + e, k);
-            load_vec<4>(v_new + e, v);
-            store_vec<4>(k_cache + d, k);
-            store_vec<4>(v_cache + d, v);
+            const uint4 k = *reinterpret_cast<const uint4*>(k_new + e), v = *reinterpret_cast<const uint4*>(v_new + e);
+            *reinterpret_cast<uint4*>(k_cache + d) = k;
+            *reinterpret_cast<uint4*>(v_cache + d) = v;
         }
     } else {
         for (i64 e = t; e < n; e += stride) {
             const i64 d = e + (e / per_batch) * gap + shift;
-            const float k = k_new[e], v = v_new[e];
+            const T k = k_new[e], v = v_new[e];
             k_cache[d] = k, v_cache[d] = v;
         }
     }
+}
+
+extern "C" __global__ void kv_cache_write_f32(const float* k_new, const float* v_new, float* k_cache, float* v_cache,
+                                              int batch, int new_len, int max_seq, i64 row, int pos) {
+    kv_cache_rows<float>(k_new, v_new, k_cache, v_cache, batch, new_len, max_seq, row, pos);
+}
+
+// As kv_cache_write_f32 for 16-bit elements (float16 or bfloat16, bit for bit).
+extern "C" __global__ void kv_cache_write_h16(const unsigned short* k_new, const unsigned short* v_new,
+                                              unsigned short* k_cache, unsigned short* v_cache, int batch, int new_len,
+                                              int max_seq, i64 row, int pos) {
+    kv_cache_rows<unsigned short>(k_new, v_new, k_cache, v_cache, batch, new_len, max_seq, row, pos);
 }

@@ -3,27 +3,39 @@
 
 #define NAN_F __int_as_float(0x7fc00000)
 
+// Rows of T copied as they are, 16 bytes at a time where dim and the
+// pointers allow. An id out of [0, vocab) gives `fill`-rows: zeros for a
+// negative id, `nan` for one >= vocab.
+template <class T> __device__ void embedding_rows(const int* ids, const T* table, T* out, int n_ids, int vocab, int dim, T nan) {
+    constexpr int V = 16 / sizeof(T);  // elements per 16-byte vector
+    for (i64 i = blockIdx.x; i < n_ids; i += gridDim.x) {
+        const int id = ids[i];
+        const T* src = table + (i64)id * dim;
+        T* dst = out + i * dim;
+        const bool vec = dim % V == 0 && aligned16(table) && aligned16(out);
+        if (id >= 0 && id < vocab && vec) {
+            for (i64 c = V * (i64)threadIdx.x; c < dim; c += V * (i64)blockDim.x)
+                *reinterpret_cast<uint4*>(dst + c) = *reinterpret_cast<const uint4*>(src + c);
+        } else {
+            const T fill = id < 0 ? T(0) : nan;
+            for (i64 c = threadIdx.x; c < dim; c += blockDim.x) dst[c] = id >= 0 && id < vocab ? src[c] : fill;
+        }
+    }
+}
+
 // Launch: block 256, grid min(n_ids, 65535) (blocks stride over ids, threads
 // over the row). out[i, :] = table[ids[i], :]; a negative id gives zeros
 // (padding), an id >= vocab (which the host could not check in device memory)
 // a row of NaN. out must not alias table or ids (rows of other ids are read).
 extern "C" __global__ void embedding_f32(const int* ids, const float* table, float* out, int n_ids, int vocab, int dim) {
-    for (i64 i = blockIdx.x; i < n_ids; i += gridDim.x) {
-        const int id = ids[i];
-        const float* src = table + (i64)id * dim;
-        float* dst = out + i * dim;
-        const bool vec = dim % 4 == 0 && aligned16(table) && aligned16(out);
-        if (id >= 0 && id < vocab && vec) {
-            for (i64 c = 4 * (i64)threadIdx.x; c < dim; c += 4 * (i64)blockDim.x) {
-                float v[4];
-                load_vec<4>(src + c, v);
-                store_vec<4>(dst + c, v);
-            }
-        } else {
-            const float fill = id < 0 ? 0.0f : NAN_F;
-            for (i64 c = threadIdx.x; c < dim; c += blockDim.x) dst[c] = id >= 0 && id < vocab ? src[c] : fill;
-        }
-    }
+    embedding_rows<float>(ids, table, out, n_ids, vocab, dim, NAN_F);
+}
+
+// Launch: as embedding_f32, for 16-bit elements (float16 or bfloat16, copied
+// bit for bit); `nan` holds the bits of the type's quiet NaN, for ids >= vocab.
+extern "C" __global__ void embedding_h16(const int* ids, const unsigned short* table, unsigned short* out, int n_ids,
+                                         int vocab, int dim, int nan) {
+    embedding_rows<unsigned short>(ids, table, out, n_ids, vocab, dim, (unsigned short)nan);
 }
 
 // Launch: block 256, grid (ceil(dim / 256), Y), Y = 1 or up to ~32 (see

@@ -11,6 +11,7 @@ use crate::cpu::convert::Float;
 use crate::error::{Error, Result};
 use crate::gpu::driver::DevPtr;
 use crate::gpu::memory::{self, Place};
+use crate::gpu::widen::{self, Use};
 use crate::gpu::{self, Gpu};
 use crate::handles;
 
@@ -155,10 +156,15 @@ fn owner(places: &[Option<Place>]) -> Result<Option<i32>> {
     Ok(owner)
 }
 
-/// [`run`] for an op whose GPU kernel is float32 only so far: half-precision
-/// calls (`t` not F32) take [`run_cpu_only`].
-pub fn run_typed<const N: usize>(t: Float, call: &Call<N>, cpu: impl FnOnce(), gpu: impl FnOnce(&Gpu, &[DevPtr]) -> Result<()>) -> Result<()> {
-    if t == Float::F32 { run(call, cpu, gpu) } else { run_cpu_only(call, cpu) }
+/// [`run`] for an op whose GPU kernels are float32: a half-precision call (`t`
+/// not F32) runs them on float32 copies of its half operands (`uses` says
+/// which buffers those are; see [`widen::run`]).
+pub fn run_typed<const N: usize>(t: Float, call: &Call<N>, uses: [Use; N], cpu: impl FnOnce(), gpu: impl FnOnce(&Gpu, &[DevPtr]) -> Result<()>) -> Result<()> {
+    if t == Float::F32 {
+        return run(call, cpu, gpu);
+    }
+    let elements = call.buffers.map(|r| r.bytes / 2);
+    run(call, cpu, |g, p| unsafe { widen::run(g, call.stream.cast(), t, &uses, p, &elements, |wide| gpu(g, wide)) })
 }
 
 /// For ops whose GPU kernels do not exist yet: host operands run on the CPU;

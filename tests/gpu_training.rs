@@ -624,3 +624,73 @@ fn moe_ops_match_the_cpu_bitwise() {
     assert_invalid(code, "cudann_moe_dispatch", "k must be >= 1");
     assert_eq!(dord.read(), vec![-7; 4], "order after -2");
 }
+
+/// Largest |x|, for tolerances of sums whose terms are about that size.
+fn peak(x: &[f32]) -> f64 {
+    x.iter().fold(0.0f64, |m, &v| m.max((v as f64).abs()))
+}
+
+#[test]
+fn general_attention_matches_the_cpu() {
+    if !present("general_attention_matches_the_cpu") {
+        return;
+    }
+    let s = Stream::new();
+    let mut rng = Rng::new(301);
+    // (batch, q_len, kv_len, kv_capacity, heads, kv_heads, head_dim, pos0, causal, mask)
+    let cases = [
+        (2, 37, 37, 37, 4, 2, 32, 0, 1, false), // training, GQA
+        (1, 64, 64, 64, 2, 2, 64, 0, 1, true),  // causal and an additive mask
+        (2, 1, 50, 64, 8, 2, 64, 49, 1, false), // one decoding step against a cache
+        (1, 5, 70, 80, 4, 1, 128, 65, 1, false), // several new tokens, MQA
+        (1, 9, 13, 13, 2, 1, 100, 0, 0, true),  // not causal, head_dim not a multiple of 4
+        (1, 3, 3, 3, 1, 1, 256, 0, 1, false),
+        (2, 20, 20, 20, 3, 3, 7, 0, 1, false),
+        (1, 70, 70, 70, 2, 1, 64, 0, 0, false),
+    ];
+    for (batch, q_len, kv_len, cap, heads, kv_heads, d, pos0, causal, masked) in cases {
+        let what = format!("attention b{batch} q{q_len} kv{kv_len}/{cap} h{heads}/{kv_heads} d{d} pos0 {pos0} causal {causal} mask {masked}");
+        let (qn, kvn, ln) = (batch * q_len * heads * d, batch * cap * kv_heads * d, batch * q_len * heads);
+        let (q, k, v) = (rng.vec(qn, 1.0), rng.vec(kvn, 1.0), rng.vec(kvn, 1.0));
+        let mut mask = rng.vec(q_len * kv_len, 1.0);
+        mask[1] = f32::NEG_INFINITY;
+        mask[..kv_len].fill(f32::NEG_INFINITY); // a query that sees no key: zeros, lse -inf
+        let mask_ptr = |m: *const f32| if masked { m } else { std::ptr::null() };
+        let scale = 1.0 / (d as f32).sqrt();
+        let a = (batch as i32, q_len as i32, kv_len as i32, cap as i32, heads as i32, kv_heads as i32, d as i32, pos0 as i32, causal);
+        let (mut out, mut lse) = (poisoned(qn), poisoned(ln));
+        let (dq, dk, dv, dm) = (Dev::from(&q), Dev::from(&k), Dev::from(&v), Dev::from(&mask));
+        let (dout, dlse) = (Dev::from(&poisoned(qn)), Dev::from(&poisoned(ln)));
+        unsafe {
+            assert_ok(cudann_attention_forward(q.as_ptr().cast(), k.as_ptr().cast(), v.as_ptr().cast(), mask_ptr(mask.as_ptr()), out.as_mut_ptr().cast(), lse.as_mut_ptr(), a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7, a.8, scale, CUDANN_F32, NULL));
+            assert_ok(cudann_attention_forward(dq.p().cast(), dk.p().cast(), dv.p().cast(), mask_ptr(dm.p()), dout.p().cast(), dlse.p(), a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7, a.8, scale, CUDANN_F32, s.raw()));
+        }
+        s.sync();
+        // Weighted means of V (|v| ~ 1): the GPU's base-2 exponentials and summation order.
+        assert_close(&dout.read(), &f64s(&out), 1e-4, 2e-5, &format!("{what}: output"));
+        assert_close(&dlse.read(), &f64s(&lse), 1e-5, 1e-5, &format!("{what}: lse"));
+        if cap != kv_len {
+            continue;
+        }
+        // Backward from the CPU's forward results on both sides.
+        let dy = rng.vec(qn, 1.0);
+        let (mut gq, mut gk, mut gv) = (poisoned(qn), poisoned(kvn), poisoned(kvn));
+        let (ddy, dout, dlse) = (Dev::from(&dy), Dev::from(&out), Dev::from(&lse));
+        let grads = || (Dev::from(&poisoned(qn)), Dev::from(&poisoned(kvn)), Dev::from(&poisoned(kvn)));
+        let (eq, ek, ev) = grads();
+        let (fq, fk, fv) = grads();
+        unsafe {
+            assert_ok(cudann_attention_backward(dy.as_ptr(), q.as_ptr(), k.as_ptr(), v.as_ptr(), mask_ptr(mask.as_ptr()), out.as_ptr(), lse.as_ptr(), gq.as_mut_ptr(), gk.as_mut_ptr(), gv.as_mut_ptr(), a.0, a.1, a.2, a.4, a.5, a.6, a.7, a.8, scale, NULL));
+            for (oq, ok, ov) in [(&eq, &ek, &ev), (&fq, &fk, &fv)] {
+                assert_ok(cudann_attention_backward(ddy.p(), dq.p(), dk.p(), dv.p(), mask_ptr(dm.p()), dout.p(), dlse.p(), oq.p(), ok.p(), ov.p(), a.0, a.1, a.2, a.4, a.5, a.6, a.7, a.8, scale, s.raw()));
+            }
+        }
+        s.sync();
+        for (name, gpu, again, cpu) in [("d_q", &eq, &fq, &gq), ("d_k", &ek, &fk, &gk), ("d_v", &ev, &fv, &gv)] {
+            let got = gpu.read();
+            // Sums of up to kv_len (or q_len * heads / kv_heads) terms of about the size of the largest result.
+            assert_close(&got, &f64s(cpu), 1e-4, 1e-5 * peak(cpu).max(1.0), &format!("{what}: {name}"));
+            same_bits(&again.read(), &got, &format!("{what}: {name} run to run"));
+        }
+    }
+}

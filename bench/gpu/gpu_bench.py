@@ -5,7 +5,7 @@ GPU in the same run. CUDA-event timing, median of many runs after warm-up.
     CUDANN_ALLOW_TF32=1 python3 bench/gpu/gpu_bench.py [lib] attention   # the TF32 flash kernel
 
 An optional last argument names the benches to run (elementwise, rows, adamw,
-gemm, attention, sampling). torch's side stays fp32 (TF32 off) either way.
+gemm, attention, sampling, training). torch's side stays fp32 (TF32 off) either way.
 
 Prints: op, size, ours ms, torch ms, torch/ours, % of the measured copy
 bandwidth (bytes each op must move / time), and the issue's target.
@@ -176,12 +176,43 @@ def bench_sampling():
             timed(torch_topp), 4 * batch * v, target)
 
 
+def bench_training():
+    """General attention forward/backward (GQA-capable, with lse) against torch
+    SDPA fp32 on [b, h, s, d] copies; half conversion and bf16 GEMM."""
+    b, s, h, d = 8, 2048, 16, 64
+    q, k, v, do = (torch.randn(b, s, h, d, device=DEV) for _ in range(4))
+    o, dq, dk, dv = (torch.empty_like(q) for _ in range(4))
+    lse = torch.empty(b, s, h, device=DEV)
+    scale = F(d ** -0.5)
+    shape = (I(b), I(s), I(s), I(h), I(h), I(d), I(0), I(1), scale)
+    fwd = lambda: call("cudann_attention_forward", ptr(q), ptr(k), ptr(v), None, ptr(o), ptr(lse), I(b), I(s), I(s), I(s), I(h), I(h), I(d), I(0), I(1), scale, I(0), stream())
+    bwd = lambda: call("cudann_attention_backward", ptr(do), ptr(q), ptr(k), ptr(v), None, ptr(o), ptr(lse), ptr(dq), ptr(dk), ptr(dv), *shape, stream())
+    qt, kt, vt = (t.transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
+    dot = do.transpose(1, 2).contiguous()
+    size = f"{b}x{s}x{h}x{d} causal"
+    row("attention_forward", size, timed(fwd, reps=10, inner=3),
+        timed(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True), reps=10, inner=3), 4 * 4 * b * s * h * d, "<= torch SDPA fp32")
+    row("attention_backward", size, timed(bwd, reps=10, inner=3),
+        timed(lambda: torch.autograd.grad(out, (qt, kt, vt), dot, retain_graph=True), reps=10, inner=3), 4 * 8 * b * s * h * d, "<= torch SDPA fp32 backward")
+    n = 1 << 28
+    x = torch.randn(n, device=DEV)
+    y = torch.empty(n, device=DEV, dtype=torch.bfloat16)
+    row("convert f32->bf16", f"{n}", timed(lambda: call("cudann_convert", ptr(x), I(0), ptr(y), I(2), L(n), stream())),
+        timed(lambda: y.copy_(x)), 6 * n, ">=90% copy bw")
+    m = 8192
+    a, bb = torch.randn(m, m, device=DEV, dtype=torch.bfloat16), torch.randn(m, m, device=DEV, dtype=torch.bfloat16)
+    c = torch.empty(m, m, device=DEV, dtype=torch.bfloat16)
+    gemm = lambda: call("cudann_gemm_ex", I(0), I(0), I(m), I(m), I(m), F(1.0), ptr(a), I(2), L(m), L(0), ptr(bb), I(2), L(m), L(0), F(0.0), ptr(c), I(2), L(m), L(0), I(1), stream())
+    row("gemm_ex bf16", f"{m}^3", timed(gemm, reps=10, inner=3), timed(lambda: torch.matmul(a, bb, out=c), reps=10, inner=3), 2 * 3 * m * m, ">=0.95x cuBLAS")
+
+
 def main():
     tf32 = "cudann TF32 on" if os.environ.get("CUDANN_ALLOW_TF32") == "1" else "TF32 off"
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | torch TF32 off, {tf32}")
     bw = copy_bandwidth()
     print(f"# device copy bandwidth: {bw / 1e12:.2f} TB/s (read + write)")
-    for bench in (bench_elementwise, bench_rows, bench_adamw, bench_gemm, bench_attention, bench_sampling):
+    for bench in (bench_elementwise, bench_rows, bench_adamw, bench_gemm, bench_attention, bench_sampling, bench_training):
         if not ONLY or bench.__name__[len("bench_"):] in ONLY:
             bench()
     print(f"{'op':<18} {'size':<16} {'ours ms':>9} {'torch ms':>9} {'torch/ours':>10} {'% copy bw':>9}  target")

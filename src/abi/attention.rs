@@ -8,6 +8,7 @@ use crate::cpu::attention::{self, Attention, AttnShape};
 use crate::cpu::convert::with_type;
 use crate::dispatch::{self, Call};
 use crate::gpu::ops;
+use crate::gpu::widen::Use;
 use crate::error::Result;
 
 /// Checked shape with `kv_heads` key/value heads; returns the element counts of
@@ -226,8 +227,10 @@ fn general_mask<'a>(mask: *const f32, a: &Attention, used: bool) -> Result<Input
 /// output rounded once); `mask` and `lse` are float. Returns -2 for NULL
 /// pointers with a non-empty shape, negative or overflowing sizes,
 /// `kv_capacity < kv_len`, `n_kv_heads` not dividing `n_heads`, `is_causal`
-/// not 0 or 1, a non-finite `scale`, a bad `dtype`, or overlaps; -1 for device
-/// pointers (no GPU kernel yet).
+/// not 0 or 1, a non-finite `scale`, a bad `dtype`, or overlaps. On the GPU
+/// (`head_dim <= 256`; larger: device pointers -1) a flash kernel in base-2
+/// exponentials agrees with the CPU within float32 rounding; half tensors go
+/// through float32 copies there.
 #[unsafe(no_mangle)]
 #[allow(non_snake_case)]
 pub unsafe extern "C" fn cudann_attention_forward(
@@ -264,12 +267,17 @@ pub unsafe extern "C" fn cudann_attention_forward(
             let l = Output::new("lse", lse, if lse.is_null() { 0 } else { lse_n })?;
             let flops = 4.0 * q_n as f64 * a.kv_len as f64;
             let call = Call::new(stream, work, [q.region(), k.region(), v.region(), m.region(), out.region(), l.region()])?.flops(flops);
-            dispatch::run_cpu_only(&call, || unsafe {
+            let cpu = || unsafe {
                 let written = [out.region(), l.region()];
                 let (q, k, v, m) = (q.read(&written), k.read(&written), v.read(&written), m.read(&written));
                 let lse = (!lse.is_null()).then(|| l.slice());
                 attention::attention_forward_ex(&a, &q, &k, &v, (!mask.is_null()).then_some(&m[..]), out.slice(), lse);
-            })
+            };
+            if a.head_dim > ops::FLASH_MAX_HEAD_DIM {
+                return dispatch::run_cpu_only(&call, cpu);
+            }
+            let uses = [Use::In, Use::In, Use::In, Use::Keep, Use::Out, Use::Keep];
+            dispatch::run_typed(dtype, &call, uses, cpu, |g, p| unsafe { ops::attention_forward(g, stream.cast(), [p[0], p[1], p[2], p[4], p[3], p[5]], &a) })
         })
     })
 }
@@ -284,8 +292,10 @@ pub unsafe extern "C" fn cudann_attention_forward(
 /// deterministic. There is no KV capacity here: `K` and `V` hold exactly
 /// `kv_len` positions. Returns -2 for NULL pointers (`lse` included) with a
 /// non-empty shape, negative or overflowing sizes, `n_kv_heads` not dividing
-/// `n_heads`, `is_causal` not 0 or 1, a non-finite `scale`, or overlaps; -1 for
-/// device pointers (no GPU kernel yet).
+/// `n_heads`, `is_causal` not 0 or 1, a non-finite `scale`, or overlaps. On the
+/// GPU (`head_dim <= 256`; larger: device pointers -1) two deterministic
+/// launches (dK/dV per key tile, dQ per query tile, no atomics) agree with the
+/// CPU within float32 rounding.
 #[unsafe(no_mangle)]
 #[allow(non_snake_case)]
 pub unsafe extern "C" fn cudann_attention_backward(
@@ -325,12 +335,16 @@ pub unsafe extern "C" fn cudann_attention_backward(
         let dv = Output::new("d_v", d_v, kv_n)?;
         let regions = [dy.region(), q.region(), k.region(), v.region(), m.region(), o.region(), l.region(), dq.region(), dk.region(), dv.region()];
         let call = Call::new(stream, work, regions)?.flops(10.0 * q_n as f64 * a.kv_len as f64);
-        dispatch::run_cpu_only(&call, || unsafe {
+        let cpu = || unsafe {
             let written = [dq.region(), dk.region(), dv.region()];
             let [dy, q, k, v, m, o, l] = [&dy, &q, &k, &v, &m, &o, &l].map(|x| x.read(&written));
             let mask = (!mask.is_null()).then_some(&m[..]);
             attention::attention_backward(&a, &dy, &q, &k, &v, mask, &o, &l, dq.slice(), dk.slice(), dv.slice());
-        })
+        };
+        if a.head_dim > ops::FLASH_MAX_HEAD_DIM {
+            return dispatch::run_cpu_only(&call, cpu);
+        }
+        dispatch::run(&call, cpu, |g, p| unsafe { ops::attention_backward(g, stream.cast(), [p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]], &a) })
     })
 }
 
@@ -338,8 +352,7 @@ pub unsafe extern "C" fn cudann_attention_backward(
 /// = k_new[b, t]` and the same for `v`, for `t < new_len`, with `k_new`, `v_new`
 /// `[batch, new_len, n_kv_heads, head_dim]` and the caches `[batch, max_seq,
 /// n_kv_heads, head_dim]` of data type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
-/// `CUDANN_BF16`, copied as they are; the half types on the CPU, device
-/// pointers -1 until their GPU kernel). Other cache rows are untouched. Returns -2
+/// `CUDANN_BF16`, copied as they are). Other cache rows are untouched. Returns -2
 /// unless `pos + new_len <= max_seq`, and for NULL pointers with a non-empty
 /// shape, negative or overflowing sizes, a bad `dtype`, or overlaps.
 #[unsafe(no_mangle)]
@@ -373,8 +386,7 @@ pub unsafe extern "C" fn cudann_kv_cache_write(
             // elements before writing: an input may be either cache's buffer.
             let call = Call::new(stream, new_n, [kn.region(), vn.region(), kc.region(), vc.region()])?;
             let row = kv_heads * head_dim;
-            dispatch::run_typed(
-                dtype,
+            dispatch::run(
                 &call,
                 || unsafe {
                     // Both inputs before either cache is written: k_new may be
@@ -384,7 +396,7 @@ pub unsafe extern "C" fn cudann_kv_cache_write(
                     attention::kv_cache_write(&k, kc.slice(), new_len, max_seq, row, pos);
                     attention::kv_cache_write(&v, vc.slice(), new_len, max_seq, row, pos);
                 },
-                |g, p| unsafe { ops::kv_cache_write(g, stream.cast(), p[0], p[1], p[2], p[3], batch, new_len, max_seq, row, pos) },
+                |g, p| unsafe { ops::kv_cache_write(g, stream.cast(), dtype, p[0], p[1], p[2], p[3], batch, new_len, max_seq, row, pos) },
             )
         })
     })

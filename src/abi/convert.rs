@@ -6,13 +6,14 @@ use super::boundary::ffi_fn;
 use crate::check::{self, Input, Output};
 use crate::cpu::convert::{self, with_type};
 use crate::dispatch::{self, Call};
+use crate::gpu::ops;
 
 /// Converts `n` elements of `src` (type `src_type`) into `dst` (type
 /// `dst_type`), each `CUDANN_F32`, `CUDANN_F16` or `CUDANN_BF16`. To a half
 /// type: round to nearest even, overflow to infinity, subnormals exact, signed
 /// zeros and infinities kept; NaN stays a quiet NaN with its sign, in every
 /// direction. Half to float32 is exact. The same type copies (`dst == src`
-/// with the same type does nothing). Returns -2 for an unknown type, NULL with
+/// with the same type does nothing). On the GPU, bit for bit the CPU's. Returns -2 for an unknown type, NULL with
 /// `n > 0`, `n < 0`, a pointer not aligned to its type, or overlapping buffers
 /// (other than that same-type in-place call).
 #[unsafe(no_mangle)]
@@ -24,12 +25,13 @@ pub unsafe extern "C" fn cudann_convert(src: *const c_void, src_type: c_int, dst
             let x = Input::new("src", src.cast::<S>(), n)?;
             let y = Output::new("dst", dst.cast::<D>(), n)?;
             let call = Call::new(stream, n, [x.region(), y.region()])?;
-            dispatch::run_cpu_only(&call, || unsafe {
+            let cpu = || unsafe {
                 // The same buffer can only be the same type (else the sizes differ).
                 if !y.is(&x) {
                     convert::convert(x.slice(), y.slice());
                 }
-            })
+            };
+            dispatch::run(&call, cpu, |g, p| unsafe { ops::convert(g, stream.cast(), p[0], from, p[1], to, n) })
         }))
     })
 }

@@ -7,6 +7,7 @@ use crate::check::{self, Input, Output, require};
 use crate::cpu::convert::{self, Float, with_type};
 use crate::cpu::decode::{self, Sampler};
 use crate::dispatch::{self, Call};
+use crate::gpu::widen::Use;
 use crate::gpu::ops;
 use crate::error::Result;
 
@@ -105,18 +106,24 @@ pub unsafe extern "C" fn cuda_topp_sample(
 
 /// The half-precision `_ex` samplers: logits of type `t` widened to float32
 /// (exactly: the same logits as the float32 call would see), then the float32
-/// sampler (`None`: argmax) on the CPU.
+/// sampler (`None`: argmax), on the CPU or the GPU.
 unsafe fn half_logits(t: Float, logits: *const c_void, output: *mut i32, seeds: *const u64, batch: c_int, vocab_size: c_int, temperature: f32, sampler: Option<Sampler>, stream: *mut c_void) -> Result<()> {
     require(temperature >= 0.0, || format!("temperature must be >= 0 (got {temperature})"))?;
     with_type!(t, T => {
         let (x, y, vocab) = rows(logits.cast::<T>(), output, batch, vocab_size)?;
         let s = Input::new("seeds", seeds, if sampler.is_some() { y.len } else { 0 })?;
-        let call = Call::new(stream, y.len, [x.region(), s.region(), y.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe {
+        let call = Call::new(stream, y.len, [x.region(), s.region(), y.region()])?.kernels_in_place(false);
+        let cpu = || unsafe {
             let wide = convert::widened(x.ptr, x.len);
             match sampler {
                 None => decode::argmax(&wide, y.slice(), vocab),
                 Some(sampler) => decode::sample(&wide, s.slice(), y.slice(), vocab, temperature, sampler),
+            }
+        };
+        dispatch::run_typed(t, &call, [Use::In, Use::Keep, Use::Keep], cpu, |g, p| unsafe {
+            match sampler {
+                None => ops::argmax(g, stream.cast(), p[0], p[2], y.len, vocab),
+                Some(sampler) => ops::sample(g, stream.cast(), p[0], p[1], p[2], y.len, vocab, temperature, sampler),
             }
         })
     })

@@ -7,7 +7,9 @@ use crate::check::{self, Input, Output};
 use crate::cpu::convert::{self, Float, with_type};
 use crate::cpu::{elementwise, par::Src};
 use crate::dispatch::{self, Call};
-use crate::gpu::ops;
+use crate::gpu::driver::{DevPtr, Stream};
+use crate::gpu::widen::Use;
+use crate::gpu::{Gpu, ops};
 use crate::error::Result;
 
 /// SiLU: `output[i] = input[i] * sigmoid(input[i])` for `0 <= i < n`.
@@ -104,10 +106,10 @@ unsafe fn scale_f32(input: *const f32, output: *mut f32, scale: f32, n: i64, str
 
 /// The half-precision path of the `_ex` elementwise ops: `inputs` and
 /// `output` of `n` elements of type `t`, each result `f` of the widened
-/// inputs, rounded once (on the CPU; device pointers are -1 until the GPU
-/// kernels), by `op` (the float32 op) or `fused` (its per-element
-/// expression) as [`convert::elementwise`] chooses.
-unsafe fn half_ex<const N: usize>(t: Float, inputs: [(&'static str, *const c_void); N], output: *mut c_void, n: i64, stream: *mut c_void, fused: Option<impl Fn([f32; N]) -> f32 + Sync>, op: impl Fn([&[f32]; N], &mut [f32]) + Sync) -> Result<()> {
+/// inputs, rounded once: on the CPU by `op` (the float32 op) or `fused` (its
+/// per-element expression) as [`convert::elementwise`] chooses, on the GPU by
+/// `gpu` (the float32 launch; pointers: first input, last input, output).
+unsafe fn half_ex<const N: usize>(t: Float, inputs: [(&'static str, *const c_void); N], output: *mut c_void, n: i64, stream: *mut c_void, fused: Option<impl Fn([f32; N]) -> f32 + Sync>, op: impl Fn([&[f32]; N], &mut [f32]) + Sync, gpu: impl FnOnce(&Gpu, Stream, [DevPtr; 3], usize) -> Result<()>) -> Result<()> {
     let n = check::count("n", n)?;
     with_type!(t, T => {
         let mut regions = Vec::with_capacity(N + 1);
@@ -121,20 +123,23 @@ unsafe fn half_ex<const N: usize>(t: Float, inputs: [(&'static str, *const c_voi
         regions.push(y.region());
         // Every operand for the overlap and placement checks (N is 1 or 2).
         let call = Call::new(stream, n, [regions[0], regions[N - 1], y.region()])?;
-        dispatch::run_cpu_only(&call, || unsafe { convert::elementwise(pointers, y.ptr, n, fused, op) })
+        dispatch::run_typed(t, &call, [Use::In, Use::In, Use::Out], || unsafe { convert::elementwise(pointers, y.ptr, n, fused, op) }, |g, p| gpu(g, stream.cast(), [p[0], p[1], p[2]], n))
     })
 }
 
 /// `cuda_add` on tensors of type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
 /// `CUDANN_BF16`): half precision is read, added in float32 and rounded once
-/// into the same type, on the CPU. `output` may be `a` or `b`. Returns -2 as
+/// into the same type. `output` may be `a` or `b`. Returns -2 as
 /// `cuda_add`, and for an unknown `dtype`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_add_ex(a: *const c_void, b: *const c_void, output: *mut c_void, n: i64, dtype: c_int, stream: *mut c_void) -> i32 {
     ffi_fn!("cudann_add_ex", {
         match check::float_type("dtype", dtype)? {
             Float::F32 => unsafe { add_f32(a.cast(), b.cast(), output.cast(), n, stream) },
-            t => unsafe { half_ex(t, [("a", a), ("b", b)], output, n, stream, Some(|[a, b]: [f32; 2]| a + b), |[a, b], y| elementwise::add(Src::Slice(a), Src::Slice(b), y)) },
+            t => unsafe {
+                let gpu = |g: &_, s, [a, b, y]: [DevPtr; 3], n| ops::add(g, s, a, b, y, n);
+                half_ex(t, [("a", a), ("b", b)], output, n, stream, Some(|[a, b]: [f32; 2]| a + b), |[a, b], y| elementwise::add(Src::Slice(a), Src::Slice(b), y), gpu)
+            },
         }
     })
 }
@@ -145,7 +150,10 @@ pub unsafe extern "C" fn cudann_mul_ex(a: *const c_void, b: *const c_void, outpu
     ffi_fn!("cudann_mul_ex", {
         match check::float_type("dtype", dtype)? {
             Float::F32 => unsafe { mul_f32(a.cast(), b.cast(), output.cast(), n, stream) },
-            t => unsafe { half_ex(t, [("a", a), ("b", b)], output, n, stream, Some(|[a, b]: [f32; 2]| a * b), |[a, b], y| elementwise::mul(Src::Slice(a), Src::Slice(b), y)) },
+            t => unsafe {
+                let gpu = |g: &_, s, [a, b, y]: [DevPtr; 3], n| ops::mul(g, s, a, b, y, n);
+                half_ex(t, [("a", a), ("b", b)], output, n, stream, Some(|[a, b]: [f32; 2]| a * b), |[a, b], y| elementwise::mul(Src::Slice(a), Src::Slice(b), y), gpu)
+            },
         }
     })
 }
@@ -157,7 +165,10 @@ pub unsafe extern "C" fn cudann_scale_ex(input: *const c_void, output: *mut c_vo
     ffi_fn!("cudann_scale_ex", {
         match check::float_type("dtype", dtype)? {
             Float::F32 => unsafe { scale_f32(input.cast(), output.cast(), scale, n, stream) },
-            t => unsafe { half_ex(t, [("input", input)], output, n, stream, Some(|[x]: [f32; 1]| x * scale), |[x], y| elementwise::scale(Src::Slice(x), scale, y)) },
+            t => unsafe {
+                let gpu = |g: &_, s, [x, _, y]: [DevPtr; 3], n| ops::scale(g, s, x, y, scale, n);
+                half_ex(t, [("input", input)], output, n, stream, Some(|[x]: [f32; 1]| x * scale), |[x], y| elementwise::scale(Src::Slice(x), scale, y), gpu)
+            },
         }
     })
 }
@@ -209,15 +220,17 @@ pub unsafe extern "C" fn cudann_gelu_backward(d_output: *const f32, input: *cons
 
 /// SwiGLU: `output[i] = silu(gate[i]) * up[i]` for `0 <= i < n`, tensors of data
 /// type `dtype` (`CUDANN_F32`, `CUDANN_F16` or `CUDANN_BF16`; half precision is
-/// computed in float32 and rounded once, on the CPU: device pointers -1 until
-/// its GPU kernel). `output` may be `gate` or `up`. Returns -2 for a NULL
+/// computed in float32 and rounded once). `output` may be `gate` or `up`. Returns -2 for a NULL
 /// pointer with `n > 0`, `n < 0`, a bad `dtype` or a partial overlap.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_swiglu(gate: *const c_void, up: *const c_void, output: *mut c_void, n: i64, dtype: c_int, stream: *mut c_void) -> i32 {
     ffi_fn!("cudann_swiglu", {
         match check::float_type("dtype", dtype)? {
             Float::F32 => unsafe { swiglu_f32(gate.cast(), up.cast(), output.cast(), n, stream) },
-            t => unsafe { half_ex(t, [("gate", gate), ("up", up)], output, n, stream, None::<fn([f32; 2]) -> f32>, |[g, u], y| elementwise::swiglu(Src::Slice(g), Src::Slice(u), y)) },
+            t => unsafe {
+                let gpu = |g: &_, s, [gate, up, y]: [DevPtr; 3], n| ops::swiglu(g, s, gate, up, y, n);
+                half_ex(t, [("gate", gate), ("up", up)], output, n, stream, None::<fn([f32; 2]) -> f32>, |[g, u], y| elementwise::swiglu(Src::Slice(g), Src::Slice(u), y), gpu)
+            },
         }
     })
 }

@@ -28,8 +28,7 @@ fn shape(n_ids: c_int, vocab_size: c_int, dim: c_int) -> Result<(usize, usize, u
 
 /// Embedding lookup: `output[i, :] = table[ids[i], :]` for `i < n_ids`, rows of
 /// `dim` elements of data type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
-/// `CUDANN_BF16`, copied as they are; the half types on the CPU, device
-/// pointers -1 until their GPU kernel) from `table[vocab_size, dim]`. A negative id
+/// `CUDANN_BF16`, copied as they are) from `table[vocab_size, dim]`. A negative id
 /// gives a row of zeros (padding). An id >= `vocab_size` is -2 (nothing
 /// written) when the ids are host memory. Returns -2 for NULL pointers with a
 /// non-empty shape, negative or overflowing sizes, a bad `dtype`, or overlaps.
@@ -55,11 +54,10 @@ pub unsafe extern "C" fn cudann_embedding(
             let y = Output::new("output", output.cast::<T>(), rows)?;
             // The kernel reads other rows than it writes: aliased inputs are copied.
             let call = Call::new(stream, rows, [ids.region(), t.region(), y.region()])?.kernels_in_place(false);
-            dispatch::run_typed(
-                dtype,
+            dispatch::run(
                 &call,
                 || unsafe { embedding::embedding(&ids.read(&[y.region()]), &t.read(&[y.region()]), y.slice(), dim) },
-                |g, p| unsafe { ops::embedding(g, stream.cast(), p[0], p[1], p[2], n, vocab, dim) },
+                |g, p| unsafe { ops::embedding(g, stream.cast(), dtype, p[0], p[1], p[2], n, vocab, dim) },
             )
         })
     })

@@ -8,6 +8,7 @@ use crate::cpu::convert::{self, Element, Float, with_type};
 use crate::cpu::gemm::{self, View};
 use crate::cpu::skinny;
 use crate::dispatch::{self, Call};
+use crate::gpu::widen::Use;
 use crate::error::{Result, invalid};
 use crate::gpu::driver::DevPtr;
 use crate::gpu::{blas, ops};
@@ -141,7 +142,12 @@ impl Strided {
 /// rounded once, its row gaps untouched). `C` may be exactly `A`'s or `B`'s
 /// span (in place, computed from the old values); any other overlap is -2. In
 /// float32 on the GPU it runs on cuBLAS (FP32, or TF32 with
-/// `CUDANN_ALLOW_TF32=1`); half types run on the CPU (device pointers: -1).
+/// `CUDANN_ALLOW_TF32=1`); so do `A` and `B` of one half type with `C` float32
+/// or that type (`cublasGemmStridedBatchedEx`, float32 accumulation), and a
+/// float32 `C` with one half type among `A` and `B` (a float32 copy of the half
+/// operand, then the float32 product). Other mixes of types (a half `C` with
+/// `A` and `B` of different types, or f16 with bf16) run on the CPU (device
+/// pointers: -1).
 #[unsafe(no_mangle)]
 #[allow(non_snake_case)] // the matrices are A, B, C as in BLAS
 pub unsafe extern "C" fn cudann_gemm_ex(
@@ -186,18 +192,31 @@ pub unsafe extern "C" fn cudann_gemm_ex(
         let (a_len, b_len) = if reads { (sa.span("A", batch)?, sb.span("B", batch)?) } else { (0, 0) };
         let flops = 2.0 * (batch * m * n) as f64 * k as f64;
         let shape = Shape { batch, m, n, k, alpha, beta, a: (ta, &sa), b: (tb, &sb), c: &sc, lens: [a_len, b_len, c_len] };
+        let operand = |ptr, s: &Strided, trans| blas::Operand { ptr, trans, ld: s.ld, stride: s.stride };
         if types != [Float::F32; 3] {
             let regions = [region("A", A, types[0], a_len, false)?, region("B", B, types[1], b_len, false)?, region("C", C, types[2], c_len, true)?];
-            let call = Call::new(stream, c_len, regions)?.flops(flops);
-            return dispatch::run_cpu_only(&call, || unsafe { mixed(&shape, types, A, B, C) });
+            let call = Call::new(stream, c_len, regions)?.flops(flops).kernels_in_place(false);
+            let cpu = || unsafe { mixed(&shape, types, A, B, C) };
+            let gpu = |half, p: &[DevPtr]| unsafe { ops::gemm_ex(stream.cast(), operand(p[0], &sa, ta), operand(p[1], &sb, tb), operand(p[2], &sc, false), half, batch, m, n, k, alpha, beta) };
+            if let Some(half) = ops::half_types(types) {
+                return dispatch::run(&call, cpu, |_, p| gpu(Some(half), p));
+            }
+            // A float32 C with one half type among A and B (decoding's float32
+            // activations times half weights): the float32 product of a
+            // float32 copy of the half operand.
+            let halves: Vec<Float> = types[..2].iter().copied().filter(|&t| t != Float::F32).collect();
+            if types[2] == Float::F32 && halves.iter().all(|&t| t == halves[0]) {
+                let use_of = |t| if t == Float::F32 { Use::Keep } else { Use::In };
+                return dispatch::run_typed(halves[0], &call, [use_of(types[0]), use_of(types[1]), Use::Keep], cpu, |_, p| gpu(None, p));
+            }
+            return dispatch::run_cpu_only(&call, cpu);
         }
         let a = Input::new("A", A.cast::<f32>(), a_len)?;
         let b = Input::new("B", B.cast::<f32>(), b_len)?;
         let c = Output::new("C", C.cast::<f32>(), c_len)?;
         // cuBLAS does not compute in place: an aliased A or B is copied first.
         let call = Call::new(stream, c_len, [a.region(), b.region(), c.region()])?.flops(flops).kernels_in_place(false);
-        let operand = |ptr, s: &Strided, trans| blas::Operand { ptr, trans, ld: s.ld, stride: s.stride };
-        let gpu = |_: &_, p: &[DevPtr]| unsafe { ops::gemm_ex(stream.cast(), operand(p[0], &sa, ta), operand(p[1], &sb, tb), operand(p[2], &sc, false), batch, m, n, k, alpha, beta) };
+        let gpu = |_: &_, p: &[DevPtr]| unsafe { ops::gemm_ex(stream.cast(), operand(p[0], &sa, ta), operand(p[1], &sb, tb), operand(p[2], &sc, false), None, batch, m, n, k, alpha, beta) };
         dispatch::run(&call, || unsafe { shape.run(&a.read(&[c.region()]), &b.read(&[c.region()]), c.ptr) }, gpu)
     })
 }

@@ -7,6 +7,8 @@ use crate::check::{self, Input, Output, require};
 use crate::cpu::convert::{self, Float, with_type};
 use crate::cpu::{elementwise, norm, par::Src};
 use crate::dispatch::{self, Call};
+use crate::gpu::driver::DevPtr;
+use crate::gpu::widen::Use;
 use crate::gpu::ops;
 use crate::error::Result;
 
@@ -54,8 +56,7 @@ unsafe fn rmsnorm_f32(input: *const f32, weight: *const f32, output: *mut f32, r
 /// (`CUDANN_F32`, `CUDANN_F16` or `CUDANN_BF16`): half-precision tensors are
 /// read, normalised in float32 and written in the same type (each row exactly
 /// the float32 op's result on the widened inputs, rounded once; but a NaN
-/// result of bf16 rows, out of place, may differ in sign and payload). Half
-/// precision runs on the CPU (device pointers: -1 until its GPU kernels).
+/// result of bf16 rows, out of place, may differ in sign and payload).
 /// Returns -2 as `cuda_rmsnorm`, and for an unknown `dtype`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_rmsnorm_ex(
@@ -79,14 +80,15 @@ pub unsafe extern "C" fn cudann_rmsnorm_ex(
             let w = Input::new("weight", weight.cast::<T>(), if n == 0 { 0 } else { hidden })?;
             let y = Output::new("output", output.cast::<T>(), n)?;
             let call = Call::new(stream, n, [x.region(), w.region(), y.region()])?;
-            dispatch::run_cpu_only(&call, || unsafe {
+            let gpu = |g: &_, p: &[DevPtr]| unsafe { ops::rmsnorm(g, stream.cast(), p[0], p[1], p[2], n / hidden, hidden, eps) };
+            dispatch::run_typed(t, &call, [Use::In, Use::In, Use::Out], || unsafe {
                 let w32 = convert::widened(w.ptr, w.len);
                 if t == Float::Bf16 && !y.is(&x) {
                     let bits = |p: *const T| std::slice::from_raw_parts(p.cast::<u16>(), n);
                     return norm::rmsnorm_bf16(bits(x.ptr), &w32, std::slice::from_raw_parts_mut(y.ptr.cast::<u16>(), n), hidden, eps);
                 }
                 convert::blockwise([x.ptr], y.ptr, n, hidden, |_, [xb], yb| norm::rmsnorm(Src::Slice(xb), &w32, yb, hidden, eps));
-            })
+            }, gpu)
         })
     })
 }

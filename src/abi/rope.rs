@@ -7,6 +7,7 @@ use crate::check::{self, Input, Output, Region, require};
 use crate::cpu::convert::{self, Element, Float, with_type};
 use crate::cpu::{par::Src, rope::{self, Angles, RopeShape}};
 use crate::dispatch::{self, Call};
+use crate::gpu::widen::Use;
 use crate::gpu::ops;
 use crate::error::Result;
 
@@ -130,8 +131,7 @@ unsafe fn rope_qk_f32(ops: &QkOperands, batch: c_int, stream: *mut c_void) -> Re
 
 /// `cuda_rope_qk` on `q`, `k`, `q_out` and `k_out` of type `dtype`
 /// (`CUDANN_F32`, `CUDANN_F16` or `CUDANN_BF16`; `freqs` is float): half
-/// precision is rotated in float32 and rounded once, on the CPU (device
-/// pointers -1 until its GPU kernel). Returns -2 as `cuda_rope_qk`, and for
+/// precision is rotated in float32 and rounded once. Returns -2 as `cuda_rope_qk`, and for
 /// an unknown `dtype`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_rope_qk_ex(
@@ -158,8 +158,14 @@ pub unsafe extern "C" fn cudann_rope_qk_ex(
             },
             t => with_type!(t, T => {
                 let ops = unsafe { QkOperands::<T>::new(names, q.cast(), k.cast(), freqs, q_out.cast(), k_out.cast(), batch, seq_len, n_q_heads, n_kv_heads, head_dim, offset)? };
-                let call = Call::new(stream, ops.qo.len + ops.ko.len, ops.regions())?;
-                dispatch::run_cpu_only(&call, || unsafe { ops.rotate_half() })
+                let call = Call::new(stream, ops.qo.len + ops.ko.len, ops.regions())?.kernels_in_place(!ops.crossed());
+                let tokens = ops.q_shape.seq_len * batch.max(0) as usize;
+                let (q_shape, k_shape) = (ops.q_shape, ops.k_shape);
+                let uses = [Use::In, Use::In, Use::Keep, Use::Out, Use::Out];
+                dispatch::run_typed(t, &call, uses, || unsafe { ops.rotate_half() }, |g, p| unsafe {
+                    ops::rope_rotate(g, stream.cast(), p[0], p[2], p[3], q_shape, tokens, 1.0)?;
+                    ops::rope_rotate(g, stream.cast(), p[1], p[2], p[4], k_shape, tokens, 1.0)
+                })
             }),
         }
     })

@@ -8,6 +8,7 @@ use crate::cpu::convert::{self, Float, with_type};
 use crate::cpu::{par::Src, softmax};
 use crate::error::Result;
 use crate::dispatch::{self, Call};
+use crate::gpu::widen::Use;
 use crate::gpu::ops;
 
 /// Row-wise softmax of `input[rows, cols]` into `output[rows, cols]`, stable for
@@ -38,7 +39,7 @@ unsafe fn softmax_f32(input: *const f32, output: *mut f32, rows: c_int, cols: c_
 
 /// `cuda_softmax` on tensors of type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
 /// `CUDANN_BF16`): half precision is read, computed in float32 and written in
-/// the same type (each row the float32 op's result, rounded once), on the CPU.
+/// the same type (each row the float32 op's result, rounded once).
 /// Returns -2 as `cuda_softmax`, and for an unknown `dtype`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_softmax_ex(input: *const c_void, output: *mut c_void, rows: c_int, cols: c_int, dtype: c_int, stream: *mut c_void) -> i32 {
@@ -53,7 +54,8 @@ pub unsafe extern "C" fn cudann_softmax_ex(input: *const c_void, output: *mut c_
             let x = Input::new("input", input.cast::<T>(), n)?;
             let y = Output::new("output", output.cast::<T>(), n)?;
             let call = Call::new(stream, n, [x.region(), y.region()])?;
-            dispatch::run_cpu_only(&call, || unsafe { convert::blockwise([x.ptr], y.ptr, n, cols, |_, [xb], yb| softmax::softmax(Src::Slice(xb), yb, cols)) })
+            let cpu = || unsafe { convert::blockwise([x.ptr], y.ptr, n, cols, |_, [xb], yb| softmax::softmax(Src::Slice(xb), yb, cols)) };
+            dispatch::run_typed(t, &call, [Use::In, Use::Out], cpu, |g, p| unsafe { ops::softmax(g, stream.cast(), p[0], p[1], rows, cols) })
         })
     })
 }

@@ -125,3 +125,24 @@ pub unsafe fn sgemm_strided(a: Operand, b: Operand, c: Operand, batch: usize, m:
         )
     })
 }
+
+/// [`sgemm_strided`] with half-precision A and B of one type (`CUDA_R_16F` or
+/// `CUDA_R_16BF`) and C float32 or that type, accumulated in float32 on the
+/// tensor cores (`cublasGemmStridedBatchedEx`). Safety: as [`sgemm_strided`].
+pub unsafe fn gemm_half(a: Operand, b: Operand, c: Operand, [ab_type, c_type]: [sys::cudaDataType; 2], batch: usize, m: usize, n: usize, k: usize, alpha: f32, beta: f32, stream: Stream) -> Result<()> {
+    let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+    with_handle(|h| unsafe {
+        check(sys::cublasSetStream_v2(h, stream.cast()), "cublasSetStream")?;
+        let (alpha, beta) = (&alpha as *const f32 as *const std::ffi::c_void, &beta as *const f32 as *const std::ffi::c_void);
+        check(
+            sys::cublasGemmStridedBatchedEx_64(
+                h, op(b.trans), op(a.trans), n as i64, m as i64, k as i64,
+                alpha, b.ptr as *const std::ffi::c_void, ab_type, b.ld as i64, b.stride as i64,
+                a.ptr as *const std::ffi::c_void, ab_type, a.ld as i64, a.stride as i64,
+                beta, c.ptr as *mut std::ffi::c_void, c_type, c.ld as i64, c.stride as i64,
+                batch as i64, sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+            ),
+            "cublasGemmStridedBatchedEx_64",
+        )
+    })
+}

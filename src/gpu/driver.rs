@@ -58,7 +58,7 @@ pub struct Launch {
 /// Enqueues `function` on `stream`. Safety: `args` match the kernel's parameters
 /// and every pointer in them is valid device memory of the sizes it implies.
 pub unsafe fn launch(function: sys::CUfunction, name: &str, at: Launch, stream: Stream, args: &mut [Arg]) -> Result<()> {
-    const MAX_ARGS: usize = 16;
+    const MAX_ARGS: usize = 24;
     if args.len() > MAX_ARGS {
         return Err(crate::error::Error::Internal(format!("{name}: more than {MAX_ARGS} kernel arguments")));
     }

@@ -20,7 +20,7 @@ pub const MODULES: &[(&str, &str, &[&str], u32)] = &[
         &["rmsnorm_f32", "rmsnorm_residual_f32", "layernorm_f32", "norm_xhat_f32", "rmsnorm_backward_f32", "layernorm_backward_f32"],
         70,
     ),
-    ("embedding", include_str!("../../kernels/ptx/embedding.ptx"), &["embedding_f32", "embedding_backward_f32"], 70),
+    ("embedding", include_str!("../../kernels/ptx/embedding.ptx"), &["embedding_f32", "embedding_h16", "embedding_backward_f32"], 70),
     (
         "loss",
         include_str!("../../kernels/ptx/loss.ptx"),
@@ -35,11 +35,13 @@ pub const MODULES: &[(&str, &str, &[&str], u32)] = &[
     ),
     ("decode", include_str!("../../kernels/ptx/decode.ptx"), &["argmax_f32"], 70),
     ("gemm", include_str!("../../kernels/ptx/gemm.ptx"), &["sgemm_tiled_f32"], 70),
+    ("convert", include_str!("../../kernels/ptx/convert.ptx"), &["convert"], 70),
     ("rope", include_str!("../../kernels/ptx/rope.ptx"), &["rope_freqs_f32", "rope_rotate_f32", "rope_rotate_back_f32"], 70),
     (
         "attention",
         include_str!("../../kernels/ptx/attention.ptx"),
-        &["attention_scores_f32", "attention_output_f32", "flash_attention_f32", "flash_attention_d64_f32", "kv_cache_write_f32"],
+        &["attention_scores_f32", "attention_output_f32", "flash_attention_f32", "flash_attention_d64_f32", "kv_cache_write_f32", "kv_cache_write_h16",
+          "attention_forward_f32", "attention_backward_d32_f32", "attention_backward_d64_f32", "attention_backward_d128_f32", "attention_backward_d256_f32"],
         70,
     ),
     (

@@ -7,6 +7,7 @@ pub mod driver;
 pub mod kernels;
 pub mod memory;
 pub mod ops;
+pub mod widen;
 
 use std::collections::HashMap;
 use std::ffi::CString;

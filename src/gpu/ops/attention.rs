@@ -4,7 +4,8 @@ use super::{line, strided};
 use crate::gpu::driver::{Arg, DevPtr, Launch, Stream};
 use crate::gpu::Gpu;
 use crate::error::Result;
-use crate::cpu::attention::AttnShape;
+use crate::cpu::attention::{Attention, AttnShape};
+use crate::cpu::convert::Float;
 
 use Arg::{F32, I32, I64, Ptr};
 
@@ -32,15 +33,11 @@ pub unsafe fn attention_output(g: &Gpu, s: Stream, w: DevPtr, v: DevPtr, out: De
 /// The largest head_dim the flash kernel handles (larger ones run on the CPU).
 pub(crate) const FLASH_MAX_HEAD_DIM: usize = 256;
 
-/// Fused attention: 64 threads a block, BR query rows each (64 for head_dim <= 64,
-/// 32 up to 128, 16 up to 256); `mask` 0 for none. Head dims 33..=64 that are
+/// Fused attention: 64 threads a block, [`flash_rows`] query rows each; `mask`
+/// 0 for none. Head dims 33..=64 that are
 /// multiples of 4, on 16-byte aligned Q/K/V/O, take the vectorised d64 kernel.
 pub unsafe fn flash_attention(g: &Gpu, s: Stream, q: DevPtr, k: DevPtr, v: DevPtr, out: DevPtr, mask: DevPtr, a: AttnShape, scale: f32, causal: bool) -> Result<()> {
-    let rows_per_block = match a.head_dim {
-        0..=64 => 64,
-        65..=128 => 32,
-        _ => 16,
-    };
+    let rows_per_block = flash_rows(a.head_dim);
     let aligned = [q, k, v, out].iter().all(|p| p % 16 == 0);
     let tf32 = a.head_dim == 64 && aligned && crate::gpu::allow_tf32() && g.has("flash_attention_tf32_d64");
     let kernel = match a.head_dim {
@@ -59,11 +56,56 @@ pub unsafe fn flash_attention(g: &Gpu, s: Stream, q: DevPtr, k: DevPtr, v: DevPt
 }
 
 /// `k_new`, `v_new` `[batch, new_len, row]` into rows `pos ..` of the caches
-/// `[batch, max_seq, row]`, one launch for both.
-pub unsafe fn kv_cache_write(g: &Gpu, s: Stream, k_new: DevPtr, v_new: DevPtr, k_cache: DevPtr, v_cache: DevPtr, batch: usize, new_len: usize, max_seq: usize, row: usize, pos: usize) -> Result<()> {
+/// `[batch, max_seq, row]`, one launch for both; elements of type `t`, copied
+/// as they are.
+pub unsafe fn kv_cache_write(g: &Gpu, s: Stream, t: Float, k_new: DevPtr, v_new: DevPtr, k_cache: DevPtr, v_cache: DevPtr, batch: usize, new_len: usize, max_seq: usize, row: usize, pos: usize) -> Result<()> {
     let args = &mut [
         Ptr(k_new), Ptr(v_new), Ptr(k_cache), Ptr(v_cache),
         I32(batch as i32), I32(new_len as i32), I32(max_seq as i32), I64(row as i64), I32(pos as i32),
     ];
-    unsafe { g.launch("kv_cache_write_f32", strided(batch * new_len * row), s, args) }
+    let kernel = if t == Float::F32 { "kv_cache_write_f32" } else { "kv_cache_write_h16" };
+    unsafe { g.launch(kernel, strided(batch * new_len * row), s, args) }
+}
+
+/// Query rows a flash block takes for `head_dim` (the kernels' tile configurations).
+fn flash_rows(head_dim: usize) -> usize {
+    match head_dim {
+        0..=64 => 64,
+        65..=128 => 32,
+        _ => 16,
+    }
+}
+
+/// General attention forward (`cudann_attention_forward`, float32): `mask` and
+/// `lse` 0 for none; head_dim <= [`FLASH_MAX_HEAD_DIM`].
+pub unsafe fn attention_forward(g: &Gpu, s: Stream, [q, k, v, out, mask, lse]: [DevPtr; 6], a: &Attention) -> Result<()> {
+    let at = line((a.q_len.div_ceil(flash_rows(a.head_dim)) * a.heads * a.batch).min(1 << 20), 64);
+    let args = &mut [
+        Ptr(q), Ptr(k), Ptr(v), Ptr(out), Ptr(mask), Ptr(lse),
+        I32(a.batch as i32), I32(a.q_len as i32), I32(a.kv_len as i32), I32(a.kv_capacity as i32),
+        I32(a.heads as i32), I32(a.kv_heads as i32), I32(a.head_dim as i32), I32(a.pos0 as i32), I32(a.causal as i32), F32(a.scale),
+    ];
+    unsafe { g.launch("attention_forward_f32", at, s, args) }
+}
+
+/// General attention backward (`cudann_attention_backward`, float32): one
+/// launch for dK and dV over key tiles, one for dQ over query tiles, of the
+/// kernel for the head-dim class (tile of 32 rows up to 64, 2048 / class above).
+pub unsafe fn attention_backward(g: &Gpu, s: Stream, [dy, q, k, v, mask, o, lse, dq, dk, dv]: [DevPtr; 10], a: &Attention) -> Result<()> {
+    let (kernel, class) = match a.head_dim {
+        0..=32 => ("attention_backward_d32_f32", 32),
+        33..=64 => ("attention_backward_d64_f32", 64),
+        65..=128 => ("attention_backward_d128_f32", 128),
+        _ => ("attention_backward_d256_f32", 256),
+    };
+    let tile = if class <= 64 { 32 } else { 2048 / class };
+    for (want_dq, blocks) in [(0, a.batch * a.kv_heads * a.kv_len.div_ceil(tile)), (1, a.batch * a.heads * a.q_len.div_ceil(tile))] {
+        let args = &mut [
+            Ptr(dy), Ptr(q), Ptr(k), Ptr(v), Ptr(mask), Ptr(o), Ptr(lse), Ptr(dq), Ptr(dk), Ptr(dv),
+            I32(a.batch as i32), I32(a.q_len as i32), I32(a.kv_len as i32), I32(a.heads as i32), I32(a.kv_heads as i32),
+            I32(a.head_dim as i32), I32(a.pos0 as i32), I32(a.causal as i32), F32(a.scale), I32(want_dq),
+        ];
+        unsafe { g.launch(kernel, line(blocks.min(1 << 20), 256), s, args)? };
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 use super::{per_row, zero};
 use crate::gpu::driver::{Arg, DevPtr, Launch, Stream};
 use crate::gpu::Gpu;
+use crate::cpu::convert::Float;
 use crate::error::Result;
 
 use Arg::{I32, Ptr};
@@ -10,10 +11,18 @@ use Arg::{I32, Ptr};
 // SAFETY (every function below): the pointers are device memory of the sizes
 // the arguments imply; the ABI layer checked the sizes.
 
-/// A block per id (blocks stride past 65535).
-pub unsafe fn embedding(g: &Gpu, s: Stream, ids: DevPtr, table: DevPtr, out: DevPtr, n_ids: usize, vocab: usize, dim: usize) -> Result<()> {
-    let args = &mut [Ptr(ids), Ptr(table), Ptr(out), I32(n_ids as i32), I32(vocab as i32), I32(dim as i32)];
-    unsafe { g.launch("embedding_f32", per_row(n_ids.min(65535), 256), s, args) }
+/// A block per id (blocks stride past 65535); rows of type `t` copied as they
+/// are (an id >= vocab: a row of the type's quiet NaN).
+pub unsafe fn embedding(g: &Gpu, s: Stream, t: Float, ids: DevPtr, table: DevPtr, out: DevPtr, n_ids: usize, vocab: usize, dim: usize) -> Result<()> {
+    let at = per_row(n_ids.min(65535), 256);
+    let args = [Ptr(ids), Ptr(table), Ptr(out), I32(n_ids as i32), I32(vocab as i32), I32(dim as i32)];
+    let nan = match t {
+        Float::F32 => return unsafe { g.launch("embedding_f32", at, s, &mut { args }) },
+        Float::F16 => 0x7e00,
+        Float::Bf16 => 0x7fc0,
+    };
+    let [a, b, c, d, e, f] = args;
+    unsafe { g.launch("embedding_h16", at, s, &mut [a, b, c, d, e, f, I32(nan)]) }
 }
 
 /// Zeroes the table's gradient, then adds the rows in id order.

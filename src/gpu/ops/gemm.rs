@@ -3,7 +3,9 @@
 use super::{scale, zero};
 use crate::gpu::driver::{Arg, DevPtr, Launch, Stream};
 use crate::gpu::{Gpu, blas};
+use crate::cpu::convert::Float;
 use crate::error::Result;
+use cudarc::cublas::sys::cudaDataType;
 
 use Arg::{F32, I32, I64, Ptr};
 
@@ -31,14 +33,31 @@ pub unsafe fn sgemm(g: &Gpu, s: Stream, a: DevPtr, b: DevPtr, c: DevPtr, batch: 
     Ok(())
 }
 
-/// cudann_gemm_ex in float32 through cuBLAS (the tiled fallback kernel only
-/// knows contiguous untransposed operands). Without a product term (`k == 0`)
-/// cuBLAS still scales C by beta: it gets `alpha = 0` and `k = 1`, and BLAS
-/// reads neither A nor B when alpha is 0.
-pub unsafe fn gemm_ex(s: Stream, a: blas::Operand, b: blas::Operand, c: blas::Operand, batch: usize, m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> Result<()> {
+/// cudann_gemm_ex through cuBLAS (the tiled fallback kernel only knows
+/// contiguous untransposed operands): float32, or the half types of
+/// [`half_types`] (`half`). Without a product term (`k == 0`) cuBLAS still
+/// scales C by beta: it gets `alpha = 0` and `k = 1`, and BLAS reads neither A
+/// nor B when alpha is 0.
+pub unsafe fn gemm_ex(s: Stream, a: blas::Operand, b: blas::Operand, c: blas::Operand, half: Option<[cudaDataType; 2]>, batch: usize, m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> Result<()> {
     if !blas::available() {
         return Err(crate::error::Error::NotAvailable("cudann_gemm_ex on the GPU needs cuBLAS (libcublas), which is not installed".to_string()));
     }
     let (k, alpha) = if k == 0 { (1, 0.0) } else { (k, alpha) };
-    unsafe { blas::sgemm_strided(a, b, c, batch, m, n, k, alpha, beta, s) }
+    match half {
+        None => unsafe { blas::sgemm_strided(a, b, c, batch, m, n, k, alpha, beta, s) },
+        Some(types) => unsafe { blas::gemm_half(a, b, c, types, batch, m, n, k, alpha, beta, s) },
+    }
 }
+
+/// The cuBLAS data types of a half-precision `cudann_gemm_ex` the GPU takes:
+/// A and B of one half type, C float32 or that type (None otherwise: such
+/// calls run on the CPU, device pointers -1).
+pub fn half_types([a, b, c]: [Float; 3]) -> Option<[cudaDataType; 2]> {
+    let ab = match a {
+        Float::F16 => cudaDataType::CUDA_R_16F,
+        Float::Bf16 => cudaDataType::CUDA_R_16BF,
+        Float::F32 => return None,
+    };
+    (a == b && (c == a || c == Float::F32)).then_some([ab, if c == a { ab } else { cudaDataType::CUDA_R_32F }])
+}
+

@@ -3,6 +3,7 @@
 //! kernels/README.md.
 
 mod attention;
+mod convert;
 mod decode;
 mod elementwise;
 mod embedding;
@@ -15,6 +16,7 @@ mod rope;
 mod softmax;
 
 pub use attention::*;
+pub use convert::*;
 pub use decode::*;
 pub use elementwise::*;
 pub use embedding::*;
