@@ -141,8 +141,10 @@ int32_t cuda_mqa_attention(const float *Q,
 // output rounded once); `mask` and `lse` are float. Returns -2 for NULL
 // pointers with a non-empty shape, negative or overflowing sizes,
 // `kv_capacity < kv_len`, `n_kv_heads` not dividing `n_heads`, `is_causal`
-// not 0 or 1, a non-finite `scale`, a bad `dtype`, or overlaps; -1 for device
-// pointers (no GPU kernel yet).
+// not 0 or 1, a non-finite `scale`, a bad `dtype`, or overlaps. On the GPU
+// (`head_dim <= 256`; larger: device pointers -1) a flash kernel in base-2
+// exponentials agrees with the CPU within float32 rounding; half tensors go
+// through float32 copies there.
 int32_t cudann_attention_forward(const void *Q,
                                  const void *K,
                                  const void *V,
@@ -172,8 +174,10 @@ int32_t cudann_attention_forward(const void *Q,
 // deterministic. There is no KV capacity here: `K` and `V` hold exactly
 // `kv_len` positions. Returns -2 for NULL pointers (`lse` included) with a
 // non-empty shape, negative or overflowing sizes, `n_kv_heads` not dividing
-// `n_heads`, `is_causal` not 0 or 1, a non-finite `scale`, or overlaps; -1 for
-// device pointers (no GPU kernel yet).
+// `n_heads`, `is_causal` not 0 or 1, a non-finite `scale`, or overlaps. On the
+// GPU (`head_dim <= 256`; larger: device pointers -1) two deterministic
+// launches (dK/dV per key tile, dQ per query tile, no atomics) agree with the
+// CPU within float32 rounding.
 int32_t cudann_attention_backward(const float *d_output,
                                   const float *Q,
                                   const float *K,
@@ -199,8 +203,7 @@ int32_t cudann_attention_backward(const float *d_output,
 // = k_new[b, t]` and the same for `v`, for `t < new_len`, with `k_new`, `v_new`
 // `[batch, new_len, n_kv_heads, head_dim]` and the caches `[batch, max_seq,
 // n_kv_heads, head_dim]` of data type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
-// `CUDANN_BF16`, copied as they are; the half types on the CPU, device
-// pointers -1 until their GPU kernel). Other cache rows are untouched. Returns -2
+// `CUDANN_BF16`, copied as they are). Other cache rows are untouched. Returns -2
 // unless `pos + new_len <= max_seq`, and for NULL pointers with a non-empty
 // shape, negative or overflowing sizes, a bad `dtype`, or overlaps.
 int32_t cudann_kv_cache_write(const void *k_new,
@@ -297,7 +300,7 @@ int32_t cudann_safetensors_writer_free(CudannSafetensorsWriter *writer);
 // type: round to nearest even, overflow to infinity, subnormals exact, signed
 // zeros and infinities kept; NaN stays a quiet NaN with its sign, in every
 // direction. Half to float32 is exact. The same type copies (`dst == src`
-// with the same type does nothing). Returns -2 for an unknown type, NULL with
+// with the same type does nothing). On the GPU, bit for bit the CPU's. Returns -2 for an unknown type, NULL with
 // `n > 0`, `n < 0`, a pointer not aligned to its type, or overlapping buffers
 // (other than that same-type in-place call).
 int32_t cudann_convert(const void *src,
@@ -411,7 +414,7 @@ int32_t cuda_scale(const float *input, float *output, float scale, int64_t n, vo
 
 // `cuda_add` on tensors of type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
 // `CUDANN_BF16`): half precision is read, added in float32 and rounded once
-// into the same type, on the CPU. `output` may be `a` or `b`. Returns -2 as
+// into the same type. `output` may be `a` or `b`. Returns -2 as
 // `cuda_add`, and for an unknown `dtype`.
 int32_t cudann_add_ex(const void *a,
                       const void *b,
@@ -462,8 +465,7 @@ int32_t cudann_gelu_backward(const float *d_output,
 
 // SwiGLU: `output[i] = silu(gate[i]) * up[i]` for `0 <= i < n`, tensors of data
 // type `dtype` (`CUDANN_F32`, `CUDANN_F16` or `CUDANN_BF16`; half precision is
-// computed in float32 and rounded once, on the CPU: device pointers -1 until
-// its GPU kernel). `output` may be `gate` or `up`. Returns -2 for a NULL
+// computed in float32 and rounded once). `output` may be `gate` or `up`. Returns -2 for a NULL
 // pointer with `n > 0`, `n < 0`, a bad `dtype` or a partial overlap.
 int32_t cudann_swiglu(const void *gate,
                       const void *up,
@@ -507,8 +509,7 @@ int32_t cudann_bias_backward(const float *d_output,
 
 // Embedding lookup: `output[i, :] = table[ids[i], :]` for `i < n_ids`, rows of
 // `dim` elements of data type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
-// `CUDANN_BF16`, copied as they are; the half types on the CPU, device
-// pointers -1 until their GPU kernel) from `table[vocab_size, dim]`. A negative id
+// `CUDANN_BF16`, copied as they are) from `table[vocab_size, dim]`. A negative id
 // gives a row of zeros (padding). An id >= `vocab_size` is -2 (nothing
 // written) when the ids are host memory. Returns -2 for NULL pointers with a
 // non-empty shape, negative or overflowing sizes, a bad `dtype`, or overlaps.
@@ -577,7 +578,12 @@ int32_t cuda_gemm_batched(const float *A,
 // rounded once, its row gaps untouched). `C` may be exactly `A`'s or `B`'s
 // span (in place, computed from the old values); any other overlap is -2. In
 // float32 on the GPU it runs on cuBLAS (FP32, or TF32 with
-// `CUDANN_ALLOW_TF32=1`); half types run on the CPU (device pointers: -1).
+// `CUDANN_ALLOW_TF32=1`); so do `A` and `B` of one half type with `C` float32
+// or that type (`cublasGemmStridedBatchedEx`, float32 accumulation), and a
+// float32 `C` with one half type among `A` and `B` (a float32 copy of the half
+// operand, then the float32 product). Other mixes of types (a half `C` with
+// `A` and `B` of different types, or f16 with bf16) run on the CPU (device
+// pointers: -1).
 int32_t cudann_gemm_ex(int trans_a,
                        int trans_b,
                        int m,
@@ -843,8 +849,7 @@ int32_t cuda_rmsnorm(const float *input,
 // (`CUDANN_F32`, `CUDANN_F16` or `CUDANN_BF16`): half-precision tensors are
 // read, normalised in float32 and written in the same type (each row exactly
 // the float32 op's result on the widened inputs, rounded once; but a NaN
-// result of bf16 rows, out of place, may differ in sign and payload). Half
-// precision runs on the CPU (device pointers: -1 until its GPU kernels).
+// result of bf16 rows, out of place, may differ in sign and payload).
 // Returns -2 as `cuda_rmsnorm`, and for an unknown `dtype`.
 int32_t cudann_rmsnorm_ex(const void *input,
                           const void *weight,
@@ -1005,8 +1010,7 @@ int32_t cuda_rope_qk(const float *q,
 
 // `cuda_rope_qk` on `q`, `k`, `q_out` and `k_out` of type `dtype`
 // (`CUDANN_F32`, `CUDANN_F16` or `CUDANN_BF16`; `freqs` is float): half
-// precision is rotated in float32 and rounded once, on the CPU (device
-// pointers -1 until its GPU kernel). Returns -2 as `cuda_rope_qk`, and for
+// precision is rotated in float32 and rounded once. Returns -2 as `cuda_rope_qk`, and for
 // an unknown `dtype`.
 int32_t cudann_rope_qk_ex(const void *q,
                           const void *k,
@@ -1084,7 +1088,7 @@ int32_t cuda_softmax(const float *input, float *output, int rows, int cols, void
 
 // `cuda_softmax` on tensors of type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
 // `CUDANN_BF16`): half precision is read, computed in float32 and written in
-// the same type (each row the float32 op's result, rounded once), on the CPU.
+// the same type (each row the float32 op's result, rounded once).
 // Returns -2 as `cuda_softmax`, and for an unknown `dtype`.
 int32_t cudann_softmax_ex(const void *input,
                           void *output,

@@ -52,6 +52,9 @@ pub unsafe fn run(g: &Gpu, stream: Stream, t: Float, uses: &[Use], pointers: &[D
         }
         if let Some(j) = (0..i).find(|&j| uses[j] != Use::Keep && pointers[j] == pointers[i]) {
             wide[i] = wide[j];
+            if uses[i] == Use::In && uses[j] == Use::Out {
+                unsafe { ops::convert(g, stream, pointers[i], t, wide[i], Float::F32, elements[i])? };
+            }
             continue;
         }
         let mut p = 0;
