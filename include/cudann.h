@@ -51,6 +51,14 @@
 // Bytes (checkpoint tensors).
 #define CUDANN_U8 6
 
+// Bytes of a communicator id (`cudann_comm_id`), as NCCL's ncclUniqueId.
+#define CUDANN_COMM_ID_BYTES 128
+
+// `cudann_all_reduce`'s operations: the sum, or the mean, over the ranks.
+#define CUDANN_SUM 0
+
+#define CUDANN_AVG 1
+
 // An open safetensors file (opaque; from `cudann_safetensors_open`).
 typedef struct CudannSafetensors CudannSafetensors;
 
@@ -294,6 +302,50 @@ int32_t cudann_safetensors_writer_save(const CudannSafetensorsWriter *writer, co
 // Releases a writer and the data it holds (NULL: nothing to do). Returns -2
 // for a handle that is not live.
 int32_t cudann_safetensors_writer_free(CudannSafetensorsWriter *writer);
+
+// Writes a new communicator id (`CUDANN_COMM_ID_BYTES` bytes) to `id`: rank 0
+// makes it and passes it to the other ranks (a file, a pipe). Where NCCL and
+// a GPU are usable it is NCCL's (ncclGetUniqueId); elsewhere an id good for a
+// one-rank communicator. Returns -2 for NULL.
+int32_t cudann_comm_id(void *id);
+
+// Joins communicator `id` as rank `rank` of `nranks`, on the calling thread's
+// current device (`cudann_set_device`); blocks until all ranks have joined.
+// Writes the handle to `*comm`. One rank needs no NCCL and no GPU (any id, on
+// any backend). More ranks need the GPU backend and NCCL (libnccl.so.2): -1
+// with a message without them. Returns -2 for NULL pointers, `nranks < 1`,
+// `rank` outside `[0, nranks)`, or an id made without NCCL for more than one
+// rank.
+int32_t cudann_comm_init(void **comm, int nranks, int rank, const void *id);
+
+// Destroys a communicator (after the work enqueued with it). Returns -2 for a
+// handle that is not live.
+int32_t cudann_comm_destroy(void *comm);
+
+// Sums (`CUDANN_SUM`) or averages (`CUDANN_AVG`) `n` floats of `send` over the
+// ranks into every rank's `recv`, ordered on `stream`. `recv` may be `send`.
+// With one rank it is a copy (nothing in place): exact, on any backend and
+// memory. With NCCL the buffers must be device memory of the communicator's
+// device. Every rank must call it with the same `n` and `op`. Returns -2 for
+// a dead handle, a bad `op`, `n < 0`, NULL with `n > 0`, a partial overlap,
+// or host memory with NCCL.
+int32_t cudann_all_reduce(const float *send,
+                          float *recv,
+                          int64_t n,
+                          int op,
+                          void *comm,
+                          void *stream);
+
+// Copies rank `root`'s `send` into every rank's `recv` (`n` floats), ordered
+// on `stream`; `send` is read on the root only (other ranks may pass NULL);
+// `recv` may be `send`. Buffers, one rank and errors as `cudann_all_reduce`,
+// and -2 for `root` outside `[0, nranks)`.
+int32_t cudann_broadcast(const float *send,
+                         float *recv,
+                         int64_t n,
+                         int root,
+                         void *comm,
+                         void *stream);
 
 // Converts `n` elements of `src` (type `src_type`) into `dst` (type
 // `dst_type`), each `CUDANN_F32`, `CUDANN_F16` or `CUDANN_BF16`. To a half

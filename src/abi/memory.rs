@@ -133,26 +133,28 @@ fn gpu_for(current: &'static Gpu, stream: StreamKind, ptrs: &[usize]) -> Result<
 /// past the end of a library allocation, or a destroyed stream.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cudann_memcpy(dst: *mut c_void, src: *const c_void, bytes: i64, stream: *mut c_void) -> i32 {
-    ffi_fn!("cudann_memcpy", {
-        let size = self::bytes("bytes", bytes)?;
-        let kind = handles::stream(stream)?;
-        if size == 0 {
-            return Ok(());
+    ffi_fn!("cudann_memcpy", { unsafe { copy(dst, src, self::bytes("bytes", bytes)?, stream) } })
+}
+
+/// `cudann_memcpy` of `size` checked bytes.
+pub(super) unsafe fn copy(dst: *mut c_void, src: *const c_void, size: usize, stream: *mut c_void) -> Result<()> {
+    let kind = handles::stream(stream)?;
+    if size == 0 {
+        return Ok(());
+    }
+    range("dst", dst, size)?;
+    range("src", src, size)?;
+    let (d, s) = (dst as usize, src as usize);
+    require(d.abs_diff(s) >= size, || format!("dst and src overlap ({size} bytes {} apart)", d.abs_diff(s)))?;
+    match dispatch::chosen_gpu()? {
+        // SAFETY: the caller's ranges, checked to be disjoint.
+        None => unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, size) },
+        Some(current) => {
+            let _current = gpu_for(current, kind, &[d, s])?.enter()?;
+            unsafe { device::copy(d, s, size, stream.cast())? }
         }
-        range("dst", dst, size)?;
-        range("src", src, size)?;
-        let (d, s) = (dst as usize, src as usize);
-        require(d.abs_diff(s) >= size, || format!("dst and src overlap ({size} bytes {} apart)", d.abs_diff(s)))?;
-        match dispatch::chosen_gpu()? {
-            // SAFETY: the caller's ranges, checked to be disjoint.
-            None => unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, size) },
-            Some(current) => {
-                let _current = gpu_for(current, kind, &[d, s])?.enter()?;
-                unsafe { device::copy(d, s, size, stream.cast())? }
-            }
-        }
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
 /// Sets `bytes` bytes at `ptr` to `value`'s low byte (as memset and cudaMemset

@@ -5,6 +5,7 @@
 pub(crate) mod boundary;
 pub mod attention;
 pub mod checkpoint;
+pub mod comm;
 pub mod convert;
 pub mod decode;
 pub mod elementwise;
@@ -21,6 +22,7 @@ pub mod softmax;
 
 pub use attention::*;
 pub use checkpoint::*;
+pub use comm::*;
 pub use convert::*;
 pub use decode::*;
 pub use elementwise::*;

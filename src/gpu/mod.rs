@@ -3,6 +3,7 @@
 //! staging pools, cuBLAS and the launches.
 
 pub mod blas;
+pub mod comm;
 pub mod driver;
 pub mod kernels;
 pub mod memory;
