@@ -580,6 +580,19 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
     flash_any_d(Q, K, V, O, FlashShape{batch, q_len, kv_len, kv_cap, heads, kv_heads, d, pos0, causal, scale, mask, lse});
 }
 
+// As attention_forward_f32 for 32 < d <= 64 with d % 4 == 0 and Q, K, V
+// 16-byte aligned (else nothing is written): the d64 tiles compiled alone,
+// as flash_attention_d64_f32.
+extern "C" __global__ void __launch_bounds__(FA_THREADS)
+    attention_forward_d64_f32(const float* Q, const float* K, const float* V, float* O, const float* mask, float* lse,
+                              int batch, int q_len, int kv_len, int kv_cap, int heads, int kv_heads, int d, int pos0,
+                              int causal, float scale) {
+    __shared__ __align__(16) float smem[FlashD64::FLOATS];
+    const FlashShape sh{batch, q_len, kv_len, kv_cap, heads, kv_heads, d, pos0, causal, scale, mask, lse};
+    if (d <= 64 && d % 4 == 0 && aligned16(Q) && aligned16(K) && aligned16(V))
+        flash_tiles<FlashD64, true>(smem, Q, K, V, O, sh);
+}
+
 // ----------------------------------------------------------------------------- general attention backward
 //
 // Two launches, deterministic: every output element is summed by one thread
@@ -638,28 +651,47 @@ __device__ void ab_load_queries(BwdTiles<D>& t, const float* dO, const float* Q,
     }
 }
 
-// P and dS of the loaded tiles (queries i0.., keys j0..) into t.p, t.ds.
+// P and dS of the loaded tiles (queries i0.., keys j0..) into t.p, t.ds. Each
+// thread computes an R x R patch of entries (R = 2 for T = 32: four scores and
+// four dP share each row's and column's loads); for T = 8 a quarter of the
+// threads work.
 template <int D>
 __device__ void ab_scores(BwdTiles<D>& t, const FlashShape& sh, int i0, int j0) {
-    constexpr int T = BwdTiles<D>::T;
-    for (int e = threadIdx.x; e < T * T; e += AB_THREADS) {
-        const int r = e / T, c = e % T, i = i0 + r, j = j0 + c;
-        float p = 0.0f, ds = 0.0f;
-        if (i < sh.q_len && j < sh.kv_len && !(sh.causal && j > sh.pos0 + i) && t.lse[r] != -INF) {
-            float s = 0.0f, dp = 0.0f;
-#pragma unroll 8
-            for (int x = 0; x < D; ++x) {
-                s = fmaf(t.q[r][x], t.k[c][x], s);
-                dp = fmaf(t.dout[r][x], t.v[c][x], dp);
-            }
-            s *= sh.scale;
-            if (sh.mask != nullptr) s += sh.mask[(i64)i * sh.kv_len + j];
-            p = expf(s - t.lse[r]);
-            ds = p * (dp - t.dr[r]);
+    constexpr int T = BwdTiles<D>::T, R = T == 32 ? 2 : 1, W = T / R;  // W x W patches
+    const int tr = threadIdx.x / W, tc = threadIdx.x % W;
+    if (tr >= W) return;
+    float s[R][R] = {}, dp[R][R] = {};
+#pragma unroll 4
+    for (int x = 0; x < D; ++x) {
+        float q[R], o[R], k[R], v[R];
+#pragma unroll
+        for (int a = 0; a < R; ++a) {
+            q[a] = t.q[tr * R + a][x], o[a] = t.dout[tr * R + a][x];
+            k[a] = t.k[tc * R + a][x], v[a] = t.v[tc * R + a][x];
         }
-        t.p[r][c] = p;
-        t.ds[r][c] = ds;
+#pragma unroll
+        for (int a = 0; a < R; ++a)
+#pragma unroll
+            for (int b = 0; b < R; ++b) {
+                s[a][b] = fmaf(q[a], k[b], s[a][b]);
+                dp[a][b] = fmaf(o[a], v[b], dp[a][b]);
+            }
     }
+#pragma unroll
+    for (int a = 0; a < R; ++a)
+#pragma unroll
+        for (int b = 0; b < R; ++b) {
+            const int r = tr * R + a, c = tc * R + b, i = i0 + r, j = j0 + c;
+            float p = 0.0f, ds = 0.0f;
+            if (i < sh.q_len && j < sh.kv_len && !(sh.causal && j > sh.pos0 + i) && t.lse[r] != -INF) {
+                float sc = s[a][b] * sh.scale;
+                if (sh.mask != nullptr) sc += sh.mask[(i64)i * sh.kv_len + j];
+                p = expf(sc - t.lse[r]);
+                ds = p * (dp[a][b] - t.dr[r]);
+            }
+            t.p[r][c] = p;
+            t.ds[r][c] = ds;
+        }
 }
 
 // Launch: block 256, grid batch * kv_heads * ceil(kv_len / T) (blocks
@@ -689,15 +721,17 @@ __device__ void attention_dkdv(BwdTiles<D>& t, const float* dO, const float* Q, 
                 __syncthreads();
                 ab_scores<D>(t, sh, i0, j0);
                 __syncthreads();
+                // This thread's elements share column x; key rows c0 + u * (256 / D).
+                const int x = threadIdx.x % D, c0 = threadIdx.x / D;
+#pragma unroll 4
+                for (int r = 0; r < T; ++r) {
+                    const float o = t.dout[r][x], q = t.q[r][x];
 #pragma unroll
-                for (int u = 0; u < E; ++u) {
-                    const int e = threadIdx.x + u * AB_THREADS, c = e / D, x = e % D;
-                    float a = dk[u], w = dv[u];
-                    for (int r = 0; r < T; ++r) {
-                        w = fmaf(t.p[r][c], t.dout[r][x], w);
-                        a = fmaf(t.ds[r][c], t.q[r][x], a);
+                    for (int u = 0; u < E; ++u) {
+                        const int c = c0 + u * (AB_THREADS / D);
+                        dv[u] = fmaf(t.p[r][c], o, dv[u]);
+                        dk[u] = fmaf(t.ds[r][c], q, dk[u]);
                     }
-                    dk[u] = a, dv[u] = w;
                 }
             }
         }
@@ -737,12 +771,13 @@ __device__ void attention_dq(BwdTiles<D>& t, const float* dO, const float* Q, co
             __syncthreads();
             ab_scores<D>(t, sh, i0, j0);
             __syncthreads();
+            // This thread's elements share column x; query rows r0 + u * (256 / D).
+            const int x = threadIdx.x % D, r0 = threadIdx.x / D;
+#pragma unroll 4
+            for (int c = 0; c < T; ++c) {
+                const float k = t.k[c][x];
 #pragma unroll
-            for (int u = 0; u < E; ++u) {
-                const int e = threadIdx.x + u * AB_THREADS, r = e / D, x = e % D;
-                float a = dq[u];
-                for (int c = 0; c < T; ++c) a = fmaf(t.ds[r][c], t.k[c][x], a);
-                dq[u] = a;
+                for (int u = 0; u < E; ++u) dq[u] = fmaf(t.ds[r0 + u * (AB_THREADS / D)][c], k, dq[u]);
             }
         }
         const i64 row0 = (b * sh.q_len + i0) * sh.heads + h;

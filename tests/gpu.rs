@@ -479,18 +479,19 @@ fn device_attention_matches_the_cpu() {
     }
 }
 
-/// The training and inference ops still without GPU kernels (general
-/// attention): device pointers are -1 naming the reason, nothing is written,
-/// and host memory still works on a GPU machine. (The ported ops are in
-/// tests/gpu_training.rs.)
+/// What still has no GPU kernel (general attention with head_dim > 256):
+/// device pointers are -1 naming the reason, nothing is written, and host
+/// memory still works on a GPU machine. (The ported ops are in
+/// tests/gpu_training.rs and tests/gpu_half.rs.)
 #[test]
 fn training_ops_refuse_device_pointers_and_run_host_memory() {
     if !present("training_ops_refuse_device_pointers_and_run_host_memory") {
         return;
     }
     let s = Stream::new();
-    let (x, y, lse) = (Dev::from(&vec![0.5f32; 32]), Dev::from(&poisoned(32)), Dev::from(&poisoned(4)));
-    let code = unsafe { cudann_attention_forward(x.p().cast(), x.p().cast(), x.p().cast(), std::ptr::null(), y.p().cast(), lse.p(), 1, 4, 4, 4, 1, 1, 8, 0, 1, 0.5, CUDANN_F32, s.raw()) };
+    let d = 264;
+    let (x, y, lse) = (Dev::from(&vec![0.5f32; 4 * d]), Dev::from(&poisoned(4 * d)), Dev::from(&poisoned(4)));
+    let code = unsafe { cudann_attention_forward(x.p().cast(), x.p().cast(), x.p().cast(), std::ptr::null(), y.p().cast(), lse.p(), 1, 4, 4, 4, 1, 1, d as i32, 0, 1, 0.5, CUDANN_F32, s.raw()) };
     assert_eq!(code, CUDANN_NOT_AVAILABLE);
     assert!(cudann::error::last_error().contains("no GPU kernel"), "{}", cudann::error::last_error());
     assert_untouched(&y.read(), "device output");

@@ -183,9 +183,10 @@ fn widen(bits: &[u16], t: i32) -> Vec<f32> {
 #[track_caller]
 fn half_agree(gpu: &[u16], cpu: &[u16], t: i32, ulps: f64, what: &str) {
     let (g, c) = (widen(gpu, t), widen(cpu, t));
-    let eps = if t == CUDANN_BF16 { 2f64.powi(-7) } else { 2f64.powi(-10) };
+    // The spacing of the type's values: relative above the normal range, fixed below it.
+    let (eps, subnormal_step) = if t == CUDANN_BF16 { (2f64.powi(-7), 2f64.powi(-133)) } else { (2f64.powi(-10), 2f64.powi(-24)) };
     for (i, (&a, &b)) in g.iter().zip(&c).enumerate() {
-        let ok = if ulps == 0.0 { gpu[i] == cpu[i] } else { a == b || (a as f64 - b as f64).abs() <= ulps * eps * (b as f64).abs().max(1e-30) };
+        let ok = if ulps == 0.0 { gpu[i] == cpu[i] } else { a == b || (a as f64 - b as f64).abs() <= ulps * (eps * (b as f64).abs()).max(subnormal_step) };
         assert!(ok, "{what}[{i}]: gpu {a} ({:#06x}), cpu {b} ({:#06x})", gpu[i], cpu[i]);
     }
 }

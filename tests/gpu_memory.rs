@@ -14,6 +14,11 @@ use cudann::gpu::memory::{Place, classify};
 use cudann::*;
 use cudarc::driver::sys;
 
+/// Library streams wait for the legacy default stream (cudaStreamCreate's
+/// flags), so while one is being captured no other thread may use the legacy
+/// stream: the capture holds this lock alone, every other test shares it.
+static LEGACY_STREAM: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 fn malloc(bytes: usize) -> *mut c_void {
     let mut ptr = NULL;
     assert_ok(unsafe { cudann_malloc(&mut ptr, bytes as i64) });
@@ -43,6 +48,7 @@ fn library_memory_is_device_memory_that_ops_read_directly() {
     if !present("library_memory_is_device_memory_that_ops_read_directly") {
         return;
     }
+    let _legacy = LEGACY_STREAM.read().unwrap_or_else(|e| e.into_inner());
     let mut rng = Rng::new(7);
     let (rows, cols) = (37, 1001);
     let x = rng.vec(rows * cols, 3.0);
@@ -74,6 +80,7 @@ fn a_library_stream_is_a_real_stream_for_graph_capture() {
     if !present("a_library_stream_is_a_real_stream_for_graph_capture") {
         return;
     }
+    let _capturing = LEGACY_STREAM.write().unwrap_or_else(|e| e.into_inner());
     let x: Vec<f32> = (0..10_000).map(|i| i as f32 * 1e-3).collect();
     let (dx, dy, dz) = (upload(&x), malloc(40_000).cast::<f32>(), malloc(40_000).cast::<f32>());
     let mut stream = NULL;
@@ -108,6 +115,7 @@ fn pointers_from_elsewhere_interoperate_but_are_not_freed() {
     if !present("pointers_from_elsewhere_interoperate_but_are_not_freed") {
         return;
     }
+    let _legacy = LEGACY_STREAM.read().unwrap_or_else(|e| e.into_inner());
     let x: Vec<f32> = (0..5000).map(|i| (i as f32).sin()).collect();
     let theirs = Dev::from(&x);
     let ours = malloc(20_000).cast::<f32>();
@@ -127,6 +135,7 @@ fn free_gives_device_memory_back() {
     if !present("free_gives_device_memory_back") {
         return;
     }
+    let _legacy = LEGACY_STREAM.read().unwrap_or_else(|e| e.into_inner());
     let gib = 1usize << 30;
     let start = free_memory();
     for round in 0..5 {
@@ -145,6 +154,7 @@ fn each_thread_has_its_current_device_and_ops_follow_their_pointers() {
     if !present("each_thread_has_its_current_device_and_ops_follow_their_pointers") {
         return;
     }
+    let _legacy = LEGACY_STREAM.read().unwrap_or_else(|e| e.into_inner());
     let mut count = 0;
     assert_ok(unsafe { cudann_device_count(&mut count) });
     if count < 2 {

@@ -6,6 +6,10 @@ use common::device::{Dev, present};
 use common::*;
 use cudann::*;
 
+/// The staging test measures free device memory: the tests of this file run
+/// one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Largest |got - want| over the largest |want|.
 fn relative_error(got: &[f32], want: &[f64]) -> f64 {
     let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
@@ -17,6 +21,7 @@ fn long_rows_keep_float32_accuracy_on_the_gpu() {
     if !present("long_rows_keep_float32_accuracy_on_the_gpu") {
         return;
     }
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for cols in [1usize << 22, 1 << 24] {
         let x = Rng::new(93).vec(cols, 2.0);
         let xd = f64s(&x);
@@ -56,6 +61,7 @@ fn staging_memory_is_given_back_past_the_cap() {
     if !present("staging_memory_is_given_back_past_the_cap") {
         return;
     }
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let n = 8192usize;
     let small = vec![1.0f32; 64 * 64];
     let mut c_small = vec![0.0f32; 64 * 64];

@@ -80,12 +80,14 @@ fn flash_rows(head_dim: usize) -> usize {
 /// `lse` 0 for none; head_dim <= [`FLASH_MAX_HEAD_DIM`].
 pub unsafe fn attention_forward(g: &Gpu, s: Stream, [q, k, v, out, mask, lse]: [DevPtr; 6], a: &Attention) -> Result<()> {
     let at = line((a.q_len.div_ceil(flash_rows(a.head_dim)) * a.heads * a.batch).min(1 << 20), 64);
+    let aligned = [q, k, v].iter().all(|p| p % 16 == 0);
+    let kernel = if (33..=64).contains(&a.head_dim) && a.head_dim % 4 == 0 && aligned { "attention_forward_d64_f32" } else { "attention_forward_f32" };
     let args = &mut [
         Ptr(q), Ptr(k), Ptr(v), Ptr(out), Ptr(mask), Ptr(lse),
         I32(a.batch as i32), I32(a.q_len as i32), I32(a.kv_len as i32), I32(a.kv_capacity as i32),
         I32(a.heads as i32), I32(a.kv_heads as i32), I32(a.head_dim as i32), I32(a.pos0 as i32), I32(a.causal as i32), F32(a.scale),
     ];
-    unsafe { g.launch("attention_forward_f32", at, s, args) }
+    unsafe { g.launch(kernel, at, s, args) }
 }
 
 /// General attention backward (`cudann_attention_backward`, float32): one
