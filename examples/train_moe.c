@@ -4,10 +4,19 @@
  *             --batch B --seq S --steps N --lr LR
  *             [--beta1 0.9] [--beta2 0.95] [--eps 1e-8] [--weight-decay 0.0]
  *             [--clip 1.0] [--log FILE] [--grads FILE] [--save DIR]
+ *             [--ranks N --rank R --nccl-id FILE]
  *
  * Each step: forward (keeping every layer's activations), the gradients of
  * loss = cross-entropy + the layers' aux losses with respect to every tensor,
- * global gradient clipping, AdamW. All arithmetic is cudann calls. */
+ * global gradient clipping, AdamW. All arithmetic is cudann calls.
+ *
+ * Data parallel (--ranks N, one process per GPU): rank R takes sequences
+ * R*B/N .. (R+1)*B/N - 1 of each step's batch of B; the ranks average their
+ * gradients (one all-reduce over the gradient buffer, before clipping) and
+ * their routing statistics (so the aux loss is the whole batch's), so every
+ * rank takes the step one process would take on the whole batch. Rank 0 writes
+ * the communicator id to --nccl-id FILE (which must not exist yet); the others
+ * wait for it. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <math.h>
@@ -22,15 +31,16 @@
 const char *program_name = "train_moe";
 
 typedef struct {
-    const char *model, *config, *data, *log, *grads, *save;
+    const char *model, *config, *data, *log, *grads, *save, *nccl_id;
     long long seed;
-    int batch, seq, steps, has_seed;
+    int batch, seq, steps, has_seed, ranks, rank;
     float lr, beta1, beta2, eps, weight_decay, clip;
 } Args;
 
 static void usage(void) {
     die("usage: train_moe (--model DIR | --config config.json --seed N) --data tokens.bin --batch B --seq S --steps N --lr LR "
-        "[--beta1 0.9] [--beta2 0.95] [--eps 1e-8] [--weight-decay 0.0] [--clip 1.0] [--log FILE] [--grads FILE] [--save DIR]");
+        "[--beta1 0.9] [--beta2 0.95] [--eps 1e-8] [--weight-decay 0.0] [--clip 1.0] [--log FILE] [--grads FILE] [--save DIR] "
+        "[--ranks N --rank R --nccl-id FILE]");
 }
 
 static int positive(const char *flag, const char *text) {
@@ -40,7 +50,7 @@ static int positive(const char *flag, const char *text) {
 }
 
 static Args parse(int argc, char **argv) {
-    Args a = {.seed = 0, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.0f, .clip = 1.0f, .lr = NAN};
+    Args a = {.seed = 0, .ranks = 1, .rank = 0, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.0f, .clip = 1.0f, .lr = NAN};
     for (int i = 1; i < argc; i += 2) {
         const char *flag = argv[i], *value = i + 1 < argc ? argv[i + 1] : NULL;
         if (!value) die("%s needs a value", flag);
@@ -60,11 +70,17 @@ static Args parse(int argc, char **argv) {
         else if (!strcmp(flag, "--log")) a.log = value;
         else if (!strcmp(flag, "--grads")) a.grads = value;
         else if (!strcmp(flag, "--save")) a.save = value;
+        else if (!strcmp(flag, "--ranks")) a.ranks = positive(flag, value);
+        else if (!strcmp(flag, "--rank")) a.rank = (int)parse_number(flag, value);
+        else if (!strcmp(flag, "--nccl-id")) a.nccl_id = value;
         else die("unknown option '%s'", flag);
     }
     if (!a.model == !(a.config && a.has_seed) || (a.model && (a.config || a.has_seed))) usage();
     if (!a.data || !a.batch || !a.seq || !a.steps || isnan(a.lr)) usage();
     if (!(a.clip > 0)) die("--clip must be > 0");
+    if (a.rank < 0 || a.rank >= a.ranks) die("--rank must be in [0, --ranks = %d) (got %d)", a.ranks, a.rank);
+    if (a.batch % a.ranks) die("--batch %d must be a multiple of --ranks %d (each rank takes an equal share)", a.batch, a.ranks);
+    if (a.ranks > 1 && !a.nccl_id) die("--ranks %d needs --nccl-id FILE (rank 0 writes the communicator id there)", a.ranks);
     return a;
 }
 
@@ -183,8 +199,45 @@ static void copy_file(const char *from, const char *to) {
     if (fclose(out)) die("cannot write %s", to);
 }
 
+/* The communicator of the run's ranks (one rank: no file, no NCCL). Rank 0
+ * makes the id and publishes it atomically (a temporary file renamed); the
+ * other ranks wait up to two minutes for it. Each rank of a multi-GPU machine
+ * runs on GPU rank % count. */
+static void *join_ranks(const Args *a) {
+    unsigned char id[CUDANN_COMM_ID_BYTES];
+    if (a->ranks > 1) {
+        int count = 0;
+        CHECK(cudann_device_count(&count));
+        if (count > 1) CHECK(cudann_set_device(a->rank % count));
+    }
+    if (a->ranks == 1 || a->rank == 0) {
+        CHECK(cudann_comm_id(id));
+    }
+    if (a->ranks > 1 && a->rank == 0) {
+        char tmp[4096];
+        snprintf(tmp, sizeof tmp, "%s.tmp", a->nccl_id);
+        struct stat st;
+        if (stat(a->nccl_id, &st) == 0) die("%s exists (left from another run?): remove it first", a->nccl_id);
+        FILE *f = fopen(tmp, "wb");
+        if (!f || fwrite(id, 1, sizeof id, f) != sizeof id || fclose(f) || rename(tmp, a->nccl_id)) die("cannot write %s", a->nccl_id);
+    } else if (a->ranks > 1) {
+        FILE *f = NULL;
+        for (int tries = 0; !f && tries < 1200; tries++) {
+            f = fopen(a->nccl_id, "rb");
+            if (!f) nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL);
+        }
+        if (!f) die("rank %d: %s did not appear in two minutes (is rank 0 running?)", a->rank, a->nccl_id);
+        if (fread(id, 1, sizeof id, f) != sizeof id) die("%s is not a communicator id (%d bytes)", a->nccl_id, CUDANN_COMM_ID_BYTES);
+        fclose(f);
+    }
+    void *comm = NULL;
+    CHECK(cudann_comm_init(&comm, a->ranks, a->rank, id));
+    return comm;
+}
+
 int main(int argc, char **argv) {
     Args args = parse(argc, argv);
+    void *comm = join_ranks(&args);
     char path[4096];
     const char *config_path = args.config;
     if (args.model) snprintf(path, sizeof path, "%s/config.json", args.model), config_path = path;
@@ -199,12 +252,16 @@ int main(int argc, char **argv) {
     } else {
         model_init(&m, (uint64_t)args.seed);
     }
+    /* Every rank starts from rank 0's weights. */
+    CHECK(cudann_broadcast(m.params, m.params, m.n_params, 0, comm, NULL));
     model_rope(&m);
     int64_t n_tokens;
     int32_t *tokens = load_tokens(args.data, c.vocab, &n_tokens);
     if (n_tokens <= args.seq) die("%s holds %lld tokens; --seq %d needs more than that", args.data, (long long)n_tokens, args.seq);
 
-    int B = args.batch, S = args.seq, T = B * S, D = c.hidden, V = c.vocab;
+    /* This rank's share of each step's batch: sequences first_seq .. first_seq + B - 1. */
+    int B = args.batch / args.ranks, S = args.seq, T = B * S, D = c.hidden, V = c.vocab, E = c.experts;
+    int64_t first_seq = (int64_t)args.rank * B;
     /* Everything a step touches lives in library memory (the GPU's, when there
      * is one): only the batch's token ids go in and the losses come out. */
     LayerActs *acts = xcalloc((size_t)c.layers, sizeof(LayerActs));
@@ -221,12 +278,13 @@ int main(int argc, char **argv) {
     for (int l = 0; l < c.layers; l++) acts[l].aux = scalars + 2 + l;
     FILE *log = args.log ? fopen(args.log, "w") : NULL;
     if (args.log && !log) die("cannot write %s", args.log);
-    fprintf(stderr, "train_moe: %lld parameters, %d x %d tokens a step, %lld tokens of data\n", (long long)m.n_params, B, S, (long long)n_tokens);
+    fprintf(stderr, "train_moe: %lld parameters, %d x %d tokens a step (rank %d of %d: %d sequences), %lld tokens of data\n", (long long)m.n_params,
+            args.batch, S, args.rank, args.ranks, B, (long long)n_tokens);
 
     for (int step = 0; step < args.steps; step++) {
         double start = now_ms();
         for (int b = 0; b < B; b++) {
-            int64_t o = ((int64_t)(step * (int64_t)B + b) * S) % (n_tokens - S);
+            int64_t o = (((int64_t)step * args.batch + first_seq + b) * S) % (n_tokens - S);
             memcpy(batch + (size_t)b * S, tokens + o, (size_t)S * 4);
             memcpy(batch + T + (size_t)b * S, tokens + o + 1, (size_t)S * 4);
         }
@@ -236,6 +294,18 @@ int main(int argc, char **argv) {
         for (int l = 0; l < c.layers; l++) layer_forward(&m, l, &acts[l], l + 1 < c.layers ? acts[l + 1].x_in : x_final, B, S, 0, NULL);
         head_forward(&m, x_final, xf, logits, T);
         CHECK(cuda_cross_entropy_forward(logits, targets, scalars, log_probs, T, V, NULL));
+        if (args.ranks > 1) {
+            /* The whole batch's losses: the mean cross-entropy over the ranks,
+             * and each layer's aux loss from the routing statistics averaged
+             * over the ranks (its backward then uses those). */
+            CHECK(cudann_all_reduce(scalars, scalars, 1, CUDANN_AVG, comm, NULL));
+            for (int l = 0; l < c.layers; l++) {
+                CHECK(cudann_all_reduce(acts[l].f_counts, acts[l].f_counts, E, CUDANN_AVG, comm, NULL));
+                CHECK(cudann_all_reduce(acts[l].p_means, acts[l].p_means, E, CUDANN_AVG, comm, NULL));
+                CHECK(cudann_gemm_ex(0, 0, 1, 1, E, c.aux_alpha * (float)E, acts[l].f_counts, CUDANN_F32, E, 0, acts[l].p_means, CUDANN_F32, 1, 0, 0.0f,
+                                     acts[l].aux, CUDANN_F32, 1, 0, 1, NULL));
+            }
+        }
 
         /* Backward: every target is a real token, so the mean is over T. */
         CHECK(cuda_zero_grad(grad, m.n_params, NULL));
@@ -252,7 +322,8 @@ int main(int argc, char **argv) {
         CHECK(cudann_embedding_backward(ids, g.d_x, tensor_in(&m, grad, m.embed), T, V, D, NULL));
         if (step == 0 && args.grads) model_save(&m, grad, args.grads);
 
-        /* Update. */
+        /* Update: the gradient of the whole batch is the mean of the ranks' (equal shares). */
+        CHECK(cudann_all_reduce(grad, grad, m.n_params, CUDANN_AVG, comm, NULL));
         CHECK(cuda_grad_clip(grad, partial, scalars + 1, args.clip, m.n_params, NULL));
         CHECK(cuda_adamw_step(m.params, grad, adam_m, adam_v, args.lr, args.beta1, args.beta2, args.eps, args.weight_decay, step + 1, m.n_params, NULL));
         copy_bytes(host_scalars, scalars, n_scalars * 4);
@@ -268,6 +339,7 @@ int main(int argc, char **argv) {
                 (double)grad_norm, ms);
     }
     if (log && fclose(log)) die("cannot write %s", args.log);
+    CHECK(cudann_comm_destroy(comm));
     if (args.save) {
         if (mkdir(args.save, 0755) != 0 && errno != EEXIST) die("cannot create %s", args.save);
         snprintf(path, sizeof path, "%s/config.json", args.save);
