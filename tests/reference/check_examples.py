@@ -189,7 +189,7 @@ def check_bad_input(work, model, data, config):
         ("train_moe", train(model, os.path.join(work, "missing.bin")), "cannot open"),
         ("train_moe", train(model, seq="600"), "exceeds the model's max_seq_len"),
         ("train_moe", ["--model", model, "--data", data], "usage"),
-        ("train_moe", train(model) + ["--ranks", "2"], "needs --nccl-id FILE"),
+        ("train_moe", ["--model", model, "--data", data, "--batch", "2", "--seq", "8", "--steps", "1", "--lr", "1e-3", "--ranks", "2"], "needs --nccl-id FILE"),
         ("train_moe", train(model) + ["--ranks", "2", "--rank", "2", "--nccl-id", os.path.join(work, "id")], "--rank must be in [0, --ranks = 2)"),
         ("train_moe", train(model) + ["--ranks", "2", "--nccl-id", os.path.join(work, "id")], "must be a multiple of --ranks"),
         # Here (no NCCL, or no GPU) an id serves one rank only: two ranks are refused with the reason.
