@@ -34,6 +34,7 @@ from __future__ import annotations
 from ._core import (CODES, HEADER, LIBRARY, CudannError, as_pointer, backend, last_error, raw, version)
 from ._header import PARAM_NAMES, PROTOTYPES, c_type, parse_header
 from .checkpoint import SafetensorsFile, SafetensorsWriter, load_file, save_file
+from .comm import Communicator, comm_id
 from .memory import (DeviceArray, Stream, device_count, device_synchronize, free, get_device, malloc, malloc_host,
                      mem_info, memcpy, memset, set_device, stream_synchronize, to_device)
 from .ops import *  # noqa: F401,F403  (the operators; see cudann.ops.__all__)
@@ -89,12 +90,14 @@ C_FUNCTIONS = {
     "cudann_softmax_ex": "softmax", "cudann_rmsnorm_ex": "rmsnorm", "cudann_argmax_ex": "argmax",
     "cudann_sample_ex": "sample", "cudann_topk_sample_ex": "topk_sample", "cudann_topp_sample_ex": "topp_sample",
     "cudann_rope_qk_ex": "rope_qk",
+    "cudann_comm_id": "comm_id", "cudann_comm_init": "Communicator", "cudann_comm_destroy": "Communicator.destroy",
+    "cudann_all_reduce": "Communicator.all_reduce", "cudann_broadcast": "Communicator.broadcast",
 }
 
 __all__ = [
     *_ops_all, "CudannError", "backend", "version", "last_error", "raw", "as_pointer", "DeviceArray", "Stream",
     "to_device", "malloc", "malloc_host", "free", "memcpy", "memset", "stream_synchronize", "device_synchronize",
     "device_count", "set_device", "get_device", "mem_info", "SafetensorsFile", "SafetensorsWriter", "load_file",
-    "save_file", "C_FUNCTIONS", "CODES", "PROTOTYPES", "PARAM_NAMES", "HEADER", "LIBRARY", "SUCCESS",
+    "save_file", "Communicator", "comm_id", "C_FUNCTIONS", "CODES", "PROTOTYPES", "PARAM_NAMES", "HEADER", "LIBRARY", "SUCCESS",
     "NOT_AVAILABLE", "INVALID_VALUE", "LAUNCH_FAILED", "OUT_OF_MEMORY", "INTERNAL",
 ]

@@ -79,7 +79,7 @@ def test_type_mapping_and_codes():
     assert CODES == {"CUDANN_SUCCESS": 0, "CUDANN_NOT_AVAILABLE": -1, "CUDANN_INVALID_VALUE": -2,
                      "CUDANN_LAUNCH_FAILED": -3, "CUDANN_OUT_OF_MEMORY": -4, "CUDANN_INTERNAL": -5,
                      "CUDANN_F32": 0, "CUDANN_F16": 1, "CUDANN_BF16": 2, "CUDANN_I32": 3, "CUDANN_I64": 4,
-                     "CUDANN_F64": 5, "CUDANN_U8": 6}
+                     "CUDANN_F64": 5, "CUDANN_U8": 6, "CUDANN_COMM_ID_BYTES": 128, "CUDANN_SUM": 0, "CUDANN_AVG": 1}
 
 
 def test_as_pointer_refuses_wrong_dtype_and_strided_arrays(raw):
