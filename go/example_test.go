@@ -98,3 +98,25 @@ func ExampleError() {
 	// cuda_topk_sample: k must be >= 1 (got 0)
 	// cudann.TopKSample: logits has 4 elements, want 8 (CUDANN_INVALID_VALUE)
 }
+
+// Data-parallel training: every rank averages its gradients with the others'
+// before the optimizer step. Rank 0 makes the id and hands it to the other
+// ranks; a communicator of one rank needs neither NCCL nor a GPU, and its
+// collectives are exact copies, so the same program runs as one rank anywhere.
+func ExampleNewComm() {
+	id, err := cudann.NewCommID() // on rank 0; sent to the others
+	if err != nil {
+		log.Fatal(err)
+	}
+	comm, err := cudann.NewComm(1, 0, id) // nranks, rank
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer comm.Close()
+	grads := []float32{0.5, -1, 2}
+	if err := comm.AllReduce(grads, grads, cudann.Avg); err != nil { // in place
+		log.Fatal(err)
+	}
+	fmt.Println(grads)
+	// Output: [0.5 -1 2]
+}

@@ -46,6 +46,11 @@ module Cudann
     attach_function :cudann_safetensors_writer_add, [:pointer, :string, :int, :int, :pointer, :pointer, :pointer], :int32, BLOCKING
     attach_function :cudann_safetensors_writer_save, [:pointer, :string], :int32, BLOCKING
     attach_function :cudann_safetensors_writer_free, [:pointer], :int32, BLOCKING
+    attach_function :cudann_comm_id, [:pointer], :int32, BLOCKING
+    attach_function :cudann_comm_init, [:pointer, :int, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_comm_destroy, [:pointer], :int32, BLOCKING
+    attach_function :cudann_all_reduce, [:pointer, :pointer, :int64, :int, :pointer, :pointer], :int32, BLOCKING
+    attach_function :cudann_broadcast, [:pointer, :pointer, :int64, :int, :pointer, :pointer], :int32, BLOCKING
     attach_function :cuda_argmax, [:pointer, :pointer, :int, :int, :pointer], :int32, BLOCKING
     attach_function :cuda_sample, [:pointer, :pointer, :pointer, :int, :int, :float, :pointer], :int32, BLOCKING
     attach_function :cuda_topk_sample, [:pointer, :pointer, :pointer, :int, :int, :int, :float, :pointer], :int32, BLOCKING
