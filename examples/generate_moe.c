@@ -3,20 +3,24 @@
  *
  *   generate_moe --model DIR --prompt "ids..." --max-new N [--temperature T]
  *                [--top-k K] [--top-p P] [--seed S] [--logits FILE]
- *                [--dtype f32|bf16|f16]
+ *                [--dtype f32|bf16|f16] [--batch B]
  *
  * One forward pass over the prompt fills each layer's KV cache; then every new
  * token is one decoding step against the cache. Temperature 0 (the default)
  * is greedy. --dtype is the type the weights are held and read in (the
  * checkpoint's tensors, F32, F16 or BF16, are converted on load);
  * activations, the KV cache and the logits stay float32. Prints the prompt and the generated ids on one line; --logits
- * writes each step's logits row (float32, little-endian) for checking. */
+ * writes each step's logits row (float32, little-endian) for checking.
+ * --batch B decodes B copies of the prompt together (a throughput measure:
+ * each row draws the same tokens; row 0 is printed). The decoding speed goes
+ * to stderr. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "moe_model.h"
 
@@ -24,7 +28,7 @@ const char *program_name = "generate_moe";
 
 typedef struct {
     const char *model, *prompt, *logits;
-    int max_new, top_k, dtype;
+    int max_new, top_k, dtype, batch;
     float temperature, top_p;
     unsigned long long seed;
 } Args;
@@ -38,7 +42,7 @@ static int parse_dtype(const char *text) {
 }
 
 static Args parse(int argc, char **argv) {
-    Args a = {.max_new = -1, .top_k = 0, .temperature = 0.0f, .top_p = 1.0f, .seed = 0, .dtype = CUDANN_F32};
+    Args a = {.max_new = -1, .top_k = 0, .temperature = 0.0f, .top_p = 1.0f, .seed = 0, .dtype = CUDANN_F32, .batch = 1};
     for (int i = 1; i < argc; i += 2) {
         const char *flag = argv[i], *value = i + 1 < argc ? argv[i + 1] : NULL;
         if (!value) die("%s needs a value", flag);
@@ -51,11 +55,13 @@ static Args parse(int argc, char **argv) {
         else if (!strcmp(flag, "--top-p")) a.top_p = (float)parse_number(flag, value);
         else if (!strcmp(flag, "--seed")) a.seed = (unsigned long long)parse_number(flag, value);
         else if (!strcmp(flag, "--dtype")) a.dtype = parse_dtype(value);
+        else if (!strcmp(flag, "--batch")) a.batch = (int)parse_number(flag, value);
         else die("unknown option '%s'", flag);
     }
     if (!a.model || !a.prompt || a.max_new < 0)
         die("usage: generate_moe --model DIR --prompt \"ids...\" --max-new N [--temperature T] [--top-k K] [--top-p P] [--seed S] [--logits FILE] [--dtype f32|bf16|f16]");
     if (a.temperature < 0) die("--temperature must be >= 0");
+    if (a.batch < 1 || a.batch > 4096) die("--batch must be in [1, 4096]");
     if (a.top_k < 0) die("--top-k must be >= 1");
     if (!(a.top_p > 0 && a.top_p <= 1)) die("--top-p must be in (0, 1]");
     if (a.top_k > 0 && a.top_p < 1) die("choose one of --top-k and --top-p");
@@ -82,30 +88,45 @@ static int32_t *parse_prompt(const char *text, int vocab, int *count) {
     return ids;
 }
 
-/* The next token from one logits row into `token`, and its seed from `seed`
- * (both library memory, so the sampler reads and writes where logits live). */
-static void choose(const Args *a, const float *logits, int vocab, int32_t *token, const uint64_t *seed) {
-    if (a->temperature == 0.0f) CHECK(cuda_argmax(logits, token, 1, vocab, NULL));
-    else if (a->top_k > 0) CHECK(cuda_topk_sample(logits, token, seed, 1, vocab, a->top_k, a->temperature, NULL));
-    else if (a->top_p < 1.0f) CHECK(cuda_topp_sample(logits, token, seed, 1, vocab, a->top_p, a->temperature, NULL));
-    else CHECK(cuda_sample(logits, token, seed, 1, vocab, a->temperature, NULL));
+/* The next token of each of `rows` logits rows into `tokens`, with the seeds
+ * `seeds` (all library memory, so the sampler reads and writes where logits
+ * live). */
+static void choose(const Args *a, const float *logits, int rows, int vocab, int32_t *tokens, const uint64_t *seeds) {
+    if (a->temperature == 0.0f) CHECK(cuda_argmax(logits, tokens, rows, vocab, NULL));
+    else if (a->top_k > 0) CHECK(cuda_topk_sample(logits, tokens, seeds, rows, vocab, a->top_k, a->temperature, NULL));
+    else if (a->top_p < 1.0f) CHECK(cuda_topp_sample(logits, tokens, seeds, rows, vocab, a->top_p, a->temperature, NULL));
+    else CHECK(cuda_sample(logits, tokens, seeds, rows, vocab, a->temperature, NULL));
 }
 
-/* Runs `count` tokens at positions pos0.. through every layer (each writing
- * its cache), then the head on the last one: logits [vocab]. */
-static void forward(const Model *m, const int32_t *ids, int count, int pos0, LayerActs *acts, float *x_next, KvCache *caches, float *xf, float *logits) {
+/* Runs `count` tokens of each of `batch` rows at positions pos0.. through
+ * every layer (each writing its cache), then the head on each row's last
+ * one: logits [batch, vocab]. */
+static void forward(const Model *m, const int32_t *ids, int batch, int count, int pos0, LayerActs *acts, float *x_next, KvCache *caches, float *xf,
+                    float *logits) {
     const Config *c = &m->c;
+    int64_t tokens = (int64_t)batch * count;
     /* The rows in the weights' type (into acts->a, free until the first
      * layer's norm), widened into the residual stream. */
-    CHECK(cudann_embedding(ids, weight(m, m->embed), acts->a, count, c->vocab, c->hidden, m->dtype, NULL));
-    CHECK(cudann_convert(acts->a, m->dtype, acts->x_in, CUDANN_F32, (int64_t)count * c->hidden, NULL));
+    CHECK(cudann_embedding(ids, weight(m, m->embed), acts->a, tokens, c->vocab, c->hidden, m->dtype, NULL));
+    CHECK(cudann_convert(acts->a, m->dtype, acts->x_in, CUDANN_F32, tokens * c->hidden, NULL));
     for (int l = 0; l < c->layers; l++) {
-        layer_forward(m, l, acts, x_next, 1, count, pos0, &caches[l]);
+        layer_forward(m, l, acts, x_next, batch, count, pos0, &caches[l]);
         float *swap = acts->x_in; /* this layer's output is the next one's input */
         acts->x_in = x_next;
         x_next = swap;
     }
-    head_forward(m, acts->x_in + (size_t)(count - 1) * c->hidden, xf, logits, 1);
+    if (count == 1) {
+        head_forward(m, acts->x_in, xf, logits, batch);
+        return;
+    }
+    for (int b = 0; b < batch; b++)
+        head_forward(m, acts->x_in + ((size_t)b * count + count - 1) * c->hidden, xf + (size_t)b * c->hidden, logits + (size_t)b * c->vocab, 1);
+}
+
+static double seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 int main(int argc, char **argv) {
@@ -125,33 +146,41 @@ int main(int argc, char **argv) {
     if (args.logits && !dump) die("cannot write %s", args.logits);
     /* The caches, activations and logits live in library memory (the GPU's,
      * when there is one): only token ids, seeds (and dumped logits) cross. */
-    size_t kv = (size_t)c.max_seq * (size_t)(c.kv_heads * c.head_dim);
+    size_t B = (size_t)args.batch, kv = B * (size_t)c.max_seq * (size_t)(c.kv_heads * c.head_dim);
     KvCache *caches = xcalloc((size_t)c.layers, sizeof(KvCache));
     for (int l = 0; l < c.layers; l++) caches[l] = (KvCache){dalloc(kv, 4), dalloc(kv, 4)};
-    LayerActs acts = acts_alloc(&c, n_prompt);
-    float *x_next = dalloc((size_t)n_prompt * c.hidden, 4), *xf = dalloc((size_t)c.hidden, 4), *logits = dalloc((size_t)c.vocab, 4);
+    LayerActs acts = acts_alloc(&c, args.batch * n_prompt);
+    float *x_next = dalloc(B * n_prompt * c.hidden, 4), *xf = dalloc(B * c.hidden, 4), *logits = dalloc(B * c.vocab, 4);
     float *host_logits = dump ? xcalloc((size_t)c.vocab, 4) : NULL;
-    int32_t *ids = dalloc((size_t)n_prompt, 4);
-    uint64_t *seed = dalloc(1, sizeof(uint64_t));
-    copy_bytes(ids, prompt, (size_t)n_prompt * 4);
+    int32_t *ids = dalloc(B * n_prompt, 4), *host_ids = xcalloc(B * n_prompt, 4);
+    uint64_t *seeds = dalloc(B, sizeof(uint64_t)), *host_seeds = xcalloc(B, sizeof(uint64_t));
+    for (size_t b = 0; b < B; b++) memcpy(host_ids + b * n_prompt, prompt, (size_t)n_prompt * 4);
+    copy_bytes(ids, host_ids, B * n_prompt * 4);
 
     for (int i = 0; i < n_prompt; i++) printf("%s%d", i ? " " : "", prompt[i]);
-    forward(&m, ids, n_prompt, 0, &acts, x_next, caches, xf, logits);
+    forward(&m, ids, args.batch, n_prompt, 0, &acts, x_next, caches, xf, logits);
+    double start = 0;
     for (int step = 0; step < args.max_new; step++) {
         if (dump) {
             copy_bytes(host_logits, logits, (size_t)c.vocab * 4);
             if (fwrite(host_logits, 4, (size_t)c.vocab, dump) != (size_t)c.vocab) die("cannot write %s", args.logits);
         }
-        uint64_t step_seed = args.seed + (uint64_t)step;
+        for (size_t b = 0; b < B; b++) host_seeds[b] = args.seed + (uint64_t)step;
+        copy_bytes(seeds, host_seeds, B * sizeof(uint64_t));
+        choose(&args, logits, args.batch, c.vocab, ids, seeds);
         int32_t token;
-        copy_bytes(seed, &step_seed, sizeof step_seed);
-        choose(&args, logits, c.vocab, ids, seed);
         copy_bytes(&token, ids, sizeof token);
         printf(" %d", token);
         fflush(stdout);
-        if (step + 1 < args.max_new) forward(&m, ids, 1, n_prompt + step, &acts, x_next, caches, xf, logits);
+        if (step == 0) start = seconds(); /* the prompt's pass is done: its token is here */
+        if (step + 1 < args.max_new) forward(&m, ids, args.batch, 1, n_prompt + step, &acts, x_next, caches, xf, logits);
     }
     printf("\n");
+    if (args.max_new > 1) {
+        double ms = 1e3 * (seconds() - start);
+        fprintf(stderr, "generate_moe: %d decoding steps x %d rows in %.1f ms: %.0f tokens/s\n", args.max_new - 1, args.batch, ms,
+                1e3 * (args.max_new - 1) * args.batch / ms);
+    }
     if (dump && fclose(dump)) die("cannot write %s", args.logits);
     return 0;
 }

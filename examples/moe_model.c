@@ -301,8 +301,8 @@ void layer_forward(const Model *m, int l, LayerActs *a, float *x_out, int batch,
     linear(m, a->a, L->wv, a->v, T, G * h, D);
     CHECK(cuda_rope_qk(a->q, a->k, m->freqs, a->q, a->k, batch, seq, H, G, h, pos0, NULL));
     if (cache) {
-        CHECK(cudann_kv_cache_write(a->k, a->v, cache->k, cache->v, 1, seq, c->max_seq, G, h, pos0, CUDANN_F32, NULL));
-        CHECK(cudann_attention_forward(a->q, cache->k, cache->v, NULL, a->o, a->lse, 1, seq, pos0 + seq, c->max_seq, H, G, h, pos0, 1, scale,
+        CHECK(cudann_kv_cache_write(a->k, a->v, cache->k, cache->v, batch, seq, c->max_seq, G, h, pos0, CUDANN_F32, NULL));
+        CHECK(cudann_attention_forward(a->q, cache->k, cache->v, NULL, a->o, a->lse, batch, seq, pos0 + seq, c->max_seq, H, G, h, pos0, 1, scale,
                                        CUDANN_F32, NULL));
     } else {
         CHECK(cudann_attention_forward(a->q, a->k, a->v, NULL, a->o, a->lse, batch, seq, seq, seq, H, G, h, 0, 1, scale, CUDANN_F32, NULL));

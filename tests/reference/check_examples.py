@@ -149,6 +149,9 @@ def check_sampling(model, vocab):
         runs[" ".join(option)] = first
         check(first == second and len(ids) == 9 and all(0 <= t < vocab for t in ids) and ids[:3] == [3, 1, 4],
               f"sampling {' '.join(option)}: 6 ids in the vocabulary, the same for the same seed")
+        # Rows decoded together draw what one row alone draws.
+        batched = example("generate_moe", *args, "--batch", "3").stdout.split()
+        check(batched == first, f"sampling {' '.join(option)} --batch 3: row 0 equals the one-row run")
 
 
 def check_seed_init(work, config_path, data):
@@ -199,6 +202,7 @@ def check_bad_input(work, model, data, config):
         ("generate_moe", ["--model", broken, "--prompt", "1", "--max-new", "2"], "not a valid safetensors file"),
         ("generate_moe", ["--model", model, "--prompt", "1 x", "--max-new", "2"], "not a list of token ids"),
         ("generate_moe", ["--model", model, "--prompt", "1", "--max-new", "2", "--dtype", "f64"], "--dtype must be f32, bf16 or f16"),
+        ("generate_moe", ["--model", model, "--prompt", "1", "--max-new", "2", "--batch", "0"], "--batch must be in [1, 4096]"),
     ]
     for program, args, fragment in cases:
         result = example(program, *args, expect_ok=False)
