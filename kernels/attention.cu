@@ -593,6 +593,229 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
         flash_tiles<FlashD64, true>(smem, Q, K, V, O, sh);
 }
 
+// ----------------------------------------------------------------------------- decode attention (split KV)
+//
+// Few query rows against a long KV cache (decoding): the rows = q_len *
+// (heads / kv_heads) <= R query rows that share a KV head are one block's,
+// so each K and V row is read once for all of them, and the keys are split
+// across blocks so that a batch of one still fills the GPU. The four warps
+// of a block take interleaved tiles of 32 keys of the block's split: a warp
+// scores its tile 4 keys at a time (8 lanes a key, float4 loads), updates its
+// online softmax, then adds P V with lanes across d. The block combines its
+// warps in a fixed order; with one split it writes the output, else its
+// unnormalised partial (o, max, sum, in base 2) for
+// attention_decode_combine_f32, which combines the splits in order. No
+// atomics: the same bits run after run.
+
+#define DC_THREADS 128
+#define DC_WARPS (DC_THREADS / 32)
+#define DC_TILE 32
+
+// D4: float4s of the widest row (32 for d <= 128, 64 for d <= 256).
+template <int R, int D4> struct DecodeSmem {
+    float4 q[R][D4];                 // query rows, scaled to base 2
+    float p[DC_WARPS][R][DC_TILE];   // each warp's scores, then probabilities
+    float4 o[DC_WARPS][R][D4];       // each warp's unnormalised output
+    float m[DC_WARPS][R], l[DC_WARPS][R];
+};
+
+__device__ __forceinline__ float dot4(float4 a, float4 b, float acc) {
+    return fmaf(a.w, b.w, fmaf(a.z, b.z, fmaf(a.y, b.y, fmaf(a.x, b.x, acc))));
+}
+
+__device__ __forceinline__ float4 axpy4(float a, float4 x, float4 y) {
+    return make_float4(fmaf(a, x.x, y.x), fmaf(a, x.y, y.y), fmaf(a, x.z, y.z), fmaf(a, x.w, y.w));
+}
+
+__device__ __forceinline__ float4 scale4(float a, float4 x) { return make_float4(a * x.x, a * x.y, a * x.z, a * x.w); }
+
+// Row r of a decode block is query i = r / group of head kvh * group + r % group.
+__device__ __forceinline__ i64 decode_row(const FlashShape& sh, i64 b, int kvh, int r) {
+    const int group = sh.heads / sh.kv_heads;
+    return (b * sh.q_len + r / group) * sh.heads + kvh * group + r % group;
+}
+
+// The output row (and lse) from a combined unnormalised o, max m and sum l.
+__device__ __forceinline__ void decode_finish(const FlashShape& sh, float* O, i64 row, int c, float4 o, float m, float l) {
+    reinterpret_cast<float4*>(O + row * sh.d)[c] = l > 0.0f ? scale4(1.0f / l, o) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (sh.lse != nullptr && c == 0) sh.lse[row] = l > 0.0f ? (m + log2f(l)) * LN2 : -INF;
+}
+
+// Launch: block DC_THREADS, grid batch * kv_heads * splits (blocks stride);
+// keys split_len * s .. of each (batch, KV head) go to split s. d % 4 == 0,
+// d <= 4 * D4, rows <= R; Q, K, V, O 16-byte aligned. part: with splits > 1,
+// [batch * kv_heads * splits, R, d / 4 + 1] float4s (the last one of a row
+// holds its max and sum).
+template <int R, int D4>
+__device__ void decode_split(DecodeSmem<R, D4>& s, const float* Q, const float* K, const float* V, float* O,
+                             const FlashShape& sh, int splits, int split_len, float4* part) {
+    constexpr int SC = D4 / 8, PC = D4 / 32;  // float4s a lane takes of a K row, of a V row
+    const int group = sh.heads / sh.kv_heads, rows = sh.q_len * group, d4 = sh.d / 4;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, key = lane >> 3, part8 = lane & 7;
+    const int kv_end = sh.causal ? min(sh.kv_len, sh.pos0 + sh.q_len) : sh.kv_len;
+    const i64 kv_stride = (i64)sh.kv_heads * d4;  // float4s between key rows
+    const float scale2 = sh.scale * LOG2E;
+    const i64 work = (i64)sh.batch * sh.kv_heads * splits;
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (i64 item = blockIdx.x; item < work; item += gridDim.x) {
+        const i64 b = item / ((i64)sh.kv_heads * splits);
+        const int kvh = (int)(item / splits % sh.kv_heads), split = (int)(item % splits);
+        const int j_end = min(kv_end, (split + 1) * split_len);
+        __syncthreads();  // the previous item's readers of s are done
+        for (int e = threadIdx.x; e < R * D4; e += DC_THREADS) {
+            const int r = e / D4, c = e % D4;
+            s.q[r][c] = r < rows && c < d4 ? scale4(scale2, reinterpret_cast<const float4*>(Q + decode_row(sh, b, kvh, r) * sh.d)[c]) : zero;
+        }
+        __syncthreads();
+        const i64 head0 = (b * sh.kv_cap * sh.kv_heads + kvh) * d4;
+        const float4 *kbase = reinterpret_cast<const float4*>(K) + head0, *vbase = reinterpret_cast<const float4*>(V) + head0;
+        float m[R], l[R];  // l: this lane's share of the row sums
+        float4 o[R][PC];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            m[r] = -INF, l[r] = 0.0f;
+#pragma unroll
+            for (int u = 0; u < PC; ++u) o[r][u] = zero;
+        }
+        for (int j0 = split * split_len + warp * DC_TILE; j0 < j_end; j0 += DC_WARPS * DC_TILE) {
+            const int valid = min(DC_TILE, j_end - j0);
+            for (int k4 = 0; k4 < DC_TILE; k4 += 4) {
+                const int jj = k4 + key;
+                float acc[R];
+                float4 kv[SC];
+#pragma unroll
+                for (int t = 0; t < SC; ++t) {
+                    const int c = part8 + 8 * t;
+                    kv[t] = jj < valid && c < d4 ? __ldg(kbase + (i64)(j0 + jj) * kv_stride + c) : zero;
+                }
+#pragma unroll
+                for (int r = 0; r < R; ++r) {
+                    acc[r] = 0.0f;
+#pragma unroll
+                    for (int t = 0; t < SC; ++t) acc[r] = dot4(s.q[r][part8 + 8 * t], kv[t], acc[r]);
+                    acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], 1);
+                    acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], 2);
+                    acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], 4);
+                }
+                if (part8 == 0)
+#pragma unroll
+                    for (int r = 0; r < R; ++r) s.p[warp][r][jj] = acc[r];
+            }
+            __syncwarp();
+            // The online softmax, lane = key of the tile.
+            const int j = j0 + lane;
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                const int i = r / group;
+                float v = s.p[warp][r][lane];
+                if (lane >= valid || r >= rows || (sh.causal && j > sh.pos0 + i))
+                    v = -INF;
+                else if (sh.mask != nullptr)
+                    v += sh.mask[(i64)i * sh.kv_len + j] * LOG2E;
+                const float mn = fmaxf(m[r], warp_allreduce(v, Max()));
+                const float base = mn == -INF ? 0.0f : mn;  // all masked so far: p = 0, o stays 0
+                const float alpha = exp2_approx(m[r] - base), p = exp2_approx(v - base);
+                l[r] = l[r] * alpha + p;
+                m[r] = mn;
+#pragma unroll
+                for (int u = 0; u < PC; ++u) o[r][u] = scale4(alpha, o[r][u]);
+                s.p[warp][r][lane] = p;
+            }
+            __syncwarp();
+#pragma unroll 4
+            for (int jj = 0; jj < valid; ++jj) {
+                const float4* vrow = vbase + (i64)(j0 + jj) * kv_stride;
+#pragma unroll
+                for (int u = 0; u < PC; ++u) {
+                    const int c = lane + 32 * u;
+                    if (c >= d4) continue;
+                    const float4 vv = __ldg(vrow + c);
+#pragma unroll
+                    for (int r = 0; r < R; ++r) o[r][u] = axpy4(s.p[warp][r][jj], vv, o[r][u]);
+                }
+            }
+            __syncwarp();  // the next tile's scores overwrite s.p
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const float lt = warp_allreduce(l[r], Sum());
+            if (lane == 0) s.m[warp][r] = m[r], s.l[warp][r] = lt;
+#pragma unroll
+            for (int u = 0; u < PC; ++u) s.o[warp][r][lane + 32 * u] = o[r][u];
+        }
+        __syncthreads();
+        for (int e = threadIdx.x; e < R * D4; e += DC_THREADS) {
+            const int r = e / D4, c = e % D4;
+            if (r >= rows || c >= d4) continue;
+            float mx = -INF;
+#pragma unroll
+            for (int w = 0; w < DC_WARPS; ++w) mx = fmaxf(mx, s.m[w][r]);
+            const float base = mx == -INF ? 0.0f : mx;
+            float lt = 0.0f;
+            float4 acc = zero;
+#pragma unroll
+            for (int w = 0; w < DC_WARPS; ++w) {
+                const float f = exp2_approx(s.m[w][r] - base);
+                lt = fmaf(s.l[w][r], f, lt);
+                acc = axpy4(f, s.o[w][r][c], acc);
+            }
+            if (splits == 1) {
+                decode_finish(sh, O, decode_row(sh, b, kvh, r), c, acc, mx, lt);
+            } else {
+                float4* pr = part + (item * R + r) * (d4 + 1);
+                pr[c] = acc;
+                if (c == 0) pr[d4] = make_float4(mx, lt, 0.0f, 0.0f);
+            }
+        }
+    }
+}
+
+// General attention forward (as attention_forward_f32) for rows <= R and
+// d <= D (128 or 256); see decode_split for the launch.
+#define DC_KERNEL(R, D)                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(DC_THREADS) attention_decode_r##R##_d##D##_f32(                        \
+        const float* Q, const float* K, const float* V, float* O, const float* mask, float* lse, int batch, int q_len, \
+        int kv_len, int kv_cap, int heads, int kv_heads, int d, int pos0, int causal, float scale, int splits,         \
+        int split_len, float4* part) {                                                                                 \
+        __shared__ DecodeSmem<R, D / 4> s;                                                                             \
+        const FlashShape sh{batch, q_len, kv_len, kv_cap, heads, kv_heads, d, pos0, causal, scale, mask, lse};        \
+        decode_split<R, D / 4>(s, Q, K, V, O, sh, splits, split_len, part);                                           \
+    }
+DC_KERNEL(1, 128)
+DC_KERNEL(2, 128)
+DC_KERNEL(4, 128)
+DC_KERNEL(8, 128)
+DC_KERNEL(1, 256)
+DC_KERNEL(2, 256)
+DC_KERNEL(4, 256)
+DC_KERNEL(8, 256)
+
+// Launch: block 256, grid over batch * kv_heads * rows * d / 4 (grid-stride).
+// Combines the splits' partials of attention_decode_r<R>_* (rpad = R) in
+// split order into O and lse.
+extern "C" __global__ void attention_decode_combine_f32(const float4* part, float* O, float* lse, int batch, int q_len,
+                                                        int heads, int kv_heads, int d, int splits, int rpad) {
+    const FlashShape sh{batch, q_len, 0, 0, heads, kv_heads, d, 0, 0, 0.0f, nullptr, lse};
+    const int d4 = d / 4, rows = q_len * (heads / kv_heads);
+    const i64 n = (i64)batch * kv_heads * rows * d4;
+    for (i64 e = grid_thread(); e < n; e += grid_threads()) {
+        const int c = (int)(e % d4), r = (int)(e / d4 % rows);
+        const i64 bk = e / ((i64)d4 * rows);  // b * kv_heads + kvh
+        float mx = -INF;
+        for (int sp = 0; sp < splits; ++sp) mx = fmaxf(mx, part[((bk * splits + sp) * rpad + r) * (d4 + 1) + d4].x);
+        const float base = mx == -INF ? 0.0f : mx;
+        float lt = 0.0f;
+        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int sp = 0; sp < splits; ++sp) {
+            const float4* pr = part + ((bk * splits + sp) * rpad + r) * (d4 + 1);
+            const float f = exp2_approx(pr[d4].x - base);
+            lt = fmaf(pr[d4].y, f, lt);
+            acc = axpy4(f, pr[c], acc);
+        }
+        decode_finish(sh, O, decode_row(sh, bk / kv_heads, (int)(bk % kv_heads), r), c, acc, mx, lt);
+    }
+}
+
 // ----------------------------------------------------------------------------- general attention backward
 //
 // Two launches, deterministic: every output element is summed by one thread

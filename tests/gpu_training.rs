@@ -641,6 +641,11 @@ fn general_attention_matches_the_cpu() {
         (1, 3, 3, 3, 1, 1, 256, 0, 1, false),
         (2, 20, 20, 20, 3, 3, 7, 0, 1, false),
         (1, 70, 70, 70, 2, 1, 64, 0, 0, false),
+        // Decoding against long caches: the split-KV kernels and their combine.
+        (3, 1, 3000, 4096, 8, 1, 128, 2999, 1, false),
+        (2, 2, 700, 1024, 4, 2, 256, 698, 1, true),
+        (1, 1, 5000, 5000, 2, 2, 32, 0, 0, false),
+        (1, 1, 300, 300, 2, 1, 36, 299, 1, false),
     ];
     for (batch, q_len, kv_len, cap, heads, kv_heads, d, pos0, causal, masked) in cases {
         let what = format!("attention b{batch} q{q_len} kv{kv_len}/{cap} h{heads}/{kv_heads} d{d} pos0 {pos0} causal {causal} mask {masked}");
@@ -659,10 +664,16 @@ fn general_attention_matches_the_cpu() {
             assert_ok(cudann_attention_forward(q.as_ptr().cast(), k.as_ptr().cast(), v.as_ptr().cast(), mask_ptr(mask.as_ptr()), out.as_mut_ptr().cast(), lse.as_mut_ptr(), a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7, a.8, scale, CUDANN_F32, NULL));
             assert_ok(cudann_attention_forward(dq.p().cast(), dk.p().cast(), dv.p().cast(), mask_ptr(dm.p()), dout.p().cast(), dlse.p(), a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7, a.8, scale, CUDANN_F32, s.raw()));
         }
+        let (again, again_lse) = (Dev::from(&poisoned(qn)), Dev::from(&poisoned(ln)));
+        unsafe {
+            assert_ok(cudann_attention_forward(dq.p().cast(), dk.p().cast(), dv.p().cast(), mask_ptr(dm.p()), again.p().cast(), again_lse.p(), a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7, a.8, scale, CUDANN_F32, s.raw()));
+        }
         s.sync();
         // Weighted means of V (|v| ~ 1): the GPU's base-2 exponentials and summation order.
         assert_close(&dout.read(), &f64s(&out), 1e-4, 2e-5, &format!("{what}: output"));
         assert_close(&dlse.read(), &f64s(&lse), 1e-5, 1e-5, &format!("{what}: lse"));
+        same_bits(&again.read(), &dout.read(), &format!("{what}: output run to run"));
+        same_bits(&again_lse.read(), &dlse.read(), &format!("{what}: lse run to run"));
         if cap != kv_len {
             continue;
         }

@@ -5,7 +5,7 @@ GPU in the same run. CUDA-event timing, median of many runs after warm-up.
     CUDANN_ALLOW_TF32=1 python3 bench/gpu/gpu_bench.py [lib] attention   # the TF32 flash kernel
 
 An optional last argument names the benches to run (elementwise, rows, adamw,
-gemm, attention, sampling, training). torch's side stays fp32 (TF32 off) either way.
+gemm, attention, sampling, training, decode). torch's side stays fp32 (TF32 off) either way.
 
 Prints: op, size, ours ms, torch ms, torch/ours, % of the measured copy
 bandwidth (bytes each op must move / time), and the issue's target.
@@ -207,12 +207,31 @@ def bench_training():
     row("gemm_ex bf16", f"{m}^3", timed(gemm, reps=10, inner=3), timed(lambda: torch.matmul(a, bb, out=c), reps=10, inner=3), 2 * 3 * m * m, ">=0.95x cuBLAS")
 
 
+def bench_decode():
+    """Decode attention (one new token per sequence) against a float32 KV
+    cache, Llama-style GQA (32 query heads, 8 KV heads, d 128): bound by
+    reading the cache once; torch SDPA (enable_gqa) on the same data."""
+    h, kvh, d = 32, 8, 128
+    for b, length in ((1, 4096), (1, 32768), (16, 8192), (64, 4096), (64, 32768)):
+        q, out = torch.randn(b, 1, h, d, device=DEV), torch.empty(b, 1, h, d, device=DEV)
+        k, v = torch.randn(b, length, kvh, d, device=DEV), torch.randn(b, length, kvh, d, device=DEV)
+        scale = F(d ** -0.5)
+        ours = lambda: call("cudann_attention_forward", ptr(q), ptr(k), ptr(v), None, ptr(out), None, I(b), I(1), I(length), I(length),
+                            I(h), I(kvh), I(d), I(length - 1), I(1), scale, I(0), stream())
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+        theirs = lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True)
+        row("attention decode", f"{b}x{length} gqa32/8", timed(ours, reps=10, inner=3), timed(theirs, reps=10, inner=3),
+            2 * 4 * b * length * kvh * d, ">=80% copy bw")
+        del q, out, k, v, qt, kt, vt
+        torch.cuda.empty_cache()
+
+
 def main():
     tf32 = "cudann TF32 on" if os.environ.get("CUDANN_ALLOW_TF32") == "1" else "TF32 off"
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | torch TF32 off, {tf32}")
     bw = copy_bandwidth()
     print(f"# device copy bandwidth: {bw / 1e12:.2f} TB/s (read + write)")
-    for bench in (bench_elementwise, bench_rows, bench_adamw, bench_gemm, bench_attention, bench_sampling, bench_training):
+    for bench in (bench_elementwise, bench_rows, bench_adamw, bench_gemm, bench_attention, bench_sampling, bench_training, bench_decode):
         if not ONLY or bench.__name__[len("bench_"):] in ONLY:
             bench()
     print(f"{'op':<18} {'size':<16} {'ours ms':>9} {'torch ms':>9} {'torch/ours':>10} {'% copy bw':>9}  target")

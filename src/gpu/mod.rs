@@ -8,6 +8,7 @@ pub mod driver;
 pub mod kernels;
 pub mod memory;
 pub mod ops;
+pub mod scratch;
 pub mod widen;
 
 use std::collections::HashMap;

@@ -5,9 +5,8 @@
 //! result is exactly the GPU's float32 op on the widened inputs, rounded once,
 //! as the CPU path is the CPU's float32 op rounded once.
 
-use cudarc::driver::sys;
-
-use super::driver::{DevPtr, Stream, check};
+use super::driver::{DevPtr, Stream};
+use super::scratch::Scratch;
 use super::{Gpu, ops};
 use crate::cpu::convert::Float;
 use crate::error::Result;
@@ -23,28 +22,12 @@ pub enum Use {
     Keep,
 }
 
-/// Float32 temporaries freed on the stream when dropped (after the kernels
-/// enqueued before them).
-struct Temps {
-    stream: Stream,
-    ptrs: Vec<DevPtr>,
-}
-
-impl Drop for Temps {
-    fn drop(&mut self) {
-        for &p in &self.ptrs {
-            // SAFETY: allocated by cuMemAllocAsync below, freed once, in stream order.
-            unsafe { sys::cuMemFreeAsync(p, self.stream) };
-        }
-    }
-}
-
 /// Runs `f32_op` with every `In`/`Out` operand (`pointers[i]`, `elements[i]`
 /// elements of type `t`) replaced by a float32 temporary; an output that is
 /// an input's very buffer shares that input's temporary (in place stays in
 /// place). Safety: device pointers of the given sizes.
 pub unsafe fn run(g: &Gpu, stream: Stream, t: Float, uses: &[Use], pointers: &[DevPtr], elements: &[usize], f32_op: impl FnOnce(&[DevPtr]) -> Result<()>) -> Result<()> {
-    let mut temps = Temps { stream, ptrs: Vec::new() };
+    let mut temps = Scratch::new(stream);
     let mut wide = pointers.to_vec();
     for i in 0..pointers.len() {
         if uses[i] == Use::Keep || elements[i] == 0 {
@@ -57,10 +40,7 @@ pub unsafe fn run(g: &Gpu, stream: Stream, t: Float, uses: &[Use], pointers: &[D
             }
             continue;
         }
-        let mut p = 0;
-        // SAFETY: an out-pointer for a new allocation on the caller's stream.
-        check(unsafe { sys::cuMemAllocAsync(&mut p, elements[i] * 4, stream) }, "cuMemAllocAsync")?;
-        temps.ptrs.push(p);
+        let p = temps.alloc(elements[i] * 4)?;
         wide[i] = p;
         if uses[i] == Use::In {
             unsafe { ops::convert(g, stream, pointers[i], t, p, Float::F32, elements[i])? };

@@ -2,6 +2,7 @@
 
 use super::{line, strided};
 use crate::gpu::driver::{Arg, DevPtr, Launch, Stream};
+use crate::gpu::scratch::Scratch;
 use crate::gpu::Gpu;
 use crate::error::Result;
 use crate::cpu::attention::{Attention, AttnShape};
@@ -79,6 +80,9 @@ fn flash_rows(head_dim: usize) -> usize {
 /// General attention forward (`cudann_attention_forward`, float32): `mask` and
 /// `lse` 0 for none; head_dim <= [`FLASH_MAX_HEAD_DIM`].
 pub unsafe fn attention_forward(g: &Gpu, s: Stream, [q, k, v, out, mask, lse]: [DevPtr; 6], a: &Attention) -> Result<()> {
+    if let Some(rows) = decode_rows(a, [q, k, v, out]) {
+        return unsafe { attention_decode(g, s, [q, k, v, out, mask, lse], a, rows) };
+    }
     let at = line((a.q_len.div_ceil(flash_rows(a.head_dim)) * a.heads * a.batch).min(1 << 20), 64);
     let aligned = [q, k, v].iter().all(|p| p % 16 == 0);
     let kernel = if (33..=64).contains(&a.head_dim) && a.head_dim % 4 == 0 && aligned { "attention_forward_d64_f32" } else { "attention_forward_f32" };
@@ -88,6 +92,57 @@ pub unsafe fn attention_forward(g: &Gpu, s: Stream, [q, k, v, out, mask, lse]: [
         I32(a.heads as i32), I32(a.kv_heads as i32), I32(a.head_dim as i32), I32(a.pos0 as i32), I32(a.causal as i32), F32(a.scale),
     ];
     unsafe { g.launch(kernel, at, s, args) }
+}
+
+/// The most query rows (q_len x heads per KV head) the decode kernels take.
+const DECODE_MAX_ROWS: usize = 8;
+/// Blocks the decode kernels aim for (several per SM of any current GPU); a
+/// function of the shape alone, so results do not depend on the device.
+const DECODE_BLOCKS: usize = 1024;
+/// Keys a decode block takes at least (a tile for each of its four warps).
+const DECODE_MIN_SPLIT: usize = 128;
+
+/// The decode kernels by head-dim class (d <= 128, d <= 256) and row class (1, 2, 4, 8).
+const DECODE_KERNELS: [[&str; 4]; 2] = [
+    ["attention_decode_r1_d128_f32", "attention_decode_r2_d128_f32", "attention_decode_r4_d128_f32", "attention_decode_r8_d128_f32"],
+    ["attention_decode_r1_d256_f32", "attention_decode_r2_d256_f32", "attention_decode_r4_d256_f32", "attention_decode_r8_d256_f32"],
+];
+
+/// The decode kernels' row class (1, 2, 4 or 8) when they apply: few query
+/// rows per KV head, `head_dim % 4 == 0`, 16-byte aligned tensors.
+fn decode_rows(a: &Attention, ptrs: [DevPtr; 4]) -> Option<usize> {
+    let rows = a.q_len * (a.heads / a.kv_heads);
+    let fits = rows <= DECODE_MAX_ROWS && a.head_dim % 4 == 0 && ptrs.iter().all(|p| p % 16 == 0);
+    fits.then(|| rows.next_power_of_two())
+}
+
+/// Split-KV decode attention: `batch * kv_heads * splits` blocks, each over
+/// `split_len` keys for all query rows of a KV head; with more than one split
+/// the partials go to scratch and a second launch combines them in order.
+unsafe fn attention_decode(g: &Gpu, s: Stream, [q, k, v, out, mask, lse]: [DevPtr; 6], a: &Attention, rows: usize) -> Result<()> {
+    let kv_end = if a.causal { a.kv_len.min(a.pos0 + a.q_len) } else { a.kv_len };
+    let heads = a.batch * a.kv_heads;
+    let want = DECODE_BLOCKS.div_ceil(heads).min(kv_end.div_ceil(DECODE_MIN_SPLIT)).max(1);
+    let split_len = kv_end.div_ceil(want).next_multiple_of(32).max(32);
+    let splits = kv_end.div_ceil(split_len).max(1);
+        let mut scratch = Scratch::new(s);
+    let part = if splits > 1 { scratch.alloc(heads * splits * rows * (a.head_dim / 4 + 1) * 16)? } else { 0 };
+    let kernel = DECODE_KERNELS[usize::from(a.head_dim > 128)][rows.trailing_zeros() as usize];
+    let args = &mut [
+        Ptr(q), Ptr(k), Ptr(v), Ptr(out), Ptr(mask), Ptr(lse),
+        I32(a.batch as i32), I32(a.q_len as i32), I32(a.kv_len as i32), I32(a.kv_capacity as i32),
+        I32(a.heads as i32), I32(a.kv_heads as i32), I32(a.head_dim as i32), I32(a.pos0 as i32), I32(a.causal as i32), F32(a.scale),
+        I32(splits as i32), I32(split_len as i32), Ptr(part),
+    ];
+    unsafe { g.launch(kernel, line((heads * splits).min(1 << 20), 128), s, args)? };
+    if splits > 1 {
+        let args = &mut [
+            Ptr(part), Ptr(out), Ptr(lse), I32(a.batch as i32), I32(a.q_len as i32), I32(a.heads as i32), I32(a.kv_heads as i32),
+            I32(a.head_dim as i32), I32(splits as i32), I32(rows as i32),
+        ];
+        unsafe { g.launch("attention_decode_combine_f32", strided(heads * a.q_len * (a.heads / a.kv_heads) * a.head_dim / 4), s, args)? };
+    }
+    Ok(())
 }
 
 /// General attention backward (`cudann_attention_backward`, float32): one
