@@ -699,3 +699,87 @@ fn general_attention_matches_the_cpu() {
         }
     }
 }
+
+/// Outputs of one round of training and decoding ops on `s`: attention
+/// forward (prefill and a split-KV decode step) and backward, MoE dispatch and
+/// combine, RMSNorm backward; every buffer's contents, in call order.
+fn training_round(s: &Stream, inputs: &RoundInputs) -> Vec<Vec<f32>> {
+    let r = inputs;
+    let (b, q, h, g, d) = (2usize, 48usize, 4usize, 2usize, 64usize);
+    let (qn, kvn, ln) = (b * q * h * d, b * q * g * d, b * q * h);
+    let (dq, dk, dv) = (Dev::from(&r.q), Dev::from(&r.k), Dev::from(&r.v));
+    let (out, lse) = (Dev::from(&poisoned(qn)), Dev::from(&poisoned(ln)));
+    let (gq, gk, gv, ddy) = (Dev::from(&poisoned(qn)), Dev::from(&poisoned(kvn)), Dev::from(&poisoned(kvn)), Dev::from(&r.dy));
+    let (cache_len, dec_q) = (1500usize, Dev::from(&r.q[..b * h * d]));
+    let (ck, cv) = (Dev::from(&r.cache_k), Dev::from(&r.cache_v));
+    let dec_out = Dev::from(&poisoned(b * h * d));
+    let (tokens, dim, experts, k) = (64usize, 32usize, 8usize, 2usize);
+    let (x, idx, wts, norm_w) = (Dev::from(&r.x), Dev::from(&r.experts), Dev::from(&r.weights), Dev::from(&r.norm_weight));
+    let (xs, order, offsets, moe_out) = (Dev::from(&poisoned(tokens * k * dim)), Dev::from(&vec![0i32; tokens * k]), Dev::from(&vec![0i32; experts + 1]), Dev::from(&poisoned(tokens * dim)));
+    let (dn, dw) = (Dev::from(&poisoned(tokens * dim)), Dev::from(&poisoned(dim)));
+    let scale = 1.0 / (d as f32).sqrt();
+    let (bi, qi, hi, gi, di) = (b as i32, q as i32, h as i32, g as i32, d as i32);
+    unsafe {
+        assert_ok(cudann_attention_forward(dq.p().cast(), dk.p().cast(), dv.p().cast(), std::ptr::null(), out.p().cast(), lse.p(), bi, qi, qi, qi, hi, gi, di, 0, 1, scale, CUDANN_F32, s.raw()));
+        assert_ok(cudann_attention_backward(ddy.p(), dq.p(), dk.p(), dv.p(), std::ptr::null(), out.p(), lse.p(), gq.p(), gk.p(), gv.p(), bi, qi, qi, hi, gi, di, 0, 1, scale, s.raw()));
+        let cl = cache_len as i32;
+        assert_ok(cudann_attention_forward(dec_q.p().cast(), ck.p().cast(), cv.p().cast(), std::ptr::null(), dec_out.p().cast(), std::ptr::null_mut(), bi, 1, cl, cl, hi, gi, di, cl - 1, 1, scale, CUDANN_F32, s.raw()));
+        assert_ok(cudann_moe_dispatch(x.p(), idx.p(), xs.p(), order.p(), offsets.p(), tokens as i32, dim as i32, experts as i32, k as i32, s.raw()));
+        assert_ok(cudann_moe_combine(xs.p(), wts.p(), order.p(), moe_out.p(), tokens as i32, dim as i32, k as i32, s.raw()));
+        assert_ok(cudann_rmsnorm_backward(moe_out.p(), x.p(), norm_w.p(), dn.p(), dw.p(), tokens as i32, dim as i32, 1e-6, s.raw()));
+    }
+    s.sync();
+    let ints = |v: Vec<i32>| v.into_iter().map(|i| i as f32).collect::<Vec<f32>>();
+    vec![out.read(), lse.read(), gq.read(), gk.read(), gv.read(), dec_out.read(), xs.read(), ints(order.read()), ints(offsets.read()), moe_out.read(), dn.read(), dw.read()]
+}
+
+struct RoundInputs {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    dy: Vec<f32>,
+    cache_k: Vec<f32>,
+    cache_v: Vec<f32>,
+    x: Vec<f32>,
+    experts: Vec<i32>,
+    weights: Vec<f32>,
+    norm_weight: Vec<f32>,
+}
+
+#[test]
+fn training_ops_from_eight_threads_match_one_thread_bitwise() {
+    if !present("training_ops_from_eight_threads_match_one_thread_bitwise") {
+        return;
+    }
+    let mut rng = Rng::new(404);
+    let (qn, kvn) = (2 * 48 * 4 * 64, 2 * 48 * 2 * 64);
+    let cache = 2 * 1500 * 2 * 64;
+    let (logits, tokens, experts) = (rng.vec(64 * 8, 1.0), 64, 8);
+    let (indices, weights) = route(&logits, tokens, experts, 2);
+    let inputs = RoundInputs {
+        q: rng.vec(qn, 1.0),
+        k: rng.vec(kvn, 1.0),
+        v: rng.vec(kvn, 1.0),
+        dy: rng.vec(qn, 1.0),
+        cache_k: rng.vec(cache, 1.0),
+        cache_v: rng.vec(cache, 1.0),
+        x: rng.vec(tokens * 32, 1.0),
+        experts: indices,
+        weights,
+        norm_weight: rng.vec(32, 1.0),
+    };
+    let want = training_round(&Stream::new(), &inputs);
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let (inputs, want) = (&inputs, &want);
+            scope.spawn(move || {
+                let s = Stream::new();
+                for round in 0..3 {
+                    for (i, (got, want)) in training_round(&s, inputs).iter().zip(want).enumerate() {
+                        same_bits(got, want, &format!("thread {t}, round {round}: output {i}"));
+                    }
+                }
+            });
+        }
+    });
+}
