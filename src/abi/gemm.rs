@@ -204,10 +204,9 @@ pub unsafe extern "C" fn cudann_gemm_ex(
             // A float32 C with one half type among A and B (decoding's float32
             // activations times half weights): the float32 product of a
             // float32 copy of the half operand.
-            let halves: Vec<Float> = types[..2].iter().copied().filter(|&t| t != Float::F32).collect();
-            if types[2] == Float::F32 && halves.iter().all(|&t| t == halves[0]) {
+            if let [Float::F32, half, Float::F32] | [half, Float::F32, Float::F32] = types {
                 let use_of = |t| if t == Float::F32 { Use::Keep } else { Use::In };
-                return dispatch::run_typed(halves[0], &call, [use_of(types[0]), use_of(types[1]), Use::Keep], cpu, |_, p| gpu(None, p));
+                return dispatch::run_typed(half, &call, [use_of(types[0]), use_of(types[1]), Use::Keep], cpu, |_, p| gpu(None, p));
             }
             return dispatch::run_cpu_only(&call, cpu);
         }

@@ -25,8 +25,10 @@ pub enum Use {
 /// Runs `f32_op` with every `In`/`Out` operand (`pointers[i]`, `elements[i]`
 /// elements of type `t`) replaced by a float32 temporary; an output that is
 /// an input's very buffer shares that input's temporary (in place stays in
-/// place). Safety: device pointers of the given sizes.
+/// place). Inputs come before outputs in `uses`. Safety: device pointers of
+/// the given sizes.
 pub unsafe fn run(g: &Gpu, stream: Stream, t: Float, uses: &[Use], pointers: &[DevPtr], elements: &[usize], f32_op: impl FnOnce(&[DevPtr]) -> Result<()>) -> Result<()> {
+    debug_assert!(!uses.iter().skip_while(|&&u| u != Use::Out).any(|&u| u == Use::In), "inputs before outputs");
     let mut temps = Scratch::new(stream);
     let mut wide = pointers.to_vec();
     for i in 0..pointers.len() {
@@ -35,15 +37,11 @@ pub unsafe fn run(g: &Gpu, stream: Stream, t: Float, uses: &[Use], pointers: &[D
         }
         if let Some(j) = (0..i).find(|&j| uses[j] != Use::Keep && pointers[j] == pointers[i]) {
             wide[i] = wide[j];
-            if uses[i] == Use::In && uses[j] == Use::Out {
-                unsafe { ops::convert(g, stream, pointers[i], t, wide[i], Float::F32, elements[i])? };
-            }
             continue;
         }
-        let p = temps.alloc(elements[i] * 4)?;
-        wide[i] = p;
+        wide[i] = temps.alloc(elements[i] * 4)?;
         if uses[i] == Use::In {
-            unsafe { ops::convert(g, stream, pointers[i], t, p, Float::F32, elements[i])? };
+            unsafe { ops::convert(g, stream, pointers[i], t, wide[i], Float::F32, elements[i])? };
         }
     }
     f32_op(&wide)?;
