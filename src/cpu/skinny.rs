@@ -170,6 +170,14 @@ impl Finish {
 unsafe fn dots_chunk<W: Weight>(a: &[f32], m: usize, k: usize, w: *const W, ldw: usize, n0: usize, count: usize, out: Finish) {
     // LEVEL: the SIMD level this copy is compiled for (#[simd]).
     let fused = LEVEL.fma();
+    if m == 1 && W::DIRECT {
+        // One row of A (a gemv): W's rows one after another, a single
+        // sequential stream, each dotted four accumulators deep.
+        for q in 0..count {
+            unsafe { out.store(0, n0 + q, dot_row(a, w.add((n0 + q) * ldw), k, fused)) };
+        }
+        return;
+    }
     let mut sums = alloc::filled(m * count, 0.0f32);
     // One row tile's A fits in L2 whole: each W row is then read in one run
     // (float16 rows go through the KB-wide buffer in blocks).
@@ -194,6 +202,32 @@ unsafe fn dots_chunk<W: Weight>(a: &[f32], m: usize, k: usize, w: *const W, ldw:
             unsafe { out.store(i, n0 + q, sums[i * count + q]) };
         }
     }
+}
+
+/// x · w over `k` elements with four independent accumulators.
+#[inline(always)]
+fn dot_row<V: Weight>(x: &[f32], w: *const V, k: usize, fused: bool) -> f32 {
+    const STEP: usize = 4 * LANES;
+    let mut acc = [[0.0f32; LANES]; 4];
+    let full = k / STEP * STEP;
+    for p in (0..full).step_by(STEP) {
+        for (u, acc) in acc.iter_mut().enumerate() {
+            let (xv, wv) = unsafe { (load(x.as_ptr().add(p + u * LANES)), V::lanes(w.add(p + u * LANES))) };
+            mul_add(acc, &xv, &wv, fused);
+        }
+    }
+    let mut p = full;
+    while p + LANES <= k {
+        let (xv, wv) = unsafe { (load(x.as_ptr().add(p)), V::lanes(w.add(p))) };
+        mul_add(&mut acc[0], &xv, &wv, fused);
+        p += LANES;
+    }
+    let tail: f32 = (p..k).map(|i| x[i] * unsafe { V::one(w.add(i)) }).sum();
+    let mut total = [0.0f32; LANES];
+    for i in 0..LANES {
+        total[i] = (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]);
+    }
+    lane_total(total) + tail
 }
 
 /// Rows of W per dot tile.
