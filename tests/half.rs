@@ -315,3 +315,29 @@ fn same_bits(got: &[u16], want: &[u16], what: &str, t: i32) {
         panic!("{what} type {t}: {count} elements differ; first at {i}: {:#06x}, want {:#06x}", got[i], want[i]);
     }
 }
+
+#[test]
+fn half_ops_whose_float32_op_is_parallel_itself_run_on_many_threads() {
+    // RoPE runs each widened block through the float32 op, which splits the
+    // block across threads again: a thread waiting on that may take another
+    // block meanwhile (it used to find its scratch still borrowed and panic).
+    let mut rng = Rng::new(68);
+    let (batch, seq, hq, hk, hd) = (2usize, 300usize, 8usize, 2usize, 64usize);
+    let mut freqs = vec![0f32; (seq + 40) * hd / 2];
+    unsafe { assert_ok(cuda_rope_freqs(freqs.as_mut_ptr(), (seq + 40) as i32, hd as i32, 10_000.0, 1.0, NULL)) };
+    for t in HALVES {
+        let (nq, nk) = (batch * seq * hq * hd, batch * seq * hk * hd);
+        let (hq_in, q) = to_half(&rng.vec(nq, 2.0), t);
+        let (hk_in, k) = to_half(&rng.vec(nk, 2.0), t);
+        let (mut wq, mut wk) = (vec![0f32; nq], vec![0f32; nk]);
+        let args = (batch as i32, seq as i32, hq as i32, hk as i32, hd as i32);
+        unsafe { assert_ok(cuda_rope_qk(q.as_ptr(), k.as_ptr(), freqs.as_ptr(), wq.as_mut_ptr(), wk.as_mut_ptr(), args.0, args.1, args.2, args.3, args.4, 40, NULL)) };
+        for _ in 0..40 {
+            let (mut gq, mut gk) = (vec![0u16; nq], vec![0u16; nk]);
+            let code = with_threads(16, || unsafe { cudann_rope_qk_ex(vp(&hq_in), vp(&hk_in), freqs.as_ptr(), vm(&mut gq), vm(&mut gk), args.0, args.1, args.2, args.3, args.4, 40, t, NULL) });
+            assert_ok(code);
+            assert_eq!(gq, rounded(&wq, t), "rope q type {t}");
+            assert_eq!(gk, rounded(&wk, t), "rope k type {t}");
+        }
+    }
+}

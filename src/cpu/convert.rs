@@ -212,13 +212,15 @@ pub unsafe fn blockwise<T: Element, const N: usize>(inputs: [*const T; N], outpu
             // A row longer than the kept scratch: its own buffer, freed with it.
             return run(&mut super::alloc::filled(need, 0.0));
         }
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            if scratch.len() < need {
-                scratch.resize(need, 0.0);
-            }
-            run(&mut scratch[..need]);
-        });
+        // Taken out of the cell while `op` runs: an op with parallel work of
+        // its own may have this thread run another block meanwhile, which
+        // then finds the cell empty and grows its own.
+        let mut scratch = SCRATCH.take();
+        if scratch.len() < need {
+            scratch.resize(need, 0.0);
+        }
+        run(&mut scratch[..need]);
+        SCRATCH.set(scratch);
     });
 }
 
@@ -286,7 +288,7 @@ const SCRATCH_KEEP: usize = 64 * 1024;
 thread_local! {
     /// Each worker's float32 blocks for [`blockwise`] (at most a few blocks of
     /// CHUNK floats, unless one row is longer).
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// `len` elements of `T` at `ptr`, widened into a new float32 buffer.

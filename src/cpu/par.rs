@@ -2,7 +2,7 @@
 //! in-place case handled once here: an input that is the output itself is read
 //! from a copy of the block, so kernels only ever see non-aliasing slices.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 
 use rayon::prelude::*;
 
@@ -65,7 +65,7 @@ thread_local! {
     /// A reused copy buffer for in-place blocks of at most CHUNK elements, so a
     /// thread keeps at most 64 KiB between calls; larger blocks (long rows) get a
     /// buffer of their own, given back when the block is done.
-    static BLOCK_COPY: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static BLOCK_COPY: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Calls `f(copy, block)` with a copy of `block`'s old values (an in-place output).
@@ -74,12 +74,14 @@ fn with_copy<R>(block: &mut [f32], f: impl FnOnce(&[f32], &mut [f32]) -> R) -> R
         let copy = alloc::copy(block);
         return f(&copy, block);
     }
-    BLOCK_COPY.with(|cell| {
-        let mut copy = cell.borrow_mut();
-        copy.clear();
-        copy.extend_from_slice(block);
-        f(&copy, block)
-    })
+    // Out of the cell while `f` runs (a nested parallel op may have this
+    // thread take another block meanwhile; that one then uses a new buffer).
+    let mut copy = BLOCK_COPY.take();
+    copy.clear();
+    copy.extend_from_slice(block);
+    let result = f(&copy, block);
+    BLOCK_COPY.set(copy);
+    result
 }
 
 /// Calls `f(block_index, inputs, output_block)` for every `block`-sized piece of
