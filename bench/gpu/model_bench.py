@@ -88,7 +88,7 @@ def main():
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--only", choices=("train", "generate"))
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    parser.add_argument("--prompt", type=int, default=4096 - NEW, help="prompt tokens (the cache holds them and the new ones)")
+    parser.add_argument("--prompt", type=int, default=4096 - NEW - 1, help="prompt tokens (the cache holds them and the new ones)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cudann-model-bench-") as work:
         run(sys.executable, os.path.join(ROOT, "examples", "make_data.py"), "--vocab", str(LARGER["vocab_size"]), "--tokens", "400000",

@@ -231,6 +231,9 @@ def adapt(obj, name: str = "array", stream: Optional[int] = None) -> Optional[Ar
         cai = obj.__cuda_array_interface__
     except (AttributeError, TypeError):  # absent, or a dtype the producer cannot express (torch bf16)
         cai = None
+    # A raw-bytes typestr ("<V2": newer torch's bfloat16) names no element type: DLPack does.
+    if cai is not None and np.dtype(cai["typestr"]).kind == "V" and hasattr(obj, "__dlpack__"):
+        cai = None
     if cai is not None:
         return _cai(obj, cai)
     if hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__"):
