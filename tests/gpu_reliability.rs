@@ -65,10 +65,16 @@ fn staging_memory_is_given_back_past_the_cap() {
     let n = 8192usize;
     let small = vec![1.0f32; 64 * 64];
     let mut c_small = vec![0.0f32; 64 * 64];
-    // Warm up cuBLAS and the pools with a small staged product.
+    // Warm up the pools with a small staged product, and cuBLAS with this
+    // size's product on device memory (its workspace and lazily loaded
+    // kernels stay, and are not staging memory).
     assert_ok(unsafe { cuda_gemm(small.as_ptr(), small.as_ptr(), c_small.as_mut_ptr(), 64, 64, 64, 1.0, 0.0, NULL) });
-    let before = free_device_memory();
     let a = vec![0.5f32; n * n];
+    {
+        let (da, dc) = (Dev::from(&a), Dev::from(&vec![0.0f32; n * n]));
+        assert_ok(unsafe { cuda_gemm(da.p(), da.p(), dc.p(), n as i32, n as i32, n as i32, 1.0, 0.0, NULL) });
+    }
+    let before = free_device_memory();
     let mut c = vec![0.0f32; n * n];
     assert_ok(unsafe { cuda_gemm(a.as_ptr(), a.as_ptr(), c.as_mut_ptr(), n as i32, n as i32, n as i32, 1.0, 0.0, NULL) });
     assert!(c.iter().step_by(9973).all(|&v| v == 0.25 * n as f32), "the product");
