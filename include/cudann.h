@@ -151,8 +151,10 @@ int32_t cuda_mqa_attention(const float *Q,
 // `kv_capacity < kv_len`, `n_kv_heads` not dividing `n_heads`, `is_causal`
 // not 0 or 1, a non-finite `scale`, a bad `dtype`, or overlaps. On the GPU
 // (`head_dim <= 256`; larger: device pointers -1) a flash kernel in base-2
-// exponentials agrees with the CPU within float32 rounding; half tensors go
-// through float32 copies there.
+// exponentials agrees with the CPU within float32 rounding; decoding (at
+// most 8 query rows per KV head, `head_dim % 4 == 0`) splits the cache's
+// keys across blocks and combines their partial sums in a fixed order (the
+// same bits run to run); half tensors go through float32 copies there.
 int32_t cudann_attention_forward(const void *Q,
                                  const void *K,
                                  const void *V,

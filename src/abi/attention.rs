@@ -229,8 +229,10 @@ fn general_mask<'a>(mask: *const f32, a: &Attention, used: bool) -> Result<Input
 /// `kv_capacity < kv_len`, `n_kv_heads` not dividing `n_heads`, `is_causal`
 /// not 0 or 1, a non-finite `scale`, a bad `dtype`, or overlaps. On the GPU
 /// (`head_dim <= 256`; larger: device pointers -1) a flash kernel in base-2
-/// exponentials agrees with the CPU within float32 rounding; half tensors go
-/// through float32 copies there.
+/// exponentials agrees with the CPU within float32 rounding; decoding (at
+/// most 8 query rows per KV head, `head_dim % 4 == 0`) splits the cache's
+/// keys across blocks and combines their partial sums in a fixed order (the
+/// same bits run to run); half tensors go through float32 copies there.
 #[unsafe(no_mangle)]
 #[allow(non_snake_case)]
 pub unsafe extern "C" fn cudann_attention_forward(
