@@ -121,12 +121,12 @@ fn decode_rows(a: &Attention, ptrs: [DevPtr; 4]) -> Option<usize> {
 /// the partials go to scratch and a second launch combines them in order.
 unsafe fn attention_decode(g: &Gpu, s: Stream, [q, k, v, out, mask, lse]: [DevPtr; 6], a: &Attention, rows: usize) -> Result<()> {
     let kv_end = if a.causal { a.kv_len.min(a.pos0 + a.q_len) } else { a.kv_len };
-    let heads = a.batch * a.kv_heads;
-    let want = DECODE_BLOCKS.div_ceil(heads).min(kv_end.div_ceil(DECODE_MIN_SPLIT)).max(1);
+    let kv_rows = a.batch * a.kv_heads; // (sequence, KV head) pairs
+    let want = DECODE_BLOCKS.div_ceil(kv_rows).min(kv_end.div_ceil(DECODE_MIN_SPLIT)).max(1);
     let split_len = kv_end.div_ceil(want).next_multiple_of(32).max(32);
     let splits = kv_end.div_ceil(split_len).max(1);
-        let mut scratch = Scratch::new(s);
-    let part = if splits > 1 { scratch.alloc(heads * splits * rows * (a.head_dim / 4 + 1) * 16)? } else { 0 };
+    let mut scratch = Scratch::new(s);
+    let part = if splits > 1 { scratch.alloc(kv_rows * splits * rows * (a.head_dim / 4 + 1) * 16)? } else { 0 };
     let kernel = DECODE_KERNELS[usize::from(a.head_dim > 128)][rows.trailing_zeros() as usize];
     let args = &mut [
         Ptr(q), Ptr(k), Ptr(v), Ptr(out), Ptr(mask), Ptr(lse),
@@ -134,13 +134,13 @@ unsafe fn attention_decode(g: &Gpu, s: Stream, [q, k, v, out, mask, lse]: [DevPt
         I32(a.heads as i32), I32(a.kv_heads as i32), I32(a.head_dim as i32), I32(a.pos0 as i32), I32(a.causal as i32), F32(a.scale),
         I32(splits as i32), I32(split_len as i32), Ptr(part),
     ];
-    unsafe { g.launch(kernel, line((heads * splits).min(1 << 20), 128), s, args)? };
+    unsafe { g.launch(kernel, line((kv_rows * splits).min(1 << 20), 128), s, args)? };
     if splits > 1 {
         let args = &mut [
             Ptr(part), Ptr(out), Ptr(lse), I32(a.batch as i32), I32(a.q_len as i32), I32(a.heads as i32), I32(a.kv_heads as i32),
             I32(a.head_dim as i32), I32(splits as i32), I32(rows as i32),
         ];
-        unsafe { g.launch("attention_decode_combine_f32", strided(heads * a.q_len * (a.heads / a.kv_heads) * a.head_dim / 4), s, args)? };
+        unsafe { g.launch("attention_decode_combine_f32", strided(kv_rows * a.q_len * (a.heads / a.kv_heads) * a.head_dim / 4), s, args)? };
     }
     Ok(())
 }
