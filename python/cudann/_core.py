@@ -67,6 +67,27 @@ class Owned:
             pass
 
 
+class Handle(Owned):
+    """An :class:`Owned` library handle (``void *``, set by the subclass's create
+    call): :attr:`handle` while it lives, released once by ``_destroy_fn``."""
+
+    _handle: Optional[int] = None
+    _destroy_fn: str  # the C function that releases it
+    _gone: str  # the ValueError message once it is released, e.g. "stream is destroyed"
+
+    @property
+    def handle(self) -> int:
+        """The raw ``void *`` handle."""
+        if self._handle is None:
+            raise ValueError(self._gone)
+        return self._handle
+
+    def _release(self) -> None:
+        if self._handle is not None:
+            h, self._handle = self._handle, None
+            call(self._destroy_fn, h)
+
+
 class CudannError(RuntimeError):
     """A call the library refused or could not complete.
 

@@ -7,7 +7,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ._core import CODE_DTYPES, DTYPE_CODES, Owned, adapt, call, dtype_name, require, stream_handle
+from ._core import CODE_DTYPES, DTYPE_CODES, Handle, adapt, call, dtype_name, require, stream_handle
 
 __all__ = ["SafetensorsFile", "SafetensorsWriter", "load_file", "save_file"]
 
@@ -28,7 +28,7 @@ def _cname(name: str) -> bytes:
     return name.encode("utf-8") if isinstance(name, str) else bytes(name)
 
 
-class SafetensorsFile(Owned):
+class SafetensorsFile(Handle):
     """A safetensors file opened for reading (``cudann_safetensors_open``).
 
     ``with SafetensorsFile(path) as f: w = f["w"]``; ``f.keys()`` in file order,
@@ -39,21 +39,13 @@ class SafetensorsFile(Owned):
     def __init__(self, path: PathLike):
         h = ctypes.c_void_p()
         call("cudann_safetensors_open", os.fsencode(path), ctypes.byref(h))
-        self._handle: Optional[int] = h.value
+        self._handle = h.value
 
-    @property
-    def handle(self) -> int:
-        if self._handle is None:
-            raise ValueError("file is closed")
-        return self._handle
+    _destroy_fn, _gone = "cudann_safetensors_close", "file is closed"
 
     def close(self) -> None:
         """Closes the file (idempotent)."""
-        if self._handle is not None:
-            h, self._handle = self._handle, None
-            call("cudann_safetensors_close", h)
-
-    _release = close
+        self._release()
 
     def __len__(self) -> int:
         """The number of tensors in the file."""
@@ -102,19 +94,15 @@ class SafetensorsFile(Owned):
     __getitem__ = read
 
 
-class SafetensorsWriter(Owned):
+class SafetensorsWriter(Handle):
     """Assembles a safetensors file: ``add`` tensors (copied at once), ``save`` to a path."""
 
     def __init__(self):
         h = ctypes.c_void_p()
         call("cudann_safetensors_writer_create", ctypes.byref(h))
-        self._handle: Optional[int] = h.value
+        self._handle = h.value
 
-    @property
-    def handle(self) -> int:
-        if self._handle is None:
-            raise ValueError("writer is freed")
-        return self._handle
+    _destroy_fn, _gone = "cudann_safetensors_writer_free", "writer is freed"
 
     def add(self, name: str, array, *, dtype: Optional[str] = None, stream=None) -> None:
         """Adds host `array` as tensor `name`; `dtype` overrides the stored type
@@ -135,11 +123,7 @@ class SafetensorsWriter(Owned):
 
     def free(self) -> None:
         """Releases the writer and the data it holds (idempotent)."""
-        if self._handle is not None:
-            h, self._handle = self._handle, None
-            call("cudann_safetensors_writer_free", h)
-
-    _release = free
+        self._release()
 
 
 def load_file(path: PathLike) -> Dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any, Optional
 
-from ._core import Owned, adapt, call, infer_stream, output, require, stream_handle
+from ._core import Handle, adapt, call, infer_stream, output, require, stream_handle
 
 __all__ = ["Communicator", "comm_id"]
 
@@ -25,7 +25,7 @@ def comm_id() -> bytes:
     return buf.raw
 
 
-class Communicator(Owned):
+class Communicator(Handle):
     """``cudann_comm_init``: rank ``rank`` of ``nranks`` in communicator ``id`` (bytes
     from :func:`comm_id`; a fresh one when omitted, for one rank), on the current
     device. Blocks until every rank has joined. ``with Communicator(...) as c:``
@@ -38,14 +38,10 @@ class Communicator(Owned):
             raise ValueError(f"id must be {ID_BYTES} bytes (from comm_id), got {len(id)}")
         h = ctypes.c_void_p()
         call("cudann_comm_init", ctypes.byref(h), int(nranks), int(rank), ctypes.create_string_buffer(bytes(id), ID_BYTES))
-        self._handle: Optional[int] = h.value
+        self._handle = h.value
         self.nranks, self.rank = int(nranks), int(rank)
 
-    @property
-    def handle(self) -> int:
-        if self._handle is None:
-            raise ValueError("communicator is destroyed")
-        return self._handle
+    _destroy_fn, _gone = "cudann_comm_destroy", "communicator is destroyed"
 
     def all_reduce(self, x: Any, out: Any = None, *, op: str = "avg", stream=None) -> Any:
         """The sum (``op="sum"``) or mean (``"avg"``) of float32 ``x`` over the ranks,
@@ -68,11 +64,7 @@ class Communicator(Owned):
 
     def destroy(self) -> None:
         """``cudann_comm_destroy`` (idempotent)."""
-        if self._handle is not None:
-            h, self._handle = self._handle, None
-            call("cudann_comm_destroy", h)
-
-    _release = destroy
+        self._release()
 
     def __repr__(self) -> str:
         state = "destroyed" if self._handle is None else f"rank {self.rank} of {self.nranks}"

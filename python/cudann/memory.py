@@ -11,7 +11,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from ._core import Arr, Owned, adapt, backend, call, dtype_name, numpy_dtype, require, stream_handle
+from ._core import Arr, Handle, Owned, adapt, backend, call, dtype_name, numpy_dtype, require, stream_handle
 
 __all__ = ["DeviceArray", "Stream", "to_device", "malloc", "malloc_host", "free", "memcpy", "memset",
            "stream_synchronize", "device_synchronize", "device_count", "set_device", "get_device", "mem_info"]
@@ -106,7 +106,7 @@ def mem_info() -> Tuple[int, int]:
     return free_b.value, total.value
 
 
-class Stream(Owned):
+class Stream(Handle):
     """A stream from ``cudann_stream_create`` (a real ``cudaStream_t`` on the GPU).
 
     Pass it as ``stream=`` to any call. ``with Stream() as s:`` destroys it on exit
@@ -116,14 +116,9 @@ class Stream(Owned):
     def __init__(self):
         h = ctypes.c_void_p()
         call("cudann_stream_create", ctypes.byref(h))
-        self._handle: Optional[int] = h.value
+        self._handle = h.value
 
-    @property
-    def handle(self) -> int:
-        """The raw ``void *`` handle."""
-        if self._handle is None:
-            raise ValueError("stream is destroyed")
-        return self._handle
+    _destroy_fn, _gone = "cudann_stream_destroy", "stream is destroyed"
 
     def synchronize(self) -> None:
         """Waits until all work enqueued on this stream is done."""
@@ -131,11 +126,7 @@ class Stream(Owned):
 
     def destroy(self) -> None:
         """Destroys the stream (enqueued work still completes); idempotent."""
-        if self._handle is not None:
-            h, self._handle = self._handle, None
-            call("cudann_stream_destroy", h)
-
-    _release = destroy
+        self._release()
 
     def __int__(self) -> int:
         return self.handle
