@@ -1034,6 +1034,250 @@ AB_KERNEL(attention_backward_d64_f32, 64)
 AB_KERNEL(attention_backward_d128_f32, 128)
 AB_KERNEL(attention_backward_d256_f32, 256)
 
+// ----------------------------------------------------------------------------- fused backward, d <= 64
+//
+// The fast path of the backward for d <= 64 (d % 4 == 0, 16-byte aligned
+// tensors), after attention_backward_dr_f32 has written Dr = rowsum(dO o O).
+// One launch, as FlashAttention-2: a block per (batch, KV head, tile of 64
+// keys) keeps dK and dV of its keys in registers while it walks the query
+// tiles (of each head of the group) that see them. Per query tile, each
+// thread computes 4 x 4 entries of S and dP, writes P and dS transposed to
+// shared memory, then adds to its share of dV = P^T dO and dK = dS^T Q and
+// computes this key tile's share of dQ = dS K. Five products per tile pair
+// where the two-launch form above recomputes S and dP for dQ (seven).
+//
+// dQ is summed across key tiles in a fixed order without atomics: for each
+// query tile the key tiles add their shares from the last one visible (which
+// stores) down to tile 0, each waiting on a counter in `sem` (zeroed by the
+// caller) until the tile above it has added. Blocks run key tiles of a
+// (batch, KV head) in descending order, so a block waits only on one launched
+// before it; and when causal, tile j + 1 reaches each query tile one step
+// before tile j does, so the waits are short. Same bits run after run.
+
+#define FB_T 64  // keys and queries a tile
+#define FB_THREADS 256
+
+// Launch: block 256, grid over rows / 8 (blocks stride). Dr[r] = dO[r] . O[r]
+// for the rows [batch * q_len * heads] of d floats, one warp a row.
+extern "C" __global__ void attention_backward_dr_f32(const float* dO, const float* O, float* dr, i64 rows, int d) {
+    const int lane = threadIdx.x & 31;
+    for (i64 r = grid_thread() >> 5; r < rows; r += grid_threads() >> 5) {
+        float acc = 0.0f;
+        for (int c = lane; c < d; c += 32) acc = fmaf(dO[r * d + c], O[r * d + c], acc);
+        acc = warp_allreduce(acc, Sum());
+        if (lane == 0) dr[r] = acc;
+    }
+}
+
+// Shared memory (floats): K, V, Q, dO tiles [64][D] with rows padded to D + 4
+// (16-byte rows; 8 consecutive rows cover the 32 banks), P and dS transposed
+// [key][query] padded likewise, then lse and Dr of the query tile. In the dV,
+// dK and dQ products a thread owns float4 column cg of RPT rows.
+template <int D> struct FusedBwd {
+    static constexpr int LD = D + 4, LP = FB_T + 4;
+    static constexpr int CW = D / 4, RG = FB_THREADS / CW, RPT = FB_T / RG;
+    static constexpr int K = 0, V = K + FB_T * LD, Q = V + FB_T * LD, DO = Q + FB_T * LD, PT = DO + FB_T * LD,
+                         DST = PT + FB_T * LP, LSE = DST + FB_T * LP, DR = LSE + FB_T, FLOATS = DR + FB_T;
+};
+
+// Rows [0, 64) (valid below `valid`) of a [rows][d] matrix at g, row stride
+// `stride`, into tile[64][D + 4]; zeros outside. d % 4 == 0, g 16-byte aligned.
+template <int D> __device__ __forceinline__ void fb_load(float* tile, const float* g, i64 stride, int valid, int d) {
+    constexpr int CW = D / 4;
+    for (int e = threadIdx.x; e < FB_T * CW; e += FB_THREADS) {
+        const int r = e / CW, c = e % CW * 4;
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (r < valid && c < d) v = __ldg(reinterpret_cast<const float4*>(g + r * stride + c));
+        Vec<4>::store(smem_addr(tile + r * (D + 4) + c), &v.x);
+    }
+}
+
+// acc[a][b] += A[row a] . B[row b] over D columns of two shared tiles, rows
+// tr + 16 a of A and tc + 16 b of B.
+template <int D>
+__device__ __forceinline__ void fb_dots(float (&acc)[4][4], const float* A, const float* B, int tr, int tc) {
+    constexpr int LD = D + 4;
+#pragma unroll 2
+    for (int x = 0; x < D; x += 4) {
+        float a4[4][4], b4[4][4];
+#pragma unroll
+        for (int a = 0; a < 4; ++a) Vec<4>::load(smem_addr(A + (tr + 16 * a) * LD + x), a4[a]);
+#pragma unroll
+        for (int b = 0; b < 4; ++b) Vec<4>::load(smem_addr(B + (tc + 16 * b) * LD + x), b4[b]);
+#pragma unroll
+        for (int a = 0; a < 4; ++a)
+#pragma unroll
+            for (int b = 0; b < 4; ++b)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[a][b] = fmaf(a4[a][e], b4[b][e], acc[a][b]);
+    }
+}
+
+// S = Q K^T and dP = dO V^T of the loaded tiles (queries i0 + tr + 16 a, keys
+// j0 + tc + 16 b); P = exp(scale S [+ mask] - lse) and dS = P (dP - Dr), zero
+// where masked, into Pt[key][query] and dSt[key][query].
+template <int D> __device__ __forceinline__ void fb_scores(float* sm, const FlashShape& sh, int i0, int j0) {
+    using L = FusedBwd<D>;
+    const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
+    float s[4][4] = {}, dp[4][4] = {};
+    fb_dots<D>(s, sm + L::Q, sm + L::K, tr, tc);
+    fb_dots<D>(dp, sm + L::DO, sm + L::V, tr, tc);
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+        const int r = tr + 16 * a, i = i0 + r;
+        const float l = sm[L::LSE + r], dr = sm[L::DR + r];
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+            const int c = tc + 16 * b, j = j0 + c;
+            float p = 0.0f, ds = 0.0f;
+            if (l != -INF && j < sh.kv_len && !(sh.causal && j > sh.pos0 + i)) {
+                float sc = s[a][b] * sh.scale;
+                if (sh.mask != nullptr) sc += sh.mask[(i64)i * sh.kv_len + j];
+                p = expf(sc - l);
+                ds = p * (dp[a][b] - dr);
+            }
+            sm[L::PT + c * L::LP + r] = p;
+            sm[L::DST + c * L::LP + r] = ds;
+        }
+    }
+}
+
+// acc[a][c] += sum over the 64 queries q of W[key rg + RG a][q] X[q][4 cg + c]:
+// dV += P^T dO (W = Pt, X = dO) and dK += dS^T Q (W = dSt, X = Q).
+template <int D>
+__device__ __forceinline__ void fb_keys_product(float (&acc)[FusedBwd<D>::RPT][4], const float* W, const float* X, int cg, int rg) {
+    using L = FusedBwd<D>;
+#pragma unroll 2
+    for (int q = 0; q < FB_T; q += 4) {
+        float w[L::RPT][4], x[4][4];
+#pragma unroll
+        for (int a = 0; a < L::RPT; ++a) Vec<4>::load(smem_addr(W + (rg + L::RG * a) * L::LP + q), w[a]);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) Vec<4>::load(smem_addr(X + (q + e) * L::LD + 4 * cg), x[e]);
+#pragma unroll
+        for (int a = 0; a < L::RPT; ++a)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) acc[a][c] = fmaf(w[a][e], x[e][c], acc[a][c]);
+    }
+}
+
+__device__ __forceinline__ int ld_acquire(const int* p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ void st_release(int* p, int v) {
+    asm volatile("st.release.gpu.global.s32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+// This key tile's share of dQ, scale dS K for queries rg RPT + a and columns
+// 4 cg.., added to dQ (rows from `row0`, valid below `valid`) in the order
+// described above: `turn` tiles have added before this one (0: it stores).
+template <int D>
+__device__ __forceinline__ void fb_add_dq(const float* sm, float* dQ, int* counter, i64 row0, int valid, int turn,
+                                          const FlashShape& sh, int cg, int rg) {
+    using L = FusedBwd<D>;
+    float dq[L::RPT][4] = {};
+#pragma unroll 4
+    for (int j = 0; j < FB_T; ++j) {
+        float w[L::RPT], k[4];
+        Vec<L::RPT>::load(smem_addr(sm + L::DST + j * L::LP + rg * L::RPT), w);
+        Vec<4>::load(smem_addr(sm + L::K + j * L::LD + 4 * cg), k);
+#pragma unroll
+        for (int a = 0; a < L::RPT; ++a)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) dq[a][c] = fmaf(w[a], k[c], dq[a][c]);
+    }
+    if (threadIdx.x == 0)
+        while (ld_acquire(counter) < turn) {
+        }
+    __syncthreads();
+#pragma unroll
+    for (int a = 0; a < L::RPT; ++a) {
+        const int r = rg * L::RPT + a;
+        if (r >= valid || 4 * cg >= sh.d) continue;
+        float4* p = reinterpret_cast<float4*>(dQ + (row0 + (i64)r * sh.heads) * sh.d + 4 * cg);
+        float4 v = make_float4(dq[a][0] * sh.scale, dq[a][1] * sh.scale, dq[a][2] * sh.scale, dq[a][3] * sh.scale);
+        if (turn > 0) {
+            const float4 old = __ldcg(p);  // L2: the previous tile's block wrote it
+            v = make_float4(old.x + v.x, old.y + v.y, old.z + v.z, old.w + v.w);
+        }
+        __stcg(p, v);
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) st_release(counter, turn + 1);
+}
+
+// Launch: block 256, FusedBwd<D>::FLOATS * 4 bytes of dynamic shared memory,
+// grid exactly batch * kv_heads * ceil(kv_len / 64) (no striding: blocks wait
+// on earlier blocks). D = 32 or 64; d <= D, d % 4 == 0.
+template <int D>
+__device__ void attention_backward_fused(float* sm, const float* dO, const float* Q, const float* K, const float* V,
+                                         const float* lse, const float* Dr, float* dQ, float* dK, float* dV, int* sem,
+                                         const FlashShape& sh) {
+    using L = FusedBwd<D>;
+    const int d = sh.d, group = sh.heads / sh.kv_heads;
+    const int k_tiles = (sh.kv_len + FB_T - 1) / FB_T, q_tiles = (sh.q_len + FB_T - 1) / FB_T;
+    const i64 item = blockIdx.x, b = item / ((i64)sh.kv_heads * k_tiles);
+    const int g = (int)(item / k_tiles % sh.kv_heads), jt = k_tiles - 1 - (int)(item % k_tiles), j0 = jt * FB_T;
+    const i64 kv_stride = (i64)sh.kv_heads * d, q_stride = (i64)sh.heads * d;
+    const i64 kv0 = ((b * sh.kv_len + j0) * sh.kv_heads + g) * d;
+    fb_load<D>(sm + L::K, K + kv0, kv_stride, sh.kv_len - j0, d);
+    fb_load<D>(sm + L::V, V + kv0, kv_stride, sh.kv_len - j0, d);
+    const int cg = threadIdx.x % L::CW, rg = threadIdx.x / L::CW;
+    float dk[L::RPT][4] = {}, dv[L::RPT][4] = {};
+    // Causal: queries before j0 - pos0 see none of these keys.
+    const int first = sh.causal ? max(0, j0 - sh.pos0) / FB_T : 0;
+    for (int h = g * group; h < (g + 1) * group; ++h)
+        for (int it = first; it < q_tiles; ++it) {
+            const int i0 = it * FB_T, valid = min(FB_T, sh.q_len - i0);
+            // The last key tile these queries see: it adds to their dQ first.
+            const int last = sh.causal ? min(k_tiles - 1, (sh.pos0 + i0 + valid - 1) / FB_T) : k_tiles - 1;
+            if (jt > last) continue;
+            const i64 row0 = (b * sh.q_len + i0) * sh.heads + h;
+            __syncthreads();  // the previous tile's readers are done
+            fb_load<D>(sm + L::Q, Q + row0 * d, q_stride, valid, d);
+            fb_load<D>(sm + L::DO, dO + row0 * d, q_stride, valid, d);
+            if (threadIdx.x < FB_T) {
+                const int r = threadIdx.x;
+                sm[L::LSE + r] = r < valid ? lse[row0 + (i64)r * sh.heads] : -INF;
+                sm[L::DR + r] = r < valid ? Dr[row0 + (i64)r * sh.heads] : 0.0f;
+            }
+            __syncthreads();
+            fb_scores<D>(sm, sh, i0, j0);
+            __syncthreads();
+            fb_keys_product<D>(dv, sm + L::PT, sm + L::DO, cg, rg);
+            fb_keys_product<D>(dk, sm + L::DST, sm + L::Q, cg, rg);
+            fb_add_dq<D>(sm, dQ, sem + (b * sh.heads + h) * q_tiles + it, row0, valid, last - jt, sh, cg, rg);
+        }
+#pragma unroll
+    for (int a = 0; a < L::RPT; ++a) {
+        const int c = rg + L::RG * a;
+        if (j0 + c >= sh.kv_len || 4 * cg >= d) continue;
+        const i64 at = kv0 + c * kv_stride + 4 * cg;
+        *reinterpret_cast<float4*>(dK + at) = make_float4(dk[a][0] * sh.scale, dk[a][1] * sh.scale, dk[a][2] * sh.scale, dk[a][3] * sh.scale);
+        *reinterpret_cast<float4*>(dV + at) = make_float4(dv[a][0], dv[a][1], dv[a][2], dv[a][3]);
+    }
+}
+
+// The fused backward (cudann_attention_backward) for d <= D: arguments as
+// attention_backward_*_f32, plus Dr from attention_backward_dr_f32 and `sem`,
+// batch * heads * ceil(q_len / 64) zeroed ints.
+#define FB_KERNEL(NAME, D)                                                                                              \
+    extern "C" __global__ void __launch_bounds__(FB_THREADS, 2)                                                         \
+        NAME(const float* dO, const float* Q, const float* K, const float* V, const float* mask, const float* lse,      \
+             const float* dr, float* dQ, float* dK, float* dV, int* sem, int batch, int q_len, int kv_len, int heads,   \
+             int kv_heads, int d, int pos0, int causal, float scale) {                                                \
+        extern __shared__ float4 fb_smem[];                                                                            \
+        const FlashShape sh{batch, q_len, kv_len, kv_len, heads, kv_heads, d, pos0, causal, scale, mask, nullptr};    \
+        attention_backward_fused<D>(reinterpret_cast<float*>(fb_smem), dO, Q, K, V, lse, dr, dQ, dK, dV, sem, sh);    \
+    }
+FB_KERNEL(attention_backward_fused_d32_f32, 32)
+FB_KERNEL(attention_backward_fused_d64_f32, 64)
+
 // Launch: block 256, grid n1024(batch * new_len * row) (grid-stride).
 // Copies k_new, v_new [batch, new_len, row] (row = n_kv_heads * head_dim
 // elements of T) into rows pos .. pos + new_len - 1 of the caches [batch,

@@ -641,6 +641,9 @@ fn general_attention_matches_the_cpu() {
         (1, 3, 3, 3, 1, 1, 256, 0, 1, false),
         (2, 20, 20, 20, 3, 3, 7, 0, 1, false),
         (1, 70, 70, 70, 2, 1, 64, 0, 0, false),
+        // Several query and key tiles of 64: the fused backward's ordered dQ sums.
+        (2, 150, 150, 150, 4, 2, 64, 0, 1, false),
+        (1, 100, 230, 230, 2, 1, 48, 130, 1, true), // causal after a prefix
         // Decoding against long caches: the split-KV kernels and their combine.
         (3, 1, 3000, 4096, 8, 1, 128, 2999, 1, false),
         (2, 2, 700, 1024, 4, 2, 256, 698, 1, true),

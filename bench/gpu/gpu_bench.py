@@ -5,7 +5,7 @@ GPU in the same run. CUDA-event timing, median of many runs after warm-up.
     CUDANN_ALLOW_TF32=1 python3 bench/gpu/gpu_bench.py [lib] attention   # the TF32 flash kernel
 
 An optional last argument names the benches to run (elementwise, rows, adamw,
-gemm, attention, sampling, training, decode). torch's side stays fp32 (TF32 off) either way.
+gemm, attention, sampling, training, backward, decode). torch's side stays fp32 (TF32 off) either way.
 
 Prints: op, size, ours ms, torch ms, torch/ours, % of the measured copy
 bandwidth (bytes each op must move / time), and the issue's target.
@@ -207,6 +207,66 @@ def bench_training():
     row("gemm_ex bf16", f"{m}^3", timed(gemm, reps=10, inner=3), timed(lambda: torch.matmul(a, bb, out=c), reps=10, inner=3), 2 * 3 * m * m, ">=0.95x cuBLAS")
 
 
+def bench_backward():
+    """The memory-bound training ops (issue 17's >= 90% copy bandwidth rows):
+    bytes each must move over the measured copy bandwidth; torch eager doing
+    the same computation alongside."""
+    n = 1 << 26
+    dy, gate, up = (torch.randn(n, device=DEV) for _ in range(3))
+    dg, du = torch.empty_like(dy), torch.empty_like(dy)
+
+    def torch_swiglu_backward():
+        sig = torch.sigmoid(gate)
+        silu = gate * sig
+        return dy * up * sig * (1 + gate * (1 - sig)), dy * silu
+    row("swiglu_backward", "2^26", timed(lambda: call("cudann_swiglu_backward", ptr(dy), ptr(gate), ptr(up), ptr(dg), ptr(du), L(n), stream())),
+        timed(torch_swiglu_backward), 5 * 4 * n, ">=90% copy bw")
+    del dy, gate, up, dg, du
+    r, h = 16384, 4096
+    x, g = torch.randn(r, h, device=DEV), torch.randn(r, h, device=DEV)
+    w, dx, dw = torch.randn(h, device=DEV), torch.empty(r, h, device=DEV), torch.empty(h, device=DEV)
+
+    def torch_rmsnorm_backward():
+        inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        gw = g * w
+        return inv * (gw - x * inv.pow(2) * (gw * x).mean(-1, keepdim=True)), (g * x * inv).sum(0)
+    row("rmsnorm_backward", f"{r}x{h}", timed(lambda: call("cudann_rmsnorm_backward", ptr(g), ptr(x), ptr(w), ptr(dx), ptr(dw), I(r), I(h), F(1e-6), stream())),
+        timed(torch_rmsnorm_backward), 3 * 4 * r * h, ">=90% copy bw")
+    r, c = 8192, 32000
+    y = torch.softmax(torch.randn(r, c, device=DEV), -1)
+    dys, dxs = torch.randn(r, c, device=DEV), torch.empty(r, c, device=DEV)
+    row("softmax_backward", f"{r}x{c}", timed(lambda: call("cudann_softmax_backward", ptr(dys), ptr(y), ptr(dxs), I(r), I(c), stream())),
+        timed(lambda: torch._softmax_backward_data(dys, y, -1, torch.float32)), 3 * 4 * r * c, ">=90% copy bw")
+    del x, g, dx, y, dys, dxs
+    n_ids, vocab, dim = 65536, 32000, 1024
+    ids = torch.randint(0, vocab, (n_ids,), device=DEV, dtype=torch.int32)
+    dout, dtable = torch.randn(n_ids, dim, device=DEV), torch.empty(vocab, dim, device=DEV)
+    ids64 = ids.long()
+    row("embedding_backward", f"{n_ids} of {vocab}x{dim}", timed(lambda: call("cudann_embedding_backward", ptr(ids), ptr(dout), ptr(dtable), I(n_ids), I(vocab), I(dim), stream())),
+        timed(lambda: torch.ops.aten.embedding_dense_backward(dout, ids64, vocab, -1, False)), 4 * (n_ids + vocab) * dim, ">=90% copy bw")
+    del dout, dtable
+    tokens, dim, experts, k = 65536, 1024, 8, 2
+    x = torch.randn(tokens, dim, device=DEV)
+    idx = torch.stack([torch.randperm(experts, device=DEV)[:k] for _ in range(64)]).repeat(tokens // 64, 1).int().contiguous()
+    xs, order, offsets = torch.empty(tokens * k, dim, device=DEV), torch.empty(tokens * k, device=DEV, dtype=torch.int32), torch.empty(experts + 1, device=DEV, dtype=torch.int32)
+    wts, out, dwts = torch.rand(tokens, k, device=DEV), torch.empty(tokens, dim, device=DEV), torch.empty(tokens, k, device=DEV)
+    dxs = torch.empty_like(xs)
+    flat = idx.flatten().long()
+    size = f"{tokens}x{dim} top{k}/{experts}"
+    row("moe_dispatch", size, timed(lambda: call("cudann_moe_dispatch", ptr(x), ptr(idx), ptr(xs), ptr(order), ptr(offsets), I(tokens), I(dim), I(experts), I(k), stream())),
+        timed(lambda: x.index_select(0, torch.argsort(flat, stable=True) // k)), 4 * tokens * dim * (1 + k), ">=90% copy bw")
+    rows = order.long()
+    inverse = torch.empty_like(rows)
+    inverse[rows] = torch.arange(tokens * k, device=DEV)
+    row("moe_combine", size, timed(lambda: call("cudann_moe_combine", ptr(xs), ptr(wts), ptr(order), ptr(out), I(tokens), I(dim), I(k), stream())),
+        timed(lambda: (xs[inverse].view(tokens, k, dim) * wts[..., None]).sum(1)), 4 * tokens * dim * (1 + k), ">=90% copy bw")
+    row("moe_combine_bwd", size, timed(lambda: call("cudann_moe_combine_backward", ptr(out), ptr(xs), ptr(wts), ptr(order), ptr(dxs), ptr(dwts), I(tokens), I(dim), I(k), stream())),
+        timed(lambda: ((out[:, None, :] * wts[..., None]).view(-1, dim)[rows], (xs[inverse].view(tokens, k, dim) * out[:, None, :]).sum(-1))),
+        4 * tokens * dim * (1 + 2 * k), ">=90% copy bw")
+    row("moe_dispatch_bwd", size, timed(lambda: call("cudann_moe_dispatch_backward", ptr(xs), ptr(order), ptr(out), I(tokens), I(dim), I(k), stream())),
+        timed(lambda: xs[inverse].view(tokens, k, dim).sum(1)), 4 * tokens * dim * (1 + k), ">=90% copy bw")
+
+
 def bench_decode():
     """Decode attention (one new token per sequence) against a float32 KV
     cache, Llama-style GQA (32 query heads, 8 KV heads, d 128): bound by
@@ -231,7 +291,7 @@ def main():
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | torch TF32 off, {tf32}")
     bw = copy_bandwidth()
     print(f"# device copy bandwidth: {bw / 1e12:.2f} TB/s (read + write)")
-    for bench in (bench_elementwise, bench_rows, bench_adamw, bench_gemm, bench_attention, bench_sampling, bench_training, bench_decode):
+    for bench in (bench_elementwise, bench_rows, bench_adamw, bench_gemm, bench_attention, bench_sampling, bench_training, bench_backward, bench_decode):
         if not ONLY or bench.__name__[len("bench_"):] in ONLY:
             bench()
     print(f"{'op':<18} {'size':<16} {'ours ms':>9} {'torch ms':>9} {'torch/ours':>10} {'% copy bw':>9}  target")

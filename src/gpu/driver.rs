@@ -48,12 +48,16 @@ impl Arg {
     }
 }
 
-/// Launch geometry.
+/// Launch geometry; `shared`: bytes of dynamic shared memory.
 #[derive(Clone, Copy, Debug)]
 pub struct Launch {
     pub grid: (u32, u32, u32),
     pub block: (u32, u32, u32),
+    pub shared: u32,
 }
+
+/// Dynamic shared memory a kernel gets without opting in.
+const DEFAULT_SHARED_LIMIT: u32 = 48 * 1024;
 
 /// Enqueues `function` on `stream`. Safety: `args` match the kernel's parameters
 /// and every pointer in them is valid device memory of the sizes it implies.
@@ -67,7 +71,12 @@ pub unsafe fn launch(function: sys::CUfunction, name: &str, at: Launch, stream: 
         *address = arg.address();
     }
     let ((gx, gy, gz), (bx, by, bz)) = (at.grid, at.block);
+    if at.shared > DEFAULT_SHARED_LIMIT {
+        let which = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        // SAFETY: a loaded function; the launch fails cleanly if the device has less.
+        check(unsafe { sys::cuFuncSetAttribute(function, which, at.shared as i32) }, name)?;
+    }
     // SAFETY: per the caller's contract; `addresses` outlives the call.
-    let result = unsafe { sys::cuLaunchKernel(function, gx, gy, gz, bx, by, bz, 0, stream, addresses.as_mut_ptr(), std::ptr::null_mut()) };
+    let result = unsafe { sys::cuLaunchKernel(function, gx, gy, gz, bx, by, bz, at.shared, stream, addresses.as_mut_ptr(), std::ptr::null_mut()) };
     check(result, name)
 }

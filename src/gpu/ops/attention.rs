@@ -1,7 +1,8 @@
 //! Attention launches: scores, output, flash attention, the KV-cache write.
 
 use super::{line, strided};
-use crate::gpu::driver::{Arg, DevPtr, Launch, Stream};
+use crate::gpu::driver::{Arg, DevPtr, Launch, Stream, check};
+use cudarc::driver::sys;
 use crate::gpu::scratch::Scratch;
 use crate::gpu::Gpu;
 use crate::error::Result;
@@ -16,7 +17,7 @@ use Arg::{F32, I32, I64, Ptr};
 /// Square attention tiles: block (16, 16), each block a 64x64 tile, grid.z over
 /// (batch, head) pairs (blocks stride past 65535).
 fn attention_tiles(cols: usize, rows: usize, pairs: usize) -> Launch {
-    Launch { grid: (cols.div_ceil(64) as u32, rows.div_ceil(64) as u32, pairs.min(65535) as u32), block: (16, 16, 1) }
+    Launch { grid: (cols.div_ceil(64) as u32, rows.div_ceil(64) as u32, pairs.min(65535) as u32), block: (16, 16, 1), shared: 0 }
 }
 
 pub unsafe fn attention_scores(g: &Gpu, s: Stream, q: DevPtr, k: DevPtr, scores: DevPtr, a: AttnShape, scale: f32) -> Result<()> {
@@ -145,10 +146,22 @@ unsafe fn attention_decode(g: &Gpu, s: Stream, [q, k, v, out, mask, lse]: [DevPt
     Ok(())
 }
 
-/// General attention backward (`cudann_attention_backward`, float32): one
-/// launch for dK and dV over key tiles, one for dQ over query tiles, of the
-/// kernel for the head-dim class (tile of 32 rows up to 64, 2048 / class above).
-pub unsafe fn attention_backward(g: &Gpu, s: Stream, [dy, q, k, v, mask, o, lse, dq, dk, dv]: [DevPtr; 10], a: &Attention) -> Result<()> {
+/// Keys and queries a tile of the fused backward (FB_T in attention.cu).
+const FUSED_TILE: usize = 64;
+
+/// General attention backward (`cudann_attention_backward`, float32). Head
+/// dims up to 64 that are multiples of 4, on 16-byte aligned tensors, take the
+/// fused kernel (see [`attention_backward_fused`]); the rest one launch for dK
+/// and dV over key tiles and one for dQ over query tiles, of the kernel for the
+/// head-dim class (tile of 32 rows up to 64, 2048 / class above).
+pub unsafe fn attention_backward(g: &Gpu, s: Stream, ptrs: [DevPtr; 10], a: &Attention) -> Result<()> {
+    let [dy, q, k, v, mask, o, lse, dq, dk, dv] = ptrs;
+    let aligned = [dy, q, k, v, o, dq, dk, dv].iter().all(|p| p % 16 == 0);
+    // The fused form needs a query and a key: it writes dQ from key tiles.
+    let work = a.batch * a.heads * a.q_len * a.kv_len * a.head_dim > 0;
+    if a.head_dim <= 64 && a.head_dim % 4 == 0 && aligned && work {
+        return unsafe { attention_backward_fused(g, s, ptrs, a) };
+    }
     let (kernel, class) = match a.head_dim {
         0..=32 => ("attention_backward_d32_f32", 32),
         33..=64 => ("attention_backward_d64_f32", 64),
@@ -165,4 +178,30 @@ pub unsafe fn attention_backward(g: &Gpu, s: Stream, [dy, q, k, v, mask, o, lse,
         unsafe { g.launch(kernel, line(blocks.min(1 << 20), 256), s, args)? };
     }
     Ok(())
+}
+
+/// The fused backward: Dr = rowsum(dO o O) into scratch, then one block per
+/// (sequence, KV head, tile of 64 keys), exactly that many (they wait on each
+/// other in launch order), summing dQ across key tiles through zeroed
+/// counters, one per (sequence, head, query tile).
+unsafe fn attention_backward_fused(g: &Gpu, s: Stream, [dy, q, k, v, mask, o, lse, dq, dk, dv]: [DevPtr; 10], a: &Attention) -> Result<()> {
+    let rows = a.batch * a.q_len * a.heads;
+    let counters = a.batch * a.heads * a.q_len.div_ceil(FUSED_TILE);
+    let mut scratch = Scratch::new(s);
+    let dr = scratch.alloc(rows * 4)?;
+    let sem = scratch.alloc(counters * 4)?;
+    // SAFETY: `counters` ints just allocated on this stream.
+    check(unsafe { sys::cuMemsetD32Async(sem, 0, counters, s) }, "cuMemsetD32Async")?;
+    let args = &mut [Ptr(dy), Ptr(o), Ptr(dr), I64(rows as i64), I32(a.head_dim as i32)];
+    unsafe { g.launch("attention_backward_dr_f32", line(rows.div_ceil(8).min(65535), 256), s, args)? };
+    // Shared floats: K, V, Q, dO tiles [64][class + 4], Pt and dSt [64][68], lse and Dr.
+    let (kernel, class) = if a.head_dim <= 32 { ("attention_backward_fused_d32_f32", 32) } else { ("attention_backward_fused_d64_f32", 64) };
+    let shared = (4 * FUSED_TILE * (class + 4) + 2 * FUSED_TILE * (FUSED_TILE + 4) + 2 * FUSED_TILE) * 4;
+    let blocks = a.batch * a.kv_heads * a.kv_len.div_ceil(FUSED_TILE);
+    let args = &mut [
+        Ptr(dy), Ptr(q), Ptr(k), Ptr(v), Ptr(mask), Ptr(lse), Ptr(dr), Ptr(dq), Ptr(dk), Ptr(dv), Ptr(sem),
+        I32(a.batch as i32), I32(a.q_len as i32), I32(a.kv_len as i32), I32(a.heads as i32), I32(a.kv_heads as i32),
+        I32(a.head_dim as i32), I32(a.pos0 as i32), I32(a.causal as i32), F32(a.scale),
+    ];
+    unsafe { g.launch(kernel, Launch { shared: shared as u32, ..line(blocks, 256) }, s, args) }
 }

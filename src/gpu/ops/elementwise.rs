@@ -54,6 +54,6 @@ pub unsafe fn bias_add(g: &Gpu, s: Stream, x: DevPtr, bias: DevPtr, y: DevPtr, r
 /// `out[c] = Σ_r a[r, c] · b[r, c]` (`b` 0: `Σ_r a[r, c]`): one block of (32, 32)
 /// threads per strip of 32 columns, deterministic, no scratch.
 pub unsafe fn column_sums(g: &Gpu, s: Stream, a: DevPtr, b: DevPtr, out: DevPtr, rows: usize, cols: usize) -> Result<()> {
-    let at = Launch { grid: (cols.div_ceil(32).clamp(1, 65535) as u32, 1, 1), block: (32, 32, 1) };
+    let at = Launch { grid: (cols.div_ceil(32).clamp(1, 65535) as u32, 1, 1), block: (32, 32, 1), shared: 0 };
     unsafe { g.launch("column_sums_f32", at, s, &mut [Ptr(a), Ptr(b), Ptr(out), I32(rows as i32), I32(cols as i32)]) }
 }

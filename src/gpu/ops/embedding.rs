@@ -28,7 +28,7 @@ pub unsafe fn embedding(g: &Gpu, s: Stream, t: Float, ids: DevPtr, table: DevPtr
 /// Zeroes the table's gradient, then adds the rows in id order.
 pub unsafe fn embedding_backward(g: &Gpu, s: Stream, ids: DevPtr, dy: DevPtr, d_table: DevPtr, n_ids: usize, vocab: usize, dim: usize) -> Result<()> {
     // grid.y splits the destination rows (row % 32), as cuda_scatter_add.
-    let at = Launch { grid: (dim.div_ceil(256) as u32, 32, 1), block: (256, 1, 1) };
+    let at = Launch { grid: (dim.div_ceil(256) as u32, 32, 1), block: (256, 1, 1), shared: 0 };
     unsafe {
         zero(s, d_table, vocab * dim)?;
         g.launch("embedding_backward_f32", at, s, &mut [Ptr(ids), Ptr(dy), Ptr(d_table), I32(n_ids as i32), I32(vocab as i32), I32(dim as i32)])

@@ -25,7 +25,7 @@ pub unsafe fn sgemm(g: &Gpu, s: Stream, a: DevPtr, b: DevPtr, c: DevPtr, batch: 
     let (sa, sb, sc) = (m * k, k * n, m * n);
     for first in (0..batch).step_by(65535) {
         let count = (batch - first).min(65535);
-        let at = Launch { grid: (n.div_ceil(64) as u32, m.div_ceil(64).min(65535) as u32, count as u32), block: (16, 16, 1) };
+        let at = Launch { grid: (n.div_ceil(64) as u32, m.div_ceil(64).min(65535) as u32, count as u32), block: (16, 16, 1), shared: 0 };
         let (a, b, c) = (a + (first * sa * 4) as DevPtr, b + (first * sb * 4) as DevPtr, c + (first * sc * 4) as DevPtr);
         let args = &mut [Ptr(a), Ptr(b), Ptr(c), I32(m as i32), I32(n as i32), I32(k as i32), F32(alpha), F32(beta), I64(sa as i64), I64(sb as i64), I64(sc as i64)];
         unsafe { g.launch("sgemm_tiled_f32", at, s, args)? };

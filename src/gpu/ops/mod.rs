@@ -35,6 +35,7 @@ fn line(grid: usize, block: u32) -> Launch {
     Launch {
         grid: (grid.clamp(1, u32::MAX as usize) as u32, 1, 1),
         block: (block, 1, 1),
+        shared: 0,
     }
 }
 

@@ -39,6 +39,6 @@ pub unsafe fn grad_clip(g: &Gpu, s: Stream, grad: DevPtr, partial: DevPtr, total
 
 pub unsafe fn scatter_add(g: &Gpu, s: Stream, go: DevPtr, idx: DevPtr, gw: DevPtr, num: usize, dim: usize) -> Result<()> {
     // grid.y splits the destination rows (row % 32): more parallelism, same order per row.
-    let at = Launch { grid: (dim.div_ceil(256) as u32, 32, 1), block: (256, 1, 1) };
+    let at = Launch { grid: (dim.div_ceil(256) as u32, 32, 1), block: (256, 1, 1), shared: 0 };
     unsafe { g.launch("scatter_add_f32", at, s, &mut [Ptr(go), Ptr(idx), Ptr(gw), I32(num as i32), I32(dim as i32)]) }
 }
