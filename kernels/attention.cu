@@ -1034,9 +1034,9 @@ AB_KERNEL(attention_backward_d64_f32, 64)
 AB_KERNEL(attention_backward_d128_f32, 128)
 AB_KERNEL(attention_backward_d256_f32, 256)
 
-// ----------------------------------------------------------------------------- fused backward, d <= 64
+// ----------------------------------------------------------------------------- fused backward, d <= 128
 //
-// The fast path of the backward for d <= 64 (d % 4 == 0, 16-byte aligned
+// The fast path of the backward for d <= 128 (d % 4 == 0, 16-byte aligned
 // tensors), after attention_backward_dr_f32 has written Dr = rowsum(dO o O).
 // One launch, as FlashAttention-2: a block per (batch, KV head, tile of 64
 // keys) keeps dK and dV of its keys in registers while it walks the query
@@ -1179,11 +1179,13 @@ template <int D>
 __device__ __forceinline__ void fb_add_dq(const float* sm, float* dQ, int* counter, i64 row0, int valid, int turn,
                                           const FlashShape& sh, int cg, int rg) {
     using L = FusedBwd<D>;
+    constexpr int VW = L::RPT < 4 ? L::RPT : 4;  // width of the dS loads
     float dq[L::RPT][4] = {};
 #pragma unroll 4
     for (int j = 0; j < FB_T; ++j) {
         float w[L::RPT], k[4];
-        Vec<L::RPT>::load(smem_addr(sm + L::DST + j * L::LP + rg * L::RPT), w);
+#pragma unroll
+        for (int a = 0; a < L::RPT; a += VW) Vec<VW>::load(smem_addr(sm + L::DST + j * L::LP + rg * L::RPT + a), w + a);
         Vec<4>::load(smem_addr(sm + L::K + j * L::LD + 4 * cg), k);
 #pragma unroll
         for (int a = 0; a < L::RPT; ++a)
@@ -1213,7 +1215,7 @@ __device__ __forceinline__ void fb_add_dq(const float* sm, float* dQ, int* count
 
 // Launch: block 256, FusedBwd<D>::FLOATS * 4 bytes of dynamic shared memory,
 // grid exactly batch * kv_heads * ceil(kv_len / 64) (no striding: blocks wait
-// on earlier blocks). D = 32 or 64; d <= D, d % 4 == 0.
+// on earlier blocks). D = 32, 64 or 128; d <= D, d % 4 == 0.
 template <int D>
 __device__ void attention_backward_fused(float* sm, const float* dO, const float* Q, const float* K, const float* V,
                                          const float* lse, const float* Dr, float* dQ, float* dK, float* dV, int* sem,
@@ -1266,8 +1268,10 @@ __device__ void attention_backward_fused(float* sm, const float* dO, const float
 // The fused backward (cudann_attention_backward) for d <= D: arguments as
 // attention_backward_*_f32, plus Dr from attention_backward_dr_f32 and `sem`,
 // batch * heads * ceil(q_len / 64) zeroed ints.
-#define FB_KERNEL(NAME, D)                                                                                              \
-    extern "C" __global__ void __launch_bounds__(FB_THREADS, 2)                                                         \
+// MINB: blocks an SM must hold (2 for D <= 64; 1 for D = 128, whose dK and dV
+// take 64 registers a thread and whose tiles take 167 KB).
+#define FB_KERNEL(NAME, D, MINB)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(FB_THREADS, MINB)                                                      \
         NAME(const float* dO, const float* Q, const float* K, const float* V, const float* mask, const float* lse,      \
              const float* dr, float* dQ, float* dK, float* dV, int* sem, int batch, int q_len, int kv_len, int heads,   \
              int kv_heads, int d, int pos0, int causal, float scale) {                                                \
@@ -1275,8 +1279,9 @@ __device__ void attention_backward_fused(float* sm, const float* dO, const float
         const FlashShape sh{batch, q_len, kv_len, kv_len, heads, kv_heads, d, pos0, causal, scale, mask, nullptr};    \
         attention_backward_fused<D>(reinterpret_cast<float*>(fb_smem), dO, Q, K, V, lse, dr, dQ, dK, dV, sem, sh);    \
     }
-FB_KERNEL(attention_backward_fused_d32_f32, 32)
-FB_KERNEL(attention_backward_fused_d64_f32, 64)
+FB_KERNEL(attention_backward_fused_d32_f32, 32, 2)
+FB_KERNEL(attention_backward_fused_d64_f32, 64, 2)
+FB_KERNEL(attention_backward_fused_d128_f32, 128, 1)
 
 // Launch: block 256, grid n1024(batch * new_len * row) (grid-stride).
 // Copies k_new, v_new [batch, new_len, row] (row = n_kv_heads * head_dim

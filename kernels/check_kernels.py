@@ -256,9 +256,9 @@ def check_elementwise_training():
                 swiglu_b((grid,), (256,), (dyd, xd, ud, dg, du, i64(n)))
                 g, mag = silu_grad_ref(x)
                 with np.errstate(invalid="ignore", over="ignore"):
-                    f32 = lambda v: v.astype(np.float32).astype(np.float64)
-                    e1 = scaled_err(dg.get(), f32(DY * U * g), np.abs(DY * U) * mag)
-                    e2 = scaled_err(du.get(), f32(DY * sv), np.abs(DY * sv) + 1e-30)
+                    round32 = lambda v: v.astype(np.float32).astype(np.float64)
+                    e1 = scaled_err(dg.get(), round32(DY * U * g), np.abs(DY * U) * mag)
+                    e2 = scaled_err(du.get(), round32(DY * sv), np.abs(DY * sv) + 1e-30)
                 report("swiglu_backward_f32", case, max(e1, e2), e1 <= 1e-5 and e2 <= 1e-6)
     # In place: dx == dy, y == x, d_gate == gate and d_up == up.
     n = 4097
@@ -523,6 +523,7 @@ def check_norm_training():
     ln = kernel("norm", "layernorm_f32")
     xh = kernel("norm", "norm_xhat_f32")
     rmsb = kernel("norm", "rmsnorm_backward_f32")
+    rmsb_chunks = kernel("norm", "rmsnorm_backward_chunks_f32")
     lnb = kernel("norm", "layernorm_backward_f32")
     colsum = kernel("elementwise", "column_sums_f32")
     for rows, hidden in ((1, 1), (3, 31), (5, 33), (7, 1000), (4, 4096), (4, 4097), (2, 20001), (600, 64)):
@@ -557,6 +558,17 @@ def check_norm_training():
                     colsum((-(-hidden // 32),), (32, 32), (dev(dy), h, dw, i32(rows), i32(hidden)))
                     err = scaled_err(dw.get(), want_dw, dw_mag)
                     report("column_sums_f32", f"{name} d_weight {case}", err, err <= 1e-5)
+                    if center or hidden > 8192:
+                        continue
+                    # One pass: dx and per-chunk column sums, then their sum.
+                    for chunk in (1, 3):
+                        chunks = -(-rows // chunk)
+                        dx, part = cp.full((rows, hidden), NAN, f32), cp.full((chunks, hidden), NAN, f32)
+                        rmsb_chunks((min(grid, chunks),), (256,), (dev(dy, offset), dev(x, offset), dev(w, offset), dx, part,
+                                                                   i32(rows), i32(hidden), eps, i32(chunk)))
+                        colsum((-(-hidden // 32),), (32, 32), (part, NULLPTR, dw, i32(chunks), i32(hidden)))
+                        err = max(scaled_err(dx.get(), want_dx, dx_mag), scaled_err(dw.get(), want_dw, dw_mag))
+                        report("rmsnorm_backward_chunks_f32", f"{case} chunk={chunk}", err, err <= 2e-5)
         # In place: y == x, dx == dy, dx == x.
         x, w, b, dy = randn(rows, hidden), randn(hidden), randn(hidden), randn(rows, hidden)
         X, mean, rstd = norm_stats64(x, eps, True)
@@ -851,9 +863,20 @@ def check_moe():
     i32, f32 = np.int32, np.float32
     rb = kernel("moe", "moe_router_backward_f32")
     auxb = kernel("moe", "aux_loss_backward_f32")
-    count, offs, order_k, gather = (kernel("moe", n) for n in ("moe_count_i32", "moe_offsets_i32", "moe_order_i32",
-                                                               "moe_gather_f32"))
-    gadd = kernel("moe", "moe_gather_add_f32")
+    count, prefix, order_k, gather = (kernel("moe", n) for n in ("moe_chunk_count_i32", "moe_prefix_sum_i32",
+                                                                 "moe_chunk_order_i32", "moe_gather_f32"))
+    rows_of_pairs, gsum = kernel("moe", "moe_rows_of_pairs_i32"), kernel("moe", "moe_gather_sum_f32")
+
+    def group(flat, experts, grid):
+        """The library's grouping of the pairs `flat` by expert: (offsets, order)."""
+        pairs = flat.size
+        chunks = -(-pairs // 1024)
+        off, order = cp.full(experts + 1, -7, i32), cp.full(pairs, -7, i32)
+        counts = cp.zeros(experts * chunks + 1, i32)
+        count((max(1, grid_ew(pairs)),), (256,), (dev(flat), counts, i32(pairs), i32(experts), i32(chunks)))
+        prefix((1,), (1024,), (counts, i32(experts * chunks)))
+        order_k((grid,), (1024,), (dev(flat), counts, order, off, i32(pairs), i32(experts), i32(chunks)))
+        return off, order
     cb = kernel("moe", "moe_combine_backward_f32")
     for tokens, dim, experts, k in ((1, 1, 1, 1), (37, 33, 8, 2), (64, 256, 64, 8), (5, 1030, 300, 4),
                                     (2000, 16, 4, 3), (3, 2100, 2, 2), (1000, 64, 1500, 2), (7, 0, 5, 2)):
@@ -893,23 +916,23 @@ def check_moe():
         want_off = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=experts))]).astype(np.int32)
         x = randn(tokens, dim)
         want_y = x[want_order // k] if dim else np.zeros((pairs, 0), f32)
-        for grid in (min(experts, 65535), 1):
-            off = cp.full(experts + 1, -7, i32)
-            order = cp.full(pairs, -7, i32)
+        for grid in (max(1, -(-pairs // 1024)), 1):
+            off, order = group(flat, experts, grid)
             y = cp.full((pairs, dim), NAN, f32)
-            count((grid,), (256,), (dev(flat), off, i32(pairs), i32(experts)))
-            offs((1,), (1024,), (off, i32(experts)))
-            order_k((grid,), (256,), (dev(flat), off, order, i32(pairs), i32(experts)))
             gather((max(1, min(-(-pairs // 8), 3)),), (256,), (dev(x), order, off, y, i32(pairs), i32(dim), i32(k),
                                                                i32(experts)))
             ok = (np.array_equal(off.get(), want_off) and np.array_equal(order.get(), want_order)
                   and same_bits(y.get(), want_y))
-            report("moe dispatch (count/offsets/order/gather)", f"{case} grid={grid}", 0.0 if ok else INF, ok)
+            report("moe dispatch (chunk counts/prefix sum/chunk order/gather)", f"{case} grid={grid}", 0.0 if ok else INF, ok)
 
-        # Dispatch backward and combine: zeroed, then one launch per j: float32
-        # sums in j order from 0 (bitwise the CPU's).
+        # Dispatch backward and combine: each pair's row, then float32 sums in
+        # j order from 0 per token (bitwise the CPU's).
         rows_of = np.empty(pairs, np.int64)
         rows_of[want_order] = np.arange(pairs)
+        inv = cp.full(pairs, -1, i32)
+        rows_of_pairs((grid_ew(pairs),), (256,), (dev(want_order), inv, i32(pairs)))
+        ok = np.array_equal(inv.get(), rows_of)
+        report("moe_rows_of_pairs_i32", case, 0.0 if ok else INF, ok)
         g = randn(pairs, dim)
         for weighted in (False, True):
             want = np.zeros((tokens, dim), f32)
@@ -917,14 +940,12 @@ def check_moe():
                 for j in range(k):
                     r = g[rows_of[t * k + j]]
                     want[t] = want[t] + (w[t, j] * r if weighted else r)
-            for grid in (-(-pairs // 8), 2):
-                out = cp.zeros((tokens, dim), f32)
-                for j in range(k):
-                    gadd((grid,), (256,), (dev(g), dev(w) if weighted else NULLPTR, dev(want_order), out, i32(pairs),
-                                           i32(dim), i32(k), i32(j)))
+            for grid in (-(-tokens // 8), 2):
+                out = cp.full((tokens, dim), NAN, f32)
+                gsum((grid,), (256,), (dev(g), dev(w) if weighted else NULLPTR, inv, out, i32(tokens), i32(dim), i32(k)))
                 ok = same_bits(out.get(), want)
                 name = "combine" if weighted else "dispatch backward"
-                report("moe_gather_add_f32", f"{name} {case} grid={grid}", 0.0 if ok else INF, ok)
+                report("moe_gather_sum_f32", f"{name} {case} grid={grid}", 0.0 if ok else INF, ok)
 
         # Combine backward: products, and cpu_dot32 per pair.
         dy = randn(tokens, dim)
@@ -945,26 +966,20 @@ def check_moe():
     # rows past offsets[n_experts] get order -1 and NaN.
     flat = np.array([0, 9, 1, 0, -3, 1], np.int32)
     x = randn(3, 4)
-    off, order, y = cp.full(3, -7, i32), cp.full(6, -7, i32), cp.full((6, 4), 0.0, f32)
-    count((2,), (256,), (dev(flat), off, i32(6), i32(2)))
-    offs((1,), (1024,), (off, i32(2)))
-    order_k((2,), (256,), (dev(flat), off, order, i32(6), i32(2)))
+    off, order = group(flat, 2, 1)
+    y = cp.full((6, 4), 0.0, f32)
     gather((1,), (256,), (dev(x), order, off, y, i32(6), i32(4), i32(2), i32(2)))
     got = y.get()
     ok = (np.array_equal(off.get(), [0, 2, 4]) and np.array_equal(order.get(), [0, 3, 2, 5, -1, -1])
           and same_bits(got[:4], x[[0, 1, 1, 2]]) and bool(np.all(np.isnan(got[4:]))))
-    report("moe dispatch (count/offsets/order/gather)", "indices out of range", 0.0 if ok else INF, ok)
-    # Many experts: the offsets' scan across several 1024-entry chunks.
+    report("moe dispatch (chunk counts/prefix sum/chunk order/gather)", "indices out of range", 0.0 if ok else INF, ok)
+    # Many experts: the prefix sum across several 1024-entry chunks.
     experts, tokens, k = 5000, 3000, 2
     flat = RNG.integers(0, experts, tokens * k).astype(np.int32)
-    off = cp.full(experts + 1, -7, i32)
-    order = cp.full(tokens * k, -7, i32)
-    count((experts,), (256,), (dev(flat), off, i32(tokens * k), i32(experts)))
-    offs((1,), (1024,), (off, i32(experts)))
-    order_k((experts,), (256,), (dev(flat), off, order, i32(tokens * k), i32(experts)))
+    off, order = group(flat, experts, 2)
     want_off = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=experts))])
     ok = np.array_equal(off.get(), want_off) and np.array_equal(order.get(), np.argsort(flat, kind="stable"))
-    report("moe dispatch (count/offsets/order/gather)", f"E={experts} pairs={tokens * k}", 0.0 if ok else INF, ok)
+    report("moe dispatch (chunk counts/prefix sum/chunk order/gather)", f"E={experts} pairs={tokens * k}", 0.0 if ok else INF, ok)
 
 
 # ----------------------------------------------------------------------------- decode, gemm

@@ -71,35 +71,39 @@ extern "C" __global__ void aux_loss_backward_f32(const float* f_counts, float* d
 }
 
 // ----------------------------------------------------------------------------- dispatch
-// Three kernels group the pairs by expert (a stable counting sort, integers
-// only): moe_count_i32, moe_offsets_i32, moe_order_i32; moe_gather_f32 then
-// copies the rows. Indices outside [0, n_experts) (device memory, unchecked)
-// belong to no expert: offsets[n_experts] counts only the others, and the rows
-// past it get order -1 and NaN.
+// The pairs are grouped by expert with a stable counting sort over chunks of
+// MOE_CHUNK pairs (integers only): moe_chunk_count_i32 counts each chunk's
+// pairs per expert, moe_prefix_sum_i32 turns the counts, expert-major, into each
+// (expert, chunk)'s first row, and moe_chunk_order_i32 places every chunk's
+// pairs from there; moe_gather_f32 then copies the rows. Indices outside
+// [0, n_experts) (device memory, unchecked) belong to no expert:
+// offsets[n_experts] counts only the others, and the rows past it get order -1
+// and NaN.
 
-// Launch: block 256, grid min(n_experts, 65535) (blocks stride over experts).
-// offsets[0] = 0, offsets[e + 1] = number of pairs whose expert is e.
-extern "C" __global__ void moe_count_i32(const int* idx, int* offsets, int pairs, int n_experts) {
-    if (blockIdx.x == 0 && threadIdx.x == 0) offsets[0] = 0;
-    for (i64 e = blockIdx.x; e < n_experts; e += gridDim.x) {
-        int count = 0;
-        for (i64 p = threadIdx.x; p < pairs; p += blockDim.x) count += idx[p] == e;
-        count = block_allreduce(count, Sum(), 0);
-        if (threadIdx.x == 0) offsets[e + 1] = count;
+#define MOE_CHUNK 1024  // pairs a chunk: a block of moe_chunk_order_i32
+
+// Launch: block 256, grid n1024(pairs) (grid-stride), on counts [n_experts *
+// chunks + 1] the caller has zeroed: counts[1 + e * chunks + c] = the number of
+// pairs of chunk c (pairs c * MOE_CHUNK ..) whose expert is e.
+extern "C" __global__ void moe_chunk_count_i32(const int* idx, int* counts, int pairs, int n_experts, int chunks) {
+    for (i64 p = grid_thread(); p < pairs; p += grid_threads()) {
+        const int e = idx[p];
+        if (e >= 0 && e < n_experts) atomicAdd(counts + 1 + (i64)e * chunks + p / MOE_CHUNK, 1);
     }
 }
 
 // Launch: block 1024 (a multiple of 32), grid 1 (other blocks return).
-// offsets[1 .. n_experts] becomes its inclusive prefix sum (the experts' end
-// rows), in chunks of blockDim entries carried over.
-extern "C" __global__ void __launch_bounds__(1024) moe_offsets_i32(int* offsets, int n_experts) {
+// counts[1 .. n] becomes its inclusive prefix sum (so with counts[0] = 0,
+// counts[i] is the sum of the first i counts), in chunks of blockDim entries
+// carried over.
+extern "C" __global__ void __launch_bounds__(1024) moe_prefix_sum_i32(int* counts, int n) {
     if (blockIdx.x != 0) return;
     __shared__ int warp_sums[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     int carry = 0;
-    for (i64 base = 1; base <= n_experts; base += blockDim.x) {
-        const i64 e = base + threadIdx.x;
-        int v = e <= n_experts ? offsets[e] : 0;
+    for (i64 base = 1; base <= n; base += blockDim.x) {
+        const i64 i = base + threadIdx.x;
+        int v = i <= n ? counts[i] : 0;
 #pragma unroll
         for (int d = 1; d < 32; d <<= 1) {
             const int u = __shfl_up_sync(0xffffffffu, v, d);
@@ -112,35 +116,44 @@ extern "C" __global__ void __launch_bounds__(1024) moe_offsets_i32(int* offsets,
             if (w < warp) before += warp_sums[w];
             chunk += warp_sums[w];
         }
-        if (e <= n_experts) offsets[e] = before + v;
+        if (i <= n) counts[i] = before + v;
         carry += chunk;
         __syncthreads();  // before the next chunk overwrites warp_sums
     }
 }
 
-// Launch: block 256 (a multiple of 32), grid min(n_experts, 65535) (blocks
-// stride over experts). The pairs of expert e, in pair order, go to rows
-// offsets[e] ... : each chunk of blockDim pairs is ranked with a ballot per
-// warp and the warps' counts in order.
-extern "C" __global__ void moe_order_i32(const int* idx, const int* offsets, int* order, int pairs, int n_experts) {
-    __shared__ int warp_counts[32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    for (i64 e = blockIdx.x; e < n_experts; e += gridDim.x) {
-        i64 next = offsets[e];
-        for (i64 base = 0; base < pairs; base += blockDim.x) {
-            const i64 p = base + threadIdx.x;
-            const bool mine = p < pairs && idx[p] == e;
-            const unsigned votes = __ballot_sync(0xffffffffu, mine);
-            if (lane == 0) warp_counts[warp] = __popc(votes);
-            __syncthreads();
-            int rank = __popc(votes & ((1u << lane) - 1)), count = 0;
-            for (int w = 0; w < warps; ++w) {
-                if (w < warp) rank += warp_counts[w];
-                count += warp_counts[w];
+// Launch: block 1024 (32 warps: a chunk), grid min(chunks, 65535) (blocks
+// stride over chunks), after moe_prefix_sum_i32 over the n_experts * chunks
+// counts, so that counts[e * chunks + c] is the first row of chunk c's pairs
+// of expert e. Block 0 first writes offsets[e] = counts[e * chunks] (e <=
+// n_experts). A block places its chunk's warps in turn: the lanes of a warp
+// with the same expert take consecutive rows in lane order from the chunk's
+// entry, which the warp's last such lane then advances (each entry is its own
+// block's), so every expert's pairs keep pair order.
+extern "C" __global__ void __launch_bounds__(1024)
+    moe_chunk_order_i32(const int* idx, int* counts, int* order, int* offsets, int pairs, int n_experts, int chunks) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (blockIdx.x == 0) {
+        for (i64 e = threadIdx.x; e <= n_experts; e += blockDim.x) offsets[e] = counts[e * chunks];
+        __syncthreads();  // before this block advances the entries of chunk 0
+    }
+    for (i64 c = blockIdx.x; c < chunks; c += gridDim.x) {
+        const i64 p = c * MOE_CHUNK + threadIdx.x;
+        const int e = p < pairs ? idx[p] : -1;
+        const bool mine = e >= 0 && e < n_experts;
+        const unsigned same = __match_any_sync(0xffffffffu, mine ? e : -1);
+        const int rank = __popc(same & ((1u << lane) - 1));
+        int* entry = counts + (i64)e * chunks + c;
+        for (int w = 0; w < 32; ++w) {
+            if (warp == w) {
+                const int first = mine ? *entry : 0;
+                __syncwarp();  // every lane has read the entry before it moves
+                if (mine) {
+                    order[first + rank] = (int)p;
+                    if (same >> lane == 1u) *entry = first + __popc(same);  // the group's last lane
+                }
             }
-            if (mine) order[next + rank] = (int)p;
-            next += count;
-            __syncthreads();  // before the next chunk overwrites warp_counts
+            __syncthreads();
         }
     }
 }
@@ -175,27 +188,50 @@ extern "C" __global__ void moe_gather_f32(const float* x, int* order, const int*
 
 // ----------------------------------------------------------------------------- combine, backwards
 
-// Launch: block 256 (a warp per row), grid min(ceil(pairs / 8), 65535) (warps
-// stride over rows), once for each j = 0 .. k-1 in turn, on a dst the caller
-// has zeroed: dst[t] += w[pair] * src[p] (w NULL: += src[p]) for the rows p
-// whose pair = order[p] is t * k + j. As order is a permutation, each launch
-// adds exactly one row into every token's, so the sums run in j order from 0,
-// as the CPU backend's: dispatch backward (w NULL) and combine. Entries of
-// order outside [0, pairs) are skipped. dst must not alias the inputs.
-extern "C" __global__ void moe_gather_add_f32(const float* src, const float* w, const int* order, float* dst,
-                                              int pairs, int dim, int k, int j) {
-    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    for (i64 p = (i64)blockIdx.x * warps + (threadIdx.x >> 5); p < pairs; p += (i64)gridDim.x * warps) {
+// Launch: block 256, grid min(ceil(pairs / 1024), 65535) (grid-stride), on an
+// inv the caller has filled with -1. inv[order[p]] = p: the row of each pair.
+// Entries of order outside [0, pairs) are skipped.
+extern "C" __global__ void moe_rows_of_pairs_i32(const int* order, int* inv, int pairs) {
+    for (i64 p = grid_thread(); p < pairs; p += grid_threads()) {
         const int pair = order[p];
-        if (pair < 0 || pair >= pairs || pair % k != j) continue;
-        const float* sr = src + p * dim;
-        float* dr = dst + (i64)(pair / k) * dim;
-        if (w) {
-            const float wv = w[pair];
-            for (i64 c = lane; c < dim; c += 32) dr[c] = __fadd_rn(dr[c], __fmul_rn(wv, sr[c]));
-        } else {
-            for (i64 c = lane; c < dim; c += 32) dr[c] = __fadd_rn(dr[c], sr[c]);
+        if (pair >= 0 && pair < pairs) inv[pair] = (int)p;
+    }
+}
+
+// Launch: block 256 (a warp per token), grid min(ceil(tokens / 8), 65535)
+// (warps stride over tokens). dst[t] = sum over j = 0 .. k-1, in order from 0,
+// of w[t k + j] * src[inv[t k + j]] (w NULL: of src[...]), each product and sum
+// rounded as the CPU backend's: combine (w) and dispatch backward (no w). A
+// pair no row holds (inv -1) adds nothing. Each token's k rows are read once
+// and its sum written once, 16 bytes at a time where dim and the pointers
+// allow. dst must not alias the inputs.
+template <int V>
+__device__ __forceinline__ void gather_sum_row(const float* src, const float* w, const int* pairs_inv, float* dr,
+                                               int dim, int k, int lane) {
+    for (i64 c = V * lane; c < dim; c += 32 * V) {
+        float acc[V] = {};
+        for (int j = 0; j < k; ++j) {
+            const int p = pairs_inv[j];
+            if (p < 0) continue;
+            float v[V];
+            load_vec<V>(src + (i64)p * dim + c, v);
+#pragma unroll
+            for (int e = 0; e < V; ++e) acc[e] = __fadd_rn(acc[e], w ? __fmul_rn(w[j], v[e]) : v[e]);
         }
+        store_vec<V>(dr + c, acc);
+    }
+}
+
+extern "C" __global__ void moe_gather_sum_f32(const float* src, const float* w, const int* inv, float* dst, int tokens,
+                                              int dim, int k) {
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    const bool vec = dim % 4 == 0 && aligned16(src) && aligned16(dst);
+    for (i64 t = (i64)blockIdx.x * warps + (threadIdx.x >> 5); t < tokens; t += (i64)gridDim.x * warps) {
+        const float* wt = w ? w + t * k : nullptr;
+        if (vec)
+            gather_sum_row<4>(src, wt, inv + t * k, dst + t * dim, dim, k, lane);
+        else
+            gather_sum_row<1>(src, wt, inv + t * k, dst + t * dim, dim, k, lane);
     }
 }
 

@@ -189,6 +189,47 @@ extern "C" __global__ void __launch_bounds__(1024) rmsnorm_backward_f32(const fl
     }
 }
 
+// The widest row rmsnorm_backward_chunks_f32 takes (its per-column sums live
+// in shared memory).
+#define CHUNK_MAX_HIDDEN 8192
+
+// Launch: block 256, grid ceil(rows / chunk) (blocks stride over chunks of
+// `chunk` rows), hidden <= CHUNK_MAX_HIDDEN. RMSNorm backward in one pass over
+// dy and x: each row's dx as rmsnorm_backward_f32, and the chunk's share of
+// d_weight, part[b][c] = sum over its rows, in order, of dy * (x r) (float),
+// for column_sums_f32 over the chunks: no normalised copy of x is written and
+// read back. Each thread reads and writes only its own columns, so dx may be
+// dy or x.
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_backward_chunks_f32(const float* dy, const float* x,
+                                                                              const float* w, float* dx, float* part,
+                                                                              int rows, int hidden, float eps, int chunk) {
+    __shared__ float acc[CHUNK_MAX_HIDDEN];  // this chunk's column sums, a thread's own columns
+    for (i64 b = blockIdx.x; b * chunk < rows; b += gridDim.x) {
+        for (int c = threadIdx.x; c < hidden; c += blockDim.x) acc[c] = 0.0f;
+        const i64 end = min((i64)rows, (b + 1) * chunk);
+        for (i64 row = b * chunk; row < end; ++row) {
+            const float* dyr = dy + row * hidden;
+            const float* xr = x + row * hidden;
+            float* dxr = dx + row * hidden;
+            float v[2] = {0.0f, 0.0f};  // sum of x^2, sum of g x
+            for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
+                const float xv = xr[c];
+                v[0] += xv * xv;
+                v[1] += dyr[c] * w[c] * xv;
+            }
+            block_reduce(v, Sum(), 0.0f);
+            const float r = 1.0f / sqrtf(v[0] / (float)hidden + eps);
+            const float k = v[1] / (float)hidden * r * r;
+            for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
+                const float xv = xr[c], g = dyr[c];
+                dxr[c] = r * (g * w[c] - xv * k);
+                acc[c] += g * (xv * r);
+            }
+        }
+        for (int c = threadIdx.x; c < hidden; c += blockDim.x) part[b * hidden + c] = acc[c];
+    }
+}
+
 // LayerNorm backward into dx: dx = rstd (g - mean(g) - xhat mean(g xhat)),
 // g = dy * w, xhat = (x - mean) rstd, mean(g xhat) = rstd (mean(g x) - mean
 // mean(g)) (the CPU backend's order of operations). dx may be dy or x.

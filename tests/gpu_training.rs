@@ -183,7 +183,7 @@ fn softmax_backward_and_norms_match_the_cpu() {
     let s = Stream::new();
     let mut rng = Rng::new(202);
     let eps = 1e-5f32;
-    for (rows, cols) in [(1, 1), (3, 31), (5, 33), (7, 1000), (3, 4097), (2, 40_000), (600, 7), (2000, 64)] {
+    for (rows, cols) in [(1, 1), (3, 31), (5, 33), (7, 1000), (3, 4097), (2, 40_000), (600, 7), (2000, 64), (5000, 96)] {
         let n = rows * cols;
         let (r, c) = (rows as i32, cols as i32);
         let (dy, x) = (rng.vec(n, 1.0), rng.vec(n, 1.5));
@@ -501,7 +501,7 @@ fn moe_ops_match_the_cpu_bitwise() {
     }
     let s = Stream::new();
     let mut rng = Rng::new(205);
-    for (tokens, dim, experts, k) in [(1, 1, 1, 1), (37, 33, 8, 2), (64, 256, 64, 8), (5, 1030, 300, 4), (2000, 16, 4, 3), (3, 2100, 2, 2), (7, 0, 5, 2)] {
+    for (tokens, dim, experts, k) in [(1, 1, 1, 1), (37, 33, 8, 2), (64, 256, 64, 8), (5, 1030, 300, 4), (2000, 16, 4, 3), (3000, 8, 64, 2), (3, 2100, 2, 2), (7, 0, 5, 2)] {
         let pairs = tokens * k;
         let (t, d, e, kk) = (tokens as i32, dim as i32, experts as i32, k as i32);
         let (idx, w) = route(&rng.vec(tokens * experts, 2.0), tokens, experts, k);
@@ -644,6 +644,7 @@ fn general_attention_matches_the_cpu() {
         // Several query and key tiles of 64: the fused backward's ordered dQ sums.
         (2, 150, 150, 150, 4, 2, 64, 0, 1, false),
         (1, 100, 230, 230, 2, 1, 48, 130, 1, true), // causal after a prefix
+        (2, 80, 80, 80, 4, 2, 128, 0, 1, false),    // the fused backward's widest tiles
         // Decoding against long caches: the split-KV kernels and their combine.
         (3, 1, 3000, 4096, 8, 1, 128, 2999, 1, false),
         (2, 2, 700, 1024, 4, 2, 256, 698, 1, true),

@@ -17,7 +17,7 @@ pub const MODULES: &[(&str, &str, &[&str], u32)] = &[
     (
         "norm",
         include_str!("../../kernels/ptx/norm.ptx"),
-        &["rmsnorm_f32", "rmsnorm_residual_f32", "layernorm_f32", "norm_xhat_f32", "rmsnorm_backward_f32", "layernorm_backward_f32"],
+        &["rmsnorm_f32", "rmsnorm_residual_f32", "layernorm_f32", "norm_xhat_f32", "rmsnorm_backward_chunks_f32", "rmsnorm_backward_f32", "layernorm_backward_f32"],
         70,
     ),
     ("embedding", include_str!("../../kernels/ptx/embedding.ptx"), &["embedding_f32", "embedding_h16", "embedding_backward_f32"], 70),
@@ -42,7 +42,7 @@ pub const MODULES: &[(&str, &str, &[&str], u32)] = &[
         include_str!("../../kernels/ptx/attention.ptx"),
         &["attention_scores_f32", "attention_output_f32", "flash_attention_f32", "flash_attention_d64_f32", "kv_cache_write_f32", "kv_cache_write_h16",
           "attention_forward_f32", "attention_forward_d64_f32", "attention_backward_d32_f32", "attention_backward_d64_f32", "attention_backward_d128_f32", "attention_backward_d256_f32",
-          "attention_backward_dr_f32", "attention_backward_fused_d32_f32", "attention_backward_fused_d64_f32",
+          "attention_backward_dr_f32", "attention_backward_fused_d32_f32", "attention_backward_fused_d64_f32", "attention_backward_fused_d128_f32",
           "attention_decode_r1_d128_f32", "attention_decode_r2_d128_f32", "attention_decode_r4_d128_f32", "attention_decode_r8_d128_f32",
           "attention_decode_r1_d256_f32", "attention_decode_r2_d256_f32", "attention_decode_r4_d256_f32", "attention_decode_r8_d256_f32", "attention_decode_combine_f32"],
         70,
@@ -51,8 +51,8 @@ pub const MODULES: &[(&str, &str, &[&str], u32)] = &[
         "moe",
         include_str!("../../kernels/ptx/moe.ptx"),
         &[
-            "moe_router_backward_f32", "aux_loss_backward_f32", "moe_count_i32", "moe_offsets_i32", "moe_order_i32", "moe_gather_f32",
-            "moe_gather_add_f32", "moe_combine_backward_f32",
+            "moe_router_backward_f32", "aux_loss_backward_f32", "moe_chunk_count_i32", "moe_prefix_sum_i32", "moe_chunk_order_i32", "moe_gather_f32",
+            "moe_rows_of_pairs_i32", "moe_gather_sum_f32", "moe_combine_backward_f32",
         ],
         70,
     ),

@@ -150,7 +150,7 @@ unsafe fn attention_decode(g: &Gpu, s: Stream, [q, k, v, out, mask, lse]: [DevPt
 const FUSED_TILE: usize = 64;
 
 /// General attention backward (`cudann_attention_backward`, float32). Head
-/// dims up to 64 that are multiples of 4, on 16-byte aligned tensors, take the
+/// dims up to 128 that are multiples of 4, on 16-byte aligned tensors, take the
 /// fused kernel (see [`attention_backward_fused`]); the rest one launch for dK
 /// and dV over key tiles and one for dQ over query tiles, of the kernel for the
 /// head-dim class (tile of 32 rows up to 64, 2048 / class above).
@@ -159,7 +159,7 @@ pub unsafe fn attention_backward(g: &Gpu, s: Stream, ptrs: [DevPtr; 10], a: &Att
     let aligned = [dy, q, k, v, o, dq, dk, dv].iter().all(|p| p % 16 == 0);
     // The fused form needs a query and a key: it writes dQ from key tiles.
     let work = a.batch * a.heads * a.q_len * a.kv_len * a.head_dim > 0;
-    if a.head_dim <= 64 && a.head_dim % 4 == 0 && aligned && work {
+    if a.head_dim <= 128 && a.head_dim % 4 == 0 && aligned && work {
         return unsafe { attention_backward_fused(g, s, ptrs, a) };
     }
     let (kernel, class) = match a.head_dim {
@@ -195,7 +195,11 @@ unsafe fn attention_backward_fused(g: &Gpu, s: Stream, [dy, q, k, v, mask, o, ls
     let args = &mut [Ptr(dy), Ptr(o), Ptr(dr), I64(rows as i64), I32(a.head_dim as i32)];
     unsafe { g.launch("attention_backward_dr_f32", line(rows.div_ceil(8).min(65535), 256), s, args)? };
     // Shared floats: K, V, Q, dO tiles [64][class + 4], Pt and dSt [64][68], lse and Dr.
-    let (kernel, class) = if a.head_dim <= 32 { ("attention_backward_fused_d32_f32", 32) } else { ("attention_backward_fused_d64_f32", 64) };
+    let (kernel, class) = match a.head_dim {
+        0..=32 => ("attention_backward_fused_d32_f32", 32),
+        33..=64 => ("attention_backward_fused_d64_f32", 64),
+        _ => ("attention_backward_fused_d128_f32", 128),
+    };
     let shared = (4 * FUSED_TILE * (class + 4) + 2 * FUSED_TILE * (FUSED_TILE + 4) + 2 * FUSED_TILE) * 4;
     let blocks = a.batch * a.kv_heads * a.kv_len.div_ceil(FUSED_TILE);
     let args = &mut [

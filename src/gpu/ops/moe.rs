@@ -1,10 +1,12 @@
 //! Mixture-of-experts launches: router and aux-loss backwards, dispatch,
 //! combine and their backwards.
 
-use super::{line, single, strided, zero};
-use crate::gpu::driver::{Arg, DevPtr, Stream};
+use super::{line, single, strided};
+use crate::gpu::driver::{Arg, DevPtr, Stream, check};
+use crate::gpu::scratch::Scratch;
+use cudarc::driver::sys;
 use crate::gpu::Gpu;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 use Arg::{I32, I64, Ptr};
 
@@ -28,39 +30,56 @@ pub unsafe fn aux_loss_backward(g: &Gpu, s: Stream, f: DevPtr, d: DevPtr, tokens
     unsafe { g.launch("aux_loss_backward_f32", strided(tokens * experts), s, args) }
 }
 
-/// The stable grouping by expert (count, prefix sum, placement), then the rows.
+/// Pairs a chunk of the grouping (MOE_CHUNK in moe.cu).
+const MOE_CHUNK: usize = 1024;
+
+/// The stable grouping by expert (per-chunk counts, their prefix sum, the
+/// placement of each chunk), then the rows.
 pub unsafe fn moe_dispatch(g: &Gpu, s: Stream, x: DevPtr, idx: DevPtr, y: DevPtr, order: DevPtr, offsets: DevPtr, pairs: usize, dim: usize, experts: usize, k: usize) -> Result<()> {
-    let (p, e) = (I32(pairs as i32), I32(experts as i32));
-    let per_expert = line(experts.min(65535), 256);
+    let chunks = pairs.div_ceil(MOE_CHUNK);
+    let slots = experts * chunks; // (expert, chunk) counts, expert-major
+    if slots >= i32::MAX as usize {
+        return Err(Error::Internal(format!("moe_dispatch: {experts} experts x {chunks} chunks of pairs is too many for the GPU grouping")));
+    }
+    let (p, e, ch) = (I32(pairs as i32), I32(experts as i32), I32(chunks as i32));
+    let mut scratch = Scratch::new(s);
+    let counts = scratch.alloc((slots + 1) * 4)?;
+    // SAFETY: `slots + 1` ints just allocated on this stream.
+    check(unsafe { sys::cuMemsetD32Async(counts, 0, slots + 1, s) }, "cuMemsetD32Async")?;
     unsafe {
-        g.launch("moe_count_i32", per_expert, s, &mut [Ptr(idx), Ptr(offsets), p, e])?;
-        g.launch("moe_offsets_i32", single(1024), s, &mut [Ptr(offsets), e])?;
-        g.launch("moe_order_i32", per_expert, s, &mut [Ptr(idx), Ptr(offsets), Ptr(order), p, e])?;
+        g.launch("moe_chunk_count_i32", strided(pairs), s, &mut [Ptr(idx), Ptr(counts), p, e, ch])?;
+        g.launch("moe_prefix_sum_i32", single(1024), s, &mut [Ptr(counts), I32(slots as i32)])?;
+        g.launch("moe_chunk_order_i32", line(chunks.min(65535), 1024), s, &mut [Ptr(idx), Ptr(counts), Ptr(order), Ptr(offsets), p, e, ch])?;
         let args = &mut [Ptr(x), Ptr(order), Ptr(offsets), Ptr(y), p, I32(dim as i32), I32(k as i32), e];
         g.launch("moe_gather_f32", warp_rows(pairs), s, args)
     }
 }
 
-/// `dst[t] = Σ_j w[t, j] src[row of (t, j)]` (`w` 0: without weights): zeroed,
-/// then one launch per `j`, so every token's sum runs in `j` order.
-unsafe fn gather_add(g: &Gpu, s: Stream, src: DevPtr, w: DevPtr, order: DevPtr, dst: DevPtr, tokens: usize, dim: usize, k: usize) -> Result<()> {
+/// `dst[t] = Σ_j w[t, j] src[row of (t, j)]` (`w` 0: without weights), the
+/// sums in `j` order: each pair's row (the inverse of `order`) into scratch,
+/// then a warp per token reads its `k` rows once.
+unsafe fn gather_sum(g: &Gpu, s: Stream, src: DevPtr, w: DevPtr, order: DevPtr, dst: DevPtr, tokens: usize, dim: usize, k: usize) -> Result<()> {
     let pairs = tokens * k;
-    unsafe {
-        zero(s, dst, tokens * dim)?;
-        for j in 0..k {
-            let args = &mut [Ptr(src), Ptr(w), Ptr(order), Ptr(dst), I32(pairs as i32), I32(dim as i32), I32(k as i32), I32(j as i32)];
-            g.launch("moe_gather_add_f32", warp_rows(pairs), s, args)?;
-        }
+    if pairs == 0 {
+        return Ok(());
     }
-    Ok(())
+    let mut scratch = Scratch::new(s);
+    let rows_of_pairs = scratch.alloc(pairs * 4)?;
+    // SAFETY: `pairs` ints just allocated on this stream; -1: held by no row.
+    check(unsafe { sys::cuMemsetD32Async(rows_of_pairs, u32::MAX, pairs, s) }, "cuMemsetD32Async")?;
+    unsafe {
+        g.launch("moe_rows_of_pairs_i32", strided(pairs), s, &mut [Ptr(order), Ptr(rows_of_pairs), I32(pairs as i32)])?;
+        let args = &mut [Ptr(src), Ptr(w), Ptr(rows_of_pairs), Ptr(dst), I32(tokens as i32), I32(dim as i32), I32(k as i32)];
+        g.launch("moe_gather_sum_f32", warp_rows(tokens), s, args)
+    }
 }
 
 pub unsafe fn moe_dispatch_backward(g: &Gpu, s: Stream, dy: DevPtr, order: DevPtr, dx: DevPtr, tokens: usize, dim: usize, k: usize) -> Result<()> {
-    unsafe { gather_add(g, s, dy, 0, order, dx, tokens, dim, k) }
+    unsafe { gather_sum(g, s, dy, 0, order, dx, tokens, dim, k) }
 }
 
 pub unsafe fn moe_combine(g: &Gpu, s: Stream, e: DevPtr, w: DevPtr, order: DevPtr, y: DevPtr, tokens: usize, dim: usize, k: usize) -> Result<()> {
-    unsafe { gather_add(g, s, e, w, order, y, tokens, dim, k) }
+    unsafe { gather_sum(g, s, e, w, order, y, tokens, dim, k) }
 }
 
 pub unsafe fn moe_combine_backward(g: &Gpu, s: Stream, dy: DevPtr, e: DevPtr, w: DevPtr, order: DevPtr, de: DevPtr, dw: DevPtr, pairs: usize, dim: usize, k: usize) -> Result<()> {

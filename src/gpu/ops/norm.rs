@@ -1,6 +1,7 @@
 //! RMSNorm and LayerNorm launches, forward and backward.
 
-use super::{column_sums, per_row};
+use super::{column_sums, line, per_row};
+use crate::gpu::scratch::Scratch;
 use crate::gpu::driver::{Arg, DevPtr, Stream};
 use crate::gpu::Gpu;
 use crate::error::Result;
@@ -32,11 +33,31 @@ unsafe fn xhat(g: &Gpu, s: Stream, x: DevPtr, xhat: DevPtr, rows: usize, hidden:
     unsafe { g.launch("norm_xhat_f32", per_row(rows, 1024), s, args) }
 }
 
-/// RMSNorm backward. The weight gradient is a column sum of `dy * x * r`; the
-/// normalised rows `x * r` it needs are written into `dx` first (free until the
-/// last kernel), so no scratch is needed. `dx` must not alias the inputs (the
-/// ABI layer has aliased inputs copied).
+/// The widest row the one-pass RMSNorm backward takes (CHUNK_MAX_HIDDEN in norm.cu).
+const CHUNK_MAX_HIDDEN: usize = 8192;
+/// Chunks the one-pass RMSNorm backward aims for: enough blocks for any
+/// current GPU, and a function of the shape alone (the bits do not depend on
+/// the device).
+const NORM_CHUNKS: usize = 1024;
+
+/// RMSNorm backward. The weight gradient is a column sum of `dy * x * r`. Rows
+/// up to [`CHUNK_MAX_HIDDEN`] wide take one pass over `dy` and `x` writing `dx`
+/// and each chunk's column sums (of up to 32 rows) to scratch, then the sum
+/// over chunks. Wider rows: the normalised rows `x * r` are written into `dx`
+/// first (free until the last kernel) for the column sums, then `dx`. `dx` must
+/// not alias the inputs (the ABI layer has aliased inputs copied).
 pub unsafe fn rmsnorm_backward(g: &Gpu, s: Stream, dy: DevPtr, x: DevPtr, w: DevPtr, dx: DevPtr, dw: DevPtr, rows: usize, hidden: usize, eps: f32) -> Result<()> {
+    if rows > 0 && (1..=CHUNK_MAX_HIDDEN).contains(&hidden) {
+        let chunk = (rows / NORM_CHUNKS).clamp(1, 32);
+        let chunks = rows.div_ceil(chunk);
+        let mut scratch = Scratch::new(s);
+        let part = scratch.alloc(chunks * hidden * 4)?;
+        let args = &mut [Ptr(dy), Ptr(x), Ptr(w), Ptr(dx), Ptr(part), I32(rows as i32), I32(hidden as i32), F32(eps), I32(chunk as i32)];
+        return unsafe {
+            g.launch("rmsnorm_backward_chunks_f32", line(chunks.min(65535), 256), s, args)?;
+            column_sums(g, s, part, 0, dw, chunks, hidden)
+        };
+    }
     unsafe {
         xhat(g, s, x, dx, rows, hidden, eps, false)?;
         column_sums(g, s, dy, dx, dw, rows, hidden)?;
