@@ -167,8 +167,25 @@ extern "C" __global__ void __launch_bounds__(1024)
     }
 }
 
-// RMSNorm backward into dx: r = 1 / rms(x), dx = r (g - x r^2 mean(g x)) with
-// g = dy * w (the CPU backend's order of operations). dx may be dy or x.
+// RMSNorm backward of one row: {r, k} with r = 1 / rms(x) and k = r^2 mean(g
+// x), g = dy * w, so that dx = r (g - x k) (the CPU backend's order of
+// operations). Every thread of the block calls it; it reads only the thread's
+// own columns.
+__device__ __forceinline__ float2 rms_backward_stats(const float* dyr, const float* xr, const float* w, int hidden,
+                                                     float eps) {
+    float v[2] = {0.0f, 0.0f};  // sum of x^2, sum of g x
+    for (i64 c = threadIdx.x; c < hidden; c += blockDim.x) {
+        const float xv = xr[c];
+        v[0] += xv * xv;
+        v[1] += dyr[c] * w[c] * xv;
+    }
+    block_reduce(v, Sum(), 0.0f);
+    const float r = 1.0f / sqrtf(v[0] / (float)hidden + eps);
+    return make_float2(r, v[1] / (float)hidden * r * r);
+}
+
+// RMSNorm backward into dx: dx = r (dy w - x k) (rms_backward_stats). dx may
+// be dy or x.
 extern "C" __global__ void __launch_bounds__(1024) rmsnorm_backward_f32(const float* dy, const float* x,
                                                                         const float* w, float* dx, int rows,
                                                                         int hidden, float eps) {
@@ -176,16 +193,8 @@ extern "C" __global__ void __launch_bounds__(1024) rmsnorm_backward_f32(const fl
         const float* dyr = dy + row * hidden;
         const float* xr = x + row * hidden;
         float* dxr = dx + row * hidden;
-        float v[2] = {0.0f, 0.0f};  // sum of x^2, sum of g x
-        for (i64 c = threadIdx.x; c < hidden; c += blockDim.x) {
-            const float xv = xr[c];
-            v[0] += xv * xv;
-            v[1] += dyr[c] * w[c] * xv;
-        }
-        block_reduce(v, Sum(), 0.0f);
-        const float r = 1.0f / sqrtf(v[0] / (float)hidden + eps);
-        const float k = v[1] / (float)hidden * r * r;
-        for (i64 c = threadIdx.x; c < hidden; c += blockDim.x) dxr[c] = r * (dyr[c] * w[c] - xr[c] * k);
+        const float2 st = rms_backward_stats(dyr, xr, w, hidden, eps);
+        for (i64 c = threadIdx.x; c < hidden; c += blockDim.x) dxr[c] = st.x * (dyr[c] * w[c] - xr[c] * st.y);
     }
 }
 
@@ -211,19 +220,11 @@ extern "C" __global__ void __launch_bounds__(256) rmsnorm_backward_chunks_f32(co
             const float* dyr = dy + row * hidden;
             const float* xr = x + row * hidden;
             float* dxr = dx + row * hidden;
-            float v[2] = {0.0f, 0.0f};  // sum of x^2, sum of g x
-            for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
-                const float xv = xr[c];
-                v[0] += xv * xv;
-                v[1] += dyr[c] * w[c] * xv;
-            }
-            block_reduce(v, Sum(), 0.0f);
-            const float r = 1.0f / sqrtf(v[0] / (float)hidden + eps);
-            const float k = v[1] / (float)hidden * r * r;
+            const float2 st = rms_backward_stats(dyr, xr, w, hidden, eps);
             for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
                 const float xv = xr[c], g = dyr[c];
-                dxr[c] = r * (g * w[c] - xv * k);
-                acc[c] += g * (xv * r);
+                dxr[c] = st.x * (g * w[c] - xv * st.y);
+                acc[c] += g * (xv * st.x);
             }
         }
         for (int c = threadIdx.x; c < hidden; c += blockDim.x) part[b * hidden + c] = acc[c];

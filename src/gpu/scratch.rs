@@ -26,6 +26,14 @@ impl Scratch {
         self.ptrs.push(p);
         Ok(p)
     }
+
+    /// `words` 32-bit words, each set to `value` in stream order.
+    pub fn alloc_filled(&mut self, words: usize, value: u32) -> Result<DevPtr> {
+        let p = self.alloc(words * 4)?;
+        // SAFETY: `words` words just allocated on this stream.
+        check(unsafe { sys::cuMemsetD32Async(p, value, words, self.stream) }, "cuMemsetD32Async")?;
+        Ok(p)
+    }
 }
 
 impl Drop for Scratch {

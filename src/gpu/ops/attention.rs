@@ -1,8 +1,7 @@
 //! Attention launches: scores, output, flash attention, the KV-cache write.
 
 use super::{line, strided};
-use crate::gpu::driver::{Arg, DevPtr, Launch, Stream, check};
-use cudarc::driver::sys;
+use crate::gpu::driver::{Arg, DevPtr, Launch, Stream};
 use crate::gpu::scratch::Scratch;
 use crate::gpu::Gpu;
 use crate::error::Result;
@@ -189,9 +188,7 @@ unsafe fn attention_backward_fused(g: &Gpu, s: Stream, [dy, q, k, v, mask, o, ls
     let counters = a.batch * a.heads * a.q_len.div_ceil(FUSED_TILE);
     let mut scratch = Scratch::new(s);
     let dr = scratch.alloc(rows * 4)?;
-    let sem = scratch.alloc(counters * 4)?;
-    // SAFETY: `counters` ints just allocated on this stream.
-    check(unsafe { sys::cuMemsetD32Async(sem, 0, counters, s) }, "cuMemsetD32Async")?;
+    let sem = scratch.alloc_filled(counters, 0)?;
     let args = &mut [Ptr(dy), Ptr(o), Ptr(dr), I64(rows as i64), I32(a.head_dim as i32)];
     unsafe { g.launch("attention_backward_dr_f32", line(rows.div_ceil(8).min(65535), 256), s, args)? };
     // Shared floats: K, V, Q, dO tiles [64][class + 4], Pt and dSt [64][68], lse and Dr.

@@ -2,9 +2,8 @@
 //! combine and their backwards.
 
 use super::{line, single, strided};
-use crate::gpu::driver::{Arg, DevPtr, Stream, check};
+use crate::gpu::driver::{Arg, DevPtr, Stream};
 use crate::gpu::scratch::Scratch;
-use cudarc::driver::sys;
 use crate::gpu::Gpu;
 use crate::error::{Error, Result};
 
@@ -43,9 +42,7 @@ pub unsafe fn moe_dispatch(g: &Gpu, s: Stream, x: DevPtr, idx: DevPtr, y: DevPtr
     }
     let (p, e, ch) = (I32(pairs as i32), I32(experts as i32), I32(chunks as i32));
     let mut scratch = Scratch::new(s);
-    let counts = scratch.alloc((slots + 1) * 4)?;
-    // SAFETY: `slots + 1` ints just allocated on this stream.
-    check(unsafe { sys::cuMemsetD32Async(counts, 0, slots + 1, s) }, "cuMemsetD32Async")?;
+    let counts = scratch.alloc_filled(slots + 1, 0)?;
     unsafe {
         g.launch("moe_chunk_count_i32", strided(pairs), s, &mut [Ptr(idx), Ptr(counts), p, e, ch])?;
         g.launch("moe_prefix_sum_i32", single(1024), s, &mut [Ptr(counts), I32(slots as i32)])?;
@@ -64,9 +61,7 @@ unsafe fn gather_sum(g: &Gpu, s: Stream, src: DevPtr, w: DevPtr, order: DevPtr, 
         return Ok(());
     }
     let mut scratch = Scratch::new(s);
-    let rows_of_pairs = scratch.alloc(pairs * 4)?;
-    // SAFETY: `pairs` ints just allocated on this stream; -1: held by no row.
-    check(unsafe { sys::cuMemsetD32Async(rows_of_pairs, u32::MAX, pairs, s) }, "cuMemsetD32Async")?;
+    let rows_of_pairs = scratch.alloc_filled(pairs, u32::MAX)?; // -1: held by no row
     unsafe {
         g.launch("moe_rows_of_pairs_i32", strided(pairs), s, &mut [Ptr(order), Ptr(rows_of_pairs), I32(pairs as i32)])?;
         let args = &mut [Ptr(src), Ptr(w), Ptr(rows_of_pairs), Ptr(dst), I32(tokens as i32), I32(dim as i32), I32(k as i32)];
