@@ -143,7 +143,7 @@ extern "C" __global__ void __launch_bounds__(1024)
         const bool mine = e >= 0 && e < n_experts;
         const unsigned same = __match_any_sync(0xffffffffu, mine ? e : -1);
         const int rank = __popc(same & ((1u << lane) - 1));
-        int* entry = counts + (i64)e * chunks + c;
+        int* entry = counts + (i64)(mine ? e : 0) * chunks + c;  // read only when mine
         for (int w = 0; w < 32; ++w) {
             if (warp == w) {
                 const int first = mine ? *entry : 0;

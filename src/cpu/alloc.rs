@@ -4,7 +4,9 @@
 //! printed), which returns CUDANN_OUT_OF_MEMORY. Unwinding rather than a
 //! `Result` because these buffers are taken deep inside parallel loops.
 
+use std::cell::Cell;
 use std::panic::resume_unwind;
+use std::thread::LocalKey;
 
 use crate::error::Error;
 
@@ -41,4 +43,15 @@ pub fn collect<T>(items: impl ExactSizeIterator<Item = T>) -> Vec<T> {
     let mut v = with_capacity(items.len());
     v.extend(items);
     v
+}
+
+/// Runs `f` on this thread's kept buffer in `key`, put back afterwards. It is
+/// taken out of the cell while `f` runs: an op with parallel work of its own
+/// may have this thread run another block meanwhile, which then finds the
+/// cell empty and starts a buffer of its own.
+pub fn with_kept<R>(key: &'static LocalKey<Cell<Vec<f32>>>, f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    let mut buffer = key.take();
+    let result = f(&mut buffer);
+    key.set(buffer);
+    result
 }

@@ -212,15 +212,12 @@ pub unsafe fn blockwise<T: Element, const N: usize>(inputs: [*const T; N], outpu
             // A row longer than the kept scratch: its own buffer, freed with it.
             return run(&mut super::alloc::filled(need, 0.0));
         }
-        // Taken out of the cell while `op` runs: an op with parallel work of
-        // its own may have this thread run another block meanwhile, which
-        // then finds the cell empty and grows its own.
-        let mut scratch = SCRATCH.take();
-        if scratch.len() < need {
-            scratch.resize(need, 0.0);
-        }
-        run(&mut scratch[..need]);
-        SCRATCH.set(scratch);
+        super::alloc::with_kept(&SCRATCH, |scratch| {
+            if scratch.len() < need {
+                scratch.resize(need, 0.0);
+            }
+            run(&mut scratch[..need]);
+        });
     });
 }
 

@@ -74,14 +74,11 @@ fn with_copy<R>(block: &mut [f32], f: impl FnOnce(&[f32], &mut [f32]) -> R) -> R
         let copy = alloc::copy(block);
         return f(&copy, block);
     }
-    // Out of the cell while `f` runs (a nested parallel op may have this
-    // thread take another block meanwhile; that one then uses a new buffer).
-    let mut copy = BLOCK_COPY.take();
-    copy.clear();
-    copy.extend_from_slice(block);
-    let result = f(&copy, block);
-    BLOCK_COPY.set(copy);
-    result
+    alloc::with_kept(&BLOCK_COPY, |copy| {
+        copy.clear();
+        copy.extend_from_slice(block);
+        f(copy, block)
+    })
 }
 
 /// Calls `f(block_index, inputs, output_block)` for every `block`-sized piece of

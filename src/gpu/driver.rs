@@ -28,6 +28,12 @@ pub fn check(result: CUresult, what: &str) -> Result<()> {
     }
 }
 
+/// Sets `words` 32-bit words at `ptr` to `value`, in `stream`'s order.
+/// Safety: `ptr` holds `words` words of device memory.
+pub unsafe fn fill32(stream: Stream, ptr: DevPtr, words: usize, value: u32) -> Result<()> {
+    check(unsafe { sys::cuMemsetD32Async(ptr, value, words, stream) }, "cuMemsetD32Async")
+}
+
 /// One kernel argument, passed by address to cuLaunchKernel.
 #[derive(Clone, Copy, Debug)]
 pub enum Arg {

@@ -4,7 +4,7 @@
 
 use cudarc::driver::sys;
 
-use super::driver::{DevPtr, Stream, check};
+use super::driver::{DevPtr, Stream, check, fill32};
 use crate::error::Result;
 
 pub struct Scratch {
@@ -31,7 +31,7 @@ impl Scratch {
     pub fn alloc_filled(&mut self, words: usize, value: u32) -> Result<DevPtr> {
         let p = self.alloc(words * 4)?;
         // SAFETY: `words` words just allocated on this stream.
-        check(unsafe { sys::cuMemsetD32Async(p, value, words, self.stream) }, "cuMemsetD32Async")?;
+        unsafe { fill32(self.stream, p, words, value)? };
         Ok(p)
     }
 }

@@ -20,9 +20,9 @@ pub unsafe fn adamw(g: &Gpu, s: Stream, p: DevPtr, grad: DevPtr, m: DevPtr, v: D
     unsafe { g.launch("adamw_f32", strided(n), s, args) }
 }
 
+/// `n` floats of zeros (the bits of 0.0).
 pub unsafe fn zero(s: Stream, x: DevPtr, n: usize) -> Result<()> {
-    use cudarc::driver::sys;
-    crate::gpu::driver::check(unsafe { sys::cuMemsetD32Async(x, 0, n, s) }, "cuMemsetD32Async")
+    unsafe { crate::gpu::driver::fill32(s, x, n, 0) }
 }
 
 /// ‖g‖ into total (via per-256 partial sums in the caller's scratch), then the
