@@ -598,25 +598,37 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
 // Few query rows against a long KV cache (decoding): the rows = q_len *
 // (heads / kv_heads) <= R query rows that share a KV head are one block's,
 // so each K and V row is read once for all of them, and the keys are split
-// across blocks so that a batch of one still fills the GPU. The four warps
-// of a block take interleaved tiles of 32 keys of the block's split: a warp
-// scores its tile 4 keys at a time (8 lanes a key, float4 loads), updates its
-// online softmax, then adds P V with lanes across d. The block combines its
-// warps in a fixed order; with one split it writes the output, else its
+// across blocks so that a batch of one still fills the GPU. Reading the
+// cache is the whole cost, so a block streams its split in tiles of 16 KB of
+// K and 16 KB of V: every thread loads its share of the next tile into
+// registers before working on the current one from shared memory, which
+// keeps 32 KB per block in flight. Per tile: scores (a few lanes per key),
+// the online softmax (one warp per query row), then P V (a thread per
+// column and group of keys). The key groups are summed in a fixed order at
+// the end; with one split the block writes the output, else its
 // unnormalised partial (o, max, sum, in base 2) for
 // attention_decode_combine_f32, which combines the splits in order. No
 // atomics: the same bits run after run.
 
-#define DC_THREADS 128
+#define DC_THREADS 256
 #define DC_WARPS (DC_THREADS / 32)
-#define DC_TILE 32
+#define DC_TILE_F4 1024                     // float4s of a K (or V) tile
+#define DC_LOADS (DC_TILE_F4 / DC_THREADS)  // a thread's float4s of each
 
 // D4: float4s of the widest row (32 for d <= 128, 64 for d <= 256).
 template <int R, int D4> struct DecodeSmem {
-    float4 q[R][D4];                 // query rows, scaled to base 2
-    float p[DC_WARPS][R][DC_TILE];   // each warp's scores, then probabilities
-    float4 o[DC_WARPS][R][D4];       // each warp's unnormalised output
-    float m[DC_WARPS][R], l[DC_WARPS][R];
+    static constexpr int TK = DC_TILE_F4 / D4;  // keys of a tile: 32 (d <= 128) or 16
+    static constexpr int G = DC_THREADS / D4;   // key groups of P V
+    float4 q[R][D4];                            // query rows, scaled to base 2
+    union {
+        struct {
+            float4 k[TK][D4], v[TK][D4];
+        } tile;
+        float4 o[G][R][D4];  // at the end: each key group's unnormalised output
+    } u;
+    float p[R][TK];  // scores, then probabilities
+    float alpha[R];  // this tile's rescaling of the output
+    float m[R], l[R];
 };
 
 __device__ __forceinline__ float dot4(float4 a, float4 b, float acc) {
@@ -628,6 +640,8 @@ __device__ __forceinline__ float4 axpy4(float a, float4 x, float4 y) {
 }
 
 __device__ __forceinline__ float4 scale4(float a, float4 x) { return make_float4(a * x.x, a * x.y, a * x.z, a * x.w); }
+
+__device__ __forceinline__ float4 add4(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
 
 // Row r of a decode block is query i = r / group of head kvh * group + r % group.
 __device__ __forceinline__ i64 decode_row(const FlashShape& sh, i64 b, int kvh, int r) {
@@ -643,15 +657,19 @@ __device__ __forceinline__ void decode_finish(const FlashShape& sh, float* O, i6
 
 // Launch: block DC_THREADS, grid batch * kv_heads * splits (blocks stride);
 // keys split_len * s .. of each (batch, KV head) go to split s. d % 4 == 0,
-// d <= 4 * D4, rows <= R; Q, K, V, O 16-byte aligned. part: with splits > 1,
-// [batch * kv_heads * splits, R, d / 4 + 1] float4s (the last one of a row
-// holds its max and sum).
+// d <= 4 * D4, rows <= R <= DC_WARPS; Q, K, V, O 16-byte aligned. part: with
+// splits > 1, [batch * kv_heads * splits, R, d / 4 + 1] float4s (the last one
+// of a row holds its max and sum).
 template <int R, int D4>
 __device__ void decode_split(DecodeSmem<R, D4>& s, const float* Q, const float* K, const float* V, float* O,
                              const FlashShape& sh, int splits, int split_len, float4* part) {
-    constexpr int SC = D4 / 8, PC = D4 / 32;  // float4s a lane takes of a K row, of a V row
+    using Smem = DecodeSmem<R, D4>;
+    constexpr int TK = Smem::TK, G = Smem::G, LPK = D4 / 4;  // LPK: lanes of a key's score, 4 float4s each
+    static_assert(R <= DC_WARPS && TK <= 32 && TK == G * DC_LOADS, "decode tile shape");
     const int group = sh.heads / sh.kv_heads, rows = sh.q_len * group, d4 = sh.d / 4;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, key = lane >> 3, part8 = lane & 7;
+    const int t = threadIdx.x, warp = t >> 5, lane = t & 31;
+    const int skey = t / LPK, spart = t % LPK;  // scores: key of the tile, first float4
+    const int pc = t % D4, pg = t / D4;         // P V: column, key group
     const int kv_end = sh.causal ? min(sh.kv_len, sh.pos0 + sh.q_len) : sh.kv_len;
     const i64 kv_stride = (i64)sh.kv_heads * d4;  // float4s between key rows
     const float scale2 = sh.scale * LOG2E;
@@ -660,111 +678,94 @@ __device__ void decode_split(DecodeSmem<R, D4>& s, const float* Q, const float* 
     for (i64 item = blockIdx.x; item < work; item += gridDim.x) {
         const i64 b = item / ((i64)sh.kv_heads * splits);
         const int kvh = (int)(item / splits % sh.kv_heads), split = (int)(item % splits);
-        const int j_end = min(kv_end, (split + 1) * split_len);
+        const int j_begin = split * split_len, j_end = min(kv_end, j_begin + split_len);
         __syncthreads();  // the previous item's readers of s are done
-        for (int e = threadIdx.x; e < R * D4; e += DC_THREADS) {
+        for (int e = t; e < R * D4; e += DC_THREADS) {
             const int r = e / D4, c = e % D4;
             s.q[r][c] = r < rows && c < d4 ? scale4(scale2, reinterpret_cast<const float4*>(Q + decode_row(sh, b, kvh, r) * sh.d)[c]) : zero;
         }
-        __syncthreads();
         const i64 head0 = (b * sh.kv_cap * sh.kv_heads + kvh) * d4;
         const float4 *kbase = reinterpret_cast<const float4*>(K) + head0, *vbase = reinterpret_cast<const float4*>(V) + head0;
-        float m[R], l[R];  // l: this lane's share of the row sums
-        float4 o[R][PC];
+        // A thread's share of a tile: column pc of keys pg, pg + G, ... (as in P V).
+        float4 kr[DC_LOADS], vr[DC_LOADS];
+        const auto fetch = [&](int j0) {
+            const i64 at = (i64)(j0 + pg) * kv_stride + pc;
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-            m[r] = -INF, l[r] = 0.0f;
-#pragma unroll
-            for (int u = 0; u < PC; ++u) o[r][u] = zero;
-        }
-        for (int j0 = split * split_len + warp * DC_TILE; j0 < j_end; j0 += DC_WARPS * DC_TILE) {
-            const int valid = min(DC_TILE, j_end - j0);
-            for (int k4 = 0; k4 < DC_TILE; k4 += 4) {
-                const int jj = k4 + key;
-                float acc[R];
-                float4 kv[SC];
-#pragma unroll
-                for (int t = 0; t < SC; ++t) {
-                    const int c = part8 + 8 * t;
-                    kv[t] = jj < valid && c < d4 ? __ldg(kbase + (i64)(j0 + jj) * kv_stride + c) : zero;
-                }
-#pragma unroll
-                for (int r = 0; r < R; ++r) {
-                    acc[r] = 0.0f;
-#pragma unroll
-                    for (int t = 0; t < SC; ++t) acc[r] = dot4(s.q[r][part8 + 8 * t], kv[t], acc[r]);
-                    acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], 1);
-                    acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], 2);
-                    acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], 4);
-                }
-                if (part8 == 0)
-#pragma unroll
-                    for (int r = 0; r < R; ++r) s.p[warp][r][jj] = acc[r];
+            for (int i = 0; i < DC_LOADS; ++i) {
+                const bool in = j0 + pg + i * G < j_end && pc < d4;
+                kr[i] = in ? __ldg(kbase + at + i * G * kv_stride) : zero;
+                vr[i] = in ? __ldg(vbase + at + i * G * kv_stride) : zero;
             }
-            __syncwarp();
-            // The online softmax, lane = key of the tile.
-            const int j = j0 + lane;
+        };
+        float m = -INF, l = 0.0f;  // row `warp`'s running max, this lane's share of its sum
+        float4 o[R];               // column pc of each row, over key group pg
+#pragma unroll
+        for (int r = 0; r < R; ++r) o[r] = zero;
+        const int tiles = j_end > j_begin ? (j_end - j_begin + TK - 1) / TK : 0;
+        if (tiles > 0) fetch(j_begin);
+        for (int tile = 0; tile < tiles; ++tile) {
+            const int j0 = j_begin + tile * TK;
+            __syncthreads();  // the previous tile's readers are done
+#pragma unroll
+            for (int i = 0; i < DC_LOADS; ++i) s.u.tile.k[pg + i * G][pc] = kr[i], s.u.tile.v[pg + i * G][pc] = vr[i];
+            __syncthreads();
+            if (tile + 1 < tiles) fetch(j0 + TK);  // in flight while this tile is worked on
+            float acc[R];
 #pragma unroll
             for (int r = 0; r < R; ++r) {
-                const int i = r / group;
-                float v = s.p[warp][r][lane];
-                if (lane >= valid || r >= rows || (sh.causal && j > sh.pos0 + i))
-                    v = -INF;
-                else if (sh.mask != nullptr)
-                    v += sh.mask[(i64)i * sh.kv_len + j] * LOG2E;
-                const float mn = fmaxf(m[r], warp_allreduce(v, Max()));
+                acc[r] = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 4; ++i) acc[r] = dot4(s.q[r][spart + LPK * i], s.u.tile.k[skey][spart + LPK * i], acc[r]);
+#pragma unroll
+                for (int w = 1; w < LPK; w <<= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], w);
+            }
+            if (spart == 0)
+#pragma unroll
+                for (int r = 0; r < R; ++r) s.p[r][skey] = acc[r];
+            __syncthreads();
+            if (warp < R) {  // the online softmax of row `warp`, lane = key of the tile
+                const int r = warp, i = r / group, j = j0 + lane;
+                float v = -INF;
+                if (lane < TK && j < j_end && r < rows && !(sh.causal && j > sh.pos0 + i))
+                    v = s.p[r][lane] + (sh.mask != nullptr ? sh.mask[(i64)i * sh.kv_len + j] * LOG2E : 0.0f);
+                const float mn = fmaxf(m, warp_allreduce(v, Max()));
                 const float base = mn == -INF ? 0.0f : mn;  // all masked so far: p = 0, o stays 0
-                const float alpha = exp2_approx(m[r] - base), p = exp2_approx(v - base);
-                l[r] = l[r] * alpha + p;
-                m[r] = mn;
-#pragma unroll
-                for (int u = 0; u < PC; ++u) o[r][u] = scale4(alpha, o[r][u]);
-                s.p[warp][r][lane] = p;
+                const float p = exp2_approx(v - base);
+                l = l * exp2_approx(m - base) + p;
+                if (lane < TK) s.p[r][lane] = p;
+                if (lane == 0) s.alpha[r] = exp2_approx(m - base);
+                m = mn;
             }
-            __syncwarp();
-#pragma unroll 4
-            for (int jj = 0; jj < valid; ++jj) {
-                const float4* vrow = vbase + (i64)(j0 + jj) * kv_stride;
+            __syncthreads();
 #pragma unroll
-                for (int u = 0; u < PC; ++u) {
-                    const int c = lane + 32 * u;
-                    if (c >= d4) continue;
-                    const float4 vv = __ldg(vrow + c);
+            for (int r = 0; r < R; ++r) o[r] = scale4(s.alpha[r], o[r]);
 #pragma unroll
-                    for (int r = 0; r < R; ++r) o[r][u] = axpy4(s.p[warp][r][jj], vv, o[r][u]);
-                }
+            for (int jj = pg; jj < TK; jj += G) {
+                const float4 vv = s.u.tile.v[jj][pc];
+#pragma unroll
+                for (int r = 0; r < R; ++r) o[r] = axpy4(s.p[r][jj], vv, o[r]);
             }
-            __syncwarp();  // the next tile's scores overwrite s.p
         }
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const float lt = warp_allreduce(l[r], Sum());
-            if (lane == 0) s.m[warp][r] = m[r], s.l[warp][r] = lt;
-#pragma unroll
-            for (int u = 0; u < PC; ++u) s.o[warp][r][lane + 32 * u] = o[r][u];
+        if (warp < R) {
+            const float lt = warp_allreduce(l, Sum());
+            if (lane == 0) s.m[warp] = m, s.l[warp] = lt;
         }
+        __syncthreads();  // the last tile's readers are done: u.o may overwrite it
+#pragma unroll
+        for (int r = 0; r < R; ++r) s.u.o[pg][r][pc] = o[r];
         __syncthreads();
-        for (int e = threadIdx.x; e < R * D4; e += DC_THREADS) {
+        for (int e = t; e < R * D4; e += DC_THREADS) {
             const int r = e / D4, c = e % D4;
             if (r >= rows || c >= d4) continue;
-            float mx = -INF;
+            float4 sum = s.u.o[0][r][c];
 #pragma unroll
-            for (int w = 0; w < DC_WARPS; ++w) mx = fmaxf(mx, s.m[w][r]);
-            const float base = mx == -INF ? 0.0f : mx;
-            float lt = 0.0f;
-            float4 acc = zero;
-#pragma unroll
-            for (int w = 0; w < DC_WARPS; ++w) {
-                const float f = exp2_approx(s.m[w][r] - base);
-                lt = fmaf(s.l[w][r], f, lt);
-                acc = axpy4(f, s.o[w][r][c], acc);
-            }
+            for (int g = 1; g < G; ++g) sum = add4(sum, s.u.o[g][r][c]);
             if (splits == 1) {
-                decode_finish(sh, O, decode_row(sh, b, kvh, r), c, acc, mx, lt);
+                decode_finish(sh, O, decode_row(sh, b, kvh, r), c, sum, s.m[r], s.l[r]);
             } else {
                 float4* pr = part + (item * R + r) * (d4 + 1);
-                pr[c] = acc;
-                if (c == 0) pr[d4] = make_float4(mx, lt, 0.0f, 0.0f);
+                pr[c] = sum;
+                if (c == 0) pr[d4] = make_float4(s.m[r], s.l[r], 0.0f, 0.0f);
             }
         }
     }
@@ -773,7 +774,7 @@ __device__ void decode_split(DecodeSmem<R, D4>& s, const float* Q, const float* 
 // General attention forward (as attention_forward_f32) for rows <= R and
 // d <= D (128 or 256); see decode_split for the launch.
 #define DC_KERNEL(R, D)                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(DC_THREADS) attention_decode_r##R##_d##D##_f32(                        \
+    extern "C" __global__ void __launch_bounds__(DC_THREADS, 2) attention_decode_r##R##_d##D##_f32(                        \
         const float* Q, const float* K, const float* V, float* O, const float* mask, float* lse, int batch, int q_len, \
         int kv_len, int kv_cap, int heads, int kv_heads, int d, int pos0, int causal, float scale, int splits,         \
         int split_len, float4* part) {                                                                                 \
@@ -790,29 +791,43 @@ DC_KERNEL(2, 256)
 DC_KERNEL(4, 256)
 DC_KERNEL(8, 256)
 
-// Launch: block 256, grid over batch * kv_heads * rows * d / 4 (grid-stride).
-// Combines the splits' partials of attention_decode_r<R>_* (rpad = R) in
-// split order into O and lse.
-extern "C" __global__ void attention_decode_combine_f32(const float4* part, float* O, float* lse, int batch, int q_len,
-                                                        int heads, int kv_heads, int d, int splits, int rpad) {
+// Launch: block 256, grid batch * kv_heads * rows (blocks stride), rows =
+// q_len * heads / kv_heads. Combines the splits' partials of
+// attention_decode_r<R>_* (rpad = R) into O and lse, a block per query row:
+// the threads stride over the splits for the max and the sum, and over
+// (column, group of splits) for the output, each in a fixed order.
+extern "C" __global__ void __launch_bounds__(256) attention_decode_combine_f32(const float4* part, float* O, float* lse,
+                                                                              int batch, int q_len, int heads,
+                                                                              int kv_heads, int d, int splits, int rpad) {
+    __shared__ float4 group_sum[256];
     const FlashShape sh{batch, q_len, 0, 0, heads, kv_heads, d, 0, 0, 0.0f, nullptr, lse};
-    const int d4 = d / 4, rows = q_len * (heads / kv_heads);
-    const i64 n = (i64)batch * kv_heads * rows * d4;
-    for (i64 e = grid_thread(); e < n; e += grid_threads()) {
-        const int c = (int)(e % d4), r = (int)(e / d4 % rows);
-        const i64 bk = e / ((i64)d4 * rows);  // b * kv_heads + kvh
+    const int d4 = d / 4, rows = q_len * (heads / kv_heads), groups = blockDim.x / d4;
+    const int t = threadIdx.x, c = t % d4, g = t / d4;
+    const i64 stride = (i64)rpad * (d4 + 1);  // float4s between splits
+    for (i64 item = blockIdx.x; item < (i64)batch * kv_heads * rows; item += gridDim.x) {
+        const int r = (int)(item % rows);
+        const i64 bk = item / rows;  // b * kv_heads + kvh
+        const float4* p0 = part + (bk * splits * rpad + r) * (d4 + 1);
         float mx = -INF;
-        for (int sp = 0; sp < splits; ++sp) mx = fmaxf(mx, part[((bk * splits + sp) * rpad + r) * (d4 + 1) + d4].x);
+        for (int sp = t; sp < splits; sp += blockDim.x) mx = fmaxf(mx, p0[sp * stride + d4].x);
+        mx = block_allreduce(mx, Max(), -INF);
         const float base = mx == -INF ? 0.0f : mx;
         float lt = 0.0f;
-        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        for (int sp = 0; sp < splits; ++sp) {
-            const float4* pr = part + ((bk * splits + sp) * rpad + r) * (d4 + 1);
-            const float f = exp2_approx(pr[d4].x - base);
-            lt = fmaf(pr[d4].y, f, lt);
-            acc = axpy4(f, pr[c], acc);
+        for (int sp = t; sp < splits; sp += blockDim.x) {
+            const float4 ml = p0[sp * stride + d4];
+            lt = fmaf(ml.y, exp2_approx(ml.x - base), lt);
         }
-        decode_finish(sh, O, decode_row(sh, bk / kv_heads, (int)(bk % kv_heads), r), c, acc, mx, lt);
+        lt = block_allreduce(lt, Sum(), 0.0f);
+        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (g < groups)
+            for (int sp = g; sp < splits; sp += groups) acc = axpy4(exp2_approx(p0[sp * stride + d4].x - base), p0[sp * stride + c], acc);
+        group_sum[t] = acc;
+        __syncthreads();
+        if (t < d4) {
+            for (int k = 1; k < groups; ++k) acc = add4(acc, group_sum[k * d4 + c]);
+            decode_finish(sh, O, decode_row(sh, bk / kv_heads, (int)(bk % kv_heads), r), c, acc, mx, lt);
+        }
+        __syncthreads();  // group_sum is read before the next item overwrites it
     }
 }
 

@@ -792,16 +792,24 @@ def check_embedding():
                 got = out.get()
                 ok = np.array_equal(got, want, equal_nan=True) and same_bits(got[ids < vocab], want[ids < vocab])
                 report("embedding_f32", f"{n_ids} ids {vocab}x{dim} off={offset} grid={grid}", 0.0 if ok else INF, ok)
-        # Backward on a zeroed table: the float32 sum, from 0, in id order
-        # (the CPU backend's), so bitwise; ids < 0 and >= vocab skipped.
+        # Backward: ids sorted by radix passes, then each row the float32 sum,
+        # from 0, in id order (the CPU backend's), so bitwise; ids < 0 and >=
+        # vocab skipped, rows no id names zero.
         dy = randn(n_ids, dim)
         seq = np.zeros((vocab, dim), np.float32)
         for i, v in enumerate(ids):
             if 0 <= v < vocab:
                 seq[v] += dy[i]
-        for grid in ((-(-dim // 256), 1), (1, 1), (-(-dim // 256), 32)):
-            dt = cp.zeros((vocab, dim), np.float32)
-            embb(grid, (256,), (dev(ids), dev(dy), dt, i32(n_ids), i32(vocab), i32(dim)))
+        orders = [cp.full(n_ids, -1, i32), cp.full(n_ids, -1, i32)]
+        passes = -(-max(1, int(vocab - 1).bit_length()) // 8)
+        for p in range(passes):
+            sort_pass(dev(ids), orders[(p - 1) % 2] if p else 0, orders[p % 2], 0, n_ids, vocab, 8 * p, 256)
+        order = orders[(passes - 1) % 2]
+        starts = cp.full(vocab + 1, -7, i32)
+        kernel("embedding", "embedding_row_starts_i32")((grid_ew(n_ids + 1),), (256,), (dev(ids), order, starts, i32(n_ids), i32(vocab)))
+        for grid in (min(-(-vocab // 8), 65535), 1):
+            dt = cp.full((vocab, dim), NAN, np.float32)
+            embb((grid,), (256,), (order, starts, dev(dy), dt, i32(vocab), i32(dim)))
             ok = same_bits(dt.get(), seq)
             report("embedding_backward_f32", f"{n_ids} ids {vocab}x{dim} grid={grid}", 0.0 if ok else INF, ok)
 
@@ -859,23 +867,46 @@ def cpu_dot32(a, b):
     return np.float32(t)
 
 
+def sort_pass(keys, perm, order, offsets, n, bound, shift, buckets, grid=None):
+    """One pass of sort.cu's stable counting sort, launched as the library does."""
+    i32 = np.int32
+    chunks = -(-n // 1024)
+    counts = cp.zeros(buckets * chunks + 1, i32)
+    args = (i32(n), i32(bound), i32(shift), i32(buckets), i32(chunks))
+    kernel("sort", "sort_count_i32")((max(1, grid_ew(n)),), (256,), (keys, perm, counts) + args)
+    kernel("sort", "sort_prefix_sum_i32")((1,), (1024,), (counts, i32(buckets * chunks)))
+    kernel("sort", "sort_place_i32")((grid or max(1, chunks),), (1024,), (keys, perm, counts, order, offsets) + args)
+
+
+def check_sort():
+    """Radix passes of eight bits sort keys stably (numpy's stable argsort),
+    dropping keys outside [0, bound); the rest of the order stays -1."""
+    i32 = np.int32
+    for n, bound, grid in ((1, 1, None), (1000, 300, None), (5000, 70000, 2), (3000, 2, None), (70000, 1 << 20, None)):
+        keys = RNG.integers(-2, bound + 2, n).astype(i32)
+        want = np.array([p for p in np.argsort(keys, kind="stable") if 0 <= keys[p] < bound], i32)
+        bits = max(1, int(bound - 1).bit_length())
+        orders = [cp.full(n, -1, i32), cp.full(n, -1, i32)]
+        passes = -(-bits // 8)
+        for p in range(passes):
+            perm = orders[(p - 1) % 2] if p else 0
+            sort_pass(dev(keys), perm, orders[p % 2], 0, n, bound, 8 * p, 256, grid)
+        got = orders[(passes - 1) % 2].get()
+        ok = np.array_equal(got[:want.size], want) and (got[want.size:] == -1).all()
+        report("sort_place_i32", f"n={n} bound={bound} passes={passes} grid={grid}", 0.0 if ok else INF, ok)
+
+
 def check_moe():
     i32, f32 = np.int32, np.float32
     rb = kernel("moe", "moe_router_backward_f32")
     auxb = kernel("moe", "aux_loss_backward_f32")
-    count, prefix, order_k, gather = (kernel("moe", n) for n in ("moe_chunk_count_i32", "moe_prefix_sum_i32",
-                                                                 "moe_chunk_order_i32", "moe_gather_f32"))
+    gather = kernel("moe", "moe_gather_f32")
     rows_of_pairs, gsum = kernel("moe", "moe_rows_of_pairs_i32"), kernel("moe", "moe_gather_sum_f32")
 
     def group(flat, experts, grid):
         """The library's grouping of the pairs `flat` by expert: (offsets, order)."""
-        pairs = flat.size
-        chunks = -(-pairs // 1024)
-        off, order = cp.full(experts + 1, -7, i32), cp.full(pairs, -7, i32)
-        counts = cp.zeros(experts * chunks + 1, i32)
-        count((max(1, grid_ew(pairs)),), (256,), (dev(flat), counts, i32(pairs), i32(experts), i32(chunks)))
-        prefix((1,), (1024,), (counts, i32(experts * chunks)))
-        order_k((grid,), (1024,), (dev(flat), counts, order, off, i32(pairs), i32(experts), i32(chunks)))
+        off, order = cp.full(experts + 1, -7, i32), cp.full(flat.size, -7, i32)
+        sort_pass(dev(flat), 0, order, off, flat.size, experts, 0, experts, grid)
         return off, order
     cb = kernel("moe", "moe_combine_backward_f32")
     for tokens, dim, experts, k in ((1, 1, 1, 1), (37, 33, 8, 2), (64, 256, 64, 8), (5, 1030, 300, 4),
@@ -1642,7 +1673,7 @@ def main():
     os.chdir(ROOT)
     print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
     only = sys.argv[1:]  # optional: names of the checks to run, e.g. "rope attention sample"
-    for check in (check_elementwise, check_softmax, check_norm, check_loss, check_optim, check_embedding,
+    for check in (check_elementwise, check_softmax, check_norm, check_loss, check_optim, check_sort, check_embedding,
                   check_decode, check_gemm, check_rope, check_attention, check_kv_cache, check_moe, check_sample,
                   check_large):
         if only and check.__name__[len("check_"):] not in only:

@@ -1,5 +1,5 @@
 // Embedding lookup and its backward.
-#include "scatter.cuh"
+#include "common.cuh"
 
 #define NAN_F __int_as_float(0x7fc00000)
 
@@ -38,12 +38,56 @@ extern "C" __global__ void embedding_h16(const int* ids, const unsigned short* t
     embedding_rows<unsigned short>(ids, table, out, n_ids, vocab, dim, (unsigned short)nan);
 }
 
-// Launch: block 256, grid (ceil(dim / 256), Y), Y = 1 or up to ~32 (see
-// scatter.cuh), on a d_table the caller has zeroed. d_table[ids[i], c] +=
-// d_out[i, c] in index order: each row the sum, from 0, of the rows naming it
-// in id order, as the CPU backend (bitwise). Negative ids and ids >= vocab are
-// skipped. d_table must not alias the inputs.
-extern "C" __global__ void embedding_backward_f32(const int* ids, const float* d_out, float* d_table, int n_ids,
-                                                  int vocab, int dim) {
-    scatter_rows(d_out, ids, d_table, n_ids, dim, vocab);
+// ----------------------------------------------------------------------------- backward
+// The ids' positions are first sorted by id (the radix passes of sort.cu,
+// stable, so each id's positions stay in order; invalid ids dropped): then
+// every row of d_table is one warp's, the sum of its positions' rows of d_out
+// in order, read once, and written once (zeros for ids no position names).
+
+// The id at sorted position s, or vocab past the sorted ids (order -1).
+__device__ __forceinline__ int sorted_id(const int* ids, const int* order, int s, int n_ids, int vocab) {
+    const int q = s < n_ids ? order[s] : -1;
+    return q < 0 ? vocab : ids[q];
+}
+
+// Launch: block 256, grid n1024(n_ids + 1) (grid-stride). starts[v] = the
+// first sorted position whose id is >= v, for v = 0 .. vocab, each written by
+// the one position where the id steps past v.
+extern "C" __global__ void embedding_row_starts_i32(const int* ids, const int* order, int* starts, int n_ids, int vocab) {
+    for (i64 s = grid_thread(); s <= n_ids; s += grid_threads()) {
+        const int prev = s == 0 ? -1 : sorted_id(ids, order, (int)s - 1, n_ids, vocab);
+        const int cur = s == n_ids ? vocab : sorted_id(ids, order, (int)s, n_ids, vocab);
+        for (int v = prev + 1; v <= cur; ++v) starts[v] = (int)s;
+    }
+}
+
+template <int V>
+__device__ __forceinline__ void sum_sorted_rows(const float* d_out, const int* order, int lo, int hi, float* dst,
+                                                int dim, int lane) {
+    for (i64 c = V * lane; c < dim; c += 32 * V) {
+        float acc[V] = {};
+        for (int s = lo; s < hi; ++s) {
+            float x[V];
+            load_vec<V>(d_out + (i64)order[s] * dim + c, x);
+#pragma unroll
+            for (int e = 0; e < V; ++e) acc[e] = __fadd_rn(acc[e], x[e]);
+        }
+        store_vec<V>(dst + c, acc);
+    }
+}
+
+// Launch: block 256 (a warp per row), grid min(ceil(vocab / 8), 65535) (warps
+// stride over rows), after embedding_row_starts_i32. d_table[v] = the float32
+// sum, from 0, of d_out's rows at v's sorted positions, in position order:
+// the CPU backend's sums, bitwise. d_table must not alias the inputs.
+extern "C" __global__ void embedding_backward_f32(const int* order, const int* starts, const float* d_out,
+                                                  float* d_table, int vocab, int dim) {
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    const bool vec = dim % 4 == 0 && aligned16(d_out) && aligned16(d_table);
+    for (i64 v = (i64)blockIdx.x * warps + (threadIdx.x >> 5); v < vocab; v += (i64)gridDim.x * warps) {
+        if (vec)
+            sum_sorted_rows<4>(d_out, order, starts[v], starts[v + 1], d_table + v * dim, dim, lane);
+        else
+            sum_sorted_rows<1>(d_out, order, starts[v], starts[v + 1], d_table + v * dim, dim, lane);
+    }
 }

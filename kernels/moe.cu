@@ -71,89 +71,31 @@ extern "C" __global__ void aux_loss_backward_f32(const float* f_counts, float* d
 }
 
 // ----------------------------------------------------------------------------- dispatch
-// The pairs are grouped by expert with a stable counting sort over chunks of
-// MOE_CHUNK pairs (integers only): moe_chunk_count_i32 counts each chunk's
-// pairs per expert, moe_prefix_sum_i32 turns the counts, expert-major, into each
-// (expert, chunk)'s first row, and moe_chunk_order_i32 places every chunk's
-// pairs from there; moe_gather_f32 then copies the rows. Indices outside
+// The pairs are grouped by expert with the stable counting sort of sort.cu
+// (integers only); moe_gather_f32 then copies the rows. Indices outside
 // [0, n_experts) (device memory, unchecked) belong to no expert:
 // offsets[n_experts] counts only the others, and the rows past it get order -1
 // and NaN.
 
-#define MOE_CHUNK 1024  // pairs a chunk: a block of moe_chunk_order_i32
+// Vectors a lane of warp_row loads before it stores any.
+#define ROW_BATCH 4
 
-// Launch: block 256, grid n1024(pairs) (grid-stride), on counts [n_experts *
-// chunks + 1] the caller has zeroed: counts[1 + e * chunks + c] = the number of
-// pairs of chunk c (pairs c * MOE_CHUNK ..) whose expert is e.
-extern "C" __global__ void moe_chunk_count_i32(const int* idx, int* counts, int pairs, int n_experts, int chunks) {
-    for (i64 p = grid_thread(); p < pairs; p += grid_threads()) {
-        const int e = idx[p];
-        if (e >= 0 && e < n_experts) atomicAdd(counts + 1 + (i64)e * chunks + p / MOE_CHUNK, 1);
-    }
-}
-
-// Launch: block 1024 (a multiple of 32), grid 1 (other blocks return).
-// counts[1 .. n] becomes its inclusive prefix sum (so with counts[0] = 0,
-// counts[i] is the sum of the first i counts), in chunks of blockDim entries
-// carried over.
-extern "C" __global__ void __launch_bounds__(1024) moe_prefix_sum_i32(int* counts, int n) {
-    if (blockIdx.x != 0) return;
-    __shared__ int warp_sums[32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    int carry = 0;
-    for (i64 base = 1; base <= n; base += blockDim.x) {
-        const i64 i = base + threadIdx.x;
-        int v = i <= n ? counts[i] : 0;
+// dst = src (SCALE: a * src) for a row of dim floats, by the 32 lanes of a
+// warp, V floats a lane at a time. The loads of a batch go before its stores:
+// dst never aliases src here, but the compiler cannot know that.
+template <int V, bool SCALE>
+__device__ __forceinline__ void warp_row(const float* src, float* dst, i64 dim, int lane, float a) {
+    for (i64 c0 = V * lane; c0 < dim; c0 += 32 * V * ROW_BATCH) {
+        float v[ROW_BATCH][V];
 #pragma unroll
-        for (int d = 1; d < 32; d <<= 1) {
-            const int u = __shfl_up_sync(0xffffffffu, v, d);
-            if (lane >= d) v += u;
-        }
-        if (lane == 31) warp_sums[warp] = v;
-        __syncthreads();
-        int before = carry, chunk = 0;
-        for (int w = 0; w < warps; ++w) {
-            if (w < warp) before += warp_sums[w];
-            chunk += warp_sums[w];
-        }
-        if (i <= n) counts[i] = before + v;
-        carry += chunk;
-        __syncthreads();  // before the next chunk overwrites warp_sums
-    }
-}
-
-// Launch: block 1024 (32 warps: a chunk), grid min(chunks, 65535) (blocks
-// stride over chunks), after moe_prefix_sum_i32 over the n_experts * chunks
-// counts, so that counts[e * chunks + c] is the first row of chunk c's pairs
-// of expert e. Block 0 first writes offsets[e] = counts[e * chunks] (e <=
-// n_experts). A block places its chunk's warps in turn: the lanes of a warp
-// with the same expert take consecutive rows in lane order from the chunk's
-// entry, which the warp's last such lane then advances (each entry is its own
-// block's), so every expert's pairs keep pair order.
-extern "C" __global__ void __launch_bounds__(1024)
-    moe_chunk_order_i32(const int* idx, int* counts, int* order, int* offsets, int pairs, int n_experts, int chunks) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (blockIdx.x == 0) {
-        for (i64 e = threadIdx.x; e <= n_experts; e += blockDim.x) offsets[e] = counts[e * chunks];
-        __syncthreads();  // before this block advances the entries of chunk 0
-    }
-    for (i64 c = blockIdx.x; c < chunks; c += gridDim.x) {
-        const i64 p = c * MOE_CHUNK + threadIdx.x;
-        const int e = p < pairs ? idx[p] : -1;
-        const bool mine = e >= 0 && e < n_experts;
-        const unsigned same = __match_any_sync(0xffffffffu, mine ? e : -1);
-        const int rank = __popc(same & ((1u << lane) - 1));
-        int* entry = counts + (i64)(mine ? e : 0) * chunks + c;  // read only when mine
-        for (int w = 0; w < 32; ++w) {
-            if (warp == w) {
-                const int first = mine ? *entry : 0;
-                __syncwarp();  // every lane has read the entry before it moves
-                if (mine) {
-                    order[first + rank] = (int)p;
-                    if (same >> lane == 1u) *entry = first + __popc(same);  // the group's last lane
-                }
-            }
-            __syncthreads();
+        for (int b = 0; b < ROW_BATCH; ++b)
+            if (c0 + 32 * V * b < dim) load_vec<V>(src + c0 + 32 * V * b, v[b]);
+#pragma unroll
+        for (int b = 0; b < ROW_BATCH; ++b) {
+            if (c0 + 32 * V * b >= dim) break;
+#pragma unroll
+            for (int e = 0; e < V; ++e) v[b][e] = SCALE ? a * v[b][e] : v[b][e];
+            store_vec<V>(dst + c0 + 32 * V * b, v[b]);
         }
     }
 }
@@ -174,15 +116,10 @@ extern "C" __global__ void moe_gather_f32(const float* x, int* order, const int*
             continue;
         }
         const float* xr = x + (i64)(order[p] / k) * dim;
-        if (dim % 4 == 0 && aligned16(x) && aligned16(y)) {
-            for (i64 c = 4 * lane; c < dim; c += 128) {
-                float v[4];
-                load_vec<4>(xr + c, v);
-                store_vec<4>(yr + c, v);
-            }
-        } else {
-            for (i64 c = lane; c < dim; c += 32) yr[c] = xr[c];
-        }
+        if (dim % 4 == 0 && aligned16(x) && aligned16(y))
+            warp_row<4, false>(xr, yr, dim, lane, 1.0f);
+        else
+            warp_row<1, false>(xr, yr, dim, lane, 1.0f);
     }
 }
 
@@ -251,8 +188,9 @@ extern "C" __global__ void moe_combine_backward_f32(const float* dy, const float
             const float dot = cpu_dot(dyr, e + p * dim, dim, lane, 0xffffu);
             if (lane == 0) dw[pair] = dot;
         }
-        const float wv = w[pair];
-        float* der = de + p * dim;
-        for (i64 c = lane; c < dim; c += 32) der[c] = wv * dyr[c];
+        if (dim % 4 == 0 && aligned16(dy) && aligned16(de))
+            warp_row<4, true>(dyr, de + p * dim, dim, lane, w[pair]);
+        else
+            warp_row<1, true>(dyr, de + p * dim, dim, lane, w[pair]);
     }
 }

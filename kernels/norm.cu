@@ -231,6 +231,73 @@ extern "C" __global__ void __launch_bounds__(256) rmsnorm_backward_chunks_f32(co
     }
 }
 
+// Launch: block 256, grid ceil(rows / chunk) (blocks stride over chunks of
+// `chunk` rows), hidden % 4 == 0, hidden <= 1024 N; dy, x, w, dx 16-byte
+// aligned. As rmsnorm_backward_chunks_f32, with each row's x and dy held in
+// registers from the reduction to dx, and the column sums in registers too:
+// x and dy are read from memory once and nothing waits on shared memory but
+// the row's reduction. Thread t owns float4 columns t + 256 i, so dx may be
+// dy or x.
+template <int N>
+__device__ void rms_backward_regs(const float4* dy, const float4* x, const float4* w, float4* dx, float4* part, int rows,
+                                  int hidden, float eps, int chunk) {
+    const int h4 = hidden / 4;
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (i64 b = blockIdx.x; b * chunk < rows; b += gridDim.x) {
+        float4 acc[N];
+#pragma unroll
+        for (int i = 0; i < N; ++i) acc[i] = zero;
+        const i64 end = min((i64)rows, (b + 1) * chunk);
+        for (i64 row = b * chunk; row < end; ++row) {
+            float4 xv[N], gv[N];
+            float v[2] = {0.0f, 0.0f};  // sum of x^2, sum of g x (as rms_backward_stats)
+#pragma unroll
+            for (int i = 0; i < N; ++i) {
+                const int c = threadIdx.x + 256 * i;
+                xv[i] = c < h4 ? x[row * h4 + c] : zero;
+                gv[i] = c < h4 ? dy[row * h4 + c] : zero;
+            }
+#pragma unroll
+            for (int i = 0; i < N; ++i) {
+                const int c = threadIdx.x + 256 * i;
+                const float4 wv = c < h4 ? __ldg(w + c) : zero;
+                v[0] += xv[i].x * xv[i].x, v[1] += gv[i].x * wv.x * xv[i].x;
+                v[0] += xv[i].y * xv[i].y, v[1] += gv[i].y * wv.y * xv[i].y;
+                v[0] += xv[i].z * xv[i].z, v[1] += gv[i].z * wv.z * xv[i].z;
+                v[0] += xv[i].w * xv[i].w, v[1] += gv[i].w * wv.w * xv[i].w;
+            }
+            block_reduce(v, Sum(), 0.0f);
+            const float r = 1.0f / sqrtf(v[0] / (float)hidden + eps), k = v[1] / (float)hidden * r * r;
+#pragma unroll
+            for (int i = 0; i < N; ++i) {
+                const int c = threadIdx.x + 256 * i;
+                if (c >= h4) continue;
+                const float4 wv = __ldg(w + c), xs = xv[i], g = gv[i];
+                dx[row * h4 + c] = make_float4(r * (g.x * wv.x - xs.x * k), r * (g.y * wv.y - xs.y * k),
+                                               r * (g.z * wv.z - xs.z * k), r * (g.w * wv.w - xs.w * k));
+                acc[i].x += g.x * (xs.x * r), acc[i].y += g.y * (xs.y * r);
+                acc[i].z += g.z * (xs.z * r), acc[i].w += g.w * (xs.w * r);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+            const int c = threadIdx.x + 256 * i;
+            if (c < h4) part[b * h4 + c] = acc[i];
+        }
+    }
+}
+
+#define RMS_BACKWARD_REGS(N)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256) rmsnorm_backward_regs##N##_f32(                                \
+        const float4* dy, const float4* x, const float4* w, float4* dx, float4* part, int rows, int hidden, float eps, \
+        int chunk) {                                                                                                  \
+        rms_backward_regs<N>(dy, x, w, dx, part, rows, hidden, eps, chunk);                                          \
+    }
+RMS_BACKWARD_REGS(1)
+RMS_BACKWARD_REGS(2)
+RMS_BACKWARD_REGS(4)
+RMS_BACKWARD_REGS(8)
+
 // LayerNorm backward into dx: dx = rstd (g - mean(g) - xhat mean(g xhat)),
 // g = dy * w, xhat = (x - mean) rstd, mean(g xhat) = rstd (mean(g x) - mean
 // mean(g)) (the CPU backend's order of operations). dx may be dy or x.

@@ -1,5 +1,5 @@
-// Deterministic row scatter-add (embedding gradients): shared by optim.cu and
-// embedding.cu.
+// Deterministic row scatter-add (embedding gradients): the body of optim.cu's
+// scatter_add_f32.
 #pragma once
 #include "common.cuh"
 
@@ -30,7 +30,7 @@ __device__ __forceinline__ void scatter_batch(float* gw, i64 c, int dim, const i
     }
 }
 
-// The body of scatter_add_f32 and embedding_backward_f32 (their launch: block
+// The body of scatter_add_f32 (its launch: block
 // 256, any multiple of 32 up to 1024; grid ceil(dim / 256), threads stride over
 // columns). gw[idx[i], c] += go[i, c] for i = 0..num-1 in order; idx outside
 // [0, bound) skipped. One thread owns a (destination row, column)

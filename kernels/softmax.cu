@@ -100,3 +100,62 @@ extern "C" __global__ void __launch_bounds__(1024)
         for (i64 c = threadIdx.x; c < cols; c += blockDim.x) dxr[c] = yr[c] * (dyr[c] - s);
     }
 }
+
+// Elements a thread of softmax_backward_cached_f32 loads before it stores:
+// dx may alias dy or y, so the compiler cannot move a load above an earlier
+// store by itself.
+#define SB_BATCH 8
+
+// Launch: block 1024, grid at most the blocks resident at once (blocks
+// stride over rows), cols * 4 bytes of dynamic shared memory. As
+// softmax_backward_f32, the same arithmetic, for long rows: the blocks
+// resident on the GPU hold more rows than L2 does, so that kernel's second
+// pass reads y and dy from memory again, and its block does nothing else
+// meanwhile. Here a block keeps its row of y in shared memory and, in one
+// loop, finishes row r (dy again, from L2) while it reads row r + grid (y
+// into the same slots, and dy) and sums its dot product: memory is read
+// without pauses but the row reductions. Each thread touches only its own
+// elements of the shared row, so no barrier guards it; its stores go to
+// elements it has read already, so batching its loads ahead of them is safe.
+// sb_pass: dx of the row in ys (dxr non-null) and, with yn non-null, the next
+// row's y into ys and its sum of dy y (returned).
+__device__ __forceinline__ float sb_pass(float* ys, const float* dyr, float* dxr, float s, const float* yn,
+                                         const float* dyn, int cols) {
+    const int step = blockDim.x;
+    float t = 0.0f;
+    for (int c0 = threadIdx.x; c0 < cols; c0 += SB_BATCH * step) {
+        float d[SB_BATCH], yv[SB_BATCH], dv[SB_BATCH];
+#pragma unroll
+        for (int u = 0; u < SB_BATCH; ++u) {
+            const int c = c0 + u * step;
+            d[u] = dxr != nullptr && c < cols ? dyr[c] : 0.0f;
+            yv[u] = yn != nullptr && c < cols ? yn[c] : 0.0f;
+            dv[u] = yn != nullptr && c < cols ? dyn[c] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < SB_BATCH; ++u) {
+            const int c = c0 + u * step;
+            if (c >= cols) break;
+            if (dxr != nullptr) dxr[c] = ys[c] * (d[u] - s);
+            if (yn != nullptr) {
+                ys[c] = yv[u];
+                t += dv[u] * yv[u];
+            }
+        }
+    }
+    return yn != nullptr ? block_allreduce(t, Sum(), 0.0f) : 0.0f;
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    softmax_backward_cached_f32(const float* dy, const float* y, float* dx, int rows, int cols) {
+    extern __shared__ float ys[];
+    i64 row = blockIdx.x;  // the row whose y is in ys, and its sum of dy y in s
+    if (row >= rows) return;
+    float s = sb_pass(ys, nullptr, nullptr, 0.0f, y + row * cols, dy + row * cols, cols);
+    for (;; row += gridDim.x) {
+        const i64 next = row + gridDim.x;
+        const bool more = next < rows;
+        s = sb_pass(ys, dy + row * cols, dx + row * cols, s, more ? y + next * cols : nullptr, more ? dy + next * cols : nullptr, cols);
+        if (!more) break;
+    }
+}

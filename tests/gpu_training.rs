@@ -183,7 +183,11 @@ fn softmax_backward_and_norms_match_the_cpu() {
     let s = Stream::new();
     let mut rng = Rng::new(202);
     let eps = 1e-5f32;
-    for (rows, cols) in [(1, 1), (3, 31), (5, 33), (7, 1000), (3, 4097), (2, 40_000), (600, 7), (2000, 64), (5000, 96)] {
+    // Row widths for each RMSNorm backward kernel (float4 rows of up to 1, 2,
+    // 4, 8 thousand, unaligned, too wide) and each softmax backward (300 rows
+    // of 9000: more than one a block on any GPU).
+    let shapes = [(1, 1), (3, 31), (5, 33), (7, 1000), (3, 4097), (2, 40_000), (600, 7), (2000, 64), (5000, 96), (9, 1536), (5, 3000), (40, 4096), (3, 8192), (300, 9000)];
+    for (rows, cols) in shapes {
         let n = rows * cols;
         let (r, c) = (rows as i32, cols as i32);
         let (dy, x) = (rng.vec(n, 1.0), rng.vec(n, 1.5));
@@ -199,13 +203,8 @@ fn softmax_backward_and_norms_match_the_cpu() {
             assert_ok(cudann_softmax_backward(ddy.p(), dyv.p(), dout.p(), r, c, s.raw()));
             assert_ok(cudann_softmax_backward(dy.as_ptr(), y.as_ptr(), out.as_mut_ptr(), r, c, NULL));
             s.sync();
-            let scale: Vec<f64> = (0..n)
-                .map(|i| {
-                    let row = i / cols * cols;
-                    let dot: f64 = (row..row + cols).map(|j| (dy[j] * y[j]).abs() as f64).sum();
-                    y[i].abs() as f64 * (dy[i].abs() as f64 + dot)
-                })
-                .collect();
+            let dots: Vec<f64> = (0..rows).map(|r| (r * cols..(r + 1) * cols).map(|j| (dy[j] * y[j]).abs() as f64).sum()).collect();
+            let scale: Vec<f64> = (0..n).map(|i| y[i].abs() as f64 * (dy[i].abs() as f64 + dots[i / cols])).collect();
             agree_scaled(&dout.read(), &out, &scale, 1e-5, &format!("softmax_backward {rows}x{cols}"));
 
             // LayerNorm: rtol 1e-5 of |x̂ w| + |mean| rstd |w| + |b| (the
@@ -343,7 +342,9 @@ fn embedding_matches_the_cpu_bitwise() {
     }
     let s = Stream::new();
     let mut rng = Rng::new(203);
-    for (n_ids, vocab, dim) in [(1, 1, 1), (33, 5, 31), (1000, 40, 257), (300, 1000, 1000), (17, 3, 4096), (5000, 7, 12)] {
+    // Vocabularies of one, two and three radix passes; few ids for many rows,
+    // many for few.
+    for (n_ids, vocab, dim) in [(1, 1, 1), (33, 5, 31), (1000, 40, 257), (300, 1000, 1000), (17, 3, 4096), (5000, 7, 12), (4000, 70_000, 20), (3000, 2, 64)] {
         let table = rng.vec(vocab * dim, 1.0);
         // Repeats and padding (-1) included.
         let ids: Vec<i32> = (0..n_ids).map(|i| if i % 7 == 3 { -1 } else { rng.below(vocab) as i32 }).collect();

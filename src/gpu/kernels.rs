@@ -13,14 +13,16 @@ pub const MODULES: &[(&str, &str, &[&str], u32)] = &[
         ],
         70,
     ),
-    ("softmax", include_str!("../../kernels/ptx/softmax.ptx"), &["softmax_f32", "softmax_topk_f32", "softmax_backward_f32"], 70),
+    ("softmax", include_str!("../../kernels/ptx/softmax.ptx"), &["softmax_f32", "softmax_topk_f32", "softmax_backward_f32", "softmax_backward_cached_f32"], 70),
     (
         "norm",
         include_str!("../../kernels/ptx/norm.ptx"),
-        &["rmsnorm_f32", "rmsnorm_residual_f32", "layernorm_f32", "norm_xhat_f32", "rmsnorm_backward_chunks_f32", "rmsnorm_backward_f32", "layernorm_backward_f32"],
+        &["rmsnorm_f32", "rmsnorm_residual_f32", "layernorm_f32", "norm_xhat_f32", "rmsnorm_backward_chunks_f32",
+            "rmsnorm_backward_regs1_f32", "rmsnorm_backward_regs2_f32", "rmsnorm_backward_regs4_f32", "rmsnorm_backward_regs8_f32", "rmsnorm_backward_f32", "layernorm_backward_f32"],
         70,
     ),
-    ("embedding", include_str!("../../kernels/ptx/embedding.ptx"), &["embedding_f32", "embedding_h16", "embedding_backward_f32"], 70),
+    ("embedding", include_str!("../../kernels/ptx/embedding.ptx"), &["embedding_f32", "embedding_h16", "embedding_row_starts_i32", "embedding_backward_f32"], 70),
+    ("sort", include_str!("../../kernels/ptx/sort.ptx"), &["sort_count_i32", "sort_prefix_sum_i32", "sort_place_i32"], 70),
     (
         "loss",
         include_str!("../../kernels/ptx/loss.ptx"),
@@ -51,7 +53,7 @@ pub const MODULES: &[(&str, &str, &[&str], u32)] = &[
         "moe",
         include_str!("../../kernels/ptx/moe.ptx"),
         &[
-            "moe_router_backward_f32", "aux_loss_backward_f32", "moe_chunk_count_i32", "moe_prefix_sum_i32", "moe_chunk_order_i32", "moe_gather_f32",
+            "moe_router_backward_f32", "aux_loss_backward_f32", "moe_gather_f32",
             "moe_rows_of_pairs_i32", "moe_gather_sum_f32", "moe_combine_backward_f32",
         ],
         70,

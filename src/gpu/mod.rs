@@ -34,6 +34,10 @@ pub struct Gpu {
     context: sys::CUcontext,
     kernels: HashMap<&'static str, Kernel>,
     pub pools: memory::Pools,
+    /// The most shared memory a block may opt in to, in bytes.
+    pub shared_optin: usize,
+    /// Streaming multiprocessors.
+    pub sm_count: usize,
 }
 // SAFETY: the context handle is only passed to the driver, which is thread-safe.
 unsafe impl Send for Gpu {}
@@ -123,7 +127,7 @@ fn probe(ordinal: i32) -> Result<Gpu> {
         check(sys::cuDeviceGet(&mut device, ordinal), "cuDeviceGet")?;
         check(sys::cuDevicePrimaryCtxRetain(&mut context, device), "cuDevicePrimaryCtxRetain")?;
     }
-    let gpu = Gpu { ordinal, context, kernels: HashMap::new(), pools: memory::Pools::default() };
+    let gpu = Gpu { ordinal, context, kernels: HashMap::new(), pools: memory::Pools::default(), shared_optin: 0, sm_count: 0 };
     let _current = gpu.enter()?;
     let capability = attribute(ordinal, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)? * 10
         + attribute(ordinal, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
@@ -142,8 +146,10 @@ fn probe(ordinal: i32) -> Result<Gpu> {
             kernels.insert(*name, Kernel(function));
         }
     }
+    let shared_optin = attribute(ordinal, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
+    let sm_count = attribute(ordinal, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
     drop(_current);
-    Ok(Gpu { kernels, ..gpu })
+    Ok(Gpu { kernels, shared_optin, sm_count, ..gpu })
 }
 
 /// One attribute of device `ordinal`.

@@ -96,11 +96,16 @@ pub unsafe fn attention_forward(g: &Gpu, s: Stream, [q, k, v, out, mask, lse]: [
 
 /// The most query rows (q_len x heads per KV head) the decode kernels take.
 const DECODE_MAX_ROWS: usize = 8;
-/// Blocks the decode kernels aim for (several per SM of any current GPU); a
-/// function of the shape alone, so results do not depend on the device.
-const DECODE_BLOCKS: usize = 1024;
-/// Keys a decode block takes at least (a tile for each of its four warps).
-const DECODE_MIN_SPLIT: usize = 128;
+/// Blocks the decode kernels aim for: about two per SM of a current GPU (as
+/// many as are resident at once), each streaming a long split; a function of
+/// the shape alone, so results do not depend on the device.
+const DECODE_BLOCKS: usize = 256;
+/// Keys a decode block takes at least (two tiles, so that the second tile's
+/// loads overlap the work on the first) and at most (past that, more blocks
+/// fill the GPU better).
+const DECODE_SPLIT: std::ops::RangeInclusive<usize> = 64..=1024;
+/// Threads of a decode block (DC_THREADS in attention.cu).
+const DECODE_THREADS: u32 = 256;
 
 /// The decode kernels by head-dim class (d <= 128, d <= 256) and row class (1, 2, 4, 8).
 const DECODE_KERNELS: [[&str; 4]; 2] = [
@@ -122,8 +127,8 @@ fn decode_rows(a: &Attention, ptrs: [DevPtr; 4]) -> Option<usize> {
 unsafe fn attention_decode(g: &Gpu, s: Stream, [q, k, v, out, mask, lse]: [DevPtr; 6], a: &Attention, rows: usize) -> Result<()> {
     let kv_end = if a.causal { a.kv_len.min(a.pos0 + a.q_len) } else { a.kv_len };
     let kv_rows = a.batch * a.kv_heads; // (sequence, KV head) pairs
-    let want = DECODE_BLOCKS.div_ceil(kv_rows).min(kv_end.div_ceil(DECODE_MIN_SPLIT)).max(1);
-    let split_len = kv_end.div_ceil(want).next_multiple_of(32).max(32);
+    let want = DECODE_BLOCKS.div_ceil(kv_rows);
+    let split_len = kv_end.div_ceil(want).next_multiple_of(32).clamp(*DECODE_SPLIT.start(), *DECODE_SPLIT.end());
     let splits = kv_end.div_ceil(split_len).max(1);
     let mut scratch = Scratch::new(s);
     let part = if splits > 1 { scratch.alloc(kv_rows * splits * rows * (a.head_dim / 4 + 1) * 16)? } else { 0 };
@@ -134,13 +139,14 @@ unsafe fn attention_decode(g: &Gpu, s: Stream, [q, k, v, out, mask, lse]: [DevPt
         I32(a.heads as i32), I32(a.kv_heads as i32), I32(a.head_dim as i32), I32(a.pos0 as i32), I32(a.causal as i32), F32(a.scale),
         I32(splits as i32), I32(split_len as i32), Ptr(part),
     ];
-    unsafe { g.launch(kernel, line((kv_rows * splits).min(1 << 20), 128), s, args)? };
+    unsafe { g.launch(kernel, line((kv_rows * splits).min(1 << 20), DECODE_THREADS), s, args)? };
     if splits > 1 {
         let args = &mut [
             Ptr(part), Ptr(out), Ptr(lse), I32(a.batch as i32), I32(a.q_len as i32), I32(a.heads as i32), I32(a.kv_heads as i32),
             I32(a.head_dim as i32), I32(splits as i32), I32(rows as i32),
         ];
-        unsafe { g.launch("attention_decode_combine_f32", strided(kv_rows * a.q_len * (a.heads / a.kv_heads) * a.head_dim / 4), s, args)? };
+        let query_rows = kv_rows * a.q_len * (a.heads / a.kv_heads);
+        unsafe { g.launch("attention_decode_combine_f32", line(query_rows.min(65535), 256), s, args)? };
     }
     Ok(())
 }
@@ -150,7 +156,7 @@ const FUSED_TILE: usize = 64;
 
 /// General attention backward (`cudann_attention_backward`, float32). Head
 /// dims up to 128 that are multiples of 4, on 16-byte aligned tensors, take the
-/// fused kernel (see [`attention_backward_fused`]); the rest one launch for dK
+/// fused kernel where the GPU has the shared memory it needs (see [`attention_backward_fused`]); the rest one launch for dK
 /// and dV over key tiles and one for dQ over query tiles, of the kernel for the
 /// head-dim class (tile of 32 rows up to 64, 2048 / class above).
 pub unsafe fn attention_backward(g: &Gpu, s: Stream, ptrs: [DevPtr; 10], a: &Attention) -> Result<()> {
@@ -158,8 +164,9 @@ pub unsafe fn attention_backward(g: &Gpu, s: Stream, ptrs: [DevPtr; 10], a: &Att
     let aligned = [dy, q, k, v, o, dq, dk, dv].iter().all(|p| p % 16 == 0);
     // The fused form needs a query and a key: it writes dQ from key tiles.
     let work = a.batch * a.heads * a.q_len * a.kv_len * a.head_dim > 0;
-    if a.head_dim <= 128 && a.head_dim % 4 == 0 && aligned && work {
-        return unsafe { attention_backward_fused(g, s, ptrs, a) };
+    let fused = fused_backward_kernel(a.head_dim).filter(|&(_, shared)| shared <= g.shared_optin);
+    if let (Some(kernel), true, true) = (fused, aligned, work) {
+        return unsafe { attention_backward_fused(g, s, ptrs, a, kernel) };
     }
     let (kernel, class) = match a.head_dim {
         0..=32 => ("attention_backward_d32_f32", 32),
@@ -183,7 +190,9 @@ pub unsafe fn attention_backward(g: &Gpu, s: Stream, ptrs: [DevPtr; 10], a: &Att
 /// (sequence, KV head, tile of 64 keys), exactly that many (they wait on each
 /// other in launch order), summing dQ across key tiles through zeroed
 /// counters, one per (sequence, head, query tile).
-unsafe fn attention_backward_fused(g: &Gpu, s: Stream, [dy, q, k, v, mask, o, lse, dq, dk, dv]: [DevPtr; 10], a: &Attention) -> Result<()> {
+unsafe fn attention_backward_fused(
+    g: &Gpu, s: Stream, [dy, q, k, v, mask, o, lse, dq, dk, dv]: [DevPtr; 10], a: &Attention, (kernel, shared): (&'static str, usize),
+) -> Result<()> {
     let rows = a.batch * a.q_len * a.heads;
     let counters = a.batch * a.heads * a.q_len.div_ceil(FUSED_TILE);
     let mut scratch = Scratch::new(s);
@@ -191,13 +200,6 @@ unsafe fn attention_backward_fused(g: &Gpu, s: Stream, [dy, q, k, v, mask, o, ls
     let sem = scratch.alloc_filled(counters, 0)?;
     let args = &mut [Ptr(dy), Ptr(o), Ptr(dr), I64(rows as i64), I32(a.head_dim as i32)];
     unsafe { g.launch("attention_backward_dr_f32", line(rows.div_ceil(8).min(65535), 256), s, args)? };
-    // Shared floats: K, V, Q, dO tiles [64][class + 4], Pt and dSt [64][68], lse and Dr.
-    let (kernel, class) = match a.head_dim {
-        0..=32 => ("attention_backward_fused_d32_f32", 32),
-        33..=64 => ("attention_backward_fused_d64_f32", 64),
-        _ => ("attention_backward_fused_d128_f32", 128),
-    };
-    let shared = (4 * FUSED_TILE * (class + 4) + 2 * FUSED_TILE * (FUSED_TILE + 4) + 2 * FUSED_TILE) * 4;
     let blocks = a.batch * a.kv_heads * a.kv_len.div_ceil(FUSED_TILE);
     let args = &mut [
         Ptr(dy), Ptr(q), Ptr(k), Ptr(v), Ptr(mask), Ptr(lse), Ptr(dr), Ptr(dq), Ptr(dk), Ptr(dv), Ptr(sem),
@@ -205,4 +207,19 @@ unsafe fn attention_backward_fused(g: &Gpu, s: Stream, [dy, q, k, v, mask, o, ls
         I32(a.head_dim as i32), I32(a.pos0 as i32), I32(a.causal as i32), F32(a.scale),
     ];
     unsafe { g.launch(kernel, Launch { shared: shared as u32, ..line(blocks, 256) }, s, args) }
+}
+
+/// The fused backward kernel for `head_dim` (a multiple of 4 up to 128) and
+/// the shared memory it takes, in bytes.
+fn fused_backward_kernel(head_dim: usize) -> Option<(&'static str, usize)> {
+    let (kernel, class) = match head_dim {
+        _ if head_dim % 4 != 0 => return None,
+        0..=32 => ("attention_backward_fused_d32_f32", 32),
+        33..=64 => ("attention_backward_fused_d64_f32", 64),
+        65..=128 => ("attention_backward_fused_d128_f32", 128),
+        _ => return None,
+    };
+    // Shared floats: K, V, Q, dO tiles [64][class + 4], Pt and dSt [64][68], lse and Dr.
+    let floats = 4 * FUSED_TILE * (class + 4) + 2 * FUSED_TILE * (FUSED_TILE + 4) + 2 * FUSED_TILE;
+    Some((kernel, floats * 4))
 }

@@ -14,6 +14,7 @@ mod norm;
 mod optim;
 mod rope;
 mod softmax;
+mod sort;
 
 pub use attention::*;
 pub use convert::*;
@@ -27,6 +28,7 @@ pub use norm::*;
 pub use optim::*;
 pub use rope::*;
 pub use softmax::*;
+pub use sort::*;
 
 use super::driver::Launch;
 

@@ -1,11 +1,11 @@
 //! Mixture-of-experts launches: router and aux-loss backwards, dispatch,
 //! combine and their backwards.
 
-use super::{line, single, strided};
+use super::{counting_sort_pass, line, strided};
 use crate::gpu::driver::{Arg, DevPtr, Stream};
 use crate::gpu::scratch::Scratch;
 use crate::gpu::Gpu;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 use Arg::{I32, I64, Ptr};
 
@@ -29,24 +29,11 @@ pub unsafe fn aux_loss_backward(g: &Gpu, s: Stream, f: DevPtr, d: DevPtr, tokens
     unsafe { g.launch("aux_loss_backward_f32", strided(tokens * experts), s, args) }
 }
 
-/// Pairs a chunk of the grouping (MOE_CHUNK in moe.cu).
-const MOE_CHUNK: usize = 1024;
-
-/// The stable grouping by expert (per-chunk counts, their prefix sum, the
-/// placement of each chunk), then the rows.
+/// The stable grouping by expert (one pass of the counting sort), then the rows.
 pub unsafe fn moe_dispatch(g: &Gpu, s: Stream, x: DevPtr, idx: DevPtr, y: DevPtr, order: DevPtr, offsets: DevPtr, pairs: usize, dim: usize, experts: usize, k: usize) -> Result<()> {
-    let chunks = pairs.div_ceil(MOE_CHUNK);
-    let slots = experts * chunks; // (expert, chunk) counts, expert-major
-    if slots >= i32::MAX as usize {
-        return Err(Error::Internal(format!("moe_dispatch: {experts} experts x {chunks} chunks of pairs is too many for the GPU grouping")));
-    }
-    let (p, e, ch) = (I32(pairs as i32), I32(experts as i32), I32(chunks as i32));
-    let mut scratch = Scratch::new(s);
-    let counts = scratch.alloc_filled(slots + 1, 0)?;
+    let (p, e) = (I32(pairs as i32), I32(experts as i32));
     unsafe {
-        g.launch("moe_chunk_count_i32", strided(pairs), s, &mut [Ptr(idx), Ptr(counts), p, e, ch])?;
-        g.launch("moe_prefix_sum_i32", single(1024), s, &mut [Ptr(counts), I32(slots as i32)])?;
-        g.launch("moe_chunk_order_i32", line(chunks.min(65535), 1024), s, &mut [Ptr(idx), Ptr(counts), Ptr(order), Ptr(offsets), p, e, ch])?;
+        counting_sort_pass(g, s, [idx, 0, order, offsets], pairs, experts, 0, experts)?;
         let args = &mut [Ptr(x), Ptr(order), Ptr(offsets), Ptr(y), p, I32(dim as i32), I32(k as i32), e];
         g.launch("moe_gather_f32", warp_rows(pairs), s, args)
     }

@@ -43,7 +43,8 @@ const NORM_CHUNKS: usize = 1024;
 /// RMSNorm backward. The weight gradient is a column sum of `dy * x * r`. Rows
 /// up to [`CHUNK_MAX_HIDDEN`] wide take one pass over `dy` and `x` writing `dx`
 /// and each chunk's column sums (of up to 32 rows) to scratch, then the sum
-/// over chunks. Wider rows: the normalised rows `x * r` are written into `dx`
+/// over chunks; where the rows can be read as float4s they are held in
+/// registers (the `regs` kernels), else re-read for `dx`. Wider rows: the normalised rows `x * r` are written into `dx`
 /// first (free until the last kernel) for the column sums, then `dx`. `dx` must
 /// not alias the inputs (the ABI layer has aliased inputs copied).
 pub unsafe fn rmsnorm_backward(g: &Gpu, s: Stream, dy: DevPtr, x: DevPtr, w: DevPtr, dx: DevPtr, dw: DevPtr, rows: usize, hidden: usize, eps: f32) -> Result<()> {
@@ -52,9 +53,18 @@ pub unsafe fn rmsnorm_backward(g: &Gpu, s: Stream, dy: DevPtr, x: DevPtr, w: Dev
         let chunks = rows.div_ceil(chunk);
         let mut scratch = Scratch::new(s);
         let part = scratch.alloc(chunks * hidden * 4)?;
+        let vectors = hidden % 4 == 0 && [dy, x, w, dx].iter().all(|p| p % 16 == 0);
+        // Rows of 1024 N floats, read as float4s, fit N of them per thread.
+        let kernel = match hidden.div_ceil(1024) {
+            _ if !vectors => "rmsnorm_backward_chunks_f32",
+            1 => "rmsnorm_backward_regs1_f32",
+            2 => "rmsnorm_backward_regs2_f32",
+            3 | 4 => "rmsnorm_backward_regs4_f32",
+            _ => "rmsnorm_backward_regs8_f32",
+        };
         let args = &mut [Ptr(dy), Ptr(x), Ptr(w), Ptr(dx), Ptr(part), I32(rows as i32), I32(hidden as i32), F32(eps), I32(chunk as i32)];
         return unsafe {
-            g.launch("rmsnorm_backward_chunks_f32", line(chunks.min(65535), 256), s, args)?;
+            g.launch(kernel, line(chunks.min(65535), 256), s, args)?;
             column_sums(g, s, part, 0, dw, chunks, hidden)
         };
     }

@@ -1,7 +1,7 @@
 //! Softmax launches.
 
 use super::per_row;
-use crate::gpu::driver::{Arg, DevPtr, Stream};
+use crate::gpu::driver::{Arg, DevPtr, Launch, Stream};
 use crate::gpu::Gpu;
 use crate::error::Result;
 
@@ -19,8 +19,18 @@ pub unsafe fn softmax_topk(g: &Gpu, s: Stream, x: DevPtr, w: DevPtr, idx: DevPtr
     unsafe { g.launch("softmax_topk_f32", per_row(rows, 32), s, args) }
 }
 
+/// Columns above which softmax backward keeps the row of y in shared memory:
+/// two blocks an SM of shorter rows (y and dy: 64 KB) fit in L2 together.
+const CACHED_COLS: usize = 8192;
+
 /// `dx = y (dy - Σ dy y)` row by row.
 pub unsafe fn softmax_backward(g: &Gpu, s: Stream, dy: DevPtr, y: DevPtr, dx: DevPtr, rows: usize, cols: usize) -> Result<()> {
     let args = &mut [Ptr(dy), Ptr(y), Ptr(dx), I32(rows as i32), I32(cols as i32)];
+    let row_bytes = cols * std::mem::size_of::<f32>();
+    if cols > CACHED_COLS && row_bytes <= g.shared_optin {
+        // One block an SM for rows this long: its shared row takes most of it.
+        let at = Launch { shared: row_bytes as u32, ..per_row(rows.min(g.sm_count), 1024) };
+        return unsafe { g.launch("softmax_backward_cached_f32", at, s, args) };
+    }
     unsafe { g.launch("softmax_backward_f32", per_row(rows, 1024), s, args) }
 }

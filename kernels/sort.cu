@@ -1,0 +1,104 @@
+// A stable counting sort of integer keys (integers only, so exact): the
+// grouping of MoE pairs by expert, and the radix passes that sort an
+// embedding's ids for its backward.
+//
+// A pass places the items p < n by a digit of their key: item q = perm[p]
+// (perm null: q = p; a negative q is dropped), key = keys[q], dropped unless
+// 0 <= key < bound, digit = (key >> shift) % buckets. sort_count_i32 counts
+// each chunk's items per digit, sort_prefix_sum_i32 turns the counts,
+// digit-major, into each (digit, chunk)'s first row, and sort_place_i32
+// places every chunk's items from there: order[row] = q, in p order within a
+// digit. Rows past the placed items are left as they were.
+#include "common.cuh"
+
+#define SORT_CHUNK 1024  // items a chunk: a block of sort_place_i32
+
+// The digit of item p, or -1 for a dropped item.
+__device__ __forceinline__ int sort_digit(const int* keys, const int* perm, i64 p, int bound, int shift, int buckets) {
+    const int q = perm != nullptr ? perm[p] : (int)p;
+    if (q < 0) return -1;
+    const int key = keys[q];
+    return key >= 0 && key < bound ? (key >> shift) % buckets : -1;
+}
+
+// Launch: block 256, grid n1024(n) (grid-stride), on counts [buckets *
+// chunks + 1] the caller has zeroed: counts[1 + d * chunks + c] = the number
+// of items of chunk c (items c * SORT_CHUNK ..) whose digit is d. The lanes of
+// a warp share a chunk (a warp's items are 32 consecutive ones, warp-aligned),
+// so the lanes with the same digit add their count at once.
+extern "C" __global__ void sort_count_i32(const int* keys, const int* perm, int* counts, int n, int bound, int shift,
+                                          int buckets, int chunks) {
+    const int lane = threadIdx.x & 31;
+    for (i64 p = grid_thread(); p < n; p += grid_threads()) {
+        const int d = sort_digit(keys, perm, p, bound, shift, buckets);
+        const unsigned same = __match_any_sync(__activemask(), d);
+        if (d >= 0 && __ffs(same) - 1 == lane) atomicAdd(counts + 1 + (i64)d * chunks + p / SORT_CHUNK, __popc(same));
+    }
+}
+
+// Launch: block 1024 (a multiple of 32), grid 1 (other blocks return).
+// counts[1 .. n] becomes its inclusive prefix sum (so with counts[0] = 0,
+// counts[i] is the sum of the first i counts), in chunks of blockDim entries
+// carried over.
+extern "C" __global__ void __launch_bounds__(1024) sort_prefix_sum_i32(int* counts, int n) {
+    if (blockIdx.x != 0) return;
+    __shared__ int warp_sums[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    int carry = 0;
+    for (i64 base = 1; base <= n; base += blockDim.x) {
+        const i64 i = base + threadIdx.x;
+        int v = i <= n ? counts[i] : 0;
+#pragma unroll
+        for (int d = 1; d < 32; d <<= 1) {
+            const int u = __shfl_up_sync(0xffffffffu, v, d);
+            if (lane >= d) v += u;
+        }
+        if (lane == 31) warp_sums[warp] = v;
+        __syncthreads();
+        int before = carry, chunk = 0;
+        for (int w = 0; w < warps; ++w) {
+            if (w < warp) before += warp_sums[w];
+            chunk += warp_sums[w];
+        }
+        if (i <= n) counts[i] = before + v;
+        carry += chunk;
+        __syncthreads();  // before the next chunk overwrites warp_sums
+    }
+}
+
+// Launch: block 1024 (32 warps: a chunk), grid min(chunks, 65535) (blocks
+// stride over chunks), after sort_prefix_sum_i32 over the buckets * chunks
+// counts, so that counts[d * chunks + c] is the first row of chunk c's items
+// of digit d. With offsets non-null, block 0 first writes offsets[d] =
+// counts[d * chunks] (d <= buckets). A block places its chunk's warps in
+// turn: the lanes of a warp with the same digit take consecutive rows in lane
+// order from the chunk's entry, which the warp's last such lane then advances
+// (each entry is its own block's), so every digit's items keep their order.
+extern "C" __global__ void __launch_bounds__(1024)
+    sort_place_i32(const int* keys, const int* perm, int* counts, int* order, int* offsets, int n, int bound, int shift,
+                   int buckets, int chunks) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (blockIdx.x == 0 && offsets != nullptr) {
+        for (i64 d = threadIdx.x; d <= buckets; d += blockDim.x) offsets[d] = counts[d * chunks];
+        __syncthreads();  // before this block advances the entries of chunk 0
+    }
+    for (i64 c = blockIdx.x; c < chunks; c += gridDim.x) {
+        const i64 p = c * SORT_CHUNK + threadIdx.x;
+        const int d = p < n ? sort_digit(keys, perm, p, bound, shift, buckets) : -1;
+        const bool mine = d >= 0;
+        const unsigned same = __match_any_sync(0xffffffffu, d);
+        const int rank = __popc(same & ((1u << lane) - 1));
+        int* entry = counts + (i64)(mine ? d : 0) * chunks + c;  // read only when mine
+        for (int w = 0; w < 32; ++w) {
+            if (warp == w) {
+                const int first = mine ? *entry : 0;
+                __syncwarp();  // every lane has read the entry before it moves
+                if (mine) {
+                    order[first + rank] = perm != nullptr ? perm[p] : (int)p;
+                    if (same >> lane == 1u) *entry = first + __popc(same);  // the group's last lane
+                }
+            }
+            __syncthreads();
+        }
+    }
+}

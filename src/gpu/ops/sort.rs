@@ -1,0 +1,39 @@
+//! The stable counting sort of sort.cu (integers only, so exact): MoE
+//! dispatch groups its pairs by expert with one pass, the embedding backward
+//! sorts its ids with radix passes of eight bits.
+
+use super::{line, single, strided};
+use crate::error::{Error, Result};
+use crate::gpu::driver::{Arg, DevPtr, Stream};
+use crate::gpu::scratch::Scratch;
+use crate::gpu::Gpu;
+
+use Arg::{I32, Ptr};
+
+/// Items a chunk of the sort (SORT_CHUNK in sort.cu).
+const CHUNK: usize = 1024;
+
+/// One stable counting-sort pass over items `p < n`: item `q = perm[p]` (`perm`
+/// 0: `q = p`; negative: dropped) with `key = keys[q]` in `[0, bound)` goes to
+/// `order` by the digit `(key >> shift) % buckets`, in `p` order within a
+/// digit; with `offsets` non-zero, `offsets[d]` gets digit `d`'s first row
+/// (`buckets + 1` entries). Rows past the placed items keep what they held.
+/// Safety: the pointers are device memory of the sizes these imply.
+pub unsafe fn counting_sort_pass(
+    g: &Gpu, s: Stream, [keys, perm, order, offsets]: [DevPtr; 4], n: usize, bound: usize, shift: u32, buckets: usize,
+) -> Result<()> {
+    let chunks = n.div_ceil(CHUNK);
+    let slots = buckets * chunks; // (digit, chunk) counts, digit-major
+    if slots >= i32::MAX as usize {
+        return Err(Error::Internal(format!("{buckets} groups x {chunks} chunks of items is too many for the GPU sort")));
+    }
+    let (items, bound, shift, buckets, chunks) = (I32(n as i32), I32(bound as i32), I32(shift as i32), I32(buckets as i32), I32(chunks as i32));
+    let mut scratch = Scratch::new(s);
+    let counts = scratch.alloc_filled(slots + 1, 0)?;
+    unsafe {
+        g.launch("sort_count_i32", strided(n), s, &mut [Ptr(keys), Ptr(perm), Ptr(counts), items, bound, shift, buckets, chunks])?;
+        g.launch("sort_prefix_sum_i32", single(1024), s, &mut [Ptr(counts), I32(slots as i32)])?;
+        let args = &mut [Ptr(keys), Ptr(perm), Ptr(counts), Ptr(order), Ptr(offsets), items, bound, shift, buckets, chunks];
+        g.launch("sort_place_i32", line(n.div_ceil(CHUNK).min(65535), 1024), s, args)
+    }
+}
