@@ -156,9 +156,10 @@ const FUSED_TILE: usize = 64;
 
 /// General attention backward (`cudann_attention_backward`, float32). Head
 /// dims up to 128 that are multiples of 4, on 16-byte aligned tensors, take the
-/// fused kernel where the GPU has the shared memory it needs (see [`attention_backward_fused`]); the rest one launch for dK
-/// and dV over key tiles and one for dQ over query tiles, of the kernel for the
-/// head-dim class (tile of 32 rows up to 64, 2048 / class above).
+/// fused kernel where the GPU has the shared memory it needs (see
+/// [`attention_backward_fused`]); the rest one launch for dK and dV over key
+/// tiles and one for dQ over query tiles, of the kernel for the head-dim class
+/// (tile of 32 rows up to 64, 2048 / class above).
 pub unsafe fn attention_backward(g: &Gpu, s: Stream, ptrs: [DevPtr; 10], a: &Attention) -> Result<()> {
     let [dy, q, k, v, mask, o, lse, dq, dk, dv] = ptrs;
     let aligned = [dy, q, k, v, o, dq, dk, dv].iter().all(|p| p % 16 == 0);

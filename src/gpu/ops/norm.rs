@@ -44,9 +44,10 @@ const NORM_CHUNKS: usize = 1024;
 /// up to [`CHUNK_MAX_HIDDEN`] wide take one pass over `dy` and `x` writing `dx`
 /// and each chunk's column sums (of up to 32 rows) to scratch, then the sum
 /// over chunks; where the rows can be read as float4s they are held in
-/// registers (the `regs` kernels), else re-read for `dx`. Wider rows: the normalised rows `x * r` are written into `dx`
-/// first (free until the last kernel) for the column sums, then `dx`. `dx` must
-/// not alias the inputs (the ABI layer has aliased inputs copied).
+/// registers (the `regs` kernels), else re-read for `dx`. Wider rows: the
+/// normalised rows `x * r` are written into `dx` first (free until the last
+/// kernel) for the column sums, then `dx`. `dx` must not alias the inputs (the
+/// ABI layer has aliased inputs copied).
 pub unsafe fn rmsnorm_backward(g: &Gpu, s: Stream, dy: DevPtr, x: DevPtr, w: DevPtr, dx: DevPtr, dw: DevPtr, rows: usize, hidden: usize, eps: f32) -> Result<()> {
     if rows > 0 && (1..=CHUNK_MAX_HIDDEN).contains(&hidden) {
         let chunk = (rows / NORM_CHUNKS).clamp(1, 32);

@@ -28,7 +28,7 @@ pub unsafe fn softmax_backward(g: &Gpu, s: Stream, dy: DevPtr, y: DevPtr, dx: De
     let args = &mut [Ptr(dy), Ptr(y), Ptr(dx), I32(rows as i32), I32(cols as i32)];
     let row_bytes = cols * std::mem::size_of::<f32>();
     if cols > CACHED_COLS && row_bytes <= g.shared_optin {
-        // One block an SM for rows this long: its shared row takes most of it.
+        // One block an SM: its 1024 threads' registers take most of it.
         let at = Launch { shared: row_bytes as u32, ..per_row(rows.min(g.sm_count), 1024) };
         return unsafe { g.launch("softmax_backward_cached_f32", at, s, args) };
     }
