@@ -96,3 +96,25 @@ __device__ __forceinline__ i64 pack_rank(int key, int index) {
 }
 __device__ __forceinline__ int rank_key(i64 r) { return (int)(r >> 32); }
 __device__ __forceinline__ int rank_index(i64 r) { return 0x7fffffff - (int)(r & 0xffffffffLL); }
+
+// dst = the sum over j < n, in order from 0, of w[j] src[rows[j]] (w NULL:
+// src[rows[j]]) for a row of dim floats, by the 32 lanes of a warp, V floats
+// a lane at a time; a negative rows[j] adds nothing. Each product and sum is
+// rounded as the CPU backend's (no fused multiply-adds), so the sums equal
+// its own bitwise: MoE combine and dispatch backward, the embedding backward.
+template <int V>
+__device__ __forceinline__ void warp_sum_rows(const float* src, const float* w, const int* rows, int n, float* dst,
+                                              int dim, int lane) {
+    for (i64 c = V * lane; c < dim; c += 32 * V) {
+        float acc[V] = {};
+        for (int j = 0; j < n; ++j) {
+            const int p = rows[j];
+            if (p < 0) continue;
+            float v[V];
+            load_vec<V>(src + (i64)p * dim + c, v);
+#pragma unroll
+            for (int e = 0; e < V; ++e) acc[e] = __fadd_rn(acc[e], w ? __fmul_rn(w[j], v[e]) : v[e]);
+        }
+        store_vec<V>(dst + c, acc);
+    }
+}

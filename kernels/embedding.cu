@@ -61,21 +61,6 @@ extern "C" __global__ void embedding_row_starts_i32(const int* ids, const int* o
     }
 }
 
-template <int V>
-__device__ __forceinline__ void sum_sorted_rows(const float* d_out, const int* order, int lo, int hi, float* dst,
-                                                int dim, int lane) {
-    for (i64 c = V * lane; c < dim; c += 32 * V) {
-        float acc[V] = {};
-        for (int s = lo; s < hi; ++s) {
-            float x[V];
-            load_vec<V>(d_out + (i64)order[s] * dim + c, x);
-#pragma unroll
-            for (int e = 0; e < V; ++e) acc[e] = __fadd_rn(acc[e], x[e]);
-        }
-        store_vec<V>(dst + c, acc);
-    }
-}
-
 // Launch: block 256 (a warp per row), grid min(ceil(vocab / 8), 65535) (warps
 // stride over rows), after embedding_row_starts_i32. d_table[v] = the float32
 // sum, from 0, of d_out's rows at v's sorted positions, in position order:
@@ -86,8 +71,8 @@ extern "C" __global__ void embedding_backward_f32(const int* order, const int* s
     const bool vec = dim % 4 == 0 && aligned16(d_out) && aligned16(d_table);
     for (i64 v = (i64)blockIdx.x * warps + (threadIdx.x >> 5); v < vocab; v += (i64)gridDim.x * warps) {
         if (vec)
-            sum_sorted_rows<4>(d_out, order, starts[v], starts[v + 1], d_table + v * dim, dim, lane);
+            warp_sum_rows<4>(d_out, nullptr, order + starts[v], starts[v + 1] - starts[v], d_table + v * dim, dim, lane);
         else
-            sum_sorted_rows<1>(d_out, order, starts[v], starts[v + 1], d_table + v * dim, dim, lane);
+            warp_sum_rows<1>(d_out, nullptr, order + starts[v], starts[v + 1] - starts[v], d_table + v * dim, dim, lane);
     }
 }

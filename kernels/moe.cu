@@ -141,24 +141,7 @@ extern "C" __global__ void moe_rows_of_pairs_i32(const int* order, int* inv, int
 // rounded as the CPU backend's: combine (w) and dispatch backward (no w). A
 // pair no row holds (inv -1) adds nothing. Each token's k rows are read once
 // and its sum written once, 16 bytes at a time where dim and the pointers
-// allow. dst must not alias the inputs.
-template <int V>
-__device__ __forceinline__ void gather_sum_row(const float* src, const float* w, const int* pairs_inv, float* dr,
-                                               int dim, int k, int lane) {
-    for (i64 c = V * lane; c < dim; c += 32 * V) {
-        float acc[V] = {};
-        for (int j = 0; j < k; ++j) {
-            const int p = pairs_inv[j];
-            if (p < 0) continue;
-            float v[V];
-            load_vec<V>(src + (i64)p * dim + c, v);
-#pragma unroll
-            for (int e = 0; e < V; ++e) acc[e] = __fadd_rn(acc[e], w ? __fmul_rn(w[j], v[e]) : v[e]);
-        }
-        store_vec<V>(dr + c, acc);
-    }
-}
-
+// allow (warp_sum_rows). dst must not alias the inputs.
 extern "C" __global__ void moe_gather_sum_f32(const float* src, const float* w, const int* inv, float* dst, int tokens,
                                               int dim, int k) {
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
@@ -166,9 +149,9 @@ extern "C" __global__ void moe_gather_sum_f32(const float* src, const float* w, 
     for (i64 t = (i64)blockIdx.x * warps + (threadIdx.x >> 5); t < tokens; t += (i64)gridDim.x * warps) {
         const float* wt = w ? w + t * k : nullptr;
         if (vec)
-            gather_sum_row<4>(src, wt, inv + t * k, dst + t * dim, dim, k, lane);
+            warp_sum_rows<4>(src, wt, inv + t * k, k, dst + t * dim, dim, lane);
         else
-            gather_sum_row<1>(src, wt, inv + t * k, dst + t * dim, dim, k, lane);
+            warp_sum_rows<1>(src, wt, inv + t * k, k, dst + t * dim, dim, lane);
     }
 }
 
