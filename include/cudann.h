@@ -185,9 +185,10 @@ int32_t cudann_attention_forward(const void *Q,
 // `kv_len` positions. Returns -2 for NULL pointers (`lse` included) with a
 // non-empty shape, negative or overflowing sizes, `n_kv_heads` not dividing
 // `n_heads`, `is_causal` not 0 or 1, a non-finite `scale`, or overlaps. On the
-// GPU (`head_dim <= 256`; larger: device pointers -1) two deterministic
-// launches (dK/dV per key tile, dQ per query tile, no atomics) agree with the
-// CPU within float32 rounding.
+// GPU (`head_dim <= 256`; larger: device pointers -1) deterministic kernels
+// (no atomics) agree with the CPU within float32 rounding; with
+// `CUDANN_ALLOW_TF32=1`, on sm_80 and newer, `head_dim <= 64` (a multiple of
+// 4, 16-byte aligned tensors) runs on TF32 tensor cores, within ~1e-3.
 int32_t cudann_attention_backward(const float *d_output,
                                   const float *Q,
                                   const float *K,

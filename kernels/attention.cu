@@ -1,7 +1,7 @@
 // Attention: the two unfused halves of causal multi-query attention (scores,
 // weighted values) and fused flash attention (multi-head or one shared KV head,
 // causal and/or an additive mask); the KV-cache write.
-#include "common.cuh"
+#include "attention.cuh"
 
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
@@ -319,18 +319,6 @@ template <class C, bool VEC4> struct TileV {
 
 template <bool B, class T, class F> struct Pick { typedef T type; };
 template <class T, class F> struct Pick<false, T, F> { typedef F type; };
-
-// One attention call's shape: query i of Q [batch, q_len, heads, d] sits at
-// position pos0 + i and (causal) sees keys j <= pos0 + i of K, V [batch,
-// kv_cap, kv_heads, d], of which rows 0..kv_len are used; query head h reads
-// KV head h / (heads / kv_heads). mask: NULL or additive [q_len, kv_len];
-// lse: NULL or [batch, q_len, heads], ln of each row's softmax denominator.
-struct FlashShape {
-    int batch, q_len, kv_len, kv_cap, heads, kv_heads, d, pos0, causal;
-    float scale;
-    const float* mask;
-    float* lse;
-};
 
 template <class C, bool VEC4>
 __device__ void flash_tiles(float* smem, const float* Q, const float* K, const float* V, float* O, const FlashShape& sh) {
@@ -1178,15 +1166,6 @@ __device__ __forceinline__ void fb_keys_product(float (&acc)[FusedBwd<D>::RPT][4
     }
 }
 
-__device__ __forceinline__ int ld_acquire(const int* p) {
-    int v;
-    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-__device__ __forceinline__ void st_release(int* p, int v) {
-    asm volatile("st.release.gpu.global.s32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
-}
-
 // This key tile's share of dQ, scale dS K for queries rg RPT + a and columns
 // 4 cg.., added to dQ (rows from `row0`, valid below `valid`) in the order
 // described above: `turn` tiles have added before this one (0: it stores).
@@ -1207,10 +1186,7 @@ __device__ __forceinline__ void fb_add_dq(const float* sm, float* dQ, int* count
 #pragma unroll
             for (int c = 0; c < 4; ++c) dq[a][c] = fmaf(w[a], k[c], dq[a][c]);
     }
-    if (threadIdx.x == 0)
-        while (ld_acquire(counter) < turn) {
-        }
-    __syncthreads();
+    dq_wait_turn(counter, turn);
 #pragma unroll
     for (int a = 0; a < L::RPT; ++a) {
         const int r = rg * L::RPT + a;
@@ -1223,9 +1199,7 @@ __device__ __forceinline__ void fb_add_dq(const float* sm, float* dQ, int* count
         }
         __stcg(p, v);
     }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) st_release(counter, turn + 1);
+    dq_pass_turn(counter, turn);
 }
 
 // Launch: block 256, FusedBwd<D>::FLOATS * 4 bytes of dynamic shared memory,

@@ -1535,15 +1535,25 @@ def check_sample():
                     lib_agree += int(np.sum(ref == want))
                     lib_total += rows
             for r in range(rows):
-                if not (0 <= got[r] < vocab):
-                    bad_member += 1
-                elif kind == "topk" and param < vocab:
-                    bad_member += int(got[r] not in set(cpu_rank_order(x[r])[:param].tolist()))
-                elif kind == "topp":
+                outside = not (0 <= got[r] < vocab)
+                if not outside and kind == "topk" and param < vocab:
+                    outside = got[r] not in set(cpu_rank_order(x[r])[:param].tolist())
+                elif not outside and kind == "topp":
                     keep = cpu_nucleus_keep(x[r], T, param)
-                    bad_member += int(keep is not None and not keep[got[r]])
+                    outside = keep is not None and not keep[got[r]]
+                if outside:
+                    bad_member += 1
+                    shown = np.array2string(x[r][:16], precision=9)
+                    print(f"   {name} {style} vocab={vocab} param={param} T={T} row {r}: token {got[r]} outside the kept set; "
+                          f"CPU {want[r]}, seed {seeds[r]}, logits {shown}{' ...' if vocab > 16 else ''}")
             if np.any(got != want):
                 print(f"   {name} {style} vocab={vocab} param={param} T={T}: {int(np.sum(got != want))} of {rows} differ")
+        if kind == "topp":
+            # -0 and +0 give the same p: the nucleus at top_p 0.5 is the first of them alone.
+            x = np.tile(np.array([-0.0, 0.0, -0.0, 0.0], F32), (64, 1))
+            seeds = RNG.integers(0, 2**63, 64, dtype=np.uint64)
+            got = gpu_sample(kind, x, seeds, 1.0, 0.2, cluster=cluster)
+            report(name, "signed zeros: the first token", float(np.sum(got != 0)), bool(np.all(got == 0)))
         rate = agree / total
         report(name, f"agreement with CPU draws ({total} rows)", 1 - rate, rate >= 0.999)
         report(name, "token inside the kept set", float(bad_member), bad_member == 0)

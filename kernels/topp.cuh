@@ -72,7 +72,8 @@ __device__ void topp_row_exact(const float* xr, int vocab, u64 key, float top_p,
         const float x = xr[j];
         if (x > m) m = x, jm = j;
     }
-    const i64 top = block_allreduce(pack_rank(total_order_key(m), jm), Max(), (i64)NO_RANK);
+    // -0 and +0 rank alike (the lower index first): the CPU orders by p, equal for both.
+    const i64 top = block_allreduce(pack_rank(total_order_key(m == 0.0f ? 0.0f : m), jm), Max(), (i64)NO_RANK);
     m = from_total_order_key(rank_key(top));
     // The first token of the nucleus (p = 1), drawn now: a head start for lb.
     if (tid == 0 && m > -INF) d.exact(m, rank_index(top), token_noise(d.key, rank_index(top), vocab));

@@ -2,7 +2,7 @@
 GPU in the same run. CUDA-event timing, median of many runs after warm-up.
 
     python3 bench/gpu/gpu_bench.py [path/to/libcudann.so]
-    CUDANN_ALLOW_TF32=1 python3 bench/gpu/gpu_bench.py [lib] attention   # the TF32 flash kernel
+    CUDANN_ALLOW_TF32=1 python3 bench/gpu/gpu_bench.py [lib] attention training  # the TF32 kernels
 
 An optional last argument names the benches to run (elementwise, rows, adamw,
 gemm, attention, sampling, training, backward, decode). torch's side stays fp32 (TF32 off) either way.
@@ -220,8 +220,10 @@ def bench_training():
     size = f"{b}x{s}x{h}x{d} causal"
     row("attention_forward", size, timed(fwd, reps=10, inner=3),
         timed(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True), reps=10, inner=3), 4 * 4 * b * s * h * d, "<= torch SDPA fp32")
-    row("attention_backward", size, timed(bwd, reps=10, inner=3),
-        timed(lambda: torch.autograd.grad(out, (qt, kt, vt), dot, retain_graph=True), reps=10, inner=3), 4 * 8 * b * s * h * d, "<= torch SDPA fp32 backward")
+    tf32 = os.environ.get("CUDANN_ALLOW_TF32") == "1"  # the tensor-core backward
+    row("attention_backward tf32" if tf32 else "attention_backward", size, timed(bwd, reps=10, inner=3),
+        timed(lambda: torch.autograd.grad(out, (qt, kt, vt), dot, retain_graph=True), reps=10, inner=3), 4 * 8 * b * s * h * d,
+        ">=2x torch SDPA fp32 backward" if tf32 else "<= torch SDPA fp32 backward")
     n = 1 << 28
     x = torch.randn(n, device=DEV)
     y = torch.empty(n, device=DEV, dtype=torch.bfloat16)

@@ -60,7 +60,7 @@ pub const MODULES: &[(&str, &str, &[&str], u32)] = &[
     ),
     ("sample", include_str!("../../kernels/ptx/sample.ptx"), &["sample_f32", "topk_sample_f32", "topp_sample_f32"], 70),
     // Tensor cores (mma.sync TF32): loaded on sm_80 and later only.
-    ("attention_tf32", include_str!("../../kernels/ptx/attention_tf32.ptx"), &["flash_attention_tf32_d64"], 80),
+    ("attention_tf32", include_str!("../../kernels/ptx/attention_tf32.ptx"), &["flash_attention_tf32_d64", "attention_backward_fused_tf32_d64"], 80),
     // Thread-block clusters: sm_90 and later only.
     ("sample_cluster", include_str!("../../kernels/ptx/sample_cluster.ptx"), &["sample_cluster_f32", "topk_cluster_f32", "topp_cluster_f32"], 90),
 ];

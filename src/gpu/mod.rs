@@ -112,7 +112,7 @@ pub fn get() -> Result<&'static Gpu> {
 }
 
 /// Whether the caller allowed TF32 tensor-core math (CUDANN_ALLOW_TF32=1, read
-/// once): GEMM through cuBLAS's TF32 mode, flash attention's TF32 kernel.
+/// once): GEMM through cuBLAS's TF32 mode, the TF32 attention kernels.
 pub fn allow_tf32() -> bool {
     static TF32: OnceLock<bool> = OnceLock::new();
     *TF32.get_or_init(|| std::env::var("CUDANN_ALLOW_TF32").is_ok_and(|v| v.trim() == "1"))

@@ -157,7 +157,8 @@ const FUSED_TILE: usize = 64;
 /// General attention backward (`cudann_attention_backward`, float32). Head
 /// dims up to 128 that are multiples of 4, on 16-byte aligned tensors, take the
 /// fused kernel where the GPU has the shared memory it needs (see
-/// [`attention_backward_fused`]); the rest one launch for dK and dV over key
+/// [`attention_backward_fused`]; with CUDANN_ALLOW_TF32=1, up to 64 on tensor
+/// cores); the rest one launch for dK and dV over key
 /// tiles and one for dQ over query tiles, of the kernel for the head-dim class
 /// (tile of 32 rows up to 64, 2048 / class above).
 pub unsafe fn attention_backward(g: &Gpu, s: Stream, ptrs: [DevPtr; 10], a: &Attention) -> Result<()> {
@@ -165,7 +166,7 @@ pub unsafe fn attention_backward(g: &Gpu, s: Stream, ptrs: [DevPtr; 10], a: &Att
     let aligned = [dy, q, k, v, o, dq, dk, dv].iter().all(|p| p % 16 == 0);
     // The fused form needs a query and a key: it writes dQ from key tiles.
     let work = a.batch * a.heads * a.q_len * a.kv_len * a.head_dim > 0;
-    let fused = fused_backward_kernel(a.head_dim).filter(|&(_, shared)| shared <= g.shared_optin);
+    let fused = fused_backward_kernel(g, a.head_dim).filter(|&(_, shared)| shared <= g.shared_optin);
     if let (Some(kernel), true, true) = (fused, aligned, work) {
         return unsafe { attention_backward_fused(g, s, ptrs, a, kernel) };
     }
@@ -210,11 +211,18 @@ unsafe fn attention_backward_fused(
     unsafe { g.launch(kernel, Launch { shared: shared as u32, ..line(blocks, 256) }, s, args) }
 }
 
+/// The fused backward on TF32 tensor cores (attention_tf32.cu, sm_80 and
+/// later), for head dims up to 64 where CUDANN_ALLOW_TF32=1 allows it.
+const TF32_BACKWARD: &str = "attention_backward_fused_tf32_d64";
+
 /// The fused backward kernel for `head_dim` (a multiple of 4 up to 128) and
 /// the shared memory it takes, in bytes.
-fn fused_backward_kernel(head_dim: usize) -> Option<(&'static str, usize)> {
+fn fused_backward_kernel(g: &Gpu, head_dim: usize) -> Option<(&'static str, usize)> {
+    let tf32 = crate::gpu::allow_tf32() && g.has(TF32_BACKWARD);
     let (kernel, class) = match head_dim {
         _ if head_dim % 4 != 0 => return None,
+        // Shared floats: K, V, Q, dO tiles [64][68], K and dS^T [64][72], lse and Dr.
+        0..=64 if tf32 => return Some((TF32_BACKWARD, (4 * FUSED_TILE * 68 + 2 * FUSED_TILE * 72 + 2 * FUSED_TILE) * 4)),
         0..=32 => ("attention_backward_fused_d32_f32", 32),
         33..=64 => ("attention_backward_fused_d64_f32", 64),
         65..=128 => ("attention_backward_fused_d128_f32", 128),
