@@ -195,12 +195,13 @@ extern "C" __global__ void __launch_bounds__(TF_THREADS)
 #define TB_THREADS 256
 
 // Shared tiles are [64][64] floats with padded rows, stride 68 or 72. The
-// fragments read rows g, columns t (the operands of S^T and dP^T: 68); rows t,
-// columns g (those of dQ: 72); rows 2t and 2t + 1, columns g (the B operands
-// of dV and dK: 68). Each of those strides gives the 32 reads 32 banks; K,
-// read both ways, is stored twice.
+// fragments read rows g, columns t (the operands of S^T and dP^T, by ldmatrix:
+// 68); rows t, columns g (those of dQ: 72); rows 2t and 2t + 1, columns g (the
+// B operands of dV and dK: 68). Each of those strides gives the 32 reads 32
+// banks; K, read both ways, is stored twice.
 #define TB_LA 68
 #define TB_LB 72
+
 // Rows [0, 64) (valid below `valid`) of two [rows][d] matrices at a and b,
 // row stride `stride`, into tiles ta and tb of row stride 68 as TF32 bit
 // patterns, zeros outside; with ta2, a's rows again at stride 72. Every load

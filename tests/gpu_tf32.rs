@@ -1,7 +1,6 @@
 //! Attention with CUDANN_ALLOW_TF32=1 (the tensor-core kernels: flash attention
 //! for head_dim 64, the fused backward for head_dim <= 64) against the CPU
-//! backend. Its own test binary: the flag is read once per
-//! process.
+//! backend. Its own test binary: the flag is read once per process.
 mod common;
 use common::device::{Dev, Stream, flash_both, mqa_both, present, random_qkv, test_mask};
 use common::*;
