@@ -1210,40 +1210,30 @@ __device__ void attention_backward_fused(float* sm, const float* dO, const float
                                          const float* lse, const float* Dr, float* dQ, float* dK, float* dV, int* sem,
                                          const FlashShape& sh) {
     using L = FusedBwd<D>;
-    const int d = sh.d, group = sh.heads / sh.kv_heads;
-    const int k_tiles = (sh.kv_len + FB_T - 1) / FB_T, q_tiles = (sh.q_len + FB_T - 1) / FB_T;
-    const i64 item = blockIdx.x, b = item / ((i64)sh.kv_heads * k_tiles);
-    const int g = (int)(item / k_tiles % sh.kv_heads), jt = k_tiles - 1 - (int)(item % k_tiles), j0 = jt * FB_T;
-    const i64 kv_stride = (i64)sh.kv_heads * d, q_stride = (i64)sh.heads * d;
-    const i64 kv0 = ((b * sh.kv_len + j0) * sh.kv_heads + g) * d;
+    const int d = sh.d;
+    const KeyTile<FB_T> kt(sh);
+    const int j0 = kt.j0;
+    const i64 kv_stride = (i64)sh.kv_heads * d, q_stride = (i64)sh.heads * d, kv0 = kt.kv0;
     fb_load<D>(sm + L::K, K + kv0, kv_stride, sh.kv_len - j0, d);
     fb_load<D>(sm + L::V, V + kv0, kv_stride, sh.kv_len - j0, d);
     const int cg = threadIdx.x % L::CW, rg = threadIdx.x / L::CW;
     float dk[L::RPT][4] = {}, dv[L::RPT][4] = {};
-    // Causal: queries before j0 - pos0 see none of these keys.
-    const int first = sh.causal ? max(0, j0 - sh.pos0) / FB_T : 0;
-    for (int h = g * group; h < (g + 1) * group; ++h)
-        for (int it = first; it < q_tiles; ++it) {
-            const int i0 = it * FB_T, valid = min(FB_T, sh.q_len - i0);
-            // The last key tile these queries see: it adds to their dQ first.
-            const int last = sh.causal ? min(k_tiles - 1, (sh.pos0 + i0 + valid - 1) / FB_T) : k_tiles - 1;
-            if (jt > last) continue;
-            const i64 row0 = (b * sh.q_len + i0) * sh.heads + h;
-            __syncthreads();  // the previous tile's readers are done
-            fb_load<D>(sm + L::Q, Q + row0 * d, q_stride, valid, d);
-            fb_load<D>(sm + L::DO, dO + row0 * d, q_stride, valid, d);
-            if (threadIdx.x < FB_T) {
-                const int r = threadIdx.x;
-                sm[L::LSE + r] = r < valid ? lse[row0 + (i64)r * sh.heads] : -INF;
-                sm[L::DR + r] = r < valid ? Dr[row0 + (i64)r * sh.heads] : 0.0f;
-            }
-            __syncthreads();
-            fb_scores<D>(sm, sh, i0, j0);
-            __syncthreads();
-            fb_keys_product<D>(dv, sm + L::PT, sm + L::DO, cg, rg);
-            fb_keys_product<D>(dk, sm + L::DST, sm + L::Q, cg, rg);
-            fb_add_dq<D>(sm, dQ, sem + (b * sh.heads + h) * q_tiles + it, row0, valid, last - jt, sh, cg, rg);
+    kt.for_each_query_tile(sh, sem, [&](int i0, int valid, i64 row0, int turn, int* counter) {
+        __syncthreads();  // the previous tile's readers are done
+        fb_load<D>(sm + L::Q, Q + row0 * d, q_stride, valid, d);
+        fb_load<D>(sm + L::DO, dO + row0 * d, q_stride, valid, d);
+        if (threadIdx.x < FB_T) {
+            const int r = threadIdx.x;
+            sm[L::LSE + r] = r < valid ? lse[row0 + (i64)r * sh.heads] : -INF;
+            sm[L::DR + r] = r < valid ? Dr[row0 + (i64)r * sh.heads] : 0.0f;
         }
+        __syncthreads();
+        fb_scores<D>(sm, sh, i0, j0);
+        __syncthreads();
+        fb_keys_product<D>(dv, sm + L::PT, sm + L::DO, cg, rg);
+        fb_keys_product<D>(dk, sm + L::DST, sm + L::Q, cg, rg);
+        fb_add_dq<D>(sm, dQ, counter, row0, valid, turn, sh, cg, rg);
+    });
 #pragma unroll
     for (int a = 0; a < L::RPT; ++a) {
         const int c = rg + L::RG * a;

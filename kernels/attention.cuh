@@ -40,3 +40,42 @@ __device__ __forceinline__ void dq_pass_turn(int* counter, int turn) {
     __syncthreads();
     if (threadIdx.x == 0) st_release(counter, turn + 1);
 }
+
+// The key tile [j0, j0 + T) of KV head g in batch b that one fused-backward
+// block owns (blocks run from the last key tile to the first, so the tile that
+// adds to a query tile's dQ first starts first), and where its rows start.
+template <int T>
+struct KeyTile {
+    i64 b, kv0;
+    int g, jt, j0, k_tiles, q_tiles;
+    __device__ __forceinline__ explicit KeyTile(const FlashShape& sh) {
+        k_tiles = (sh.kv_len + T - 1) / T;
+        q_tiles = (sh.q_len + T - 1) / T;
+        const i64 item = blockIdx.x;
+        b = item / ((i64)sh.kv_heads * k_tiles);
+        g = (int)(item / k_tiles % sh.kv_heads);
+        jt = k_tiles - 1 - (int)(item % k_tiles);
+        j0 = jt * T;
+        kv0 = ((b * sh.kv_len + j0) * sh.kv_heads + g) * sh.d;
+    }
+
+    // Calls work(i0, valid, row0, turn, counter) for each query tile [i0, i0 +
+    // valid) of each query head reading KV head g that sees this key tile:
+    // row0 is its first row of [batch * q_len, heads], turn the number of key
+    // tiles that add to its dQ before this one, counter its dQ turn counter
+    // among sem's batch * heads * q_tiles.
+    template <class Work>
+    __device__ __forceinline__ void for_each_query_tile(const FlashShape& sh, int* sem, Work work) const {
+        const int group = sh.heads / sh.kv_heads;
+        // Causal: queries before j0 - pos0 see none of these keys.
+        const int first = sh.causal ? max(0, j0 - sh.pos0) / T : 0;
+        for (int h = g * group; h < (g + 1) * group; ++h)
+            for (int it = first; it < q_tiles; ++it) {
+                const int i0 = it * T, valid = min(T, sh.q_len - i0);
+                // The last key tile these queries see: it adds to their dQ first.
+                const int last = sh.causal ? min(k_tiles - 1, (sh.pos0 + i0 + valid - 1) / T) : k_tiles - 1;
+                if (jt > last) continue;
+                work(i0, valid, (b * sh.q_len + i0) * sh.heads + h, last - jt, sem + (b * sh.heads + h) * q_tiles + it);
+            }
+    }
+};

@@ -358,37 +358,26 @@ extern "C" __global__ void __launch_bounds__(TB_THREADS, 2)
     extern __shared__ float4 tb_smem[];
     const TbSmem m(reinterpret_cast<float*>(tb_smem));
     const FlashShape sh{batch, q_len, kv_len, kv_len, heads, kv_heads, d, pos0, causal, scale, mask, nullptr};
-    const int group = heads / kv_heads;
-    const int k_tiles = (kv_len + TB_T - 1) / TB_T, q_tiles = (q_len + TB_T - 1) / TB_T;
-    const i64 item = blockIdx.x, b = item / ((i64)kv_heads * k_tiles);
-    const int kvh = (int)(item / k_tiles % kv_heads), jt = k_tiles - 1 - (int)(item % k_tiles), j0 = jt * TB_T;
-    const i64 kv_stride = (i64)kv_heads * d, q_stride = (i64)heads * d;
-    const i64 kv0 = ((b * kv_len + j0) * kv_heads + kvh) * d;
+    const KeyTile<TB_T> kt(sh);
+    const int j0 = kt.j0;
+    const i64 kv_stride = (i64)kv_heads * d, q_stride = (i64)heads * d, kv0 = kt.kv0;
     tb_load_pair(m.K, K + kv0, m.V, V + kv0, kv_stride, kv_len - j0, d, m.K2);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int kw = 16 * (warp & 3), qw = 32 * (warp >> 2);
     float dk[8][4] = {}, dv[8][4] = {};
-    // Causal: queries before j0 - pos0 see none of these keys.
-    const int first = causal ? max(0, j0 - pos0) / TB_T : 0;
-    for (int h = kvh * group; h < (kvh + 1) * group; ++h)
-        for (int it = first; it < q_tiles; ++it) {
-            const int i0 = it * TB_T, valid = min(TB_T, q_len - i0);
-            // The last key tile these queries see: it adds to their dQ first.
-            const int last = causal ? min(k_tiles - 1, (pos0 + i0 + valid - 1) / TB_T) : k_tiles - 1;
-            if (jt > last) continue;
-            const i64 row0 = (b * q_len + i0) * heads + h;
-            __syncthreads();  // the previous tile's readers are done
-            tb_load_pair(m.Q, Q + row0 * d, m.dO, dO + row0 * d, q_stride, valid, d);
-            if (threadIdx.x < TB_T) {
-                const int r = threadIdx.x;
-                m.lse[r] = r < valid ? lse[row0 + (i64)r * heads] : -INF;
-                m.dr[r] = r < valid ? Dr[row0 + (i64)r * heads] : 0.0f;
-            }
-            __syncthreads();
-            tb_key_side(m, dk, dv, sh, i0, j0, kw, qw, lane);
-            __syncthreads();  // dS^T is complete
-            tb_add_dq(m, dQ, sem + (b * heads + h) * q_tiles + it, row0, valid, last - jt, sh, 16 * (warp & 3), 32 * (warp >> 2), g, t);
+    kt.for_each_query_tile(sh, sem, [&](int i0, int valid, i64 row0, int turn, int* counter) {
+        __syncthreads();  // the previous tile's readers are done
+        tb_load_pair(m.Q, Q + row0 * d, m.dO, dO + row0 * d, q_stride, valid, d);
+        if (threadIdx.x < TB_T) {
+            const int r = threadIdx.x;
+            m.lse[r] = r < valid ? lse[row0 + (i64)r * heads] : -INF;
+            m.dr[r] = r < valid ? Dr[row0 + (i64)r * heads] : 0.0f;
         }
+        __syncthreads();
+        tb_key_side(m, dk, dv, sh, i0, j0, kw, qw, lane);
+        __syncthreads();  // dS^T is complete
+        tb_add_dq(m, dQ, counter, row0, valid, turn, sh, kw, qw, g, t);
+    });
     // Warps 4..7 hand their query half of dK and dV to warps 0..3 (in the Q
     // and dO tiles), which add it to theirs and store.
     __syncthreads();
