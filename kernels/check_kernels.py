@@ -428,24 +428,38 @@ def check_softmax():
 
 
 def check_softmax_backward():
-    smb = kernel("softmax", "softmax_backward_f32")
-    for rows, cols in ((1, 1), (3, 31), (5, 33), (7, 1000), (4, 4097), (3, 40000), (600, 7)):
-        for grid in (rows, 2):
-            x, dy = randn(rows, cols, scale=3.0), randn(rows, cols)
-            y = softmax_ref(x).astype(np.float32)
-            Y, DY = y.astype(np.float64), dy.astype(np.float64)
-            dot = (DY * Y).sum(1, keepdims=True)
-            want = Y * (DY - dot)
-            mag = np.abs(Y) * (np.abs(DY) + np.abs(DY * Y).sum(1, keepdims=True))
-            dx = cp.full((rows, cols), NAN, np.float32)
-            smb((grid,), (1024,), (dev(dy), dev(y), dx, np.int32(rows), np.int32(cols)))
-            err = scaled_err(dx.get(), want, mag)
-            report("softmax_backward_f32", f"{rows}x{cols} grid={grid}", err, err <= 1e-5)
-            dyd = dev(dy, 1)
-            smb((grid,), (1024,), (dyd, dev(y, 1), dyd, np.int32(rows), np.int32(cols)))
-            err2 = scaled_err(dyd.get(), want, mag)
-            report("softmax_backward_f32", f"in place dx==dy mis {rows}x{cols} grid={grid}", err2,
-                   err2 <= 1e-5 and same_bits(dyd.get(), dx.get()))
+    """The plain kernel, and the two for long rows that keep y in shared
+    memory (cols * 4 bytes): cached (dy read twice) and regs (dy in registers,
+    rows up to 32768)."""
+    plain = ((1, 1), (3, 31), (5, 33), (7, 1000), (4, 4097), (3, 40000), (600, 7))
+    wide = ((1, 1), (5, 33), (4, 9000), (300, 9000), (3, 32768))
+    for name, shapes, shared in (("softmax_backward_f32", plain, False), ("softmax_backward_cached_f32", wide + ((3, 40000),), True),
+                                 ("softmax_backward_regs_f32", wide, True)):
+        smb = kernel("softmax", name)
+        for rows, cols in shapes:
+            extra = {}
+            if shared:
+                smb.max_dynamic_shared_size_bytes = max(smb.max_dynamic_shared_size_bytes, 4 * cols)
+                extra = {"shared_mem": 4 * cols}
+            for grid in (rows, 2):
+                x, dy = randn(rows, cols, scale=3.0), randn(rows, cols)
+                y = softmax_ref(x).astype(np.float32)
+                Y, DY = y.astype(np.float64), dy.astype(np.float64)
+                dot = (DY * Y).sum(1, keepdims=True)
+                want = Y * (DY - dot)
+                mag = np.abs(Y) * (np.abs(DY) + np.abs(DY * Y).sum(1, keepdims=True))
+                dx = cp.full((rows, cols), NAN, np.float32)
+                smb((grid,), (1024,), (dev(dy), dev(y), dx, np.int32(rows), np.int32(cols)), **extra)
+                err = scaled_err(dx.get(), want, mag)
+                report(name, f"{rows}x{cols} grid={grid}", err, err <= 1e-5)
+                dyd = dev(dy, 1)
+                smb((grid,), (1024,), (dyd, dev(y, 1), dyd, np.int32(rows), np.int32(cols)), **extra)
+                err2 = scaled_err(dyd.get(), want, mag)
+                report(name, f"in place dx==dy mis {rows}x{cols} grid={grid}", err2,
+                       err2 <= 1e-5 and same_bits(dyd.get(), dx.get()))
+                yd = dev(y, 1)
+                smb((grid,), (1024,), (dev(dy, 1), yd, yd, np.int32(rows), np.int32(cols)), **extra)
+                report(name, f"in place dx==y mis {rows}x{cols} grid={grid}", 0.0, same_bits(yd.get(), dx.get()))
 
 
 # ----------------------------------------------------------------------------- norm
@@ -900,8 +914,16 @@ def check_moe():
     i32, f32 = np.int32, np.float32
     rb = kernel("moe", "moe_router_backward_f32")
     auxb = kernel("moe", "aux_loss_backward_f32")
-    gather = kernel("moe", "moe_gather_f32")
+    scatter = kernel("moe", "moe_scatter_f32")
     rows_of_pairs, gsum = kernel("moe", "moe_rows_of_pairs_i32"), kernel("moe", "moe_gather_sum_f32")
+
+    def dispatch(x, off, order, y, tokens, dim, k, experts, grid):
+        """The library's dispatch after the grouping: unplaced rows' order to -1
+        and the inverse, then each token's row to its pairs' rows."""
+        pairs = tokens * k
+        inv = cp.full(pairs, -1, np.int32)
+        rows_of_pairs((grid_ew(pairs),), (256,), (order, inv, np.int32(pairs), off[experts:]))
+        scatter((grid,), (256,), (dev(x), inv, off, y, np.int32(tokens), np.int32(dim), np.int32(k), np.int32(experts)))
 
     def group(flat, experts, grid):
         """The library's grouping of the pairs `flat` by expert: (offsets, order)."""
@@ -950,18 +972,17 @@ def check_moe():
         for grid in (max(1, -(-pairs // 1024)), 1):
             off, order = group(flat, experts, grid)
             y = cp.full((pairs, dim), NAN, f32)
-            gather((max(1, min(-(-pairs // 8), 3)),), (256,), (dev(x), order, off, y, i32(pairs), i32(dim), i32(k),
-                                                               i32(experts)))
+            dispatch(x, off, order, y, tokens, dim, k, experts, max(1, min(-(-tokens // 8), 3)))
             ok = (np.array_equal(off.get(), want_off) and np.array_equal(order.get(), want_order)
                   and same_bits(y.get(), want_y))
-            report("moe dispatch (chunk counts/prefix sum/chunk order/gather)", f"{case} grid={grid}", 0.0 if ok else INF, ok)
+            report("moe dispatch (chunk counts/prefix sum/chunk order/inverse/scatter)", f"{case} grid={grid}", 0.0 if ok else INF, ok)
 
         # Dispatch backward and combine: each pair's row, then float32 sums in
         # j order from 0 per token (bitwise the CPU's).
         rows_of = np.empty(pairs, np.int64)
         rows_of[want_order] = np.arange(pairs)
         inv = cp.full(pairs, -1, i32)
-        rows_of_pairs((grid_ew(pairs),), (256,), (dev(want_order), inv, i32(pairs)))
+        rows_of_pairs((grid_ew(pairs),), (256,), (dev(want_order), inv, i32(pairs), NULLPTR))
         ok = np.array_equal(inv.get(), rows_of)
         report("moe_rows_of_pairs_i32", case, 0.0 if ok else INF, ok)
         g = randn(pairs, dim)
@@ -986,10 +1007,10 @@ def check_moe():
             pair = want_order[p]
             want_de[p] = w.ravel()[pair] * dy[pair // k]
             want_dw[pair] = cpu_dot32(dy[pair // k], g[p])
-        for grid in (-(-pairs // 8), 2):
+        for grid in (-(-tokens // 8), 2):
             de = cp.full((pairs, dim), NAN, f32)
             dwo = cp.full(pairs, NAN, f32)
-            cb((grid,), (256,), (dev(dy), dev(g), dev(w), dev(want_order), de, dwo, i32(pairs), i32(dim), i32(k)))
+            cb((grid,), (256,), (dev(dy), dev(g), dev(w), inv, de, dwo, i32(tokens), i32(dim), i32(k)))
             ok = same_bits(de.get(), want_de) and same_bits(dwo.get(), want_dw)
             report("moe_combine_backward_f32", f"{case} grid={grid}", 0.0 if ok else INF, ok)
 
@@ -999,18 +1020,18 @@ def check_moe():
     x = randn(3, 4)
     off, order = group(flat, 2, 1)
     y = cp.full((6, 4), 0.0, f32)
-    gather((1,), (256,), (dev(x), order, off, y, i32(6), i32(4), i32(2), i32(2)))
+    dispatch(x, off, order, y, 3, 4, 2, 2, 1)
     got = y.get()
     ok = (np.array_equal(off.get(), [0, 2, 4]) and np.array_equal(order.get(), [0, 3, 2, 5, -1, -1])
           and same_bits(got[:4], x[[0, 1, 1, 2]]) and bool(np.all(np.isnan(got[4:]))))
-    report("moe dispatch (chunk counts/prefix sum/chunk order/gather)", "indices out of range", 0.0 if ok else INF, ok)
+    report("moe dispatch (chunk counts/prefix sum/chunk order/inverse/scatter)", "indices out of range", 0.0 if ok else INF, ok)
     # Many experts: the prefix sum across several 1024-entry chunks.
     experts, tokens, k = 5000, 3000, 2
     flat = RNG.integers(0, experts, tokens * k).astype(np.int32)
     off, order = group(flat, experts, 2)
     want_off = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=experts))])
     ok = np.array_equal(off.get(), want_off) and np.array_equal(order.get(), np.argsort(flat, kind="stable"))
-    report("moe dispatch (chunk counts/prefix sum/chunk order/gather)", f"E={experts} pairs={tokens * k}", 0.0 if ok else INF, ok)
+    report("moe grouping (chunk counts/prefix sum/chunk order)", f"E={experts} pairs={tokens * k}", 0.0 if ok else INF, ok)
 
 
 # ----------------------------------------------------------------------------- decode, gemm

@@ -72,64 +72,77 @@ extern "C" __global__ void aux_loss_backward_f32(const float* f_counts, float* d
 
 // ----------------------------------------------------------------------------- dispatch
 // The pairs are grouped by expert with the stable counting sort of sort.cu
-// (integers only); moe_gather_f32 then copies the rows. Indices outside
+// (integers only); moe_rows_of_pairs_i32 inverts the order, and
+// moe_scatter_f32 copies each token's row to its pairs' rows. Indices outside
 // [0, n_experts) (device memory, unchecked) belong to no expert:
 // offsets[n_experts] counts only the others, and the rows past it get order -1
 // and NaN.
 
-// Vectors a lane of warp_row loads before it stores any.
+// Vectors a lane of warp_row_to loads before it stores any.
 #define ROW_BATCH 4
 
-// dst = src (SCALE: a * src) for a row of dim floats, by the 32 lanes of a
-// warp, V floats a lane at a time. The loads of a batch go before its stores:
-// dst never aliases src here, but the compiler cannot know that.
+// Row rows[j] of dst = src (SCALE: a[j] * src) for j = 0 .. n-1 and rows[j]
+// >= 0, by the 32 lanes of a warp, V floats a lane at a time: src (a row of
+// dim floats) is read once for all n copies. The loads of a batch go before
+// its stores: dst never aliases src here, but the compiler cannot know that.
 template <int V, bool SCALE>
-__device__ __forceinline__ void warp_row(const float* src, float* dst, i64 dim, int lane, float a) {
+__device__ __forceinline__ void warp_row_to(const float* src, float* dst, const int* rows, const float* a, int n, i64 dim,
+                                            int lane) {
     for (i64 c0 = V * lane; c0 < dim; c0 += 32 * V * ROW_BATCH) {
         float v[ROW_BATCH][V];
 #pragma unroll
         for (int b = 0; b < ROW_BATCH; ++b)
             if (c0 + 32 * V * b < dim) load_vec<V>(src + c0 + 32 * V * b, v[b]);
+        for (int j = 0; j < n; ++j) {
+            const int p = rows[j];
+            if (p < 0) continue;
+            const float s = SCALE ? a[j] : 1.0f;
 #pragma unroll
-        for (int b = 0; b < ROW_BATCH; ++b) {
-            if (c0 + 32 * V * b >= dim) break;
+            for (int b = 0; b < ROW_BATCH; ++b) {
+                if (c0 + 32 * V * b >= dim) break;
+                float o[V];
 #pragma unroll
-            for (int e = 0; e < V; ++e) v[b][e] = SCALE ? a * v[b][e] : v[b][e];
-            store_vec<V>(dst + c0 + 32 * V * b, v[b]);
+                for (int e = 0; e < V; ++e) o[e] = SCALE ? s * v[b][e] : v[b][e];
+                store_vec<V>(dst + (i64)p * dim + c0 + 32 * V * b, o);
+            }
         }
     }
 }
 
-// Launch: block 256 (a warp per row), grid min(ceil(pairs / 8), 65535) (warps
-// stride over rows). Row p of y = row order[p] / k of x, for the rows before
-// offsets[n_experts]; past it (unplaced pairs) order[p] = -1 and a NaN row.
+// Launch: block 256 (a warp per token), grid min(ceil(tokens / 8), 65535)
+// (warps stride over tokens, then over the unplaced rows). Row inv[t k + j]
+// of y = row t of x for each pair a row holds (inv -1: none), so each token's
+// row is read once; rows from offsets[n_experts] on (unplaced pairs) get NaN.
 // y must not alias x.
-extern "C" __global__ void moe_gather_f32(const float* x, int* order, const int* offsets, float* y, int pairs,
-                                          int dim, int k, int n_experts) {
+extern "C" __global__ void moe_scatter_f32(const float* x, const int* inv, const int* offsets, float* y, int tokens,
+                                           int dim, int k, int n_experts) {
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    const int placed = offsets[n_experts];
-    for (i64 p = (i64)blockIdx.x * warps + (threadIdx.x >> 5); p < pairs; p += (i64)gridDim.x * warps) {
-        float* yr = y + p * dim;
-        if (p >= placed) {
-            if (lane == 0) order[p] = -1;
-            for (i64 c = lane; c < dim; c += 32) yr[c] = NAN_F;
-            continue;
-        }
-        const float* xr = x + (i64)(order[p] / k) * dim;
-        if (dim % 4 == 0 && aligned16(x) && aligned16(y))
-            warp_row<4, false>(xr, yr, dim, lane, 1.0f);
+    const i64 warp = (i64)blockIdx.x * warps + (threadIdx.x >> 5), all = (i64)gridDim.x * warps;
+    const bool vec = dim % 4 == 0 && aligned16(x) && aligned16(y);
+    for (i64 t = warp; t < tokens; t += all) {
+        if (vec)
+            warp_row_to<4, false>(x + t * dim, y, inv + t * k, nullptr, k, dim, lane);
         else
-            warp_row<1, false>(xr, yr, dim, lane, 1.0f);
+            warp_row_to<1, false>(x + t * dim, y, inv + t * k, nullptr, k, dim, lane);
     }
+    for (i64 p = offsets[n_experts] + warp; p < (i64)tokens * k; p += all)
+        for (i64 c = lane; c < dim; c += 32) y[p * dim + c] = NAN_F;
 }
 
 // ----------------------------------------------------------------------------- combine, backwards
 
 // Launch: block 256, grid min(ceil(pairs / 1024), 65535) (grid-stride), on an
 // inv the caller has filled with -1. inv[order[p]] = p: the row of each pair.
-// Entries of order outside [0, pairs) are skipped.
-extern "C" __global__ void moe_rows_of_pairs_i32(const int* order, int* inv, int pairs) {
+// Entries of order outside [0, pairs) are skipped. With placed non-null
+// (dispatch: the sort fills only the rows before offsets[n_experts]), the rows
+// from *placed on are unplaced: their order becomes -1.
+extern "C" __global__ void moe_rows_of_pairs_i32(int* order, int* inv, int pairs, const int* placed) {
+    const int end = placed != nullptr ? *placed : pairs;
     for (i64 p = grid_thread(); p < pairs; p += grid_threads()) {
+        if (p >= end) {
+            order[p] = -1;
+            continue;
+        }
         const int pair = order[p];
         if (pair >= 0 && pair < pairs) inv[pair] = (int)p;
     }
@@ -155,25 +168,28 @@ extern "C" __global__ void moe_gather_sum_f32(const float* src, const float* w, 
     }
 }
 
-// Launch: block 256 (a warp per row), grid min(ceil(pairs / 8), 65535) (warps
-// stride over rows). For row p holding pair = order[p] = t * k + j:
-// d_expert_output[p] = w[pair] * d_output[t], d_weights[pair] = d_output[t] .
-// expert_output[p] (cpu_dot on lanes 0..15). Entries of order outside
-// [0, pairs) are skipped. The outputs must not alias the inputs.
-extern "C" __global__ void moe_combine_backward_f32(const float* dy, const float* e, const float* w, const int* order,
-                                                    float* de, float* dw, int pairs, int dim, int k) {
+// Launch: block 256 (a warp per token), grid min(ceil(tokens / 8), 65535)
+// (warps stride over tokens). For each pair = t * k + j a row p = inv[pair]
+// holds (inv -1: none, skipped): d_expert_output[p] = w[pair] * d_output[t],
+// d_weights[pair] = d_output[t] . expert_output[p] (cpu_dot on a half warp,
+// the two halves taking alternate pairs). Each token's d_output row is read
+// once for all its pairs. The outputs must not alias the inputs.
+extern "C" __global__ void moe_combine_backward_f32(const float* dy, const float* e, const float* w, const int* inv,
+                                                    float* de, float* dw, int tokens, int dim, int k) {
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    for (i64 p = (i64)blockIdx.x * warps + (threadIdx.x >> 5); p < pairs; p += (i64)gridDim.x * warps) {
-        const int pair = order[p];
-        if (pair < 0 || pair >= pairs) continue;
-        const float* dyr = dy + (i64)(pair / k) * dim;
-        if (lane < 16) {
-            const float dot = cpu_dot(dyr, e + p * dim, dim, lane, 0xffffu);
-            if (lane == 0) dw[pair] = dot;
+    const bool vec = dim % 4 == 0 && aligned16(dy) && aligned16(de);
+    for (i64 t = (i64)blockIdx.x * warps + (threadIdx.x >> 5); t < tokens; t += (i64)gridDim.x * warps) {
+        const float* dyr = dy + t * dim;
+        const int* rows = inv + t * k;
+        for (int j = lane >> 4; j < k; j += 2) {
+            const int p = rows[j];
+            if (p < 0) continue;
+            const float dot = cpu_dot(dyr, e + (i64)p * dim, dim, lane & 15, group16_mask());
+            if ((lane & 15) == 0) dw[t * k + j] = dot;
         }
-        if (dim % 4 == 0 && aligned16(dy) && aligned16(de))
-            warp_row<4, true>(dyr, de + p * dim, dim, lane, w[pair]);
+        if (vec)
+            warp_row_to<4, true>(dyr, de, rows, w + t * k, k, dim, lane);
         else
-            warp_row<1, true>(dyr, de + p * dim, dim, lane, w[pair]);
+            warp_row_to<1, true>(dyr, de, rows, w + t * k, k, dim, lane);
     }
 }

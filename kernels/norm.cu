@@ -235,9 +235,9 @@ extern "C" __global__ void __launch_bounds__(256) rmsnorm_backward_chunks_f32(co
 // `chunk` rows), hidden % 4 == 0, hidden <= 1024 N; dy, x, w, dx 16-byte
 // aligned. As rmsnorm_backward_chunks_f32, with each row's x and dy held in
 // registers from the reduction to dx, and the column sums in registers too:
-// x and dy are read from memory once and nothing waits on shared memory but
-// the row's reduction. Thread t owns float4 columns t + 256 i, so dx may be
-// dy or x.
+// x and dy are read from memory once, the next row's while this row is
+// reduced. Thread t owns float4 columns t + 256 i and reads row r + 1 only
+// before it writes row r, so dx may be dy or x.
 template <int N>
 __device__ void rms_backward_regs(const float4* dy, const float4* x, const float4* w, float4* dx, float4* part, int rows,
                                   int hidden, float eps, int chunk) {
@@ -248,15 +248,19 @@ __device__ void rms_backward_regs(const float4* dy, const float4* x, const float
 #pragma unroll
         for (int i = 0; i < N; ++i) acc[i] = zero;
         const i64 end = min((i64)rows, (b + 1) * chunk);
-        for (i64 row = b * chunk; row < end; ++row) {
-            float4 xv[N], gv[N];
-            float v[2] = {0.0f, 0.0f};  // sum of x^2, sum of g x (as rms_backward_stats)
+        float4 xv[N], gv[N];  // this row's x and dy; the next row's are loaded during its reduction
+        const auto load = [&](i64 row, float4* xo, float4* go) {
 #pragma unroll
             for (int i = 0; i < N; ++i) {
                 const int c = threadIdx.x + 256 * i;
-                xv[i] = c < h4 ? x[row * h4 + c] : zero;
-                gv[i] = c < h4 ? dy[row * h4 + c] : zero;
+                const bool in = row < end && c < h4;
+                xo[i] = in ? x[row * h4 + c] : zero;
+                go[i] = in ? dy[row * h4 + c] : zero;
             }
+        };
+        load(b * chunk, xv, gv);
+        for (i64 row = b * chunk; row < end; ++row) {
+            float v[2] = {0.0f, 0.0f};  // sum of x^2, sum of g x (as rms_backward_stats)
 #pragma unroll
             for (int i = 0; i < N; ++i) {
                 const int c = threadIdx.x + 256 * i;
@@ -266,6 +270,8 @@ __device__ void rms_backward_regs(const float4* dy, const float4* x, const float
                 v[0] += xv[i].z * xv[i].z, v[1] += gv[i].z * wv.z * xv[i].z;
                 v[0] += xv[i].w * xv[i].w, v[1] += gv[i].w * wv.w * xv[i].w;
             }
+            float4 xn[N], gn[N];
+            load(row + 1, xn, gn);
             block_reduce(v, Sum(), 0.0f);
             const float r = 1.0f / sqrtf(v[0] / (float)hidden + eps), k = v[1] / (float)hidden * r * r;
 #pragma unroll
@@ -278,6 +284,8 @@ __device__ void rms_backward_regs(const float4* dy, const float4* x, const float
                 acc[i].x += g.x * (xs.x * r), acc[i].y += g.y * (xs.y * r);
                 acc[i].z += g.z * (xs.z * r), acc[i].w += g.w * (xs.w * r);
             }
+#pragma unroll
+            for (int i = 0; i < N; ++i) xv[i] = xn[i], gv[i] = gn[i];
         }
 #pragma unroll
         for (int i = 0; i < N; ++i) {

@@ -159,3 +159,57 @@ extern "C" __global__ void __launch_bounds__(1024)
         if (!more) break;
     }
 }
+
+// Columns a thread of softmax_backward_regs_f32 holds: rows up to 1024 *
+// SR_ITEMS = 32768 wide.
+#define SR_ITEMS 32
+
+// As sb_pass, with this thread's dy of the row in ys kept in registers (dyr,
+// its element i at column threadIdx.x + 1024 i) instead of read again: dx of
+// that row (dxr non-null) and, with yn non-null, the next row's y into ys and
+// its dy into dyr, returning its sum of dy y.
+__device__ __forceinline__ float sr_pass(float* ys, float (&dyr)[SR_ITEMS], float* dxr, float s, const float* yn,
+                                         const float* dyn, int cols) {
+    float t = 0.0f;
+#pragma unroll
+    for (int i0 = 0; i0 < SR_ITEMS; i0 += SB_BATCH) {
+        float yv[SB_BATCH], dv[SB_BATCH];
+#pragma unroll
+        for (int u = 0; u < SB_BATCH; ++u) {
+            const int c = threadIdx.x + (i0 + u) * 1024;
+            yv[u] = yn != nullptr && c < cols ? yn[c] : 0.0f;
+            dv[u] = yn != nullptr && c < cols ? dyn[c] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < SB_BATCH; ++u) {
+            const int c = threadIdx.x + (i0 + u) * 1024;
+            if (c < cols) {
+                if (dxr != nullptr) dxr[c] = ys[c] * (dyr[i0 + u] - s);
+                if (yn != nullptr) ys[c] = yv[u];
+            }
+            dyr[i0 + u] = dv[u];
+            t += dv[u] * yv[u];
+        }
+    }
+    return yn != nullptr ? block_allreduce(t, Sum(), 0.0f) : 0.0f;
+}
+
+// Launch: block 1024, grid at most the blocks resident at once (blocks stride
+// over rows), cols * 4 bytes of dynamic shared memory, cols <= 1024 *
+// SR_ITEMS. As softmax_backward_cached_f32, with each thread's dy of its row
+// in registers rather than read from L2 again: dy and y are read from memory
+// once, dx written once.
+extern "C" __global__ void __launch_bounds__(1024)
+    softmax_backward_regs_f32(const float* dy, const float* y, float* dx, int rows, int cols) {
+    extern __shared__ float ys[];
+    float dyr[SR_ITEMS];
+    i64 row = blockIdx.x;  // the row whose y is in ys and dy in dyr, and its sum of dy y in s
+    if (row >= rows) return;
+    float s = sr_pass(ys, dyr, nullptr, 0.0f, y + row * cols, dy + row * cols, cols);
+    for (;; row += gridDim.x) {
+        const i64 next = row + gridDim.x;
+        const bool more = next < rows;
+        s = sr_pass(ys, dyr, dx + row * cols, s, more ? y + next * cols : nullptr, more ? dy + next * cols : nullptr, cols);
+        if (!more) break;
+    }
+}

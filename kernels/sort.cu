@@ -36,33 +36,45 @@ extern "C" __global__ void sort_count_i32(const int* keys, const int* perm, int*
     }
 }
 
+// Counts a thread of sort_prefix_sum_i32 adds up in registers per round.
+#define SCAN_ITEMS 16
+
 // Launch: block 1024 (a multiple of 32), grid 1 (other blocks return).
 // counts[1 .. n] becomes its inclusive prefix sum (so with counts[0] = 0,
-// counts[i] is the sum of the first i counts), in chunks of blockDim entries
-// carried over.
+// counts[i] is the sum of the first i counts). Each round takes blockDim *
+// SCAN_ITEMS entries: a thread sums its SCAN_ITEMS consecutive ones in
+// registers, one block scan of those totals gives each thread its start, and
+// the rounds carry over; integers, so the order of the additions is free.
 extern "C" __global__ void __launch_bounds__(1024) sort_prefix_sum_i32(int* counts, int n) {
     if (blockIdx.x != 0) return;
     __shared__ int warp_sums[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     int carry = 0;
-    for (i64 base = 1; base <= n; base += blockDim.x) {
-        const i64 i = base + threadIdx.x;
-        int v = i <= n ? counts[i] : 0;
+    for (i64 base = 1; base <= n; base += (i64)blockDim.x * SCAN_ITEMS) {
+        const i64 first = base + (i64)threadIdx.x * SCAN_ITEMS;
+        int v[SCAN_ITEMS], total = 0;
+#pragma unroll
+        for (int i = 0; i < SCAN_ITEMS; ++i) total += v[i] = first + i <= n ? counts[first + i] : 0;
+        int incl = total;  // inclusive scan of the totals over the warp's lanes
 #pragma unroll
         for (int d = 1; d < 32; d <<= 1) {
-            const int u = __shfl_up_sync(0xffffffffu, v, d);
-            if (lane >= d) v += u;
+            const int u = __shfl_up_sync(0xffffffffu, incl, d);
+            if (lane >= d) incl += u;
         }
-        if (lane == 31) warp_sums[warp] = v;
+        if (lane == 31) warp_sums[warp] = incl;
         __syncthreads();
-        int before = carry, chunk = 0;
+        int before = carry + incl - total, round = 0;
         for (int w = 0; w < warps; ++w) {
             if (w < warp) before += warp_sums[w];
-            chunk += warp_sums[w];
+            round += warp_sums[w];
         }
-        if (i <= n) counts[i] = before + v;
-        carry += chunk;
-        __syncthreads();  // before the next chunk overwrites warp_sums
+#pragma unroll
+        for (int i = 0; i < SCAN_ITEMS; ++i) {
+            before += v[i];
+            if (first + i <= n) counts[first + i] = before;
+        }
+        carry += round;
+        __syncthreads();  // before the next round overwrites warp_sums
     }
 }
 

@@ -263,12 +263,25 @@ fn softmax_backward_and_norms_match_the_cpu() {
     let mut y = poisoned(n);
     unsafe { assert_ok(cuda_softmax(x.as_ptr(), y.as_mut_ptr(), r, c, NULL)) };
     let (mut want, mut gw, mut gb) = (poisoned(n), poisoned(cols), poisoned(cols));
+    // Softmax backward with d_input == d_output and == y, for each kernel (rows
+    // of 1000; 9000, held in registers; 40000, y in shared memory only).
+    for (srows, scols) in [(rows, cols), (150, 9000), (3, 40_000)] {
+        let sn = srows * scols;
+        let (sr, sc) = (srows as i32, scols as i32);
+        let (sdy, sx) = (rng.vec(sn, 1.0), rng.vec(sn, 1.0));
+        let (mut sy, mut swant) = (poisoned(sn), poisoned(sn));
+        unsafe {
+            assert_ok(cuda_softmax(sx.as_ptr(), sy.as_mut_ptr(), sr, sc, NULL));
+            assert_ok(cudann_softmax_backward(sdy.as_ptr(), sy.as_ptr(), swant.as_mut_ptr(), sr, sc, NULL));
+            let (ddy, dyv) = (Dev::from(&sdy), Dev::from(&sy));
+            assert_ok(cudann_softmax_backward(ddy.p(), Dev::from(&sy).p(), ddy.p(), sr, sc, s.raw()));
+            assert_ok(cudann_softmax_backward(Dev::from(&sdy).p(), dyv.p(), dyv.p(), sr, sc, s.raw()));
+            s.sync();
+            agree(&ddy.read(), &swant, 1e-4, &format!("softmax_backward {srows}x{scols} into dy"));
+            agree(&dyv.read(), &swant, 1e-4, &format!("softmax_backward {srows}x{scols} into y"));
+        }
+    }
     unsafe {
-        let ddy = Dev::from(&dy);
-        assert_ok(cudann_softmax_backward(ddy.p(), Dev::from(&y).p(), ddy.p(), r, c, s.raw()));
-        assert_ok(cudann_softmax_backward(dy.as_ptr(), y.as_ptr(), want.as_mut_ptr(), r, c, NULL));
-        s.sync();
-        agree(&ddy.read(), &want, 1e-4, "softmax_backward in place");
 
         let dx_ = Dev::from(&x);
         assert_ok(cudann_layernorm(dx_.p(), Dev::from(&w).p(), Dev::from(&b).p(), dx_.p(), r, c, eps, s.raw()));

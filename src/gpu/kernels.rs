@@ -13,7 +13,7 @@ pub const MODULES: &[(&str, &str, &[&str], u32)] = &[
         ],
         70,
     ),
-    ("softmax", include_str!("../../kernels/ptx/softmax.ptx"), &["softmax_f32", "softmax_topk_f32", "softmax_backward_f32", "softmax_backward_cached_f32"], 70),
+    ("softmax", include_str!("../../kernels/ptx/softmax.ptx"), &["softmax_f32", "softmax_topk_f32", "softmax_backward_f32", "softmax_backward_cached_f32", "softmax_backward_regs_f32"], 70),
     (
         "norm",
         include_str!("../../kernels/ptx/norm.ptx"),
@@ -53,7 +53,7 @@ pub const MODULES: &[(&str, &str, &[&str], u32)] = &[
         "moe",
         include_str!("../../kernels/ptx/moe.ptx"),
         &[
-            "moe_router_backward_f32", "aux_loss_backward_f32", "moe_gather_f32",
+            "moe_router_backward_f32", "aux_loss_backward_f32", "moe_scatter_f32",
             "moe_rows_of_pairs_i32", "moe_gather_sum_f32", "moe_combine_backward_f32",
         ],
         70,

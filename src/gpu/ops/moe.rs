@@ -29,29 +29,39 @@ pub unsafe fn aux_loss_backward(g: &Gpu, s: Stream, f: DevPtr, d: DevPtr, tokens
     unsafe { g.launch("aux_loss_backward_f32", strided(tokens * experts), s, args) }
 }
 
-/// The stable grouping by expert (one pass of the counting sort), then the rows.
+/// The row each pair went to (the inverse of `order`; -1: none), in scratch
+/// that lives as long as `scratch`. With `placed` (dispatch), the rows from
+/// `*placed` on are unplaced and their `order` becomes -1.
+unsafe fn rows_of_pairs(g: &Gpu, s: Stream, scratch: &mut Scratch, order: DevPtr, placed: DevPtr, pairs: usize) -> Result<DevPtr> {
+    let inv = scratch.alloc_filled(pairs, u32::MAX)?;
+    unsafe { g.launch("moe_rows_of_pairs_i32", strided(pairs), s, &mut [Ptr(order), Ptr(inv), I32(pairs as i32), Ptr(placed)])? };
+    Ok(inv)
+}
+
+/// The stable grouping by expert (one pass of the counting sort), then a warp
+/// per token copies its row to its pairs' rows: x is read once.
 pub unsafe fn moe_dispatch(g: &Gpu, s: Stream, x: DevPtr, idx: DevPtr, y: DevPtr, order: DevPtr, offsets: DevPtr, pairs: usize, dim: usize, experts: usize, k: usize) -> Result<()> {
-    let (p, e) = (I32(pairs as i32), I32(experts as i32));
+    let tokens = pairs / k;
+    let mut scratch = Scratch::new(s);
     unsafe {
         counting_sort_pass(g, s, [idx, 0, order, offsets], pairs, experts, 0, experts)?;
-        let args = &mut [Ptr(x), Ptr(order), Ptr(offsets), Ptr(y), p, I32(dim as i32), I32(k as i32), e];
-        g.launch("moe_gather_f32", warp_rows(pairs), s, args)
+        let inv = rows_of_pairs(g, s, &mut scratch, order, offsets + 4 * experts as DevPtr, pairs)?;
+        let args = &mut [Ptr(x), Ptr(inv), Ptr(offsets), Ptr(y), I32(tokens as i32), I32(dim as i32), I32(k as i32), I32(experts as i32)];
+        g.launch("moe_scatter_f32", warp_rows(tokens), s, args)
     }
 }
 
 /// `dst[t] = Σ_j w[t, j] src[row of (t, j)]` (`w` 0: without weights), the
-/// sums in `j` order: each pair's row (the inverse of `order`) into scratch,
-/// then a warp per token reads its `k` rows once.
+/// sums in `j` order: a warp per token reads its `k` rows once.
 unsafe fn gather_sum(g: &Gpu, s: Stream, src: DevPtr, w: DevPtr, order: DevPtr, dst: DevPtr, tokens: usize, dim: usize, k: usize) -> Result<()> {
     let pairs = tokens * k;
     if pairs == 0 {
         return Ok(());
     }
     let mut scratch = Scratch::new(s);
-    let rows_of_pairs = scratch.alloc_filled(pairs, u32::MAX)?; // -1: held by no row
     unsafe {
-        g.launch("moe_rows_of_pairs_i32", strided(pairs), s, &mut [Ptr(order), Ptr(rows_of_pairs), I32(pairs as i32)])?;
-        let args = &mut [Ptr(src), Ptr(w), Ptr(rows_of_pairs), Ptr(dst), I32(tokens as i32), I32(dim as i32), I32(k as i32)];
+        let inv = rows_of_pairs(g, s, &mut scratch, order, 0, pairs)?;
+        let args = &mut [Ptr(src), Ptr(w), Ptr(inv), Ptr(dst), I32(tokens as i32), I32(dim as i32), I32(k as i32)];
         g.launch("moe_gather_sum_f32", warp_rows(tokens), s, args)
     }
 }
@@ -64,7 +74,16 @@ pub unsafe fn moe_combine(g: &Gpu, s: Stream, e: DevPtr, w: DevPtr, order: DevPt
     unsafe { gather_sum(g, s, e, w, order, y, tokens, dim, k) }
 }
 
+/// A warp per token: its `d_output` row is read once for all its pairs.
 pub unsafe fn moe_combine_backward(g: &Gpu, s: Stream, dy: DevPtr, e: DevPtr, w: DevPtr, order: DevPtr, de: DevPtr, dw: DevPtr, pairs: usize, dim: usize, k: usize) -> Result<()> {
-    let args = &mut [Ptr(dy), Ptr(e), Ptr(w), Ptr(order), Ptr(de), Ptr(dw), I32(pairs as i32), I32(dim as i32), I32(k as i32)];
-    unsafe { g.launch("moe_combine_backward_f32", warp_rows(pairs), s, args) }
+    if pairs == 0 {
+        return Ok(());
+    }
+    let tokens = pairs / k;
+    let mut scratch = Scratch::new(s);
+    unsafe {
+        let inv = rows_of_pairs(g, s, &mut scratch, order, 0, pairs)?;
+        let args = &mut [Ptr(dy), Ptr(e), Ptr(w), Ptr(inv), Ptr(de), Ptr(dw), I32(tokens as i32), I32(dim as i32), I32(k as i32)];
+        g.launch("moe_combine_backward_f32", warp_rows(tokens), s, args)
+    }
 }
