@@ -45,7 +45,8 @@ pub unsafe fn moe_dispatch(g: &Gpu, s: Stream, x: DevPtr, idx: DevPtr, y: DevPtr
     let mut scratch = Scratch::new(s);
     unsafe {
         counting_sort_pass(g, s, [idx, 0, order, offsets], pairs, experts, 0, experts)?;
-        let inv = rows_of_pairs(g, s, &mut scratch, order, offsets + 4 * experts as DevPtr, pairs)?;
+        let placed = offsets + (experts * std::mem::size_of::<i32>()) as DevPtr; // &offsets[experts]
+        let inv = rows_of_pairs(g, s, &mut scratch, order, placed, pairs)?;
         let args = &mut [Ptr(x), Ptr(inv), Ptr(offsets), Ptr(y), I32(tokens as i32), I32(dim as i32), I32(k as i32), I32(experts as i32)];
         g.launch("moe_scatter_f32", warp_rows(tokens), s, args)
     }
