@@ -146,18 +146,29 @@ __device__ __forceinline__ float sb_pass(float* ys, const float* dyr, float* dxr
     return yn != nullptr ? block_allreduce(t, Sum(), 0.0f) : 0.0f;
 }
 
-extern "C" __global__ void __launch_bounds__(1024)
-    softmax_backward_cached_f32(const float* dy, const float* y, float* dx, int rows, int cols) {
-    extern __shared__ float ys[];
-    i64 row = blockIdx.x;  // the row whose y is in ys, and its sum of dy y in s
+// The row loop of the two kernels below: the first row's pass, then each
+// row's dx while the row a grid later loads. pass(dyr, dxr, s, yn, dyn) is
+// sb_pass or sr_pass without their row state.
+template <class Pass>
+__device__ __forceinline__ void softmax_backward_rows(const float* dy, const float* y, float* dx, int rows, int cols,
+                                                      Pass pass) {
+    i64 row = blockIdx.x;  // the row whose y is in shared memory, and its sum of dy y in s
     if (row >= rows) return;
-    float s = sb_pass(ys, nullptr, nullptr, 0.0f, y + row * cols, dy + row * cols, cols);
+    float s = pass(nullptr, nullptr, 0.0f, y + row * cols, dy + row * cols);
     for (;; row += gridDim.x) {
         const i64 next = row + gridDim.x;
         const bool more = next < rows;
-        s = sb_pass(ys, dy + row * cols, dx + row * cols, s, more ? y + next * cols : nullptr, more ? dy + next * cols : nullptr, cols);
+        s = pass(dy + row * cols, dx + row * cols, s, more ? y + next * cols : nullptr, more ? dy + next * cols : nullptr);
         if (!more) break;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    softmax_backward_cached_f32(const float* dy, const float* y, float* dx, int rows, int cols) {
+    extern __shared__ float ys[];
+    softmax_backward_rows(dy, y, dx, rows, cols, [&](const float* dyr, float* dxr, float s, const float* yn, const float* dyn) {
+        return sb_pass(ys, dyr, dxr, s, yn, dyn, cols);
+    });
 }
 
 // Columns a thread of softmax_backward_regs_f32 holds: rows up to 1024 *
@@ -202,14 +213,8 @@ __device__ __forceinline__ float sr_pass(float* ys, float (&dyr)[SR_ITEMS], floa
 extern "C" __global__ void __launch_bounds__(1024)
     softmax_backward_regs_f32(const float* dy, const float* y, float* dx, int rows, int cols) {
     extern __shared__ float ys[];
-    float dyr[SR_ITEMS];
-    i64 row = blockIdx.x;  // the row whose y is in ys and dy in dyr, and its sum of dy y in s
-    if (row >= rows) return;
-    float s = sr_pass(ys, dyr, nullptr, 0.0f, y + row * cols, dy + row * cols, cols);
-    for (;; row += gridDim.x) {
-        const i64 next = row + gridDim.x;
-        const bool more = next < rows;
-        s = sr_pass(ys, dyr, dx + row * cols, s, more ? y + next * cols : nullptr, more ? dy + next * cols : nullptr, cols);
-        if (!more) break;
-    }
+    float dyr[SR_ITEMS];  // this thread's dy of the row whose y is in ys
+    softmax_backward_rows(dy, y, dx, rows, cols, [&](const float*, float* dxr, float s, const float* yn, const float* dyn) {
+        return sr_pass(ys, dyr, dxr, s, yn, dyn, cols);
+    });
 }
