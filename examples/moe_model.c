@@ -273,13 +273,30 @@ LayerActs acts_alloc(const Config *c, int tokens) {
         .experts = dalloc(T * K, sizeof(int32_t)), .order = dalloc(T * K, sizeof(int32_t)), .offsets = dalloc(E + 1, sizeof(int32_t)),
         .xs = dalloc(T * K * D, sizeof(float)), .gate = dalloc(T * K * F, sizeof(float)), .up = dalloc(T * K * F, sizeof(float)),
         .h = dalloc(T * K * F, sizeof(float)), .y = dalloc(T * K * D, sizeof(float)), .moe_out = dalloc(T * D, sizeof(float)),
-        .aux = dalloc(1, sizeof(float)), .expert_rows = xcalloc(E + 1, sizeof(int32_t)),
+        .aux = dalloc(1, sizeof(float)),
     };
     return a;
 }
 
 void matmul(int trans_a, int trans_b, int m, int n, int k, const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     CHECK(cudann_gemm_ex(trans_a, trans_b, m, n, k, 1.0f, A, CUDANN_F32, lda, 0, B, CUDANN_F32, ldb, 0, beta, C, CUDANN_F32, ldc, 0, 1, NULL));
+}
+
+int64_t expert_stride(const Model *m, const int *per_expert) {
+    return m->c.experts > 1 ? m->tensors[per_expert[1]].offset - m->tensors[per_expert[0]].offset : 0;
+}
+
+void matmul_experts(int trans_a, int trans_b, int inner, int m, int n, int k, const float *A, int lda, int64_t stride_a, const float *B, int ldb,
+                    int64_t stride_b, float beta, float *C, int ldc, int64_t stride_c, const int32_t *offsets, int experts) {
+    CHECK(cudann_gemm_grouped(trans_a, trans_b, inner, m, n, k, 1.0f, A, CUDANN_F32, lda, stride_a, B, CUDANN_F32, ldb, stride_b, beta, C, CUDANN_F32,
+                              ldc, stride_c, offsets, experts, NULL));
+}
+
+/* y[rows, n] = x · W_eᵀ on each expert e's rows of x (`offsets`, as dispatch
+ * wrote them), W_e the expert's tensor `w[e]` ([n, k], of type m->dtype). */
+static void experts_linear(const Model *m, const float *x, const int *w, float *y, const int32_t *offsets, int rows, int n, int k) {
+    CHECK(cudann_gemm_grouped(0, 1, 0, rows, n, k, 1.0f, x, CUDANN_F32, k, 0, weight(m, w[0]), m->dtype, k, expert_stride(m, w), 0.0f, y, CUDANN_F32, n, 0,
+                              offsets, m->c.experts, NULL));
 }
 
 /* y[rows, n] = x[rows, k] · W[n, k]ᵀ: a linear layer with the model's weights
@@ -317,21 +334,13 @@ void layer_forward(const Model *m, int l, LayerActs *a, float *x_out, int batch,
     CHECK(cuda_softmax_topk(a->router_logits, a->weights, a->experts, T, E, K, NULL));
     CHECK(cuda_aux_loss_forward(a->probs, a->experts, a->aux, a->f_counts, a->p_means, T, E, K, c->aux_alpha, NULL));
 
-    /* Experts: rows grouped by expert, one product per expert and weight (the
-     * row offsets come back to the host: they size the products). */
+    /* Experts: rows grouped by expert, one grouped product per weight kind (the
+     * row offsets stay in library memory: no round trip to the host). */
     CHECK(cudann_moe_dispatch(a->m, a->experts, a->xs, a->order, a->offsets, T, D, E, K, NULL));
-    copy_bytes(a->expert_rows, a->offsets, (size_t)(E + 1) * sizeof(int32_t));
-    for (int e = 0; e < E; e++) {
-        int start = a->expert_rows[e], rows = a->expert_rows[e + 1] - start;
-        if (rows == 0) continue;
-        linear(m, a->xs + (size_t)start * D, L->gate[e], a->gate + (size_t)start * F, rows, F, D);
-        linear(m, a->xs + (size_t)start * D, L->up[e], a->up + (size_t)start * F, rows, F, D);
-    }
+    experts_linear(m, a->xs, L->gate, a->gate, a->offsets, T * K, F, D);
+    experts_linear(m, a->xs, L->up, a->up, a->offsets, T * K, F, D);
     CHECK(cudann_swiglu(a->gate, a->up, a->h, (int64_t)T * K * F, CUDANN_F32, NULL));
-    for (int e = 0; e < E; e++) {
-        int start = a->expert_rows[e], rows = a->expert_rows[e + 1] - start;
-        if (rows) linear(m, a->h + (size_t)start * F, L->down[e], a->y + (size_t)start * D, rows, D, F);
-    }
+    experts_linear(m, a->h, L->down, a->y, a->offsets, T * K, D, F);
     CHECK(cudann_moe_combine(a->y, a->weights, a->order, a->moe_out, T, D, K, NULL));
     CHECK(cuda_add(a->x_mid, a->moe_out, x_out, (int64_t)T * D, NULL));
 }

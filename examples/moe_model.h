@@ -93,12 +93,12 @@ void model_rope(Model *m);
 
 /* One layer's activations for T tokens, kept for the backward pass, in
  * library memory; `aux` points at the layer's aux loss (one float there), and
- * `expert_rows` is the program's copy of the experts' row offsets, which the
- * per-expert products need on the host. */
+ * `offsets` at the experts' row offsets, which the grouped products read
+ * where they run. */
 typedef struct {
     float *x_in, *a, *q, *k, *v, *o, *lse, *x_mid, *m;
     float *router_logits, *probs, *weights, *f_counts, *p_means, *aux;
-    int32_t *experts, *order, *offsets, *expert_rows;
+    int32_t *experts, *order, *offsets;
     float *xs, *gate, *up, *h, *y, *moe_out;
 } LayerActs;
 
@@ -107,6 +107,15 @@ LayerActs acts_alloc(const Config *c, int tokens);
 /* C[m, n] = op(A)·op(B) + beta C, row-major float32 (cudann_gemm_ex), with
  * op(X) = Xᵀ when trans_x is 1; ld* are the stored row lengths. */
 void matmul(int trans_a, int trans_b, int m, int n, int k, const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+/* Elements between consecutive experts' tensors of one kind (`per_expert[e]`
+ * their indices): the layout keeps each expert's gate, up and down together,
+ * so the step is the same for every expert. */
+int64_t expert_stride(const Model *m, const int *per_expert);
+/* A grouped product over the experts (cudann_gemm_grouped, float32):
+ * `inner` 0: rows offsets[e]..offsets[e+1] of C = op(A) op(B_e) + beta C;
+ * 1: C_e = op(A)[:, rows of e] op(B)[rows of e, :] + beta C_e. */
+void matmul_experts(int trans_a, int trans_b, int inner, int m, int n, int k, const float *A, int lda, int64_t stride_a, const float *B, int ldb,
+                    int64_t stride_b, float beta, float *C, int ldc, int64_t stride_c, const int32_t *offsets, int experts);
 
 /* Keys and values of one layer for decoding: [1, max_seq, kv_heads, head_dim],
  * library memory. */

@@ -132,22 +132,17 @@ static void layer_backward(const Model *m, int l, const LayerActs *a, Grads *g, 
 
     /* Experts, in reverse: combine, down, SwiGLU, gate and up, dispatch. */
     CHECK(cudann_moe_combine_backward(g->d_x, a->y, a->weights, a->order, g->d_y, g->d_w, T, D, K, NULL));
-    for (int e = 0; e < E; e++) {
-        int s = a->expert_rows[e], rows = a->expert_rows[e + 1] - s;
-        if (rows == 0) continue; /* its gradients stay zero */
-        matmul(1, 0, D, F, rows, g->d_y + (size_t)s * D, D, a->h + (size_t)s * F, F, 0.0f, tensor_in(m, grad, L->down[e]), F);
-        matmul(0, 0, rows, F, D, g->d_y + (size_t)s * D, D, tensor_in(m, P, L->down[e]), F, 0.0f, g->d_h + (size_t)s * F, F);
-    }
-    CHECK(cudann_swiglu_backward(g->d_h, a->gate, a->up, g->d_gate, g->d_up, (int64_t)T * K * F, NULL));
-    for (int e = 0; e < E; e++) {
-        int s = a->expert_rows[e], rows = a->expert_rows[e + 1] - s;
-        if (rows == 0) continue;
-        const float *xs = a->xs + (size_t)s * D, *dg = g->d_gate + (size_t)s * F, *du = g->d_up + (size_t)s * F;
-        matmul(1, 0, F, D, rows, dg, F, xs, D, 0.0f, tensor_in(m, grad, L->gate[e]), D);
-        matmul(1, 0, F, D, rows, du, F, xs, D, 0.0f, tensor_in(m, grad, L->up[e]), D);
-        matmul(0, 0, rows, D, F, dg, F, tensor_in(m, P, L->gate[e]), D, 0.0f, g->d_xs + (size_t)s * D, D);
-        matmul(0, 0, rows, D, F, du, F, tensor_in(m, P, L->up[e]), D, 1.0f, g->d_xs + (size_t)s * D, D);
-    }
+    /* Per-expert products over each expert's rows (a->offsets, in library
+     * memory): weight gradients k-grouped, an expert with no rows getting 0. */
+    int TK = T * K;
+    int64_t s_down = expert_stride(m, L->down), s_gate = expert_stride(m, L->gate), s_up = expert_stride(m, L->up);
+    matmul_experts(1, 0, 1, D, F, TK, g->d_y, D, 0, a->h, F, 0, 0.0f, tensor_in(m, grad, L->down[0]), F, s_down, a->offsets, E);
+    matmul_experts(0, 0, 0, TK, F, D, g->d_y, D, 0, tensor_in(m, P, L->down[0]), F, s_down, 0.0f, g->d_h, F, 0, a->offsets, E);
+    CHECK(cudann_swiglu_backward(g->d_h, a->gate, a->up, g->d_gate, g->d_up, (int64_t)TK * F, NULL));
+    matmul_experts(1, 0, 1, F, D, TK, g->d_gate, F, 0, a->xs, D, 0, 0.0f, tensor_in(m, grad, L->gate[0]), D, s_gate, a->offsets, E);
+    matmul_experts(1, 0, 1, F, D, TK, g->d_up, F, 0, a->xs, D, 0, 0.0f, tensor_in(m, grad, L->up[0]), D, s_up, a->offsets, E);
+    matmul_experts(0, 0, 0, TK, D, F, g->d_gate, F, 0, tensor_in(m, P, L->gate[0]), D, s_gate, 0.0f, g->d_xs, D, 0, a->offsets, E);
+    matmul_experts(0, 0, 0, TK, D, F, g->d_up, F, 0, tensor_in(m, P, L->up[0]), D, s_up, 1.0f, g->d_xs, D, 0, a->offsets, E);
     CHECK(cudann_moe_dispatch_backward(g->d_xs, a->order, g->d_m, T, D, K, NULL));
 
     /* Router: through the renormalised top-k weights, and through the

@@ -67,3 +67,120 @@ extern "C" __global__ void __launch_bounds__(THREADS)
         }
     }
 }
+
+// Grouped products (cudann_gemm_grouped) read their row offsets on the device,
+// so a training step with MoE experts needs no host round trip and can be
+// captured into a CUDA graph. 128 x 128 tiles of C, 8 x 8 a thread.
+#define GT 128      // C tile per block: GT x GT
+#define GK 8        // K slice per step
+#define GPAD 4      // row padding of the shared tiles: conflict-free transposing stores, float4-aligned rows
+
+// The part of the grouped dimension group g covers: offsets clamped into
+// [0, dim], an end before its start an empty group (offsets are not checked
+// on the device; this keeps every access inside the matrices).
+struct GroupRange {
+    i64 lo, hi;
+};
+__device__ __forceinline__ GroupRange group_range(const int* offsets, int g, int dim) {
+    const i64 lo = min(max(offsets[g], 0), dim);
+    return {lo, max(lo, (i64)min(max(offsets[g + 1], 0), dim))};
+}
+
+// Launch: block 256, grid (ceil(n / 128), min(tiles, 65535)), tiles =
+// ceil(m / 128) + groups (inner == 0) or groups * ceil(m / 128) (inner == 1);
+// blocks stride over the tiles. Row-major, op(X) = X or Xᵀ (trans_x), each
+// matrix of group g at X + g * stride_x. inner == 0 (rows grouped): rows
+// offsets[g] .. offsets[g+1] of C_g = alpha op(A_g) op(B_g) + beta C_g, other
+// rows untouched. inner == 1 (the k dimension grouped): C_g = alpha
+// op(A_g)[:, range] op(B_g)[range, :] + beta C_g, for every g. beta == 0: C is
+// not read. Each element is one thread's sum in k order: deterministic.
+extern "C" __global__ void __launch_bounds__(256)
+    gemm_grouped_f32(const float* A, const float* B, float* C, const int* offsets, int groups, int inner, int m, int n, int k,
+                     int ta, int tb, i64 lda, i64 ldb, i64 ldc, i64 sa, i64 sb, i64 sc, float alpha, float beta) {
+    __shared__ __align__(16) float As[GK][GT + GPAD];  // op(A) tile, k-major
+    __shared__ __align__(16) float Bs[GK][GT + GPAD];  // op(B) tile, k-major
+    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const i64 tiles_m = ((i64)m + GT - 1) / GT;
+    const i64 tiles = inner ? groups * tiles_m : tiles_m + groups;
+    for (i64 t = blockIdx.y; t < tiles; t += gridDim.y) {
+        // This block's group, rows [m0, m_end) and k range [k0, k_end).
+        int g = 0;
+        i64 m0 = 0, m_end = m, k0 = 0, k_end = k;
+        if (inner) {
+            g = (int)(t / tiles_m);
+            m0 = (t % tiles_m) * GT;
+            const GroupRange r = group_range(offsets, g, k);
+            k0 = r.lo;
+            k_end = r.hi;
+        } else {
+            i64 rest = t;
+            for (g = 0; g < groups; ++g) {
+                const GroupRange r = group_range(offsets, g, m);
+                const i64 count = (r.hi - r.lo + GT - 1) / GT;
+                if (rest < count) {
+                    m0 = r.lo + rest * GT;
+                    m_end = r.hi;
+                    break;
+                }
+                rest -= count;
+            }
+            if (g == groups) break;  // past the last group's tiles: so are the later t
+        }
+        const float* a = A + g * sa;
+        const float* b = B + g * sb;
+        float* c = C + g * sc;
+        const i64 n0 = (i64)blockIdx.x * GT;
+        // Staging: 4 elements of each tile a thread, mapped so that a warp's
+        // loads run along the stored rows.
+        float ra[4], rb[4];
+        auto load = [&](i64 kk0) {
+#pragma unroll
+            for (int l = 0; l < 4; ++l) {
+                const int e = tid + 256 * l;
+                const int ar = ta ? e % GT : e / GK, ak = ta ? e / GT : e % GK;
+                const i64 gr = m0 + ar, gk = kk0 + ak;
+                ra[l] = gr < m_end && gk < k_end ? a[ta ? gk * lda + gr : gr * lda + gk] : 0.0f;
+                const int bc = tb ? e / GK : e % GT, bk = tb ? e % GK : e / GT;
+                const i64 gc = n0 + bc, gkb = kk0 + bk;
+                rb[l] = gc < n && gkb < k_end ? b[tb ? gc * ldb + gkb : gkb * ldb + gc] : 0.0f;
+            }
+        };
+        float acc[8][8] = {};
+        if (k0 < k_end) load(k0);
+        for (i64 kk0 = k0; kk0 < k_end; kk0 += GK) {
+#pragma unroll
+            for (int l = 0; l < 4; ++l) {
+                const int e = tid + 256 * l;
+                As[ta ? e / GT : e % GK][ta ? e % GT : e / GK] = ra[l];
+                Bs[tb ? e % GK : e / GT][tb ? e / GK : e % GT] = rb[l];
+            }
+            __syncthreads();
+            if (kk0 + GK < k_end) load(kk0 + GK);  // the next slice in flight during this one's products
+#pragma unroll
+            for (int kk = 0; kk < GK; ++kk) {
+                float av[8], bv[8];
+                *(float4*)&av[0] = *(const float4*)&As[kk][ty * 4];
+                *(float4*)&av[4] = *(const float4*)&As[kk][64 + ty * 4];
+                *(float4*)&bv[0] = *(const float4*)&Bs[kk][tx * 4];
+                *(float4*)&bv[4] = *(const float4*)&Bs[kk][64 + tx * 4];
+#pragma unroll
+                for (int i = 0; i < 8; ++i)
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+            }
+            __syncthreads();  // before the next slice overwrites the tiles
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const i64 gr = m0 + (i < 4 ? ty * 4 + i : 64 + ty * 4 + i - 4);
+            if (gr >= m_end) continue;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const i64 gc = n0 + (j < 4 ? tx * 4 + j : 64 + tx * 4 + j - 4);
+                if (gc >= n) continue;
+                float* out = c + gr * ldc + gc;
+                *out = beta == 0.0f ? alpha * acc[i][j] : alpha * acc[i][j] + beta * *out;
+            }
+        }
+    }
+}

@@ -363,3 +363,125 @@ fn gemm_ex_half_operands_match_float64_of_the_rounded_inputs() {
         }
     }
 }
+
+/// cudann_gemm_grouped in float64: group `g` covers `offsets[g]..offsets[g+1]`
+/// of m (`inner` false: those rows of C_g) or of k (`inner` true: C_g whole,
+/// the sum over those indices); C's other elements keep `c`'s values.
+#[allow(clippy::too_many_arguments)]
+fn grouped_ref(ta: bool, tb: bool, inner: bool, m: usize, n: usize, k: usize, alpha: f32, a: &[f32], la: Layout, b: &[f32], lb: Layout, beta: f32, c: &[f32], lc: Layout, offsets: &[i32]) -> Vec<f64> {
+    let mut out = f64s(c);
+    for g in 0..offsets.len() - 1 {
+        let range = offsets[g] as usize..offsets[g + 1] as usize;
+        let (rows, ks) = if inner { (0..m, range) } else { (range, 0..k) };
+        for r in rows {
+            for col in 0..n {
+                let dot: f64 = ks
+                    .clone()
+                    .map(|p| (if ta { la.at(a, g, p, r) } else { la.at(a, g, r, p) }) * (if tb { lb.at(b, g, col, p) } else { lb.at(b, g, p, col) }))
+                    .sum();
+                let prior = if beta == 0.0 { 0.0 } else { beta as f64 * lc.at(c, g, r, col) };
+                out[g * lc.stride + r * lc.ld + col] = alpha as f64 * dot + prior;
+            }
+        }
+    }
+    out
+}
+
+/// Grouped products, rows grouped (per-expert weights `stride_b` apart, as an
+/// MoE layer's forward and input gradient) and k grouped (per-expert weight
+/// gradients `stride_c` apart): every transpose, padded rows, empty groups,
+/// rows before the first group and after the last left untouched, beta 0
+/// (C not read) and not; same bits on 1 and 4 threads.
+#[test]
+fn gemm_grouped_matches_float64() {
+    let mut rng = Rng::new(36);
+    for inner in [false, true] {
+        for (m, n, k, offsets) in [(40, 33, 17, vec![0, 40]), (70, 21, 45, vec![3, 3, 20, 21, 50, 50, 66]), (9, 300, 70, vec![0, 0, 4, 9])] {
+            let groups = offsets.len() - 1;
+            // k grouped: the same cuts, scaled from [0, m] into [0, k].
+            let offsets: Vec<i32> = offsets.iter().map(|&o| if inner { o * k / m } else { o } as i32).collect();
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let pad = 2;
+                let (ar, ac) = if ta { (k, m) } else { (m, k) };
+                let (br, bc) = if tb { (n, k) } else { (k, n) };
+                // The grouped operands are shared (stride 0), the per-group ones strided.
+                let per_group = |rows: usize, cols: usize, grouped: bool| Layout { rows, cols, ld: cols + pad, stride: if grouped { rows * (cols + pad) + 1 } else { 0 } };
+                let (la, lb, lc) = if inner { (per_group(ar, ac, false), per_group(br, bc, false), per_group(m, n, true)) } else { (per_group(ar, ac, false), per_group(br, bc, true), per_group(m, n, false)) };
+                let a = rng.vec(la.span(groups), 1.0);
+                let b = rng.vec(lb.span(groups), 1.0);
+                for (alpha, beta) in [(1.0f32, 0.0f32), (0.5, -2.0)] {
+                    let c0 = rng.vec(lc.span(groups), 1.0);
+                    let run = |threads: usize| {
+                        let mut c = c0.clone();
+                        let code = with_threads(threads, || unsafe {
+                            cudann_gemm_grouped(
+                                ta as i32, tb as i32, inner as i32, m as i32, n as i32, k as i32, alpha,
+                                a.as_ptr().cast(), CUDANN_F32, la.ld as i64, la.stride as i64,
+                                b.as_ptr().cast(), CUDANN_F32, lb.ld as i64, lb.stride as i64,
+                                beta, c.as_mut_ptr().cast(), CUDANN_F32, lc.ld as i64, lc.stride as i64,
+                                offsets.as_ptr(), groups as i32, NULL,
+                            )
+                        });
+                        assert_ok(code);
+                        c
+                    };
+                    let c = run(4);
+                    let want = grouped_ref(ta, tb, inner, m, n, k, alpha, &a, la, &b, lb, beta, &c0, lc, &offsets);
+                    let what = format!("grouped inner={inner} ta={ta} tb={tb} {m}x{n}x{k} offsets {offsets:?} beta {beta}");
+                    assert_close(&c, &want, tol(k), tol(k), &what);
+                    let same = run(1).iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "1 and 4 threads differ ({what})");
+                }
+            }
+        }
+    }
+}
+
+/// Half weights (one half type among A and B, C float32, as decoding with
+/// bf16 or f16 experts): the float64 product of the rounded weights.
+#[test]
+fn gemm_grouped_half_weights() {
+    let mut rng = Rng::new(37);
+    let (m, n, k, offsets) = (30, 19, 40, [0i32, 7, 7, 30]);
+    for dtype in [CUDANN_BF16, CUDANN_F16] {
+        let x = rng.vec(m * k, 1.0);
+        let (w_bits, w) = rounded(&rng.vec(3 * n * k, 1.0), dtype);
+        let mut c = poisoned(m * n);
+        let code = unsafe {
+            cudann_gemm_grouped(0, 1, 0, m as i32, n as i32, k as i32, 1.0, x.as_ptr().cast(), CUDANN_F32, k as i64, 0,
+                w_bits.as_ptr().cast(), dtype, k as i64, (n * k) as i64, 0.0, c.as_mut_ptr().cast(), CUDANN_F32, n as i64, 0, offsets.as_ptr(), 3, NULL)
+        };
+        assert_ok(code);
+        let (la, lb, lc) = (Layout { rows: m, cols: k, ld: k, stride: 0 }, Layout { rows: n, cols: k, ld: k, stride: n * k }, Layout { rows: m, cols: n, ld: n, stride: 0 });
+        let want = grouped_ref(false, true, false, m, n, k, 1.0, &x, la, &w, lb, 0.0, &c, lc, &offsets);
+        assert_close(&c, &want, tol(k), tol(k), &format!("grouped half weights, type {dtype}"));
+    }
+}
+
+#[test]
+fn gemm_grouped_bad_arguments() {
+    let (a, b) = (vec![1.0f32; 64], vec![1.0f32; 64]);
+    let mut c = poisoned(64);
+    let f = CUDANN_F32;
+    let cp = c.as_mut_ptr();
+    let call = |inner: i32, a: *const f32, c: *mut f32, stride_c: i64, offsets: &[i32]| unsafe {
+        cudann_gemm_grouped(0, 0, inner, 4, 4, 4, 1.0, a.cast(), f, 4, 0, b.as_ptr().cast(), f, 4, 16, 0.0, c.cast(), f, 4, stride_c, offsets.as_ptr(), offsets.len() as i32 - 1, NULL)
+    };
+    let name = "cudann_gemm_grouped";
+    assert_invalid(call(0, a.as_ptr(), cp, 0, &[0, 3, 2]), name, "offsets[2] = 2 is less than offsets[1] = 3 (offsets may not decrease)");
+    assert_invalid(call(0, a.as_ptr(), cp, 0, &[0, 2, 5]), name, "offsets[2] = 5 is outside [0, m = 4]");
+    assert_invalid(call(1, a.as_ptr(), cp, 16, &[-1, 2, 4]), name, "offsets[0] = -1 is outside [0, k = 4]");
+    assert_invalid(call(2, a.as_ptr(), cp, 0, &[0, 4]), name, "group_inner must be 0 or 1");
+    assert_invalid(call(1, a.as_ptr(), cp, 8, &[0, 2, 4]), name, "stride_c must be >= (m-1)*ldc + n = 16 (the groups' C may not overlap) (got 8)");
+    assert_invalid(call(0, a.as_ptr(), cp, 8, &[0, 2, 4]), name, "stride_c must be >= (m-1)*ldc + n = 16 (the groups' C may not overlap), or 0 (got 8)");
+    assert_invalid(unsafe { cudann_gemm_grouped(0, 0, 0, 4, 4, 4, 1.0, a.as_ptr().cast(), f, 4, 0, b.as_ptr().cast(), f, 4, 0, 0.0, cp.cast(), f, 4, 0, std::ptr::null(), 1, NULL) }, name, "offsets is NULL");
+    assert_untouched(&c, "C");
+    // C may not be A (each group would read rows another has overwritten).
+    let mut shared = vec![1.0f32; 16];
+    let sp = shared.as_mut_ptr();
+    assert_invalid(call(0, sp, sp, 0, &[0, 2, 4]), name, "C may not be A or B in a grouped product");
+    assert!(shared.iter().all(|&v| v == 1.0), "A/C untouched");
+    // No groups: nothing to do, nothing read.
+    assert_ok(unsafe { cudann_gemm_grouped(0, 0, 0, 4, 4, 4, 1.0, a.as_ptr().cast(), f, 4, 0, b.as_ptr().cast(), f, 4, 0, 0.0, cp.cast(), f, 4, 0, std::ptr::null(), 0, NULL) });
+    assert_untouched(&c, "C");
+}

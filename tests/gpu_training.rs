@@ -801,3 +801,68 @@ fn training_ops_from_eight_threads_match_one_thread_bitwise() {
         }
     });
 }
+
+/// cudann_gemm_grouped on device memory (the kernel reading its offsets on
+/// the device) against the same call on host copies: rows grouped (several
+/// 128-row tiles a group, partial tiles, empty groups, rows outside every
+/// group untouched) and k grouped, every transpose, beta 0 with NaN in C and
+/// beta non-zero; bf16 weights through their float32 copy; offsets out of
+/// order on the device stay inside the matrices (clamped: memcheck covers it).
+#[test]
+fn grouped_gemm_matches_the_cpu() {
+    if !present("grouped_gemm_matches_the_cpu") {
+        return;
+    }
+    let s = Stream::new();
+    let mut rng = Rng::new(206);
+    for (inner, m, n, k, offsets) in [(false, 300, 200, 150, vec![7, 12, 12, 140, 290]), (true, 130, 140, 300, vec![0, 100, 100, 299, 300]), (false, 40, 9, 33, vec![0, 40])] {
+        let groups = offsets.len() - 1;
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (ar, ac) = if ta { (k, m) } else { (m, k) };
+            let (br, bc) = if tb { (n, k) } else { (k, n) };
+            let (lda, ldb, ldc) = (ac + 1, bc, n + 2);
+            let (sa, sb, sc) = if inner { (0, 0, m * ldc) } else { (0, br * ldb, 0) };
+            let a = rng.vec((ar - 1) * lda + ac, 1.0);
+            let b = rng.vec(groups * br * ldb, 1.0);
+            for beta in [0.0f32, 0.5] {
+                let c0 = if beta == 0.0 { poisoned((groups - 1) * sc + m * ldc) } else { rng.vec((groups - 1) * sc + m * ldc, 1.0) };
+                let (da, db, dc, doff) = (Dev::from(&a), Dev::from(&b), Dev::from(&c0), Dev::from(&offsets));
+                let mut c = c0.clone();
+                let call = |a: *const f32, b: *const f32, c: *mut f32, off: *const i32, stream| unsafe {
+                    cudann_gemm_grouped(ta as i32, tb as i32, inner as i32, m as i32, n as i32, k as i32, 1.5, a.cast(), CUDANN_F32, lda as i64, sa as i64,
+                        b.cast(), CUDANN_F32, ldb as i64, sb as i64, beta, c.cast(), CUDANN_F32, ldc as i64, sc as i64, off, groups as i32, stream)
+                };
+                assert_ok(call(da.p(), db.p(), dc.p(), doff.p(), s.raw()));
+                assert_ok(call(a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), offsets.as_ptr(), NULL));
+                s.sync();
+                // Sums of k products of N(0, 1) terms, in another order.
+                let what = format!("grouped inner={inner} ta={ta} tb={tb} {m}x{n}x{k} beta {beta}");
+                assert_close(&dc.read(), &f64s(&c), 1e-5, 1e-5 * k as f64, &what);
+            }
+        }
+        // bf16 weights with float32 activations (decoding's experts).
+        if !inner {
+            let x = rng.vec(m * k, 1.0);
+            let w: Vec<u16> = rng.vec(groups * n * k, 1.0).iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+            let (dx, dw, dc, doff) = (Dev::from(&x), Dev::from(&w), Dev::from(&poisoned(m * n)), Dev::from(&offsets));
+            let mut c = poisoned(m * n);
+            let call = |x: *const f32, w: *const u16, c: *mut f32, off: *const i32, stream| unsafe {
+                cudann_gemm_grouped(0, 1, 0, m as i32, n as i32, k as i32, 1.0, x.cast(), CUDANN_F32, k as i64, 0, w.cast(), CUDANN_BF16, k as i64, (n * k) as i64,
+                    0.0, c.cast(), CUDANN_F32, n as i64, 0, off, groups as i32, stream)
+            };
+            assert_ok(call(dx.p(), dw.p(), dc.p(), doff.p(), s.raw()));
+            assert_ok(call(x.as_ptr(), w.as_ptr(), c.as_mut_ptr(), offsets.as_ptr(), NULL));
+            s.sync();
+            assert_close(&dc.read(), &f64s(&c), 1e-5, 1e-5 * k as f64, "grouped bf16 weights");
+        }
+    }
+    // Offsets out of order on the device: no error can be returned, but nothing
+    // outside the matrices is touched (clamped; groups ending before they start are empty).
+    let (m, n, k) = (200usize, 64usize, 32usize);
+    let (da, db, dc, doff) = (Dev::from(&rng.vec(m * k, 1.0)), Dev::from(&rng.vec(3 * n * k, 1.0)), Dev::from(&poisoned(m * n)), Dev::from(&[150i32, 20, 400, -5]));
+    unsafe {
+        assert_ok(cudann_gemm_grouped(0, 1, 0, m as i32, n as i32, k as i32, 1.0, da.p().cast(), CUDANN_F32, k as i64, 0, db.p().cast(), CUDANN_F32, k as i64, (n * k) as i64,
+            0.0, dc.p().cast(), CUDANN_F32, n as i64, 0, doff.p(), 3, s.raw()));
+    }
+    s.sync();
+}

@@ -59,7 +59,7 @@ C_FUNCTIONS = {
     "cuda_rmsnorm": "rmsnorm", "cuda_rmsnorm_residual": "rmsnorm_residual",
     "cudann_rmsnorm_backward": "rmsnorm_backward", "cudann_layernorm": "layernorm",
     "cudann_layernorm_backward": "layernorm_backward", "cuda_gemm": "gemm", "cuda_gemm_batched": "gemm_batched",
-    "cudann_gemm_ex": "gemm_ex", "cuda_rope_freqs": "rope_freqs", "cuda_rope_forward": "rope_forward",
+    "cudann_gemm_ex": "gemm_ex", "cudann_gemm_grouped": "gemm_grouped", "cuda_rope_freqs": "rope_freqs", "cuda_rope_forward": "rope_forward",
     "cuda_rope_qk": "rope_qk", "cudann_rope_backward": "rope_backward", "cuda_rope": "rope_inplace",
     "cuda_rope_ntk": "rope_ntk_inplace", "cuda_attention_scores": "attention_scores",
     "cuda_attention_output": "attention_output", "cuda_flash_attention": "flash_attention",

@@ -20,7 +20,7 @@ FLOATS = ("float32", "float16", "bfloat16")  # the `void *` tensors (CUDANN_F32,
 __all__ = [
     "silu", "silu_backward", "add", "mul", "scale", "gelu", "gelu_backward", "swiglu", "swiglu_backward",
     "bias_add", "bias_backward", "softmax", "softmax_backward", "softmax_topk", "rmsnorm", "rmsnorm_residual",
-    "rmsnorm_backward", "layernorm", "layernorm_backward", "gemm", "gemm_batched", "gemm_ex",
+    "rmsnorm_backward", "layernorm", "layernorm_backward", "gemm", "gemm_batched", "gemm_ex", "gemm_grouped",
     "rope_freqs", "rope_forward", "rope_qk", "rope_backward", "rope_inplace", "rope_ntk_inplace",
     "attention_scores", "attention_output", "flash_attention", "mqa_attention", "attention_forward",
     "attention_backward", "kv_cache_write", "cross_entropy", "cross_entropy_backward", "aux_loss",
@@ -424,6 +424,49 @@ def gemm_ex(a: Array, b: Array, out: Optional[Array] = None, *, trans_a: bool = 
          aa, DTYPE_CODES[aa.dtype], lda, sa if a_batch else 0, ba, DTYPE_CODES[ba.dtype], ldb, sb if b_batch else 0,
          beta, oa, DTYPE_CODES[oa.dtype], ldc, sc if c_batch else m * ldc, dim(nb, "batch"),
          infer_stream(stream, [aa, ba, oa]))
+    return o
+
+
+def gemm_grouped(a: Array, b: Array, offsets: Array, out: Optional[Array] = None, *, group_inner: bool = False,
+                 trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0, beta: float = 0.0,
+                 stream=None) -> Array:
+    """Grouped products over a partition given by ``offsets`` (int32, ``groups + 1``
+    entries, not decreasing), as a mixture of experts runs them. Rows grouped (the
+    default): ``a`` is 2-D, ``b`` 3-D ``[groups, ...]`` and rows ``offsets[g]`` to
+    ``offsets[g+1]`` of ``out`` (2-D) get ``alpha * op(a)[rows] @ op(b[g]) + beta * out[rows]``
+    (other rows are not written). ``group_inner``: ``a`` and ``b`` are 2-D, the
+    grouped dimension is k, and ``out[g] = alpha * op(a)[:, ks] @ op(b)[ks, :] + beta * out[g]``
+    (3-D ``[groups, m, n]``). Float32 operands, or one of ``a`` and ``b`` float16 or
+    bfloat16 (accumulated in float32). ``offsets`` is read where the call runs: on
+    the GPU it may stay in device memory."""
+    aa, ba, fa = _adapt(stream, a=a, b=b, offsets=offsets)
+    require(fa, "offsets", (I32,), ndim=1)
+    groups = fa.shape[0] - 1
+    if groups < 0:
+        raise ValueError("offsets must hold groups + 1 entries")
+    require(aa, "a", ndim=2, contiguous=False), require(ba, "b", ndim=2 if group_inner else 3, contiguous=False)
+    _, ar, ac, lda, _ = _matrix(aa, "a")
+    b_batch, br, bc, ldb, sb = _matrix(ba, "b")
+    if not group_inner and b_batch != groups:
+        raise ValueError(f"b holds {b_batch} matrices, but offsets gives {groups} groups")
+    m, k = (ac, ar) if trans_a else (ar, ac)
+    k2, n = (bc, br) if trans_b else (br, bc)
+    if k != k2:
+        raise ValueError(f"op(a) is {m}x{k} but op(b) is {k2}x{n}: inner dimensions differ")
+    shape = (groups, m, n) if group_inner else (m, n)
+    if out is None:
+        if beta != 0:
+            raise ValueError("beta != 0 reads out: pass out=")
+        o, oa = output(None, aa, "out", shape, F32, stream_handle(stream))
+    else:
+        o, oa = out, require(adapt(out, "out", stream_handle(stream)), "out", contiguous=False, writable=True)
+    if oa.shape != shape:
+        raise ValueError(f"out must be {shape}, got {oa.shape}")
+    c_batch, _, _, ldc, sc = _matrix(oa, "out")
+    call("cudann_gemm_grouped", int(bool(trans_a)), int(bool(trans_b)), int(bool(group_inner)), dim(m, "m"), dim(n, "n"),
+         dim(k, "k"), alpha, aa, DTYPE_CODES[aa.dtype], lda, 0, ba, DTYPE_CODES[ba.dtype], ldb, sb if b_batch else 0,
+         beta, oa, DTYPE_CODES[oa.dtype], ldc, sc if c_batch else 0, fa, dim(groups, "groups"),
+         infer_stream(stream, [aa, ba, oa, fa]))
     return o
 
 

@@ -56,3 +56,54 @@ def test_gemm_batched_beta_zero_ignores_nan(rng):
     c = np.full((4, 5, 7), np.nan, np.float32)
     cudann.gemm_batched(a, b, out=c)
     _check(c, a, b, np.zeros((4, 5, 7)), 1.0, 0.0)
+
+
+def _grouped_ref(a, b, offsets, inner, trans_a, trans_b, alpha, beta, c0):
+    """cudann.gemm_grouped in float64 (b per group when rows are grouped)."""
+    opa = ref.f64(a).T if trans_a else ref.f64(a)
+    want = ref.f64(c0).copy()
+    for g in range(len(offsets) - 1):
+        lo, hi = int(offsets[g]), int(offsets[g + 1])
+        if inner:
+            opb = ref.f64(b).T if trans_b else ref.f64(b)
+            want[g] = alpha * (opa[:, lo:hi] @ opb[lo:hi]) + beta * want[g]
+        else:
+            opb = ref.f64(b[g]).T if trans_b else ref.f64(b[g])
+            want[lo:hi] = alpha * (opa[lo:hi] @ opb) + beta * want[lo:hi]
+    return want
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("inner", [False, True])
+def test_gemm_grouped(rng, inner, trans_a, trans_b):
+    m, n, k = 37, 21, 45
+    groups = 4
+    dim = k if inner else m
+    # Empty groups, and (rows grouped) rows before the first and after the last left alone.
+    offsets = np.array([0, 0, 11, dim - 3, dim - 3] if inner else [2, 2, 11, 30, 34], np.int32)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b_shape = (n, k) if trans_b else (k, n)
+    b = rng.standard_normal(b_shape if inner else (groups,) + b_shape).astype(np.float32)
+    c = rng.standard_normal((groups, m, n) if inner else (m, n)).astype(np.float32)
+    c0 = c.copy()
+    got = cudann.gemm_grouped(a, b, offsets, out=c, group_inner=inner, trans_a=trans_a, trans_b=trans_b,
+                              alpha=0.5, beta=-1.5)
+    assert got is c
+    want = _grouped_ref(a, b, offsets, inner, trans_a, trans_b, 0.5, -1.5, c0)
+    assert_close(c, want, rtol=1e-5, atol=1e-5 * k)
+    fresh = cudann.gemm_grouped(a, b, offsets, group_inner=inner, trans_a=trans_a, trans_b=trans_b)
+    want0 = _grouped_ref(a, b, offsets, inner, trans_a, trans_b, 1.0, 0.0, np.zeros_like(c0))
+    covered = slice(None) if inner else slice(2, 34)
+    assert_close(fresh[covered], want0[covered], rtol=1e-5, atol=1e-5 * k)
+
+
+def test_gemm_grouped_errors(rng):
+    a, b = np.ones((8, 4), np.float32), np.ones((2, 4, 3), np.float32)
+    with pytest.raises(cudann.CudannError, match="offsets may not decrease"):
+        cudann.gemm_grouped(a, b, np.array([0, 5, 4], np.int32))
+    with pytest.raises(cudann.CudannError, match=r"outside \[0, m = 8\]"):
+        cudann.gemm_grouped(a, b, np.array([0, 5, 9], np.int32))
+    with pytest.raises(ValueError, match="b holds 2 matrices, but offsets gives 3 groups"):
+        cudann.gemm_grouped(a, b, np.array([0, 1, 2, 8], np.int32))
+    with pytest.raises(TypeError, match="offsets must be int32"):
+        cudann.gemm_grouped(a, b, np.array([0, 4, 8], np.int64))

@@ -93,6 +93,7 @@ unsafe fn batched(
 /// One operand of `cudann_gemm_ex`: a batch of row-major `rows x cols` matrices
 /// (as stored, before any transpose), `ld` elements between rows and `stride`
 /// between matrices.
+#[derive(Clone, Copy)]
 struct Strided {
     rows: usize,
     cols: usize,
@@ -191,7 +192,7 @@ pub unsafe extern "C" fn cudann_gemm_ex(
         let reads = c_len > 0 && k > 0;
         let (a_len, b_len) = if reads { (sa.span("A", batch)?, sb.span("B", batch)?) } else { (0, 0) };
         let flops = 2.0 * (batch * m * n) as f64 * k as f64;
-        let shape = Shape { batch, m, n, k, alpha, beta, a: (ta, &sa), b: (tb, &sb), c: &sc, lens: [a_len, b_len, c_len] };
+        let shape = Shape { batch, m, n, k, alpha, beta, a: (ta, sa), b: (tb, sb), c: sc, lens: [a_len, b_len, c_len] };
         let operand = |ptr, s: &Strided, trans| blas::Operand { ptr, trans, ld: s.ld, stride: s.stride };
         if types != [Float::F32; 3] {
             let regions = [region("A", A, types[0], a_len, false)?, region("B", B, types[1], b_len, false)?, region("C", C, types[2], c_len, true)?];
@@ -216,36 +217,181 @@ pub unsafe extern "C" fn cudann_gemm_ex(
         // cuBLAS does not compute in place: an aliased A or B is copied first.
         let call = Call::new(stream, c_len, [a.region(), b.region(), c.region()])?.flops(flops).kernels_in_place(false);
         let gpu = |_: &_, p: &[DevPtr]| unsafe { ops::gemm_ex(stream.cast(), operand(p[0], &sa, ta), operand(p[1], &sb, tb), operand(p[2], &sc, false), None, batch, m, n, k, alpha, beta) };
-        dispatch::run(&call, || unsafe { shape.run(&a.read(&[c.region()]), &b.read(&[c.region()]), c.ptr) }, gpu)
+        dispatch::run(&call, || unsafe { shape.run(a.read(&[c.region()]).as_ptr(), b.read(&[c.region()]).as_ptr(), c.ptr) }, gpu)
+    })
+}
+
+/// Grouped products, as `cudann_gemm_ex` with `batch` replaced by `groups`
+/// groups over a partition of one dimension: group `g` covers indices
+/// `offsets[g] .. offsets[g+1]` of `m` (`group_inner = 0`: rows) or of `k`
+/// (`group_inner = 1`), with its matrices at `A + g*stride_a`, `B + g*stride_b`,
+/// `C + g*stride_c` (`A_g`, `B_g`, `C_g`). Rows: `C_g[r, :] = alpha *
+/// op(A_g)[r, :] * op(B_g) + beta * C_g[r, :]` for the rows `r` of group `g`;
+/// other rows of C are not written. Inner: `C_g = alpha * op(A_g)[:, r] *
+/// op(B_g)[r, :] + beta * C_g` summed over the indices `r` of group `g`, for
+/// every group (an empty one writes `beta * C_g`). This is a mixture of
+/// experts' layers: the rows dispatched to expert `g` times its weights
+/// (`stride_b` apart), and each expert's weight gradient (`stride_c` apart).
+/// `offsets` (`groups + 1` int32, not decreasing, within `[0, m]` or `[0, k]`)
+/// is read where the call runs, so with device pointers the product needs no
+/// host round trip (a step can be captured into a CUDA graph); where the host
+/// can read it, offsets out of order or range are -2. On the GPU, float32
+/// operands run a kernel of its own (offsets clamped into range, an end
+/// before its start an empty group), a float32 `C` with one half type among
+/// `A` and `B` a float32 copy of the half operand first; other mixes run on
+/// the CPU (device pointers: -1). `C` may not overlap `A` or `B`; the `C_g`
+/// may not overlap each other where they are written (`stride_c` 0 with rows
+/// grouped, or at least `(m-1)*ldc + n`). Returns -2 as `cudann_gemm_ex`.
+#[unsafe(no_mangle)]
+#[allow(non_snake_case)] // the matrices are A, B, C as in BLAS
+pub unsafe extern "C" fn cudann_gemm_grouped(
+    trans_a: c_int,
+    trans_b: c_int,
+    group_inner: c_int,
+    m: c_int,
+    n: c_int,
+    k: c_int,
+    alpha: f32,
+    A: *const c_void,
+    a_type: c_int,
+    lda: i64,
+    stride_a: i64,
+    B: *const c_void,
+    b_type: c_int,
+    ldb: i64,
+    stride_b: i64,
+    beta: f32,
+    C: *mut c_void,
+    c_type: c_int,
+    ldc: i64,
+    stride_c: i64,
+    offsets: *const i32,
+    groups: c_int,
+    stream: *mut c_void,
+) -> i32 {
+    ffi_fn!("cudann_gemm_grouped", {
+        let (ta, tb, inner) = (check::flag("trans_a", trans_a)?, check::flag("trans_b", trans_b)?, check::flag("group_inner", group_inner)?);
+        let (m, n, k) = (check::dim("m", m)?, check::dim("n", n)?, check::dim("k", k)?);
+        let groups = check::dim("groups", groups)?;
+        let types = [check::float_type("a_type", a_type)?, check::float_type("b_type", b_type)?, check::float_type("c_type", c_type)?];
+        let (a_rows, a_cols) = if ta { (k, m) } else { (m, k) };
+        let (b_rows, b_cols) = if tb { (n, k) } else { (k, n) };
+        let sa = Strided::new("A", a_rows, a_cols, lda, stride_a)?;
+        let sb = Strided::new("B", b_rows, b_cols, ldb, stride_b)?;
+        let sc = Strided::new("C", m, n, ldc, stride_c)?;
+        require(groups <= 1 || (!inner && sc.stride == 0) || sc.stride >= sc.one(), || {
+            format!("stride_c must be >= (m-1)*ldc + n = {} (the groups' C may not overlap){} (got {})", sc.one(), if inner { "" } else { ", or 0" }, sc.stride)
+        })?;
+        let c_len = sc.span("C", groups)?;
+        let reads = c_len > 0 && k > 0;
+        let (a_len, b_len) = if reads { (sa.span("A", groups)?, sb.span("B", groups)?) } else { (0, 0) };
+        let off = Input::new("offsets", offsets, if c_len > 0 { groups + 1 } else { 0 })?;
+        let grouped = if inner { ("k", k) } else { ("m", m) };
+        // SAFETY: host memory of groups + 1 elements (empty for device memory).
+        let host = unsafe { off.host_view() };
+        if let Some(i) = (0..host.len()).find(|&i| host[i] < 0 || host[i] as usize > grouped.1 || (i > 0 && host[i] < host[i - 1])) {
+            return Err(invalid(if i > 0 && host[i] >= 0 && host[i] < host[i - 1] {
+                format!("offsets[{i}] = {} is less than offsets[{}] = {} (offsets may not decrease)", host[i], i - 1, host[i - 1])
+            } else {
+                format!("offsets[{i}] = {} is outside [0, {} = {}]", host[i], grouped.0, grouped.1)
+            }));
+        }
+        let regions = [region("A", A, types[0], a_len, false)?, region("B", B, types[1], b_len, false)?, region("C", C, types[2], c_len, true)?, off.region()];
+        require(!regions[..2].iter().any(|r| r.bytes > 0 && c_len > 0 && r.start == C as usize), || "C may not be A or B in a grouped product".to_string())?;
+        let call = Call::new(stream, c_len, regions)?.flops(2.0 * (m * n) as f64 * k as f64);
+        let shape = Shape { batch: groups, m, n, k, alpha, beta, a: (ta, sa), b: (tb, sb), c: sc, lens: [a_len, b_len, c_len] };
+        let cpu = || unsafe {
+            let host = off.slice();
+            for g in 0..groups {
+                let (lo, hi) = (host[g] as usize, host[g + 1] as usize);
+                if hi == lo && !inner {
+                    continue; // no rows
+                }
+                let (part, at) = shape.group(inner, g, lo, hi);
+                let (a, b, c) = (element(A, types[0], at[0]), element(B, types[1], at[1]), element(C, types[2], at[2]).cast_mut());
+                if types == [Float::F32; 3] {
+                    part.run(a.cast(), b.cast(), c.cast());
+                } else {
+                    mixed(&part, types, a, b, c);
+                }
+            }
+        };
+        let operand = |ptr, s: &Strided, trans| blas::Operand { ptr, trans, ld: s.ld, stride: s.stride };
+        let gpu = |g: &_, p: &[DevPtr]| unsafe { ops::gemm_grouped(g, stream.cast(), operand(p[0], &sa, ta), operand(p[1], &sb, tb), operand(p[2], &sc, false), p[3], groups, inner, m, n, k, alpha, beta) };
+        match types {
+            [Float::F32, Float::F32, Float::F32] => dispatch::run(&call, cpu, gpu),
+            [Float::F32, half, Float::F32] | [half, Float::F32, Float::F32] => {
+                let use_of = |t| if t == Float::F32 { Use::Keep } else { Use::In };
+                dispatch::run_typed(half, &call, [use_of(types[0]), use_of(types[1]), Use::Keep, Use::Keep], cpu, gpu)
+            }
+            _ => dispatch::run_cpu_only(&call, cpu),
+        }
     })
 }
 
 /// A checked cudann_gemm_ex problem.
-struct Shape<'s> {
+struct Shape {
     batch: usize,
     m: usize,
     n: usize,
     k: usize,
     alpha: f32,
     beta: f32,
-    a: (bool, &'s Strided),
-    b: (bool, &'s Strided),
-    c: &'s Strided,
+    a: (bool, Strided),
+    b: (bool, Strided),
+    c: Strided,
     /// Elements of A, B and C the call reads or writes (A and B: 0 when unread).
     lens: [usize; 3],
 }
 
-impl Shape<'_> {
-    /// Every product on float32 spans. Safety: `c` holds C's span.
-    unsafe fn run(&self, a: &[f32], b: &[f32], c: *mut f32) {
+impl Shape {
+    /// Group `g` of a grouped product (indices `lo .. hi` of its grouped
+    /// dimension) as a problem of batch 1, with where its A, B and C start
+    /// (elements from the call's pointers).
+    fn group(&self, inner: bool, g: usize, lo: usize, hi: usize) -> (Shape, [usize; 3]) {
+        let ((ta, mut sa), (tb, mut sb), mut sc) = (self.a, self.b, self.c);
+        let mut at = [g * sa.stride, g * sb.stride, g * sc.stride];
+        let (mut m, mut k) = (self.m, self.k);
+        // The grouped dimension's range, in the stored matrices: m is A's and
+        // C's rows (A's columns when transposed), k A's columns and B's rows.
+        let slice = |s: &mut Strided, at: &mut usize, along_rows: bool| {
+            if along_rows {
+                *at += lo * s.ld;
+                s.rows = hi - lo;
+            } else {
+                *at += lo;
+                s.cols = hi - lo;
+            }
+        };
+        if inner {
+            k = hi - lo;
+            slice(&mut sa, &mut at[0], ta);
+            slice(&mut sb, &mut at[1], !tb);
+        } else {
+            m = hi - lo;
+            slice(&mut sa, &mut at[0], !ta);
+            slice(&mut sc, &mut at[2], true);
+        }
+        let reads = m > 0 && self.n > 0 && k > 0;
+        let lens = [if reads { sa.one() } else { 0 }, if reads { sb.one() } else { 0 }, sc.one()];
+        (Shape { batch: 1, m, n: self.n, k, alpha: self.alpha, beta: self.beta, a: (ta, sa), b: (tb, sb), c: sc, lens }, at)
+    }
+
+    /// Every product on float32 spans. Safety: `a`, `b`, `c` hold their spans.
+    unsafe fn run(&self, a: *const f32, b: *const f32, c: *mut f32) {
         let ((ta, sa), (tb, sb), sc) = (self.a, self.b, self.c);
         for i in 0..self.batch {
-            let av = View::new(a.as_ptr().wrapping_add(i * sa.stride), sa.ld, ta);
-            let bv = View::new(b.as_ptr().wrapping_add(i * sb.stride), sb.ld, tb);
+            let av = View::new(a.wrapping_add(i * sa.stride), sa.ld, ta);
+            let bv = View::new(b.wrapping_add(i * sb.stride), sb.ld, tb);
             let cv = View::new(c.wrapping_add(i * sc.stride), sc.ld, false);
             unsafe { gemm::sgemm_view(av, bv, cv, self.m, self.n, self.k, self.alpha, self.beta) };
         }
     }
+}
+
+/// `ptr` advanced by `elements` of type `t`.
+fn element(ptr: *const c_void, t: Float, elements: usize) -> *const c_void {
+    with_type!(t, T => ptr.cast::<T>().wrapping_add(elements).cast())
 }
 
 /// An operand's bytes for the overlap checks, its pointer checked for its type.
@@ -303,7 +449,7 @@ unsafe fn mixed(shape: &Shape, [a_t, b_t, c_t]: [Float; 3], a: *const c_void, b:
             unsafe { skinny::sgemm(av, bv, cv, shape.m, shape.n, shape.k, shape.alpha, shape.beta) }
         }));
         if !direct {
-            unsafe { shape.run(&a32, &widened(b, b_t, b_len), c_f32) };
+            unsafe { shape.run(a32.as_ptr(), widened(b, b_t, b_len).as_ptr(), c_f32) };
         }
     }
     let Some(c32) = c32 else { return };

@@ -36,7 +36,7 @@ pub const MODULES: &[(&str, &str, &[&str], u32)] = &[
         70,
     ),
     ("decode", include_str!("../../kernels/ptx/decode.ptx"), &["argmax_f32"], 70),
-    ("gemm", include_str!("../../kernels/ptx/gemm.ptx"), &["sgemm_tiled_f32"], 70),
+    ("gemm", include_str!("../../kernels/ptx/gemm.ptx"), &["sgemm_tiled_f32", "gemm_grouped_f32"], 70),
     ("convert", include_str!("../../kernels/ptx/convert.ptx"), &["convert"], 70),
     ("rope", include_str!("../../kernels/ptx/rope.ptx"), &["rope_freqs_f32", "rope_rotate_f32", "rope_rotate_back_f32"], 70),
     (

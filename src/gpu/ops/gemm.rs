@@ -49,6 +49,22 @@ pub unsafe fn gemm_ex(s: Stream, a: blas::Operand, b: blas::Operand, c: blas::Op
     }
 }
 
+/// cudann_gemm_grouped on float32 device operands: one launch of the grouped
+/// kernel, which reads the group offsets (`offsets`, device memory) itself.
+/// Tiles of 128 x 128: rows grouped, at most one partial tile per group beyond
+/// ceil(m / 128); the k dimension grouped, every group's whole C.
+pub unsafe fn gemm_grouped(g: &Gpu, s: Stream, a: blas::Operand, b: blas::Operand, c: blas::Operand, offsets: DevPtr, groups: usize, inner: bool, m: usize, n: usize, k: usize, alpha: f32, beta: f32) -> Result<()> {
+    let tiles_m = m.div_ceil(128);
+    let tiles = if inner { groups * tiles_m } else { tiles_m + groups };
+    let at = Launch { grid: (n.div_ceil(128) as u32, tiles.min(65535) as u32, 1), block: (256, 1, 1), shared: 0 };
+    let args = &mut [
+        Ptr(a.ptr), Ptr(b.ptr), Ptr(c.ptr), Ptr(offsets), I32(groups as i32), I32(inner as i32), I32(m as i32), I32(n as i32), I32(k as i32),
+        I32(a.trans as i32), I32(b.trans as i32), I64(a.ld as i64), I64(b.ld as i64), I64(c.ld as i64),
+        I64(a.stride as i64), I64(b.stride as i64), I64(c.stride as i64), F32(alpha), F32(beta),
+    ];
+    unsafe { g.launch("gemm_grouped_f32", at, s, args) }
+}
+
 /// The cuBLAS data types of a half-precision `cudann_gemm_ex` the GPU takes:
 /// A and B of one half type, C float32 or that type (None otherwise: such
 /// calls run on the CPU, device pointers -1).
