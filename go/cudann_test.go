@@ -249,6 +249,76 @@ func TestGemmEx(t *testing.T) {
 	near(t, "gemm_ex", c, want, bound, 1e-5)
 }
 
+func TestGemmGrouped(t *testing.T) {
+	// C_g = 0.5 op(A_g) op(B_g) - 1.5 C_g over 3 groups, C's rows padded (ldc =
+	// n+1). Rows grouped: rows 1 to 6 of m = 8 in groups (the first empty; rows 0
+	// and 7, and the padding, must stay), one A and C, a B per group. K grouped
+	// (weight gradients): k = 9 split 0..3, 3..3, 3..9, one A and B, a C per
+	// group (the empty group's is -1.5 C_g).
+	n, ldc := 5, 6
+	for _, inner := range []bool{false, true} {
+		m, k, offsets := 8, 6, []int32{1, 1, 4, 7}
+		strideB, strideC, nb, nc := k*n, 0, 3*k*n, m*ldc
+		if inner {
+			m, k, offsets = 4, 9, []int32{0, 3, 3, 9}
+			strideB, strideC, nb, nc = 0, m*ldc, k*n, 3*m*ldc
+		}
+		for _, tr := range [][2]bool{{false, false}, {false, true}, {true, false}, {true, true}} {
+			lda, ldb := k, n
+			if tr[0] {
+				lda = m
+			}
+			if tr[1] {
+				ldb = k
+			}
+			a, b, c := ref.Rand(40, m*k, 1), ref.Rand(41, nb, 1), ref.Rand(42, nc, 1)
+			want, bound := ref.GemmGrouped(tr[0], tr[1], inner, m, n, k, 0.5, a, lda, 0, b, ldb, strideB, -1.5, c, ldc, strideC, offsets)
+			p := GemmGroupedParams{GemmExParams{TransA: tr[0], TransB: tr[1], M: m, N: n, K: k, Alpha: 0.5, Beta: -1.5,
+				Ldc: int64(ldc), StrideB: int64(strideB), StrideC: int64(strideC)}, inner}
+			must(t, GemmGrouped(p, a, b, c, offsets))
+			// Entries no group writes have a zero error scale: they must be unchanged.
+			near(t, fmt.Sprint("gemm_grouped inner=", inner, " trans=", tr), c, want, bound, 1e-5)
+		}
+	}
+
+	// Library memory, offsets included (read where the call runs).
+	m, k, offsets := 8, 4, []int32{0, 2, 2, 8}
+	a, b, c := ref.Rand(43, m*k, 1), ref.Rand(44, 3*k*n, 1), ref.Rand(45, m*n, 1)
+	want, bound := ref.GemmGrouped(false, false, false, m, n, k, 1, a, k, 0, b, n, k*n, 0.25, c, n, 0, offsets)
+	var bufs []*Buffer
+	for _, x := range [][]float32{a, b, c} {
+		buf, err := MallocFloat32(len(x), x)
+		must(t, err)
+		defer buf.Close()
+		bufs = append(bufs, buf)
+	}
+	bo := malloc(t, 4*int64(len(offsets)))
+	defer bo.Close()
+	must(t, bo.Upload(offsets))
+	p := GemmGroupedParams{GemmExParams: GemmExParams{M: m, N: n, K: k, Alpha: 1, Beta: 0.25, StrideB: int64(k * n)}}
+	must(t, GemmGrouped(p, bufs[0], bufs[1], bufs[2], bo))
+	got, err := bufs[2].Float32s()
+	must(t, err)
+	near(t, "gemm_grouped on library memory", got, want, bound, 1e-5)
+
+	// Offsets out of order or range: the library's error, nothing written.
+	before := append([]float32(nil), c...)
+	for _, e := range []struct {
+		offsets []int32
+		msg     string
+	}{
+		{[]int32{0, 3, 2, 8}, "cudann_gemm_grouped: offsets[2] = 2 is less than offsets[1] = 3 (offsets may not decrease)"},
+		{[]int32{0, 3, 5, 9}, "cudann_gemm_grouped: offsets[3] = 9 is outside [0, m = 8]"},
+	} {
+		invalid(t, GemmGrouped(p, a, b, c, e.offsets), e.msg)
+	}
+	if !reflect.DeepEqual(c, before) {
+		t.Error("C written by a call with bad offsets")
+	}
+	invalid(t, GemmGrouped(p, a, b, c, []int32{}), "cudann.GemmGrouped: offsets must hold groups + 1 elements (got none)")
+	invalid(t, GemmGrouped(p, a, b[:2*k*n], c, offsets), "b has 40 elements, want at least 60")
+}
+
 func TestSwiglu(t *testing.T) {
 	n := 1000
 	gate, u, dy := ref.Rand(23, n, 8), ref.Rand(24, n, 2), ref.Rand(25, n, 1)

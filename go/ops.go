@@ -293,19 +293,19 @@ func extent(c *checker, name string, rows, cols int, ld, stride int64, batch int
 	return int64(batch-1)*stride + int64(rows-1)*ld + int64(cols)
 }
 
-// GemmEx is the strided, batched GEMM with a data type per matrix
-// (cudann_gemm_ex): F32, F16 or BF16 each, accumulated in float32. Each
-// operand must hold at least the elements its leading dimension and stride
-// span: a []float32 for F32, a []uint16 for F16/BF16, or a *Buffer (counted
-// in its data type's size).
-func GemmEx[T Floats](p GemmExParams, a, b, c T, stream ...*Stream) error {
-	ch := newChecker("GemmEx", stream)
-	m, n, k := ch.size("M", p.M), ch.size("N", p.N), ch.size("K", p.K)
-	batch := p.Batch
-	if batch == 0 {
-		batch = 1
-	}
-	cb := ch.size("Batch", batch)
+// gemmArgs are the checked sizes, operand pointers and leading dimensions of
+// a strided GEMM.
+type gemmArgs struct {
+	m, n, k, batch C.int
+	a, b, c        unsafe.Pointer
+	lda, ldb, ldc  C.int64_t
+}
+
+// gemm checks p's sizes, batch (named batchName) and operands a, b, c, each
+// of which must hold at least the elements its leading dimension and stride
+// span over batch matrices (p.Batch is ignored).
+func (ch *checker) gemm(p GemmExParams, batchName string, batch int, a, b, c any) gemmArgs {
+	g := gemmArgs{m: ch.size("M", p.M), n: ch.size("N", p.N), k: ch.size("K", p.K), batch: ch.size(batchName, batch)}
 	ar, ac := p.M, p.K
 	if p.TransA {
 		ar, ac = p.K, p.M
@@ -324,14 +324,67 @@ func GemmEx[T Floats](p GemmExParams, a, b, c T, stream ...*Stream) error {
 	operand := func(name string, x any, t DType, rows, cols int, ld, stride int64) unsafe.Pointer {
 		return ch.typed(name, x, t, extent(ch, name, rows, cols, ld, stride, batch), atLeast)
 	}
-	pa := operand("a", a, p.AType, ar, ac, lda, p.StrideA)
-	pb := operand("b", b, p.BType, br, bc, ldb, p.StrideB)
-	pc := operand("c", c, p.CType, p.M, p.N, ldc, p.StrideC)
+	g.a = operand("a", a, p.AType, ar, ac, lda, p.StrideA)
+	g.b = operand("b", b, p.BType, br, bc, ldb, p.StrideB)
+	g.c = operand("c", c, p.CType, p.M, p.N, ldc, p.StrideC)
+	g.lda, g.ldb, g.ldc = C.int64_t(lda), C.int64_t(ldb), C.int64_t(ldc)
+	return g
+}
+
+// GemmEx is the strided, batched GEMM with a data type per matrix
+// (cudann_gemm_ex): F32, F16 or BF16 each, accumulated in float32. Each
+// operand must hold at least the elements its leading dimension and stride
+// span: a []float32 for F32, a []uint16 for F16/BF16, or a *Buffer (counted
+// in its data type's size).
+func GemmEx[T Floats](p GemmExParams, a, b, c T, stream ...*Stream) error {
+	ch := newChecker("GemmEx", stream)
+	batch := p.Batch
+	if batch == 0 {
+		batch = 1
+	}
+	g := ch.gemm(p, "Batch", batch, a, b, c)
 	return ch.run(func(s unsafe.Pointer) C.int32_t {
-		return C.cudann_gemm_ex(boolInt(p.TransA), boolInt(p.TransB), m, n, k, C.float(p.Alpha),
-			pa, C.int(p.AType), C.int64_t(lda), C.int64_t(p.StrideA),
-			pb, C.int(p.BType), C.int64_t(ldb), C.int64_t(p.StrideB),
-			C.float(p.Beta), pc, C.int(p.CType), C.int64_t(ldc), C.int64_t(p.StrideC), cb, s)
+		return C.cudann_gemm_ex(boolInt(p.TransA), boolInt(p.TransB), g.m, g.n, g.k, C.float(p.Alpha),
+			g.a, C.int(p.AType), g.lda, C.int64_t(p.StrideA),
+			g.b, C.int(p.BType), g.ldb, C.int64_t(p.StrideB),
+			C.float(p.Beta), g.c, C.int(p.CType), g.ldc, C.int64_t(p.StrideC), g.batch, s)
+	})
+}
+
+// GemmGroupedParams describes a cudann_gemm_grouped call: the products of
+// GemmExParams (op(A_g) m x k, op(B_g) k x n, C_g m x n, the matrices of
+// group g StrideA, StrideB, StrideC elements apart), one per group of a
+// partition of the rows of C (GroupInner false) or of K (GroupInner true).
+type GemmGroupedParams struct {
+	GemmExParams      // its Batch is not used: offsets gives the groups
+	GroupInner   bool // group K rather than the rows of C
+}
+
+// GemmGrouped is the grouped GEMM of a mixture of experts
+// (cudann_gemm_grouped): group g covers indices offsets[g] .. offsets[g+1]
+// of the grouped dimension, offsets holding groups + 1 int32 (not
+// decreasing, within [0, M] or [0, K]). Rows grouped: those rows of C_g are
+// Alpha op(A_g) op(B_g) + Beta C_g, and rows in no group are not written.
+// GroupInner: C_g = Alpha op(A_g)[:, ks] op(B_g)[ks, :] + Beta C_g over the
+// indices ks of group g, for every group (an empty one scales C_g by Beta).
+// Operands and types are as GemmEx's, spanning groups matrices each.
+// Offsets out of order or range are InvalidValue where the host can read
+// them (slices and host memory); a *Buffer of device memory is read on the
+// device, which needs no host round trip.
+func GemmGrouped[T Floats, I Int32s](p GemmGroupedParams, a, b, c T, offsets I, stream ...*Stream) error {
+	ch := newChecker("GemmGrouped", stream)
+	entries := length(offsets, 4)
+	if entries == 0 {
+		ch.fail("offsets must hold groups + 1 elements (got none)")
+		entries = 1
+	}
+	g := ch.gemm(p.GemmExParams, "groups", int(entries-1), a, b, c)
+	po := ch.i32("offsets", offsets, entries)
+	return ch.run(func(s unsafe.Pointer) C.int32_t {
+		return C.cudann_gemm_grouped(boolInt(p.TransA), boolInt(p.TransB), boolInt(p.GroupInner), g.m, g.n, g.k,
+			C.float(p.Alpha), g.a, C.int(p.AType), g.lda, C.int64_t(p.StrideA),
+			g.b, C.int(p.BType), g.ldb, C.int64_t(p.StrideB),
+			C.float(p.Beta), g.c, C.int(p.CType), g.ldc, C.int64_t(p.StrideC), po, g.batch, s)
 	})
 }
 

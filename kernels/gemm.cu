@@ -70,10 +70,13 @@ extern "C" __global__ void __launch_bounds__(THREADS)
 
 // Grouped products (cudann_gemm_grouped) read their row offsets on the device,
 // so a training step with MoE experts needs no host round trip and can be
-// captured into a CUDA graph. 128 x 128 tiles of C, 8 x 8 a thread.
+// captured into a CUDA graph. 128 x 128 tiles of C, 8 x 8 a thread; the k
+// slices double-buffered in shared memory (one barrier a slice), the next
+// slice's loads in flight during this one's products.
 #define GT 128      // C tile per block: GT x GT
 #define GK 8        // K slice per step
 #define GPAD 4      // row padding of the shared tiles: conflict-free transposing stores, float4-aligned rows
+#define GL (GT * GK / 256)  // elements of each tile a thread stages
 
 // The part of the grouped dimension group g covers: offsets clamped into
 // [0, dim], an end before its start an empty group (offsets are not checked
@@ -97,8 +100,8 @@ __device__ __forceinline__ GroupRange group_range(const int* offsets, int g, int
 extern "C" __global__ void __launch_bounds__(256)
     gemm_grouped_f32(const float* A, const float* B, float* C, const int* offsets, int groups, int inner, int m, int n, int k,
                      int ta, int tb, i64 lda, i64 ldb, i64 ldc, i64 sa, i64 sb, i64 sc, float alpha, float beta) {
-    __shared__ __align__(16) float As[GK][GT + GPAD];  // op(A) tile, k-major
-    __shared__ __align__(16) float Bs[GK][GT + GPAD];  // op(B) tile, k-major
+    __shared__ __align__(16) float As[2][GK][GT + GPAD];  // op(A) slices, k-major
+    __shared__ __align__(16) float Bs[2][GK][GT + GPAD];  // op(B) slices, k-major
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const i64 tiles_m = ((i64)m + GT - 1) / GT;
     const i64 tiles = inner ? groups * tiles_m : tiles_m + groups;
@@ -126,50 +129,72 @@ extern "C" __global__ void __launch_bounds__(256)
             }
             if (g == groups) break;  // past the last group's tiles: so are the later t
         }
-        const float* a = A + g * sa;
-        const float* b = B + g * sb;
-        float* c = C + g * sc;
         const i64 n0 = (i64)blockIdx.x * GT;
-        // Staging: 4 elements of each tile a thread, mapped so that a warp's
-        // loads run along the stored rows.
-        float ra[4], rb[4];
+        // A thread stages GL elements of each slice, mapped so that a warp's
+        // loads run along the stored rows: their tile coordinates (fixed),
+        // pointers (advanced a slice a step), and whether the row exists.
+        const float* pa[GL];
+        const float* pb[GL];
+        int aks[GL], bks[GL];
+        bool aok[GL], bok[GL];
+#pragma unroll
+        for (int l = 0; l < GL; ++l) {
+            const int e = tid + 256 * l;
+            const int ar = ta ? e % GT : e / GK, ak = ta ? e / GT : e % GK;
+            const int bc = tb ? e / GK : e % GT, bk = tb ? e % GK : e / GT;
+            aks[l] = ak;
+            bks[l] = bk;
+            aok[l] = m0 + ar < m_end;
+            bok[l] = n0 + bc < n;
+            pa[l] = A + g * sa + (ta ? (k0 + ak) * lda + m0 + ar : (m0 + ar) * lda + k0 + ak);
+            pb[l] = B + g * sb + (tb ? (n0 + bc) * ldb + k0 + bk : (k0 + bk) * ldb + n0 + bc);
+        }
+        const i64 a_step = ta ? GK * lda : GK, b_step = tb ? GK : GK * ldb;
+        float ra[GL], rb[GL];
         auto load = [&](i64 kk0) {
 #pragma unroll
-            for (int l = 0; l < 4; ++l) {
+            for (int l = 0; l < GL; ++l) {
+                ra[l] = aok[l] && kk0 + aks[l] < k_end ? *pa[l] : 0.0f;
+                rb[l] = bok[l] && kk0 + bks[l] < k_end ? *pb[l] : 0.0f;
+                pa[l] += a_step;
+                pb[l] += b_step;
+            }
+        };
+        auto stage = [&](int buf) {
+#pragma unroll
+            for (int l = 0; l < GL; ++l) {
                 const int e = tid + 256 * l;
-                const int ar = ta ? e % GT : e / GK, ak = ta ? e / GT : e % GK;
-                const i64 gr = m0 + ar, gk = kk0 + ak;
-                ra[l] = gr < m_end && gk < k_end ? a[ta ? gk * lda + gr : gr * lda + gk] : 0.0f;
-                const int bc = tb ? e / GK : e % GT, bk = tb ? e % GK : e / GT;
-                const i64 gc = n0 + bc, gkb = kk0 + bk;
-                rb[l] = gc < n && gkb < k_end ? b[tb ? gc * ldb + gkb : gkb * ldb + gc] : 0.0f;
+                As[buf][ta ? e / GT : e % GK][ta ? e % GT : e / GK] = ra[l];
+                Bs[buf][tb ? e % GK : e / GT][tb ? e / GK : e % GT] = rb[l];
             }
         };
         float acc[8][8] = {};
-        if (k0 < k_end) load(k0);
+        int cur = 0;
+        if (k0 < k_end) {
+            load(k0);
+            stage(0);
+        }
+        __syncthreads();
         for (i64 kk0 = k0; kk0 < k_end; kk0 += GK) {
-#pragma unroll
-            for (int l = 0; l < 4; ++l) {
-                const int e = tid + 256 * l;
-                As[ta ? e / GT : e % GK][ta ? e % GT : e / GK] = ra[l];
-                Bs[tb ? e % GK : e / GT][tb ? e / GK : e % GT] = rb[l];
-            }
-            __syncthreads();
-            if (kk0 + GK < k_end) load(kk0 + GK);  // the next slice in flight during this one's products
+            const bool more = kk0 + GK < k_end;
+            if (more) load(kk0 + GK);
 #pragma unroll
             for (int kk = 0; kk < GK; ++kk) {
                 float av[8], bv[8];
-                *(float4*)&av[0] = *(const float4*)&As[kk][ty * 4];
-                *(float4*)&av[4] = *(const float4*)&As[kk][64 + ty * 4];
-                *(float4*)&bv[0] = *(const float4*)&Bs[kk][tx * 4];
-                *(float4*)&bv[4] = *(const float4*)&Bs[kk][64 + tx * 4];
+                *(float4*)&av[0] = *(const float4*)&As[cur][kk][ty * 4];
+                *(float4*)&av[4] = *(const float4*)&As[cur][kk][64 + ty * 4];
+                *(float4*)&bv[0] = *(const float4*)&Bs[cur][kk][tx * 4];
+                *(float4*)&bv[4] = *(const float4*)&Bs[cur][kk][64 + tx * 4];
 #pragma unroll
                 for (int i = 0; i < 8; ++i)
 #pragma unroll
                     for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
             }
-            __syncthreads();  // before the next slice overwrites the tiles
+            if (more) stage(cur ^ 1);  // the other buffer: its readers passed the last barrier
+            __syncthreads();
+            cur ^= 1;
         }
+        float* c = C + g * sc;
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
             const i64 gr = m0 + (i < 4 ? ty * 4 + i : 64 + ty * 4 + i - 4);
@@ -182,5 +207,6 @@ extern "C" __global__ void __launch_bounds__(256)
                 *out = beta == 0.0f ? alpha * acc[i][j] : alpha * acc[i][j] + beta * *out;
             }
         }
+        __syncthreads();  // the next tile's first slice overwrites buffer 0
     }
 }

@@ -110,23 +110,27 @@ impl Layout {
     }
 }
 
+/// Rows `rows` of C_i = alpha op(A_i)[:, ks] op(B_i)[ks, :] + beta C_i in
+/// float64, over the strided layouts, into `out` (C's layout).
+#[allow(clippy::too_many_arguments)]
+fn product_ref(out: &mut [f64], i: usize, rows: std::ops::Range<usize>, ks: std::ops::Range<usize>, (ta, tb): (bool, bool), n: usize, alpha: f32, a: &[f32], la: Layout, b: &[f32], lb: Layout, beta: f32, c: &[f32], lc: Layout) {
+    for r in rows {
+        for col in 0..n {
+            let dot: f64 = ks
+                .clone()
+                .map(|p| (if ta { la.at(a, i, p, r) } else { la.at(a, i, r, p) }) * (if tb { lb.at(b, i, col, p) } else { lb.at(b, i, p, col) }))
+                .sum();
+            let prior = if beta == 0.0 { 0.0 } else { beta as f64 * lc.at(c, i, r, col) };
+            out[i * lc.stride + r * lc.ld + col] = alpha as f64 * dot + prior;
+        }
+    }
+}
+
 /// C_i = alpha op(A_i) op(B_i) + beta C_i in float64, over the strided layouts.
 fn gemm_ex_ref(ta: bool, tb: bool, m: usize, n: usize, k: usize, alpha: f32, a: &[f32], la: Layout, b: &[f32], lb: Layout, beta: f32, c: &[f32], lc: Layout, batch: usize) -> Vec<f64> {
     let mut out = f64s(c);
     for i in 0..batch {
-        for r in 0..m {
-            for col in 0..n {
-                let dot: f64 = (0..k)
-                    .map(|p| {
-                        let av = if ta { la.at(a, i, p, r) } else { la.at(a, i, r, p) };
-                        let bv = if tb { lb.at(b, i, col, p) } else { lb.at(b, i, p, col) };
-                        av * bv
-                    })
-                    .sum();
-                let prior = if beta == 0.0 { 0.0 } else { beta as f64 * lc.at(c, i, r, col) };
-                out[i * lc.stride + r * lc.ld + col] = alpha as f64 * dot + prior;
-            }
-        }
+        product_ref(&mut out, i, 0..m, 0..k, (ta, tb), n, alpha, a, la, b, lb, beta, c, lc);
     }
     out
 }
@@ -373,16 +377,7 @@ fn grouped_ref(ta: bool, tb: bool, inner: bool, m: usize, n: usize, k: usize, al
     for g in 0..offsets.len() - 1 {
         let range = offsets[g] as usize..offsets[g + 1] as usize;
         let (rows, ks) = if inner { (0..m, range) } else { (range, 0..k) };
-        for r in rows {
-            for col in 0..n {
-                let dot: f64 = ks
-                    .clone()
-                    .map(|p| (if ta { la.at(a, g, p, r) } else { la.at(a, g, r, p) }) * (if tb { lb.at(b, g, col, p) } else { lb.at(b, g, p, col) }))
-                    .sum();
-                let prior = if beta == 0.0 { 0.0 } else { beta as f64 * lc.at(c, g, r, col) };
-                out[g * lc.stride + r * lc.ld + col] = alpha as f64 * dot + prior;
-            }
-        }
+        product_ref(&mut out, g, rows, ks, (ta, tb), n, alpha, a, la, b, lb, beta, c, lc);
     }
     out
 }

@@ -61,16 +61,36 @@ module Reference
 
   # [C over the whole buffer (outside the C_i: c0's values, error scale 0), error scale as gemm]
   def gemm_ex(trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c0, ldc, stride_c, batch)
+    gemm_parts(trans_a, trans_b, n, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c0, ldc, stride_c, batch) do
+      [0...m, 0...k]
+    end
+  end
+
+  # [C, error scale] as gemm_ex, group g (its matrices stride_a, stride_b, stride_c apart) covering
+  # offsets[g]...offsets[g + 1] of the rows of C (only those rows written) or, inner, of k (C_g sums over them)
+  def gemm_grouped(trans_a, trans_b, inner, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c0, ldc,
+                   stride_c, offsets)
+    gemm_parts(trans_a, trans_b, n, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c0, ldc, stride_c,
+               offsets.size - 1) do |g|
+      part = offsets[g]...offsets[g + 1]
+      inner ? [0...m, part] : [part, 0...k]
+    end
+  end
+
+  # C_g[i, j] = alpha sum over p of op(A_g)[i, p] op(B_g)[p, j] + beta C_g[i, j] for g < parts, over the rows i
+  # and inner indices p of the ranges the block gives for g, A_g, B_g, C_g starting g strides in
+  def gemm_parts(trans_a, trans_b, n, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c0, ldc, stride_c, parts)
     at = ->(x, start, ld, trans, r, c) { trans ? x[start + c * ld + r] : x[start + r * ld + c] }
     out = c0.dup
     bound = [0.0] * c0.size
-    batch.times do |bi|
-      m.times do |i|
+    parts.times do |g|
+      rows, inner = yield g
+      rows.each do |i|
         n.times do |j|
-          terms = Array.new(k) do |p|
-            at.call(a, bi * stride_a, lda, trans_a, i, p) * at.call(b, bi * stride_b, ldb, trans_b, p, j)
+          terms = inner.map do |p|
+            at.call(a, g * stride_a, lda, trans_a, i, p) * at.call(b, g * stride_b, ldb, trans_b, p, j)
           end
-          o = bi * stride_c + i * ldc + j
+          o = g * stride_c + i * ldc + j
           out[o] = alpha * terms.sum + beta * c0[o]
           bound[o] = alpha.abs * terms.sum(&:abs) + beta.abs * c0[o].abs
         end

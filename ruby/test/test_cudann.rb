@@ -182,6 +182,58 @@ class CudannOpsTest < CudannTestCase
     assert_invalid("a has 40 elements, want at least 41") { Cudann.gemm_ex(a[0, 40], b, c, m: 3, n: 4, k: 5, trans_b: true, lda: 7, stride_a: 22, ldb: 6, ldc: 6, stride_c: 18, batch: 2) }
   end
 
+  # C_g = 0.5 op(A_g) op(B_g) - 1.5 C_g over 3 groups, C's rows padded (ldc = n + 1). Rows grouped: rows 1 to 6
+  # of m = 8 in groups (the first empty; rows 0 and 7, and the padding, must stay), one A and C, a B per group.
+  # K grouped (weight gradients): k = 9 split 0...3, 3...3, 3...9, one A and B, a C per group (the empty
+  # group's is -1.5 C_g). Entries no group writes have a zero error scale: they must be unchanged.
+  def test_gemm_grouped
+    n = 5
+    ldc = 6
+    [false, true].each do |inner|
+      m, k, offsets = inner ? [4, 9, [0, 3, 3, 9]] : [8, 6, [1, 1, 4, 7]]
+      stride_b, stride_c, nb, nc = inner ? [0, m * ldc, k * n, 3 * m * ldc] : [k * n, 0, 3 * k * n, m * ldc]
+      [[false, false], [false, true], [true, false], [true, true]].each do |ta, tb|
+        a = R.rand_f32(40, m * k, 1.0)
+        b = R.rand_f32(41, nb, 1.0)
+        c0 = R.rand_f32(42, nc, 1.0)
+        c = c0.dup
+        assert_same c, Cudann.gemm_grouped(a, b, c, offsets, m: m, n: n, k: k, group_inner: inner, trans_a: ta,
+                                                             trans_b: tb, alpha: 0.5, beta: -1.5, ldc: ldc,
+                                                             stride_b: stride_b, stride_c: stride_c)
+        want, bound = R.gemm_grouped(ta, tb, inner, m, n, k, 0.5, a, ta ? m : k, 0, b, tb ? k : n, stride_b, -1.5,
+                                     c0, ldc, stride_c, offsets)
+        assert_near c, want, 1e-5, bound, "gemm_grouped inner=#{inner} trans=#{[ta, tb]}"
+      end
+    end
+  end
+
+  def test_gemm_grouped_library_memory_and_errors
+    m, n, k = 8, 5, 4
+    offsets = [0, 2, 2, 8]
+    a = R.rand_f32(43, m * k, 1.0)
+    b = R.rand_f32(44, 3 * k * n, 1.0)
+    c0 = R.rand_f32(45, m * n, 1.0)
+    want, bound = R.gemm_grouped(false, false, false, m, n, k, 1.0, a, k, 0, b, n, k * n, 0.25, c0, n, 0, offsets)
+    # Library memory, offsets included (read where the call runs).
+    da, db, dc = [a, b, c0].map { |x| Cudann::Memory.from(x) }
+    doff = Cudann::Memory.from(offsets, type: :int32)
+    Cudann.gemm_grouped(da, db, dc, doff, m: m, n: n, k: k, beta: 0.25, stride_b: k * n)
+    assert_near dc.download, want, 1e-5, bound, "gemm_grouped on library memory"
+    [da, db, dc, doff].each(&:free)
+
+    # Offsets out of order or range: the library's error, nothing written.
+    c = c0.dup
+    grouped = ->(offs, bs = b) { Cudann.gemm_grouped(a, bs, c, offs, m: m, n: n, k: k, stride_b: k * n) }
+    err = assert_invalid("offsets may not decrease") { grouped.call([0, 3, 2, 8]) }
+    assert_equal "cudann_gemm_grouped: offsets[2] = 2 is less than offsets[1] = 3 (offsets may not decrease)",
+                 err.message
+    err = assert_invalid("is outside") { grouped.call([0, 3, 5, 9]) }
+    assert_equal "cudann_gemm_grouped: offsets[3] = 9 is outside [0, m = 8]", err.message
+    assert_equal c0, c, "C untouched on error"
+    assert_invalid("Cudann.gemm_grouped: offsets must hold groups + 1 entries (got none)") { grouped.call([]) }
+    assert_invalid("b has 40 elements, want at least 60") { grouped.call(offsets, b[0, 2 * k * n]) }
+  end
+
   def test_swiglu_forward_and_backward
     n = 1000
     gate = R.rand_f32(23, n, 8.0)

@@ -34,6 +34,27 @@ pub unsafe fn fill32(stream: Stream, ptr: DevPtr, words: usize, value: u32) -> R
     check(unsafe { sys::cuMemsetD32Async(ptr, value, words, stream) }, "cuMemsetD32Async")
 }
 
+/// Whether `stream` may wait for the host here: false while it (or, for the
+/// legacy default stream, another stream it would join) is being captured
+/// into a graph, or when the driver cannot tell. Safety: `stream` is a live
+/// stream of the current context (or NULL).
+pub unsafe fn may_sync(stream: Stream) -> bool {
+    let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+    let result = unsafe { sys::cuStreamIsCapturing(stream, &mut status) };
+    result == CUresult::CUDA_SUCCESS && status == sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE
+}
+
+/// `n` int32 of device memory at `ptr`, read after the work before them on
+/// `stream` (which this waits for). Safety: `ptr` holds `n` int32.
+pub unsafe fn read_i32s(stream: Stream, ptr: DevPtr, n: usize) -> Result<Vec<i32>> {
+    let mut host = vec![0i32; n];
+    unsafe {
+        check(sys::cuMemcpyDtoHAsync_v2(host.as_mut_ptr().cast(), ptr, n * 4, stream), "cuMemcpyDtoHAsync")?;
+        check(sys::cuStreamSynchronize(stream), "cuStreamSynchronize")?;
+    }
+    Ok(host)
+}
+
 /// One kernel argument, passed by address to cuLaunchKernel.
 #[derive(Clone, Copy, Debug)]
 pub enum Arg {

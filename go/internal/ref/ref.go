@@ -112,6 +112,31 @@ func Gemm(a, b, c0 []float32, m, n, k int, alpha, beta float64) (c, bound []floa
 // C_i keep c0's values, with a zero error scale) and the error scale, as Gemm.
 func GemmEx(transA, transB bool, m, n, k int, alpha float64, a []float32, lda, strideA int,
 	b []float32, ldb, strideB int, beta float64, c0 []float32, ldc, strideC, batch int) (c, bound []float64) {
+	return gemmParts(transA, transB, n, alpha, a, lda, strideA, b, ldb, strideB, beta, c0, ldc, strideC, batch,
+		func(int) (int, int, int, int) { return 0, m, 0, k })
+}
+
+// GemmGrouped is cudann_gemm_grouped's result and error scale, as GemmEx:
+// group g (its matrices strideA, strideB, strideC apart) covers indices
+// offsets[g] .. offsets[g+1] of the rows of C (inner false: only those rows
+// are written) or of k (inner true: C_g sums the products over them).
+func GemmGrouped(transA, transB, inner bool, m, n, k int, alpha float64, a []float32, lda, strideA int,
+	b []float32, ldb, strideB int, beta float64, c0 []float32, ldc, strideC int, offsets []int32) (c, bound []float64) {
+	return gemmParts(transA, transB, n, alpha, a, lda, strideA, b, ldb, strideB, beta, c0, ldc, strideC, len(offsets)-1,
+		func(g int) (int, int, int, int) {
+			lo, hi := int(offsets[g]), int(offsets[g+1])
+			if inner {
+				return 0, m, lo, hi
+			}
+			return lo, hi, 0, k
+		})
+}
+
+// gemmParts is C_g[i, j] = alpha Σ_p op(A_g)[i, p] op(B_g)[p, j] + beta C_g[i, j]
+// for g < parts, over the rows i in [i0, i1) and the inner indices p in
+// [p0, p1) that span(g) gives, A_g, B_g, C_g starting g strides in.
+func gemmParts(transA, transB bool, n int, alpha float64, a []float32, lda, strideA int, b []float32, ldb, strideB int,
+	beta float64, c0 []float32, ldc, strideC, parts int, span func(g int) (i0, i1, p0, p1 int)) (c, bound []float64) {
 	at := func(x []float32, ld int, trans bool, r, col int) float64 {
 		if trans {
 			r, col = col, r
@@ -119,15 +144,16 @@ func GemmEx(transA, transB bool, m, n, k int, alpha float64, a []float32, lda, s
 		return float64(x[r*ld+col])
 	}
 	c, bound = F64(c0), make([]float64, len(c0))
-	for bi := 0; bi < batch; bi++ {
-		for i := 0; i < m; i++ {
+	for g := 0; g < parts; g++ {
+		i0, i1, p0, p1 := span(g)
+		for i := i0; i < i1; i++ {
 			for j := 0; j < n; j++ {
 				s, sa := 0.0, 0.0
-				for p := 0; p < k; p++ {
-					t := at(a[bi*strideA:], lda, transA, i, p) * at(b[bi*strideB:], ldb, transB, p, j)
+				for p := p0; p < p1; p++ {
+					t := at(a[g*strideA:], lda, transA, i, p) * at(b[g*strideB:], ldb, transB, p, j)
 					s, sa = s+t, sa+math.Abs(t)
 				}
-				o := bi*strideC + i*ldc + j
+				o := g*strideC + i*ldc + j
 				c[o], bound[o] = alpha*s+beta*c[o], math.Abs(alpha)*sa+math.Abs(beta*c[o])
 			}
 		}

@@ -71,6 +71,7 @@ module Cudann
     attach_function :cuda_gemm, [:pointer, :pointer, :pointer, :int, :int, :int, :float, :float, :pointer], :int32, BLOCKING
     attach_function :cuda_gemm_batched, [:pointer, :pointer, :pointer, :int, :int, :int, :int, :float, :float, :pointer], :int32, BLOCKING
     attach_function :cudann_gemm_ex, [:int, :int, :int, :int, :int, :float, :pointer, :int, :int64, :int64, :pointer, :int, :int64, :int64, :float, :pointer, :int, :int64, :int64, :int, :pointer], :int32, BLOCKING
+    attach_function :cudann_gemm_grouped, [:int, :int, :int, :int, :int, :int, :float, :pointer, :int, :int64, :int64, :pointer, :int, :int64, :int64, :float, :pointer, :int, :int64, :int64, :pointer, :int, :pointer], :int32, BLOCKING
     attach_function :cuda_cross_entropy_forward, [:pointer, :pointer, :pointer, :pointer, :int, :int, :pointer], :int32, BLOCKING
     attach_function :cuda_cross_entropy_backward, [:pointer, :pointer, :pointer, :int, :int, :float, :pointer], :int32, BLOCKING
     attach_function :cuda_aux_loss_forward, [:pointer, :pointer, :pointer, :pointer, :pointer, :int, :int, :int, :float, :pointer], :int32, BLOCKING

@@ -399,26 +399,66 @@ module Cudann
                    lda: nil, ldb: nil, ldc: nil, stride_a: 0, stride_b: 0, stride_c: 0, batch: 1,
                    a_type: F32, b_type: F32, c_type: F32, stream: nil)
     fn = "Cudann.gemm_ex"
-    { m: m, n: n, k: k, batch: batch, stride_a: stride_a, stride_b: stride_b, stride_c: stride_c }.each do |name, v|
+    (pa, pb, pc), write_c = gemm_operands(fn, [[a, a_type, lda, stride_a], [b, b_type, ldb, stride_b],
+                                               [c, c_type, ldc, stride_c]], m, n, k, trans_a, trans_b, batch: batch)
+    check(Native.cudann_gemm_ex(trans_a ? 1 : 0, trans_b ? 1 : 0, m, n, k, alpha, *pa, *pb, beta, *pc, batch,
+                                stream_pointer(fn, stream)))
+    write_c&.call
+    c
+  end
+
+  # The grouped GEMM of a mixture of experts (cudann_gemm_grouped): gemm_ex's
+  # products over groups instead of a batch, group g (its matrices stride_a,
+  # stride_b, stride_c apart) covering indices offsets[g]...offsets[g + 1] of
+  # the rows of C, or of k with group_inner. offsets (int32: an Array,
+  # FFI::MemoryPointer, Cudann::Memory or Numo::Int32) holds groups + 1
+  # entries, not decreasing, within [0, m] (or [0, k]). Rows grouped: those
+  # rows of C_g are alpha op(A_g) op(B_g) + beta C_g; rows in no group are not
+  # written. group_inner: C_g = alpha op(A_g)[:, ks] op(B_g)[ks, :] + beta C_g
+  # over the indices ks of group g, for every group (an empty one scales C_g by
+  # beta). Operands, types and the result as gemm_ex. Offsets out of order or
+  # range are INVALID_VALUE where the host can read them; in device memory they
+  # are read on the device (no host round trip).
+  def self.gemm_grouped(a, b, c, offsets, m:, n:, k:, group_inner: false, trans_a: false, trans_b: false,
+                        alpha: 1.0, beta: 0.0, lda: nil, ldb: nil, ldc: nil, stride_a: 0, stride_b: 0, stride_c: 0,
+                        a_type: F32, b_type: F32, c_type: F32, stream: nil)
+    fn = "Cudann.gemm_grouped"
+    entries = Tensor.count(fn, :offsets, offsets, :i32)
+    invalid("#{fn}: offsets must hold groups + 1 entries (got none)") if entries.zero?
+    (pa, pb, pc), write_c = gemm_operands(fn, [[a, a_type, lda, stride_a], [b, b_type, ldb, stride_b],
+                                               [c, c_type, ldc, stride_c]], m, n, k, trans_a, trans_b,
+                                          groups: entries - 1)
+    check(Native.cudann_gemm_grouped(trans_a ? 1 : 0, trans_b ? 1 : 0, group_inner ? 1 : 0, m, n, k, alpha, *pa,
+                                     *pb, beta, *pc, Tensor.pointer(offsets, :i32, entries)[0], entries - 1,
+                                     stream_pointer(fn, stream)))
+    write_c&.call
+    c
+  end
+
+  # The C arguments [pointer, type, leading dimension, stride] of the operands
+  # ([tensor, type, ld or nil, stride] each) A, B and C of a strided GEMM of
+  # `count` (one keyword: batch or groups) products, and the lambda writing C
+  # back (or nil). Leading dimensions default to the stored matrices' widths;
+  # each operand must hold at least the elements it spans.
+  def self.gemm_operands(fn, operands, m, n, k, trans_a, trans_b, **count)
+    strides = operands.map(&:last)
+    { m: m, n: n, k: k, **count, stride_a: strides[0], stride_b: strides[1], stride_c: strides[2] }.each do |name, v|
       invalid("#{fn}: #{name} must be an Integer >= 0 (got #{v.inspect})") unless v.is_a?(Integer) && v >= 0
     end
-    ar, ac = trans_a ? [k, m] : [m, k]
-    br, bc = trans_b ? [n, k] : [k, n]
-    lda ||= ac
-    ldb ||= bc
-    ldc ||= n
-    ptrs = [[:a, a, a_type, ar, ac, lda, stride_a], [:b, b, b_type, br, bc, ldb, stride_b],
-            [:c, c, c_type, m, n, ldc, stride_c]].map do |name, x, type, rows, cols, ld, stride|
+    batch = count.values.first
+    shapes = [trans_a ? [k, m] : [m, k], trans_b ? [n, k] : [k, n], [m, n]]
+    write_c = nil
+    args = operands.zip(%i[a b c], shapes).map do |(x, type, ld, stride), name, (rows, cols)|
+      ld ||= cols
       span = rows.zero? || cols.zero? || batch.zero? ? 0 : (batch - 1) * stride + (rows - 1) * ld + cols
       elem = [F16, BF16].include?(type) ? :u16 : :f32 # another type: the library refuses it
       have = Tensor.count(fn, name, x, elem)
       invalid("#{fn}: #{name} has #{have} elements, want at least #{span}") if have < span
-      Tensor.pointer(x, elem, have)
+      ptr, back = Tensor.pointer(x, elem, have)
+      write_c = back if name == :c
+      [ptr, type, ld, stride]
     end
-    check(Native.cudann_gemm_ex(trans_a ? 1 : 0, trans_b ? 1 : 0, m, n, k, alpha, ptrs[0][0], a_type, lda, stride_a,
-                                ptrs[1][0], b_type, ldb, stride_b, beta, ptrs[2][0], c_type, ldc, stride_c, batch,
-                                stream_pointer(fn, stream)))
-    ptrs[2][1]&.call
-    c
+    [args, write_c]
   end
+  private_class_method :gemm_operands
 end
