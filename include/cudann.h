@@ -661,6 +661,29 @@ int32_t cudann_gemm_ex(int trans_a,
                        int batch,
                        void *stream);
 
+// Grouped products, as `cudann_gemm_ex` with `batch` replaced by `groups`
+// groups over a partition of one dimension: group `g` covers indices
+// `offsets[g] .. offsets[g+1]` of `m` (`group_inner = 0`: rows) or of `k`
+// (`group_inner = 1`), with its matrices at `A + g*stride_a`, `B + g*stride_b`,
+// `C + g*stride_c` (`A_g`, `B_g`, `C_g`). Rows: `C_g[r, :] = alpha *
+// op(A_g)[r, :] * op(B_g) + beta * C_g[r, :]` for the rows `r` of group `g`;
+// other rows of C are not written. Inner: `C_g = alpha * op(A_g)[:, r] *
+// op(B_g)[r, :] + beta * C_g` summed over the indices `r` of group `g`, for
+// every group (an empty one writes `beta * C_g`). This is a mixture of
+// experts' layers: the rows dispatched to expert `g` times its weights
+// (`stride_b` apart), and each expert's weight gradient (`stride_c` apart).
+// `offsets` (`groups + 1` int32, not decreasing, within `[0, m]` or `[0, k]`)
+// is read where the call runs, so with device pointers the product needs no
+// host round trip (a step can be captured into a CUDA graph); where the host
+// can read it, offsets out of order or range are -2. On the GPU, float32
+// operands run a kernel of its own (offsets clamped into range, an end
+// before its start an empty group), except products of at least 4e9 flops
+// (`2*m*n*k`) outside a graph capture: their offsets are read to the host
+// (waiting for the stream) and each group runs on cuBLAS. A float32 `C` with
+// one half type among `A` and `B` runs on a float32 copy of the half operand;
+// other mixes run on the CPU (device pointers: -1). `C` may not overlap `A` or `B`; the `C_g`
+// may not overlap each other where they are written (`stride_c` 0 with rows
+// grouped, or at least `(m-1)*ldc + n`). Returns -2 as `cudann_gemm_ex`.
 int32_t cudann_gemm_grouped(int trans_a,
                             int trans_b,
                             int group_inner,

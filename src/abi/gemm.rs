@@ -242,6 +242,14 @@ pub unsafe extern "C" fn cudann_gemm_ex(
     })
 }
 
+/// Grouped products at least this large (2 m n k) run on cuBLAS, a product a
+/// group, after reading the offsets to the host, unless the stream is being
+/// captured: the grouped kernel reaches 0.6-0.8x cuBLAS there (H100), while
+/// the round trip costs tens of microseconds against hundreds for the
+/// products. Smaller ones are launch-bound on cuBLAS: the kernel is up to 3x
+/// faster.
+const GROUPED_ON_BLAS_FLOPS: f64 = 4e9;
+
 /// Grouped products, as `cudann_gemm_ex` with `batch` replaced by `groups`
 /// groups over a partition of one dimension: group `g` covers indices
 /// `offsets[g] .. offsets[g+1]` of `m` (`group_inner = 0`: rows) or of `k`
@@ -265,14 +273,6 @@ pub unsafe extern "C" fn cudann_gemm_ex(
 /// other mixes run on the CPU (device pointers: -1). `C` may not overlap `A` or `B`; the `C_g`
 /// may not overlap each other where they are written (`stride_c` 0 with rows
 /// grouped, or at least `(m-1)*ldc + n`). Returns -2 as `cudann_gemm_ex`.
-/// Grouped products at least this large (2 m n k) run on cuBLAS, a product a
-/// group, after reading the offsets to the host, unless the stream is being
-/// captured: the grouped kernel reaches 0.6-0.8x cuBLAS there (H100), while
-/// the round trip costs tens of microseconds against hundreds for the
-/// products. Smaller ones are launch-bound on cuBLAS: the kernel is up to 3x
-/// faster.
-const GROUPED_ON_BLAS_FLOPS: f64 = 4e9;
-
 #[unsafe(no_mangle)]
 #[allow(non_snake_case)] // the matrices are A, B, C as in BLAS
 pub unsafe extern "C" fn cudann_gemm_grouped(
