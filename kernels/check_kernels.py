@@ -1089,6 +1089,47 @@ def check_gemm():
                        err <= 1e-5 and np.all(np.isfinite(Cd.get())))
 
 
+def check_gemm_grouped():
+    """gemm_grouped_f32: rows grouped (per-group B) and k grouped (per-group C),
+    every transpose, partial tiles, empty groups, rows outside every group left
+    as they were, offsets out of order (clamped: (150, 20, 200, 180) is groups
+    150..150, 20..200 and 200..200), blocks striding over tiles."""
+    grouped = kernel("gemm", "gemm_grouped_f32")
+    for inner, m, n, k, offsets in ((0, 300, 130, 70, (5, 5, 129, 260, 290)), (1, 140, 129, 300, (0, 100, 100, 299, 300)),
+                                    (0, 40, 9, 33, (0, 40)), (0, 200, 64, 32, (150, 20, 200, 180))):
+        groups = len(offsets) - 1
+        dim = k if inner else m
+        clamped = []
+        for g in range(groups):  # the kernel's reading of the offsets
+            lo = min(max(offsets[g], 0), dim)
+            clamped.append((lo, max(lo, min(max(offsets[g + 1], 0), dim))))
+        for ta, tb in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            A = randn(*((k, m) if ta else (m, k)))
+            B = randn(*((1,) if inner else (groups,)), *((n, k) if tb else (k, n)))
+            C = randn(groups if inner else 1, m, n)
+            opA = A.T.astype(np.float64) if ta else A.astype(np.float64)
+            opB = [(b.T if tb else b).astype(np.float64) for b in B]
+            # k grouped: an empty group's C is beta C; rows grouped: rows in no group keep C.
+            want = C.astype(np.float64) * (0.5 if inner else 1.0)
+            scale = np.abs(want) + 1
+            for g, (lo, hi) in enumerate(clamped):
+                if inner:
+                    want[g] = 1.5 * opA[:, lo:hi] @ opB[0][lo:hi] + 0.5 * C[g]
+                    scale[g] += 1.5 * np.abs(opA[:, lo:hi]) @ np.abs(opB[0][lo:hi])
+                else:
+                    want[0, lo:hi] = 1.5 * opA[lo:hi] @ opB[g] + 0.5 * C[0, lo:hi]
+                    scale[0, lo:hi] += 1.5 * np.abs(opA[lo:hi]) @ np.abs(opB[g])
+            tiles = groups * -(-m // 128) if inner else -(-m // 128) + groups
+            for grid_y in (tiles, 1):
+                Cd = dev(C)
+                grouped((-(-n // 128), grid_y), (256,), (dev(A), dev(B), Cd, dev(np.array(offsets, np.int32)), np.int32(groups),
+                        np.int32(inner), np.int32(m), np.int32(n), np.int32(k), np.int32(ta), np.int32(tb),
+                        np.int64(A.shape[1]), np.int64(B.shape[2]), np.int64(n), np.int64(0),
+                        np.int64(0 if inner else B[0].size), np.int64(m * n if inner else 0), np.float32(1.5), np.float32(0.5)))
+                err = float(np.max(np.abs(Cd.get() - want) / scale))
+                report("gemm_grouped_f32", f"inner={inner} {m}x{n}x{k} t={ta}{tb} offsets={offsets} grid_y={grid_y}", err, err <= 1e-5)
+
+
 # ----------------------------------------------------------------------------- rope
 
 def rope_freqs_ref(max_seq, d, base, alpha):
@@ -1705,7 +1746,7 @@ def main():
     print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
     only = sys.argv[1:]  # optional: names of the checks to run, e.g. "rope attention sample"
     for check in (check_elementwise, check_softmax, check_norm, check_loss, check_optim, check_sort, check_embedding,
-                  check_decode, check_gemm, check_rope, check_attention, check_kv_cache, check_moe, check_sample,
+                  check_decode, check_gemm, check_gemm_grouped, check_rope, check_attention, check_kv_cache, check_moe, check_sample,
                   check_large):
         if only and check.__name__[len("check_"):] not in only:
             continue
