@@ -10,7 +10,8 @@ use crate::cpu::skinny;
 use crate::dispatch::{self, Call};
 use crate::gpu::widen::Use;
 use crate::error::{Result, invalid};
-use crate::gpu::driver::{self, DevPtr};
+use crate::gpu::driver::{self, DevPtr, Stream};
+use crate::gpu::Gpu;
 use crate::gpu::{blas, ops};
 
 /// Row-major `C[M,N] = alpha * A[M,K] * B[K,N] + beta * C`. With `beta == 0`,
@@ -311,56 +312,14 @@ pub unsafe extern "C" fn cudann_gemm_grouped(
         let reads = c_len > 0 && k > 0;
         let (a_len, b_len) = if reads { (sa.span("A", groups)?, sb.span("B", groups)?) } else { (0, 0) };
         let off = Input::new("offsets", offsets, if c_len > 0 { groups + 1 } else { 0 })?;
-        let grouped = if inner { ("k", k) } else { ("m", m) };
         // SAFETY: host memory of groups + 1 elements (empty for device memory).
-        let host = unsafe { off.host_view() };
-        if let Some(i) = (0..host.len()).find(|&i| host[i] < 0 || host[i] as usize > grouped.1 || (i > 0 && host[i] < host[i - 1])) {
-            return Err(invalid(if i > 0 && host[i] >= 0 && host[i] < host[i - 1] {
-                format!("offsets[{i}] = {} is less than offsets[{}] = {} (offsets may not decrease)", host[i], i - 1, host[i - 1])
-            } else {
-                format!("offsets[{i}] = {} is outside [0, {} = {}]", host[i], grouped.0, grouped.1)
-            }));
-        }
+        offsets_in_order(unsafe { off.host_view() }, if inner { ("k", k) } else { ("m", m) })?;
         let regions = [region("A", A, types[0], a_len, false)?, region("B", B, types[1], b_len, false)?, region("C", C, types[2], c_len, true)?, off.region()];
         require(!regions[..2].iter().any(|r| r.bytes > 0 && c_len > 0 && r.start == C as usize), || "C may not be A or B in a grouped product".to_string())?;
         let call = Call::new(stream, c_len, regions)?.flops(2.0 * (m * n) as f64 * k as f64);
         let shape = Shape { batch: groups, m, n, k, alpha, beta, a: (ta, sa), b: (tb, sb), c: sc, lens: [a_len, b_len, c_len] };
-        let cpu = || unsafe {
-            let host = off.slice();
-            for g in 0..groups {
-                let (lo, hi) = (host[g] as usize, host[g + 1] as usize);
-                if hi == lo && !inner {
-                    continue; // no rows
-                }
-                let (part, at) = shape.group(inner, g, lo, hi);
-                let (a, b, c) = (element(A, types[0], at[0]), element(B, types[1], at[1]), element(C, types[2], at[2]).cast_mut());
-                if types == [Float::F32; 3] {
-                    part.run(a.cast(), b.cast(), c.cast());
-                } else {
-                    mixed(&part, types, a, b, c);
-                }
-            }
-        };
-        let operand = |ptr, s: &Strided, trans| blas::Operand { ptr, trans, ld: s.ld, stride: s.stride };
-        let gpu = |g: &_, p: &[DevPtr]| unsafe {
-            let s = stream.cast();
-            if 2.0 * (m * n) as f64 * k as f64 >= GROUPED_ON_BLAS_FLOPS && blas::available() && driver::may_sync(s) {
-                // Each group a cuBLAS product, as the kernel's clamped offsets say.
-                let dim = if inner { k } else { m } as i32;
-                let offsets = driver::read_i32s(s, p[3], groups + 1)?;
-                for (g, pair) in offsets.windows(2).enumerate() {
-                    let lo = pair[0].clamp(0, dim) as usize;
-                    let (part, at) = shape.group(inner, g, lo, (pair[1].clamp(0, dim) as usize).max(lo));
-                    let ((pta, psa), (ptb, psb)) = (part.a, part.b);
-                    let from = |i: usize| p[i] + (at[i] * 4) as DevPtr;
-                    if part.m > 0 {
-                        ops::gemm_ex(s, operand(from(0), &psa, pta), operand(from(1), &psb, ptb), operand(from(2), &part.c, false), None, 1, part.m, n, part.k, alpha, beta)?;
-                    }
-                }
-                return Ok(());
-            }
-            ops::gemm_grouped(g, s, operand(p[0], &sa, ta), operand(p[1], &sb, tb), operand(p[2], &sc, false), p[3], groups, inner, m, n, k, alpha, beta)
-        };
+        let cpu = || unsafe { grouped_on_cpu(&shape, inner, types, off.slice(), [A, B, C.cast_const()]) };
+        let gpu = |g: &_, p: &[DevPtr]| unsafe { grouped_on_gpu(g, stream.cast(), &shape, inner, p) };
         match types {
             [Float::F32, Float::F32, Float::F32] => dispatch::run(&call, cpu, gpu),
             [Float::F32, half, Float::F32] | [half, Float::F32, Float::F32] => {
@@ -370,6 +329,60 @@ pub unsafe extern "C" fn cudann_gemm_grouped(
             _ => dispatch::run_cpu_only(&call, cpu),
         }
     })
+}
+
+/// -2 naming the first entry of host-readable `offsets` outside `[0, dim]` or
+/// less than the one before it (`name`, `dim`: the grouped dimension).
+fn offsets_in_order(offsets: &[i32], (name, dim): (&str, usize)) -> Result<()> {
+    for (i, &o) in offsets.iter().enumerate() {
+        require(o >= 0 && o as usize <= dim, || format!("offsets[{i}] = {o} is outside [0, {name} = {dim}]"))?;
+        require(i == 0 || o >= offsets[i - 1], || format!("offsets[{i}] = {o} is less than offsets[{}] = {} (offsets may not decrease)", i - 1, offsets[i - 1]))?;
+    }
+    Ok(())
+}
+
+/// A checked cudann_gemm_grouped call on the CPU: each of `shape.batch`
+/// groups (over `offsets`) through cudann_gemm_ex's paths. Safety: the call's
+/// checked buffers `[A, B, C]`.
+unsafe fn grouped_on_cpu(shape: &Shape, inner: bool, types: [Float; 3], offsets: &[i32], [a, b, c]: [*const c_void; 3]) {
+    for g in 0..shape.batch {
+        let (lo, hi) = (offsets[g] as usize, offsets[g + 1] as usize);
+        if hi == lo && !inner {
+            continue; // no rows
+        }
+        let (part, at) = shape.group(inner, g, lo, hi);
+        let (a, b, c) = (element(a, types[0], at[0]), element(b, types[1], at[1]), element(c, types[2], at[2]).cast_mut());
+        if types == [Float::F32; 3] {
+            unsafe { part.run(a.cast(), b.cast(), c.cast()) };
+        } else {
+            unsafe { mixed(&part, types, a, b, c) };
+        }
+    }
+}
+
+/// A checked cudann_gemm_grouped call on float32 device buffers `p` (A, B, C,
+/// offsets): the grouped kernel, or, for products of at least
+/// [`GROUPED_ON_BLAS_FLOPS`] outside a capture, cuBLAS per group after the
+/// offsets are read (clamped as the kernel clamps them). Safety: the call's
+/// checked device buffers.
+unsafe fn grouped_on_gpu(g: &Gpu, s: Stream, shape: &Shape, inner: bool, p: &[DevPtr]) -> Result<()> {
+    let Shape { batch: groups, m, n, k, alpha, beta, a: (ta, sa), b: (tb, sb), c: sc, .. } = *shape;
+    let operand = |ptr, s: &Strided, trans| blas::Operand { ptr, trans, ld: s.ld, stride: s.stride };
+    if 2.0 * (m * n) as f64 * k as f64 >= GROUPED_ON_BLAS_FLOPS && blas::available() && unsafe { driver::may_sync(s) } {
+        let dim = if inner { k } else { m } as i32;
+        let offsets = unsafe { driver::read_i32s(s, p[3], groups + 1)? };
+        for (group, pair) in offsets.windows(2).enumerate() {
+            let lo = pair[0].clamp(0, dim) as usize;
+            let (part, at) = shape.group(inner, group, lo, (pair[1].clamp(0, dim) as usize).max(lo));
+            let ((pta, psa), (ptb, psb)) = (part.a, part.b);
+            let from = |i: usize| p[i] + (at[i] * 4) as DevPtr;
+            if part.m > 0 {
+                unsafe { ops::gemm_ex(s, operand(from(0), &psa, pta), operand(from(1), &psb, ptb), operand(from(2), &part.c, false), None, 1, part.m, n, part.k, alpha, beta)? };
+            }
+        }
+        return Ok(());
+    }
+    unsafe { ops::gemm_grouped(g, s, operand(p[0], &sa, ta), operand(p[1], &sb, tb), operand(p[2], &sc, false), p[3], groups, inner, m, n, k, alpha, beta) }
 }
 
 /// A checked cudann_gemm_ex problem.
