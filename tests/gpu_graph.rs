@@ -161,6 +161,10 @@ impl TinyStep {
         shapes.iter().map(|&(n, len)| { at += len; (n, at - len, len) }).collect()
     }
 
+    fn n_params(&self) -> usize {
+        self.offsets().iter().map(|o| o.2).sum()
+    }
+
     fn run(&self, b: &StepBuffers, s: *mut std::ffi::c_void) {
         let (t, d, h, g, hd, f, e, k, v) = (self.t as i32, self.d as i32, self.h as i32, self.g as i32, self.hd as i32, self.f as i32, self.e as i32, self.k as i32, self.v as i32);
         let (qd, kd, tk) = (h * hd, g * hd, t * k);
@@ -204,7 +208,7 @@ impl TinyStep {
             lin(b.f("xf"), p("lm_head"), b.f("logits"), t, v, d);
             assert_ok(cuda_cross_entropy_forward(b.f("logits"), b.i("targets"), b.f("loss"), b.f("log_probs"), t, v, s));
             // Backward.
-            assert_ok(cuda_zero_grad(b.f("grad"), self.offsets().iter().map(|o| o.2).sum::<usize>() as i64, s));
+            assert_ok(cuda_zero_grad(b.f("grad"), self.n_params() as i64, s));
             assert_ok(cuda_cross_entropy_backward(b.f("log_probs"), b.i("targets"), b.f("d_logits"), t, v, 1.0 / t as f32, s));
             mm(1, 0, v, d, t, b.f("d_logits"), v, b.f("xf"), d, 0.0, gr("lm_head"), d);
             mm(0, 0, t, d, v, b.f("d_logits"), v, p("lm_head"), d, 0.0, b.f("d_xf"), d);
@@ -240,7 +244,7 @@ impl TinyStep {
             assert_ok(cuda_add(b.f("d_x_mid"), b.f("tmp"), b.f("d_x0"), (t * d) as i64, s));
             assert_ok(cudann_embedding_backward(b.i("ids"), b.f("d_x0"), gr("embed"), t, v, d, s));
             // Update (the step number is a host argument: a captured step replays with it).
-            let n = self.offsets().iter().map(|o| o.2).sum::<usize>() as i64;
+            let n = self.n_params() as i64;
             assert_ok(cuda_grad_clip(b.f("grad"), b.f("partial"), b.f("gnorm"), 1.0, n, s));
             assert_ok(cuda_adamw_step(b.f("params"), b.f("grad"), b.f("adam_m"), b.f("adam_v"), 3e-3, 0.9, 0.95, 1e-8, 0.0, 1, n, s));
         }
@@ -250,7 +254,7 @@ impl TinyStep {
     fn buffers(&self, on_device: bool, seed: u64) -> StepBuffers {
         let mut rng = Rng::new(seed);
         let (t, d, qd, kd, f, e, k, v, hd) = (self.t, self.d, self.h * self.hd, self.g * self.hd, self.f, self.e, self.k, self.v, self.hd);
-        let n: usize = self.offsets().iter().map(|o| o.2).sum();
+        let n = self.n_params();
         let mut params = rng.vec(n, 0.1);
         for (name, at, len) in self.offsets() {
             if name.ends_with("norm") {
