@@ -3,7 +3,7 @@
 (M token rows times a weight matrix) and square/training shapes, in every
 transpose combination.
 
-    make build && python3 bench/gemm_bench.py [--quick]
+    make build && python3 bench/gemm_bench.py [--quick] [--only decode|square]
 
 `NT` is the linear layer y = x·Wᵀ with W [N, K] row-major; `TN`/`TT` read A
 transposed. For each shape: the median ms of each side, the rate at which each
@@ -30,9 +30,10 @@ SIDES = ("cudann", "numpy", "jax")
 TRANSPOSES = [(0, 0), (0, 1), (1, 0), (1, 1)]
 
 
-def shapes(quick):
+def shapes(quick, only=None):
     decode = [(m, n, 4096) for n in (4096, 16384) for m in ((1, 4, 16) if quick else (1, 2, 4, 8, 16, 32))]
-    return [("decode", s) for s in decode] + [("square", s) for s in ((1024, 1024, 1024), (1024, 256, 1024))]
+    every = [("decode", s) for s in decode] + [("square", s) for s in ((1024, 1024, 1024), (1024, 256, 1024))]
+    return [(kind, s) for kind, s in every if only in (None, kind)]
 
 
 def product(side, m, n, k, ta, tb, rng):
@@ -58,12 +59,12 @@ def product(side, m, n, k, ta, tb, rng):
     return lambda: jitted(ja, jb).block_until_ready()
 
 
-def measure(side, quick, repeats):
+def measure(side, quick, only, repeats):
     """This process's side alone: {"MxNxK op": median ms}, printed as JSON."""
     from cpu_bench import timed
     rng = np.random.default_rng(0)
     out = {}
-    for _, (m, n, k) in shapes(quick):
+    for _, (m, n, k) in shapes(quick, only):
         for ta, tb in TRANSPOSES:
             out[f"{m}x{n}x{k} {'NT'[ta] + 'NT'[tb]}"] = timed(product(side, m, n, k, ta, tb, rng), repeats)
     print(json.dumps(out))
@@ -79,15 +80,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and shapes")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=("decode", "square"), help="only these shapes")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # one side's process
     args = parser.parse_args()
     repeats = 5 if args.quick else 11
     if args.side:
-        return measure(args.side, args.quick, repeats)
+        return measure(args.side, args.quick, args.only, repeats)
     runs = {side: [] for side in SIDES}
     for _ in range(args.rounds):
         for side in SIDES:
             command = [sys.executable, os.path.abspath(__file__), "--side", side] + ["--quick"] * args.quick
+            command += ["--only", args.only] * bool(args.only)
             runs[side].append(json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout))
     ours_version, jax_version = versions()
     print(f"# cudann {ours_version} vs numpy {np.__version__} (OpenBLAS) and jax {jax_version} jit; {os.cpu_count()} cores; "
@@ -95,7 +98,7 @@ def main():
     print(f"{'shape MxNxK':<18} {'op':<3} {'cudann':>8} {'numpy':>8} {'jax':>8} {'GB/s':>6} {'np GB/s':>7} {'jax GB/s':>8} "
           f"{'vs best':>7}  ok")
     failures = 0
-    for kind, (m, n, k) in shapes(args.quick):
+    for kind, (m, n, k) in shapes(args.quick, args.only):
         for ta, tb in TRANSPOSES:
             key = f"{m}x{n}x{k} {'NT'[ta] + 'NT'[tb]}"
             times = [statistics.median(run[key] for run in runs[side]) for side in SIDES]

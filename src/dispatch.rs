@@ -89,14 +89,15 @@ impl<const N: usize> Call<N> {
     }
 
     /// The cost model for host operands: staging wins when the arithmetic saved
-    /// outweighs moving every operand over PCIe (outputs both ways).
-    fn gpu_pays_off(&self) -> bool {
+    /// outweighs moving every operand over PCIe (outputs both ways), operand i's
+    /// bytes counted `widths[i]` times (see [`run_typed`]).
+    fn gpu_pays_off(&self, widths: [f64; N]) -> bool {
         const CPU_BYTES_PER_S: f64 = 10e9;
         const CPU_FLOPS_PER_CORE: f64 = 30e9;
         const PCIE_BYTES_PER_S: f64 = 12e9;
         const GPU_FLOPS: f64 = 15e12;
         const GPU_FIXED_S: f64 = 50e-6;
-        let bytes: f64 = self.buffers.iter().map(|r| r.bytes as f64 * if r.written { 2.0 } else { 1.0 }).sum();
+        let bytes: f64 = self.buffers.iter().zip(widths).map(|(r, w)| w * r.bytes as f64 * if r.written { 2.0 } else { 1.0 }).sum();
         // The machine's cores, not the calling pool's threads: the choice (and so
         // the results' bits) must not depend on which pool a caller runs in.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
@@ -111,6 +112,12 @@ impl<const N: usize> Call<N> {
 /// when there are none). `gpu` receives one device pointer per buffer of the
 /// call, in order.
 pub fn run<const N: usize>(call: &Call<N>, cpu: impl FnOnce(), gpu: impl FnOnce(&Gpu, &[DevPtr]) -> Result<()>) -> Result<()> {
+    run_as_wide(call, [1.0; N], cpu, gpu)
+}
+
+/// [`run`], host operands staged or not as if operand i's bytes were
+/// `widths[i]` times what they are.
+fn run_as_wide<const N: usize>(call: &Call<N>, widths: [f64; N], cpu: impl FnOnce(), gpu: impl FnOnce(&Gpu, &[DevPtr]) -> Result<()>) -> Result<()> {
     if call.work == 0 {
         return Ok(());
     }
@@ -132,7 +139,7 @@ pub fn run<const N: usize>(call: &Call<N>, cpu: impl FnOnce(), gpu: impl FnOnce(
         return gpu(device, &pointers);
     }
     let all_host = places.iter().flatten().all(|&p| p == Place::Host);
-    if all_host && requested()? == Requested::Auto && !call.gpu_pays_off() {
+    if all_host && requested()? == Requested::Auto && !call.gpu_pays_off(widths) {
         cpu();
         return Ok(());
     }
@@ -158,13 +165,17 @@ fn owner(places: &[Option<Place>]) -> Result<Option<i32>> {
 
 /// [`run`] for an op whose GPU kernels are float32: a half-precision call (`t`
 /// not F32) runs them on float32 copies of its half operands (`uses` says
-/// which buffers those are; see [`widen::run`]).
+/// which buffers those are; see [`widen::run`]). Host operands go where the
+/// float32 op of the same shape goes (its tensors have twice their bytes), so that a
+/// half result stays that backend's float32 result rounded once: the CPU's
+/// and the GPU's float32 ops may differ in the last bit (RoPE's sines).
 pub fn run_typed<const N: usize>(t: Float, call: &Call<N>, uses: [Use; N], cpu: impl FnOnce(), gpu: impl FnOnce(&Gpu, &[DevPtr]) -> Result<()>) -> Result<()> {
     if t == Float::F32 {
         return run(call, cpu, gpu);
     }
     let elements = call.buffers.map(|r| r.bytes / 2);
-    run(call, cpu, |g, p| unsafe { widen::run(g, call.stream.cast(), t, &uses, p, &elements, |wide| gpu(g, wide)) })
+    let widths = uses.map(|u| if u == Use::Keep { 1.0 } else { 2.0 });
+    run_as_wide(call, widths, cpu, |g, p| unsafe { widen::run(g, call.stream.cast(), t, &uses, p, &elements, |wide| gpu(g, wide)) })
 }
 
 /// For ops whose GPU kernels do not exist yet: host operands run on the CPU;

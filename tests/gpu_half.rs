@@ -334,3 +334,39 @@ fn float32_activations_times_half_weights_on_the_device() {
         }
     }
 }
+
+/// Host memory on a GPU machine: an op is staged to the GPU or not by its
+/// size in bytes, and a half-precision call decides as its float32 op of the
+/// same shape would, so its results stay that op's results rounded once (RoPE:
+/// the GPU's sines may differ from the CPU's in the last bit). Shapes on both
+/// sides of the staging threshold; on a machine without a GPU both run on the
+/// CPU and this holds trivially.
+#[test]
+fn host_half_ops_run_where_their_float32_op_runs() {
+    let mut rng = Rng::new(79);
+    for t in [CUDANN_F16, CUDANN_BF16] {
+        for (batch, seq, hq, hk, hd, offset) in [(2usize, 5usize, 4usize, 2usize, 16usize, 3usize), (2, 300, 8, 2, 64, 40), (4, 600, 8, 2, 64, 0)] {
+            let mut freqs = vec![0f32; (seq + offset) * hd / 2];
+            unsafe { assert_ok(cuda_rope_freqs(freqs.as_mut_ptr(), (seq + offset) as i32, hd as i32, 10_000.0, 1.0, NULL)) };
+            let (nq, nk) = (batch * seq * hq * hd, batch * seq * hk * hd);
+            let (hqs, hks) = (half_vec(&mut rng, nq, 3.0, t), half_vec(&mut rng, nk, 3.0, t));
+            let (q, k) = (widen(&hqs, t), widen(&hks, t));
+            let (mut wq, mut wk) = (vec![0f32; nq], vec![0f32; nk]);
+            let (mut gq, mut gk) = (vec![0u16; nq], vec![0u16; nk]);
+            let dims = (batch as i32, seq as i32, hq as i32, hk as i32, hd as i32, offset as i32);
+            unsafe {
+                assert_ok(cuda_rope_qk(q.as_ptr(), k.as_ptr(), freqs.as_ptr(), wq.as_mut_ptr(), wk.as_mut_ptr(), dims.0, dims.1, dims.2, dims.3, dims.4, dims.5, NULL));
+                let (qp, kp) = (hqs.as_ptr().cast(), hks.as_ptr().cast());
+                assert_ok(cudann_rope_qk_ex(qp, kp, freqs.as_ptr(), gq.as_mut_ptr().cast(), gk.as_mut_ptr().cast(), dims.0, dims.1, dims.2, dims.3, dims.4, dims.5, t, NULL));
+            }
+            let rounded = |x: &[f32]| {
+                let mut h = vec![0u16; x.len()];
+                unsafe { assert_ok(cudann_convert(x.as_ptr().cast(), CUDANN_F32, h.as_mut_ptr().cast(), t, x.len() as i64, NULL)) };
+                h
+            };
+            let shape = format!("type {t} {batch}x{seq}x{hq}x{hd}");
+            assert!(gq == rounded(&wq), "rope q {shape}: not the float32 op's result rounded");
+            assert!(gk == rounded(&wk), "rope k {shape}: not the float32 op's result rounded");
+        }
+    }
+}
