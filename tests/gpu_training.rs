@@ -664,6 +664,9 @@ fn general_attention_matches_the_cpu() {
         (2, 2, 700, 1024, 4, 2, 256, 698, 1, true),
         (1, 1, 5000, 5000, 2, 2, 32, 0, 0, false),
         (1, 1, 300, 300, 2, 1, 36, 299, 1, false),
+        // Batch 1 with 8 KV heads: 32 splits, combined in one pass.
+        (1, 1, 4096, 4096, 32, 8, 128, 4095, 1, false),
+        (1, 1, 2000, 2048, 16, 8, 64, 1999, 1, true),
     ];
     for (batch, q_len, kv_len, cap, heads, kv_heads, d, pos0, causal, masked) in cases {
         let what = format!("attention b{batch} q{q_len} kv{kv_len}/{cap} h{heads}/{kv_heads} d{d} pos0 {pos0} causal {causal} mask {masked}");

@@ -46,7 +46,7 @@ pub const MODULES: &[(&str, &str, &[&str], u32)] = &[
           "attention_forward_f32", "attention_forward_d64_f32", "attention_backward_d32_f32", "attention_backward_d64_f32", "attention_backward_d128_f32", "attention_backward_d256_f32",
           "attention_backward_dr_f32", "attention_backward_fused_d32_f32", "attention_backward_fused_d64_f32", "attention_backward_fused_d128_f32",
           "attention_decode_r1_d128_f32", "attention_decode_r2_d128_f32", "attention_decode_r4_d128_f32", "attention_decode_r8_d128_f32",
-          "attention_decode_r1_d256_f32", "attention_decode_r2_d256_f32", "attention_decode_r4_d256_f32", "attention_decode_r8_d256_f32", "attention_decode_combine_f32"],
+          "attention_decode_r1_d256_f32", "attention_decode_r2_d256_f32", "attention_decode_r4_d256_f32", "attention_decode_r8_d256_f32", "attention_decode_combine_f32", "attention_decode_combine_many_f32"],
         70,
     ),
     (
