@@ -779,23 +779,19 @@ DC_KERNEL(2, 256)
 DC_KERNEL(4, 256)
 DC_KERNEL(8, 256)
 
-// Launch: block 256, grid batch * kv_heads * rows (blocks stride), rows =
-// q_len * heads / kv_heads. Combines the splits' partials of
-// attention_decode_r<R>_* (rpad = R) into O and lse, a block per query row:
-// the threads stride over the splits for the max and the sum, and over
-// (column, group of splits) for the output, each in a fixed order.
-extern "C" __global__ void __launch_bounds__(256) attention_decode_combine_f32(const float4* part, float* O, float* lse,
-                                                                              int batch, int q_len, int heads,
-                                                                              int kv_heads, int d, int splits, int rpad) {
-    __shared__ float4 group_sum[256];
-    const FlashShape sh{batch, q_len, 0, 0, heads, kv_heads, d, 0, 0, 0.0f, nullptr, lse};
-    const int d4 = d / 4, rows = q_len * (heads / kv_heads), groups = blockDim.x / d4;
-    const int t = threadIdx.x, c = t % d4, g = t / d4;
-    const i64 stride = (i64)rpad * (d4 + 1);  // float4s between splits
-    for (i64 item = blockIdx.x; item < (i64)batch * kv_heads * rows; item += gridDim.x) {
-        const int r = (int)(item % rows);
-        const i64 bk = item / rows;  // b * kv_heads + kvh
-        const float4* p0 = part + (bk * splits * rpad + r) * (d4 + 1);
+// The splits' max and sum, and this thread's share of the output (column c
+// over splits g, g + groups, ...), for one query row whose first split's
+// partial is at p0 (splits `stride` float4s apart).
+struct Combined {
+    float mx, lt;
+    float4 acc;
+};
+
+// The block's threads stride over the splits for the max and the sum (block
+// reductions), each in a fixed order.
+struct ByBlock {
+    __device__ static Combined weigh(const float4* p0, i64 stride, int splits, int d4, int c, int g, int groups) {
+        const int t = threadIdx.x;
         float mx = -INF;
         for (int sp = t; sp < splits; sp += blockDim.x) mx = fmaxf(mx, p0[sp * stride + d4].x);
         mx = block_allreduce(mx, Max(), -INF);
@@ -809,37 +805,20 @@ extern "C" __global__ void __launch_bounds__(256) attention_decode_combine_f32(c
         float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (g < groups)
             for (int sp = g; sp < splits; sp += groups) acc = axpy4(exp2_approx(p0[sp * stride + d4].x - base), p0[sp * stride + c], acc);
-        group_sum[t] = acc;
-        __syncthreads();
-        if (t < d4) {
-            for (int k = 1; k < groups; ++k) acc = add4(acc, group_sum[k * d4 + c]);
-            decode_finish(sh, O, decode_row(sh, bk / kv_heads, (int)(bk % kv_heads), r), c, acc, mx, lt);
-        }
-        __syncthreads();  // group_sum is read before the next item overwrites it
+        return {mx, lt, acc};
     }
-}
+};
 
-// As attention_decode_combine_f32, for many splits of few rows (decoding at
-// batch 1: 32 splits for 4 query rows of a KV head): each warp finds the
-// splits' max and sum itself from lane s's split s, s + 32, ... (no block
-// reduction), while each thread's partial outputs (column c, splits g,
-// g + groups, ...) load in the same round trip; one barrier for the groups'
-// sum. 1x4096 on an H100: 2.8 us against 3.3; slower than the block-reduction
-// kernel for 8 splits or fewer of many rows. The same bits as that kernel
-// for up to 32 splits (one a lane).
-#define DC_OWN 8  // splits whose partials a thread loads up front
-extern "C" __global__ void __launch_bounds__(256) attention_decode_combine_many_f32(const float4* part, float* O, float* lse,
-                                                                                   int batch, int q_len, int heads,
-                                                                                   int kv_heads, int d, int splits, int rpad) {
-    __shared__ float4 group_sum[256];
-    const FlashShape sh{batch, q_len, 0, 0, heads, kv_heads, d, 0, 0, 0.0f, nullptr, lse};
-    const int d4 = d / 4, rows = q_len * (heads / kv_heads), groups = blockDim.x / d4;
-    const int t = threadIdx.x, lane = t & 31, c = t % d4, g = t / d4;
-    const i64 stride = (i64)rpad * (d4 + 1);  // float4s between splits
-    for (i64 item = blockIdx.x; item < (i64)batch * kv_heads * rows; item += gridDim.x) {
-        const int r = (int)(item % rows);
-        const i64 bk = item / rows;  // b * kv_heads + kvh
-        const float4* p0 = part + (bk * splits * rpad + r) * (d4 + 1);
+// For many splits of few rows (decoding at batch 1: 32 splits for 4 query
+// rows of a KV head): each warp finds the max and the sum itself from lane
+// s's splits s, s + 32, ... (no block reduction), while the thread's first
+// DC_OWN partial outputs load in the same round trip. 1x4096 on an H100: 2.8
+// us a combine against ByBlock's 3.3; slower for 8 splits or fewer of many
+// rows. ByBlock's very bits for up to 32 splits (one a lane).
+#define DC_OWN 8
+struct ByWarps {
+    __device__ static Combined weigh(const float4* p0, i64 stride, int splits, int d4, int c, int g, int groups) {
+        const int lane = threadIdx.x & 31;
         float4 o[DC_OWN];
         float om[DC_OWN];
 #pragma unroll
@@ -866,15 +845,45 @@ extern "C" __global__ void __launch_bounds__(256) attention_decode_combine_many_
             for (int sp = g + DC_OWN * groups; sp < splits; sp += groups)
                 acc = axpy4(exp2_approx(p0[sp * stride + d4].x - base), p0[sp * stride + c], acc);
         }
+        return {mx, lt, acc};
+    }
+};
+
+// Launch: block 256, grid batch * kv_heads * rows (blocks stride), rows =
+// q_len * heads / kv_heads. Combines the splits' partials of
+// attention_decode_r<R>_* (rpad = R) into O and lse, a block per query row,
+// weighed the Way's way; the groups of splits are summed in a fixed order.
+template <class Way>
+__device__ void decode_combine(const float4* part, float* O, float* lse, int batch, int q_len, int heads, int kv_heads,
+                               int d, int splits, int rpad) {
+    __shared__ float4 group_sum[256];
+    const FlashShape sh{batch, q_len, 0, 0, heads, kv_heads, d, 0, 0, 0.0f, nullptr, lse};
+    const int d4 = d / 4, rows = q_len * (heads / kv_heads), groups = blockDim.x / d4;
+    const int t = threadIdx.x, c = t % d4, g = t / d4;
+    const i64 stride = (i64)rpad * (d4 + 1);  // float4s between splits
+    for (i64 item = blockIdx.x; item < (i64)batch * kv_heads * rows; item += gridDim.x) {
+        const int r = (int)(item % rows);
+        const i64 bk = item / rows;  // b * kv_heads + kvh
+        const Combined w = Way::weigh(part + (bk * splits * rpad + r) * (d4 + 1), stride, splits, d4, c, g, groups);
+        float4 acc = w.acc;
         group_sum[t] = acc;
         __syncthreads();
         if (t < d4) {
             for (int k = 1; k < groups; ++k) acc = add4(acc, group_sum[k * d4 + c]);
-            decode_finish(sh, O, decode_row(sh, bk / kv_heads, (int)(bk % kv_heads), r), c, acc, mx, lt);
+            decode_finish(sh, O, decode_row(sh, bk / kv_heads, (int)(bk % kv_heads), r), c, acc, w.mx, w.lt);
         }
         __syncthreads();  // group_sum is read before the next item overwrites it
     }
 }
+
+#define DC_COMBINE(NAME, WAY)                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256)                                                             \
+        NAME(const float4* part, float* O, float* lse, int batch, int q_len, int heads, int kv_heads, int d,      \
+             int splits, int rpad) {                                                                              \
+        decode_combine<WAY>(part, O, lse, batch, q_len, heads, kv_heads, d, splits, rpad);                        \
+    }
+DC_COMBINE(attention_decode_combine_f32, ByBlock)
+DC_COMBINE(attention_decode_combine_many_f32, ByWarps)
 
 // ----------------------------------------------------------------------------- general attention backward
 //
