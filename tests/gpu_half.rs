@@ -1,7 +1,8 @@
 //! The GPU paths of the half-precision ops: device pointers on a non-default
 //! stream give bitwise the CPU backend's results (the CPU conversions are
 //! themselves checked against numpy and ml_dtypes in tests/convert.rs and the
-//! Python suite). Skipped, visibly, where there is no GPU.
+//! Python suite), and host memory runs where the float32 op runs. Skipped,
+//! visibly, where there is no GPU (but the host-memory test, trivially true there).
 mod common;
 use common::device::{Dev, Stream, present};
 use common::*;
@@ -349,8 +350,7 @@ fn host_half_ops_run_where_their_float32_op_runs() {
             let mut freqs = vec![0f32; (seq + offset) * hd / 2];
             unsafe { assert_ok(cuda_rope_freqs(freqs.as_mut_ptr(), (seq + offset) as i32, hd as i32, 10_000.0, 1.0, NULL)) };
             let (nq, nk) = (batch * seq * hq * hd, batch * seq * hk * hd);
-            let (hqs, hks) = (half_vec(&mut rng, nq, 3.0, t), half_vec(&mut rng, nk, 3.0, t));
-            let (q, k) = (widen(&hqs, t), widen(&hks, t));
+            let ((hqs, q), (hks, k)) = (to_half(&rng.vec(nq, 3.0), t), to_half(&rng.vec(nk, 3.0), t));
             let (mut wq, mut wk) = (vec![0f32; nq], vec![0f32; nk]);
             let (mut gq, mut gk) = (vec![0u16; nq], vec![0u16; nk]);
             let dims = (batch as i32, seq as i32, hq as i32, hk as i32, hd as i32, offset as i32);
@@ -359,14 +359,9 @@ fn host_half_ops_run_where_their_float32_op_runs() {
                 let (qp, kp) = (hqs.as_ptr().cast(), hks.as_ptr().cast());
                 assert_ok(cudann_rope_qk_ex(qp, kp, freqs.as_ptr(), gq.as_mut_ptr().cast(), gk.as_mut_ptr().cast(), dims.0, dims.1, dims.2, dims.3, dims.4, dims.5, t, NULL));
             }
-            let rounded = |x: &[f32]| {
-                let mut h = vec![0u16; x.len()];
-                unsafe { assert_ok(cudann_convert(x.as_ptr().cast(), CUDANN_F32, h.as_mut_ptr().cast(), t, x.len() as i64, NULL)) };
-                h
-            };
             let shape = format!("type {t} {batch}x{seq}x{hq}x{hd}");
-            assert!(gq == rounded(&wq), "rope q {shape}: not the float32 op's result rounded");
-            assert!(gk == rounded(&wk), "rope k {shape}: not the float32 op's result rounded");
+            assert!(gq == to_half(&wq, t).0, "rope q {shape}: not the float32 op's result rounded");
+            assert!(gk == to_half(&wk, t).0, "rope k {shape}: not the float32 op's result rounded");
         }
     }
 }
