@@ -1,7 +1,7 @@
 //! Device calls captured into a CUDA graph and replayed. Its own test binary:
 //! a capture must not overlap other threads' synchronising calls.
 mod common;
-use common::device::{Dev, Stream, capture_and_replay, present};
+use common::device::{Dev, Stream, capture_and_replay, capture_and_replay_each, present};
 use common::*;
 use cudann::*;
 
@@ -122,12 +122,16 @@ impl StepBuffers {
     fn i(&self, name: &str) -> *mut i32 {
         self.f(name).cast()
     }
-    /// A buffer's values (after the stream's work: the copy waits for the device).
+    /// A buffer's values (device buffers: once the step's stream is synchronized).
     fn read(&self, name: &str) -> Vec<f32> {
         let (ptr, len) = self.ptrs[name];
         let mut out = vec![0f32; len];
         unsafe { assert_ok(cudann_memcpy(out.as_mut_ptr().cast(), ptr.cast(), (len * 4) as i64, NULL)) };
         out
+    }
+    /// The step's cross-entropy and aux losses and its gradient norm.
+    fn losses(&self) -> [f32; 3] {
+        ["loss", "aux", "gnorm"].map(|name| self.read(name)[0])
     }
 }
 
@@ -292,21 +296,18 @@ fn whole_training_step_captured_and_replayed() {
     let net = TinyStep { t: 32, d: 32, h: 4, g: 2, hd: 8, f: 48, e: 4, k: 2, v: 64, batch: 2, seq: 16 };
     // The CPU's run: the step's calls on host memory (this also runs without a GPU).
     let host = net.buffers(false, 108);
-    let cpu: Vec<[f32; 3]> = (0..3).map(|_| { net.run(&host, NULL); [host.read("loss")[0], host.read("aux")[0], host.read("gnorm")[0]] }).collect();
+    let cpu: Vec<[f32; 3]> = (0..3).map(|_| { net.run(&host, NULL); host.losses() }).collect();
     assert!(cpu.iter().all(|r| r.iter().all(|x| x.is_finite())) && cpu[2][0] < cpu[0][0], "CPU losses {cpu:?}");
     if !present("whole_training_step_captured_and_replayed") {
         return;
     }
     let s = Stream::new();
-    let read = |b: &StepBuffers, name: &str| {
-        s.sync();
-        b.read(name)
-    };
     let eager = net.buffers(true, 108);
     let mut eager_rows = vec![];
     for _ in 0..3 {
         net.run(&eager, s.raw());
-        eager_rows.push([read(&eager, "loss")[0], read(&eager, "aux")[0], read(&eager, "gnorm")[0]]);
+        s.sync();
+        eager_rows.push(eager.losses());
     }
     for (i, (g, c)) in eager_rows.iter().zip(&cpu).enumerate() {
         for (x, y) in g.iter().zip(c) {
@@ -318,23 +319,10 @@ fn whole_training_step_captured_and_replayed() {
     // Warm-up outside the capture would change the state: the capture itself
     // runs nothing, so the first replay is the first step.
     let mut graph_rows = vec![];
-    unsafe {
-        use cudarc::driver::sys;
-        assert_eq!(sys::cuStreamBeginCapture_v2(s.0, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), sys::CUresult::CUDA_SUCCESS);
-        net.run(&captured, s.raw());
-        let mut graph = std::ptr::null_mut();
-        assert_eq!(sys::cuStreamEndCapture(s.0, &mut graph), sys::CUresult::CUDA_SUCCESS);
-        let mut exec = std::ptr::null_mut();
-        assert_eq!(sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0), sys::CUresult::CUDA_SUCCESS);
-        for _ in 0..3 {
-            assert_eq!(sys::cuGraphLaunch(exec, s.0), sys::CUresult::CUDA_SUCCESS);
-            graph_rows.push([read(&captured, "loss")[0], read(&captured, "aux")[0], read(&captured, "gnorm")[0]]);
-        }
-        sys::cuGraphExecDestroy(exec);
-        sys::cuGraphDestroy(graph);
-    }
+    capture_and_replay_each(&s, 3, || net.run(&captured, s.raw()), || graph_rows.push(captured.losses()));
     let bits = |rows: &[[f32; 3]]| rows.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&graph_rows), bits(&eager_rows), "captured {graph_rows:?} against eager {eager_rows:?}");
-    let same = read(&captured, "params").iter().zip(read(&eager, "params")).all(|(a, b)| a.to_bits() == b.to_bits());
+    s.sync();
+    let same = captured.read("params").iter().zip(eager.read("params")).all(|(a, b)| a.to_bits() == b.to_bits());
     assert!(same, "parameters after three captured steps differ from three eager ones");
 }

@@ -100,6 +100,12 @@ impl Drop for Stream {
 /// Captures what `f` enqueues on `stream` into a graph, replays it `times`
 /// times, and synchronizes.
 pub fn capture_and_replay(stream: &Stream, times: usize, f: impl FnOnce()) {
+    capture_and_replay_each(stream, times, f, || ());
+}
+
+/// As [`capture_and_replay`], calling `after` once each replay has finished
+/// (to read what it left in device memory).
+pub fn capture_and_replay_each(stream: &Stream, times: usize, f: impl FnOnce(), mut after: impl FnMut()) {
     unsafe {
         ok(sys::cuStreamBeginCapture_v2(stream.0, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
         f();
@@ -109,8 +115,9 @@ pub fn capture_and_replay(stream: &Stream, times: usize, f: impl FnOnce()) {
         ok(sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0));
         for _ in 0..times {
             ok(sys::cuGraphLaunch(exec, stream.0));
+            stream.sync();
+            after();
         }
-        stream.sync();
         ok(sys::cuGraphExecDestroy(exec));
         ok(sys::cuGraphDestroy(graph));
     }
