@@ -78,39 +78,50 @@ extern "C" __global__ void __launch_bounds__(1024) sort_prefix_sum_i32(int* coun
     }
 }
 
+// Digits a block of sort_place_i32 ranks at once (32 warps x SORT_WINDOW
+// ints of shared memory); more buckets take several windows.
+#define SORT_WINDOW 256
+
 // Launch: block 1024 (32 warps: a chunk), grid min(chunks, 65535) (blocks
 // stride over chunks), after sort_prefix_sum_i32 over the buckets * chunks
 // counts, so that counts[d * chunks + c] is the first row of chunk c's items
-// of digit d. With offsets non-null, block 0 first writes offsets[d] =
-// counts[d * chunks] (d <= buckets). A block places its chunk's warps in
-// turn: the lanes of a warp with the same digit take consecutive rows in lane
-// order from the chunk's entry, which the warp's last such lane then advances
-// (each entry is its own block's), so every digit's items keep their order.
+// of digit d. With offsets non-null, block 0 also writes offsets[d] =
+// counts[d * chunks] (d <= buckets). An item's row is its chunk's first row
+// for its digit, plus the items of that digit in the chunk's earlier warps
+// (a scan over the warps' per-digit counts in shared memory, a window of
+// digits at a time), plus its rank among its warp's lanes of that digit: so
+// every digit's items keep their order, with no block waiting for another.
 extern "C" __global__ void __launch_bounds__(1024)
-    sort_place_i32(const int* keys, const int* perm, int* counts, int* order, int* offsets, int n, int bound, int shift,
-                   int buckets, int chunks) {
+    sort_place_i32(const int* keys, const int* perm, const int* counts, int* order, int* offsets, int n, int bound,
+                   int shift, int buckets, int chunks) {
+    __shared__ int rows[32][SORT_WINDOW];  // [warp][digit - window]: the warp's first row of that digit
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (blockIdx.x == 0 && offsets != nullptr) {
+    if (blockIdx.x == 0 && offsets != nullptr)
         for (i64 d = threadIdx.x; d <= buckets; d += blockDim.x) offsets[d] = counts[d * chunks];
-        __syncthreads();  // before this block advances the entries of chunk 0
-    }
     for (i64 c = blockIdx.x; c < chunks; c += gridDim.x) {
         const i64 p = c * SORT_CHUNK + threadIdx.x;
         const int d = p < n ? sort_digit(keys, perm, p, bound, shift, buckets) : -1;
-        const bool mine = d >= 0;
+        const int q = d >= 0 ? (perm != nullptr ? perm[p] : (int)p) : -1;
         const unsigned same = __match_any_sync(0xffffffffu, d);
         const int rank = __popc(same & ((1u << lane) - 1));
-        int* entry = counts + (i64)(mine ? d : 0) * chunks + c;  // read only when mine
-        for (int w = 0; w < 32; ++w) {
-            if (warp == w) {
-                const int first = mine ? *entry : 0;
-                __syncwarp();  // every lane has read the entry before it moves
-                if (mine) {
-                    order[first + rank] = perm != nullptr ? perm[p] : (int)p;
-                    if (same >> lane == 1u) *entry = first + __popc(same);  // the group's last lane
+        for (int w0 = 0; w0 < buckets; w0 += SORT_WINDOW) {
+            const int width = min(SORT_WINDOW, buckets - w0);
+            for (int i = threadIdx.x; i < 32 * SORT_WINDOW; i += blockDim.x) rows[i / SORT_WINDOW][i % SORT_WINDOW] = 0;
+            __syncthreads();
+            const bool here = d >= w0 && d < w0 + width;
+            if (here && rank == 0) rows[warp][d - w0] = __popc(same);
+            __syncthreads();
+            for (int j = threadIdx.x; j < width; j += blockDim.x) {  // counts -> first rows, warp by warp
+                int row = counts[(i64)(w0 + j) * chunks + c];
+                for (int w = 0; w < 32; ++w) {
+                    const int items = rows[w][j];
+                    rows[w][j] = row;
+                    row += items;
                 }
             }
             __syncthreads();
+            if (here) order[rows[warp][d - w0] + rank] = q;
+            __syncthreads();  // before the next window clears the rows
         }
     }
 }
