@@ -204,6 +204,9 @@ extern "C" __global__ void bias_add_f32(const float* x, const float* bias, float
 // short runs in float, their totals in double, so any number of rows keeps
 // float accuracy.
 #define COLUMN_RUN 32
+// Rows a thread of column_sums_f32 loads before adding them: in flight at
+// once, not one round trip each.
+#define COLUMN_LOADS 8
 
 // Launch: block (32, 32), grid min(ceil(cols / 32), 65535) (blocks stride over
 // strips of 32 columns; one block owns a strip, so no scratch and no atomics).
@@ -223,9 +226,17 @@ extern "C" __global__ void __launch_bounds__(1024) column_sums_f32(const float* 
             for (i64 r0 = ly; r0 < rows; r0 += (i64)ny * COLUMN_RUN) {
                 float run = 0.0f;
                 const i64 r_end = min((i64)rows, r0 + (i64)ny * COLUMN_RUN);
-                for (i64 r = r0; r < r_end; r += ny) {
-                    const i64 o = r * cols + c;
-                    run += b ? a[o] * b[o] : a[o];
+                for (i64 r1 = r0; r1 < r_end; r1 += (i64)ny * COLUMN_LOADS) {
+                    // Loaded at once, added in order; zeros past the end change nothing.
+                    float va[COLUMN_LOADS], vb[COLUMN_LOADS];
+#pragma unroll
+                    for (int i = 0; i < COLUMN_LOADS; ++i) {
+                        const i64 r = r1 + (i64)i * ny, o = r * cols + c;
+                        va[i] = r < r_end ? a[o] : 0.0f;
+                        vb[i] = r < r_end && b ? b[o] : 0.0f;
+                    }
+#pragma unroll
+                    for (int i = 0; i < COLUMN_LOADS; ++i) run = b ? fmaf(va[i], vb[i], run) : run + va[i];
                 }
                 total += run;
             }

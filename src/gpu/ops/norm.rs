@@ -36,13 +36,15 @@ unsafe fn xhat(g: &Gpu, s: Stream, x: DevPtr, xhat: DevPtr, rows: usize, hidden:
 /// The widest row the one-pass RMSNorm backward takes (CHUNK_MAX_HIDDEN in norm.cu).
 const CHUNK_MAX_HIDDEN: usize = 8192;
 /// Chunks the one-pass RMSNorm backward aims for: enough blocks for any
-/// current GPU, and a function of the shape alone (the bits do not depend on
-/// the device).
-const NORM_CHUNKS: usize = 1024;
+/// current GPU (two resident a multiprocessor fill an H100), few enough that
+/// the chunks' column sums, written and read back, stay small (1024 chunks
+/// cost 2 points of the copy bandwidth at 16384 x 4096); a function of the
+/// shape alone, so the bits do not depend on the device.
+const NORM_CHUNKS: usize = 256;
 
 /// RMSNorm backward. The weight gradient is a column sum of `dy * x * r`. Rows
 /// up to [`CHUNK_MAX_HIDDEN`] wide take one pass over `dy` and `x` writing `dx`
-/// and each chunk's column sums (of up to 32 rows) to scratch, then the sum
+/// and each chunk's column sums (of up to 64 rows) to scratch, then the sum
 /// over chunks; where the rows can be read as float4s they are held in
 /// registers (the `regs` kernels), else re-read for `dx`. Wider rows: the
 /// normalised rows `x * r` are written into `dx` first (free until the last
@@ -50,7 +52,7 @@ const NORM_CHUNKS: usize = 1024;
 /// ABI layer has aliased inputs copied).
 pub unsafe fn rmsnorm_backward(g: &Gpu, s: Stream, dy: DevPtr, x: DevPtr, w: DevPtr, dx: DevPtr, dw: DevPtr, rows: usize, hidden: usize, eps: f32) -> Result<()> {
     if rows > 0 && (1..=CHUNK_MAX_HIDDEN).contains(&hidden) {
-        let chunk = (rows / NORM_CHUNKS).clamp(1, 32);
+        let chunk = (rows / NORM_CHUNKS).clamp(1, 64);
         let chunks = rows.div_ceil(chunk);
         let mut scratch = Scratch::new(s);
         let part = scratch.alloc(chunks * hidden * 4)?;
