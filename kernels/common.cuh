@@ -66,9 +66,7 @@ __device__ __forceinline__ float exp2_approx(float x) {
     return y;
 }
 
-// Moves V consecutive floats (V = 1, or 4 from a 16-byte aligned address), of
-// global memory. The 16-byte store goes through __stwb: NVRTC split plain
-// float4 stores into four (MoE's row copies), which cost bandwidth.
+// Moves V consecutive floats (V = 1, or 4 from a 16-byte aligned address).
 template <int V> __device__ __forceinline__ void load_vec(const float* p, float* v);
 template <> __device__ __forceinline__ void load_vec<1>(const float* p, float* v) { v[0] = *p; }
 template <> __device__ __forceinline__ void load_vec<4>(const float* p, float* v) {
@@ -78,7 +76,7 @@ template <> __device__ __forceinline__ void load_vec<4>(const float* p, float* v
 template <int V> __device__ __forceinline__ void store_vec(float* p, const float* v);
 template <> __device__ __forceinline__ void store_vec<1>(float* p, const float* v) { *p = v[0]; }
 template <> __device__ __forceinline__ void store_vec<4>(float* p, const float* v) {
-    __stwb(reinterpret_cast<float4*>(p), make_float4(v[0], v[1], v[2], v[3]));
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
 }
 
 // A float's rank in IEEE total order (Rust's f32::total_cmp) as a signed int:
