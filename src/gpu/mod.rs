@@ -127,6 +127,7 @@ fn probe(ordinal: i32) -> Result<Gpu> {
         check(sys::cuDeviceGet(&mut device, ordinal), "cuDeviceGet")?;
         check(sys::cuDevicePrimaryCtxRetain(&mut context, device), "cuDevicePrimaryCtxRetain")?;
     }
+    scratch::keep_freed_memory(device);
     let gpu = Gpu { ordinal, context, kernels: HashMap::new(), pools: memory::Pools::default(), shared_optin: 0, sm_count: 0 };
     let _current = gpu.enter()?;
     let capability = attribute(ordinal, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)? * 10
