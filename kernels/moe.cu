@@ -17,12 +17,27 @@
 // float, the 16 lanes are added in the fixed tree of lane_total (v[i] +=
 // v[i + 8], then 4, 2, 1), and past one block the blocks' sums are added in
 // double, in order. Every lane of the group returns the result.
+// Elements of each input a lane of cpu_dot loads before adding them: in
+// flight at once, not one round trip each.
+#define DOT_LOADS 8
+
 __device__ float cpu_dot(const float* a, const float* b, i64 n, int lane, unsigned mask) {
     double total = -0.0;  // Rust's f64 Sum starts from -0.0
     for (i64 b0 = 0; b0 == 0 || b0 < n; b0 += 1024) {
         const i64 end = min(n, b0 + 1024);
         float acc = 0.0f;
-        for (i64 e = b0 + lane; e < end; e += 16) acc = __fadd_rn(acc, __fmul_rn(a[e], b[e]));
+        for (i64 e0 = b0 + lane; e0 < end; e0 += 16 * DOT_LOADS) {
+            float va[DOT_LOADS], vb[DOT_LOADS];  // loaded at once, added in order
+#pragma unroll
+            for (int u = 0; u < DOT_LOADS; ++u) {
+                const i64 e = e0 + 16 * u;
+                va[u] = e < end ? a[e] : 0.0f;
+                vb[u] = e < end ? b[e] : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < DOT_LOADS; ++u)
+                if (e0 + 16 * u < end) acc = __fadd_rn(acc, __fmul_rn(va[u], vb[u]));
+        }
 #pragma unroll
         for (int d = 8; d > 0; d >>= 1) acc = __fadd_rn(acc, __shfl_down_sync(mask, acc, d, 16));
         acc = __shfl_sync(mask, acc, 0, 16);
