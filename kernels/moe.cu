@@ -11,16 +11,16 @@
 
 #define NAN_F __int_as_float(0x7fc00000)
 
+// Elements of each input a lane of cpu_dot loads before adding them: in
+// flight at once, not one round trip each.
+#define DOT_LOADS 8
+
 // The CPU backend's dot product (reduce.rs triple_sum), bitwise, on a group of
 // 16 lanes (lane = 0..15, mask = the group's lanes, all of which call it):
 // per block of 1024 elements, lane i sums elements i, i + 16, ... in order in
 // float, the 16 lanes are added in the fixed tree of lane_total (v[i] +=
 // v[i + 8], then 4, 2, 1), and past one block the blocks' sums are added in
 // double, in order. Every lane of the group returns the result.
-// Elements of each input a lane of cpu_dot loads before adding them: in
-// flight at once, not one round trip each.
-#define DOT_LOADS 8
-
 __device__ float cpu_dot(const float* a, const float* b, i64 n, int lane, unsigned mask) {
     double total = -0.0;  // Rust's f64 Sum starts from -0.0
     for (i64 b0 = 0; b0 == 0 || b0 < n; b0 += 1024) {
