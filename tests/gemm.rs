@@ -243,7 +243,7 @@ fn gemm_ex_in_place_and_empty() {
 
 /// The few-row kernels (up to 32 rows of op(A)), A transposed or not: `x·Wᵀ`
 /// (trans_b = 1: row and column tails of its 4 x 4 tiles, k tails of its 16
-/// lanes, k blocks (more than 4 rows and k > 512), more than one task of 256
+/// lanes, k blocks (more than 4 rows and k > 2048), more than one task of 256
 /// rows of W) and `x·B` (trans_b = 0: row tails of its 4 x 64 tiles, lane
 /// group and column tails, k tails of its passes over B's rows, more than one
 /// band of 1024 columns); padding, alpha and beta (beta = 0 with NaN in C); and
@@ -251,7 +251,7 @@ fn gemm_ex_in_place_and_empty() {
 #[test]
 fn gemm_ex_few_rows_every_transpose() {
     let mut rng = Rng::new(35);
-    let shapes = [(1, 1, 1), (1, 300, 7), (3, 5, 16), (4, 4, 33), (5, 9, 600), (17, 257, 70), (32, 6, 1100), (33, 8, 40), (1, 2083, 19), (2, 1125, 37), (5, 1090, 300), (32, 1131, 45), (1, 40, 1100), (1, 300, 83)];
+    let shapes = [(1, 1, 1), (1, 300, 7), (3, 5, 16), (4, 4, 33), (5, 9, 600), (6, 10, 2100), (17, 257, 70), (32, 6, 1100), (33, 8, 40), (1, 2083, 19), (2, 1125, 37), (5, 1090, 300), (32, 1131, 45), (1, 40, 1100), (1, 300, 83)];
     for (m, n, k) in shapes {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
             let pad = 3;
@@ -304,10 +304,10 @@ fn rounded(x: &[f32], dtype: i32) -> (Vec<u16>, Vec<f32>) {
 fn gemm_ex_half_operands_match_float64_of_the_rounded_inputs() {
     let mut rng = Rng::new(34);
     // One row (W read in place, whole rows), a row tile of 3, 7 rows (k
-    // blocks of 512, tails past 16 lanes), and 70 rows of odd depth (bf16 x
+    // blocks of 2048, tails past 16 lanes), and 70 rows of odd depth (bf16 x
     // bf16 there runs the AVX512-BF16 kernel where the CPU has it: tiles
     // past the edges, a k pair cut short).
-    for (m, n, k, batch) in [(1, 45, 600, 2), (3, 45, 130, 2), (7, 45, 600, 2), (70, 45, 131, 2)] {
+    for (m, n, k, batch) in [(1, 45, 600, 2), (3, 45, 130, 2), (7, 45, 2100, 2), (70, 45, 131, 2)] {
         for types in [[CUDANN_F16, CUDANN_F16, CUDANN_F32], [CUDANN_BF16, CUDANN_BF16, CUDANN_F32], [CUDANN_BF16, CUDANN_BF16, CUDANN_BF16], [CUDANN_F16, CUDANN_F16, CUDANN_F16], [CUDANN_F32, CUDANN_BF16, CUDANN_F32]] {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 let (ar, ac) = if ta { (k, m) } else { (m, k) };
