@@ -199,6 +199,17 @@ fn swiglu_and_rope_ex_are_the_float32_op_rounded_once() {
             assert_ok(cudann_swiglu(vp(&hg), vp(&hu), vm(&mut got), n as i64, t, NULL));
         }
         assert_eq!(got, rounded(&want, t), "swiglu type {t}");
+        // In place, with gates past SiLU's fast range (|x| > 80) among them.
+        let mut far = rng.vec(n, 4.0);
+        for (i, v) in [(5, -95.0), (700, 120.0), (9_000, -300.0), (40_000, f32::NEG_INFINITY)] {
+            far[i] = v;
+        }
+        let (mut inplace, f) = to_half(&far, t);
+        unsafe {
+            assert_ok(cudann_swiglu(vp(&f), vp(&u), vm(&mut want), n as i64, CUDANN_F32, NULL));
+            assert_ok(cudann_swiglu(vp(&inplace), vp(&hu), vm(&mut inplace), n as i64, t, NULL));
+        }
+        assert_eq!(inplace, rounded(&want, t), "swiglu in place type {t}");
 
         // Tokens of 6 and 2 heads of 64 (blocks of whole tokens cross batch
         // entries, so positions must follow the token index), from offset 7.

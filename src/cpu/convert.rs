@@ -245,19 +245,38 @@ fn map_bf16_block<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[u16]; N], y
     }
 }
 
-/// A float32 elementwise op applied to `len` elements of each input into
-/// `output`, which may be one of them: each result is the op on the inputs
-/// widened to float32, rounded once. bfloat16 with `fused` (the op's
+/// Elements of each input [`elementwise`] widens at a time: small enough
+/// that the next tile's loads overlap this tile's arithmetic (bf16 SwiGLU on
+/// 2 threads: 10.1 ms in widened blocks of 16384, 7.5 ms in tiles of 256,
+/// 8.2 in tiles of 1024, 10.4 in tiles of 64).
+const TILE: usize = 256;
+
+/// A float32 elementwise kernel applied to `len` elements of each input into
+/// `output`, which may be one of them: each result is the kernel on the
+/// inputs widened to float32, rounded once. bfloat16 with `fused` (the op's
 /// per-element expression, a single arithmetic operation) runs in one pass
-/// (memory-bound: half the bytes of float32); otherwise `op` (the float32
-/// op itself) runs on widened blocks through [`blockwise`]. Only the float32
-/// op's own compiled loop gives a NaN result its very sign and payload in
-/// longer expressions. Safety: as [`blockwise`].
-pub unsafe fn elementwise<T: Element, const N: usize>(inputs: [*const T; N], output: *mut T, len: usize, fused: Option<impl Fn([f32; N]) -> f32 + Sync>, op: impl Fn([&[f32]; N], &mut [f32]) + Sync) {
-    let Some(f) = fused.filter(|_| std::any::TypeId::of::<T>() == std::any::TypeId::of::<bf16>()) else {
-        return unsafe { blockwise(inputs, output, len, 1, |_, x, y| op(x, y)) };
-    };
+/// (memory-bound: half the bytes of float32); otherwise `kernel` (the float32
+/// op's loop on slices of any length) runs on tiles widened on the stack, each
+/// read before it is written. Only the float32 op's own compiled loop gives a
+/// NaN result its very sign and payload in longer expressions. Safety: as
+/// [`blockwise`].
+pub unsafe fn elementwise<T: Element, const N: usize>(inputs: [*const T; N], output: *mut T, len: usize, fused: Option<impl Fn([f32; N]) -> f32 + Sync>, kernel: impl Fn([&[f32]; N], &mut [f32]) + Sync) {
     let (inputs, output) = (inputs.map(|p| Addr(p as usize)), Addr(output as usize));
+    let Some(f) = fused.filter(|_| std::any::TypeId::of::<T>() == std::any::TypeId::of::<bf16>()) else {
+        return for_each_block(len, CHUNK, |start, count| {
+            let (mut wide, mut result) = ([[0.0f32; TILE]; N], [0.0f32; TILE]);
+            for at in (start..start + count).step_by(TILE) {
+                let m = TILE.min(start + count - at);
+                for (w, p) in wide.iter_mut().zip(inputs) {
+                    // SAFETY: this tile of an input, dropped before the output's tile is borrowed.
+                    T::load(unsafe { std::slice::from_raw_parts((p.0 as *const T).add(at), m) }, &mut w[..m]);
+                }
+                kernel(std::array::from_fn(|i| &wide[i][..m]), &mut result[..m]);
+                // SAFETY: this tile of the output belongs to this task and was read above if an input.
+                T::store(&result[..m], unsafe { std::slice::from_raw_parts_mut((output.0 as *mut T).add(at), m) });
+            }
+        });
+    };
     for_each_block(len, CHUNK, |start, count| {
         // SAFETY: T is bf16 (u16 bits); this block lies inside the input.
         let block = |i: usize| unsafe { std::slice::from_raw_parts((inputs[i].0 as *const u16).add(start), count) };

@@ -4,7 +4,7 @@ use super::simd::simd;
 
 use rayon::prelude::*;
 
-use super::math::{exp, exp_parts, ldexp};
+use super::math::{exp, exp_parts, exp_parts_in_range, ldexp, scale_normal};
 use super::par::{CHUNK, Src, blocks};
 use super::reduce::{add_into, column_sums};
 
@@ -27,29 +27,62 @@ fn silu_one(x: f32) -> f32 {
     }
 }
 
-#[simd]
-fn silu_block(x: &[f32], y: &mut [f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = silu_one(x);
+/// Past this |x| (and for NaN), [`silu_near`] is not [`silu_one`].
+const SILU_NEAR: f32 = 80.0;
+
+/// [`silu_one`] for |x| <= SILU_NEAR, with the same bits in about 20% fewer
+/// vector operations: there e = p 2^n (n >= -116) and the result are normal,
+/// so each scaling by 2^n is one exact multiplication, and the clamps and
+/// the -0 tail are not needed.
+#[inline(always)]
+fn silu_near(x: f32) -> f32 {
+    let (p, n) = exp_parts_in_range(-x.abs());
+    let e = scale_normal(p, n);
+    // x * 1.0 is x: one division for both signs (selecting the numerator itself divides twice).
+    let q = x * (if x >= 0.0 { 1.0 } else { p }) / (1.0 + e);
+    if x >= 0.0 { q } else { scale_normal(q, n) }
+}
+
+/// y[i] = f(silu(x[i]), i): [`silu_near`] in one vectorised pass, then
+/// [`silu_one`] again for the elements outside its range, if any.
+#[inline(always)]
+fn silu_map(x: &[f32], y: &mut [f32], f: impl Fn(f32, usize) -> f32) {
+    let x = &x[..y.len()];
+    let mut far = 0u32;
+    for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+        *y = f(silu_near(x), i);
+        far |= u32::from(!(x.abs() <= SILU_NEAR));
+    }
+    if far != 0 {
+        for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+            if !(x.abs() <= SILU_NEAR) {
+                *y = f(silu_one(x), i);
+            }
+        }
     }
 }
 
 #[simd]
-fn add_block(a: &[f32], b: &[f32], y: &mut [f32]) {
+pub(crate) fn silu_block(x: &[f32], y: &mut [f32]) {
+    silu_map(x, y, |s, _| s);
+}
+
+#[simd]
+pub(crate) fn add_block(a: &[f32], b: &[f32], y: &mut [f32]) {
     for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
         *y = a + b;
     }
 }
 
 #[simd]
-fn mul_block(a: &[f32], b: &[f32], y: &mut [f32]) {
+pub(crate) fn mul_block(a: &[f32], b: &[f32], y: &mut [f32]) {
     for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
         *y = a * b;
     }
 }
 
 #[simd]
-fn scale_block(x: &[f32], s: f32, y: &mut [f32]) {
+pub(crate) fn scale_block(x: &[f32], s: f32, y: &mut [f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = x * s;
     }
@@ -133,10 +166,9 @@ fn gelu_backward_block(dy: &[f32], x: &[f32], dx: &mut [f32]) {
 }
 
 #[simd]
-fn swiglu_block(gate: &[f32], up: &[f32], y: &mut [f32]) {
-    for ((y, &g), &u) in y.iter_mut().zip(gate).zip(up) {
-        *y = silu_one(g) * u;
-    }
+pub(crate) fn swiglu_block(gate: &[f32], up: &[f32], y: &mut [f32]) {
+    let up = &up[..y.len()];
+    silu_map(gate, y, |s, i| s * up[i]);
 }
 
 #[simd]
@@ -197,4 +229,39 @@ pub fn bias_backward(dy: &[f32], d_bias: &mut [f32]) {
     let cols = d_bias.len();
     let sums = column_sums(dy.len() / cols, cols, |r, acc| add_into(acc, &dy[r * cols..(r + 1) * cols]));
     d_bias.copy_from_slice(&sums);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SiLU and SwiGLU on `x` against [`silu_one`], bit for bit (NaN: any NaN).
+    fn check(x: &[f32]) {
+        let mut y = vec![0.0; x.len()];
+        silu_block(x, &mut y);
+        for (&x, &y) in x.iter().zip(&y) {
+            let want = silu_one(x);
+            assert!(y.to_bits() == want.to_bits() || (x.is_nan() && y.is_nan()), "silu({x:e}) = {y:e}, want {want:e}");
+        }
+        let up: Vec<f32> = (0..x.len()).map(|i| 1.5 - (i % 7) as f32).collect();
+        swiglu_block(x, &up, &mut y);
+        for ((&x, &u), &y) in x.iter().zip(&up).zip(&y) {
+            let want = silu_one(x) * u;
+            assert!(y.to_bits() == want.to_bits() || (want.is_nan() && y.is_nan()), "swiglu({x:e}, {u}) = {y:e}, want {want:e}");
+        }
+    }
+
+    #[test]
+    fn the_vectorised_silu_has_the_bits_of_silu_one() {
+        // Every 509th float with |x| <= SILU_NEAR, in slices of 2^20 (a stride of 1
+        // passed once, all 2.2e9 of them), then the edges and the far values mixed in.
+        let top = SILU_NEAR.to_bits();
+        let bits: Vec<u32> = (0..=top).step_by(509).collect();
+        for slice in bits.chunks(1 << 19) {
+            check(&slice.iter().flat_map(|&b| [f32::from_bits(b), -f32::from_bits(b)]).collect::<Vec<_>>());
+        }
+        let mut x: Vec<f32> = (top - 40..top + 40).flat_map(|b| [f32::from_bits(b), -f32::from_bits(b)]).collect();
+        x.extend([-87.0, -103.9, -150.0, -200.5, 1e30, -1e30, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -f32::NAN]);
+        check(&x);
+    }
 }

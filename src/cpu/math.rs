@@ -20,7 +20,12 @@ fn pow2i(n: i32) -> f32 {
 /// would be subnormal. x is clamped to [-170, 88.8]; NaN gives a NaN p.
 #[inline(always)]
 pub fn exp_parts(x: f32) -> (f32, i32) {
-    let x = x.clamp(-170.0, 88.8);
+    exp_parts_in_range(x.clamp(-170.0, 88.8))
+}
+
+/// [`exp_parts`] for x already in [-170, 88.8], where the clamp changes nothing.
+#[inline(always)]
+pub fn exp_parts_in_range(x: f32) -> (f32, i32) {
     let shifted = x * LOG2_E + ROUND_MAGIC;
     let n = shifted - ROUND_MAGIC;
     // The integer n read from the low mantissa bits: unlike a float-to-int cast,
@@ -42,6 +47,13 @@ pub fn exp_parts(x: f32) -> (f32, i32) {
 pub fn ldexp(v: f32, n: i32) -> f32 {
     let half = n >> 1;
     v * pow2i(half) * pow2i(n.wrapping_sub(half))
+}
+
+/// v * 2^n for n in [-126, 127] when the result is normal: exact, so the
+/// same bits as [`ldexp`] there, with one multiplication.
+#[inline(always)]
+pub fn scale_normal(v: f32, n: i32) -> f32 {
+    v * pow2i(n)
 }
 
 /// e^x for all f32 x: overflows to +inf above ~88.72, underflows through the
