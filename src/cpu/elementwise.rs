@@ -14,7 +14,7 @@ use super::reduce::{add_into, column_sums};
 /// (the limit, also for -inf).
 #[inline(always)]
 fn silu_one(x: f32) -> f32 {
-    let (p, n) = exp_parts(-x.abs());
+    let (p, n) = exp_parts::<true>(-x.abs());
     let e = ldexp(p, n);
     // One division serves both signs (vectorised code computes both sides).
     let q = (if x >= 0.0 { x } else { x * p }) / (1.0 + e);
@@ -36,7 +36,7 @@ const SILU_NEAR: f32 = 80.0;
 /// the -0 tail are not needed.
 #[inline(always)]
 fn silu_near(x: f32) -> f32 {
-    let (p, n) = exp_parts_in_range(-x.abs());
+    let (p, n) = exp_parts_in_range::<true>(-x.abs());
     let e = scale_normal(p, n);
     // x * 1.0 is x: one division for both signs (selecting the numerator itself divides twice).
     let q = x * (if x >= 0.0 { 1.0 } else { p }) / (1.0 + e);

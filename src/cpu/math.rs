@@ -18,26 +18,28 @@ fn pow2i(n: i32) -> f32 {
 /// e^x as (p, n) with e^x = p * 2^n and p in [1/sqrt 2, sqrt 2]: callers that
 /// multiply more factors in before scaling keep full precision where e^x alone
 /// would be subnormal. x is clamped to [-170, 88.8]; NaN gives a NaN p.
+/// FUSED: the multiply-adds fused (fewer operations; the GPU's sampling
+/// kernels match only the unfused form's bits, which [`exp`] keeps).
 #[inline(always)]
-pub fn exp_parts(x: f32) -> (f32, i32) {
-    exp_parts_in_range(x.clamp(-170.0, 88.8))
+pub fn exp_parts<const FUSED: bool>(x: f32) -> (f32, i32) {
+    exp_parts_in_range::<FUSED>(x.clamp(-170.0, 88.8))
 }
 
 /// [`exp_parts`] for x already in [-170, 88.8], where the clamp changes nothing.
 #[inline(always)]
-pub fn exp_parts_in_range(x: f32) -> (f32, i32) {
-    let shifted = x * LOG2_E + ROUND_MAGIC;
+pub fn exp_parts_in_range<const FUSED: bool>(x: f32) -> (f32, i32) {
+    let mul_add = |a: f32, b: f32, c: f32| if FUSED { a.mul_add(b, c) } else { a * b + c };
+    let shifted = mul_add(x, LOG2_E, ROUND_MAGIC);
     let n = shifted - ROUND_MAGIC;
     // The integer n read from the low mantissa bits: unlike a float-to-int cast,
     // this vectorises (a NaN gives garbage here, but NaN stays NaN through p).
     let ni = (shifted.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
-    let r = x - n * LN2_HI - n * LN2_LO;
-    // Taylor to r^7 on |r| <= ln2/2: truncation below 0.1 ulp.
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let r = mul_add(-n, LN2_LO, mul_add(-n, LN2_HI, x));
+    // Taylor to r^7 on |r| <= ln2/2 (truncation below 0.1 ulp), by Horner.
+    let mut p = 1.0 / 5040.0;
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = mul_add(p, r, c);
+    }
     (p, ni)
 }
 
@@ -60,7 +62,7 @@ pub fn scale_normal(v: f32, n: i32) -> f32 {
 /// subnormals to 0 below ~-103.97, NaN stays NaN.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    let (p, n) = exp_parts(x);
+    let (p, n) = exp_parts::<false>(x);
     ldexp(p, n)
 }
 
