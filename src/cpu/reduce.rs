@@ -5,7 +5,7 @@ use super::simd::simd;
 use rayon::prelude::*;
 
 use super::alloc;
-use super::math::exp;
+use super::math::{exp, exp_with};
 
 pub(crate) const LANES: usize = 16;
 /// Elements summed in f32 before the partial sum moves to f64: 64 terms per
@@ -124,11 +124,12 @@ pub fn sum_exp(x: &[f32], shift: f32) -> f32 {
     lane_sum(x, |v| exp(v - shift))
 }
 
-/// y = e^(x - shift); returns Σ y.
+/// y = e^(x - shift); returns Σ y. The exponential's multiply-adds fused
+/// (softmax: 20% fewer operations; no sampler uses this).
 #[simd]
 pub fn exp_into(x: &[f32], shift: f32, y: &mut [f32]) -> f32 {
     for (y, &x) in y.iter_mut().zip(x) {
-        *y = exp(x - shift);
+        *y = exp_with::<true>(x - shift);
     }
     lane_sum(y, |v| v)
 }
