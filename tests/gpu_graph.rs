@@ -5,12 +5,17 @@ use common::device::{Dev, Stream, capture_and_replay, capture_and_replay_each, p
 use common::*;
 use cudann::*;
 
-/// One capture at a time: a capture must not overlap another thread's
-/// synchronising calls (the tests of this binary run on parallel threads).
+/// One test at a time: a capture must not overlap another thread's
+/// synchronising calls, and every test allocates, frees and copies
+/// synchronously around its capture, its host-memory calls too (these may be
+/// staged through the GPU). With the lock held only around the captures, the
+/// tests' parallel threads broke 2 of 7 runs on an H100: one test's call
+/// ended another's capture.
 static CAPTURE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn graph_capture_and_replay_of_device_calls() {
+    let _exclusive = CAPTURE.lock().unwrap_or_else(|e| e.into_inner());
     if !present("graph_capture_and_replay_of_device_calls") {
         return;
     }
@@ -24,7 +29,6 @@ fn graph_capture_and_replay_of_device_calls() {
     unsafe { assert_ok(cuda_rmsnorm(dx.p(), dw.p(), dy.p(), rows as i32, cols as i32, 1e-6, s.raw())) };
     s.sync();
     let ds = Dev::from(&poisoned(x.len()));
-    let _exclusive = CAPTURE.lock().unwrap();
     capture_and_replay(&s, 3, || unsafe {
         assert_ok(cuda_rmsnorm(dx.p(), dw.p(), dy.p(), rows as i32, cols as i32, 1e-6, s.raw()));
         assert_ok(cuda_silu(dy.p(), dz.p(), x.len() as i64, s.raw()));
@@ -46,6 +50,7 @@ fn graph_capture_and_replay_of_device_calls() {
 /// the same calls on host copies (CPU).
 #[test]
 fn moe_expert_block_captured_with_device_offsets() {
+    let _exclusive = CAPTURE.lock().unwrap_or_else(|e| e.into_inner());
     if !present("moe_expert_block_captured_with_device_offsets") {
         return;
     }
@@ -84,7 +89,6 @@ fn moe_expert_block_captured_with_device_offsets() {
     // Warm-up outside the capture (module loads), then the captured block.
     block(dx.p(), didx.p(), dw.p(), dwg.p(), dwu.p(), dwd.p(), dbufs, dorder.p(), doffsets.p(), s.raw());
     s.sync();
-    let _exclusive = CAPTURE.lock().unwrap();
     let dout = &dev[4];
     unsafe { assert_ok(cudann_memset(dout.p().cast(), 0, (tokens * dim * 4) as i64, s.raw())) };
     capture_and_replay(&s, 2, || block(dx.p(), didx.p(), dw.p(), dwg.p(), dwu.p(), dwd.p(), dbufs, dorder.p(), doffsets.p(), s.raw()));
@@ -293,6 +297,7 @@ impl TinyStep {
 /// uncaptured one at these sizes), and the CPU's losses within 1e-4 relative.
 #[test]
 fn whole_training_step_captured_and_replayed() {
+    let _exclusive = CAPTURE.lock().unwrap_or_else(|e| e.into_inner());
     let net = TinyStep { t: 32, d: 32, h: 4, g: 2, hd: 8, f: 48, e: 4, k: 2, v: 64, batch: 2, seq: 16 };
     // The CPU's run: the step's calls on host memory (this also runs without a GPU).
     let host = net.buffers(false, 108);
@@ -315,7 +320,6 @@ fn whole_training_step_captured_and_replayed() {
         }
     }
     let captured = net.buffers(true, 108);
-    let _exclusive = CAPTURE.lock().unwrap();
     // Warm-up outside the capture would change the state: the capture itself
     // runs nothing, so the first replay is the first step.
     let mut graph_rows = vec![];
