@@ -9,7 +9,8 @@
 #   sanitize   compute-sanitizer memcheck and racecheck on the GPU tests
 #   bench      `cudann info`, `cudann bench`, the host-overhead probe and the
 #              GPU benchmark
-# Logs go to $OUT (or /tmp/out); exits 1 if any step failed.
+# Logs go to $OUT (or /tmp/out), packed at the end into logs.tgz; exits 1 if
+# any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/out}
@@ -93,4 +94,6 @@ PY
   *) echo "unknown step $step"; failed=1 ;;
   esac
 done
+# The device tool brings back only a few files of $OUT: one archive of all the logs.
+tar czf /tmp/device-logs.tgz -C "$out" . && find "$out" -mindepth 1 -delete && mv /tmp/device-logs.tgz "$out/logs.tgz"
 exit $failed
