@@ -97,6 +97,11 @@ __device__ __forceinline__ i64 pack_rank(int key, int index) {
 __device__ __forceinline__ int rank_key(i64 r) { return (int)(r >> 32); }
 __device__ __forceinline__ int rank_index(i64 r) { return 0x7fffffff - (int)(r & 0xffffffffLL); }
 
+// Column groups of V floats a lane of warp_sum_rows loads from one row at
+// once (8: a 4 KB row of float4s in flight together, not one round trip per
+// 512 bytes).
+#define SUM_ROWS_LOADS 8
+
 // dst = the sum over j < n, in order from 0, of w[j] src[rows[j]] (w NULL:
 // src[rows[j]]) for a row of dim floats, by the 32 lanes of a warp, V floats
 // a lane at a time; a negative rows[j] adds nothing. Each product and sum is
@@ -105,16 +110,27 @@ __device__ __forceinline__ int rank_index(i64 r) { return 0x7fffffff - (int)(r &
 template <int V>
 __device__ __forceinline__ void warp_sum_rows(const float* src, const float* w, const int* rows, int n, float* dst,
                                               int dim, int lane) {
-    for (i64 c = V * lane; c < dim; c += 32 * V) {
-        float acc[V] = {};
+    constexpr int U = SUM_ROWS_LOADS;
+    for (i64 c0 = 0; c0 < dim; c0 += 32 * V * U) {
+        float acc[U][V] = {};
         for (int j = 0; j < n; ++j) {
             const int p = rows[j];
             if (p < 0) continue;
-            float v[V];
-            load_vec<V>(src + (i64)p * dim + c, v);
+            float v[U][V] = {};
 #pragma unroll
-            for (int e = 0; e < V; ++e) acc[e] = __fadd_rn(acc[e], w ? __fmul_rn(w[j], v[e]) : v[e]);
+            for (int u = 0; u < U; ++u) {
+                const i64 c = c0 + (i64)V * (32 * u + lane);
+                if (c < dim) load_vec<V>(src + (i64)p * dim + c, v[u]);
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u)
+#pragma unroll
+                for (int e = 0; e < V; ++e) acc[u][e] = __fadd_rn(acc[u][e], w ? __fmul_rn(w[j], v[u][e]) : v[u][e]);
         }
-        store_vec<V>(dst + c, acc);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const i64 c = c0 + (i64)V * (32 * u + lane);
+            if (c < dim) store_vec<V>(dst + c, acc[u]);
+        }
     }
 }
