@@ -199,13 +199,8 @@ pub unsafe fn blockwise<T: Element, const N: usize>(inputs: [*const T; N], outpu
     for_each_block(len, block, |start, count| {
         let run = |buffer: &mut [f32]| {
             let (wide, result) = buffer.split_at_mut(N * count);
-            for (w, p) in wide.chunks_exact_mut(count).zip(inputs) {
-                // SAFETY: this block of an input, dropped before the output's block is borrowed.
-                T::load(unsafe { std::slice::from_raw_parts((p.0 as *const T).add(start), count) }, w);
-            }
-            let mut blocks = wide.chunks_exact(count);
-            op(start, std::array::from_fn(|_| blocks.next().expect("N blocks")), result);
-            T::store(result, unsafe { std::slice::from_raw_parts_mut((output.0 as *mut T).add(start), count) });
+            // SAFETY: this block belongs to this task.
+            unsafe { through_f32::<T, N>(inputs, output, start, wide, result, |x, y| op(start, x, y)) };
         };
         let need = (N + 1) * count;
         if need > SCRATCH_KEEP {
@@ -219,6 +214,22 @@ pub unsafe fn blockwise<T: Element, const N: usize>(inputs: [*const T; N], outpu
             run(&mut scratch[..need]);
         });
     });
+}
+
+/// Elements `start .. start + result.len()` of each input widened into
+/// `wide` (one run of result.len() floats per input), `op` on them into
+/// `result`, rounded into the same elements of the output. Each input is read
+/// before the output is written, so the output may be one of them. Safety:
+/// as [`blockwise`], and no other task touches these elements of the output.
+unsafe fn through_f32<T: Element, const N: usize>(inputs: [Addr; N], output: Addr, start: usize, wide: &mut [f32], result: &mut [f32], op: impl FnOnce([&[f32]; N], &mut [f32])) {
+    let count = result.len();
+    for (w, p) in wide.chunks_exact_mut(count).zip(inputs) {
+        // SAFETY: these elements of an input, dropped before the output's are borrowed.
+        T::load(unsafe { std::slice::from_raw_parts((p.0 as *const T).add(start), count) }, w);
+    }
+    let mut runs = wide.chunks_exact(count);
+    op(std::array::from_fn(|_| runs.next().expect("N runs")), result);
+    T::store(result, unsafe { std::slice::from_raw_parts_mut((output.0 as *mut T).add(start), count) });
 }
 
 /// Calls `f(start, count)` for the blocks of `block` elements of `0..len`, in
@@ -267,13 +278,8 @@ pub unsafe fn elementwise<T: Element, const N: usize>(inputs: [*const T; N], out
             let (mut wide, mut result) = ([[0.0f32; TILE]; N], [0.0f32; TILE]);
             for at in (start..start + count).step_by(TILE) {
                 let m = TILE.min(start + count - at);
-                for (w, p) in wide.iter_mut().zip(inputs) {
-                    // SAFETY: this tile of an input, dropped before the output's tile is borrowed.
-                    T::load(unsafe { std::slice::from_raw_parts((p.0 as *const T).add(at), m) }, &mut w[..m]);
-                }
-                kernel(std::array::from_fn(|i| &wide[i][..m]), &mut result[..m]);
-                // SAFETY: this tile of the output belongs to this task and was read above if an input.
-                T::store(&result[..m], unsafe { std::slice::from_raw_parts_mut((output.0 as *mut T).add(at), m) });
+                // SAFETY: this tile belongs to this task.
+                unsafe { through_f32::<T, N>(inputs, output, at, &mut wide.as_flattened_mut()[..N * m], &mut result[..m], &kernel) };
             }
         });
     };

@@ -38,8 +38,7 @@ const SILU_NEAR: f32 = 80.0;
 fn silu_near(x: f32) -> f32 {
     let (p, n) = exp_parts_in_range::<true>(-x.abs());
     let e = scale_normal(p, n);
-    // x * 1.0 is x: one division for both signs (selecting the numerator itself divides twice).
-    let q = x * (if x >= 0.0 { 1.0 } else { p }) / (1.0 + e);
+    let q = (if x >= 0.0 { x } else { x * p }) / (1.0 + e);
     if x >= 0.0 { q } else { scale_normal(q, n) }
 }
 
