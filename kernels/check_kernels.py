@@ -881,33 +881,43 @@ def cpu_dot32(a, b):
     return np.float32(t)
 
 
-def sort_pass(keys, perm, order, offsets, n, bound, shift, buckets, grid=None):
-    """One pass of sort.cu's stable counting sort, launched as the library does."""
+FEW_SLOTS = 32768  # src/gpu/ops/sort.rs
+
+
+def sort_pass(keys, perm, order, offsets, n, bound, shift, buckets, grid=None, inv=0, scanned=None):
+    """One pass of sort.cu's stable counting sort, launched as the library does
+    (grid: fewer blocks than chunks; scanned: force the prefix-sum launch on or off)."""
     i32 = np.int32
     chunks = -(-n // 1024)
-    counts = cp.zeros(buckets * chunks + 1, i32)
+    if scanned is None:
+        scanned = buckets * chunks > FEW_SLOTS
+    counts = cp.full(buckets * chunks + 1, -7, i32)  # every entry written
     args = (i32(n), i32(bound), i32(shift), i32(buckets), i32(chunks))
-    kernel("sort", "sort_count_i32")((max(1, grid_ew(n)),), (256,), (keys, perm, counts) + args)
-    kernel("sort", "sort_prefix_sum_i32")((1,), (1024,), (counts, i32(buckets * chunks)))
-    kernel("sort", "sort_place_i32")((grid or max(1, chunks),), (1024,), (keys, perm, counts, order, offsets) + args)
+    blocks = grid or max(1, chunks)
+    kernel("sort", "sort_count_i32")((blocks,), (1024,), (keys, perm, counts) + args)
+    if scanned:
+        kernel("sort", "sort_prefix_sum_i32")((1,), (1024,), (counts, i32(buckets * chunks)))
+    kernel("sort", "sort_place_i32")((blocks,), (1024,), (keys, perm, counts, order, offsets, inv) + args + (i32(scanned),))
 
 
 def check_sort():
     """Radix passes of eight bits sort keys stably (numpy's stable argsort),
     dropping keys outside [0, bound); the rest of the order stays -1."""
     i32 = np.int32
-    for n, bound, grid in ((1, 1, None), (1000, 300, None), (5000, 70000, 2), (3000, 2, None), (70000, 1 << 20, None)):
+    for n, bound, grid in ((1, 1, None), (1000, 300, None), (5000, 70000, 2), (3000, 2, None), (70000, 1 << 20, None),
+                           (200000, 1 << 16, 7)):
         keys = RNG.integers(-2, bound + 2, n).astype(i32)
         want = np.array([p for p in np.argsort(keys, kind="stable") if 0 <= keys[p] < bound], i32)
         bits = max(1, int(bound - 1).bit_length())
-        orders = [cp.full(n, -1, i32), cp.full(n, -1, i32)]
         passes = -(-bits // 8)
-        for p in range(passes):
-            perm = orders[(p - 1) % 2] if p else 0
-            sort_pass(dev(keys), perm, orders[p % 2], 0, n, bound, 8 * p, 256, grid)
-        got = orders[(passes - 1) % 2].get()
-        ok = np.array_equal(got[:want.size], want) and (got[want.size:] == -1).all()
-        report("sort_place_i32", f"n={n} bound={bound} passes={passes} grid={grid}", 0.0 if ok else INF, ok)
+        for scanned in (False, True):
+            orders = [cp.full(n, -7, i32), cp.full(n, -7, i32)]  # every entry written
+            for p in range(passes):
+                perm = orders[(p - 1) % 2] if p else 0
+                sort_pass(dev(keys), perm, orders[p % 2], 0, n, bound, 8 * p, 256, grid, scanned=scanned)
+            got = orders[(passes - 1) % 2].get()
+            ok = np.array_equal(got[:want.size], want) and (got[want.size:] == -1).all()
+            report("sort_place_i32", f"n={n} bound={bound} passes={passes} grid={grid} scanned={scanned}", 0.0 if ok else INF, ok)
 
 
 def check_moe():
@@ -917,22 +927,15 @@ def check_moe():
     scatter = kernel("moe", "moe_scatter_f32")
     rows_of_pairs, gsum = kernel("moe", "moe_rows_of_pairs_i32"), kernel("moe", "moe_gather_sum_f32")
 
-    def dispatch(x, off, order, y, tokens, dim, k, experts, grid):
-        """The library's dispatch after the grouping: unplaced rows' order to -1
-        and the inverse, then each token's row to its pairs' rows."""
-        pairs = tokens * k
-        inv = cp.full(pairs, -1, np.int32)
-        rows_of_pairs((grid_ew(pairs),), (256,), (order, inv, np.int32(pairs), off[experts:]))
-        scatter((grid,), (256,), (dev(x), inv, off, y, np.int32(tokens), np.int32(dim), np.int32(k), np.int32(experts)))
-
-    def group(flat, experts, grid):
-        """The library's grouping of the pairs `flat` by expert: (offsets, order)."""
-        off, order = cp.full(experts + 1, -7, i32), cp.full(flat.size, -7, i32)
-        sort_pass(dev(flat), 0, order, off, flat.size, experts, 0, experts, grid)
-        return off, order
+    def group(flat, experts, grid, scanned):
+        """The library's grouping of the pairs `flat` by expert: (offsets, order, each pair's row)."""
+        off, order, inv = cp.full(experts + 1, -7, i32), cp.full(flat.size, -7, i32), cp.full(flat.size, -7, i32)
+        sort_pass(dev(flat), 0, order, off, flat.size, experts, 0, experts, grid, inv, scanned)
+        return off, order, inv
     cb = kernel("moe", "moe_combine_backward_f32")
     for tokens, dim, experts, k in ((1, 1, 1, 1), (37, 33, 8, 2), (64, 256, 64, 8), (5, 1030, 300, 4),
-                                    (2000, 16, 4, 3), (3, 2100, 2, 2), (1000, 64, 1500, 2), (7, 0, 5, 2)):
+                                    (2000, 16, 4, 3), (3, 2100, 2, 2), (1000, 64, 1500, 2), (7, 0, 5, 2),
+                                    (5, 70, 64, 40)):
         pairs = tokens * k
         idx = np.stack([RNG.permutation(experts)[:k] for _ in range(tokens)]).astype(np.int32)
         if tokens > 3:
@@ -969,20 +972,23 @@ def check_moe():
         want_off = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=experts))]).astype(np.int32)
         x = randn(tokens, dim)
         want_y = x[want_order // k] if dim else np.zeros((pairs, 0), f32)
-        for grid in (max(1, -(-pairs // 1024)), 1):
-            off, order = group(flat, experts, grid)
+        for grid, scanned in ((max(1, -(-pairs // 1024)), False), (1, False), (max(1, -(-pairs // 1024)), True)):
+            off, order, inv = group(flat, experts, grid, scanned)
             y = cp.full((pairs, dim), NAN, f32)
-            dispatch(x, off, order, y, tokens, dim, k, experts, max(1, min(-(-tokens // 8), 3)))
+            scatter((max(1, min(-(-tokens // 8), 3)),), (256,),
+                    (dev(x), inv, off, y, i32(tokens), i32(dim), i32(k), i32(experts)))
+            want_inv = np.empty(pairs, np.int64)
+            want_inv[want_order] = np.arange(pairs)
             ok = (np.array_equal(off.get(), want_off) and np.array_equal(order.get(), want_order)
-                  and same_bits(y.get(), want_y))
-            report("moe dispatch (chunk counts/prefix sum/chunk order/inverse/scatter)", f"{case} grid={grid}", 0.0 if ok else INF, ok)
+                  and np.array_equal(inv.get(), want_inv) and same_bits(y.get(), want_y))
+            report("moe dispatch (chunk counts/chunk order/scatter)", f"{case} grid={grid} scanned={scanned}", 0.0 if ok else INF, ok)
 
         # Dispatch backward and combine: each pair's row, then float32 sums in
         # j order from 0 per token (bitwise the CPU's).
         rows_of = np.empty(pairs, np.int64)
         rows_of[want_order] = np.arange(pairs)
         inv = cp.full(pairs, -1, i32)
-        rows_of_pairs((grid_ew(pairs),), (256,), (dev(want_order), inv, i32(pairs), NULLPTR))
+        rows_of_pairs((grid_ew(pairs),), (256,), (dev(want_order), inv, i32(pairs)))
         ok = np.array_equal(inv.get(), rows_of)
         report("moe_rows_of_pairs_i32", case, 0.0 if ok else INF, ok)
         g = randn(pairs, dim)
@@ -1018,20 +1024,23 @@ def check_moe():
     # rows past offsets[n_experts] get order -1 and NaN.
     flat = np.array([0, 9, 1, 0, -3, 1], np.int32)
     x = randn(3, 4)
-    off, order = group(flat, 2, 1)
-    y = cp.full((6, 4), 0.0, f32)
-    dispatch(x, off, order, y, 3, 4, 2, 2, 1)
-    got = y.get()
-    ok = (np.array_equal(off.get(), [0, 2, 4]) and np.array_equal(order.get(), [0, 3, 2, 5, -1, -1])
-          and same_bits(got[:4], x[[0, 1, 1, 2]]) and bool(np.all(np.isnan(got[4:]))))
-    report("moe dispatch (chunk counts/prefix sum/chunk order/inverse/scatter)", "indices out of range", 0.0 if ok else INF, ok)
-    # Many experts: the prefix sum across several 1024-entry chunks.
+    for scanned in (False, True):
+        off, order, inv = group(flat, 2, 1, scanned)
+        y = cp.full((6, 4), 0.0, f32)
+        scatter((1,), (256,), (dev(x), inv, off, y, i32(3), i32(4), i32(2), i32(2)))
+        got = y.get()
+        ok = (np.array_equal(off.get(), [0, 2, 4]) and np.array_equal(order.get(), [0, 3, 2, 5, -1, -1])
+              and np.array_equal(inv.get(), [0, -1, 2, 1, -1, 3])
+              and same_bits(got[:4], x[[0, 1, 1, 2]]) and bool(np.all(np.isnan(got[4:]))))
+        report("moe dispatch (chunk counts/chunk order/scatter)", f"indices out of range scanned={scanned}", 0.0 if ok else INF, ok)
+    # Many experts: several windows of digits, the counts summed in place or by the prefix sum.
     experts, tokens, k = 5000, 3000, 2
     flat = RNG.integers(0, experts, tokens * k).astype(np.int32)
-    off, order = group(flat, experts, 2)
     want_off = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=experts))])
-    ok = np.array_equal(off.get(), want_off) and np.array_equal(order.get(), np.argsort(flat, kind="stable"))
-    report("moe grouping (chunk counts/prefix sum/chunk order)", f"E={experts} pairs={tokens * k}", 0.0 if ok else INF, ok)
+    for scanned in (False, True):
+        off, order, _ = group(flat, experts, 2, scanned)
+        ok = np.array_equal(off.get(), want_off) and np.array_equal(order.get(), np.argsort(flat, kind="stable"))
+        report("moe grouping (chunk counts/chunk order)", f"E={experts} pairs={tokens * k} scanned={scanned}", 0.0 if ok else INF, ok)
 
 
 # ----------------------------------------------------------------------------- decode, gemm

@@ -87,8 +87,7 @@ extern "C" __global__ void aux_loss_backward_f32(const float* f_counts, float* d
 
 // ----------------------------------------------------------------------------- dispatch
 // The pairs are grouped by expert with the stable counting sort of sort.cu
-// (integers only); moe_rows_of_pairs_i32 inverts the order, and
-// moe_scatter_f32 copies each token's row to its pairs' rows. Indices outside
+// (integers only), which also gives each pair's row, and moe_scatter_f32 copies each token's row to its pairs' rows. Indices outside
 // [0, n_experts) (device memory, unchecked) belong to no expert:
 // offsets[n_experts] counts only the others, and the rows past it get order -1
 // and NaN.
@@ -96,13 +95,12 @@ extern "C" __global__ void aux_loss_backward_f32(const float* f_counts, float* d
 // Vectors a lane of warp_row_to loads before it stores any.
 #define ROW_BATCH 4
 
-// Row rows[j] of dst = src (SCALE: a[j] * src) for j = 0 .. n-1 and rows[j]
-// >= 0, by the 32 lanes of a warp, V floats a lane at a time: src (a row of
-// dim floats) is read once for all n copies. The loads of a batch go before
-// its stores: dst never aliases src here, but the compiler cannot know that.
-template <int V, bool SCALE>
-__device__ __forceinline__ void warp_row_to(const float* src, float* dst, const int* rows, const float* a, int n, i64 dim,
-                                            int lane) {
+// Row rows[j] of dst = src for j = 0 .. n-1 and rows[j] >= 0, by the 32
+// lanes of a warp, V floats a lane at a time: src (a row of dim floats) is
+// read once for all n copies. The loads of a batch go before its stores: dst
+// never aliases src here, but the compiler cannot know that.
+template <int V>
+__device__ __forceinline__ void warp_row_to(const float* src, float* dst, const int* rows, int n, i64 dim, int lane) {
     for (i64 c0 = V * lane; c0 < dim; c0 += 32 * V * ROW_BATCH) {
         float v[ROW_BATCH][V];
 #pragma unroll
@@ -111,20 +109,16 @@ __device__ __forceinline__ void warp_row_to(const float* src, float* dst, const 
         for (int j = 0; j < n; ++j) {
             const int p = rows[j];
             if (p < 0) continue;
-            const float s = SCALE ? a[j] : 1.0f;
 #pragma unroll
             for (int b = 0; b < ROW_BATCH; ++b) {
                 if (c0 + 32 * V * b >= dim) break;
-                float o[V];
-#pragma unroll
-                for (int e = 0; e < V; ++e) o[e] = SCALE ? s * v[b][e] : v[b][e];
                 float* at = dst + (i64)p * dim + c0 + 32 * V * b;
                 // Written plainly, NVRTC splits this 16-byte store into four
                 // (4% of the copy bandwidth on MoE dispatch, H100).
                 if constexpr (V == 4)
-                    __stwb(reinterpret_cast<float4*>(at), make_float4(o[0], o[1], o[2], o[3]));
+                    __stwb(reinterpret_cast<float4*>(at), make_float4(v[b][0], v[b][1], v[b][2], v[b][3]));
                 else
-                    store_vec<V>(at, o);
+                    store_vec<V>(at, v[b]);
             }
         }
     }
@@ -142,9 +136,9 @@ extern "C" __global__ void moe_scatter_f32(const float* x, const int* inv, const
     const bool vec = dim % 4 == 0 && aligned16(x) && aligned16(y);
     for (i64 t = warp; t < tokens; t += all) {
         if (vec)
-            warp_row_to<4, false>(x + t * dim, y, inv + t * k, nullptr, k, dim, lane);
+            warp_row_to<4>(x + t * dim, y, inv + t * k, k, dim, lane);
         else
-            warp_row_to<1, false>(x + t * dim, y, inv + t * k, nullptr, k, dim, lane);
+            warp_row_to<1>(x + t * dim, y, inv + t * k, k, dim, lane);
     }
     for (i64 p = offsets[n_experts] + warp; p < (i64)tokens * k; p += all)
         for (i64 c = lane; c < dim; c += 32) y[p * dim + c] = NAN_F;
@@ -154,16 +148,9 @@ extern "C" __global__ void moe_scatter_f32(const float* x, const int* inv, const
 
 // Launch: block 256, grid min(ceil(pairs / 1024), 65535) (grid-stride), on an
 // inv the caller has filled with -1. inv[order[p]] = p: the row of each pair.
-// Entries of order outside [0, pairs) are skipped. With placed non-null
-// (dispatch: the sort fills only the rows before offsets[n_experts]), the rows
-// from *placed on are unplaced: their order becomes -1.
-extern "C" __global__ void moe_rows_of_pairs_i32(int* order, int* inv, int pairs, const int* placed) {
-    const int end = placed != nullptr ? *placed : pairs;
+// Entries of order outside [0, pairs) are skipped.
+extern "C" __global__ void moe_rows_of_pairs_i32(const int* order, int* inv, int pairs) {
     for (i64 p = grid_thread(); p < pairs; p += grid_threads()) {
-        if (p >= end) {
-            order[p] = -1;
-            continue;
-        }
         const int pair = order[p];
         if (pair >= 0 && pair < pairs) inv[pair] = (int)p;
     }
@@ -189,28 +176,63 @@ extern "C" __global__ void moe_gather_sum_f32(const float* src, const float* w, 
     }
 }
 
+// Elements a lane of moe_combine_backward_f32 loads from each row at once.
+#define CB_LOADS 16
+
 // Launch: block 256 (a warp per token), grid min(ceil(tokens / 8), 65535)
 // (warps stride over tokens). For each pair = t * k + j a row p = inv[pair]
-// holds (inv -1: none, skipped): d_expert_output[p] = w[pair] * d_output[t],
-// d_weights[pair] = d_output[t] . expert_output[p] (cpu_dot on a half warp,
-// the two halves taking alternate pairs). Each token's d_output row is read
-// once for all its pairs. The outputs must not alias the inputs.
+// holds (inv -1: none, skipped), in j order: d_expert_output[p] = w[pair] *
+// d_output[t] and d_weights[pair] = d_output[t] . expert_output[p], cpu_dot's
+// sums on a whole warp: the lanes load elements lane + 32 i of both rows,
+// CB_LOADS at a time (coalesced, and in flight together: not one round trip
+// per 16 elements), write the d_expert_output row from the same registers,
+// and lane l < 16 adds the products of elements l, l + 16, l + 32, ... of each
+// block of 1024 in order, every second one lane l + 16's. The outputs must not
+// alias the inputs.
 extern "C" __global__ void moe_combine_backward_f32(const float* dy, const float* e, const float* w, const int* inv,
                                                     float* de, float* dw, int tokens, int dim, int k) {
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    const bool vec = dim % 4 == 0 && aligned16(dy) && aligned16(de);
     for (i64 t = (i64)blockIdx.x * warps + (threadIdx.x >> 5); t < tokens; t += (i64)gridDim.x * warps) {
         const float* dyr = dy + t * dim;
-        const int* rows = inv + t * k;
-        for (int j = lane >> 4; j < k; j += 2) {
-            const int p = rows[j];
-            if (p < 0) continue;
-            const float dot = cpu_dot(dyr, e + (i64)p * dim, dim, lane & 15, group16_mask());
-            if ((lane & 15) == 0) dw[t * k + j] = dot;
+        for (int j0 = 0; j0 < k; j0 += 32) {  // 32 pairs' rows and weights in one load
+            const int mine = j0 + lane < k ? inv[t * k + j0 + lane] : -1;
+            const float weight = j0 + lane < k ? w[t * k + j0 + lane] : 0.0f;
+            for (int j = j0; j < min(k, j0 + 32); ++j) {
+                const int p = __shfl_sync(0xffffffffu, mine, j - j0);
+                const float s = __shfl_sync(0xffffffffu, weight, j - j0);
+                if (p < 0) continue;
+                const float* er = e + (i64)p * dim;
+                float* der = de + (i64)p * dim;
+                double total = -0.0;  // Rust's f64 Sum starts from -0.0
+                float dot = 0.0f;
+                for (i64 b0 = 0; b0 == 0 || b0 < dim; b0 += 1024) {
+                    const i64 end = min((i64)dim, b0 + 1024);
+                    float acc = 0.0f;
+                    for (i64 base = b0; base < end; base += 32 * CB_LOADS) {
+                        float a[CB_LOADS], b[CB_LOADS];
+#pragma unroll
+                        for (int u = 0; u < CB_LOADS; ++u) {
+                            const i64 x = base + lane + 32 * u;
+                            a[u] = x < end ? dyr[x] : 0.0f;
+                            b[u] = x < end ? er[x] : 0.0f;
+                        }
+#pragma unroll
+                        for (int u = 0; u < CB_LOADS; ++u) {
+                            const i64 x = base + lane + 32 * u;
+                            const float own = __fmul_rn(a[u], b[u]);
+                            const float next = __shfl_down_sync(0xffffffffu, own, 16);  // element x + 16's
+                            if (x < end) der[x] = __fmul_rn(s, a[u]), acc = __fadd_rn(acc, own);
+                            if (x + 16 < end) acc = __fadd_rn(acc, next);
+                        }
+                    }
+#pragma unroll
+                    for (int d = 8; d > 0; d >>= 1) acc = __fadd_rn(acc, __shfl_down_sync(0xffffffffu, acc, d, 16));
+                    acc = __shfl_sync(0xffffffffu, acc, 0);
+                    if (dim <= 1024) dot = acc;
+                    else total += (double)acc;
+                }
+                if (lane == 0) dw[t * k + j] = dim <= 1024 ? dot : (float)total;
+            }
         }
-        if (vec)
-            warp_row_to<4, true>(dyr, de, rows, w + t * k, k, dim, lane);
-        else
-            warp_row_to<1, true>(dyr, de, rows, w + t * k, k, dim, lane);
     }
 }

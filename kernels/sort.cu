@@ -5,34 +5,53 @@
 // A pass places the items p < n by a digit of their key: item q = perm[p]
 // (perm null: q = p; a negative q is dropped), key = keys[q], dropped unless
 // 0 <= key < bound, digit = (key >> shift) % buckets. sort_count_i32 counts
-// each chunk's items per digit, sort_prefix_sum_i32 turns the counts,
-// digit-major, into each (digit, chunk)'s first row, and sort_place_i32
-// places every chunk's items from there: order[row] = q, in p order within a
-// digit. Rows past the placed items are left as they were.
+// each chunk's items per digit; sort_place_i32 turns the counts into each
+// (digit, chunk)'s first row, itself when there are few of them, else after
+// sort_prefix_sum_i32 has, and places every chunk's items from there:
+// order[row] = q, in p order within a digit, and -1 in the rows past the
+// placed items.
 #include "common.cuh"
 
-#define SORT_CHUNK 1024  // items a chunk: a block of sort_place_i32
+#define SORT_CHUNK 1024  // items a chunk: a block of sort_count_i32 and sort_place_i32
 
-// The digit of item p, or -1 for a dropped item.
-__device__ __forceinline__ int sort_digit(const int* keys, const int* perm, i64 p, int bound, int shift, int buckets) {
-    const int q = perm != nullptr ? perm[p] : (int)p;
+// Item p (perm[p], or p without perm), or -1 for p >= n.
+__device__ __forceinline__ int sort_item(const int* perm, i64 p, int n) {
+    return p >= n ? -1 : perm != nullptr ? perm[p] : (int)p;
+}
+
+// The digit of item q, or -1 for a dropped item (q < 0 included).
+__device__ __forceinline__ int sort_digit(const int* keys, int q, int bound, int shift, int buckets) {
     if (q < 0) return -1;
     const int key = keys[q];
     return key >= 0 && key < bound ? (key >> shift) % buckets : -1;
 }
 
-// Launch: block 256, grid n1024(n) (grid-stride), on counts [buckets *
-// chunks + 1] the caller has zeroed: counts[1 + d * chunks + c] = the number
-// of items of chunk c (items c * SORT_CHUNK ..) whose digit is d. The lanes of
-// a warp share a chunk (a warp's items are 32 consecutive ones, warp-aligned),
-// so the lanes with the same digit add their count at once.
-extern "C" __global__ void sort_count_i32(const int* keys, const int* perm, int* counts, int n, int bound, int shift,
-                                          int buckets, int chunks) {
+// Digits a block counts or ranks at once (shared memory); more buckets take
+// several windows.
+#define SORT_WINDOW 256
+
+// Launch: block 1024 (a chunk, an item a thread), grid min(chunks, 65535)
+// (blocks stride over chunks). counts[1 + d * chunks + c] = the number of
+// items of chunk c whose digit is d, for every (d, c), and counts[0] = 0: no
+// zeroing needed. The lanes of a warp with the same digit add their count to
+// the block's shared tally at once.
+extern "C" __global__ void __launch_bounds__(1024)
+    sort_count_i32(const int* keys, const int* perm, int* counts, int n, int bound, int shift, int buckets, int chunks) {
+    __shared__ int tally[SORT_WINDOW];
     const int lane = threadIdx.x & 31;
-    for (i64 p = grid_thread(); p < n; p += grid_threads()) {
-        const int d = sort_digit(keys, perm, p, bound, shift, buckets);
-        const unsigned same = __match_any_sync(__activemask(), d);
-        if (d >= 0 && __ffs(same) - 1 == lane) atomicAdd(counts + 1 + (i64)d * chunks + p / SORT_CHUNK, __popc(same));
+    if (blockIdx.x == 0 && threadIdx.x == 0) counts[0] = 0;
+    for (i64 c = blockIdx.x; c < chunks; c += gridDim.x) {
+        const int d = sort_digit(keys, sort_item(perm, c * SORT_CHUNK + threadIdx.x, n), bound, shift, buckets);
+        const unsigned same = __match_any_sync(0xffffffffu, d);
+        for (int w0 = 0; w0 < buckets; w0 += SORT_WINDOW) {
+            const int width = min(SORT_WINDOW, buckets - w0);
+            for (int j = threadIdx.x; j < width; j += blockDim.x) tally[j] = 0;
+            __syncthreads();
+            if (d >= w0 && d < w0 + width && __ffs(same) - 1 == lane) atomicAdd(tally + d - w0, __popc(same));
+            __syncthreads();
+            for (int j = threadIdx.x; j < width; j += blockDim.x) counts[1 + (i64)(w0 + j) * chunks + c] = tally[j];
+            __syncthreads();  // before the next window clears the tally
+        }
     }
 }
 
@@ -84,41 +103,91 @@ extern "C" __global__ void __launch_bounds__(1024) sort_prefix_sum_i32(int* coun
     }
 }
 
-// Digits a block of sort_place_i32 ranks at once (32 warps x SORT_WINDOW
-// ints of shared memory); more buckets take several windows.
-#define SORT_WINDOW 256
+// The first rows of chunk c's items of digits w0 .. w0 + width - 1 into
+// first[] (shared): with scanned, read from the counts sort_prefix_sum_i32
+// left; else summed here from sort_count_i32's counts (every block reads all
+// of them: for few chunks and buckets), `carry` (shared) holding the items of
+// the digits before w0 and gaining this window's. Ends with a barrier.
+__device__ void sort_first_rows(const int* counts, i64 c, int chunks, int w0, int width, bool scanned, int* first,
+                                int* total, int& carry) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (scanned) {
+        for (int j = threadIdx.x; j < width; j += blockDim.x) first[j] = counts[(i64)(w0 + j) * chunks + c];
+        __syncthreads();
+        return;
+    }
+    for (int j = warp; j < width; j += blockDim.x >> 5) {  // a warp per digit: its items, and those of earlier chunks
+        const int* row = counts + 1 + (i64)(w0 + j) * chunks;
+        int all = 0, before = 0;
+        for (int k = lane; k < chunks; k += 32) {
+            const int items = row[k];
+            all += items;
+            before += k < c ? items : 0;
+        }
+        all = warp_allreduce(all, Sum()), before = warp_allreduce(before, Sum());
+        if (lane == 0) total[j] = all, first[j] = before;
+    }
+    __syncthreads();
+    if (warp == 0) {  // first[j] += carry + the items of the window's digits before j
+        constexpr int PER_LANE = SORT_WINDOW / 32;
+        int mine = 0;
+        for (int i = 0; i < PER_LANE; ++i) mine += lane * PER_LANE + i < width ? total[lane * PER_LANE + i] : 0;
+        int upto = mine;  // inclusive scan of the lanes' sums
+        for (int d = 1; d < 32; d <<= 1) {
+            const int u = __shfl_up_sync(0xffffffffu, upto, d);
+            if (lane >= d) upto += u;
+        }
+        int row = carry + upto - mine;
+        for (int i = 0; i < PER_LANE; ++i) {
+            const int j = lane * PER_LANE + i;
+            if (j < width) first[j] += row, row += total[j];
+        }
+        const int window = __shfl_sync(0xffffffffu, upto, 31);
+        __syncwarp();
+        if (lane == 0) carry += window;
+    }
+    __syncthreads();
+}
 
 // Launch: block 1024 (32 warps: a chunk), grid min(chunks, 65535) (blocks
-// stride over chunks), after sort_prefix_sum_i32 over the buckets * chunks
-// counts, so that counts[d * chunks + c] is the first row of chunk c's items
-// of digit d. With offsets non-null, block 0 also writes offsets[d] =
-// counts[d * chunks] (d <= buckets). An item's row is its chunk's first row
+// stride over chunks; no more blocks than chunks, 1 for none), after sort_count_i32 and, with scanned != 0,
+// sort_prefix_sum_i32 over the buckets * chunks counts (so that counts[d *
+// chunks + c] is the first row of chunk c's items of digit d); with scanned
+// == 0 each block sums the counts before its own (for up to FEW_SLOTS in
+// src/gpu/ops/sort.rs: one launch fewer). order[row] = q for the placed
+// items, -1 in the rows after them. With offsets non-null, offsets[d] = digit
+// d's first row (d <= buckets); with inv non-null, inv[q] = q's row for every
+// item q >= 0, -1 for a dropped one. An item's row is its chunk's first row
 // for its digit, plus the items of that digit in the chunk's earlier warps
 // (a scan over the warps' per-digit counts in shared memory, a window of
 // digits at a time), plus its rank among its warp's lanes of that digit: so
 // every digit's items keep their order, with no block waiting for another.
 extern "C" __global__ void __launch_bounds__(1024)
-    sort_place_i32(const int* keys, const int* perm, const int* counts, int* order, int* offsets, int n, int bound,
-                   int shift, int buckets, int chunks) {
+    sort_place_i32(const int* keys, const int* perm, const int* counts, int* order, int* offsets, int* inv, int n,
+                   int bound, int shift, int buckets, int chunks, int scanned) {
     __shared__ int rows[32][SORT_WINDOW];  // [warp][digit - window]: the warp's first row of that digit
+    __shared__ int first[SORT_WINDOW], total[SORT_WINDOW], carry;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (blockIdx.x == 0 && offsets != nullptr)
-        for (i64 d = threadIdx.x; d <= buckets; d += blockDim.x) offsets[d] = counts[d * chunks];
+    if (threadIdx.x == 0) carry = 0;  // no chunk (n = 0): nothing placed
+    __syncthreads();
     for (i64 c = blockIdx.x; c < chunks; c += gridDim.x) {
         const i64 p = c * SORT_CHUNK + threadIdx.x;
-        const int d = p < n ? sort_digit(keys, perm, p, bound, shift, buckets) : -1;
-        const int q = d >= 0 ? (perm != nullptr ? perm[p] : (int)p) : -1;
+        const int q = sort_item(perm, p, n);
+        const int d = sort_digit(keys, q, bound, shift, buckets);
+        if (inv != nullptr && q >= 0 && d < 0) inv[q] = -1;
         const unsigned same = __match_any_sync(0xffffffffu, d);
         const int rank = __popc(same & ((1u << lane) - 1));
+        if (threadIdx.x == 0) carry = 0;
         for (int w0 = 0; w0 < buckets; w0 += SORT_WINDOW) {
             const int width = min(SORT_WINDOW, buckets - w0);
             for (int i = threadIdx.x; i < 32 * SORT_WINDOW; i += blockDim.x) rows[i / SORT_WINDOW][i % SORT_WINDOW] = 0;
-            __syncthreads();
+            sort_first_rows(counts, c, chunks, w0, width, scanned != 0, first, total, carry);
             const bool here = d >= w0 && d < w0 + width;
             if (here && rank == 0) rows[warp][d - w0] = __popc(same);
             __syncthreads();
-            for (int j = threadIdx.x; j < width; j += blockDim.x) {  // counts -> first rows, warp by warp
-                int row = counts[(i64)(w0 + j) * chunks + c];
+            for (int j = threadIdx.x; j < width; j += blockDim.x) {  // first rows, warp by warp
+                int row = first[j];
+                if (c == 0 && offsets != nullptr) offsets[w0 + j] = row;
                 for (int w = 0; w < 32; ++w) {
                     const int items = rows[w][j];
                     rows[w][j] = row;
@@ -126,8 +195,16 @@ extern "C" __global__ void __launch_bounds__(1024)
                 }
             }
             __syncthreads();
-            if (here) order[rows[warp][d - w0] + rank] = q;
+            if (here) {
+                const int row = rows[warp][d - w0] + rank;
+                order[row] = q;
+                if (inv != nullptr) inv[q] = row;
+            }
             __syncthreads();  // before the next window clears the rows
         }
     }
+    // The placed items (every block finds the same number), then -1 after them.
+    const int placed = scanned != 0 ? counts[(i64)buckets * chunks] : carry;
+    if (blockIdx.x == 0 && threadIdx.x == 0 && offsets != nullptr) offsets[buckets] = placed;
+    for (i64 row = placed + grid_thread(); row < n; row += grid_threads()) order[row] = -1;
 }

@@ -35,13 +35,13 @@ pub unsafe fn embedding_backward(g: &Gpu, s: Stream, ids: DevPtr, dy: DevPtr, d_
         return unsafe { zero(s, d_table, vocab * dim) };
     }
     let mut scratch = Scratch::new(s);
-    // Two orders the passes alternate between; -1 past the placed positions.
-    let orders = [scratch.alloc_filled(n_ids, u32::MAX)?, scratch.alloc_filled(n_ids, u32::MAX)?];
+    // Two orders the passes alternate between (-1 past the placed positions).
+    let orders = [scratch.alloc(n_ids * 4)?, scratch.alloc(n_ids * 4)?];
     let bits = usize::BITS - vocab.saturating_sub(1).leading_zeros();
     let passes = bits.div_ceil(8).max(1) as usize;
     for pass in 0..passes {
         let perm = if pass == 0 { 0 } else { orders[(pass - 1) % 2] };
-        unsafe { counting_sort_pass(g, s, [ids, perm, orders[pass % 2], 0], n_ids, vocab, 8 * pass as u32, 256)? };
+        unsafe { counting_sort_pass(g, s, [ids, perm, orders[pass % 2], 0, 0], n_ids, vocab, 8 * pass as u32, 256)? };
     }
     let order = orders[(passes - 1) % 2];
     let starts = scratch.alloc((vocab + 1) * 4)?;

@@ -30,23 +30,22 @@ pub unsafe fn aux_loss_backward(g: &Gpu, s: Stream, f: DevPtr, d: DevPtr, tokens
 }
 
 /// The row each pair went to (the inverse of `order`; -1: none), in scratch
-/// that lives as long as `scratch`. With `placed` (dispatch), the rows from
-/// `*placed` on are unplaced and their `order` becomes -1.
-unsafe fn rows_of_pairs(g: &Gpu, s: Stream, scratch: &mut Scratch, order: DevPtr, placed: DevPtr, pairs: usize) -> Result<DevPtr> {
+/// that lives as long as `scratch`.
+unsafe fn rows_of_pairs(g: &Gpu, s: Stream, scratch: &mut Scratch, order: DevPtr, pairs: usize) -> Result<DevPtr> {
     let inv = scratch.alloc_filled(pairs, u32::MAX)?;
-    unsafe { g.launch("moe_rows_of_pairs_i32", strided(pairs), s, &mut [Ptr(order), Ptr(inv), I32(pairs as i32), Ptr(placed)])? };
+    unsafe { g.launch("moe_rows_of_pairs_i32", strided(pairs), s, &mut [Ptr(order), Ptr(inv), I32(pairs as i32)])? };
     Ok(inv)
 }
 
-/// The stable grouping by expert (one pass of the counting sort), then a warp
-/// per token copies its row to its pairs' rows: x is read once.
+/// The stable grouping by expert (one pass of the counting sort, which also
+/// gives each pair's row), then a warp per token copies its row to its pairs'
+/// rows: x is read once.
 pub unsafe fn moe_dispatch(g: &Gpu, s: Stream, x: DevPtr, idx: DevPtr, y: DevPtr, order: DevPtr, offsets: DevPtr, pairs: usize, dim: usize, experts: usize, k: usize) -> Result<()> {
     let tokens = pairs / k;
     let mut scratch = Scratch::new(s);
     unsafe {
-        counting_sort_pass(g, s, [idx, 0, order, offsets], pairs, experts, 0, experts)?;
-        let placed = offsets + (experts * std::mem::size_of::<i32>()) as DevPtr; // &offsets[experts]
-        let inv = rows_of_pairs(g, s, &mut scratch, order, placed, pairs)?;
+        let inv = scratch.alloc(pairs * std::mem::size_of::<i32>())?;
+        counting_sort_pass(g, s, [idx, 0, order, offsets, inv], pairs, experts, 0, experts)?;
         let args = &mut [Ptr(x), Ptr(inv), Ptr(offsets), Ptr(y), I32(tokens as i32), I32(dim as i32), I32(k as i32), I32(experts as i32)];
         g.launch("moe_scatter_f32", warp_rows(tokens), s, args)
     }
@@ -61,7 +60,7 @@ unsafe fn gather_sum(g: &Gpu, s: Stream, src: DevPtr, w: DevPtr, order: DevPtr, 
     }
     let mut scratch = Scratch::new(s);
     unsafe {
-        let inv = rows_of_pairs(g, s, &mut scratch, order, 0, pairs)?;
+        let inv = rows_of_pairs(g, s, &mut scratch, order, pairs)?;
         let args = &mut [Ptr(src), Ptr(w), Ptr(inv), Ptr(dst), I32(tokens as i32), I32(dim as i32), I32(k as i32)];
         g.launch("moe_gather_sum_f32", warp_rows(tokens), s, args)
     }
@@ -83,7 +82,7 @@ pub unsafe fn moe_combine_backward(g: &Gpu, s: Stream, dy: DevPtr, e: DevPtr, w:
     let tokens = pairs / k;
     let mut scratch = Scratch::new(s);
     unsafe {
-        let inv = rows_of_pairs(g, s, &mut scratch, order, 0, pairs)?;
+        let inv = rows_of_pairs(g, s, &mut scratch, order, pairs)?;
         let args = &mut [Ptr(dy), Ptr(e), Ptr(w), Ptr(inv), Ptr(de), Ptr(dw), I32(tokens as i32), I32(dim as i32), I32(k as i32)];
         g.launch("moe_combine_backward_f32", warp_rows(tokens), s, args)
     }

@@ -2,7 +2,7 @@
 //! dispatch groups its pairs by expert with one pass, the embedding backward
 //! sorts its ids with radix passes of eight bits.
 
-use super::{line, single, strided};
+use super::{line, single};
 use crate::error::{Error, Result};
 use crate::gpu::driver::{Arg, DevPtr, Stream};
 use crate::gpu::scratch::Scratch;
@@ -13,27 +13,38 @@ use Arg::{I32, Ptr};
 /// Items a chunk of the sort (SORT_CHUNK in sort.cu).
 const CHUNK: usize = 1024;
 
+/// Counts (digit, chunk) up to which every place block sums the counts before
+/// its chunk itself: a launch fewer than a prefix-sum pass, for a read of the
+/// counts per block (the embedding backward's 65536 ids: 16384 counts; MoE's
+/// 131072 pairs over 8 experts: 1024).
+const FEW_SLOTS: usize = 32768;
+
 /// One stable counting-sort pass over items `p < n`: item `q = perm[p]` (`perm`
 /// 0: `q = p`; negative: dropped) with `key = keys[q]` in `[0, bound)` goes to
 /// `order` by the digit `(key >> shift) % buckets`, in `p` order within a
-/// digit; with `offsets` non-zero, `offsets[d]` gets digit `d`'s first row
-/// (`buckets + 1` entries). Rows past the placed items keep what they held.
+/// digit, and the rows after the placed items get -1; with `offsets` non-zero,
+/// `offsets[d]` gets digit `d`'s first row (`buckets + 1` entries); with `inv`
+/// non-zero, `inv[q]` gets `q`'s row for every item `q >= 0` (-1: dropped).
 /// Safety: the pointers are device memory of the sizes these imply.
 pub unsafe fn counting_sort_pass(
-    g: &Gpu, s: Stream, [keys, perm, order, offsets]: [DevPtr; 4], n: usize, bound: usize, shift: u32, buckets: usize,
+    g: &Gpu, s: Stream, [keys, perm, order, offsets, inv]: [DevPtr; 5], n: usize, bound: usize, shift: u32, buckets: usize,
 ) -> Result<()> {
     let chunks = n.div_ceil(CHUNK);
     let slots = buckets * chunks; // (digit, chunk) counts, digit-major
     if slots >= i32::MAX as usize {
         return Err(Error::Internal(format!("{buckets} groups x {chunks} chunks of items is too many for the GPU sort")));
     }
+    let scanned = slots > FEW_SLOTS;
     let (items, bound, shift, buckets, chunks) = (I32(n as i32), I32(bound as i32), I32(shift as i32), I32(buckets as i32), I32(chunks as i32));
+    let blocks = line(n.div_ceil(CHUNK).clamp(1, 65535), 1024);
     let mut scratch = Scratch::new(s);
-    let counts = scratch.alloc_filled(slots + 1, 0)?;
+    let counts = scratch.alloc((slots + 1) * std::mem::size_of::<i32>())?;
     unsafe {
-        g.launch("sort_count_i32", strided(n), s, &mut [Ptr(keys), Ptr(perm), Ptr(counts), items, bound, shift, buckets, chunks])?;
-        g.launch("sort_prefix_sum_i32", single(1024), s, &mut [Ptr(counts), I32(slots as i32)])?;
-        let args = &mut [Ptr(keys), Ptr(perm), Ptr(counts), Ptr(order), Ptr(offsets), items, bound, shift, buckets, chunks];
-        g.launch("sort_place_i32", line(n.div_ceil(CHUNK).min(65535), 1024), s, args)
+        g.launch("sort_count_i32", blocks, s, &mut [Ptr(keys), Ptr(perm), Ptr(counts), items, bound, shift, buckets, chunks])?;
+        if scanned {
+            g.launch("sort_prefix_sum_i32", single(1024), s, &mut [Ptr(counts), I32(slots as i32)])?;
+        }
+        let args = &mut [Ptr(keys), Ptr(perm), Ptr(counts), Ptr(order), Ptr(offsets), Ptr(inv), items, bound, shift, buckets, chunks, I32(scanned as i32)];
+        g.launch("sort_place_i32", blocks, s, args)
     }
 }
