@@ -50,9 +50,10 @@ __device__ __forceinline__ int sorted_id(const int* ids, const int* order, int s
     return q < 0 ? vocab : ids[q];
 }
 
-// Launch: block 256, grid n1024(n_ids + 1) (grid-stride). starts[v] = the
-// first sorted position whose id is >= v, for v = 0 .. vocab, each written by
-// the one position where the id steps past v.
+// Launch: block 256, grid min(ceil((n_ids + 1) / 256), 65535) (a thread a
+// position; grid-stride past that). starts[v] = the first sorted position
+// whose id is >= v, for v = 0 .. vocab, each written by the one position
+// where the id steps past v.
 extern "C" __global__ void embedding_row_starts_i32(const int* ids, const int* order, int* starts, int n_ids, int vocab) {
     for (i64 s = grid_thread(); s <= n_ids; s += grid_threads()) {
         const int prev = s == 0 ? -1 : sorted_id(ids, order, (int)s - 1, n_ids, vocab);

@@ -116,16 +116,25 @@ __device__ void sort_first_rows(const int* counts, i64 c, int chunks, int w0, in
         __syncthreads();
         return;
     }
-    for (int j = warp; j < width; j += blockDim.x >> 5) {  // a warp per digit: its items, and those of earlier chunks
-        const int* row = counts + 1 + (i64)(w0 + j) * chunks;
-        int all = 0, before = 0;
-        for (int k = lane; k < chunks; k += 32) {
-            const int items = row[k];
-            all += items;
-            before += k < c ? items : 0;
+    // A warp per digit (32 warps: the block of 1024), its DIGITS digits'
+    // counts loaded at once: one round trip, not one per digit.
+    constexpr int DIGITS = SORT_WINDOW / 32;
+    int all[DIGITS] = {}, before[DIGITS] = {};
+    for (int k0 = 0; k0 < chunks; k0 += 32) {
+        const int k = k0 + lane;
+        int items[DIGITS];
+#pragma unroll
+        for (int u = 0; u < DIGITS; ++u) {
+            const int j = warp + 32 * u;
+            items[u] = j < width && k < chunks ? counts[1 + (i64)(w0 + j) * chunks + k] : 0;
         }
-        all = warp_allreduce(all, Sum()), before = warp_allreduce(before, Sum());
-        if (lane == 0) total[j] = all, first[j] = before;
+#pragma unroll
+        for (int u = 0; u < DIGITS; ++u) all[u] += items[u], before[u] += k < c ? items[u] : 0;
+    }
+#pragma unroll
+    for (int u = 0; u < DIGITS; ++u) {
+        const int j = warp + 32 * u, digit_all = warp_allreduce(all[u], Sum()), digit_before = warp_allreduce(before[u], Sum());
+        if (lane == 0 && j < width) total[j] = digit_all, first[j] = digit_before;
     }
     __syncthreads();
     if (warp == 0) {  // first[j] += carry + the items of the window's digits before j
