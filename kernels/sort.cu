@@ -116,25 +116,34 @@ __device__ void sort_first_rows(const int* counts, i64 c, int chunks, int w0, in
         __syncthreads();
         return;
     }
-    // A warp per digit (32 warps: the block of 1024), its DIGITS digits'
-    // counts loaded at once: one round trip, not one per digit.
-    constexpr int DIGITS = SORT_WINDOW / 32;
+    // A warp per digit (32 warps: the block of 1024): its DIGITS digits'
+    // counts, RUNS runs of 32 chunks each, loaded at once (one round trip
+    // for up to 128 chunks, not one per digit or run).
+    constexpr int DIGITS = SORT_WINDOW / 32, RUNS = 4;
     int all[DIGITS] = {}, before[DIGITS] = {};
-    for (int k0 = 0; k0 < chunks; k0 += 32) {
-        const int k = k0 + lane;
-        int items[DIGITS];
+    for (int k0 = 0; k0 < chunks; k0 += 32 * RUNS) {
+        int items[DIGITS][RUNS];
 #pragma unroll
-        for (int u = 0; u < DIGITS; ++u) {
-            const int j = warp + 32 * u;
-            items[u] = j < width && k < chunks ? counts[1 + (i64)(w0 + j) * chunks + k] : 0;
-        }
+        for (int u = 0; u < DIGITS; ++u)
 #pragma unroll
-        for (int u = 0; u < DIGITS; ++u) all[u] += items[u], before[u] += k < c ? items[u] : 0;
+            for (int r = 0; r < RUNS; ++r) {
+                const int j = warp + 32 * u, k = k0 + 32 * r + lane;
+                items[u][r] = j < width && k < chunks ? counts[1 + (i64)(w0 + j) * chunks + k] : 0;
+            }
+#pragma unroll
+        for (int u = 0; u < DIGITS; ++u)
+#pragma unroll
+            for (int r = 0; r < RUNS; ++r) {
+                const int k = k0 + 32 * r + lane;
+                all[u] += items[u][r], before[u] += k < c ? items[u][r] : 0;
+            }
     }
 #pragma unroll
     for (int u = 0; u < DIGITS; ++u) {
-        const int j = warp + 32 * u, digit_all = warp_allreduce(all[u], Sum()), digit_before = warp_allreduce(before[u], Sum());
-        if (lane == 0 && j < width) total[j] = digit_all, first[j] = digit_before;
+        const int j = warp + 32 * u;
+        if (j >= width) break;  // the warp's other digits are past the window (8 experts: warps 8-31 have none)
+        const int digit_all = warp_allreduce(all[u], Sum()), digit_before = warp_allreduce(before[u], Sum());
+        if (lane == 0) total[j] = digit_all, first[j] = digit_before;
     }
     __syncthreads();
     if (warp == 0) {  // first[j] += carry + the items of the window's digits before j
