@@ -87,10 +87,10 @@ extern "C" __global__ void aux_loss_backward_f32(const float* f_counts, float* d
 
 // ----------------------------------------------------------------------------- dispatch
 // The pairs are grouped by expert with the stable counting sort of sort.cu
-// (integers only), which also gives each pair's row, and moe_scatter_f32 copies each token's row to its pairs' rows. Indices outside
-// [0, n_experts) (device memory, unchecked) belong to no expert:
-// offsets[n_experts] counts only the others, and the rows past it get order -1
-// and NaN.
+// (integers only), which also gives each pair's row, and moe_scatter_f32
+// copies each token's row to its pairs' rows. Indices outside [0, n_experts)
+// (device memory, unchecked) belong to no expert: offsets[n_experts] counts
+// only the others, and the rows past it get order -1 and NaN.
 
 // Vectors a lane of warp_row_to loads before it stores any.
 #define ROW_BATCH 4
@@ -195,11 +195,11 @@ extern "C" __global__ void moe_combine_backward_f32(const float* dy, const float
     for (i64 t = (i64)blockIdx.x * warps + (threadIdx.x >> 5); t < tokens; t += (i64)gridDim.x * warps) {
         const float* dyr = dy + t * dim;
         for (int j0 = 0; j0 < k; j0 += 32) {  // 32 pairs' rows and weights in one load
-            const int mine = j0 + lane < k ? inv[t * k + j0 + lane] : -1;
-            const float weight = j0 + lane < k ? w[t * k + j0 + lane] : 0.0f;
+            const int lane_row = j0 + lane < k ? inv[t * k + j0 + lane] : -1;
+            const float lane_weight = j0 + lane < k ? w[t * k + j0 + lane] : 0.0f;
             for (int j = j0; j < min(k, j0 + 32); ++j) {
-                const int p = __shfl_sync(0xffffffffu, mine, j - j0);
-                const float s = __shfl_sync(0xffffffffu, weight, j - j0);
+                const int p = __shfl_sync(0xffffffffu, lane_row, j - j0);
+                const float s = __shfl_sync(0xffffffffu, lane_weight, j - j0);
                 if (p < 0) continue;
                 const float* er = e + (i64)p * dim;
                 float* der = de + (i64)p * dim;

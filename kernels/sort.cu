@@ -168,11 +168,11 @@ __device__ void sort_first_rows(const int* counts, i64 c, int chunks, int w0, in
 }
 
 // Launch: block 1024 (32 warps: a chunk), grid min(chunks, 65535) (blocks
-// stride over chunks; no more blocks than chunks, 1 for none), after sort_count_i32 and, with scanned != 0,
-// sort_prefix_sum_i32 over the buckets * chunks counts (so that counts[d *
-// chunks + c] is the first row of chunk c's items of digit d); with scanned
-// == 0 each block sums the counts before its own (for up to FEW_SLOTS in
-// src/gpu/ops/sort.rs: one launch fewer). order[row] = q for the placed
+// stride over chunks; no more blocks than chunks, 1 for none), after
+// sort_count_i32 and, with scanned != 0, sort_prefix_sum_i32 over the buckets
+// * chunks counts (so that counts[d * chunks + c] is the first row of chunk
+// c's items of digit d); with scanned == 0 each block sums the counts before
+// its own (for up to FEW_SLOTS in src/gpu/ops/sort.rs: one launch fewer). order[row] = q for the placed
 // items, -1 in the rows after them. With offsets non-null, offsets[d] = digit
 // d's first row (d <= buckets); with inv non-null, inv[q] = q's row for every
 // item q >= 0, -1 for a dropped one. An item's row is its chunk's first row
