@@ -13,9 +13,14 @@ use cudann::*;
 /// ended another's capture.
 static CAPTURE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The lock for the whole test (a test that failed holding it does not stop the others).
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    CAPTURE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn graph_capture_and_replay_of_device_calls() {
-    let _exclusive = CAPTURE.lock().unwrap_or_else(|e| e.into_inner());
+    let _exclusive = exclusive();
     if !present("graph_capture_and_replay_of_device_calls") {
         return;
     }
@@ -50,7 +55,7 @@ fn graph_capture_and_replay_of_device_calls() {
 /// the same calls on host copies (CPU).
 #[test]
 fn moe_expert_block_captured_with_device_offsets() {
-    let _exclusive = CAPTURE.lock().unwrap_or_else(|e| e.into_inner());
+    let _exclusive = exclusive();
     if !present("moe_expert_block_captured_with_device_offsets") {
         return;
     }
@@ -297,7 +302,7 @@ impl TinyStep {
 /// uncaptured one at these sizes), and the CPU's losses within 1e-4 relative.
 #[test]
 fn whole_training_step_captured_and_replayed() {
-    let _exclusive = CAPTURE.lock().unwrap_or_else(|e| e.into_inner());
+    let _exclusive = exclusive();
     let net = TinyStep { t: 32, d: 32, h: 4, g: 2, hd: 8, f: 48, e: 4, k: 2, v: 64, batch: 2, seq: 16 };
     // The CPU's run: the step's calls on host memory (this also runs without a GPU).
     let host = net.buffers(false, 108);

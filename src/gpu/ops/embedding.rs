@@ -1,6 +1,6 @@
 //! Embedding launches: the lookup and its backward.
 
-use super::{counting_sort_pass, line, per_row, zero};
+use super::{counting_sort_pass, line, per_item, per_row, zero};
 use crate::gpu::driver::{Arg, DevPtr, Stream};
 use crate::gpu::scratch::Scratch;
 use crate::gpu::Gpu;
@@ -46,8 +46,7 @@ pub unsafe fn embedding_backward(g: &Gpu, s: Stream, ids: DevPtr, dy: DevPtr, d_
     let order = orders[(passes - 1) % 2];
     let starts = scratch.alloc((vocab + 1) * 4)?;
     unsafe {
-        // A thread per position: its two loads are one round trip, not four.
-        g.launch("embedding_row_starts_i32", line((n_ids + 1).div_ceil(256).min(65535), 256), s, &mut [Ptr(ids), Ptr(order), Ptr(starts), I32(n_ids as i32), I32(vocab as i32)])?;
+        g.launch("embedding_row_starts_i32", per_item(n_ids + 1), s, &mut [Ptr(ids), Ptr(order), Ptr(starts), I32(n_ids as i32), I32(vocab as i32)])?;
         let args = &mut [Ptr(order), Ptr(starts), Ptr(dy), Ptr(d_table), I32(vocab as i32), I32(dim as i32)];
         g.launch("embedding_backward_f32", line(vocab.div_ceil(8).min(65535), 256), s, args)
     }
