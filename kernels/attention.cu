@@ -1,10 +1,7 @@
 // Attention: the two unfused halves of causal multi-query attention (scores,
 // weighted values) and fused flash attention (multi-head or one shared KV head,
 // causal and/or an additive mask); the KV-cache write.
-#include "attention.cuh"
-
-#define LOG2E 1.4426950408889634f
-#define LN2 0.6931471805599453f
+#include "attention_decode.cuh"
 
 // ----------------------------------------------------------------------------- unfused halves
 
@@ -583,192 +580,34 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS)
 
 // ----------------------------------------------------------------------------- decode attention (split KV)
 //
-// Few query rows against a long KV cache (decoding): the rows = q_len *
-// (heads / kv_heads) <= R query rows that share a KV head are one block's,
-// so each K and V row is read once for all of them, and the keys are split
-// across blocks so that a batch of one still fills the GPU. Reading the
-// cache is the whole cost, so a block streams its split in tiles of 16 KB of
-// K and 16 KB of V: every thread loads its share of the next tile into
-// registers before working on the current one from shared memory, which
-// keeps 32 KB per block in flight. Per tile: scores (a few lanes per key),
-// the online softmax (one warp per query row), then P V (a thread per
-// column and group of keys). The key groups are summed in a fixed order at
-// the end; with one split the block writes the output, else its
-// unnormalised partial (o, max, sum, in base 2) for
-// attention_decode_combine_f32, which combines the splits in order. No
-// atomics: the same bits run after run.
+// The split kernel is attention_decode.cuh's; here each thread loads its share
+// of the next tile into registers while the block works on the current one,
+// then stores it (one stage of shared memory). attention_sm80.cu's cp.async
+// form takes its place from sm_80 on.
 
-#define DC_THREADS 256
-#define DC_WARPS (DC_THREADS / 32)
-#define DC_TILE_F4 1024                     // float4s of a K (or V) tile
-#define DC_LOADS (DC_TILE_F4 / DC_THREADS)  // a thread's float4s of each
+struct RegisterTiles {
+    static constexpr int STAGES = 1;
+    float4 k[DC_LOADS], v[DC_LOADS];
 
-// D4: float4s of the widest row (32 for d <= 128, 64 for d <= 256).
-template <int R, int D4> struct DecodeSmem {
-    static constexpr int TK = DC_TILE_F4 / D4;  // keys of a tile: 32 (d <= 128) or 16
-    static constexpr int G = DC_THREADS / D4;   // key groups of P V
-    float4 q[R][D4];                            // query rows, scaled to base 2
-    union {
-        struct {
-            float4 k[TK][D4], v[TK][D4];
-        } tile;
-        float4 o[G][R][D4];  // at the end: each key group's unnormalised output
-    } u;
-    float p[R][TK];  // scores, then probabilities
-    float alpha[R];  // this tile's rescaling of the output
-    float m[R], l[R];
-};
-
-__device__ __forceinline__ float dot4(float4 a, float4 b, float acc) {
-    return fmaf(a.w, b.w, fmaf(a.z, b.z, fmaf(a.y, b.y, fmaf(a.x, b.x, acc))));
-}
-
-__device__ __forceinline__ float4 axpy4(float a, float4 x, float4 y) {
-    return make_float4(fmaf(a, x.x, y.x), fmaf(a, x.y, y.y), fmaf(a, x.z, y.z), fmaf(a, x.w, y.w));
-}
-
-__device__ __forceinline__ float4 scale4(float a, float4 x) { return make_float4(a * x.x, a * x.y, a * x.z, a * x.w); }
-
-__device__ __forceinline__ float4 add4(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
-
-// Row r of a decode block is query i = r / group of head kvh * group + r % group.
-__device__ __forceinline__ i64 decode_row(const FlashShape& sh, i64 b, int kvh, int r) {
-    const int group = sh.heads / sh.kv_heads;
-    return (b * sh.q_len + r / group) * sh.heads + kvh * group + r % group;
-}
-
-// The output row (and lse) from a combined unnormalised o, max m and sum l.
-__device__ __forceinline__ void decode_finish(const FlashShape& sh, float* O, i64 row, int c, float4 o, float m, float l) {
-    reinterpret_cast<float4*>(O + row * sh.d)[c] = l > 0.0f ? scale4(1.0f / l, o) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (sh.lse != nullptr && c == 0) sh.lse[row] = l > 0.0f ? (m + log2f(l)) * LN2 : -INF;
-}
-
-// Launch: block DC_THREADS, grid batch * kv_heads * splits (blocks stride);
-// keys split_len * s .. of each (batch, KV head) go to split s. d % 4 == 0,
-// d <= 4 * D4, rows <= R <= DC_WARPS; Q, K, V, O 16-byte aligned. part: with
-// splits > 1, [batch * kv_heads * splits, R, d / 4 + 1] float4s (the last one
-// of a row holds its max and sum).
-template <int R, int D4>
-__device__ void decode_split(DecodeSmem<R, D4>& s, const float* Q, const float* K, const float* V, float* O,
-                             const FlashShape& sh, int splits, int split_len, float4* part) {
-    using Smem = DecodeSmem<R, D4>;
-    constexpr int TK = Smem::TK, G = Smem::G, LPK = D4 / 4;  // LPK: lanes of a key's score, 4 float4s each
-    static_assert(R <= DC_WARPS && TK <= 32 && TK == G * DC_LOADS, "decode tile shape");
-    const int group = sh.heads / sh.kv_heads, rows = sh.q_len * group, d4 = sh.d / 4;
-    const int t = threadIdx.x, warp = t >> 5, lane = t & 31;
-    const int skey = t / LPK, spart = t % LPK;  // scores: key of the tile, first float4
-    const int pc = t % D4, pg = t / D4;         // P V: column, key group
-    const int kv_end = sh.causal ? min(sh.kv_len, sh.pos0 + sh.q_len) : sh.kv_len;
-    const i64 kv_stride = (i64)sh.kv_heads * d4;  // float4s between key rows
-    const float scale2 = sh.scale * LOG2E;
-    const i64 work = (i64)sh.batch * sh.kv_heads * splits;
-    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (i64 item = blockIdx.x; item < work; item += gridDim.x) {
-        const i64 b = item / ((i64)sh.kv_heads * splits);
-        const int kvh = (int)(item / splits % sh.kv_heads), split = (int)(item % splits);
-        const int j_begin = split * split_len, j_end = min(kv_end, j_begin + split_len);
-        __syncthreads();  // the previous item's readers of s are done
-        for (int e = t; e < R * D4; e += DC_THREADS) {
-            const int r = e / D4, c = e % D4;
-            s.q[r][c] = r < rows && c < d4 ? scale4(scale2, reinterpret_cast<const float4*>(Q + decode_row(sh, b, kvh, r) * sh.d)[c]) : zero;
-        }
-        const i64 head0 = (b * sh.kv_cap * sh.kv_heads + kvh) * d4;
-        const float4 *kbase = reinterpret_cast<const float4*>(K) + head0, *vbase = reinterpret_cast<const float4*>(V) + head0;
-        // A thread's share of a tile: column pc of keys pg, pg + G, ... (as in P V).
-        float4 kr[DC_LOADS], vr[DC_LOADS];
-        const auto fetch = [&](int j0) {
-            const i64 at = (i64)(j0 + pg) * kv_stride + pc;
-#pragma unroll
-            for (int i = 0; i < DC_LOADS; ++i) {
-                const bool in = j0 + pg + i * G < j_end && pc < d4;
-                kr[i] = in ? __ldg(kbase + at + i * G * kv_stride) : zero;
-                vr[i] = in ? __ldg(vbase + at + i * G * kv_stride) : zero;
-            }
-        };
-        float m = -INF, l = 0.0f;  // row `warp`'s running max, this lane's share of its sum
-        float4 o[R];               // column pc of each row, over key group pg
-#pragma unroll
-        for (int r = 0; r < R; ++r) o[r] = zero;
-        const int tiles = j_end > j_begin ? (j_end - j_begin + TK - 1) / TK : 0;
-        if (tiles > 0) fetch(j_begin);
-        for (int tile = 0; tile < tiles; ++tile) {
-            const int j0 = j_begin + tile * TK;
-            __syncthreads();  // the previous tile's readers are done
-#pragma unroll
-            for (int i = 0; i < DC_LOADS; ++i) s.u.tile.k[pg + i * G][pc] = kr[i], s.u.tile.v[pg + i * G][pc] = vr[i];
-            __syncthreads();
-            if (tile + 1 < tiles) fetch(j0 + TK);  // in flight while this tile is worked on
-            float acc[R];
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-                acc[r] = 0.0f;
-#pragma unroll
-                for (int i = 0; i < 4; ++i) acc[r] = dot4(s.q[r][spart + LPK * i], s.u.tile.k[skey][spart + LPK * i], acc[r]);
-#pragma unroll
-                for (int w = 1; w < LPK; w <<= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], w);
-            }
-            if (spart == 0)
-#pragma unroll
-                for (int r = 0; r < R; ++r) s.p[r][skey] = acc[r];
-            __syncthreads();
-            if (warp < R) {  // the online softmax of row `warp`, lane = key of the tile
-                const int r = warp, i = r / group, j = j0 + lane;
-                float v = -INF;
-                if (lane < TK && j < j_end && r < rows && !(sh.causal && j > sh.pos0 + i))
-                    v = s.p[r][lane] + (sh.mask != nullptr ? sh.mask[(i64)i * sh.kv_len + j] * LOG2E : 0.0f);
-                const float mn = fmaxf(m, warp_allreduce(v, Max()));
-                const float base = mn == -INF ? 0.0f : mn;  // all masked so far: p = 0, o stays 0
-                const float p = exp2_approx(v - base);
-                l = l * exp2_approx(m - base) + p;
-                if (lane < TK) s.p[r][lane] = p;
-                if (lane == 0) s.alpha[r] = exp2_approx(m - base);
-                m = mn;
-            }
-            __syncthreads();
-#pragma unroll
-            for (int r = 0; r < R; ++r) o[r] = scale4(s.alpha[r], o[r]);
-#pragma unroll
-            for (int jj = pg; jj < TK; jj += G) {
-                const float4 vv = s.u.tile.v[jj][pc];
-#pragma unroll
-                for (int r = 0; r < R; ++r) o[r] = axpy4(s.p[r][jj], vv, o[r]);
-            }
-        }
-        if (warp < R) {
-            const float lt = warp_allreduce(l, Sum());
-            if (lane == 0) s.m[warp] = m, s.l[warp] = lt;
-        }
-        __syncthreads();  // the last tile's readers are done: u.o may overwrite it
-#pragma unroll
-        for (int r = 0; r < R; ++r) s.u.o[pg][r][pc] = o[r];
-        __syncthreads();
-        for (int e = t; e < R * D4; e += DC_THREADS) {
-            const int r = e / D4, c = e % D4;
-            if (r >= rows || c >= d4) continue;
-            float4 sum = s.u.o[0][r][c];
-#pragma unroll
-            for (int g = 1; g < G; ++g) sum = add4(sum, s.u.o[g][r][c]);
-            if (splits == 1) {
-                decode_finish(sh, O, decode_row(sh, b, kvh, r), c, sum, s.m[r], s.l[r]);
-            } else {
-                float4* pr = part + (item * R + r) * (d4 + 1);
-                pr[c] = sum;
-                if (c == 0) pr[d4] = make_float4(s.m[r], s.l[r], 0.0f, 0.0f);
-            }
-        }
+    __device__ __forceinline__ void fetch(int i, float4&, float4&, const float4* kp, const float4* vp, bool in) {
+        const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        k[i] = in ? __ldg(kp) : zero;
+        v[i] = in ? __ldg(vp) : zero;
     }
-}
+    __device__ __forceinline__ void sent() {}
+    template <class Tile> __device__ __forceinline__ void land(Tile& st, int pg, int pc, int G) {
+        __syncthreads();  // the previous tile's readers are done
+#pragma unroll
+        for (int i = 0; i < DC_LOADS; ++i) st.k[pg + i * G][pc] = k[i], st.v[pg + i * G][pc] = v[i];
+    }
+};
 
 // General attention forward (as attention_forward_f32) for rows <= R and
 // d <= D (128 or 256); see decode_split for the launch.
-#define DC_KERNEL(R, D)                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(DC_THREADS, 2) attention_decode_r##R##_d##D##_f32(                        \
-        const float* Q, const float* K, const float* V, float* O, const float* mask, float* lse, int batch, int q_len, \
-        int kv_len, int kv_cap, int heads, int kv_heads, int d, int pos0, int causal, float scale, int splits,         \
-        int split_len, float4* part) {                                                                                 \
-        __shared__ DecodeSmem<R, D / 4> s;                                                                             \
-        const FlashShape sh{batch, q_len, kv_len, kv_cap, heads, kv_heads, d, pos0, causal, scale, mask, lse};        \
-        decode_split<R, D / 4>(s, Q, K, V, O, sh, splits, split_len, part);                                           \
+#define DC_KERNEL(R, D)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(DC_THREADS, 2) attention_decode_r##R##_d##D##_f32(DC_PARAMS) { \
+        __shared__ DecodeSmem<R, D / 4, RegisterTiles::STAGES> s;                                         \
+        decode_split<R, D / 4, RegisterTiles>(s, Q, K, V, O, DC_SHAPE, splits, split_len, part);           \
     }
 DC_KERNEL(1, 128)
 DC_KERNEL(2, 128)
@@ -809,11 +648,11 @@ struct ByBlock {
     }
 };
 
-// For many splits of few rows (decoding at batch 1: 32 splits for 4 query
-// rows of a KV head): each warp finds the max and the sum itself from lane
-// s's splits s, s + 32, ... (no block reduction), while the thread's first
-// DC_OWN partial outputs load in the same round trip. 1x4096 on an H100: 2.8
-// us a combine against ByBlock's 3.3; slower for 8 splits or fewer of many
+// For few query rows (decoding at small batches: 32 splits for 4 query rows
+// of a KV head at batch 1): each warp finds the max and the sum itself from
+// lane s's splits s, s + 32, ... (no block reduction), while the thread's
+// first DC_OWN partial outputs load in the same round trip. 1x4096 on an
+// H100: 2.8 us a combine against ByBlock's 3.3; slower for 8 splits of 512
 // rows. ByBlock's very bits for up to 32 splits (one a lane).
 #define DC_OWN 8
 struct ByWarps {

@@ -1,8 +1,12 @@
-// What the fp32 (attention.cu) and TF32 (attention_tf32.cu) attention kernels
-// share: the shape of a general attention call and the turn-taking by which
-// the fused backwards sum dQ across key tiles in a fixed order.
+// What the attention kernels (attention.cu, attention_tf32.cu,
+// attention_sm80.cu) share: the shape of a general attention call, the base-2
+// constants, and the turn-taking by which the fused backwards sum dQ across
+// key tiles in a fixed order.
 #pragma once
 #include "common.cuh"
+
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
 
 // One attention call's shape: query i of Q [batch, q_len, heads, d] sits at
 // position pos0 + i and (causal) sees keys j <= pos0 + i of K, V [batch,

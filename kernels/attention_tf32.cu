@@ -22,7 +22,6 @@
 #define TF_KEYS 64     // keys per tile
 #define TF_D 64        // head_dim
 #define TF_STRIDE 68   // shared row stride in floats: fragment reads hit 32 banks
-#define LOG2E 1.4426950408889634f
 
 __device__ __forceinline__ unsigned to_tf32(float x) {
     unsigned r;

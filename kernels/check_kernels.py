@@ -1364,6 +1364,84 @@ def check_attention():
         report("flash_attention_d64_f32", f"{what}: O untouched", 0.0, bool(cp.all(O == 7.0)))
 
 
+def decode_ref(q, k, v, kv_len, pos0, causal, scale, mask):
+    """q [b, ql, h, d]; k, v [b, cap, kvh, d] (grouped-query heads) -> (out, scale of |terms|, lse) in float64."""
+    b, ql, h, d = q.shape
+    group = h // k.shape[2]
+    k64 = np.repeat(k[:, :kv_len].astype(np.float64), group, axis=2)
+    v64 = np.repeat(v[:, :kv_len].astype(np.float64), group, axis=2)
+    sc = np.einsum("bihd,bjhd->bhij", q.astype(np.float64), k64) * scale
+    if mask is not None:
+        sc = sc + mask.astype(np.float64)[None, None]
+    if causal:
+        seen = np.arange(kv_len)[None, :] <= pos0 + np.arange(ql)[:, None]
+        sc = np.where(seen[None, None], sc, -np.inf)
+    m = np.max(sc, axis=-1, keepdims=True)
+    allm = np.isneginf(m)
+    e = np.where(allm, 0, np.exp(sc - np.where(allm, 0, m)))
+    total = e.sum(-1, keepdims=True)
+    w = e / np.where(allm, 1, total)
+    lse = np.where(allm, -np.inf, np.log(np.where(allm, 1, total)) + np.where(allm, 0, m))[..., 0]
+    return (np.einsum("bhij,bjhd->bihd", w, v64), np.einsum("bhij,bjhd->bihd", w, np.abs(v64)),
+            lse.transpose(0, 2, 1))
+
+
+def check_attention_decode():
+    """The split kernels and both combines (the library's split length) against
+    float64. The cp.async forms (sm_80+) give the register forms' very bits, and
+    the two combines each other's for up to 32 splits."""
+    i32, f32 = np.int32, np.float32
+    forms = [("attention", "attention_decode_r{R}_d{D}_f32", 0)]
+    if cp.cuda.Device().compute_capability >= "80":
+        forms.append(("attention_sm80", "attention_decode_async_r{R}_d{D}_f32", 76 * 1024))
+    # (batch, q_len, kv_len, kv_cap, heads, kv_heads, d, causal, mask)
+    for batch, ql, kv_len, cap, heads, kvh, d, causal, masked in (
+            (1, 1, 4096, 4096, 32, 8, 128, 1, False),  # 32 splits of 128
+            (3, 1, 3000, 4096, 8, 1, 128, 1, False),   # 8 rows, 47 splits
+            (2, 2, 700, 1024, 4, 2, 256, 1, True),     # d 256, two new tokens, a mask
+            (1, 1, 5000, 5000, 2, 2, 32, 0, False),    # one row, 79 splits
+            (1, 1, 300, 300, 2, 1, 36, 1, False),      # 2 rows, a partial last tile
+            (1, 1, 40, 40, 8, 4, 64, 1, False)):       # one split: the block writes O
+        rows = ql * heads // kvh
+        R, D = 1 << (rows - 1).bit_length(), 128 if d <= 128 else 256
+        pos0 = kv_len - ql
+        kv_end = min(kv_len, pos0 + ql) if causal else kv_len
+        want_splits = -(-256 // (batch * kvh))
+        split_len = min(1024, max(64, -(-(-(-kv_end // want_splits)) // 32) * 32))
+        splits = max(1, -(-kv_end // split_len))
+        q, k, v = randn(batch, ql, heads, d), randn(batch, cap, kvh, d), randn(batch, cap, kvh, d)
+        mask = RNG.standard_normal((ql, kv_len)).astype(np.float32) if masked else None
+        scale = 1.0 / math.sqrt(d)
+        want, mag, want_lse = decode_ref(q, k, v, kv_len, pos0, causal, scale, mask)
+        case = f"b={batch} q={ql} kv={kv_len}/{cap} h={heads}/{kvh} d={d} splits={splits}"
+        combines = ("attention_decode_combine_f32", "attention_decode_combine_many_f32") if splits > 1 else (None,)
+        first = {}
+        for module, pattern, shared in forms:
+            name = pattern.format(R=R, D=D)
+            if shared:
+                kernel(module, name).max_dynamic_shared_size_bytes = shared
+            for grid in (batch * kvh * splits, 7):
+                part = cp.full(batch * kvh * splits * R * (d // 4 + 1) * 4, NAN, np.float32)
+                mptr = dev(mask) if mask is not None else np.uint64(0)
+                for combine in combines:
+                    O = cp.full((batch, ql, heads, d), NAN, np.float32)
+                    lse = cp.full((batch, ql, heads), NAN, np.float32)
+                    kernel(module, name)((grid,), (256,), (dev(q), dev(k), dev(v), O, mptr, lse, i32(batch), i32(ql),
+                                                           i32(kv_len), i32(cap), i32(heads), i32(kvh), i32(d), i32(pos0),
+                                                           i32(causal), f32(scale), i32(splits), i32(split_len), part),
+                                         shared_mem=shared)
+                    if combine:
+                        kernel("attention", combine)((min(batch * kvh * rows, 65535),), (256,),
+                                                     (part, O, lse, i32(batch), i32(ql), i32(heads), i32(kvh), i32(d),
+                                                      i32(splits), i32(R)))
+                    got, got_lse = O.get(), lse.get()
+                    err = float(np.max(np.abs(got - want) / (mag + 1e-3)))
+                    lse_err = float(np.max(np.abs(got_lse - want_lse)))
+                    ref = first.setdefault(combine if splits > 32 else None, (got, got_lse))
+                    same = np.array_equal(got, ref[0]) and np.array_equal(got_lse, ref[1])
+                    report(name, f"{case} grid={grid} {combine and combine[len('attention_decode_'):]}", max(err, lse_err),
+                           err <= 2e-5 and lse_err <= 1e-5 and same)
+
 # ----------------------------------------------------------------------------- sampling
 # A float32 port of the CPU generator (src/cpu/rng.rs, math.rs, decode.rs); every
 # operation rounds to float32 as the Rust code does (numpy never fuses).
@@ -1755,7 +1833,7 @@ def main():
     print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}")
     only = sys.argv[1:]  # optional: names of the checks to run, e.g. "rope attention sample"
     for check in (check_elementwise, check_softmax, check_norm, check_loss, check_optim, check_sort, check_embedding,
-                  check_decode, check_gemm, check_gemm_grouped, check_rope, check_attention, check_kv_cache, check_moe, check_sample,
+                  check_decode, check_gemm, check_gemm_grouped, check_rope, check_attention, check_attention_decode, check_kv_cache, check_moe, check_sample,
                   check_large):
         if only and check.__name__[len("check_"):] not in only:
             continue

@@ -59,6 +59,17 @@ pub const MODULES: &[(&str, &str, &[&str], u32)] = &[
         70,
     ),
     ("sample", include_str!("../../kernels/ptx/sample.ptx"), &["sample_f32", "topk_sample_f32", "topp_sample_f32"], 70),
+    // cp.async (decode attention's tiles): loaded on sm_80 and later only.
+    (
+        "attention_sm80",
+        include_str!("../../kernels/ptx/attention_sm80.ptx"),
+        &[
+            "attention_decode_async_r1_d128_f32", "attention_decode_async_r2_d128_f32", "attention_decode_async_r4_d128_f32",
+            "attention_decode_async_r8_d128_f32", "attention_decode_async_r1_d256_f32", "attention_decode_async_r2_d256_f32",
+            "attention_decode_async_r4_d256_f32", "attention_decode_async_r8_d256_f32",
+        ],
+        80,
+    ),
     // Tensor cores (mma.sync TF32): loaded on sm_80 and later only.
     ("attention_tf32", include_str!("../../kernels/ptx/attention_tf32.ptx"), &["flash_attention_tf32_d64", "attention_backward_fused_tf32_d64"], 80),
     // Thread-block clusters: sm_90 and later only.

@@ -104,10 +104,13 @@ const DECODE_BLOCKS: usize = 256;
 /// loads overlap the work on the first) and at most (past that, more blocks
 /// fill the GPU better).
 const DECODE_SPLIT: std::ops::RangeInclusive<usize> = 64..=1024;
-/// Split counts whose partials the one-pass combine takes (batch 1: 2.8 us a
-/// call against 3.3 on an H100; slower for 8 splits or fewer of many rows),
-/// with the other combine's very bits.
-const DECODE_MANY_SPLITS: std::ops::RangeInclusive<usize> = 17..=32;
+/// The one-pass combine takes the partials of up to this many splits (one a
+/// lane: the other combine's very bits)...
+const DECODE_ONE_PASS_SPLITS: usize = 32;
+/// ...of up to this many query rows. On an H100 it is faster from 4 to 32
+/// splits of 4 to 128 rows (1x4096: 2.8 us a call against 3.3; 2x4096, 16
+/// splits: 0.7 us less) and slower for 8 splits of 512 rows or 4 of 2048.
+const DECODE_ONE_PASS_ROWS: usize = 128;
 /// Threads of a decode block (DC_THREADS in attention.cu).
 const DECODE_THREADS: u32 = 256;
 
@@ -116,6 +119,15 @@ const DECODE_KERNELS: [[&str; 4]; 2] = [
     ["attention_decode_r1_d128_f32", "attention_decode_r2_d128_f32", "attention_decode_r4_d128_f32", "attention_decode_r8_d128_f32"],
     ["attention_decode_r1_d256_f32", "attention_decode_r2_d256_f32", "attention_decode_r4_d256_f32", "attention_decode_r8_d256_f32"],
 ];
+/// Their cp.async forms (attention_sm80.cu, same bits), taken where loaded:
+/// the next tile waits in shared memory, not registers (1x4096 on an H100:
+/// 76.6% -> 86.3% of the copy bandwidth).
+const DECODE_ASYNC_KERNELS: [[&str; 4]; 2] = [
+    ["attention_decode_async_r1_d128_f32", "attention_decode_async_r2_d128_f32", "attention_decode_async_r4_d128_f32", "attention_decode_async_r8_d128_f32"],
+    ["attention_decode_async_r1_d256_f32", "attention_decode_async_r2_d256_f32", "attention_decode_async_r4_d256_f32", "attention_decode_async_r8_d256_f32"],
+];
+/// Dynamic shared memory of the cp.async forms (DC_ASYNC_SHARED).
+const DECODE_ASYNC_SHARED: u32 = 76 * 1024;
 
 /// The decode kernels' row class (1, 2, 4 or 8) when they apply: few query
 /// rows per KV head, `head_dim % 4 == 0`, 16-byte aligned tensors.
@@ -136,21 +148,25 @@ unsafe fn attention_decode(g: &Gpu, s: Stream, [q, k, v, out, mask, lse]: [DevPt
     let splits = kv_end.div_ceil(split_len).max(1);
     let mut scratch = Scratch::new(s);
     let part = if splits > 1 { scratch.alloc(kv_rows * splits * rows * (a.head_dim / 4 + 1) * 16)? } else { 0 };
-    let kernel = DECODE_KERNELS[usize::from(a.head_dim > 128)][rows.trailing_zeros() as usize];
+    let (class, row_class) = (usize::from(a.head_dim > 128), rows.trailing_zeros() as usize);
+    let async_kernel = DECODE_ASYNC_KERNELS[class][row_class];
+    let (kernel, shared) =
+        if g.has(async_kernel) { (async_kernel, DECODE_ASYNC_SHARED) } else { (DECODE_KERNELS[class][row_class], 0) };
     let args = &mut [
         Ptr(q), Ptr(k), Ptr(v), Ptr(out), Ptr(mask), Ptr(lse),
         I32(a.batch as i32), I32(a.q_len as i32), I32(a.kv_len as i32), I32(a.kv_capacity as i32),
         I32(a.heads as i32), I32(a.kv_heads as i32), I32(a.head_dim as i32), I32(a.pos0 as i32), I32(a.causal as i32), F32(a.scale),
         I32(splits as i32), I32(split_len as i32), Ptr(part),
     ];
-    unsafe { g.launch(kernel, line((kv_rows * splits).min(1 << 20), DECODE_THREADS), s, args)? };
+    unsafe { g.launch(kernel, Launch { shared, ..line((kv_rows * splits).min(1 << 20), DECODE_THREADS) }, s, args)? };
     if splits > 1 {
         let args = &mut [
             Ptr(part), Ptr(out), Ptr(lse), I32(a.batch as i32), I32(a.q_len as i32), I32(a.heads as i32), I32(a.kv_heads as i32),
             I32(a.head_dim as i32), I32(splits as i32), I32(rows as i32),
         ];
         let query_rows = kv_rows * a.q_len * (a.heads / a.kv_heads);
-        let combine = if DECODE_MANY_SPLITS.contains(&splits) { "attention_decode_combine_many_f32" } else { "attention_decode_combine_f32" };
+        let one_pass = splits <= DECODE_ONE_PASS_SPLITS && query_rows <= DECODE_ONE_PASS_ROWS;
+        let combine = if one_pass { "attention_decode_combine_many_f32" } else { "attention_decode_combine_f32" };
         unsafe { g.launch(combine, line(query_rows.min(65535), 256), s, args)? };
     }
     Ok(())
