@@ -64,10 +64,35 @@ fn elementwise_ex_is_the_float32_op_rounded_once() {
 }
 
 #[test]
+fn softmax_ex_keeps_the_float32_special_cases() {
+    let mut rng = Rng::new(64);
+    for t in HALVES {
+        for cols in [5, 70_000] {
+            // Rows: all -inf (zeros), some -inf and a -0, a NaN, a +inf.
+            let mut v = rng.vec(4 * cols, 3.0);
+            v[..cols].fill(f32::NEG_INFINITY);
+            v[cols + 1] = f32::NEG_INFINITY;
+            v[cols + 2] = -0.0;
+            v[2 * cols + 3 % cols] = f32::NAN;
+            v[3 * cols + 4 % cols] = f32::INFINITY;
+            let (hx, x) = to_half(&v, t);
+            let (mut want, mut got) = (vec![0f32; v.len()], vec![7u16; v.len()]);
+            unsafe {
+                assert_ok(cuda_softmax(x.as_ptr(), want.as_mut_ptr(), 4, cols as i32, NULL));
+                assert_ok(cudann_softmax_ex(vp(&hx), vm(&mut got), 4, cols as i32, t, NULL));
+            }
+            assert!(want[..cols].iter().all(|&p| p == 0.0) && want[2 * cols..3 * cols].iter().all(|p| p.is_nan()), "float32 specials");
+            assert_eq!(got, rounded(&want, t), "softmax type {t} cols {cols}");
+        }
+    }
+}
+
+#[test]
 fn row_ops_ex_are_the_float32_op_rounded_once() {
     let mut rng = Rng::new(62);
     for t in HALVES {
-        for (rows, cols) in [(1, 1), (3, 31), (7, 1000), (2, 40_000), (600, 7)] {
+        // (1, 70_000): a row longer than a worker's kept scratch.
+        for (rows, cols) in [(1, 1), (3, 31), (7, 1000), (2, 40_000), (600, 7), (1, 70_000)] {
             let n = rows * cols;
             let (hx, x) = to_half(&rng.vec(n, 3.0), t);
             let (hw, w) = to_half(&rng.vec(cols, 1.0), t);

@@ -54,7 +54,13 @@ pub unsafe extern "C" fn cudann_softmax_ex(input: *const c_void, output: *mut c_
             let x = Input::new("input", input.cast::<T>(), n)?;
             let y = Output::new("output", output.cast::<T>(), n)?;
             let call = Call::new(stream, n, [x.region(), y.region()])?;
-            let cpu = || unsafe { convert::blockwise([x.ptr], y.ptr, n, cols, |_, [xb], yb| softmax::softmax(Src::Slice(xb), yb, cols)) };
+            let cpu = || unsafe {
+                if t == Float::Bf16 && !y.is(&x) {
+                    let bits = |p: *const T| std::slice::from_raw_parts(p.cast::<u16>(), n);
+                    return softmax::softmax_bf16(bits(x.ptr), std::slice::from_raw_parts_mut(y.ptr.cast::<u16>(), n), cols);
+                }
+                convert::blockwise([x.ptr], y.ptr, n, cols, |_, [xb], yb| softmax::softmax(Src::Slice(xb), yb, cols))
+            };
             dispatch::run_typed(t, &call, [Use::In, Use::Out], cpu, |g, p| unsafe { ops::softmax(g, stream.cast(), p[0], p[1], rows, cols) })
         })
     })

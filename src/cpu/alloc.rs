@@ -45,6 +45,20 @@ pub fn collect<T>(items: impl ExactSizeIterator<Item = T>) -> Vec<T> {
     v
 }
 
+/// Runs `f` on `len` floats of scratch: this thread's kept buffer in `key`
+/// (grown as needed) when `len <= keep`, else a buffer of its own, freed after.
+pub fn with_scratch<R>(key: &'static LocalKey<Cell<Vec<f32>>>, len: usize, keep: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    if len > keep {
+        return f(&mut filled(len, 0.0));
+    }
+    with_kept(key, |buffer| {
+        if buffer.len() < len {
+            buffer.resize(len, 0.0);
+        }
+        f(&mut buffer[..len])
+    })
+}
+
 /// Runs `f` on this thread's kept buffer in `key`, put back afterwards. It is
 /// taken out of the cell while `f` runs: an op with parallel work of its own
 /// may have this thread run another block meanwhile, which then finds the

@@ -202,17 +202,7 @@ pub unsafe fn blockwise<T: Element, const N: usize>(inputs: [*const T; N], outpu
             // SAFETY: this block belongs to this task.
             unsafe { through_f32::<T, N>(inputs, output, start, wide, result, |x, y| op(start, x, y)) };
         };
-        let need = (N + 1) * count;
-        if need > SCRATCH_KEEP {
-            // A row longer than the kept scratch: its own buffer, freed with it.
-            return run(&mut super::alloc::filled(need, 0.0));
-        }
-        super::alloc::with_kept(&SCRATCH, |scratch| {
-            if scratch.len() < need {
-                scratch.resize(need, 0.0);
-            }
-            run(&mut scratch[..need]);
-        });
+        super::alloc::with_scratch(&SCRATCH, (N + 1) * count, SCRATCH_KEEP, run);
     });
 }
 
@@ -305,7 +295,7 @@ pub unsafe fn elementwise<T: Element, const N: usize>(inputs: [*const T; N], out
 }
 
 /// Floats of scratch a worker keeps between calls (256 KiB).
-const SCRATCH_KEEP: usize = 64 * 1024;
+pub(crate) const SCRATCH_KEEP: usize = 64 * 1024;
 
 thread_local! {
     /// Each worker's float32 blocks for [`blockwise`] (at most a few blocks of

@@ -64,18 +64,31 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     triple_sum(x, x, x, |v, _, _| f(v))
 }
 
-/// Largest element, ignoring NaN; -inf for an empty slice.
-#[simd]
-pub fn max(x: &[f32]) -> f32 {
+/// Largest of value(x_i), ignoring NaN; -inf for an empty slice. Lanes
+/// first, then the tail and the lanes in order.
+#[inline(always)]
+fn lane_max<T: Copy>(x: &[T], value: impl Fn(T) -> f32) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = x.chunks_exact(LANES);
     let tail = chunks.remainder();
     for chunk in chunks {
         for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a = a.max(v);
+            *a = a.max(value(v));
         }
     }
-    tail.iter().chain(acc.iter()).fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+    tail.iter().map(|&v| value(v)).chain(acc).fold(f32::NEG_INFINITY, |m, v| m.max(v))
+}
+
+/// Largest element, ignoring NaN; -inf for an empty slice.
+#[simd]
+pub fn max(x: &[f32]) -> f32 {
+    lane_max(x, |v| v)
+}
+
+/// [`max`] of bfloat16 bits, each widened in a register (the same lanes and order).
+#[simd]
+pub fn max_bf16(x: &[u16]) -> f32 {
+    lane_max(x, super::convert::bf16_value)
 }
 
 /// Σ x².
@@ -130,6 +143,15 @@ pub fn sum_exp(x: &[f32], shift: f32) -> f32 {
 pub fn exp_into(x: &[f32], shift: f32, y: &mut [f32]) -> f32 {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = exp_with::<true>(x - shift);
+    }
+    lane_sum(y, |v| v)
+}
+
+/// [`exp_into`] of bfloat16 bits, each widened in a register: the same y and sum.
+#[simd]
+pub fn exp_into_bf16(x: &[u16], shift: f32, y: &mut [f32]) -> f32 {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = exp_with::<true>(super::convert::bf16_value(x) - shift);
     }
     lane_sum(y, |v| v)
 }

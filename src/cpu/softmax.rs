@@ -5,7 +5,8 @@ use rayon::prelude::*;
 
 use super::alloc;
 use super::par::{Src, blocks};
-use super::reduce::{dot, exp_into, max};
+use super::convert::{SCRATCH_KEEP, to_bf16};
+use super::reduce::{dot, exp_into, exp_into_bf16, max, max_bf16};
 
 #[simd]
 fn scale_in_place(y: &mut [f32], s: f32) {
@@ -27,6 +28,39 @@ pub fn softmax_row(x: &[f32], y: &mut [f32]) {
 
 pub fn softmax(x: Src, y: &mut [f32], cols: usize) {
     blocks([x], y, cols, |_, [x], y| softmax_row(x, y));
+}
+
+#[simd]
+fn scale_to_bf16(e: &[f32], s: f32, y: &mut [u16]) {
+    for (y, &e) in y.iter_mut().zip(e) {
+        *y = to_bf16(e * s).to_bits();
+    }
+}
+
+/// [`softmax`] of bfloat16 rows into distinct bfloat16 rows, each element
+/// widened in a register and the exponentials kept in a float32 row: bitwise
+/// the float32 op on the widened rows, rounded once, without the passes that
+/// widen the row and round the result.
+pub fn softmax_bf16(x: &[u16], y: &mut [u16], cols: usize) {
+    let cols = cols.max(1); // no rows when 0
+    y.par_chunks_mut(cols).zip(x.par_chunks(cols)).with_min_len(ROWS_PER_TASK.div_ceil(cols)).for_each(|(y, x)| {
+        let m = max_bf16(x);
+        if m == f32::NEG_INFINITY {
+            return y.fill(0); // +0
+        }
+        alloc::with_scratch(&EXPONENTIALS, cols, SCRATCH_KEEP, |e| {
+            let total = exp_into_bf16(x, m, e);
+            scale_to_bf16(e, 1.0 / total, y);
+        });
+    });
+}
+
+/// Elements of consecutive rows a task takes at least (so small rows stream).
+const ROWS_PER_TASK: usize = 64 * 1024;
+
+thread_local! {
+    /// A row of exponentials per worker, kept between calls (up to SCRATCH_KEEP).
+    static EXPONENTIALS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 #[simd]
