@@ -4,8 +4,7 @@
 
 use super::simd::simd;
 
-use super::par::{Src, blocks};
-use rayon::prelude::*;
+use super::par::{Src, blocks, row_pairs};
 
 use super::convert::{bf16_value, to_bf16};
 use super::reduce::{add_into, column_sums, dot, sum, sum_squares, sum_squares_bf16, sum_squares_shifted, weighted_dot};
@@ -38,14 +37,11 @@ fn scale_by_weight_bf16(x: &[u16], w: &[f32], r: f32, y: &mut [u16]) {
 /// that widen each element in a register (half the bytes of float32):
 /// bitwise the float32 op on the widened rows, rounded once.
 pub fn rmsnorm_bf16(x: &[u16], weight: &[f32], y: &mut [u16], hidden: usize, eps: f32) {
-    y.par_chunks_mut(hidden).zip(x.par_chunks(hidden)).with_min_len(ROWS_PER_TASK.div_ceil(hidden)).for_each(|(y, x)| {
+    row_pairs(x, y, hidden, |x, y| {
         let r = 1.0 / (sum_squares_bf16(x) / x.len() as f32 + eps).sqrt();
         scale_by_weight_bf16(x, weight, r, y);
     });
 }
-
-/// Elements of consecutive rows a task takes at least (so small rows stream).
-const ROWS_PER_TASK: usize = 64 * 1024;
 
 /// dx = r (g - x r² mean(g x)) with g = dy * w, r = 1 / rms(x).
 #[simd]

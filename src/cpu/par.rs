@@ -15,6 +15,17 @@ use crate::check::{Input, Output, Region};
 /// small enough that an in-place copy stays in L1/L2.
 pub(crate) const CHUNK: usize = 16 * 1024;
 
+/// Elements of consecutive rows a [`row_pairs`] task takes at least (so small
+/// rows stream).
+const ROWS_PER_TASK: usize = 64 * 1024;
+
+/// f(x row, y row) for each row of `width` elements of `x` and `y`, in
+/// parallel (half-precision rows that a kernel widens in registers).
+pub fn row_pairs<A: Sync, B: Send>(x: &[A], y: &mut [B], width: usize, f: impl Fn(&[A], &mut [B]) + Sync + Send) {
+    let width = width.max(1); // no rows when 0
+    y.par_chunks_mut(width).zip(x.par_chunks(width)).with_min_len(ROWS_PER_TASK.div_ceil(width)).for_each(|(y, x)| f(x, y));
+}
+
 /// Where an input's data comes from.
 pub enum Src<'a> {
     Slice(&'a [f32]),

@@ -4,7 +4,7 @@ use super::simd::simd;
 use rayon::prelude::*;
 
 use super::alloc;
-use super::par::{Src, blocks};
+use super::par::{Src, blocks, row_pairs};
 use super::convert::{SCRATCH_KEEP, to_bf16};
 use super::reduce::{dot, exp_into, exp_into_bf16, max, max_bf16};
 
@@ -42,21 +42,17 @@ fn scale_to_bf16(e: &[f32], s: f32, y: &mut [u16]) {
 /// the float32 op on the widened rows, rounded once, without the passes that
 /// widen the row and round the result.
 pub fn softmax_bf16(x: &[u16], y: &mut [u16], cols: usize) {
-    let cols = cols.max(1); // no rows when 0
-    y.par_chunks_mut(cols).zip(x.par_chunks(cols)).with_min_len(ROWS_PER_TASK.div_ceil(cols)).for_each(|(y, x)| {
+    row_pairs(x, y, cols, |x, y| {
         let m = max_bf16(x);
         if m == f32::NEG_INFINITY {
             return y.fill(0); // +0
         }
-        alloc::with_scratch(&EXPONENTIALS, cols, SCRATCH_KEEP, |e| {
+        alloc::with_scratch(&EXPONENTIALS, x.len(), SCRATCH_KEEP, |e| {
             let total = exp_into_bf16(x, m, e);
             scale_to_bf16(e, 1.0 / total, y);
         });
     });
 }
-
-/// Elements of consecutive rows a task takes at least (so small rows stream).
-const ROWS_PER_TASK: usize = 64 * 1024;
 
 thread_local! {
     /// A row of exponentials per worker, kept between calls (up to SCRATCH_KEEP).
