@@ -603,12 +603,16 @@ struct RegisterTiles {
 };
 
 // General attention forward (as attention_forward_f32) for rows <= R and
-// d <= D (128 or 256); see decode_split for the launch.
+// d <= D (64, 128 or 256); see decode_split for the launch.
 #define DC_KERNEL(R, D)                                                                                   \
     extern "C" __global__ void __launch_bounds__(DC_THREADS, 2) attention_decode_r##R##_d##D##_f32(DC_PARAMS) { \
         __shared__ DecodeSmem<R, D / 4, RegisterTiles::STAGES> s;                                         \
         decode_split<R, D / 4, RegisterTiles>(s, Q, K, V, O, DC_SHAPE, splits, split_len, part);           \
     }
+DC_KERNEL(1, 64)
+DC_KERNEL(2, 64)
+DC_KERNEL(4, 64)
+DC_KERNEL(8, 64)
 DC_KERNEL(1, 128)
 DC_KERNEL(2, 128)
 DC_KERNEL(4, 128)

@@ -23,10 +23,10 @@
 #define DC_TILE_F4 1024                     // float4s of a K (or V) tile
 #define DC_LOADS (DC_TILE_F4 / DC_THREADS)  // a thread's float4s of each
 
-// D4: float4s of the widest row (32 for d <= 128, 64 for d <= 256); STAGES:
+// D4: float4s of the widest row (16 for d <= 64, 32 for d <= 128, 64 for d <= 256); STAGES:
 // the tiles shared memory holds at once (see the Tiles ways below).
 template <int R, int D4, int STAGES> struct DecodeSmem {
-    static constexpr int TK = DC_TILE_F4 / D4;  // keys of a tile: 32 (d <= 128) or 16
+    static constexpr int TK = DC_TILE_F4 / D4;  // keys of a tile: 64 (d <= 64), 32 (d <= 128) or 16
     static constexpr int G = DC_THREADS / D4;   // key groups of P V
     struct Tile {
         float4 k[TK][D4], v[TK][D4];
@@ -88,7 +88,8 @@ __device__ void decode_split(DecodeSmem<R, D4, Tiles::STAGES>& s, const float* Q
                              const FlashShape& sh, int splits, int split_len, float4* part) {
     using Smem = DecodeSmem<R, D4, Tiles::STAGES>;
     constexpr int TK = Smem::TK, G = Smem::G, LPK = D4 / 4;  // LPK: lanes of a key's score, 4 float4s each
-    static_assert(R <= DC_WARPS && TK <= 32 && TK == G * DC_LOADS, "decode tile shape");
+    constexpr int KPL = (TK + 31) / 32;                       // keys of a lane in the softmax
+    static_assert(R <= DC_WARPS && TK <= 64 && TK == G * DC_LOADS, "decode tile shape");
     const int group = sh.heads / sh.kv_heads, rows = sh.q_len * group, d4 = sh.d / 4;
     const int t = threadIdx.x, warp = t >> 5, lane = t & 31;
     const int skey = t / LPK, spart = t % LPK;  // scores: key of the tile, first float4
@@ -148,16 +149,27 @@ __device__ void decode_split(DecodeSmem<R, D4, Tiles::STAGES>& s, const float* Q
 #pragma unroll
                 for (int r = 0; r < R; ++r) s.p[r][skey] = acc[r];
             __syncthreads();
-            if (warp < R) {  // the online softmax of row `warp`, lane = key of the tile
-                const int r = warp, i = r / group, j = j0 + lane;
-                float v = -INF;
-                if (lane < TK && j < j_end && r < rows && !(sh.causal && j > sh.pos0 + i))
-                    v = s.p[r][lane] + (sh.mask != nullptr ? sh.mask[(i64)i * sh.kv_len + j] * LOG2E : 0.0f);
-                const float mn = fmaxf(m, warp_allreduce(v, Max()));
+            if (warp < R) {  // the online softmax of row `warp`, lane = key (and key + 32) of the tile
+                const int r = warp, i = r / group;
+                float v[KPL];
+#pragma unroll
+                for (int h = 0; h < KPL; ++h) {
+                    const int key = lane + 32 * h, j = j0 + key;
+                    v[h] = -INF;
+                    if (key < TK && j < j_end && r < rows && !(sh.causal && j > sh.pos0 + i))
+                        v[h] = s.p[r][key] + (sh.mask != nullptr ? sh.mask[(i64)i * sh.kv_len + j] * LOG2E : 0.0f);
+                }
+                float top = v[0];
+#pragma unroll
+                for (int h = 1; h < KPL; ++h) top = fmaxf(top, v[h]);
+                const float mn = fmaxf(m, warp_allreduce(top, Max()));
                 const float base = mn == -INF ? 0.0f : mn;  // all masked so far: p = 0, o stays 0
-                const float p = exp2_approx(v - base);
-                l = l * exp2_approx(m - base) + p;
-                if (lane < TK) s.p[r][lane] = p;
+#pragma unroll
+                for (int h = 0; h < KPL; ++h) {
+                    const float p = exp2_approx(v[h] - base);
+                    l = h == 0 ? l * exp2_approx(m - base) + p : l + p;
+                    if (lane + 32 * h < TK) s.p[r][lane + 32 * h] = p;
+                }
                 if (lane == 0) s.alpha[r] = exp2_approx(m - base);
                 m = mn;
             }

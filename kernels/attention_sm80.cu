@@ -41,6 +41,10 @@ struct AsyncTiles {
         auto& s = *reinterpret_cast<DecodeSmem<R, D / 4, AsyncTiles::STAGES>*>(dc_smem);                      \
         decode_split<R, D / 4, AsyncTiles>(s, Q, K, V, O, DC_SHAPE, splits, split_len, part);                  \
     }
+DC_ASYNC_KERNEL(1, 64)
+DC_ASYNC_KERNEL(2, 64)
+DC_ASYNC_KERNEL(4, 64)
+DC_ASYNC_KERNEL(8, 64)
 DC_ASYNC_KERNEL(1, 128)
 DC_ASYNC_KERNEL(2, 128)
 DC_ASYNC_KERNEL(4, 128)

@@ -1401,9 +1401,11 @@ def check_attention_decode():
             (2, 2, 700, 1024, 4, 2, 256, 1, True),     # d 256, two new tokens, a mask
             (1, 1, 5000, 5000, 2, 2, 32, 0, False),    # one row, 79 splits
             (1, 1, 300, 300, 2, 1, 36, 1, False),      # 2 rows, a partial last tile
-            (1, 1, 40, 40, 8, 4, 64, 1, False)):       # one split: the block writes O
+            (1, 1, 40, 40, 8, 4, 64, 1, False),        # one split: the block writes O
+            (1, 1, 4096, 4096, 32, 8, 64, 1, False),   # d 64: tiles of 64 keys
+            (2, 3, 2000, 2048, 8, 4, 48, 1, True)):    # 6 rows of d 48, a mask, partial tiles
         rows = ql * heads // kvh
-        R, D = 1 << (rows - 1).bit_length(), 128 if d <= 128 else 256
+        R, D = 1 << (rows - 1).bit_length(), 64 if d <= 64 else 128 if d <= 128 else 256
         pos0 = kv_len - ql
         kv_end = min(kv_len, pos0 + ql) if causal else kv_len
         want_splits = -(-256 // (batch * kvh))

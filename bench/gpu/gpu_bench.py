@@ -298,13 +298,15 @@ def bench_backward():
 
 def bench_decode():
     """Decode attention (one new token per sequence) against a float32 KV
-    cache, Llama-style GQA (32 query heads, 8 KV heads, d 128): bound by
-    reading the cache once; torch SDPA (enable_gqa) on the same data. Both
-    sides replayed from CUDA graphs: at batch 1 a call's GPU time (16 us for
-    the 4k cache) is shorter than the host's call overhead from Python."""
-    h, kvh, d = 32, 8, 128
+    cache, Llama-style GQA (32 query heads, 8 KV heads, d 128, and narrow
+    heads of d 64): bound by reading the cache once; torch SDPA (enable_gqa)
+    on the same data. Both sides replayed from CUDA graphs: at batch 1 a
+    call's GPU time (16 us for the 4k cache) is shorter than the host's call
+    overhead from Python."""
+    h, kvh = 32, 8
     # 1x8192 and 2x4096: the shapes furthest from the target in a sweep of split lengths (RESULTS).
-    for b, length in ((1, 4096), (1, 8192), (2, 4096), (1, 32768), (16, 8192), (64, 4096), (8, 32768)):
+    shapes = ((1, 4096), (1, 8192), (2, 4096), (1, 32768), (16, 8192), (64, 4096), (8, 32768))
+    for b, length, d in [(b, n, 128) for b, n in shapes] + [(1, 8192, 64), (1, 32768, 64), (16, 8192, 64)]:
         q, out = torch.randn(b, 1, h, d, device=DEV), torch.empty(b, 1, h, d, device=DEV)
         k, v = torch.randn(b, length, kvh, d, device=DEV), torch.randn(b, length, kvh, d, device=DEV)
         scale = F(d ** -0.5)
@@ -312,7 +314,7 @@ def bench_decode():
                             I(h), I(kvh), I(d), I(length - 1), I(1), scale, I(0), stream())
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
         theirs = lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, enable_gqa=True)
-        row("attention decode", f"{b}x{length} gqa32/8", graphed(ours), graphed(theirs, calls=3, reps=10),
+        row("attention decode", f"{b}x{length} gqa32/8" + (f" d{d}" if d != 128 else ""), graphed(ours), graphed(theirs, calls=3, reps=10),
             2 * 4 * b * length * kvh * d, ">=80% copy bw")
         del q, out, k, v, qt, kt, vt
         torch.cuda.empty_cache()
