@@ -164,13 +164,14 @@ __device__ void decode_split(DecodeSmem<R, D4, Tiles::STAGES>& s, const float* Q
                 for (int h = 1; h < KPL; ++h) top = fmaxf(top, v[h]);
                 const float mn = fmaxf(m, warp_allreduce(top, Max()));
                 const float base = mn == -INF ? 0.0f : mn;  // all masked so far: p = 0, o stays 0
+                const float alpha = exp2_approx(m - base);
 #pragma unroll
                 for (int h = 0; h < KPL; ++h) {
                     const float p = exp2_approx(v[h] - base);
-                    l = h == 0 ? l * exp2_approx(m - base) + p : l + p;
+                    l = h == 0 ? l * alpha + p : l + p;
                     if (lane + 32 * h < TK) s.p[r][lane + 32 * h] = p;
                 }
-                if (lane == 0) s.alpha[r] = exp2_approx(m - base);
+                if (lane == 0) s.alpha[r] = alpha;
                 m = mn;
             }
             __syncthreads();
