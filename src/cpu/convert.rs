@@ -103,7 +103,7 @@ pub(crate) fn bf16_value(bits: u16) -> f32 {
 }
 
 #[simd]
-fn widen_bf16(src: &[u16], dst: &mut [f32]) {
+pub(crate) fn widen_bf16(src: &[u16], dst: &mut [f32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = bf16_value(s);
     }
@@ -239,11 +239,31 @@ const SPAN: usize = 64 * 1024;
 /// `y[i] = f(inputs[i])` on bfloat16 bits in one pass: each element widened in
 /// a register, computed and rounded once.
 #[simd]
-fn map_bf16_block<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[u16]; N], y: &mut [u16], f: &F) {
+pub(crate) fn map_bf16_block<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[u16]; N], y: &mut [u16], f: &F) {
     let inputs = inputs.map(|x| &x[..y.len()]);
     for (i, y) in y.iter_mut().enumerate() {
         *y = to_bf16(f(inputs.map(|x| bf16_value(x[i])))).to_bits();
     }
+}
+
+/// Whether a bfloat16 is NaN, on its bits.
+#[inline(always)]
+fn is_nan_bf16(bits: u16) -> bool {
+    bits & 0x7fff > 0x7f80
+}
+
+/// Whether some element is NaN (bfloat16 bits).
+#[simd]
+fn any_nan(x: &[u16]) -> bool {
+    x.iter().fold(false, |found, &x| found | is_nan_bf16(x))
+}
+
+/// Whether some element is NaN in every input (bfloat16 bits).
+#[simd]
+fn nan_in_every<const N: usize>(inputs: [&[u16]; N]) -> bool {
+    let len = inputs[0].len();
+    let inputs = inputs.map(|x| &x[..len]);
+    (0..len).fold(false, |found, i| found | inputs.iter().all(|x| is_nan_bf16(x[i])))
 }
 
 /// Elements of each input [`elementwise`] widens at a time: small enough
@@ -254,24 +274,22 @@ const TILE: usize = 256;
 
 /// A float32 elementwise kernel applied to `len` elements of each input into
 /// `output`, which may be one of them: each result is the kernel on the
-/// inputs widened to float32, rounded once. bfloat16 with `fused` (the op's
-/// per-element expression, a single arithmetic operation) runs in one pass
-/// (memory-bound: half the bytes of float32); otherwise `kernel` (the float32
-/// op's loop on slices of any length) runs on tiles widened on the stack, each
-/// read before it is written. Only the float32 op's own compiled loop gives a
-/// NaN result its very sign and payload in longer expressions. Safety: as
-/// [`blockwise`].
-pub unsafe fn elementwise<T: Element, const N: usize>(inputs: [*const T; N], output: *mut T, len: usize, fused: Option<impl Fn([f32; N]) -> f32 + Sync>, kernel: impl Fn([&[f32]; N], &mut [f32]) + Sync) {
+/// inputs widened to float32, rounded once. bfloat16 with a `bf16_block`
+/// kernel (on the bits of a block of each input, with the float32 op's bits:
+/// [`map_bf16_block`] with the op's per-element expression, a single
+/// arithmetic operation) runs in one pass (memory-bound: half the bytes of
+/// float32); otherwise `kernel` (the float32 op's loop on slices of any
+/// length) runs on tiles widened on the stack, each read before it is
+/// written. Only the float32 op's own compiled loop gives a NaN result its
+/// very sign and payload in longer expressions, and in an operation on two
+/// NaNs (x86 returns its first operand's, and the compiler may swap the
+/// operands; bf16 add's scalar tail did): a block whose result holds a NaN
+/// where every input is NaN runs the tiles again. Safety: as [`blockwise`].
+pub unsafe fn elementwise<T: Element, const N: usize>(inputs: [*const T; N], output: *mut T, len: usize, bf16_block: Option<impl Fn([&[u16]; N], &mut [u16]) + Sync>, kernel: impl Fn([&[f32]; N], &mut [f32]) + Sync) {
     let (inputs, output) = (inputs.map(|p| Addr(p as usize)), Addr(output as usize));
-    let Some(f) = fused.filter(|_| std::any::TypeId::of::<T>() == std::any::TypeId::of::<bf16>()) else {
-        return for_each_block(len, CHUNK, |start, count| {
-            let (mut wide, mut result) = ([[0.0f32; TILE]; N], [0.0f32; TILE]);
-            for at in (start..start + count).step_by(TILE) {
-                let m = TILE.min(start + count - at);
-                // SAFETY: this tile belongs to this task.
-                unsafe { through_f32::<T, N>(inputs, output, at, &mut wide.as_flattened_mut()[..N * m], &mut result[..m], &kernel) };
-            }
-        });
+    let Some(bf16_block) = bf16_block.filter(|_| std::any::TypeId::of::<T>() == std::any::TypeId::of::<bf16>()) else {
+        // SAFETY: each block belongs to its task.
+        return for_each_block(len, CHUNK, |start, count| unsafe { tiles::<T, N>(inputs, output, start, count, &kernel) });
     };
     for_each_block(len, CHUNK, |start, count| {
         // SAFETY: T is bf16 (u16 bits); this block lies inside the input.
@@ -290,8 +308,25 @@ pub unsafe fn elementwise<T: Element, const N: usize>(inputs: [*const T; N], out
             if inputs[i].0 == output.0 { unsafe { std::slice::from_raw_parts(copies[i].as_ptr().cast::<u16>(), count) } } else { block(i) }
         });
         // SAFETY: this block of the output belongs to this task; no input block aliases it.
-        map_bf16_block(blocks, unsafe { std::slice::from_raw_parts_mut((output.0 as *mut u16).add(start), count) }, &f);
+        let y = unsafe { std::slice::from_raw_parts_mut((output.0 as *mut u16).add(start), count) };
+        bf16_block(blocks, y);
+        // (The result, still in L1, is checked first: NaNs are rare.)
+        if N > 1 && any_nan(y) && nan_in_every(blocks) {
+            // SAFETY: the blocks (or their copies) hold `count` elements, and the kernel wrote none of them.
+            unsafe { tiles::<T, N>(blocks.map(|b| Addr(b.as_ptr() as usize)), Addr(y.as_mut_ptr() as usize), 0, count, &kernel) };
+        }
     });
+}
+
+/// `kernel` on elements `start .. start + count` of the inputs, through
+/// float32 tiles of [`TILE`] on the stack. Safety: as [`through_f32`].
+unsafe fn tiles<T: Element, const N: usize>(inputs: [Addr; N], output: Addr, start: usize, count: usize, kernel: &impl Fn([&[f32]; N], &mut [f32])) {
+    let (mut wide, mut result) = ([[0.0f32; TILE]; N], [0.0f32; TILE]);
+    for at in (start..start + count).step_by(TILE) {
+        let m = TILE.min(start + count - at);
+        // SAFETY: as the caller's.
+        unsafe { through_f32::<T, N>(inputs, output, at, &mut wide.as_flattened_mut()[..N * m], &mut result[..m], kernel) };
+    }
 }
 
 /// Floats of scratch a worker keeps between calls (256 KiB).
