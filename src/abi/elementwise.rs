@@ -107,10 +107,10 @@ unsafe fn scale_f32(input: *const f32, output: *mut f32, scale: f32, n: i64, str
 /// The half-precision path of the `_ex` elementwise ops: `inputs` and
 /// `output` of `n` elements of type `t`, each result `f` of the widened
 /// inputs, rounded once: on the CPU by `kernel` (the float32 op's loop) or
-/// `bf16` (a kernel on bfloat16 bits, see [`fused`]) as [`convert::elementwise`]
+/// `half` (a kernel on the half type's bits, see [`fused`]) as [`convert::elementwise`]
 /// chooses, on the GPU by `gpu` (the float32 launch; pointers: first input,
 /// last input, output).
-unsafe fn half_ex<const N: usize>(t: Float, inputs: [(&'static str, *const c_void); N], output: *mut c_void, n: i64, stream: *mut c_void, bf16: Option<impl Fn([&[u16]; N], &mut [u16]) + Sync>, kernel: impl Fn([&[f32]; N], &mut [f32]) + Sync, gpu: impl FnOnce(&Gpu, Stream, [DevPtr; 3], usize) -> Result<()>) -> Result<()> {
+unsafe fn half_ex<const N: usize>(t: Float, inputs: [(&'static str, *const c_void); N], output: *mut c_void, n: i64, stream: *mut c_void, half: Option<impl Fn([&[u16]; N], &mut [u16]) + Sync>, kernel: impl Fn([&[f32]; N], &mut [f32]) + Sync, gpu: impl FnOnce(&Gpu, Stream, [DevPtr; 3], usize) -> Result<()>) -> Result<()> {
     let n = check::count("n", n)?;
     with_type!(t, T => {
         let mut regions = Vec::with_capacity(N + 1);
@@ -124,15 +124,15 @@ unsafe fn half_ex<const N: usize>(t: Float, inputs: [(&'static str, *const c_voi
         regions.push(y.region());
         // Every operand for the overlap and placement checks (N is 1 or 2).
         let call = Call::new(stream, n, [regions[0], regions[N - 1], y.region()])?;
-        dispatch::run_typed(t, &call, [Use::In, Use::In, Use::Out], || unsafe { convert::elementwise(pointers, y.ptr, n, bf16, kernel) }, |g, p| gpu(g, stream.cast(), [p[0], p[1], p[2]], n))
+        dispatch::run_typed(t, &call, [Use::In, Use::In, Use::Out], || unsafe { convert::elementwise(pointers, y.ptr, n, half, kernel) }, |g, p| gpu(g, stream.cast(), [p[0], p[1], p[2]], n))
     })
 }
 
-/// The bfloat16 kernel of an op whose float32 form is the per-element
-/// expression `f`, a single operation: each element widened in a register,
-/// `f`, rounded once.
-fn fused<const N: usize>(f: impl Fn([f32; N]) -> f32 + Sync) -> Option<impl Fn([&[u16]; N], &mut [u16]) + Sync> {
-    Some(move |x: [&[u16]; N], y: &mut [u16]| convert::map_bf16_block(x, y, &f))
+/// For bfloat16 `t`, the kernel of an op whose float32 form is the
+/// per-element expression `f`, a single operation: each element widened in
+/// a register, `f`, rounded once.
+fn fused<const N: usize>(t: Float, f: impl Fn([f32; N]) -> f32 + Sync) -> Option<impl Fn([&[u16]; N], &mut [u16]) + Sync> {
+    (t == Float::Bf16).then_some(move |x: [&[u16]; N], y: &mut [u16]| convert::map_bf16_block(x, y, &f))
 }
 
 /// `cuda_add` on tensors of type `dtype` (`CUDANN_F32`, `CUDANN_F16` or
@@ -146,7 +146,7 @@ pub unsafe extern "C" fn cudann_add_ex(a: *const c_void, b: *const c_void, outpu
             Float::F32 => unsafe { add_f32(a.cast(), b.cast(), output.cast(), n, stream) },
             t => unsafe {
                 let gpu = |g: &_, s, [a, b, y]: [DevPtr; 3], n| ops::add(g, s, a, b, y, n);
-                half_ex(t, [("a", a), ("b", b)], output, n, stream, fused(|[a, b]| a + b), |[a, b], y| elementwise::add_block(a, b, y), gpu)
+                half_ex(t, [("a", a), ("b", b)], output, n, stream, fused(t, |[a, b]| a + b), |[a, b], y| elementwise::add_block(a, b, y), gpu)
             },
         }
     })
@@ -160,7 +160,7 @@ pub unsafe extern "C" fn cudann_mul_ex(a: *const c_void, b: *const c_void, outpu
             Float::F32 => unsafe { mul_f32(a.cast(), b.cast(), output.cast(), n, stream) },
             t => unsafe {
                 let gpu = |g: &_, s, [a, b, y]: [DevPtr; 3], n| ops::mul(g, s, a, b, y, n);
-                half_ex(t, [("a", a), ("b", b)], output, n, stream, fused(|[a, b]| a * b), |[a, b], y| elementwise::mul_block(a, b, y), gpu)
+                half_ex(t, [("a", a), ("b", b)], output, n, stream, fused(t, |[a, b]| a * b), |[a, b], y| elementwise::mul_block(a, b, y), gpu)
             },
         }
     })
@@ -175,7 +175,7 @@ pub unsafe extern "C" fn cudann_scale_ex(input: *const c_void, output: *mut c_vo
             Float::F32 => unsafe { scale_f32(input.cast(), output.cast(), scale, n, stream) },
             t => unsafe {
                 let gpu = |g: &_, s, [x, _, y]: [DevPtr; 3], n| ops::scale(g, s, x, y, scale, n);
-                half_ex(t, [("input", input)], output, n, stream, fused(move |[x]| x * scale), |[x], y| elementwise::scale_block(x, scale, y), gpu)
+                half_ex(t, [("input", input)], output, n, stream, fused(t, move |[x]| x * scale), |[x], y| elementwise::scale_block(x, scale, y), gpu)
             },
         }
     })
@@ -237,8 +237,8 @@ pub unsafe extern "C" fn cudann_swiglu(gate: *const c_void, up: *const c_void, o
             Float::F32 => unsafe { swiglu_f32(gate.cast(), up.cast(), output.cast(), n, stream) },
             t => unsafe {
                 let gpu = |g: &_, s, [gate, up, y]: [DevPtr; 3], n| ops::swiglu(g, s, gate, up, y, n);
-                let bf16 = Some(|[g, u]: [&[u16]; 2], y: &mut [u16]| elementwise::swiglu_bf16(g, u, y));
-                half_ex(t, [("gate", gate), ("up", up)], output, n, stream, bf16, |[g, u], y| elementwise::swiglu_block(g, u, y), gpu)
+                let half = Some(move |[g, u]: [&[u16]; 2], y: &mut [u16]| elementwise::swiglu_half(t, g, u, y));
+                half_ex(t, [("gate", gate), ("up", up)], output, n, stream, half, |[g, u], y| elementwise::swiglu_block(g, u, y), gpu)
             },
         }
     })

@@ -47,6 +47,8 @@ const CHUNK: usize = 4096;
 
 /// A tensor element the library computes on through float32.
 pub trait Element: Copy + Send + Sync + 'static {
+    /// The bits of +infinity: a bit pattern is NaN where its magnitude bits are above them.
+    const INFINITY_BITS: u32;
     /// `dst[i] = src[i]` as float32 (exact).
     fn load(src: &[Self], dst: &mut [f32]);
     /// `dst[i] = src[i]` rounded to this type.
@@ -66,6 +68,7 @@ pub trait Element: Copy + Send + Sync + 'static {
 }
 
 impl Element for f32 {
+    const INFINITY_BITS: u32 = 0x7f80_0000;
     fn load(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
     }
@@ -103,7 +106,7 @@ pub(crate) fn bf16_value(bits: u16) -> f32 {
 }
 
 #[simd]
-pub(crate) fn widen_bf16(src: &[u16], dst: &mut [f32]) {
+fn widen_bf16(src: &[u16], dst: &mut [f32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = bf16_value(s);
     }
@@ -117,6 +120,7 @@ fn narrow_bf16(src: &[f32], dst: &mut [u16]) {
 }
 
 impl Element for f16 {
+    const INFINITY_BITS: u32 = 0x7c00;
     fn load(src: &[f16], dst: &mut [f32]) {
         src.convert_to_f32_slice(dst);
         quiet_nans(dst);
@@ -128,6 +132,7 @@ impl Element for f16 {
 }
 
 impl Element for bf16 {
+    const INFINITY_BITS: u32 = 0x7f80;
     fn load(src: &[bf16], dst: &mut [f32]) {
         widen_bf16(src.reinterpret_cast(), dst);
     }
@@ -246,24 +251,18 @@ pub(crate) fn map_bf16_block<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[
     }
 }
 
-/// Whether a bfloat16 is NaN, on its bits.
-#[inline(always)]
-fn is_nan_bf16(bits: u16) -> bool {
-    bits & 0x7fff > 0x7f80
+/// Whether some element is NaN (half bits; `infinity` as `Element::INFINITY_BITS`).
+#[simd]
+fn any_nan(x: &[u16], infinity: u16) -> bool {
+    x.iter().fold(false, |found, &x| found | (x & 0x7fff > infinity))
 }
 
-/// Whether some element is NaN (bfloat16 bits).
+/// Whether some element is NaN in every input (half bits, as [`any_nan`]).
 #[simd]
-fn any_nan(x: &[u16]) -> bool {
-    x.iter().fold(false, |found, &x| found | is_nan_bf16(x))
-}
-
-/// Whether some element is NaN in every input (bfloat16 bits).
-#[simd]
-fn nan_in_every<const N: usize>(inputs: [&[u16]; N]) -> bool {
+fn nan_in_every<const N: usize>(inputs: [&[u16]; N], infinity: u16) -> bool {
     let len = inputs[0].len();
     let inputs = inputs.map(|x| &x[..len]);
-    (0..len).fold(false, |found, i| found | inputs.iter().all(|x| is_nan_bf16(x[i])))
+    (0..len).fold(false, |found, i| found | inputs.iter().all(|x| x[i] & 0x7fff > infinity))
 }
 
 /// Elements of each input [`elementwise`] widens at a time: small enough
@@ -274,25 +273,25 @@ const TILE: usize = 256;
 
 /// A float32 elementwise kernel applied to `len` elements of each input into
 /// `output`, which may be one of them: each result is the kernel on the
-/// inputs widened to float32, rounded once. bfloat16 with a `bf16_block`
+/// inputs widened to float32, rounded once. A half type with a `half_block`
 /// kernel (on the bits of a block of each input, with the float32 op's bits:
-/// [`map_bf16_block`] with the op's per-element expression, a single
-/// arithmetic operation) runs in one pass (memory-bound: half the bytes of
-/// float32); otherwise `kernel` (the float32 op's loop on slices of any
-/// length) runs on tiles widened on the stack, each read before it is
+/// for bfloat16, [`map_bf16_block`] with the op's per-element expression, a
+/// single arithmetic operation) runs in one pass (memory-bound: half the
+/// bytes of float32); otherwise `kernel` (the float32 op's loop on slices of
+/// any length) runs on tiles widened on the stack, each read before it is
 /// written. Only the float32 op's own compiled loop gives a NaN result its
 /// very sign and payload in longer expressions, and in an operation on two
 /// NaNs (x86 returns its first operand's, and the compiler may swap the
 /// operands; bf16 add's scalar tail did): a block whose result holds a NaN
 /// where every input is NaN runs the tiles again. Safety: as [`blockwise`].
-pub unsafe fn elementwise<T: Element, const N: usize>(inputs: [*const T; N], output: *mut T, len: usize, bf16_block: Option<impl Fn([&[u16]; N], &mut [u16]) + Sync>, kernel: impl Fn([&[f32]; N], &mut [f32]) + Sync) {
+pub unsafe fn elementwise<T: Element, const N: usize>(inputs: [*const T; N], output: *mut T, len: usize, half_block: Option<impl Fn([&[u16]; N], &mut [u16]) + Sync>, kernel: impl Fn([&[f32]; N], &mut [f32]) + Sync) {
     let (inputs, output) = (inputs.map(|p| Addr(p as usize)), Addr(output as usize));
-    let Some(bf16_block) = bf16_block.filter(|_| std::any::TypeId::of::<T>() == std::any::TypeId::of::<bf16>()) else {
+    let Some(half_block) = half_block.filter(|_| size_of::<T>() == 2) else {
         // SAFETY: each block belongs to its task.
         return for_each_block(len, CHUNK, |start, count| unsafe { tiles::<T, N>(inputs, output, start, count, &kernel) });
     };
     for_each_block(len, CHUNK, |start, count| {
-        // SAFETY: T is bf16 (u16 bits); this block lies inside the input.
+        // SAFETY: T is a half type (u16 bits); this block lies inside the input.
         let block = |i: usize| unsafe { std::slice::from_raw_parts((inputs[i].0 as *const u16).add(start), count) };
         // An input that is the output buffer is read from a copy of its block
         // (on the stack, left uninitialised where unused).
@@ -309,9 +308,10 @@ pub unsafe fn elementwise<T: Element, const N: usize>(inputs: [*const T; N], out
         });
         // SAFETY: this block of the output belongs to this task; no input block aliases it.
         let y = unsafe { std::slice::from_raw_parts_mut((output.0 as *mut u16).add(start), count) };
-        bf16_block(blocks, y);
+        half_block(blocks, y);
         // (The result, still in L1, is checked first: NaNs are rare.)
-        if N > 1 && any_nan(y) && nan_in_every(blocks) {
+        let infinity = T::INFINITY_BITS as u16;
+        if N > 1 && any_nan(y, infinity) && nan_in_every(blocks, infinity) {
             // SAFETY: the blocks (or their copies) hold `count` elements, and the kernel wrote none of them.
             unsafe { tiles::<T, N>(blocks.map(|b| Addr(b.as_ptr() as usize)), Addr(y.as_mut_ptr() as usize), 0, count, &kernel) };
         }

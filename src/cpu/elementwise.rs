@@ -4,7 +4,10 @@ use super::simd::{self, simd};
 
 use rayon::prelude::*;
 
-use super::convert::{map_bf16_block, widen_bf16};
+use half::slice::HalfBitsSliceExt;
+use half::{bf16, f16};
+
+use super::convert::{Element, Float};
 use super::math::{exp, exp_parts, exp_parts_in_range, ldexp, scale_normal};
 use super::par::{CHUNK, Src, blocks};
 use super::reduce::{add_into, column_sums};
@@ -171,43 +174,73 @@ pub(crate) fn swiglu_block(gate: &[f32], up: &[f32], y: &mut [f32]) {
     silu_map(gate, y, |s, i| s * up[i]);
 }
 
-/// SiLU of every bfloat16 value, indexed by its bits: the float32 op's own
-/// results on the widened values. 256 KiB, built on first use.
-fn silu_of_bf16() -> &'static [f32; 1 << 16] {
-    static TABLE: std::sync::OnceLock<Box<[f32; 1 << 16]>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
+/// A table of SiLU over every value of a half type, indexed by its bits: the
+/// float32 op's own results on the values as `widen` gives them. 256 KiB,
+/// built on first use.
+type SiluTable = std::sync::OnceLock<Box<[f32; 1 << 16]>>;
+
+fn silu_of(table: &'static SiluTable, widen: impl FnOnce(&[u16], &mut [f32])) -> &'static [f32; 1 << 16] {
+    table.get_or_init(|| {
         let bits: Vec<u16> = (0..=u16::MAX).collect();
         let (mut x, mut table) = (vec![0.0f32; 1 << 16], Box::new([0.0f32; 1 << 16]));
-        widen_bf16(&bits, &mut x);
+        widen(&bits, &mut x);
         silu_block(&x, &mut table[..]);
         table
     })
 }
 
-/// SwiGLU on bfloat16 bits, each result the float32 op's rounded once (but
-/// for NaN pairs: see `convert::elementwise`): the gate's SiLU is read from
-/// [`silu_of_bf16`] (the exponential and division bounded bfloat16 SwiGLU
-/// on two cores, at float32's speed), sixteen lookups a gather with AVX-512.
-pub(crate) fn swiglu_bf16(gate: &[u16], up: &[u16], y: &mut [u16]) {
-    let silu = silu_of_bf16();
+/// SwiGLU on the bits of half type `t`, each result the float32 op's rounded
+/// once (but for NaN pairs: see `convert::elementwise`): the gate's SiLU is
+/// read from a table of the type's 65536 values (the exponential and division
+/// bounded half SwiGLU on two cores, at float32's speed), sixteen lookups a
+/// gather with AVX-512.
+pub(crate) fn swiglu_half(t: Float, gate: &[u16], up: &[u16], y: &mut [u16]) {
+    static BF16: SiluTable = SiluTable::new();
+    static F16: SiluTable = SiluTable::new();
+    let is_bf16 = t == Float::Bf16;
+    let silu = if is_bf16 {
+        silu_of(&BF16, |b, x| bf16::load(b.reinterpret_cast(), x))
+    } else {
+        silu_of(&F16, |b, x| f16::load(b.reinterpret_cast(), x))
+    };
     #[cfg(target_arch = "x86_64")]
     let done = if simd::level() == simd::Level::Avx512 {
         // SAFETY: the CPU has AVX-512 (the level is never above the CPU's).
-        unsafe { swiglu_bf16_avx512(gate, up, y, silu) }
+        unsafe { swiglu_half_avx512(is_bf16, gate, up, y, silu) }
     } else {
         0
     };
     #[cfg(not(target_arch = "x86_64"))]
     let done = 0;
-    map_bf16_block([&gate[done..], &up[done..]], &mut y[done..], &|[g, u]| silu[(g.to_bits() >> 16) as usize] * u);
+    let (gate, up, y) = (&gate[done..], &up[done..], &mut y[done..]);
+    if is_bf16 {
+        swiglu_tiles::<bf16>(silu, gate, up.reinterpret_cast(), y.reinterpret_cast_mut());
+    } else {
+        swiglu_tiles::<f16>(silu, gate, up.reinterpret_cast(), y.reinterpret_cast_mut());
+    }
 }
 
-/// [`swiglu_bf16`] on the whole vectors of 16 elements; returns how many it
-/// did. The widening quiets a NaN as `bf16_value`, the rounding is
-/// `to_bf16`'s. Safety: the CPU has AVX-512F.
+/// [`swiglu_half`] through the type's own widening and rounding, on tiles of
+/// 256 on the stack.
+fn swiglu_tiles<T: Element>(silu: &[f32; 1 << 16], gate: &[u16], up: &[T], y: &mut [T]) {
+    let mut wide = [0.0f32; 256];
+    for ((gate, up), y) in gate.chunks(256).zip(up.chunks(256)).zip(y.chunks_mut(256)) {
+        let wide = &mut wide[..y.len()];
+        T::load(up, wide);
+        for (w, &g) in wide.iter_mut().zip(gate) {
+            *w *= silu[g as usize];
+        }
+        T::store(wide, y);
+    }
+}
+
+/// [`swiglu_half`] on the whole vectors of 16 elements (bfloat16 or, if not
+/// `is_bf16`, float16 bits); returns how many it did. The widening quiets a
+/// NaN as `Element::load`, the rounding is `Element::store`'s (float16:
+/// F16C's, to nearest even). Safety: the CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn swiglu_bf16_avx512(gate: &[u16], up: &[u16], y: &mut [u16], silu: &[f32; 1 << 16]) -> usize {
+unsafe fn swiglu_half_avx512(is_bf16: bool, gate: &[u16], up: &[u16], y: &mut [u16], silu: &[f32; 1 << 16]) -> usize {
     use std::arch::x86_64::*;
     let n = y.len() / 16 * 16;
     let (gate, up) = (&gate[..n], &up[..n]);
@@ -219,13 +252,19 @@ unsafe fn swiglu_bf16_avx512(gate: &[u16], up: &[u16], y: &mut [u16], silu: &[f3
         unsafe {
             // Any 16 bits index the table (a signalling NaN's entry is its quiet twin's).
             let s = _mm512_i32gather_ps::<4>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(gate.as_ptr().add(i).cast())), silu.as_ptr());
-            let u = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(up.as_ptr().add(i).cast())));
+            let u = _mm256_loadu_si256(up.as_ptr().add(i).cast());
+            let u = if is_bf16 { _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(u)) } else { _mm512_castps_si512(_mm512_cvtph_ps(u)) };
             let u = _mm512_mask_or_epi32(u, nan(u), u, c(0x0040_0000));
-            let p = _mm512_castps_si512(_mm512_mul_ps(s, _mm512_castsi512_ps(u)));
-            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(p), c(1));
-            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(p, _mm512_add_epi32(odd, c(0x7fff))));
-            let bits = _mm512_mask_or_epi32(rounded, nan(p), _mm512_srli_epi32::<16>(p), c(0x0040));
-            _mm256_storeu_si256(y.as_mut_ptr().add(i).cast(), _mm512_cvtepi32_epi16(bits));
+            let p = _mm512_mul_ps(s, _mm512_castsi512_ps(u));
+            let bits = if is_bf16 {
+                let p = _mm512_castps_si512(p);
+                let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(p), c(1));
+                let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(p, _mm512_add_epi32(odd, c(0x7fff))));
+                _mm512_cvtepi32_epi16(_mm512_mask_or_epi32(rounded, nan(p), _mm512_srli_epi32::<16>(p), c(0x0040)))
+            } else {
+                _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(p)
+            };
+            _mm256_storeu_si256(y.as_mut_ptr().add(i).cast(), bits);
         }
     }
     n
