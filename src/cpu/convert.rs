@@ -269,7 +269,7 @@ fn nan_in_every<const N: usize>(inputs: [&[u16]; N], infinity: u16) -> bool {
 /// that the next tile's loads overlap this tile's arithmetic (bf16 SwiGLU on
 /// 2 threads: 10.1 ms in widened blocks of 16384, 7.5 ms in tiles of 256,
 /// 8.2 in tiles of 1024, 10.4 in tiles of 64).
-const TILE: usize = 256;
+pub(crate) const TILE: usize = 256;
 
 /// A float32 elementwise kernel applied to `len` elements of each input into
 /// `output`, which may be one of them: each result is the kernel on the

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use half::slice::HalfBitsSliceExt;
 use half::{bf16, f16};
 
-use super::convert::{Element, Float};
+use super::convert::{Element, Float, TILE};
 use super::math::{exp, exp_parts, exp_parts_in_range, ldexp, scale_normal};
 use super::par::{CHUNK, Src, blocks};
 use super::reduce::{add_into, column_sums};
@@ -220,11 +220,11 @@ pub(crate) fn swiglu_half(t: Float, gate: &[u16], up: &[u16], y: &mut [u16]) {
     }
 }
 
-/// [`swiglu_half`] through the type's own widening and rounding, on tiles of
-/// 256 on the stack.
+/// [`swiglu_half`] through the type's own widening and rounding, on tiles on
+/// the stack.
 fn swiglu_tiles<T: Element>(silu: &[f32; 1 << 16], gate: &[u16], up: &[T], y: &mut [T]) {
-    let mut wide = [0.0f32; 256];
-    for ((gate, up), y) in gate.chunks(256).zip(up.chunks(256)).zip(y.chunks_mut(256)) {
+    let mut wide = [0.0f32; TILE];
+    for ((gate, up), y) in gate.chunks(TILE).zip(up.chunks(TILE)).zip(y.chunks_mut(TILE)) {
         let wide = &mut wide[..y.len()];
         T::load(up, wide);
         for (w, &g) in wide.iter_mut().zip(gate) {
