@@ -1,7 +1,7 @@
 """Half precision on the CPU against the float32 forms, in one run: the
 conversions (GB/s of both buffers), cudann_gemm_ex with bfloat16 operands
 against float32 (square and decoding shapes), and the memory-bound `_ex` ops
-in bfloat16 against their float32 calls (issue 16's targets: bf16 GEMM at
+in bfloat16 and float16 against their float32 calls (issue 16's targets: bf16 GEMM at
 least as fast as f32 at 1024^3; memory-bound bf16 ops 1.5x their f32 form).
 
     python3 bench/half_bench.py [path/to/libcudann.so]
@@ -45,9 +45,9 @@ def best(call, reps=7):
     return min(times)
 
 
-def bf16(x):
+def half(x, t=BF16):
     out = np.empty(x.shape, np.uint16)
-    assert convert(x.ctypes.data, F32, out.ctypes.data, BF16, x.size, None) == 0
+    assert convert(x.ctypes.data, F32, out.ctypes.data, t, x.size, None) == 0
     return out
 
 
@@ -73,27 +73,29 @@ def main():
 
         def run(A, B, t):
             return lambda: gemm_ex(0, tb, m, nn, k, 1.0, A.ctypes.data, t, k, 0, B.ctypes.data, t, ldb, 0, 0.0, c.ctypes.data, F32, nn, 0, 1, None)
-        t32, t16 = best(run(a, b, F32)), best(run(bf16(a), bf16(b), BF16))
+        t32, t16 = best(run(a, b, F32)), best(run(half(a), half(b), BF16))
         print(f"{str((m, nn, k, tb)):<36}{t32 * 1e3:>9.2f}{t16 * 1e3:>9.2f}{t32 / t16:>11.2f}x")
 
-    print(f"\n{'op (bf16 vs f32)':<28}{'f32 ms':>9}{'bf16 ms':>9}{'bf16 speed':>12}")
+    print(f"\n{'op (half vs f32)':<28}{'f32 ms':>9}{'bf16 ms':>9}{'bf16 speed':>12}{'f16 ms':>9}{'f16 speed':>11}")
     rows, cols = 4096, 4096
     a32, b32 = rng.standard_normal(rows * cols).astype(np.float32), rng.standard_normal(rows * cols).astype(np.float32)
     w32 = rng.standard_normal(cols).astype(np.float32)
-    a16, b16, w16 = bf16(a32), bf16(b32), bf16(w32)
-    o32, o16 = np.empty_like(a32), np.empty_like(a16)
+    args = {F32: (a32, b32, w32, np.empty_like(a32))}
+    for t in (BF16, F16):
+        args[t] = (half(a32, t), half(b32, t), half(w32, t), np.empty(a32.shape, np.uint16))
     cases = [
-        ("add", lambda A, B, O, t: lambda: add_ex(A.ctypes.data, B.ctypes.data, O.ctypes.data, A.size, t, None)),
-        ("add in place", lambda A, B, O, t: lambda: add_ex(A.ctypes.data, B.ctypes.data, A.ctypes.data, A.size, t, None)),
-        ("mul", lambda A, B, O, t: lambda: mul_ex(A.ctypes.data, B.ctypes.data, O.ctypes.data, A.size, t, None)),
-        ("scale", lambda A, B, O, t: lambda: scale_ex(A.ctypes.data, O.ctypes.data, 0.5, A.size, t, None)),
-        ("swiglu", lambda A, B, O, t: lambda: swiglu(A.ctypes.data, B.ctypes.data, O.ctypes.data, A.size, t, None)),
-        ("softmax", lambda A, B, O, t: lambda: softmax_ex(A.ctypes.data, O.ctypes.data, rows, cols, t, None)),
-        ("rmsnorm", lambda A, B, O, t: lambda: rmsnorm_ex(A.ctypes.data, (w32 if t == F32 else w16).ctypes.data, O.ctypes.data, rows, cols, 1e-5, t, None)),
+        ("add", lambda A, B, W, O, t: lambda: add_ex(A.ctypes.data, B.ctypes.data, O.ctypes.data, A.size, t, None)),
+        ("add in place", lambda A, B, W, O, t: lambda: add_ex(A.ctypes.data, B.ctypes.data, A.ctypes.data, A.size, t, None)),
+        ("mul", lambda A, B, W, O, t: lambda: mul_ex(A.ctypes.data, B.ctypes.data, O.ctypes.data, A.size, t, None)),
+        ("scale", lambda A, B, W, O, t: lambda: scale_ex(A.ctypes.data, O.ctypes.data, 0.5, A.size, t, None)),
+        ("scale in place", lambda A, B, W, O, t: lambda: scale_ex(A.ctypes.data, A.ctypes.data, 1.0, A.size, t, None)),
+        ("swiglu", lambda A, B, W, O, t: lambda: swiglu(A.ctypes.data, B.ctypes.data, O.ctypes.data, A.size, t, None)),
+        ("softmax", lambda A, B, W, O, t: lambda: softmax_ex(A.ctypes.data, O.ctypes.data, rows, cols, t, None)),
+        ("rmsnorm", lambda A, B, W, O, t: lambda: rmsnorm_ex(A.ctypes.data, W.ctypes.data, O.ctypes.data, rows, cols, 1e-5, t, None)),
     ]
     for name, make in cases:
-        t32, t16 = best(make(a32, b32, o32, F32)), best(make(a16, b16, o16, BF16))
-        print(f"{name + f' {rows}x{cols}':<28}{t32 * 1e3:>9.2f}{t16 * 1e3:>9.2f}{t32 / t16:>11.2f}x")
+        t32, tb, th = (best(make(*args[t], t)) for t in (F32, BF16, F16))
+        print(f"{name + f' {rows}x{cols}':<28}{t32 * 1e3:>9.2f}{tb * 1e3:>9.2f}{t32 / tb:>11.2f}x{th * 1e3:>9.2f}{t32 / th:>10.2f}x")
 
 
 if __name__ == "__main__":

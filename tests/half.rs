@@ -332,6 +332,15 @@ fn any_bits_give_the_float32_ops_bits() {
             assert_ok(cuda_scale(a.as_ptr(), want.as_mut_ptr(), -1.25, ni, NULL));
             assert_ok(cudann_scale_ex(vp(&ha), vm(&mut got), -1.25, ni, t, NULL));
             same_bits(&got, &rounded(&want, t), "scale", t);
+            // In place, into either input.
+            let mut inplace = ha.clone();
+            assert_ok(cudann_add_ex(vp(&inplace), vp(&hb), vm(&mut inplace), ni, t, NULL));
+            assert_ok(cuda_add(a.as_ptr(), b.as_ptr(), want.as_mut_ptr(), ni, NULL));
+            same_bits(&inplace, &rounded(&want, t), "add into a", t);
+            let mut inplace = hb.clone();
+            assert_ok(cudann_mul_ex(vp(&ha), vp(&inplace), vm(&mut inplace), ni, t, NULL));
+            assert_ok(cuda_mul(a.as_ptr(), b.as_ptr(), want.as_mut_ptr(), ni, NULL));
+            same_bits(&inplace, &rounded(&want, t), "mul into b", t);
             // Short rows, so most hold no NaN (a NaN makes its whole row NaN).
             let (rows, cols) = (n as i32 / 7, 7);
             assert_ok(cuda_rmsnorm(a.as_ptr(), b.as_ptr(), want.as_mut_ptr(), rows, cols, 1e-5, NULL));

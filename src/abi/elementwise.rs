@@ -128,11 +128,12 @@ unsafe fn half_ex<const N: usize>(t: Float, inputs: [(&'static str, *const c_voi
     })
 }
 
-/// For bfloat16 `t`, the kernel of an op whose float32 form is the
+/// For a half type `t`, the kernel of an op whose float32 form is the
 /// per-element expression `f`, a single operation: each element widened in
-/// a register, `f`, rounded once.
+/// a register, `f`, rounded once (float16 only where F16C converts it).
 fn fused<const N: usize>(t: Float, f: impl Fn([f32; N]) -> f32 + Sync) -> Option<impl Fn([&[u16]; N], &mut [u16]) + Sync> {
-    (t == Float::Bf16).then_some(move |x: [&[u16]; N], y: &mut [u16]| convert::map_bf16_block(x, y, &f))
+    let bf16 = t == Float::Bf16;
+    (bf16 || convert::f16c()).then_some(move |x: [&[u16]; N], y: &mut [u16]| if bf16 { convert::map_bf16_block(x, y, &f) } else { convert::map_f16_block(x, y, &f) })
 }
 
 /// `cuda_add` on tensors of type `dtype` (`CUDANN_F32`, `CUDANN_F16` or

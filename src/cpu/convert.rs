@@ -122,6 +122,11 @@ fn narrow_bf16(src: &[f32], dst: &mut [u16]) {
 impl Element for f16 {
     const INFINITY_BITS: u32 = 0x7c00;
     fn load(src: &[f16], dst: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if f16c() {
+            // SAFETY: the CPU has F16C.
+            return unsafe { widen_f16_f16c(src.reinterpret_cast(), dst) };
+        }
         src.convert_to_f32_slice(dst);
         quiet_nans(dst);
     }
@@ -148,7 +153,8 @@ pub(crate) fn to_bf16(x: f32) -> bf16 {
     let bits = x.to_bits();
     let rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
     let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
-    bf16::from_bits(if nan { (bits >> 16) as u16 | 0x0040 } else { rounded as u16 })
+    // (Chosen in 32 bits, so that vector code narrows once.)
+    bf16::from_bits(if nan { (bits >> 16) | 0x0040 } else { rounded } as u16)
 }
 
 /// `dst[i] = src[i]` converted, in parallel chunks (each through a float32
@@ -182,7 +188,7 @@ mod tests {
 
 /// A pointer that may cross to worker threads: each task reads and writes
 /// only its own block.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 struct Addr(usize);
 
 /// A float32 op applied to half-precision tensors: `inputs` (each `len`
@@ -241,14 +247,87 @@ fn for_each_block(len: usize, block: usize, f: impl Fn(usize, usize) + Sync) {
 /// Elements of consecutive blocks per task.
 const SPAN: usize = 64 * 1024;
 
-/// `y[i] = f(inputs[i])` on bfloat16 bits in one pass: each element widened in
-/// a register, computed and rounded once.
+/// `y[i] = f(inputs[i])` on bfloat16 bits in one pass, `f` a single
+/// arithmetic operation: each element widened in a register, computed and
+/// rounded once. The widening leaves a signalling NaN unquieted (unlike
+/// [`bf16_value`]): the operation quiets its NaN operands itself, and which of
+/// two it returns does not depend on whether they were quiet.
 #[simd]
 pub(crate) fn map_bf16_block<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[u16]; N], y: &mut [u16], f: &F) {
     let inputs = inputs.map(|x| &x[..y.len()]);
     for (i, y) in y.iter_mut().enumerate() {
-        *y = to_bf16(f(inputs.map(|x| bf16_value(x[i])))).to_bits();
+        *y = to_bf16(f(inputs.map(|x| f32::from_bits((x[i] as u32) << 16)))).to_bits();
     }
+}
+
+/// Whether float16 converts through F16C's instructions here: at the AVX
+/// levels, which have F16C (the scalar level takes the `half` crate's
+/// portable conversions).
+pub(crate) fn f16c() -> bool {
+    cfg!(target_arch = "x86_64") && super::simd::level() >= super::simd::Level::Avx2
+}
+
+/// `Element::load` of float16 bits by `vcvtph2ps`, which quiets a NaN itself:
+/// one pass. Safety: the CPU has F16C; `dst` is as long as `src`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn widen_f16_f16c(src: &[u16], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let widen = |h: &[u16; 8], w: &mut [f32; 8]| unsafe { _mm256_storeu_ps(w.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast()))) };
+    let mut runs = src.chunks_exact(8);
+    let mut wide = dst.chunks_exact_mut(8);
+    for (h, w) in (&mut runs).zip(&mut wide) {
+        widen(h.try_into().expect("8"), w.try_into().expect("8"));
+    }
+    // The last few through a padded run, by the same instruction.
+    let (mut h, mut w) = ([0u16; 8], [0.0f32; 8]);
+    let tail = runs.remainder();
+    h[..tail.len()].copy_from_slice(tail);
+    widen(&h, &mut w);
+    wide.into_remainder().copy_from_slice(&w[..tail.len()]);
+}
+
+/// [`map_bf16_block`] on float16 bits: each element widened by F16C's
+/// `vcvtph2ps` (which quiets a NaN, as `Element::load`), computed and rounded
+/// once by `vcvtps2ph` to nearest even (`Element::store`'s), eight at a time;
+/// the last few through `Element`'s load and store. Only where [`f16c`].
+pub(crate) fn map_f16_block<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[u16]; N], y: &mut [u16], f: &F) {
+    let inputs = inputs.map(|x| &x[..y.len()]);
+    assert!(f16c(), "float16 maps need F16C");
+    // SAFETY: the AVX levels have F16C, and the level never exceeds the CPU's.
+    #[cfg(target_arch = "x86_64")]
+    let done = unsafe { map_f16_f16c(inputs, y, f) };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    for (i, y) in y.iter_mut().enumerate().skip(done) {
+        let mut wide = [0.0f32; N];
+        for (w, x) in wide.iter_mut().zip(inputs) {
+            f16::load(&[f16::from_bits(x[i])], std::slice::from_mut(w));
+        }
+        let mut out = [f16::ZERO];
+        f16::store(&[f(wide)], &mut out);
+        *y = out[0].to_bits();
+    }
+}
+
+/// [`map_f16_block`]'s whole runs of 8; returns how many elements it did.
+/// Safety: the CPU has AVX2 and F16C; every input holds `y.len()` elements.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn map_f16_f16c<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[u16]; N], y: &mut [u16], f: &F) -> usize {
+    use std::arch::x86_64::*;
+    let n = y.len() / 8 * 8;
+    for i in (0..n).step_by(8) {
+        let mut wide = [[0.0f32; 8]; N];
+        for (w, x) in wide.iter_mut().zip(inputs) {
+            // SAFETY: i + 8 <= n elements of each input.
+            unsafe { _mm256_storeu_ps(w.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(i).cast()))) };
+        }
+        let out: [f32; 8] = std::array::from_fn(|lane| f(wide.map(|w| w[lane])));
+        // SAFETY: as above, into y.
+        unsafe { _mm_storeu_si128(y.as_mut_ptr().add(i).cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(out.as_ptr()))) };
+    }
+    n
 }
 
 /// Whether some element is NaN (half bits; `infinity` as `Element::INFINITY_BITS`).
@@ -290,30 +369,30 @@ pub unsafe fn elementwise<T: Element, const N: usize>(inputs: [*const T; N], out
         // SAFETY: each block belongs to its task.
         return for_each_block(len, CHUNK, |start, count| unsafe { tiles::<T, N>(inputs, output, start, count, &kernel) });
     };
+    let aliased = inputs.contains(&output);
     for_each_block(len, CHUNK, |start, count| {
-        // SAFETY: T is a half type (u16 bits); this block lies inside the input.
-        let block = |i: usize| unsafe { std::slice::from_raw_parts((inputs[i].0 as *const u16).add(start), count) };
-        // An input that is the output buffer is read from a copy of its block
-        // (on the stack, left uninitialised where unused).
-        let mut copies = [[std::mem::MaybeUninit::<u16>::uninit(); CHUNK]; N];
-        for (i, copy) in copies.iter_mut().enumerate() {
-            if inputs[i].0 == output.0 {
-                // SAFETY: count <= CHUNK elements into the copy's own storage.
-                unsafe { std::ptr::copy_nonoverlapping(block(i).as_ptr(), copy.as_mut_ptr().cast::<u16>(), count) };
+        // SAFETY: T is a half type (u16 bits); these blocks lie inside the inputs.
+        let blocks: [&[u16]; N] = std::array::from_fn(|i| unsafe { std::slice::from_raw_parts((inputs[i].0 as *const u16).add(start), count) });
+        let run = |y: &mut [u16]| {
+            half_block(blocks, y);
+            // (The result, still in L1, is checked first: NaNs are rare.)
+            let infinity = T::INFINITY_BITS as u16;
+            if N > 1 && any_nan(y, infinity) && nan_in_every(blocks, infinity) {
+                // SAFETY: the blocks hold `count` elements, and `y` is none of them.
+                unsafe { tiles::<T, N>(blocks.map(|b| Addr(b.as_ptr() as usize)), Addr(y.as_mut_ptr() as usize), 0, count, &kernel) };
             }
-        }
-        let blocks: [&[u16]; N] = std::array::from_fn(|i| {
-            // SAFETY: an aliased input's copy holds its first `count` elements.
-            if inputs[i].0 == output.0 { unsafe { std::slice::from_raw_parts(copies[i].as_ptr().cast::<u16>(), count) } } else { block(i) }
-        });
-        // SAFETY: this block of the output belongs to this task; no input block aliases it.
-        let y = unsafe { std::slice::from_raw_parts_mut((output.0 as *mut u16).add(start), count) };
-        half_block(blocks, y);
-        // (The result, still in L1, is checked first: NaNs are rare.)
-        let infinity = T::INFINITY_BITS as u16;
-        if N > 1 && any_nan(y, infinity) && nan_in_every(blocks, infinity) {
-            // SAFETY: the blocks (or their copies) hold `count` elements, and the kernel wrote none of them.
-            unsafe { tiles::<T, N>(blocks.map(|b| Addr(b.as_ptr() as usize)), Addr(y.as_mut_ptr() as usize), 0, count, &kernel) };
+        };
+        // SAFETY: this block of the output belongs to this task; it is borrowed
+        // only where no input's block is read after.
+        let y = || unsafe { std::slice::from_raw_parts_mut((output.0 as *mut u16).add(start), count) };
+        if aliased {
+            // The result goes to the stack first (in place, the kernel reads
+            // the very elements it would overwrite), then over the block, in L1.
+            let mut result = [0u16; CHUNK];
+            run(&mut result[..count]);
+            y().copy_from_slice(&result[..count]);
+        } else {
+            run(y());
         }
     });
 }

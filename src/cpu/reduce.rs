@@ -147,13 +147,12 @@ pub fn exp_into(x: &[f32], shift: f32, y: &mut [f32]) -> f32 {
     lane_sum(y, |v| v)
 }
 
-/// [`exp_into`] of bfloat16 bits, each widened in a register: the same y and sum.
+/// [`exp_into`]'s y of bfloat16 bits, each widened in a register, without the sum.
 #[simd]
-pub fn exp_into_bf16(x: &[u16], shift: f32, y: &mut [f32]) -> f32 {
+pub fn exp_of_bf16(x: &[u16], shift: f32, y: &mut [f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = exp_with::<true>(super::convert::bf16_value(x) - shift);
     }
-    lane_sum(y, |v| v)
 }
 
 /// x = e^(x - shift) in place; returns Σ x.

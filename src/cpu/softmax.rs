@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::alloc;
 use super::par::{Src, blocks, row_pairs};
 use super::convert::{SCRATCH_KEEP, to_bf16};
-use super::reduce::{dot, exp_into, exp_into_bf16, max, max_bf16};
+use super::reduce::{dot, exp_into, exp_of_bf16, max, max_bf16, sum};
 
 #[simd]
 fn scale_in_place(y: &mut [f32], s: f32) {
@@ -48,11 +48,20 @@ pub fn softmax_bf16(x: &[u16], y: &mut [u16], cols: usize) {
             return y.fill(0); // +0
         }
         alloc::with_scratch(&EXPONENTIALS, x.len(), SCRATCH_KEEP, |e| {
-            let total = exp_into_bf16(x, m, e);
-            scale_to_bf16(e, 1.0 / total, y);
+            // The exponentials are arithmetic on a row already in cache: the
+            // next row is fetched meanwhile, so memory and arithmetic overlap.
+            let next = x.as_ptr_range().end.cast::<u8>();
+            for (i, (x, e)) in x.chunks(PREFETCH_RUN).zip(e.chunks_mut(PREFETCH_RUN)).enumerate() {
+                alloc::prefetch(next.wrapping_add(i * PREFETCH_RUN * 2), x.len() * 2);
+                exp_of_bf16(x, m, e);
+            }
+            scale_to_bf16(e, 1.0 / sum(e), y);
         });
     });
 }
+
+/// Elements of a row between two prefetches of the next row's bytes.
+const PREFETCH_RUN: usize = 256;
 
 thread_local! {
     /// A row of exponentials per worker, kept between calls (up to SCRATCH_KEEP).
