@@ -485,6 +485,26 @@ unsafe fn widened(ptr: *const c_void, t: Float, len: usize) -> Vec<f32> {
     with_type!(t, T => unsafe { convert::widened(ptr.cast::<T>(), len) })
 }
 
+/// Floats of each widened operand a thread keeps between calls (8 MiB, as
+/// 1024 x 2048): fresh buffers of that size cost page faults and zeroing
+/// worth a tenth of a 1024^3 product on two cores.
+const WIDE_KEEP: usize = 2 << 20;
+
+thread_local! {
+    /// Each calling thread's float32 copies of a half A and B.
+    static WIDE_A: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    static WIDE_B: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// `f` on [`widened`]'s copy, in this thread's buffer `key` where it is at
+/// most [`WIDE_KEEP`] floats. Safety: as [`widened`].
+unsafe fn with_widened<R>(key: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>, ptr: *const c_void, t: Float, len: usize, f: impl FnOnce(&[f32]) -> R) -> R {
+    crate::cpu::alloc::with_scratch(key, len, WIDE_KEEP, |wide| {
+        with_type!(t, T => convert::convert(unsafe { std::slice::from_raw_parts(ptr.cast::<T>(), len) }, wide));
+        f(wide)
+    })
+}
+
 /// Half-precision operands, accumulated in float32. Few rows against half
 /// weights stored along k (decoding's `x·Wᵀ`) go to the skinny kernel, which
 /// widens W as it reads it: half the bytes of float32 weights. Otherwise A and
@@ -497,15 +517,18 @@ unsafe fn mixed(shape: &Shape, [a_t, b_t, c_t]: [Float; 3], a: *const c_void, b:
     let c_f32 = c32.as_mut().map_or(c.cast::<f32>(), |v| v.as_mut_ptr());
     let ((ta, sa), (tb, sb), sc) = (shape.a, shape.b, shape.c);
     if !(unsafe { bf16_kernel(shape, [a_t, b_t], a, b, c_f32) }) {
-        let a32 = unsafe { widened(a, a_t, a_len) };
-        let direct = b_t != Float::F32 && with_type!(b_t, T => (0..shape.batch).all(|i| {
-            let av = View::new(a32.as_ptr().wrapping_add(i * sa.stride), sa.ld, ta);
-            let bv = View::new(b.cast::<T>().wrapping_add(i * sb.stride), sb.ld, tb);
-            let cv = View::new(c_f32.wrapping_add(i * sc.stride), sc.ld, false);
-            unsafe { skinny::sgemm(av, bv, cv, shape.m, shape.n, shape.k, shape.alpha, shape.beta) }
-        }));
-        if !direct {
-            unsafe { shape.run(a32.as_ptr(), widened(b, b_t, b_len).as_ptr(), c_f32) };
+        unsafe {
+            with_widened(&WIDE_A, a, a_t, a_len, |a32| {
+                let direct = b_t != Float::F32 && with_type!(b_t, T => (0..shape.batch).all(|i| {
+                    let av = View::new(a32.as_ptr().wrapping_add(i * sa.stride), sa.ld, ta);
+                    let bv = View::new(b.cast::<T>().wrapping_add(i * sb.stride), sb.ld, tb);
+                    let cv = View::new(c_f32.wrapping_add(i * sc.stride), sc.ld, false);
+                    skinny::sgemm(av, bv, cv, shape.m, shape.n, shape.k, shape.alpha, shape.beta)
+                }));
+                if !direct {
+                    with_widened(&WIDE_B, b, b_t, b_len, |b32| shape.run(a32.as_ptr(), b32.as_ptr(), c_f32));
+                }
+            })
         }
     }
     let Some(c32) = c32 else { return };
