@@ -131,6 +131,11 @@ impl Element for f16 {
         quiet_nans(dst);
     }
     fn store(src: &[f32], dst: &mut [f16]) {
+        #[cfg(target_arch = "x86_64")]
+        if f16c() {
+            // SAFETY: the CPU has F16C.
+            return unsafe { narrow_f16_f16c(src, dst.reinterpret_cast_mut()) };
+        }
         // F16C where the CPU has it (vcvtps2ph rounds to nearest even and quiets NaNs).
         dst.convert_from_f32_slice(src);
     }
@@ -273,18 +278,33 @@ pub(crate) fn f16c() -> bool {
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn widen_f16_f16c(src: &[u16], dst: &mut [f32]) {
     use std::arch::x86_64::*;
-    let widen = |h: &[u16; 8], w: &mut [f32; 8]| unsafe { _mm256_storeu_ps(w.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast()))) };
+    by_eights(src, dst, |h, w| unsafe { _mm256_storeu_ps(w.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast()))) });
+}
+
+/// `Element::store` to float16 by `vcvtps2ph` (to nearest even, NaNs quiet),
+/// inline (the `half` crate calls a function per 8 elements). Safety: the
+/// CPU has F16C; `dst` is as long as `src`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn narrow_f16_f16c(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    by_eights(src, dst, |w, h| unsafe { _mm_storeu_si128(h.as_mut_ptr().cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(w.as_ptr()))) });
+}
+
+/// `convert` on each run of 8 of `src` into the same run of `dst`; the last
+/// few through a padded run, by the same conversion.
+#[inline(always)]
+fn by_eights<S: Copy + Default, D: Copy + Default>(src: &[S], dst: &mut [D], convert: impl Fn(&[S; 8], &mut [D; 8])) {
     let mut runs = src.chunks_exact(8);
-    let mut wide = dst.chunks_exact_mut(8);
-    for (h, w) in (&mut runs).zip(&mut wide) {
-        widen(h.try_into().expect("8"), w.try_into().expect("8"));
+    let mut outs = dst[..src.len()].chunks_exact_mut(8);
+    for (s, d) in (&mut runs).zip(&mut outs) {
+        convert(s.try_into().expect("8"), d.try_into().expect("8"));
     }
-    // The last few through a padded run, by the same instruction.
-    let (mut h, mut w) = ([0u16; 8], [0.0f32; 8]);
     let tail = runs.remainder();
-    h[..tail.len()].copy_from_slice(tail);
-    widen(&h, &mut w);
-    wide.into_remainder().copy_from_slice(&w[..tail.len()]);
+    let (mut s, mut d) = ([S::default(); 8], [D::default(); 8]);
+    s[..tail.len()].copy_from_slice(tail);
+    convert(&s, &mut d);
+    outs.into_remainder().copy_from_slice(&d[..tail.len()]);
 }
 
 /// [`map_bf16_block`] on float16 bits: each element widened by F16C's
