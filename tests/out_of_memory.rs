@@ -7,6 +7,11 @@ use cudann::*;
 
 #[test]
 fn a_failed_host_allocation_is_out_of_memory() {
+    // Host memory is the CPU backend's: on a GPU machine `auto` would stage
+    // these rows through the GPU (whose buffers are kept by design).
+    // SAFETY: this binary's only test, before the library's first call; no
+    // other thread reads the environment meanwhile.
+    unsafe { std::env::set_var("CUDANN_BACKEND", "cpu") };
     let (rows, cols) = (2, 1usize << 26); // 256 MiB a row, 512 MiB in all
     let mut x = vec![0.5f32; rows * cols];
     let mut small = vec![1.0f32; 64];
