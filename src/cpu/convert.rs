@@ -272,23 +272,46 @@ pub(crate) fn f16c() -> bool {
     cfg!(target_arch = "x86_64") && super::simd::level() >= super::simd::Level::Avx2
 }
 
-/// `Element::load` of float16 bits by `vcvtph2ps`, which quiets a NaN itself:
-/// one pass. Safety: the CPU has F16C; `dst` is as long as `src`.
+/// Eight float16 bits widened by `vcvtph2ps`, which quiets a NaN itself (as
+/// `Element::load` must). Safety: the CPU has F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+unsafe fn widen8(h: &[u16; 8]) -> [f32; 8] {
+    use std::arch::x86_64::*;
+    let mut w = [0.0f32; 8];
+    // SAFETY: 8 elements each side.
+    unsafe { _mm256_storeu_ps(w.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast()))) };
+    w
+}
+
+/// Eight floats rounded to float16 by `vcvtps2ph`: to nearest even, NaNs
+/// quiet (`Element::store`'s rounding). Safety: the CPU has F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+unsafe fn narrow8(w: &[f32; 8]) -> [u16; 8] {
+    use std::arch::x86_64::*;
+    let mut h = [0u16; 8];
+    // SAFETY: 8 elements each side.
+    unsafe { _mm_storeu_si128(h.as_mut_ptr().cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(w.as_ptr()))) };
+    h
+}
+
+/// `Element::load` of float16 by [`widen8`]: one pass (the portable path
+/// quiets NaNs in a second). Safety: the CPU has F16C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn widen_f16_f16c(src: &[u16], dst: &mut [f32]) {
-    use std::arch::x86_64::*;
-    by_eights(src, dst, |h, w| unsafe { _mm256_storeu_ps(w.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast()))) });
+    by_eights(src, dst, |h, w| *w = unsafe { widen8(h) });
 }
 
-/// `Element::store` to float16 by `vcvtps2ph` (to nearest even, NaNs quiet),
-/// inline (the `half` crate calls a function per 8 elements). Safety: the
-/// CPU has F16C; `dst` is as long as `src`.
+/// `Element::store` to float16 by [`narrow8`], inline (the `half` crate
+/// calls a function per 8 elements). Safety: the CPU has F16C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn narrow_f16_f16c(src: &[f32], dst: &mut [u16]) {
-    use std::arch::x86_64::*;
-    by_eights(src, dst, |w, h| unsafe { _mm_storeu_si128(h.as_mut_ptr().cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(w.as_ptr()))) });
+    by_eights(src, dst, |w, h| *h = unsafe { narrow8(w) });
 }
 
 /// `convert` on each run of 8 of `src` into the same run of `dst`; the last
@@ -331,21 +354,16 @@ pub(crate) fn map_f16_block<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[u
 }
 
 /// [`map_f16_block`]'s whole runs of 8; returns how many elements it did.
-/// Safety: the CPU has AVX2 and F16C; every input holds `y.len()` elements.
+/// Safety: the CPU has AVX2 and F16C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn map_f16_f16c<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[u16]; N], y: &mut [u16], f: &F) -> usize {
-    use std::arch::x86_64::*;
     let n = y.len() / 8 * 8;
-    for i in (0..n).step_by(8) {
-        let mut wide = [[0.0f32; 8]; N];
-        for (w, x) in wide.iter_mut().zip(inputs) {
-            // SAFETY: i + 8 <= n elements of each input.
-            unsafe { _mm256_storeu_ps(w.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(i).cast()))) };
-        }
+    for (i, y) in y[..n].chunks_exact_mut(8).enumerate() {
+        let at = i * 8;
+        let wide = inputs.map(|x| unsafe { widen8(x[at..at + 8].try_into().expect("8")) });
         let out: [f32; 8] = std::array::from_fn(|lane| f(wide.map(|w| w[lane])));
-        // SAFETY: as above, into y.
-        unsafe { _mm_storeu_si128(y.as_mut_ptr().add(i).cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(out.as_ptr()))) };
+        y.copy_from_slice(&unsafe { narrow8(&out) });
     }
     n
 }
