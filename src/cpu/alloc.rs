@@ -24,20 +24,6 @@ pub fn with_capacity<T>(len: usize) -> Vec<T> {
     v
 }
 
-/// Asks the CPU to start loading the cache lines of `len` bytes from `p`: a
-/// hint, which never faults, so `p` may point anywhere.
-#[inline(always)]
-pub fn prefetch(p: *const u8, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for offset in (0..len).step_by(64) {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: prefetching is a hint; it reads nothing and cannot fault.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(offset).cast()) }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, len);
-}
-
 /// `len` copies of `value`.
 pub fn filled<T: Clone>(len: usize, value: T) -> Vec<T> {
     let mut v = with_capacity(len);

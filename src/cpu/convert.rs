@@ -332,40 +332,37 @@ fn by_eights<S: Copy + Default, D: Copy + Default>(src: &[S], dst: &mut [D], con
 
 /// [`map_bf16_block`] on float16 bits: each element widened by F16C's
 /// `vcvtph2ps` (which quiets a NaN, as `Element::load`), computed and rounded
-/// once by `vcvtps2ph` to nearest even (`Element::store`'s), eight at a time;
-/// the last few through `Element`'s load and store. Only where [`f16c`].
+/// once by `vcvtps2ph` to nearest even (`Element::store`'s), eight at a time,
+/// the last few as a padded run. Only where [`f16c`].
 pub(crate) fn map_f16_block<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[u16]; N], y: &mut [u16], f: &F) {
-    let inputs = inputs.map(|x| &x[..y.len()]);
     assert!(f16c(), "float16 maps need F16C");
-    // SAFETY: the AVX levels have F16C, and the level never exceeds the CPU's.
     #[cfg(target_arch = "x86_64")]
-    let done = unsafe { map_f16_f16c(inputs, y, f) };
-    #[cfg(not(target_arch = "x86_64"))]
-    let done = 0;
-    for (i, y) in y.iter_mut().enumerate().skip(done) {
-        let mut wide = [0.0f32; N];
-        for (w, x) in wide.iter_mut().zip(inputs) {
-            f16::load(&[f16::from_bits(x[i])], std::slice::from_mut(w));
-        }
-        let mut out = [f16::ZERO];
-        f16::store(&[f(wide)], &mut out);
-        *y = out[0].to_bits();
+    // SAFETY: the AVX levels have F16C, and the level never exceeds the CPU's.
+    unsafe {
+        map_f16_f16c(inputs.map(|x| &x[..y.len()]), y, f)
     }
 }
 
-/// [`map_f16_block`]'s whole runs of 8; returns how many elements it did.
-/// Safety: the CPU has AVX2 and F16C.
+/// [`map_f16_block`]. Safety: the CPU has AVX2 and F16C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn map_f16_f16c<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[u16]; N], y: &mut [u16], f: &F) -> usize {
-    let n = y.len() / 8 * 8;
-    for (i, y) in y[..n].chunks_exact_mut(8).enumerate() {
-        let at = i * 8;
-        let wide = inputs.map(|x| unsafe { widen8(x[at..at + 8].try_into().expect("8")) });
-        let out: [f32; 8] = std::array::from_fn(|lane| f(wide.map(|w| w[lane])));
-        y.copy_from_slice(&unsafe { narrow8(&out) });
+unsafe fn map_f16_f16c<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[u16]; N], y: &mut [u16], f: &F) {
+    let eight = |h: [&[u16; 8]; N]| {
+        let wide = h.map(|h| unsafe { widen8(h) });
+        unsafe { narrow8(&std::array::from_fn(|lane| f(wide.map(|w| w[lane])))) }
+    };
+    let at = y.len() / 8 * 8;
+    let mut runs = y.chunks_exact_mut(8);
+    for (i, y) in (&mut runs).enumerate() {
+        y.copy_from_slice(&eight(inputs.map(|x| x[i * 8..i * 8 + 8].try_into().expect("8"))));
     }
-    n
+    let tail = runs.into_remainder();
+    let padded = inputs.map(|x| {
+        let mut h = [0u16; 8];
+        h[..tail.len()].copy_from_slice(&x[at..]);
+        h
+    });
+    tail.copy_from_slice(&eight(std::array::from_fn(|i| &padded[i]))[..tail.len()]);
 }
 
 /// Whether some element is NaN (half bits; `infinity` as `Element::INFINITY_BITS`).

@@ -52,7 +52,7 @@ pub fn softmax_bf16(x: &[u16], y: &mut [u16], cols: usize) {
             // next row is fetched meanwhile, so memory and arithmetic overlap.
             let next = x.as_ptr_range().end.cast::<u8>();
             for (i, (x, e)) in x.chunks(PREFETCH_RUN).zip(e.chunks_mut(PREFETCH_RUN)).enumerate() {
-                alloc::prefetch(next.wrapping_add(i * PREFETCH_RUN * 2), x.len() * 2);
+                prefetch(next.wrapping_add(i * PREFETCH_RUN * 2), x.len() * 2);
                 exp_of_bf16(x, m, e);
             }
             scale_to_bf16(e, 1.0 / sum(e), y);
@@ -62,6 +62,20 @@ pub fn softmax_bf16(x: &[u16], y: &mut [u16], cols: usize) {
 
 /// Elements of a row between two prefetches of the next row's bytes.
 const PREFETCH_RUN: usize = 256;
+
+/// Asks the CPU to start loading the cache lines of `len` bytes from `p`: a
+/// hint, which never faults, so `p` may point anywhere.
+#[inline(always)]
+fn prefetch(p: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for offset in (0..len).step_by(64) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: prefetching is a hint; it reads nothing and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(offset).cast()) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
+}
 
 thread_local! {
     /// A row of exponentials per worker, kept between calls (up to SCRATCH_KEEP).
