@@ -23,7 +23,10 @@ lib=$dest$prefix/lib
 [ "$(readlink "$lib/$SONAME")" = "libcudann.so.$VERSION" ] || fail "$SONAME should link to libcudann.so.$VERSION"
 [ "$(readlink "$lib/libcudann.so")" = "$SONAME" ] || fail "libcudann.so should link to $SONAME"
 cmp -s include/cudann.h "$dest$prefix/include/cudann.h" || fail "include/cudann.h not installed"
-readelf -d "$lib/libcudann.so.$VERSION" | grep -qF "Library soname: [$SONAME]" || fail "soname is not $SONAME"
+# Outputs are read whole before grep: under pipefail, `cmd | grep -q` fails at
+# random when grep exits at its match and cmd then takes SIGPIPE.
+dynamic=$(readelf -d "$lib/libcudann.so.$VERSION")
+grep -qF "Library soname: [$SONAME]" <<< "$dynamic" || fail "soname is not $SONAME"
 grep -qx "prefix=$prefix" "$lib/pkgconfig/cudann.pc" || fail "cudann.pc does not name prefix=$prefix"
 grep -qx "Version: $VERSION" "$lib/pkgconfig/cudann.pc" || fail "cudann.pc does not say Version: $VERSION"
 
@@ -35,8 +38,10 @@ flags=$(PKG_CONFIG_PATH="$lib/pkgconfig" PKG_CONFIG_LIBDIR="$lib/pkgconfig" PKG_
 [ "$flags" = "-I$dest$prefix/include -L$lib -lcudann" ] || fail "pkg-config gives '$flags'"
 # shellcheck disable=SC2086  # the flags are words
 cc -std=c11 -Wall -Wextra -Werror -pedantic "$tmp/quickstart.c" $flags -o "$tmp/quickstart"
-readelf -d "$tmp/quickstart" | grep -qF "Shared library: [$SONAME]" || fail "the program does not need $SONAME"
-LD_LIBRARY_PATH=$lib ldd "$tmp/quickstart" | grep -qF "$SONAME => $lib/$SONAME" || fail "the program does not load the installed copy"
+dynamic=$(readelf -d "$tmp/quickstart")
+grep -qF "Shared library: [$SONAME]" <<< "$dynamic" || fail "the program does not need $SONAME"
+loads=$(LD_LIBRARY_PATH=$lib ldd "$tmp/quickstart")
+grep -qF "$SONAME => $lib/$SONAME" <<< "$loads" || fail "the program does not load the installed copy; ldd says: $loads"
 out=$(LD_LIBRARY_PATH=$lib "$tmp/quickstart")
 echo "quick start (installed): $out"
 [[ $out == "cudann $VERSION ("*"): silu(1) = 0.7311" ]] || fail "unexpected output: $out"
