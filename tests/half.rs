@@ -296,7 +296,7 @@ fn attention_ex_is_the_float32_op_rounded_once() {
 }
 
 /// Every bit pattern (NaNs of both signs, quiet and signalling, infinities,
-/// subnormals) through the elementwise and row ops: the same bits as the
+/// subnormals) through the elementwise ops, softmax and RMSNorm: the same bits as the
 /// float32 op on the widened inputs, NaN signs and payloads included (but
 /// for bf16 RMSNorm's NaNs).
 #[test]
@@ -343,6 +343,9 @@ fn any_bits_give_the_float32_ops_bits() {
             same_bits(&inplace, &rounded(&want, t), "mul into b", t);
             // Short rows, so most hold no NaN (a NaN makes its whole row NaN).
             let (rows, cols) = (n as i32 / 7, 7);
+            assert_ok(cuda_softmax(a.as_ptr(), want.as_mut_ptr(), rows, cols, NULL));
+            assert_ok(cudann_softmax_ex(vp(&ha), vm(&mut got), rows, cols, t, NULL));
+            same_bits(&got[..n - 1], &rounded(&want, t)[..n - 1], "softmax", t);
             assert_ok(cuda_rmsnorm(a.as_ptr(), b.as_ptr(), want.as_mut_ptr(), rows, cols, 1e-5, NULL));
             assert_ok(cudann_rmsnorm_ex(vp(&ha), vp(&hb), vm(&mut got), rows, cols, 1e-5, t, NULL));
             // RMSNorm's bf16 rows are read in their own fused loops: a NaN result is

@@ -105,6 +105,14 @@ pub(crate) fn bf16_value(bits: u16) -> f32 {
     quiet((bits as u32) << 16)
 }
 
+/// [`bf16_value`] with a signalling NaN left signalling: for callers whose
+/// next step is arithmetic, which quiets it to the same bits, or a maximum,
+/// which skips NaN, so that quieting first would be wasted work.
+#[inline(always)]
+pub(crate) fn bf16_unquieted(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
 #[simd]
 fn widen_bf16(src: &[u16], dst: &mut [f32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
@@ -254,14 +262,13 @@ const SPAN: usize = 64 * 1024;
 
 /// `y[i] = f(inputs[i])` on bfloat16 bits in one pass, `f` a single
 /// arithmetic operation: each element widened in a register, computed and
-/// rounded once. The widening leaves a signalling NaN unquieted (unlike
-/// [`bf16_value`]): the operation quiets its NaN operands itself, and which of
-/// two it returns does not depend on whether they were quiet.
+/// rounded once. The widening is [`bf16_unquieted`]: which of two NaN
+/// operands the operation returns does not depend on whether they were quiet.
 #[simd]
 pub(crate) fn map_bf16_block<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[u16]; N], y: &mut [u16], f: &F) {
     let inputs = inputs.map(|x| &x[..y.len()]);
     for (i, y) in y.iter_mut().enumerate() {
-        *y = to_bf16(f(inputs.map(|x| f32::from_bits((x[i] as u32) << 16)))).to_bits();
+        *y = to_bf16(f(inputs.map(|x| bf16_unquieted(x[i])))).to_bits();
     }
 }
 

@@ -6,7 +6,7 @@ use super::simd::simd;
 
 use super::par::{Src, blocks, row_pairs};
 
-use super::convert::{bf16_value, to_bf16};
+use super::convert::{bf16_unquieted, to_bf16};
 use super::reduce::{add_into, column_sums, dot, sum, sum_squares, sum_squares_bf16, sum_squares_shifted, weighted_dot};
 
 #[simd]
@@ -29,7 +29,7 @@ pub fn rmsnorm(x: Src, weight: &[f32], y: &mut [f32], hidden: usize, eps: f32) {
 #[simd]
 fn scale_by_weight_bf16(x: &[u16], w: &[f32], r: f32, y: &mut [u16]) {
     for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
-        *y = to_bf16(bf16_value(x) * r * w).to_bits();
+        *y = to_bf16(bf16_unquieted(x) * r * w).to_bits();
     }
 }
 

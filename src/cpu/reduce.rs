@@ -64,12 +64,14 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     triple_sum(x, x, x, |v, _, _| f(v))
 }
 
-/// Largest of value(x_i), ignoring NaN; -inf for an empty slice. Lanes
-/// first, then the tail and the lanes in order.
+/// Largest of value(x_i), ignoring NaN; -inf for an empty slice. Four sets of
+/// lanes, so that consecutive maxima do not wait on each other; the maximum
+/// of a set does not depend on the order it is taken in.
 #[inline(always)]
 fn lane_max<T: Copy>(x: &[T], value: impl Fn(T) -> f32) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let chunks = x.chunks_exact(LANES);
+    const SETS: usize = 4;
+    let mut acc = [f32::NEG_INFINITY; SETS * LANES];
+    let chunks = x.chunks_exact(SETS * LANES);
     let tail = chunks.remainder();
     for chunk in chunks {
         for (a, &v) in acc.iter_mut().zip(chunk) {
@@ -88,7 +90,7 @@ pub fn max(x: &[f32]) -> f32 {
 /// [`max`] of bfloat16 bits, each widened in a register (the same lanes and order).
 #[simd]
 pub fn max_bf16(x: &[u16]) -> f32 {
-    lane_max(x, super::convert::bf16_value)
+    lane_max(x, super::convert::bf16_unquieted)
 }
 
 /// Σ x².
@@ -102,7 +104,7 @@ pub fn sum_squares(x: &[f32]) -> f32 {
 #[simd]
 pub fn sum_squares_bf16(x: &[u16]) -> f32 {
     triple_sum(x, x, x, |v, _, _| {
-        let v = super::convert::bf16_value(v);
+        let v = super::convert::bf16_unquieted(v);
         v * v
     })
 }
@@ -137,22 +139,64 @@ pub fn sum_exp(x: &[f32], shift: f32) -> f32 {
     lane_sum(x, |v| exp(v - shift))
 }
 
-/// y = e^(x - shift); returns Σ y. The exponential's multiply-adds fused
-/// (softmax: 20% fewer operations; no sampler uses this).
-#[simd]
-pub fn exp_into(x: &[f32], shift: f32, y: &mut [f32]) -> f32 {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = exp_with::<true>(x - shift);
+/// y = f(x) elementwise; returns Σ y, bitwise [`lane_sum`] of the written y
+/// (the same lanes, blocks and order), in the same pass. Meanwhile the cache
+/// lines from `ahead` on, as many as x spans, are asked for (see [`prefetch`]).
+#[inline(always)]
+fn map_sum<T: Copy>(x: &[T], y: &mut [f32], ahead: *const T, f: impl Fn(T) -> f32) -> f32 {
+    if x.len() <= BLOCK {
+        return map_block_sum(x, y, ahead, &f);
     }
-    lane_sum(y, |v| v)
+    let blocks = x.chunks(BLOCK).zip(y.chunks_mut(BLOCK)).enumerate();
+    blocks.map(|(i, (x, y))| map_block_sum(x, y, ahead.wrapping_add(i * BLOCK), &f) as f64).sum::<f64>() as f32
 }
 
-/// [`exp_into`]'s y of bfloat16 bits, each widened in a register, without the sum.
-#[simd]
-pub fn exp_of_bf16(x: &[u16], shift: f32, y: &mut [f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = exp_with::<true>(super::convert::bf16_value(x) - shift);
+/// [`map_sum`] of at most BLOCK elements, with [`block_sum`]'s lanes. (A
+/// function, not a closure: closures do not inherit `#[simd]`'s features.)
+#[inline(always)]
+fn map_block_sum<T: Copy>(x: &[T], y: &mut [f32], ahead: *const T, f: &impl Fn(T) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (mut xs, mut ys) = (x.chunks_exact(LANES), y.chunks_exact_mut(LANES));
+    for (i, (xc, yc)) in (&mut xs).zip(&mut ys).enumerate() {
+        prefetch(ahead.wrapping_add(i * LANES).cast());
+        for ((a, y), &x) in acc.iter_mut().zip(yc).zip(xc) {
+            *y = f(x);
+            *a += *y;
+        }
     }
+    for ((a, y), &x) in acc.iter_mut().zip(ys.into_remainder()).zip(xs.remainder()) {
+        *y = f(x);
+        *a += *y;
+    }
+    lane_total(acc)
+}
+
+/// Asks the CPU to start loading the cache line at `p`: a hint, which never
+/// faults, so `p` may point anywhere (null included).
+#[inline(always)]
+pub fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: prefetching is a hint; it reads nothing and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// y = e^(x - shift); returns Σ y. The exponential's multiply-adds fused
+/// (softmax: 20% fewer operations; no sampler uses this). `ahead`: memory
+/// to fetch meanwhile (softmax's next row), or null.
+#[simd]
+pub fn exp_into(x: &[f32], shift: f32, y: &mut [f32], ahead: *const f32) -> f32 {
+    map_sum(x, y, ahead, |x| exp_with::<true>(x - shift))
+}
+
+/// [`exp_into`] of bfloat16 bits, each widened in a register.
+#[simd]
+pub fn exp_of_bf16(x: &[u16], shift: f32, y: &mut [f32], ahead: *const u16) -> f32 {
+    map_sum(x, y, ahead, |x| exp_with::<true>(super::convert::bf16_unquieted(x) - shift))
 }
 
 /// x = e^(x - shift) in place; returns Σ x.

@@ -16,6 +16,7 @@ use super::simd::simd;
 use rayon::prelude::*;
 
 use super::alloc;
+use super::convert::bf16_unquieted;
 use super::par::Shared;
 use super::gemm::View;
 use super::reduce::{LANES, lane_total};
@@ -97,7 +98,7 @@ impl Weight for half::bf16 {
     unsafe fn widen(src: *const Self, dst: &mut [f32]) {
         let src = unsafe { std::slice::from_raw_parts(src.cast::<u16>(), dst.len()) };
         for (d, &s) in dst.iter_mut().zip(src) {
-            *d = f32::from_bits((s as u32) << 16);
+            *d = bf16_unquieted(s);
         }
     }
     #[inline(always)]
@@ -106,7 +107,7 @@ impl Weight for half::bf16 {
         let bits = unsafe { src.cast::<[u16; LANES]>().read_unaligned() };
         let mut wide = [0.0; LANES];
         for (w, &b) in wide.iter_mut().zip(&bits) {
-            *w = f32::from_bits((b as u32) << 16);
+            *w = bf16_unquieted(b);
         }
         wide
     }

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::alloc;
 use super::par::{Src, blocks, row_pairs};
 use super::convert::{SCRATCH_KEEP, to_bf16};
-use super::reduce::{dot, exp_into, exp_of_bf16, max, max_bf16, sum};
+use super::reduce::{dot, exp_into, exp_of_bf16, max, max_bf16};
 
 #[simd]
 fn scale_in_place(y: &mut [f32], s: f32) {
@@ -22,7 +22,8 @@ pub fn softmax_row(x: &[f32], y: &mut [f32]) {
         y.fill(0.0);
         return;
     }
-    let total = exp_into(x, m, y);
+    // The next row (rows are contiguous) is fetched while this one computes.
+    let total = exp_into(x, m, y, x.as_ptr_range().end);
     scale_in_place(y, 1.0 / total);
 }
 
@@ -48,33 +49,10 @@ pub fn softmax_bf16(x: &[u16], y: &mut [u16], cols: usize) {
             return y.fill(0); // +0
         }
         alloc::with_scratch(&EXPONENTIALS, x.len(), SCRATCH_KEEP, |e| {
-            // The exponentials are arithmetic on a row already in cache: the
-            // next row is fetched meanwhile, so memory and arithmetic overlap.
-            let next = x.as_ptr_range().end.cast::<u8>();
-            for (i, (x, e)) in x.chunks(PREFETCH_RUN).zip(e.chunks_mut(PREFETCH_RUN)).enumerate() {
-                prefetch(next.wrapping_add(i * PREFETCH_RUN * 2), x.len() * 2);
-                exp_of_bf16(x, m, e);
-            }
-            scale_to_bf16(e, 1.0 / sum(e), y);
+            let total = exp_of_bf16(x, m, e, x.as_ptr_range().end);
+            scale_to_bf16(e, 1.0 / total, y);
         });
     });
-}
-
-/// Elements of a row between two prefetches of the next row's bytes.
-const PREFETCH_RUN: usize = 256;
-
-/// Asks the CPU to start loading the cache lines of `len` bytes from `p`: a
-/// hint, which never faults, so `p` may point anywhere.
-#[inline(always)]
-fn prefetch(p: *const u8, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for offset in (0..len).step_by(64) {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: prefetching is a hint; it reads nothing and cannot fault.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(offset).cast()) }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, len);
 }
 
 thread_local! {
@@ -125,7 +103,7 @@ pub fn softmax_topk(x: &[f32], weights: &mut [f32], indices: &mut [i32], cols: u
             if m == f32::NEG_INFINITY {
                 w.fill(0.0);
             } else {
-                let total = exp_into(&kept, m, w);
+                let total = exp_into(&kept, m, w, std::ptr::null());
                 scale_in_place(w, 1.0 / total);
             }
             for (out, &j) in idx.iter_mut().zip(&best) {
