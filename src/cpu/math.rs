@@ -2,12 +2,17 @@
 //! element at a time). Both are within ~1 ulp over their documented ranges; the
 //! GPU kernels use the same formulas so both backends draw the same samples.
 
-const LOG2_E: f32 = std::f32::consts::LOG2_E;
+pub(crate) const LOG2_E: f32 = std::f32::consts::LOG2_E;
 // ln 2 split so that n * LN2_HI is exact for |n| <= 2^9.
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
+pub(crate) const LN2_HI: f32 = 0.693_359_4;
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
 // Adding then subtracting 1.5 * 2^23 rounds to the nearest integer in any SIMD width.
-const ROUND_MAGIC: f32 = 12_582_912.0;
+pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
+/// [`exp_parts`]' clamp of x.
+pub(crate) const EXP_ARG_RANGE: (f32, f32) = (-170.0, 88.8);
+/// e^r's Taylor coefficients to r^7, highest first (Horner's order): on
+/// |r| <= ln2/2 the truncation is below 0.1 ulp.
+pub(crate) const EXP_TAYLOR: [f32; 8] = [1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
 
 /// 2^n for integer n in [-126, 127], built from the exponent bits.
 #[inline(always)]
@@ -22,7 +27,7 @@ fn pow2i(n: i32) -> f32 {
 /// kernels match only the unfused form's bits, which [`exp`] keeps).
 #[inline(always)]
 pub fn exp_parts<const FUSED: bool>(x: f32) -> (f32, i32) {
-    exp_parts_in_range::<FUSED>(x.clamp(-170.0, 88.8))
+    exp_parts_in_range::<FUSED>(x.clamp(EXP_ARG_RANGE.0, EXP_ARG_RANGE.1))
 }
 
 /// [`exp_parts`] for x already in [-170, 88.8], where the clamp changes nothing.
@@ -35,10 +40,9 @@ pub fn exp_parts_in_range<const FUSED: bool>(x: f32) -> (f32, i32) {
     // this vectorises (a NaN gives garbage here, but NaN stays NaN through p).
     let ni = (shifted.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
     let r = mul_add(-n, LN2_LO, mul_add(-n, LN2_HI, x));
-    // Taylor to r^7 on |r| <= ln2/2 (truncation below 0.1 ulp), by Horner.
-    let mut p = 1.0 / 5040.0;
-    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = mul_add(p, r, c);
+    let mut p = EXP_TAYLOR[0];
+    for c in &EXP_TAYLOR[1..] {
+        p = mul_add(p, r, *c);
     }
     (p, ni)
 }

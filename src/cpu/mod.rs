@@ -11,6 +11,8 @@ pub mod gemm;
 pub mod gemm_bf16;
 pub mod loss;
 pub mod math;
+#[cfg(target_arch = "x86_64")]
+pub mod math_avx512;
 pub mod memory;
 pub mod moe;
 pub mod norm;

@@ -12,7 +12,7 @@ pub(crate) const LANES: usize = 16;
 /// lane keep each block's rounding near 1e-6 relative, and the f64 running total
 /// keeps that bound for rows of any length (a single f32 total loses ~1e-3 at
 /// 2^24 terms).
-const BLOCK: usize = 64 * LANES;
+pub(crate) const BLOCK: usize = 64 * LANES;
 
 /// Sum of f(a_i, b_i, c_i) over at most BLOCK elements with LANES independent
 /// f32 accumulators (so the loop vectorises), combined in a fixed order.
@@ -190,12 +190,22 @@ pub fn prefetch(p: *const u8) {
 /// to fetch meanwhile (softmax's next row), or null.
 #[simd]
 pub fn exp_into(x: &[f32], shift: f32, y: &mut [f32], ahead: *const f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if LEVEL == super::simd::Level::Avx512 {
+        // SAFETY: this copy runs only where the CPU has AVX-512.
+        return unsafe { super::math_avx512::exp_sum(x, shift, y, ahead) };
+    }
     map_sum(x, y, ahead, |x| exp_with::<true>(x - shift))
 }
 
 /// [`exp_into`] of bfloat16 bits, each widened in a register.
 #[simd]
 pub fn exp_of_bf16(x: &[u16], shift: f32, y: &mut [f32], ahead: *const u16) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if LEVEL == super::simd::Level::Avx512 {
+        // SAFETY: this copy runs only where the CPU has AVX-512.
+        return unsafe { super::math_avx512::exp_sum(x, shift, y, ahead) };
+    }
     map_sum(x, y, ahead, |x| exp_with::<true>(super::convert::bf16_unquieted(x) - shift))
 }
 

@@ -1,0 +1,149 @@
+//! Softmax's exponentials in AVX-512 intrinsics: [`math::exp_with`]'s fused
+//! form, operation for operation, but for its last step. There `ldexp` scales
+//! p by 2^n with eight integer and float operations (two exact factors, so
+//! that results reach the subnormals with one rounding); here `vscalefps`
+//! does it in one, with the same single rounding. A third of the operations
+//! go (softmax is bound by them on the dev machine's cores), and the bits
+//! are [`reduce::exp_into`]'s at the other levels (the test below compares
+//! them, subnormal results and NaN payloads included).
+//!
+//! [`math::exp_with`]: super::math::exp_with
+//! [`reduce::exp_into`]: super::reduce::exp_into
+
+use std::arch::x86_64::*;
+
+use super::math::{EXP_ARG_RANGE, EXP_TAYLOR, LN2_HI, LN2_LO, LOG2_E, ROUND_MAGIC};
+use super::reduce::{BLOCK, LANES, lane_total, prefetch};
+
+/// e^(x - shift) of 16 lanes, as `exp_with::<true>(x - shift)` computes each.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn exp16(x: __m512, shift: __m512) -> __m512 {
+    // The clamp: max and min return their second operand when either is NaN,
+    // so NaN goes through, as in `f32::clamp`.
+    let (lo, hi) = (_mm512_set1_ps(EXP_ARG_RANGE.0), _mm512_set1_ps(EXP_ARG_RANGE.1));
+    let x = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_sub_ps(x, shift)));
+    let magic = _mm512_set1_ps(ROUND_MAGIC);
+    let n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(LOG2_E), magic), magic);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x));
+    let mut p = _mm512_set1_ps(EXP_TAYLOR[0]);
+    for c in &EXP_TAYLOR[1..] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+    }
+    _mm512_scalef_ps(p, n)
+}
+
+/// A 16-lane load of a float32 row's elements (zeros past `mask`).
+pub trait Load: Sized {
+    /// Safety: the CPU has AVX-512 (F, BW); the masked lanes from `p` are readable.
+    unsafe fn load(p: *const Self, mask: __mmask16) -> __m512;
+}
+
+impl Load for f32 {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load(p: *const f32, mask: __mmask16) -> __m512 {
+        unsafe { _mm512_maskz_loadu_ps(mask, p) }
+    }
+}
+
+/// bfloat16 bits widened unquieted (the subtraction in [`exp16`] quiets a
+/// NaN to the bits that widening would have given).
+impl Load for u16 {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn load(p: *const u16, mask: __mmask16) -> __m512 {
+        let bits = unsafe { _mm256_maskz_loadu_epi16(mask, p.cast()) };
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+    }
+}
+
+/// y = e^(x - shift), x read by [`Load`]; returns Σ y in `map_sum`'s lanes,
+/// blocks and order (16 lane sums a block, a short tail in the first lanes,
+/// blocks totalled in f64). Meanwhile the cache lines from `ahead` on, as
+/// many as x spans, are asked for. Safety: the CPU has AVX-512 (F, BW).
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn exp_sum<T: Load>(x: &[T], shift: f32, y: &mut [f32], ahead: *const T) -> f32 {
+    assert_eq!(x.len(), y.len(), "exp_sum: x and y differ in length");
+    if x.len() <= BLOCK {
+        return unsafe { block_sum(x, 0, shift, y, ahead) };
+    }
+    let mut total = 0.0f64;
+    for start in (0..x.len()).step_by(BLOCK) {
+        total += unsafe { block_sum(x, start, shift, y, ahead) } as f64;
+    }
+    total as f32
+}
+
+/// [`exp_sum`]'s block from `start`. Safety: as [`exp_sum`]; x and y of one length.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn block_sum<T: Load>(x: &[T], start: usize, shift: f32, y: &mut [f32], ahead: *const T) -> f32 {
+    let (end, shift) = (x.len().min(start + BLOCK), _mm512_set1_ps(shift));
+    let mut acc = _mm512_setzero_ps();
+    for at in (start..end).step_by(LANES) {
+        let mask = if end - at >= LANES { !0 } else { (1u16 << (end - at)) - 1 };
+        prefetch(ahead.wrapping_add(at).cast());
+        // SAFETY: lanes at..at + 16, masked to end, lie within x and y.
+        let e = exp16(unsafe { T::load(x.as_ptr().add(at), mask) }, shift);
+        unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add(at), mask, e) };
+        acc = _mm512_mask_add_ps(acc, mask, acc, e);
+    }
+    let mut lanes = [0.0f32; LANES];
+    // SAFETY: lanes holds 16 floats.
+    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+    lane_total(lanes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::convert::bf16_value;
+    use crate::cpu::math::exp_with;
+    use crate::cpu::reduce::sum;
+
+    /// Inputs across exp's range and past it, and its special values.
+    fn inputs(len: usize, seed: u32) -> Vec<f32> {
+        let special = [f32::NAN, -f32::NAN, f32::from_bits(0x7f80_0001), f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, -87.5, -103.9, -150.0, 88.7, 1e-40];
+        let mut state = seed;
+        (0..len)
+            .map(|i| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                match i % 37 {
+                    0 => special[(state >> 8) as usize % special.len()],
+                    _ => (state >> 8) as f32 / (1 << 24) as f32 * 300.0 - 200.0,
+                }
+            })
+            .collect()
+    }
+
+    /// exp_sum's y and total against `exp_with::<true>` element by element and
+    /// `reduce::sum` of that (the lanes and blocks `map_sum` promises): the
+    /// same bits, for float32 and bfloat16 rows, lengths around the lane and
+    /// block sizes, and shifts that leave results in the subnormals.
+    #[test]
+    fn the_same_bits_as_the_other_levels() {
+        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")) {
+            eprintln!("SKIPPED: this CPU has no AVX-512");
+            return;
+        }
+        let same = |got: f32, want: f32| got.to_bits() == want.to_bits();
+        for len in [0, 1, 15, 16, 17, 1000, 1023, 1024, 1025, 2048, 4103] {
+            for shift in [0.0, 3.5, -20.0, 70.0] {
+                let x = inputs(len, len as u32 + 7);
+                let want: Vec<f32> = x.iter().map(|&x| exp_with::<true>(x - shift)).collect();
+                let mut y = vec![0.0; len];
+                // SAFETY: the CPU has AVX-512 F and BW (checked above).
+                let total = unsafe { exp_sum(&x, shift, &mut y, std::ptr::null()) };
+                assert!(y.iter().zip(&want).all(|(&g, &w)| same(g, w)), "float32 len {len} shift {shift}");
+                assert!(same(total, sum(&want)), "float32 total len {len} shift {shift}");
+
+                let h: Vec<u16> = x.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+                let want: Vec<f32> = h.iter().map(|&h| exp_with::<true>(bf16_value(h) - shift)).collect();
+                let total = unsafe { exp_sum(&h, shift, &mut y, h.as_ptr()) };
+                assert!(y.iter().zip(&want).all(|(&g, &w)| same(g, w)), "bf16 len {len} shift {shift}");
+                assert!(same(total, sum(&want)), "bf16 total len {len} shift {shift}");
+            }
+        }
+    }
+}
