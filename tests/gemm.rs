@@ -181,6 +181,35 @@ fn gemm_ex_matches_float64_for_every_transpose_and_layout() {
     }
 }
 
+/// Products of 128 rows or more copy a transposed B to rows first, in panels
+/// of at most 2^21 floats: here k = 7000 makes panels of 299 columns, so 300
+/// columns take two (the second of one column), with padded rows.
+#[test]
+fn gemm_ex_transposed_b_copied_in_panels() {
+    let mut rng = Rng::new(34);
+    let (m, n, k, pad) = (130, 300, 7000, 3);
+    for ta in [false, true] {
+        let (ar, ac) = if ta { (k, m) } else { (m, k) };
+        let la = Layout { rows: ar, cols: ac, ld: ac + pad, stride: 0 };
+        let lb = Layout { rows: n, cols: k, ld: k + pad, stride: 0 };
+        let lc = Layout { rows: m, cols: n, ld: n + pad, stride: 0 };
+        let (a, b, c0) = (rng.vec(la.span(1), 1.0), rng.vec(lb.span(1), 1.0), rng.vec(lc.span(1), 1.0));
+        let mut c = c0.clone();
+        let code = unsafe {
+            cudann_gemm_ex(
+                ta as i32, 1, m as i32, n as i32, k as i32, 0.5,
+                a.as_ptr().cast(), CUDANN_F32, la.ld as i64, 0,
+                b.as_ptr().cast(), CUDANN_F32, lb.ld as i64, 0,
+                -2.0, c.as_mut_ptr().cast(), CUDANN_F32, lc.ld as i64, 0,
+                1, NULL,
+            )
+        };
+        assert_ok(code);
+        let want = gemm_ex_ref(ta, true, m, n, k, 0.5, &a, la, &b, lb, -2.0, &c0, lc, 1);
+        assert_close(&c, &want, tol(k), tol(k), &format!("gemm_ex ta={ta} tb=true {m}x{n}x{k}"));
+    }
+}
+
 /// cudann_gemm_ex with every argument contiguous, for the invalid-argument checks.
 unsafe fn gemm_ex_plain(ta: i32, tb: i32, a: *const f32, b: *const f32, c: *mut f32, types: [i32; 3], lds: [i64; 3], strides: [i64; 3], batch: i32) -> i32 {
     unsafe {

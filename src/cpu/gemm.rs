@@ -1,12 +1,16 @@
 //! Row-major SGEMM through the `gemm` crate (packed, SIMD, rayon-parallel).
 //! The crate takes a row and a column stride for every matrix, so transposed
-//! operands and leading dimensions are views, never copies. Products with up
+//! operands and leading dimensions are views, not copies, except a B stored
+//! along k under many rows of A, which is copied to rows (`transpose.rs`:
+//! the crate packs it more slowly than the copy costs). Products with up
 //! to 32 rows of op(A) go to kernels of our own first (`skinny.rs` for B
 //! stored along k, `skinny_nn.rs` along n), which read B once at the memory's
 //! rate.
 
 use gemm::Parallelism;
 
+use super::alloc::with_scratch;
+use super::transpose::transpose;
 use super::{skinny, skinny_nn};
 use rayon::prelude::*;
 
@@ -74,8 +78,37 @@ pub unsafe fn sgemm_view(a: View<*const f32>, b: View<*const f32>, c: View<*mut 
         });
     } else {
         let threads = if m * n * k < 64 * 64 * 64 { Parallelism::None } else { Parallelism::Rayon(rayon::current_num_threads()) };
+        let panel = B_ROWS_KEEP / k.max(1);
+        if b.rs == 1 && b.cs != 1 && m >= ROWS_TO_TRANSPOSE_B && (panel >= n || panel >= MIN_PANEL) {
+            let panel = panel.min(n);
+            return with_scratch(&B_ROWS, k * panel, B_ROWS_KEEP, |rows| {
+                for j0 in (0..n).step_by(panel) {
+                    let w = panel.min(n - j0);
+                    let c = View { ptr: c.ptr.wrapping_add(j0 * c.cs), ..c };
+                    // SAFETY: B's view covers k floats of each of its rows j0..j0 + w; C's, columns j0..j0 + w.
+                    unsafe {
+                        transpose(column(b, j0).ptr, b.cs, k, w, rows);
+                        crate_gemm(a, View::new(rows.as_ptr(), w, false), c, m, w, k, alpha, beta, threads);
+                    }
+                }
+            });
+        }
         unsafe { crate_gemm(a, b, c, m, n, k, alpha, beta, threads) };
     }
+}
+
+/// Rows of A from which a B stored along k is copied to rows first (see
+/// `transpose.rs`), in panels of columns: the copy is O(k n), the crate's
+/// slower packing O(m k n).
+const ROWS_TO_TRANSPOSE_B: usize = 128;
+/// Floats of the copy, which the calling thread keeps (8 MiB, as 1024 x 2048).
+const B_ROWS_KEEP: usize = 2 << 20;
+/// The narrowest panel worth a crate call of its own.
+const MIN_PANEL: usize = 256;
+
+thread_local! {
+    /// Each calling thread's copy of a transposed B in rows.
+    static B_ROWS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// One crate call. SAFETY: as [`sgemm_view`]; the crate computes

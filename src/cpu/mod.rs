@@ -25,3 +25,4 @@ pub mod simd;
 pub mod skinny;
 pub mod skinny_nn;
 pub mod softmax;
+pub mod transpose;

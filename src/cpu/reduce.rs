@@ -189,6 +189,7 @@ pub fn prefetch(p: *const u8) {
 /// (softmax: 20% fewer operations; no sampler uses this). `ahead`: memory
 /// to fetch meanwhile (softmax's next row), or null.
 #[simd]
+#[allow(clippy::not_unsafe_ptr_arg_deref)] // `ahead` is prefetched, never read
 pub fn exp_into(x: &[f32], shift: f32, y: &mut [f32], ahead: *const f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if LEVEL == super::simd::Level::Avx512 {
@@ -200,6 +201,7 @@ pub fn exp_into(x: &[f32], shift: f32, y: &mut [f32], ahead: *const f32) -> f32 
 
 /// [`exp_into`] of bfloat16 bits, each widened in a register.
 #[simd]
+#[allow(clippy::not_unsafe_ptr_arg_deref)] // `ahead` is prefetched, never read
 pub fn exp_of_bf16(x: &[u16], shift: f32, y: &mut [f32], ahead: *const u16) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if LEVEL == super::simd::Level::Avx512 {
