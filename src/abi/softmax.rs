@@ -59,6 +59,10 @@ pub unsafe extern "C" fn cudann_softmax_ex(input: *const c_void, output: *mut c_
                     let bits = |p: *const T| std::slice::from_raw_parts(p.cast::<u16>(), n);
                     return softmax::softmax_bf16(bits(x.ptr), std::slice::from_raw_parts_mut(y.ptr.cast::<u16>(), n), cols);
                 }
+                if t == Float::F16 && !y.is(&x) {
+                    let x = std::slice::from_raw_parts(x.ptr.cast::<half::f16>(), n);
+                    return softmax::softmax_f16(x, std::slice::from_raw_parts_mut(y.ptr.cast::<half::f16>(), n), cols);
+                }
                 convert::blockwise([x.ptr], y.ptr, n, cols, |_, [xb], yb| softmax::softmax(Src::Slice(xb), yb, cols))
             };
             dispatch::run_typed(t, &call, [Use::In, Use::Out], cpu, |g, p| unsafe { ops::softmax(g, stream.cast(), p[0], p[1], rows, cols) })

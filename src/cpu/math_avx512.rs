@@ -5,7 +5,7 @@
 //! does it in one, with the same single rounding. A third of the operations
 //! go (softmax is bound by them on the dev machine's cores), and the bits
 //! are [`reduce::exp_into`]'s at the other levels (the test below compares
-//! them, subnormal results and NaN payloads included).
+//! them, subnormal results and each element's NaN payload included).
 //!
 //! [`math::exp_with`]: super::math::exp_with
 //! [`reduce::exp_into`]: super::reduce::exp_into
@@ -35,7 +35,7 @@ fn exp16(x: __m512, shift: __m512) -> __m512 {
 
 /// A 16-lane load of a float32 row's elements (zeros past `mask`).
 pub trait Load: Sized {
-    /// Safety: the CPU has AVX-512 (F, BW); the masked lanes from `p` are readable.
+    /// Safety: the CPU has AVX-512 (F, BW, VL); the masked lanes from `p` are readable.
     unsafe fn load(p: *const Self, mask: __mmask16) -> __m512;
 }
 
@@ -51,19 +51,61 @@ impl Load for f32 {
 /// NaN to the bits that widening would have given).
 impl Load for u16 {
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn load(p: *const u16, mask: __mmask16) -> __m512 {
         let bits = unsafe { _mm256_maskz_loadu_epi16(mask, p.cast()) };
         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
     }
 }
 
+/// float16 widened by `vcvtph2ps` (which quiets a NaN, as widening does).
+impl Load for half::f16 {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load(p: *const half::f16, mask: __mmask16) -> __m512 {
+        _mm512_cvtph_ps(unsafe { _mm256_maskz_loadu_epi16(mask, p.cast()) })
+    }
+}
+
+/// The largest element of x widened by [`Load`], NaN skipped; -inf for an
+/// empty x (`reduce::max`'s value: a maximum does not depend on the order it
+/// is taken in). Safety: the CPU has AVX-512 (F, BW, VL).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn max<T: Load>(x: &[T]) -> f32 {
+    // Four sets of lanes, so that consecutive maxima do not wait on each other;
+    // max_ps returns its second operand when either is NaN, so NaN is skipped.
+    let mut acc = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
+    for (i, at) in (0..x.len()).step_by(LANES).enumerate() {
+        let mask = if x.len() - at >= LANES { !0 } else { (1u16 << (x.len() - at)) - 1 };
+        // SAFETY: lanes at..at + 16, masked to the end, lie within x.
+        let v = unsafe { T::load(x.as_ptr().add(at), mask) };
+        acc[i % 4] = _mm512_mask_max_ps(acc[i % 4], mask, v, acc[i % 4]);
+    }
+    _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(acc[0], acc[1]), _mm512_max_ps(acc[2], acc[3])))
+}
+
+/// y = e * s rounded to float16 by `vcvtps2ph` (to nearest even, NaN quiet:
+/// `Element::store`'s rounding). Which of two NaN factors a product keeps is
+/// the compiler's choice here, so callers with a NaN s scale otherwise.
+/// Safety: the CPU has AVX-512 (F, BW, VL).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn scale_to_f16(e: &[f32], s: f32, y: &mut [half::f16]) {
+    assert_eq!(e.len(), y.len(), "scale_to_f16: e and y differ in length");
+    for at in (0..e.len()).step_by(LANES) {
+        let mask = if e.len() - at >= LANES { !0 } else { (1u16 << (e.len() - at)) - 1 };
+        // SAFETY: lanes at..at + 16, masked to the end, lie within e and y.
+        let v = _mm512_mul_ps(unsafe { _mm512_maskz_loadu_ps(mask, e.as_ptr().add(at)) }, _mm512_set1_ps(s));
+        let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+        unsafe { _mm256_mask_storeu_epi16(y.as_mut_ptr().add(at).cast(), mask, h) };
+    }
+}
+
 /// y = e^(x - shift), x read by [`Load`]; returns Σ y in `map_sum`'s lanes,
 /// blocks and order (16 lane sums a block, a short tail in the first lanes,
-/// blocks totalled in f64). Meanwhile the cache lines from `ahead` on, as
-/// many as x spans, are asked for. Safety: the CPU has AVX-512 (F, BW).
-#[target_feature(enable = "avx512f,avx512bw")]
-pub unsafe fn exp_sum<T: Load>(x: &[T], shift: f32, y: &mut [f32], ahead: *const T) -> f32 {
+/// blocks totalled in f64). Meanwhile the cache lines of x's length in `A`
+/// from `ahead` on are asked for. Safety: the CPU has AVX-512 (F, BW, VL).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn exp_sum<T: Load, A>(x: &[T], shift: f32, y: &mut [f32], ahead: *const A) -> f32 {
     assert_eq!(x.len(), y.len(), "exp_sum: x and y differ in length");
     if x.len() <= BLOCK {
         return unsafe { block_sum(x, 0, shift, y, ahead) };
@@ -77,8 +119,8 @@ pub unsafe fn exp_sum<T: Load>(x: &[T], shift: f32, y: &mut [f32], ahead: *const
 
 /// [`exp_sum`]'s block from `start`. Safety: as [`exp_sum`]; x and y of one length.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn block_sum<T: Load>(x: &[T], start: usize, shift: f32, y: &mut [f32], ahead: *const T) -> f32 {
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn block_sum<T: Load, A>(x: &[T], start: usize, shift: f32, y: &mut [f32], ahead: *const A) -> f32 {
     let (end, shift) = (x.len().min(start + BLOCK), _mm512_set1_ps(shift));
     let mut acc = _mm512_setzero_ps();
     for at in (start..end).step_by(LANES) {
@@ -100,7 +142,7 @@ mod tests {
     use super::*;
     use crate::cpu::convert::bf16_value;
     use crate::cpu::math::exp_with;
-    use crate::cpu::reduce::sum;
+    use crate::cpu::reduce::{max as reduce_max, sum};
 
     /// Inputs across exp's range and past it, and its special values.
     fn inputs(len: usize, seed: u32) -> Vec<f32> {
@@ -119,30 +161,45 @@ mod tests {
 
     /// exp_sum's y and total against `exp_with::<true>` element by element and
     /// `reduce::sum` of that (the lanes and blocks `map_sum` promises): the
-    /// same bits, for float32 and bfloat16 rows, lengths around the lane and
+    /// same bits (a NaN total: NaN), for float32, bfloat16 and float16 rows
+    /// (and `max` against `reduce::max`), lengths around the lane and
     /// block sizes, and shifts that leave results in the subnormals.
     #[test]
     fn the_same_bits_as_the_other_levels() {
-        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")) {
+        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl")) {
             eprintln!("SKIPPED: this CPU has no AVX-512");
             return;
         }
         let same = |got: f32, want: f32| got.to_bits() == want.to_bits();
+        // A total of two NaNs keeps the one the compiled addition picks (the
+        // compiler may swap its operands): there, NaN is all that is promised.
+        let same_total = |got: f32, want: f32| same(got, want) || (got.is_nan() && want.is_nan());
         for len in [0, 1, 15, 16, 17, 1000, 1023, 1024, 1025, 2048, 4103] {
             for shift in [0.0, 3.5, -20.0, 70.0] {
                 let x = inputs(len, len as u32 + 7);
                 let want: Vec<f32> = x.iter().map(|&x| exp_with::<true>(x - shift)).collect();
                 let mut y = vec![0.0; len];
                 // SAFETY: the CPU has AVX-512 F and BW (checked above).
-                let total = unsafe { exp_sum(&x, shift, &mut y, std::ptr::null()) };
+                let total = unsafe { exp_sum(&x, shift, &mut y, std::ptr::null::<f32>()) };
                 assert!(y.iter().zip(&want).all(|(&g, &w)| same(g, w)), "float32 len {len} shift {shift}");
-                assert!(same(total, sum(&want)), "float32 total len {len} shift {shift}");
+                assert!(same_total(total, sum(&want)), "float32 total len {len} shift {shift}");
 
                 let h: Vec<u16> = x.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
                 let want: Vec<f32> = h.iter().map(|&h| exp_with::<true>(bf16_value(h) - shift)).collect();
                 let total = unsafe { exp_sum(&h, shift, &mut y, h.as_ptr()) };
                 assert!(y.iter().zip(&want).all(|(&g, &w)| same(g, w)), "bf16 len {len} shift {shift}");
-                assert!(same(total, sum(&want)), "bf16 total len {len} shift {shift}");
+                assert!(same_total(total, sum(&want)), "bf16 total len {len} shift {shift}");
+
+                let f: Vec<half::f16> = h.iter().map(|&h| half::f16::from_bits(h)).collect();
+                let wide: Vec<f32> = f.iter().map(|v| v.to_f32()).collect();
+                let want: Vec<f32> = wide.iter().map(|&v| exp_with::<true>(v - shift)).collect();
+                let total = unsafe { exp_sum(&f, shift, &mut y, f.as_ptr()) };
+                // (The half crate keeps a signalling NaN's payload unquieted: compare NaN as NaN.)
+                assert!(y.iter().zip(&want).all(|(&g, &w)| same(g, w) || (g.is_nan() && w.is_nan())), "f16 len {len} shift {shift}");
+                assert!(same_total(total, sum(&want)), "f16 total len {len} shift {shift}");
+                // SAFETY: as above.
+                let maxima = unsafe { [max(&x), max(&f)] };
+                assert!(same(maxima[0], reduce_max(&x)) && same(maxima[1], reduce_max(&wide)), "max len {len}");
             }
         }
     }

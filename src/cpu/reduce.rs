@@ -141,9 +141,9 @@ pub fn sum_exp(x: &[f32], shift: f32) -> f32 {
 
 /// y = f(x) elementwise; returns Σ y, bitwise [`lane_sum`] of the written y
 /// (the same lanes, blocks and order), in the same pass. Meanwhile the cache
-/// lines from `ahead` on, as many as x spans, are asked for (see [`prefetch`]).
+/// lines of x's length in `A` from `ahead` on are asked for (see [`prefetch`]).
 #[inline(always)]
-fn map_sum<T: Copy>(x: &[T], y: &mut [f32], ahead: *const T, f: impl Fn(T) -> f32) -> f32 {
+fn map_sum<T: Copy, A>(x: &[T], y: &mut [f32], ahead: *const A, f: impl Fn(T) -> f32) -> f32 {
     if x.len() <= BLOCK {
         return map_block_sum(x, y, ahead, &f);
     }
@@ -154,7 +154,7 @@ fn map_sum<T: Copy>(x: &[T], y: &mut [f32], ahead: *const T, f: impl Fn(T) -> f3
 /// [`map_sum`] of at most BLOCK elements, with [`block_sum`]'s lanes. (A
 /// function, not a closure: closures do not inherit `#[simd]`'s features.)
 #[inline(always)]
-fn map_block_sum<T: Copy>(x: &[T], y: &mut [f32], ahead: *const T, f: &impl Fn(T) -> f32) -> f32 {
+fn map_block_sum<T: Copy, A>(x: &[T], y: &mut [f32], ahead: *const A, f: &impl Fn(T) -> f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let (mut xs, mut ys) = (x.chunks_exact(LANES), y.chunks_exact_mut(LANES));
     for (i, (xc, yc)) in (&mut xs).zip(&mut ys).enumerate() {
@@ -187,10 +187,10 @@ pub fn prefetch(p: *const u8) {
 
 /// y = e^(x - shift); returns Σ y. The exponential's multiply-adds fused
 /// (softmax: 20% fewer operations; no sampler uses this). `ahead`: memory
-/// to fetch meanwhile (softmax's next row), or null.
+/// to fetch meanwhile, x's length of `A` (softmax's next row), or null.
 #[simd]
 #[allow(clippy::not_unsafe_ptr_arg_deref)] // `ahead` is prefetched, never read
-pub fn exp_into(x: &[f32], shift: f32, y: &mut [f32], ahead: *const f32) -> f32 {
+pub fn exp_into<A>(x: &[f32], shift: f32, y: &mut [f32], ahead: *const A) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if LEVEL == super::simd::Level::Avx512 {
         // SAFETY: this copy runs only where the CPU has AVX-512.
@@ -202,7 +202,7 @@ pub fn exp_into(x: &[f32], shift: f32, y: &mut [f32], ahead: *const f32) -> f32 
 /// [`exp_into`] of bfloat16 bits, each widened in a register.
 #[simd]
 #[allow(clippy::not_unsafe_ptr_arg_deref)] // `ahead` is prefetched, never read
-pub fn exp_of_bf16(x: &[u16], shift: f32, y: &mut [f32], ahead: *const u16) -> f32 {
+pub fn exp_of_bf16<A>(x: &[u16], shift: f32, y: &mut [f32], ahead: *const A) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if LEVEL == super::simd::Level::Avx512 {
         // SAFETY: this copy runs only where the CPU has AVX-512.

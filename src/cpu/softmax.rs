@@ -5,7 +5,8 @@ use rayon::prelude::*;
 
 use super::alloc;
 use super::par::{Src, blocks, row_pairs};
-use super::convert::{SCRATCH_KEEP, to_bf16};
+use super::convert::{Element, SCRATCH_KEEP, to_bf16};
+use half::f16;
 use super::reduce::{dot, exp_into, exp_of_bf16, max, max_bf16};
 
 #[simd]
@@ -51,6 +52,45 @@ pub fn softmax_bf16(x: &[u16], y: &mut [u16], cols: usize) {
         alloc::with_scratch(&EXPONENTIALS, x.len(), SCRATCH_KEEP, |e| {
             let total = exp_of_bf16(x, m, e, x.as_ptr_range().end);
             scale_to_bf16(e, 1.0 / total, y);
+        });
+    });
+}
+
+/// [`softmax`] of float16 rows into distinct float16 rows, one row at a
+/// time, bitwise the float32 op on the widened rows, rounded once. At the
+/// AVX-512 level each element is widened in a register (as bf16's); at the
+/// others a row is widened into float32 first (F16C at AVX2). Rows stay in
+/// L1 throughout, and the next row is fetched while the exponentials run.
+pub fn softmax_f16(x: &[f16], y: &mut [f16], cols: usize) {
+    row_pairs(x, y, cols, |x, y| {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::level() == super::simd::Level::Avx512 {
+            use super::math_avx512 as avx512;
+            // SAFETY: the AVX-512 level runs only where the CPU has AVX-512.
+            let m = unsafe { avx512::max(x) };
+            if m == f32::NEG_INFINITY {
+                return y.fill(f16::ZERO);
+            }
+            return alloc::with_scratch(&EXPONENTIALS, x.len(), SCRATCH_KEEP, |e| {
+                let s = 1.0 / unsafe { avx512::exp_sum(x, m, e, x.as_ptr_range().end) };
+                if s.is_nan() {
+                    // A NaN row: the float32 op's own scaling picks its NaNs.
+                    scale_in_place(e, s);
+                    return f16::store(e, y);
+                }
+                unsafe { avx512::scale_to_f16(e, s, y) };
+            });
+        }
+        alloc::with_scratch(&EXPONENTIALS, 2 * x.len(), SCRATCH_KEEP, |scratch| {
+            let (wide, e) = scratch.split_at_mut(x.len());
+            f16::load(x, wide);
+            let m = max(wide);
+            if m == f32::NEG_INFINITY {
+                return y.fill(f16::ZERO);
+            }
+            let total = exp_into(wide, m, e, x.as_ptr_range().end);
+            scale_in_place(e, 1.0 / total);
+            f16::store(e, y);
         });
     });
 }
@@ -103,7 +143,7 @@ pub fn softmax_topk(x: &[f32], weights: &mut [f32], indices: &mut [i32], cols: u
             if m == f32::NEG_INFINITY {
                 w.fill(0.0);
             } else {
-                let total = exp_into(&kept, m, w, std::ptr::null());
+                let total = exp_into(&kept, m, w, std::ptr::null::<f32>());
                 scale_in_place(w, 1.0 / total);
             }
             for (out, &j) in idx.iter_mut().zip(&best) {
