@@ -11,8 +11,6 @@ pub mod gemm;
 pub mod gemm_bf16;
 pub mod loss;
 pub mod math;
-#[cfg(target_arch = "x86_64")]
-pub mod math_avx512;
 pub mod memory;
 pub mod moe;
 pub mod norm;
@@ -25,4 +23,6 @@ pub mod simd;
 pub mod skinny;
 pub mod skinny_nn;
 pub mod softmax;
+#[cfg(target_arch = "x86_64")]
+pub mod softmax_avx512;
 pub mod transpose;

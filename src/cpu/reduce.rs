@@ -194,7 +194,7 @@ pub fn exp_into<A>(x: &[f32], shift: f32, y: &mut [f32], ahead: *const A) -> f32
     #[cfg(target_arch = "x86_64")]
     if LEVEL == super::simd::Level::Avx512 {
         // SAFETY: this copy runs only where the CPU has AVX-512.
-        return unsafe { super::math_avx512::exp_sum(x, shift, y, ahead) };
+        return unsafe { super::softmax_avx512::exp_sum(x, shift, y, ahead) };
     }
     map_sum(x, y, ahead, |x| exp_with::<true>(x - shift))
 }
@@ -206,7 +206,7 @@ pub fn exp_of_bf16<A>(x: &[u16], shift: f32, y: &mut [f32], ahead: *const A) -> 
     #[cfg(target_arch = "x86_64")]
     if LEVEL == super::simd::Level::Avx512 {
         // SAFETY: this copy runs only where the CPU has AVX-512.
-        return unsafe { super::math_avx512::exp_sum(x, shift, y, ahead) };
+        return unsafe { super::softmax_avx512::exp_sum(x, shift, y, ahead) };
     }
     map_sum(x, y, ahead, |x| exp_with::<true>(super::convert::bf16_unquieted(x) - shift))
 }

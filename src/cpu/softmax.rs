@@ -65,8 +65,9 @@ pub fn softmax_f16(x: &[f16], y: &mut [f16], cols: usize) {
     row_pairs(x, y, cols, |x, y| {
         #[cfg(target_arch = "x86_64")]
         if super::simd::level() == super::simd::Level::Avx512 {
-            use super::math_avx512 as avx512;
-            // SAFETY: the AVX-512 level runs only where the CPU has AVX-512.
+            use super::softmax_avx512 as avx512;
+            // SAFETY (of each avx512 call): the AVX-512 level runs only where
+            // the CPU has AVX-512 (F, BW, VL, as the level is compiled for).
             let m = unsafe { avx512::max(x) };
             if m == f32::NEG_INFINITY {
                 return y.fill(f16::ZERO);

@@ -1,11 +1,15 @@
-//! Softmax's exponentials in AVX-512 intrinsics: [`math::exp_with`]'s fused
-//! form, operation for operation, but for its last step. There `ldexp` scales
-//! p by 2^n with eight integer and float operations (two exact factors, so
-//! that results reach the subnormals with one rounding); here `vscalefps`
-//! does it in one, with the same single rounding. A third of the operations
-//! go (softmax is bound by them on the dev machine's cores), and the bits
-//! are [`reduce::exp_into`]'s at the other levels (the test below compares
-//! them, subnormal results and each element's NaN payload included).
+//! Softmax's row passes at the AVX-512 level, in intrinsics: the maximum,
+//! the exponentials with their sum, and float16's rounding with the scaling.
+//!
+//! The exponential is [`math::exp_with`]'s fused form, operation for
+//! operation, but for its last step. There `ldexp` scales p by 2^n with
+//! eight integer and float operations (two exact factors, so that results
+//! reach the subnormals with one rounding); here `vscalefps` does it in one,
+//! with the same single rounding. A third of the operations go (softmax is
+//! bound by them on the dev machine's cores), and the bits are
+//! [`reduce::exp_into`]'s at the other levels (the test below compares them,
+//! subnormal results and each element's NaN payload included). Rows are
+//! read as float32, bfloat16 or float16 ([`Load`]), widened in registers.
 //!
 //! [`math::exp_with`]: super::math::exp_with
 //! [`reduce::exp_into`]: super::reduce::exp_into
@@ -33,7 +37,7 @@ fn exp16(x: __m512, shift: __m512) -> __m512 {
     _mm512_scalef_ps(p, n)
 }
 
-/// A 16-lane load of a float32 row's elements (zeros past `mask`).
+/// 16 elements of a row as float32 (zeros past `mask`).
 pub trait Load: Sized {
     /// Safety: the CPU has AVX-512 (F, BW, VL); the masked lanes from `p` are readable.
     unsafe fn load(p: *const Self, mask: __mmask16) -> __m512;
