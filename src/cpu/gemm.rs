@@ -1,11 +1,11 @@
 //! Row-major SGEMM through the `gemm` crate (packed, SIMD, rayon-parallel).
 //! The crate takes a row and a column stride for every matrix, so transposed
 //! operands and leading dimensions are views, not copies, except a B stored
-//! along k under many rows of A, which is copied to rows (`transpose.rs`:
-//! the crate packs it more slowly than the copy costs). Products with up
-//! to 32 rows of op(A) go to kernels of our own first (`skinny.rs` for B
-//! stored along k, `skinny_nn.rs` along n), which read B once at the memory's
-//! rate.
+//! along k under many rows of A and of some depth, which is copied to rows
+//! (`transpose.rs`: the crate packs it more slowly than the copy costs).
+//! Products with up to 32 rows of op(A) go to kernels of our own first
+//! (`skinny.rs` for B stored along k, `skinny_nn.rs` along n), which read B
+//! once at the memory's rate.
 
 use gemm::Parallelism;
 
@@ -78,33 +78,29 @@ pub unsafe fn sgemm_view(a: View<*const f32>, b: View<*const f32>, c: View<*mut 
         });
     } else {
         let threads = if m * n * k < 64 * 64 * 64 { Parallelism::None } else { Parallelism::Rayon(rayon::current_num_threads()) };
-        let panel = B_ROWS_KEEP / k.max(1);
-        if b.rs == 1 && b.cs != 1 && m >= ROWS_TO_TRANSPOSE_B && (panel >= n || panel >= MIN_PANEL) {
-            let panel = panel.min(n);
-            return with_scratch(&B_ROWS, k * panel, B_ROWS_KEEP, |rows| {
-                for j0 in (0..n).step_by(panel) {
-                    let w = panel.min(n - j0);
-                    let c = View { ptr: c.ptr.wrapping_add(j0 * c.cs), ..c };
-                    // SAFETY: B's view covers k floats of each of its rows j0..j0 + w; C's, columns j0..j0 + w.
-                    unsafe {
-                        transpose(column(b, j0).ptr, b.cs, k, w, rows);
-                        crate_gemm(a, View::new(rows.as_ptr(), w, false), c, m, w, k, alpha, beta, threads);
-                    }
-                }
+        if b.rs == 1 && b.cs != 1 && m >= ROWS_TO_TRANSPOSE_B && k >= DEPTH_TO_TRANSPOSE_B && k * n <= B_ROWS_KEEP {
+            // SAFETY: B's view covers k floats of each of its n rows (the caller's).
+            return with_scratch(&B_ROWS, k * n, B_ROWS_KEEP, |rows| unsafe {
+                transpose(b.ptr, b.cs, k, n, rows);
+                crate_gemm(a, View::new(rows.as_ptr(), n, false), c, m, n, k, alpha, beta, threads)
             });
         }
         unsafe { crate_gemm(a, b, c, m, n, k, alpha, beta, threads) };
     }
 }
 
-/// Rows of A from which a B stored along k is copied to rows first (see
-/// `transpose.rs`), in panels of columns: the copy is O(k n), the crate's
-/// slower packing O(m k n).
+/// A B stored along k is copied to rows first (see `transpose.rs`) under at
+/// least this many rows of A (the copy is O(k n), the crate's slower packing
+/// O(m k n)) ...
 const ROWS_TO_TRANSPOSE_B: usize = 128;
-/// Floats of the copy, which the calling thread keeps (8 MiB, as 1024 x 2048).
+/// ... and at least this depth: at k = 256 the crate's packing cost nothing
+/// extra, and the copy made 1024x512x256 slower (1.12 -> 1.22 ms); at 512
+/// 1024x1024x512 went 3.62 -> 3.30, at 1024 1024^3 7.59 -> 6.69.
+const DEPTH_TO_TRANSPOSE_B: usize = 512;
+/// The largest B so copied, in floats (8 MiB), kept by the calling thread.
+/// (Larger ones, copied in panels of columns, each a crate call, gained
+/// nothing: 1024x4096x1024 27.1 -> 28.1 ms.)
 const B_ROWS_KEEP: usize = 2 << 20;
-/// The narrowest panel worth a crate call of its own.
-const MIN_PANEL: usize = 256;
 
 thread_local! {
     /// Each calling thread's copy of a transposed B in rows.
