@@ -59,8 +59,9 @@ pub fn softmax_bf16(x: &[u16], y: &mut [u16], cols: usize) {
 /// [`softmax`] of float16 rows into distinct float16 rows, one row at a
 /// time, bitwise the float32 op on the widened rows, rounded once. At the
 /// AVX-512 level each element is widened in a register (as bf16's); at the
-/// others a row is widened into float32 first (F16C at AVX2). Rows stay in
-/// L1 throughout, and the next row is fetched while the exponentials run.
+/// others a row is widened into float32 first (F16C at AVX2) for
+/// [`softmax_row`]. Rows stay in L1 throughout; at AVX-512 the next row is
+/// fetched while the exponentials run.
 pub fn softmax_f16(x: &[f16], y: &mut [f16], cols: usize) {
     row_pairs(x, y, cols, |x, y| {
         #[cfg(target_arch = "x86_64")]
@@ -85,12 +86,7 @@ pub fn softmax_f16(x: &[f16], y: &mut [f16], cols: usize) {
         alloc::with_scratch(&EXPONENTIALS, 2 * x.len(), SCRATCH_KEEP, |scratch| {
             let (wide, e) = scratch.split_at_mut(x.len());
             f16::load(x, wide);
-            let m = max(wide);
-            if m == f32::NEG_INFINITY {
-                return y.fill(f16::ZERO);
-            }
-            let total = exp_into(wide, m, e, x.as_ptr_range().end);
-            scale_in_place(e, 1.0 / total);
+            softmax_row(wide, e);
             f16::store(e, y);
         });
     });
