@@ -27,11 +27,13 @@ pub(crate) const MAX_ROWS: usize = 32;
 /// Rows of A per register tile.
 const MR: usize = 4;
 /// Depth of a k block when A has more than one row tile: the tiles' blocks of
-/// A stay in L2 while each row of W passes (256 KiB at 32 rows). Each block
+/// A stay in L2 while each row of W passes (128 KiB at 32 rows). Each block
 /// ends with a horizontal sum per accumulator, which at 512 cost a fifth of
-/// the time: 2048 took 16x16384x4096 from 22.8 to 19.0 ms and 32x16384x4096
-/// from 43.9 to 32.3 (bench/RESULTS.md).
-const KB: usize = 2048;
+/// the time (Zen 4: 2048 took 16x16384x4096 from 22.8 to 19.0 ms). On the
+/// 2-core Xeon (48 KiB L1), 1024 beat 2048 at 8-32 rows by 6-16% (32x4096x4096
+/// NT 8.17 -> 6.88 ms), W's four rows of a block nearer while each A tile
+/// passes (bench/RESULTS.md).
+const KB: usize = 1024;
 /// Rows of W per task: fixed, so the split never depends on the thread count.
 const CHUNK_ROWS: usize = 256;
 
