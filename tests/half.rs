@@ -68,20 +68,24 @@ fn softmax_ex_keeps_the_float32_special_cases() {
     let mut rng = Rng::new(64);
     for t in HALVES {
         for cols in [5, 70_000] {
-            // Rows: all -inf (zeros), some -inf and a -0, a NaN, a +inf.
-            let mut v = rng.vec(4 * cols, 3.0);
+            // Rows: all -inf (zeros), some -inf and a -0, a NaN, a +inf, a
+            // plain one, all -inf again, and a plain one (a row's scaling
+            // may wait for the next row's exponentials, past the -inf rows).
+            let mut v = rng.vec(7 * cols, 3.0);
             v[..cols].fill(f32::NEG_INFINITY);
             v[cols + 1] = f32::NEG_INFINITY;
             v[cols + 2] = -0.0;
             v[2 * cols + 3 % cols] = f32::NAN;
             v[3 * cols + 4 % cols] = f32::INFINITY;
+            v[5 * cols..6 * cols].fill(f32::NEG_INFINITY);
             let (hx, x) = to_half(&v, t);
             let (mut want, mut got) = (vec![0f32; v.len()], vec![7u16; v.len()]);
             unsafe {
-                assert_ok(cuda_softmax(x.as_ptr(), want.as_mut_ptr(), 4, cols as i32, NULL));
-                assert_ok(cudann_softmax_ex(vp(&hx), vm(&mut got), 4, cols as i32, t, NULL));
+                assert_ok(cuda_softmax(x.as_ptr(), want.as_mut_ptr(), 7, cols as i32, NULL));
+                assert_ok(cudann_softmax_ex(vp(&hx), vm(&mut got), 7, cols as i32, t, NULL));
             }
-            assert!(want[..cols].iter().all(|&p| p == 0.0) && want[2 * cols..3 * cols].iter().all(|p| p.is_nan()), "float32 specials");
+            let zeros = |r: usize| want[r * cols..(r + 1) * cols].iter().all(|&p| p == 0.0);
+            assert!(zeros(0) && zeros(5) && want[2 * cols..3 * cols].iter().all(|p| p.is_nan()), "float32 specials");
             assert_eq!(got, rounded(&want, t), "softmax type {t} cols {cols}");
         }
     }

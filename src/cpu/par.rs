@@ -26,6 +26,14 @@ pub fn row_pairs<A: Sync, B: Send>(x: &[A], y: &mut [B], width: usize, f: impl F
     y.par_chunks_mut(width).zip(x.par_chunks(width)).with_min_len(ROWS_PER_TASK.div_ceil(width)).for_each(|(y, x)| f(x, y));
 }
 
+/// f(x rows, y rows) for groups of consecutive whole rows of `width`
+/// elements (at least 4 rows, or [`ROWS_PER_TASK`] elements, a group), in
+/// parallel: for kernels that overlap one row's work with the next one's.
+pub fn row_groups<A: Sync, B: Send>(x: &[A], y: &mut [B], width: usize, f: impl Fn(&[A], &mut [B]) + Sync + Send) {
+    let group = width.max(1) * ROWS_PER_TASK.div_ceil(width.max(1)).max(4);
+    y.par_chunks_mut(group).zip(x.par_chunks(group)).for_each(|(y, x)| f(x, y));
+}
+
 /// Where an input's data comes from.
 pub enum Src<'a> {
     Slice(&'a [f32]),

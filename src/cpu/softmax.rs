@@ -4,10 +4,12 @@ use super::simd::simd;
 use rayon::prelude::*;
 
 use super::alloc;
-use super::par::{Src, blocks, row_pairs};
+use super::par::{Src, blocks, row_groups, row_pairs};
 use super::convert::{Element, SCRATCH_KEEP, to_bf16};
 use half::f16;
 use super::reduce::{dot, exp_into, exp_of_bf16, max, max_bf16};
+#[cfg(target_arch = "x86_64")]
+use super::softmax_avx512 as avx512;
 
 #[simd]
 fn scale_in_place(y: &mut [f32], s: f32) {
@@ -44,6 +46,10 @@ fn scale_to_bf16(e: &[f32], s: f32, y: &mut [u16]) {
 /// the float32 op on the widened rows, rounded once, without the passes that
 /// widen the row and round the result.
 pub fn softmax_bf16(x: &[u16], y: &mut [u16], cols: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::level() == super::simd::Level::Avx512 {
+        return softmax_half_avx512(x, y, cols, 0, |e, s, y| scale_to_bf16(e, s, y));
+    }
     row_pairs(x, y, cols, |x, y| {
         let m = max_bf16(x);
         if m == f32::NEG_INFINITY {
@@ -56,38 +62,74 @@ pub fn softmax_bf16(x: &[u16], y: &mut [u16], cols: usize) {
     });
 }
 
-/// [`softmax`] of float16 rows into distinct float16 rows, one row at a
-/// time, bitwise the float32 op on the widened rows, rounded once. At the
-/// AVX-512 level each element is widened in a register (as bf16's); at the
-/// others a row is widened into float32 first (F16C at AVX2) for
-/// [`softmax_row`]. Rows stay in L1 throughout; at AVX-512 the next row is
-/// fetched while the exponentials run.
+/// [`softmax`] of float16 rows into distinct float16 rows, bitwise the
+/// float32 op on the widened rows, rounded once. At the AVX-512 level each
+/// element is widened in a register (as bf16's); at the others a row is
+/// widened into float32 first (F16C at AVX2) for [`softmax_row`]. Rows stay
+/// in L1 throughout.
 pub fn softmax_f16(x: &[f16], y: &mut [f16], cols: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::level() == super::simd::Level::Avx512 {
+        return softmax_half_avx512(x, y, cols, f16::ZERO, |e, s, y| {
+            scale_in_place(e, s);
+            f16::store(e, y)
+        });
+    }
     row_pairs(x, y, cols, |x, y| {
-        #[cfg(target_arch = "x86_64")]
-        if super::simd::level() == super::simd::Level::Avx512 {
-            use super::softmax_avx512 as avx512;
-            // SAFETY (of each avx512 call): the AVX-512 level runs only where
-            // the CPU has AVX-512 (F, BW, VL, as the level is compiled for).
-            let m = unsafe { avx512::max(x) };
-            if m == f32::NEG_INFINITY {
-                return y.fill(f16::ZERO);
-            }
-            return alloc::with_scratch(&EXPONENTIALS, x.len(), SCRATCH_KEEP, |e| {
-                let s = 1.0 / unsafe { avx512::exp_sum(x, m, e, x.as_ptr_range().end) };
-                if s.is_nan() {
-                    // A NaN row: the float32 op's own scaling picks its NaNs.
-                    scale_in_place(e, s);
-                    return f16::store(e, y);
-                }
-                unsafe { avx512::scale_to_f16(e, s, y) };
-            });
-        }
         alloc::with_scratch(&EXPONENTIALS, 2 * x.len(), SCRATCH_KEEP, |scratch| {
             let (wide, e) = scratch.split_at_mut(x.len());
             f16::load(x, wide);
             softmax_row(wide, e);
             f16::store(e, y);
+        });
+    });
+}
+
+/// Where the second row of exponentials starts past the first: 256 bytes
+/// more than a row, so that a row's loads from one and stores to the other
+/// at the same column do not alias in the low 12 address bits (which stalls
+/// the loads as if they depended on the stores).
+#[cfg(target_arch = "x86_64")]
+const SECOND_ROW_PAD: usize = 64;
+
+/// Half-precision softmax at the AVX-512 level, a group of rows at a time:
+/// each row's scaling and rounding runs in the loop of the next row's
+/// exponentials (a pass of its own stalled on its stores), the rows widened
+/// in registers. `zero` fills an all -inf row; `nan_row(e, s, y)` scales and
+/// rounds a row with a NaN (whose products `Rounded::scaled` does not take). The bits
+/// of the float32 op on the widened rows, rounded once.
+#[cfg(target_arch = "x86_64")]
+fn softmax_half_avx512<T: avx512::Rounded + Copy + Send + Sync>(x: &[T], y: &mut [T], cols: usize, zero: T, nan_row: impl Fn(&mut [f32], f32, &mut [T]) + Sync + Send) {
+    row_groups(x, y, cols, |x, y| {
+        alloc::with_scratch(&EXPONENTIALS, 2 * cols + SECOND_ROW_PAD, SCRATCH_KEEP, |scratch| {
+            let (e, rest) = scratch.split_at_mut(cols);
+            let (mut e, mut e_pending) = (e, &mut rest[SECOND_ROW_PAD..]);
+            // A row whose exponentials are in e_pending, to be scaled by s.
+            let mut pending: Option<(&mut [T], f32)> = None;
+            for (x, y) in x.chunks(cols).zip(y.chunks_mut(cols)) {
+                // SAFETY (of each avx512 call): the AVX-512 level runs only
+                // where the CPU has AVX-512 (F, BW, VL, as it is compiled for).
+                let m = unsafe { avx512::max(x) };
+                if m == f32::NEG_INFINITY {
+                    y.fill(zero);
+                    continue;
+                }
+                let ahead = x.as_ptr_range().end;
+                let total = match pending.take() {
+                    Some((y_pending, s)) => unsafe { avx512::exp_sum_with(x, m, e, ahead, &mut T::scaled(e_pending, s, y_pending)) },
+                    None => unsafe { avx512::exp_sum(x, m, e, ahead) },
+                };
+                let s = 1.0 / total;
+                if s.is_nan() {
+                    nan_row(e, s, y);
+                } else {
+                    pending = Some((y, s));
+                    std::mem::swap(&mut e, &mut e_pending);
+                }
+            }
+            if let Some((y, s)) = pending {
+                unsafe { T::scaled(e_pending, s, y).run(cols) };
+            }
         });
     });
 }

@@ -88,43 +88,110 @@ pub unsafe fn max<T: Load>(x: &[T]) -> f32 {
     _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(acc[0], acc[1]), _mm512_max_ps(acc[2], acc[3])))
 }
 
-/// y = e * s rounded to float16 by `vcvtps2ph` (to nearest even, NaN quiet:
-/// `Element::store`'s rounding). Which of two NaN factors a product keeps is
-/// the compiler's choice here, so callers with a NaN s scale otherwise.
-/// Safety: the CPU has AVX-512 (F, BW, VL).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub unsafe fn scale_to_f16(e: &[f32], s: f32, y: &mut [half::f16]) {
-    assert_eq!(e.len(), y.len(), "scale_to_f16: e and y differ in length");
-    for at in (0..e.len()).step_by(LANES) {
-        let mask = if e.len() - at >= LANES { !0 } else { (1u16 << (e.len() - at)) - 1 };
-        // SAFETY: lanes at..at + 16, masked to the end, lie within e and y.
-        let v = _mm512_mul_ps(unsafe { _mm512_maskz_loadu_ps(mask, e.as_ptr().add(at)) }, _mm512_set1_ps(s));
-        let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
-        unsafe { _mm256_mask_storeu_epi16(y.as_mut_ptr().add(at).cast(), mask, h) };
-    }
-}
-
 /// y = e^(x - shift), x read by [`Load`]; returns Σ y in `map_sum`'s lanes,
 /// blocks and order (16 lane sums a block, a short tail in the first lanes,
 /// blocks totalled in f64). Meanwhile the cache lines of x's length in `A`
 /// from `ahead` on are asked for. Safety: the CPU has AVX-512 (F, BW, VL).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn exp_sum<T: Load, A>(x: &[T], shift: f32, y: &mut [f32], ahead: *const A) -> f32 {
+    unsafe { exp_sum_with(x, shift, y, ahead, &mut ()) }
+}
+
+/// Work done in [`exp_sum_with`]'s loop, on the same lanes as each step.
+pub trait Alongside {
+    /// Lanes at..at + 16 of a row as long as exp_sum's, masked to its end.
+    /// Safety: the CPU has AVX-512 (F, BW, VL).
+    unsafe fn step(&mut self, at: usize, mask: __mmask16);
+}
+
+impl Alongside for () {
+    #[inline]
+    unsafe fn step(&mut self, _: usize, _: __mmask16) {}
+}
+
+/// A half type's softmax output: y = e * s rounded, by [`Alongside`] steps,
+/// so that one row's scaling and rounding can run in the loop of the next
+/// row's exponentials (whose arithmetic then covers the stores' waits for
+/// their cache lines).
+pub trait Rounded: Load {
+    /// The steps of y = e * s rounded, for s whose products are not NaN.
+    /// Safety: the CPU has AVX-512 (F, BW, VL); e and y outlive the value.
+    unsafe fn scaled(e: &[f32], s: f32, y: &mut [Self]) -> Scaled<Self> {
+        assert_eq!(e.len(), y.len(), "scaled: e and y differ in length");
+        Scaled { e: e.as_ptr(), s, y: y.as_mut_ptr() }
+    }
+    /// 16 rounded lanes. Safety: the CPU has AVX-512 (F, BW, VL).
+    unsafe fn round(v: __m512) -> __m256i;
+}
+
+/// [`Rounded::scaled`]'s steps.
+pub struct Scaled<T> {
+    e: *const f32,
+    s: f32,
+    y: *mut T,
+}
+
+impl<T: Rounded> Alongside for Scaled<T> {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn step(&mut self, at: usize, mask: __mmask16) {
+        // SAFETY: lanes at..at + 16, masked to the row's end, lie within e and y.
+        let v = _mm512_mul_ps(unsafe { _mm512_maskz_loadu_ps(mask, self.e.add(at)) }, _mm512_set1_ps(self.s));
+        unsafe { _mm256_mask_storeu_epi16(self.y.add(at).cast(), mask, T::round(v)) };
+    }
+}
+
+impl<T: Rounded> Scaled<T> {
+    /// The steps of a whole row of `len`, on their own. Safety: as [`Rounded::scaled`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn run(mut self, len: usize) {
+        for at in (0..len).step_by(LANES) {
+            let mask = if len - at >= LANES { !0 } else { (1u16 << (len - at)) - 1 };
+            unsafe { self.step(at, mask) };
+        }
+    }
+}
+
+/// bfloat16 by `to_bf16`'s rounding without its NaN case: the bits plus
+/// 0x7fff plus the kept lowest bit, high half.
+impl Rounded for u16 {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn round(v: __m512) -> __m256i {
+        let v = _mm512_castps_si512(v);
+        let lowest = _mm512_and_si512(_mm512_srli_epi32::<16>(v), _mm512_set1_epi32(1));
+        _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(_mm512_add_epi32(_mm512_add_epi32(v, _mm512_set1_epi32(0x7fff)), lowest)))
+    }
+}
+
+/// float16 by `vcvtps2ph` (to nearest even: `Element::store`'s rounding).
+impl Rounded for half::f16 {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn round(v: __m512) -> __m256i {
+        _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v)
+    }
+}
+
+/// [`exp_sum`], with `side` stepped over the same lanes in its loop.
+/// Safety: the CPU has AVX-512 (F, BW, VL).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub unsafe fn exp_sum_with<T: Load, A, S: Alongside>(x: &[T], shift: f32, y: &mut [f32], ahead: *const A, side: &mut S) -> f32 {
     assert_eq!(x.len(), y.len(), "exp_sum: x and y differ in length");
     if x.len() <= BLOCK {
-        return unsafe { block_sum(x, 0, shift, y, ahead) };
+        return unsafe { block_sum(x, 0, shift, y, ahead, side) };
     }
     let mut total = 0.0f64;
     for start in (0..x.len()).step_by(BLOCK) {
-        total += unsafe { block_sum(x, start, shift, y, ahead) } as f64;
+        total += unsafe { block_sum(x, start, shift, y, ahead, side) } as f64;
     }
     total as f32
 }
 
-/// [`exp_sum`]'s block from `start`. Safety: as [`exp_sum`]; x and y of one length.
+/// [`exp_sum_with`]'s block from `start`. Safety: as [`exp_sum`]; x and y of one length.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn block_sum<T: Load, A>(x: &[T], start: usize, shift: f32, y: &mut [f32], ahead: *const A) -> f32 {
+unsafe fn block_sum<T: Load, A, S: Alongside>(x: &[T], start: usize, shift: f32, y: &mut [f32], ahead: *const A, side: &mut S) -> f32 {
     let (end, shift) = (x.len().min(start + BLOCK), _mm512_set1_ps(shift));
     let mut acc = _mm512_setzero_ps();
     for at in (start..end).step_by(LANES) {
@@ -134,6 +201,7 @@ unsafe fn block_sum<T: Load, A>(x: &[T], start: usize, shift: f32, y: &mut [f32]
         let e = exp16(unsafe { T::load(x.as_ptr().add(at), mask) }, shift);
         unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add(at), mask, e) };
         acc = _mm512_mask_add_ps(acc, mask, acc, e);
+        unsafe { side.step(at, mask) };
     }
     let mut lanes = [0.0f32; LANES];
     // SAFETY: lanes holds 16 floats.
