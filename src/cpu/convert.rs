@@ -163,11 +163,17 @@ impl Element for bf16 {
 /// `half` crate's scalar `bf16::from_f32` gives the same bits, with a branch).
 #[inline]
 pub(crate) fn to_bf16(x: f32) -> bf16 {
+    bf16::from_bits((bf16_in_high_half(x) >> 16) as u16)
+}
+
+/// [`to_bf16`]'s bits in the high half of a word (the low half is not zeroed):
+/// for vector code that puts them there, or shifts them down, at its choice.
+#[inline]
+fn bf16_in_high_half(x: f32) -> u32 {
     let bits = x.to_bits();
-    let rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
     let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
     // (Chosen in 32 bits, so that vector code narrows once.)
-    bf16::from_bits(if nan { (bits >> 16) | 0x0040 } else { rounded } as u16)
+    if nan { bits | 0x0040_0000 } else { bits + 0x7fff + ((bits >> 16) & 1) }
 }
 
 /// `dst[i] = src[i]` converted, in parallel chunks (each through a float32
@@ -264,11 +270,26 @@ const SPAN: usize = 64 * 1024;
 /// arithmetic operation: each element widened in a register, computed and
 /// rounded once. The widening is [`bf16_unquieted`]: which of two NaN
 /// operands the operation returns does not depend on whether they were quiet.
+///
+/// Two elements a 32-bit word: the low one widened by a shift and the high
+/// one by a mask, each computed and rounded in 32 bits, and the two halves
+/// put back together: no vector widening or narrowing instructions
+/// (`vpmovzxwd`, `vpmovdw`: several operations each, on one port).
 #[simd]
 pub(crate) fn map_bf16_block<const N: usize, F: Fn([f32; N]) -> f32>(inputs: [&[u16]; N], y: &mut [u16], f: &F) {
     let inputs = inputs.map(|x| &x[..y.len()]);
-    for (i, y) in y.iter_mut().enumerate() {
-        *y = to_bf16(f(inputs.map(|x| bf16_unquieted(x[i])))).to_bits();
+    let pairs = y.len() / 2;
+    // SAFETY (of the reads and writes): word p covers elements 2p and 2p + 1 < y.len().
+    let word = |x: &[u16], p: usize| u32::from_le(unsafe { x.as_ptr().add(2 * p).cast::<u32>().read_unaligned() });
+    for p in 0..pairs {
+        let words = inputs.map(|x| word(x, p));
+        let low = bf16_in_high_half(f(words.map(|w| f32::from_bits(w << 16)))) >> 16;
+        let high = bf16_in_high_half(f(words.map(|w| f32::from_bits(w & 0xffff_0000)))) & 0xffff_0000;
+        unsafe { y.as_mut_ptr().add(2 * p).cast::<u32>().write_unaligned((high | low).to_le()) };
+    }
+    if y.len() % 2 == 1 {
+        let i = y.len() - 1;
+        y[i] = to_bf16(f(inputs.map(|x| bf16_unquieted(x[i])))).to_bits();
     }
 }
 
