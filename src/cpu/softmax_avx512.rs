@@ -37,6 +37,12 @@ fn exp16(x: __m512, shift: __m512) -> __m512 {
     _mm512_scalef_ps(p, n)
 }
 
+/// The mask of lanes at..at + 16 that lie before `end` (at < end).
+#[inline]
+fn lanes_to(end: usize, at: usize) -> __mmask16 {
+    if end - at >= LANES { !0 } else { (1u16 << (end - at)) - 1 }
+}
+
 /// 16 elements of a row as float32 (zeros past `mask`).
 pub trait Load: Sized {
     /// Safety: the CPU has AVX-512 (F, BW, VL); the masked lanes from `p` are readable.
@@ -80,7 +86,7 @@ pub unsafe fn max<T: Load>(x: &[T]) -> f32 {
     // max_ps returns its second operand when either is NaN, so NaN is skipped.
     let mut acc = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
     for (i, at) in (0..x.len()).step_by(LANES).enumerate() {
-        let mask = if x.len() - at >= LANES { !0 } else { (1u16 << (x.len() - at)) - 1 };
+        let mask = lanes_to(x.len(), at);
         // SAFETY: lanes at..at + 16, masked to the end, lie within x.
         let v = unsafe { T::load(x.as_ptr().add(at), mask) };
         acc[i % 4] = _mm512_mask_max_ps(acc[i % 4], mask, v, acc[i % 4]);
@@ -146,7 +152,7 @@ impl<T: Rounded> Scaled<T> {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn run(mut self, len: usize) {
         for at in (0..len).step_by(LANES) {
-            let mask = if len - at >= LANES { !0 } else { (1u16 << (len - at)) - 1 };
+            let mask = lanes_to(len, at);
             unsafe { self.step(at, mask) };
         }
     }
@@ -195,7 +201,7 @@ unsafe fn block_sum<T: Load, A, S: Alongside>(x: &[T], start: usize, shift: f32,
     let (end, shift) = (x.len().min(start + BLOCK), _mm512_set1_ps(shift));
     let mut acc = _mm512_setzero_ps();
     for at in (start..end).step_by(LANES) {
-        let mask = if end - at >= LANES { !0 } else { (1u16 << (end - at)) - 1 };
+        let mask = lanes_to(end, at);
         prefetch(ahead.wrapping_add(at).cast());
         // SAFETY: lanes at..at + 16, masked to end, lie within x and y.
         let e = exp16(unsafe { T::load(x.as_ptr().add(at), mask) }, shift);
