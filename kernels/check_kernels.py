@@ -806,26 +806,40 @@ def check_embedding():
                 got = out.get()
                 ok = np.array_equal(got, want, equal_nan=True) and same_bits(got[ids < vocab], want[ids < vocab])
                 report("embedding_f32", f"{n_ids} ids {vocab}x{dim} off={offset} grid={grid}", 0.0 if ok else INF, ok)
-        # Backward: ids sorted by radix passes, then each row the float32 sum,
-        # from 0, in id order (the CPU backend's), so bitwise; ids < 0 and >=
-        # vocab skipped, rows no id names zero.
+    # Backward, as the library launches it: one sort pass groups the positions
+    # by the id's high bits, then each row is the float32 sum, from 0, in
+    # position order (the CPU backend's), so bitwise; ids < 0 and >= vocab
+    # skipped, rows no id names zero. Skewed ids fill buckets past a window of
+    # 1024 positions, rows past a warp's list of 32 and past 32 in a window
+    # (the whole block's), as text's token counts (Zipf) do.
+    cases = [(1, 1, 1), (33, 5, 31), (1000, 40, 256), (300, 1000, 1000), (17, 3, 4096), (5000, 7, 12), (70000, 9, 4),
+             (4000, 70000, 20), (3000, 2, 64), (20000, 300, 8), (3000, 600000, 4), (30000, 64, 16), (50000, 4096, 36),
+             (40000, 32000, 1100)]
+    for n_ids, vocab, dim in cases:
+        ids = RNG.integers(-1, vocab + 1, n_ids).astype(np.int32)
+        if n_ids == 20000:
+            ids[RNG.random(n_ids) < 0.7] = 257  # one row named 14000 times, its bucket 15000
+        if n_ids in (30000, 50000, 40000):
+            ids = (RNG.zipf(1.2, n_ids) - 2).clip(-1, vocab).astype(np.int32)  # padding and out of range kept
         dy = randn(n_ids, dim)
         seq = np.zeros((vocab, dim), np.float32)
         for i, v in enumerate(ids):
             if 0 <= v < vocab:
                 seq[v] += dy[i]
-        orders = [cp.full(n_ids, -1, i32), cp.full(n_ids, -1, i32)]
-        passes = -(-max(1, int(vocab - 1).bit_length()) // 8)
-        for p in range(passes):
-            sort_pass(dev(ids), orders[(p - 1) % 2] if p else 0, orders[p % 2], 0, n_ids, vocab, 8 * p, 256)
-        order = orders[(passes - 1) % 2]
-        starts = cp.full(vocab + 1, -7, i32)
-        kernel("embedding", "embedding_row_starts_i32")((grid_ew(n_ids + 1),), (256,), (dev(ids), order, starts, i32(n_ids), i32(vocab)))
-        for grid in (min(-(-vocab // 8), 65535), 1):
-            dt = cp.full((vocab, dim), NAN, np.float32)
-            embb((grid,), (256,), (order, starts, dev(dy), dt, i32(vocab), i32(dim)))
-            ok = same_bits(dt.get(), seq)
-            report("embedding_backward_f32", f"{n_ids} ids {vocab}x{dim} grid={grid}", 0.0 if ok else INF, ok)
+        shift = min(max(int(vocab - 1).bit_length() - 8, 0), 11)
+        buckets = ((vocab - 1) >> shift) + 1
+        rows = min(max((1 << shift) // 8, 16), 256, 1 << shift)
+        parts = (1 << shift) // rows
+        order = cp.full(n_ids, -7, i32)
+        offsets = cp.full(buckets + 1, -7, i32)
+        sort_pass(dev(ids), order, offsets, n_ids, vocab, shift, buckets)
+        for grid in (min(buckets * parts, 65535), 3, 1):
+            for offset in (0, 1):
+                dt = cp.full((vocab, dim), NAN, np.float32)
+                embb((grid,), (256,), (dev(ids), order, offsets, dev(dy, offset), dt, i32(vocab), i32(dim), i32(shift),
+                                      i32(buckets), i32(parts)))
+                ok = same_bits(dt.get(), seq)
+                report("embedding_backward_f32", f"{n_ids} ids {vocab}x{dim} grid={grid} off={offset}", 0.0 if ok else INF, ok)
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -884,7 +898,7 @@ def cpu_dot32(a, b):
 FEW_SLOTS = 32768  # src/gpu/ops/sort.rs
 
 
-def sort_pass(keys, perm, order, offsets, n, bound, shift, buckets, grid=None, inv=0, scanned=None):
+def sort_pass(keys, order, offsets, n, bound, shift, buckets, grid=None, inv=0, scanned=None):
     """One pass of sort.cu's stable counting sort, launched as the library does
     (grid: fewer blocks than chunks; scanned: force the prefix-sum launch on or off)."""
     i32 = np.int32
@@ -894,30 +908,32 @@ def sort_pass(keys, perm, order, offsets, n, bound, shift, buckets, grid=None, i
     counts = cp.full(buckets * chunks + 1, -7, i32)  # every entry written
     args = (i32(n), i32(bound), i32(shift), i32(buckets), i32(chunks))
     blocks = grid or max(1, chunks)
-    kernel("sort", "sort_count_i32")((blocks,), (1024,), (keys, perm, counts) + args)
+    kernel("sort", "sort_count_i32")((blocks,), (1024,), (keys, counts) + args)
     if scanned:
         kernel("sort", "sort_prefix_sum_i32")((1,), (1024,), (counts, i32(buckets * chunks)))
-    kernel("sort", "sort_place_i32")((blocks,), (1024,), (keys, perm, counts, order, offsets, inv) + args + (i32(scanned),))
+    kernel("sort", "sort_place_i32")((blocks,), (1024,), (keys, counts, order, offsets, inv) + args + (i32(scanned),))
 
 
 def check_sort():
-    """Radix passes of eight bits sort keys stably (numpy's stable argsort),
-    dropping keys outside [0, bound); the rest of the order stays -1."""
+    """A pass orders the items stably by the digit (key >> shift) % buckets
+    (numpy's stable argsort), dropping keys outside [0, bound); offsets[d] is
+    digit d's first row, and the rest of the order stays -1."""
     i32 = np.int32
-    for n, bound, grid in ((1, 1, None), (1000, 300, None), (5000, 70000, 2), (3000, 2, None), (70000, 1 << 20, None),
-                           (200000, 1 << 16, 7)):
+    for n, bound, shift, buckets, grid in ((1, 1, 0, 256, None), (1000, 300, 1, 150, None), (5000, 70000, 8, 256, 2),
+                                           (3000, 2, 0, 2, None), (70000, 1 << 20, 12, 256, None),
+                                           (200000, 1 << 16, 0, 1024, 7), (200000, 1 << 16, 8, 256, 7)):
         keys = RNG.integers(-2, bound + 2, n).astype(i32)
-        want = np.array([p for p in np.argsort(keys, kind="stable") if 0 <= keys[p] < bound], i32)
-        bits = max(1, int(bound - 1).bit_length())
-        passes = -(-bits // 8)
+        valid = (keys >= 0) & (keys < bound)
+        digit = np.where(valid, (keys >> shift) % buckets, -1)
+        want = np.array([p for p in np.argsort(digit, kind="stable") if valid[p]], i32)
+        want_off = np.concatenate([[0], np.cumsum(np.bincount(digit[valid], minlength=buckets))])
         for scanned in (False, True):
-            orders = [cp.full(n, -7, i32), cp.full(n, -7, i32)]  # every entry written
-            for p in range(passes):
-                perm = orders[(p - 1) % 2] if p else 0
-                sort_pass(dev(keys), perm, orders[p % 2], 0, n, bound, 8 * p, 256, grid, scanned=scanned)
-            got = orders[(passes - 1) % 2].get()
-            ok = np.array_equal(got[:want.size], want) and (got[want.size:] == -1).all()
-            report("sort_place_i32", f"n={n} bound={bound} passes={passes} grid={grid} scanned={scanned}", 0.0 if ok else INF, ok)
+            order, offsets = cp.full(n, -7, i32), cp.full(buckets + 1, -7, i32)  # every entry written
+            sort_pass(dev(keys), order, offsets, n, bound, shift, buckets, grid, scanned=scanned)
+            got = order.get()
+            ok = (np.array_equal(got[:want.size], want) and (got[want.size:] == -1).all()
+                  and np.array_equal(offsets.get(), want_off))
+            report("sort_place_i32", f"n={n} bound={bound} >>{shift} %{buckets} grid={grid} scanned={scanned}", 0.0 if ok else INF, ok)
 
 
 def check_moe():
@@ -930,7 +946,7 @@ def check_moe():
     def group(flat, experts, grid, scanned):
         """The library's grouping of the pairs `flat` by expert: (offsets, order, each pair's row)."""
         off, order, inv = cp.full(experts + 1, -7, i32), cp.full(flat.size, -7, i32), cp.full(flat.size, -7, i32)
-        sort_pass(dev(flat), 0, order, off, flat.size, experts, 0, experts, grid, inv, scanned)
+        sort_pass(dev(flat), order, off, flat.size, experts, 0, experts, grid, inv, scanned)
         return off, order, inv
     cb = kernel("moe", "moe_combine_backward_f32")
     for tokens, dim, experts, k in ((1, 1, 1, 1), (37, 33, 8, 2), (64, 256, 64, 8), (5, 1030, 300, 4),

@@ -66,6 +66,26 @@ __device__ __forceinline__ float exp2_approx(float x) {
     return y;
 }
 
+// This thread's rank among the block's threads whose keep is set, in thread
+// order, and their count (blockDim.x a multiple of 32): the slot of a kept
+// item in a compacted list. Ends with a barrier, so it may be called again
+// at once.
+__device__ __forceinline__ int block_keep_rank(bool keep, int& count) {
+    __shared__ int per_warp[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const unsigned votes = __ballot_sync(0xffffffffu, keep);
+    if (lane == 0) per_warp[warp] = __popc(votes);
+    __syncthreads();
+    int rank = __popc(votes & ((1u << lane) - 1));
+    count = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) {
+        if (w < warp) rank += per_warp[w];
+        count += per_warp[w];
+    }
+    __syncthreads();
+    return rank;
+}
+
 // Moves V consecutive floats (V = 1, or 4 from a 16-byte aligned address).
 template <int V> __device__ __forceinline__ void load_vec(const float* p, float* v);
 template <> __device__ __forceinline__ void load_vec<1>(const float* p, float* v) { v[0] = *p; }
@@ -102,17 +122,24 @@ __device__ __forceinline__ int rank_index(i64 r) { return 0x7fffffff - (int)(r &
 // 512 bytes).
 #define SUM_ROWS_LOADS 8
 
-// dst = the sum over j < n, in order from 0, of w[j] src[rows[j]] (w NULL:
-// src[rows[j]]) for a row of dim floats, by the 32 lanes of a warp, V floats
-// a lane at a time; a negative rows[j] adds nothing. Each product and sum is
-// rounded as the CPU backend's (no fused multiply-adds), so the sums equal
-// its own bitwise: MoE combine and dispatch backward, the embedding backward.
+// dst = the sum over j < n, in order from 0 (from dst's own value with
+// from_dst), of w[j] src[rows[j]] (w NULL: src[rows[j]]) for a row of dim
+// floats, by the 32 lanes of a warp, V floats a lane at a time; a negative
+// rows[j] adds nothing. Each product and sum is rounded as the CPU backend's
+// (no fused multiply-adds), so the sums equal its own bitwise: MoE combine and
+// dispatch backward, the embedding backward (whose long sums go on from dst).
 template <int V>
 __device__ __forceinline__ void warp_sum_rows(const float* src, const float* w, const int* rows, int n, float* dst,
-                                              int dim, int lane) {
+                                              int dim, int lane, bool from_dst = false) {
     constexpr int U = SUM_ROWS_LOADS;
     for (i64 c0 = 0; c0 < dim; c0 += 32 * V * U) {
         float acc[U][V] = {};
+        if (from_dst)
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const i64 c = c0 + (i64)V * (32 * u + lane);
+                if (c < dim) load_vec<V>(dst + c, acc[u]);
+            }
         for (int j = 0; j < n; ++j) {
             const int p = rows[j];
             if (p < 0) continue;

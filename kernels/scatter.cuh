@@ -43,22 +43,14 @@ __device__ __forceinline__ void scatter_batch(float* gw, i64 c, int dim, const i
 __device__ void scatter_rows(const float* go, const int* idx, float* gw, int num, int dim, int bound) {
     // This block's (index, row) pairs of one batch of idx, in index order.
     __shared__ int s_i[1024], s_r[1024];
-    __shared__ int s_warp[32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const unsigned ys = gridDim.y, yi = blockIdx.y;
     for (i64 base = 0; base < num; base += blockDim.x) {
         // Compact the batch: keep i whose row is this block's, preserving order.
         const i64 i = base + threadIdx.x;
         const int r = i < num ? idx[i] : -1;
         const bool keep = r >= 0 && r < bound && (ys == 1 || (unsigned)r % ys == yi);
-        const unsigned votes = __ballot_sync(0xffffffffu, keep);
-        if (lane == 0) s_warp[warp] = __popc(votes);
-        __syncthreads();
-        int pos = __popc(votes & ((1u << lane) - 1)), count = 0;
-        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) {
-            if (w < warp) pos += s_warp[w];
-            count += s_warp[w];
-        }
+        int count;
+        const int pos = block_keep_rank(keep, count);
         if (keep) s_i[pos] = (int)i, s_r[pos] = r;
         __syncthreads();
         for (i64 c = grid_thread(); c < dim; c += grid_threads()) {

@@ -1,23 +1,20 @@
 // A stable counting sort of integer keys (integers only, so exact): the
-// grouping of MoE pairs by expert, and the radix passes that sort an
-// embedding's ids for its backward.
+// grouping of MoE pairs by expert, and of an embedding's ids by their high
+// bits for its backward.
 //
-// A pass places the items p < n by a digit of their key: item q = perm[p]
-// (perm null: q = p; a negative q is dropped), key = keys[q], dropped unless
-// 0 <= key < bound, digit = (key >> shift) % buckets. sort_count_i32 counts
+// A pass places the items q < n by a digit of their key: key = keys[q],
+// dropped unless 0 <= key < bound, digit = (key >> shift) % buckets. sort_count_i32 counts
 // each chunk's items per digit; sort_place_i32 turns the counts into each
 // (digit, chunk)'s first row, itself when there are few of them, else after
 // sort_prefix_sum_i32 has, and places every chunk's items from there:
-// order[row] = q, in p order within a digit, and -1 in the rows past the
+// order[row] = q, in q order within a digit, and -1 in the rows past the
 // placed items.
 #include "common.cuh"
 
 #define SORT_CHUNK 1024  // items a chunk: a block of sort_count_i32 and sort_place_i32
 
-// Item p (perm[p], or p without perm), or -1 for p >= n.
-__device__ __forceinline__ int sort_item(const int* perm, i64 p, int n) {
-    return p >= n ? -1 : perm != nullptr ? perm[p] : (int)p;
-}
+// Item p, or -1 (no item) for p >= n.
+__device__ __forceinline__ int sort_item(i64 p, int n) { return p < n ? (int)p : -1; }
 
 // The digit of item q, or -1 for a dropped item (q < 0 included).
 __device__ __forceinline__ int sort_digit(const int* keys, int q, int bound, int shift, int buckets) {
@@ -36,12 +33,12 @@ __device__ __forceinline__ int sort_digit(const int* keys, int q, int bound, int
 // zeroing needed. The lanes of a warp with the same digit add their count to
 // the block's shared tally at once.
 extern "C" __global__ void __launch_bounds__(1024)
-    sort_count_i32(const int* keys, const int* perm, int* counts, int n, int bound, int shift, int buckets, int chunks) {
+    sort_count_i32(const int* keys, int* counts, int n, int bound, int shift, int buckets, int chunks) {
     __shared__ int tally[SORT_WINDOW];
     const int lane = threadIdx.x & 31;
     if (blockIdx.x == 0 && threadIdx.x == 0) counts[0] = 0;
     for (i64 c = blockIdx.x; c < chunks; c += gridDim.x) {
-        const int d = sort_digit(keys, sort_item(perm, c * SORT_CHUNK + threadIdx.x, n), bound, shift, buckets);
+        const int d = sort_digit(keys, sort_item(c * SORT_CHUNK + threadIdx.x, n), bound, shift, buckets);
         const unsigned same = __match_any_sync(0xffffffffu, d);
         for (int w0 = 0; w0 < buckets; w0 += SORT_WINDOW) {
             const int width = min(SORT_WINDOW, buckets - w0);
@@ -181,7 +178,7 @@ __device__ void sort_first_rows(const int* counts, i64 c, int chunks, int w0, in
 // digits at a time), plus its rank among its warp's lanes of that digit: so
 // every digit's items keep their order, with no block waiting for another.
 extern "C" __global__ void __launch_bounds__(1024)
-    sort_place_i32(const int* keys, const int* perm, const int* counts, int* order, int* offsets, int* inv, int n,
+    sort_place_i32(const int* keys, const int* counts, int* order, int* offsets, int* inv, int n,
                    int bound, int shift, int buckets, int chunks, int scanned) {
     __shared__ int rows[32][SORT_WINDOW];  // [warp][digit - window]: the warp's first row of that digit
     __shared__ int first[SORT_WINDOW], total[SORT_WINDOW], carry;
@@ -190,7 +187,7 @@ extern "C" __global__ void __launch_bounds__(1024)
     __syncthreads();
     for (i64 c = blockIdx.x; c < chunks; c += gridDim.x) {
         const i64 p = c * SORT_CHUNK + threadIdx.x;
-        const int q = sort_item(perm, p, n);
+        const int q = sort_item(p, n);
         const int d = sort_digit(keys, q, bound, shift, buckets);
         if (inv != nullptr && q >= 0 && d < 0) inv[q] = -1;
         const unsigned same = __match_any_sync(0xffffffffu, d);

@@ -21,7 +21,7 @@ pub const MODULES: &[(&str, &str, &[&str], u32)] = &[
             "rmsnorm_backward_regs1_f32", "rmsnorm_backward_regs2_f32", "rmsnorm_backward_regs4_f32", "rmsnorm_backward_regs8_f32", "rmsnorm_backward_f32", "layernorm_backward_f32"],
         70,
     ),
-    ("embedding", include_str!("../../kernels/ptx/embedding.ptx"), &["embedding_f32", "embedding_h16", "embedding_row_starts_i32", "embedding_backward_f32"], 70),
+    ("embedding", include_str!("../../kernels/ptx/embedding.ptx"), &["embedding_f32", "embedding_h16", "embedding_backward_f32"], 70),
     ("sort", include_str!("../../kernels/ptx/sort.ptx"), &["sort_count_i32", "sort_prefix_sum_i32", "sort_place_i32"], 70),
     (
         "loss",

@@ -1,6 +1,6 @@
 //! Embedding launches: the lookup and its backward.
 
-use super::{counting_sort_pass, line, per_item, per_row, zero};
+use super::{counting_sort_pass, line, per_row, zero};
 use crate::gpu::driver::{Arg, DevPtr, Stream};
 use crate::gpu::scratch::Scratch;
 use crate::gpu::Gpu;
@@ -26,28 +26,29 @@ pub unsafe fn embedding(g: &Gpu, s: Stream, t: Float, ids: DevPtr, table: DevPtr
     unsafe { g.launch("embedding_h16", at, s, &mut [a, b, c, d, e, f, I32(nan)]) }
 }
 
-/// The ids' positions sorted by id (radix passes of eight bits over the
-/// counting sort; ids outside `[0, vocab)` dropped), each row's first sorted
-/// position, then a warp per row of `d_table` sums its positions' rows of
-/// `dy` in order and writes the row once (zeros where no id names it).
+/// The ids' positions grouped by the id's high bits (one pass of the counting
+/// sort; ids outside `[0, vocab)` dropped) into buckets of at most 2048 rows,
+/// at most 256 buckets up to 2^19 rows; then each block takes a slice of a
+/// bucket's rows, and a warp per row sums its positions' rows of `dy` in
+/// order and writes the row once (zeros where no id names it).
 pub unsafe fn embedding_backward(g: &Gpu, s: Stream, ids: DevPtr, dy: DevPtr, d_table: DevPtr, n_ids: usize, vocab: usize, dim: usize) -> Result<()> {
     if n_ids == 0 {
         return unsafe { zero(s, d_table, vocab * dim) };
     }
-    let mut scratch = Scratch::new(s);
-    // Two orders the passes alternate between (-1 past the placed positions).
-    let orders = [scratch.alloc(n_ids * 4)?, scratch.alloc(n_ids * 4)?];
     let bits = usize::BITS - vocab.saturating_sub(1).leading_zeros();
-    let passes = bits.div_ceil(8).max(1) as usize;
-    for pass in 0..passes {
-        let perm = if pass == 0 { 0 } else { orders[(pass - 1) % 2] };
-        unsafe { counting_sort_pass(g, s, [ids, perm, orders[pass % 2], 0, 0], n_ids, vocab, 8 * pass as u32, 256)? };
-    }
-    let order = orders[(passes - 1) % 2];
-    let starts = scratch.alloc((vocab + 1) * 4)?;
+    let shift = bits.saturating_sub(8).min(11);
+    let buckets = ((vocab - 1) >> shift) + 1;
+    // A block's rows: 16 to 256 (2 to 32 a warp), each bucket read by at most
+    // 8 blocks (a bucket's positions are read once per block).
+    let per_bucket = 1usize << shift;
+    let rows = (per_bucket / 8).clamp(16, 256).min(per_bucket);
+    let parts = per_bucket / rows;
+    let mut scratch = Scratch::new(s);
+    let order = scratch.alloc(n_ids * 4)?;
+    let offsets = scratch.alloc((buckets + 1) * 4)?;
     unsafe {
-        g.launch("embedding_row_starts_i32", per_item(n_ids + 1), s, &mut [Ptr(ids), Ptr(order), Ptr(starts), I32(n_ids as i32), I32(vocab as i32)])?;
-        let args = &mut [Ptr(order), Ptr(starts), Ptr(dy), Ptr(d_table), I32(vocab as i32), I32(dim as i32)];
-        g.launch("embedding_backward_f32", line(vocab.div_ceil(8).min(65535), 256), s, args)
+        counting_sort_pass(g, s, [ids, order, offsets, 0], n_ids, vocab, shift, buckets)?;
+        let args = &mut [Ptr(ids), Ptr(order), Ptr(offsets), Ptr(dy), Ptr(d_table), I32(vocab as i32), I32(dim as i32), I32(shift as i32), I32(buckets as i32), I32(parts as i32)];
+        g.launch("embedding_backward_f32", line((buckets * parts).min(65535), 256), s, args)
     }
 }

@@ -46,12 +46,6 @@ fn strided(n: usize) -> Launch {
     line(n.div_ceil(1024).min(65535), 256)
 }
 
-/// Grid-stride kernels whose item is a chain of dependent loads: a thread per
-/// item (256 a block, capped grid), so each thread waits on one chain, not four.
-fn per_item(n: usize) -> Launch {
-    line(n.div_ceil(256).min(65535), 256)
-}
-
 /// One block per row.
 fn per_row(rows: usize, block: u32) -> Launch {
     line(rows, block)

@@ -1,6 +1,6 @@
 //! The stable counting sort of sort.cu (integers only, so exact): MoE
-//! dispatch groups its pairs by expert with one pass, the embedding backward
-//! sorts its ids with radix passes of eight bits.
+//! dispatch groups its pairs by expert, the embedding backward its ids by
+//! their high bits.
 
 use super::{line, single};
 use crate::error::{Error, Result};
@@ -19,15 +19,15 @@ const CHUNK: usize = 1024;
 /// 131072 pairs over 8 experts: 1024).
 const FEW_SLOTS: usize = 32768;
 
-/// One stable counting-sort pass over items `p < n`: item `q = perm[p]` (`perm`
-/// 0: `q = p`; negative: dropped) with `key = keys[q]` in `[0, bound)` goes to
-/// `order` by the digit `(key >> shift) % buckets`, in `p` order within a
-/// digit, and the rows after the placed items get -1; with `offsets` non-zero,
-/// `offsets[d]` gets digit `d`'s first row (`buckets + 1` entries); with `inv`
-/// non-zero, `inv[q]` gets `q`'s row for every item `q >= 0` (-1: dropped).
+/// One stable counting-sort pass over items `q < n`: item `q` with `key =
+/// keys[q]` in `[0, bound)` goes to `order` by the digit `(key >> shift) %
+/// buckets`, in `q` order within a digit, and the rows after the placed
+/// items get -1; with `offsets` non-zero, `offsets[d]` gets digit `d`'s first
+/// row (`buckets + 1` entries); with `inv` non-zero, `inv[q]` gets `q`'s row
+/// (-1: dropped).
 /// Safety: the pointers are device memory of the sizes these imply.
 pub unsafe fn counting_sort_pass(
-    g: &Gpu, s: Stream, [keys, perm, order, offsets, inv]: [DevPtr; 5], n: usize, bound: usize, shift: u32, buckets: usize,
+    g: &Gpu, s: Stream, [keys, order, offsets, inv]: [DevPtr; 4], n: usize, bound: usize, shift: u32, buckets: usize,
 ) -> Result<()> {
     let chunks = n.div_ceil(CHUNK);
     let slots = buckets * chunks; // (digit, chunk) counts, digit-major
@@ -40,11 +40,11 @@ pub unsafe fn counting_sort_pass(
     let mut scratch = Scratch::new(s);
     let counts = scratch.alloc((slots + 1) * std::mem::size_of::<i32>())?;
     unsafe {
-        g.launch("sort_count_i32", blocks, s, &mut [Ptr(keys), Ptr(perm), Ptr(counts), items, bound, shift, buckets, chunks])?;
+        g.launch("sort_count_i32", blocks, s, &mut [Ptr(keys), Ptr(counts), items, bound, shift, buckets, chunks])?;
         if scanned {
             g.launch("sort_prefix_sum_i32", single(1024), s, &mut [Ptr(counts), I32(slots as i32)])?;
         }
-        let args = &mut [Ptr(keys), Ptr(perm), Ptr(counts), Ptr(order), Ptr(offsets), Ptr(inv), items, bound, shift, buckets, chunks, I32(scanned as i32)];
+        let args = &mut [Ptr(keys), Ptr(counts), Ptr(order), Ptr(offsets), Ptr(inv), items, bound, shift, buckets, chunks, I32(scanned as i32)];
         g.launch("sort_place_i32", blocks, s, args)
     }
 }
