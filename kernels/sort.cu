@@ -3,12 +3,12 @@
 // bits for its backward.
 //
 // A pass places the items q < n by a digit of their key: key = keys[q],
-// dropped unless 0 <= key < bound, digit = (key >> shift) % buckets. sort_count_i32 counts
-// each chunk's items per digit; sort_place_i32 turns the counts into each
-// (digit, chunk)'s first row, itself when there are few of them, else after
-// sort_prefix_sum_i32 has, and places every chunk's items from there:
-// order[row] = q, in q order within a digit, and -1 in the rows past the
-// placed items.
+// dropped unless 0 <= key < bound, digit = (key >> shift) % buckets.
+// sort_count_i32 counts each chunk's items per digit; sort_place_i32 turns
+// the counts into each (digit, chunk)'s first row, itself when there are few
+// of them, else after sort_prefix_sum_i32 has, and places every chunk's items
+// from there: order[row] = q, in q order within a digit, and -1 in the rows
+// past the placed items.
 #include "common.cuh"
 
 #define SORT_CHUNK 1024  // items a chunk: a block of sort_count_i32 and sort_place_i32
