@@ -65,7 +65,8 @@ def main():
         print(f"{name:<14}{t * 1e3:>8.2f}{(src.nbytes + dst.nbytes) / t / 1e9:>8.1f}")
 
     print(f"\n{'gemm_ex (M, N, K, B transposed)':<36}{'f32 ms':>9}{'bf16 ms':>9}{'bf16 speed':>12}")
-    for m, nn, k, tb in [(1024, 1024, 1024, 0), (1, 4096, 4096, 1), (8, 4096, 4096, 1), (32, 4096, 4096, 1)]:
+    for m, nn, k, tb in [(1024, 1024, 1024, 0), (1024, 1024, 1024, 1), (4096, 1024, 1024, 0), (64, 4096, 4096, 1),
+                         (1, 4096, 4096, 1), (8, 4096, 4096, 1), (32, 4096, 4096, 1)]:
         a = rng.standard_normal((m, k)).astype(np.float32)
         b = rng.standard_normal((nn, k) if tb else (k, nn)).astype(np.float32)
         c = np.empty((m, nn), np.float32)

@@ -332,10 +332,10 @@ fn rounded(x: &[f32], dtype: i32) -> (Vec<u16>, Vec<f32>) {
 fn gemm_ex_half_operands_match_float64_of_the_rounded_inputs() {
     let mut rng = Rng::new(34);
     // One row (W read in place, whole rows), a row tile of 3, 7 rows (k
-    // blocks of 2048, tails past 16 lanes), and 70 rows of odd depth (bf16 x
-    // bf16 there runs the AVX512-BF16 kernel where the CPU has it: tiles
-    // past the edges, a k pair cut short).
-    for (m, n, k, batch) in [(1, 45, 600, 2), (3, 45, 130, 2), (7, 45, 2100, 2), (70, 45, 131, 2)] {
+    // blocks of 2048, tails past 16 lanes), and 70 and 130 rows of odd depth
+    // (bf16 x bf16 there runs the AMX or AVX512-BF16 kernel where the CPU has
+    // one: tiles past the edges, a k pair cut short, several tasks).
+    for (m, n, k, batch) in [(1, 45, 600, 2), (3, 45, 130, 2), (7, 45, 2100, 2), (70, 45, 131, 2), (130, 70, 1001, 1)] {
         for types in [[CUDANN_F16, CUDANN_F16, CUDANN_F32], [CUDANN_BF16, CUDANN_BF16, CUDANN_F32], [CUDANN_BF16, CUDANN_BF16, CUDANN_BF16], [CUDANN_F16, CUDANN_F16, CUDANN_F16], [CUDANN_F32, CUDANN_BF16, CUDANN_F32]] {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 let (ar, ac) = if ta { (k, m) } else { (m, k) };

@@ -456,24 +456,25 @@ fn region(name: &'static str, ptr: *const c_void, t: Float, len: usize, written:
 }
 
 /// bfloat16 A and B with more rows than the skinny kernel takes, on a CPU
-/// with AVX512-BF16: the products straight from the bf16 bits (see
-/// `cpu::gemm_bf16`); false (nothing done) otherwise. Safety: as [`mixed`].
+/// with AMX or (AMD) AVX512-BF16: the products straight from the bf16 bits
+/// (see `cpu::gemm_bf16`); false (nothing done) otherwise. Safety: as [`mixed`].
 #[cfg(target_arch = "x86_64")]
 unsafe fn bf16_kernel(shape: &Shape, types: [Float; 2], a: *const c_void, b: *const c_void, c: *mut f32) -> bool {
-    if types != [Float::Bf16; 2] || shape.m <= skinny::MAX_ROWS || !crate::cpu::gemm_bf16::available() {
+    let kernel = crate::cpu::gemm_bf16::kernel();
+    let Some(kernel) = kernel.filter(|_| types == [Float::Bf16; 2] && shape.m > skinny::MAX_ROWS && shape.k > 0) else {
         return false;
-    }
+    };
     let ((ta, sa), (tb, sb), sc) = (shape.a, shape.b, shape.c);
     for i in 0..shape.batch {
         let av = View::new(a.cast::<u16>().wrapping_add(i * sa.stride), sa.ld, ta);
         let bv = View::new(b.cast::<u16>().wrapping_add(i * sb.stride), sb.ld, tb);
         let cv = View::new(c.wrapping_add(i * sc.stride), sc.ld, false);
-        unsafe { crate::cpu::gemm_bf16::gemm(av, bv, cv, shape.m, shape.n, shape.k, shape.alpha, shape.beta) };
+        unsafe { kernel.gemm(av, bv, cv, shape.m, shape.n, shape.k, shape.alpha, shape.beta) };
     }
     true
 }
 
-/// Off x86-64 there is no AVX512-BF16 kernel.
+/// Off x86-64 there is no bf16 kernel.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn bf16_kernel(_: &Shape, _: [Float; 2], _: *const c_void, _: *const c_void, _: *mut f32) -> bool {
     false

@@ -45,15 +45,16 @@ pub fn collect<T>(items: impl ExactSizeIterator<Item = T>) -> Vec<T> {
     v
 }
 
-/// Runs `f` on `len` floats of scratch: this thread's kept buffer in `key`
-/// (grown as needed) when `len <= keep`, else a buffer of its own, freed after.
-pub fn with_scratch<R>(key: &'static LocalKey<Cell<Vec<f32>>>, len: usize, keep: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+/// Runs `f` on `len` elements of scratch: this thread's kept buffer in `key`
+/// (grown as needed, with zeros) when `len <= keep`, else a buffer of its
+/// own, zeros, freed after. A kept buffer holds what the last call left.
+pub fn with_scratch<T: Copy + Default, R>(key: &'static LocalKey<Cell<Vec<T>>>, len: usize, keep: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
     if len > keep {
-        return f(&mut filled(len, 0.0));
+        return f(&mut filled(len, T::default()));
     }
     with_kept(key, |buffer| {
         if buffer.len() < len {
-            buffer.resize(len, 0.0);
+            buffer.resize(len, T::default());
         }
         f(&mut buffer[..len])
     })
@@ -63,7 +64,7 @@ pub fn with_scratch<R>(key: &'static LocalKey<Cell<Vec<f32>>>, len: usize, keep:
 /// taken out of the cell while `f` runs: an op with parallel work of its own
 /// may have this thread run another block meanwhile, which then finds the
 /// cell empty and starts a buffer of its own.
-pub fn with_kept<R>(key: &'static LocalKey<Cell<Vec<f32>>>, f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+pub fn with_kept<T, R>(key: &'static LocalKey<Cell<Vec<T>>>, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
     let mut buffer = key.take();
     let result = f(&mut buffer);
     key.set(buffer);

@@ -8,6 +8,8 @@ pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
+pub mod gemm_amx;
+#[cfg(target_arch = "x86_64")]
 pub mod gemm_bf16;
 pub mod loss;
 pub mod math;
