@@ -830,13 +830,13 @@ def check_embedding():
         buckets = ((vocab - 1) >> shift) + 1
         rows = min(max((1 << shift) // 8, 16), 256, 1 << shift)
         parts = (1 << shift) // rows
-        order = cp.full(n_ids, -7, i32)
+        order, sorted_ids = cp.full(n_ids, -7, i32), cp.full(n_ids, -7, i32)
         offsets = cp.full(buckets + 1, -7, i32)
-        sort_pass(dev(ids), order, offsets, n_ids, vocab, shift, buckets)
+        sort_pass(dev(ids), order, offsets, n_ids, vocab, shift, buckets, sorted_keys=sorted_ids)
         for grid in (min(buckets * parts, 65535), 3, 1):
             for offset in (0, 1):
                 dt = cp.full((vocab, dim), NAN, np.float32)
-                embb((grid,), (256,), (dev(ids), order, offsets, dev(dy, offset), dt, i32(vocab), i32(dim), i32(shift),
+                embb((grid,), (256,), (sorted_ids, order, offsets, dev(dy, offset), dt, i32(vocab), i32(dim), i32(shift),
                                       i32(buckets), i32(parts)))
                 ok = same_bits(dt.get(), seq)
                 report("embedding_backward_f32", f"{n_ids} ids {vocab}x{dim} grid={grid} off={offset}", 0.0 if ok else INF, ok)
@@ -898,7 +898,7 @@ def cpu_dot32(a, b):
 FEW_SLOTS = 32768  # src/gpu/ops/sort.rs
 
 
-def sort_pass(keys, order, offsets, n, bound, shift, buckets, grid=None, inv=0, scanned=None):
+def sort_pass(keys, order, offsets, n, bound, shift, buckets, grid=None, inv=0, scanned=None, sorted_keys=0):
     """One pass of sort.cu's stable counting sort, launched as the library does
     (grid: fewer blocks than chunks; scanned: force the prefix-sum launch on or off)."""
     i32 = np.int32
@@ -911,13 +911,14 @@ def sort_pass(keys, order, offsets, n, bound, shift, buckets, grid=None, inv=0, 
     kernel("sort", "sort_count_i32")((blocks,), (1024,), (keys, counts) + args)
     if scanned:
         kernel("sort", "sort_prefix_sum_i32")((1,), (1024,), (counts, i32(buckets * chunks)))
-    kernel("sort", "sort_place_i32")((blocks,), (1024,), (keys, counts, order, offsets, inv) + args + (i32(scanned),))
+    kernel("sort", "sort_place_i32")((blocks,), (1024,), (keys, counts, order, sorted_keys, offsets, inv) + args + (i32(scanned),))
 
 
 def check_sort():
     """A pass orders the items stably by the digit (key >> shift) % buckets
     (numpy's stable argsort), dropping keys outside [0, bound); offsets[d] is
-    digit d's first row, and the rest of the order stays -1."""
+    digit d's first row, the rest of the order stays -1, and sorted_keys holds
+    the placed items' keys (the rest untouched)."""
     i32 = np.int32
     for n, bound, shift, buckets, grid in ((1, 1, 0, 256, None), (1000, 300, 1, 150, None), (5000, 70000, 8, 256, 2),
                                            (3000, 2, 0, 2, None), (70000, 1 << 20, 12, 256, None),
@@ -929,10 +930,12 @@ def check_sort():
         want_off = np.concatenate([[0], np.cumsum(np.bincount(digit[valid], minlength=buckets))])
         for scanned in (False, True):
             order, offsets = cp.full(n, -7, i32), cp.full(buckets + 1, -7, i32)  # every entry written
-            sort_pass(dev(keys), order, offsets, n, bound, shift, buckets, grid, scanned=scanned)
-            got = order.get()
+            sorted_keys = cp.full(n, -7, i32)
+            sort_pass(dev(keys), order, offsets, n, bound, shift, buckets, grid, scanned=scanned, sorted_keys=sorted_keys)
+            got, got_keys = order.get(), sorted_keys.get()
             ok = (np.array_equal(got[:want.size], want) and (got[want.size:] == -1).all()
-                  and np.array_equal(offsets.get(), want_off))
+                  and np.array_equal(offsets.get(), want_off) and np.array_equal(got_keys[:want.size], keys[want])
+                  and (got_keys[want.size:] == -7).all())
             report("sort_place_i32", f"n={n} bound={bound} >>{shift} %{buckets} grid={grid} scanned={scanned}", 0.0 if ok else INF, ok)
 
 

@@ -80,7 +80,8 @@ template <int V> __device__ void block_sum_rows(const float* src, const int* lis
 
 // Launch: block 256 (EMB_WARPS warps), grid min(buckets * parts, 65535)
 // (blocks stride over (bucket, part)), after the sort pass by id >> shift
-// whose offsets[b] is bucket b's first sorted position (b <= buckets).
+// whose offsets[b] is bucket b's first sorted position (b <= buckets), ids
+// the sorted ids (the pass's sorted_keys) beside their positions in order.
 // Block (b, p) owns rows b * 2^shift + p * rows + [0, rows), rows = 2^shift /
 // parts (at most 32 per warp). d_table[v] = the float32 sum, from 0, of
 // d_out's rows at v's positions, in position order: the CPU backend's sums,
@@ -107,12 +108,12 @@ extern "C" __global__ void __launch_bounds__(EMB_WARPS * 32)
             const int w1 = min(end, w0 + EMB_WINDOW);
             int kept = 0;
             for (int e0 = w0; e0 < w1; e0 += blockDim.x) {
-                const int e = e0 + threadIdx.x, q = e < w1 ? order[e] : -1;
-                const i64 r = q >= 0 ? ids[q] - first_row : -1;
+                const int e = e0 + threadIdx.x;
+                const i64 r = e < w1 ? ids[e] - first_row : -1;
                 const bool keep = r >= 0 && r < rows;
                 int count;
                 const int at = kept + block_keep_rank(keep, count);
-                if (keep) s_pos[at] = q, s_row[at] = (int)r;
+                if (keep) s_pos[at] = order[e], s_row[at] = (int)r;
                 kept += count;
             }
             for (int r = threadIdx.x; r < rows; r += blockDim.x) s_count[r] = 0;
@@ -124,24 +125,23 @@ extern "C" __global__ void __launch_bounds__(EMB_WARPS * 32)
             for (int r = warp; r < rows && first_row + r < vocab; r += EMB_WARPS) {
                 if (s_count[r] > EMB_HOT) continue;
                 float* dst = d_table + (first_row + r) * dim;
+                // (s_count[r] <= EMB_HOT = 32: the list holds all of them,
+                // and the scan stops at the last)
                 int have = 0;
-                for (int k = 0;; k += 32) {
+                for (int k = 0; have < s_count[r]; k += 32) {
                     const bool hit = k + lane < kept && s_row[k + lane] == r;
                     const unsigned mask = __ballot_sync(0xffffffffu, hit);
-                    const bool flush = have + __popc(mask) > 32 || (k >= kept && (have > 0 || (last && !s_started[r])));
-                    if (flush) {  // (then the loop's end, or a list too full for this round's hits)
-                        __syncwarp();
-                        if (vec)
-                            warp_sum_rows<4>(d_out, nullptr, s_list[warp], have, dst, dim, lane, s_started[r]);
-                        else
-                            warp_sum_rows<1>(d_out, nullptr, s_list[warp], have, dst, dim, lane, s_started[r]);
-                        have = 0;
-                        __syncwarp();
-                        s_started[r] = true;
-                    }
-                    if (k >= kept) break;
                     if (hit) s_list[warp][have + __popc(mask & ((1u << lane) - 1))] = s_pos[k + lane];
                     have += __popc(mask);
+                }
+                if (have > 0 || (last && !s_started[r])) {  // (zeros for a row no id names)
+                    __syncwarp();
+                    if (vec)
+                        warp_sum_rows<4>(d_out, nullptr, s_list[warp], have, dst, dim, lane, s_started[r]);
+                    else
+                        warp_sum_rows<1>(d_out, nullptr, s_list[warp], have, dst, dim, lane, s_started[r]);
+                    __syncwarp();
+                    s_started[r] = true;
                 }
             }
             // The block per hot row, its positions listed in order first.

@@ -170,7 +170,9 @@ __device__ void sort_first_rows(const int* counts, i64 c, int chunks, int w0, in
 // * chunks counts (so that counts[d * chunks + c] is the first row of chunk
 // c's items of digit d); with scanned == 0 each block sums the counts before
 // its own (for up to FEW_SLOTS in src/gpu/ops/sort.rs: one launch fewer). order[row] = q for the placed
-// items, -1 in the rows after them. With offsets non-null, offsets[d] = digit
+// items, -1 in the rows after them; with sorted_keys non-null, sorted_keys[row]
+// = keys[q] for the placed items (a reader of both then needs no dependent
+// load of keys[order[row]]). With offsets non-null, offsets[d] = digit
 // d's first row (d <= buckets); with inv non-null, inv[q] = q's row for every
 // item q >= 0, -1 for a dropped one. An item's row is its chunk's first row
 // for its digit, plus the items of that digit in the chunk's earlier warps
@@ -178,7 +180,7 @@ __device__ void sort_first_rows(const int* counts, i64 c, int chunks, int w0, in
 // digits at a time), plus its rank among its warp's lanes of that digit: so
 // every digit's items keep their order, with no block waiting for another.
 extern "C" __global__ void __launch_bounds__(1024)
-    sort_place_i32(const int* keys, const int* counts, int* order, int* offsets, int* inv, int n,
+    sort_place_i32(const int* keys, const int* counts, int* order, int* sorted_keys, int* offsets, int* inv, int n,
                    int bound, int shift, int buckets, int chunks, int scanned) {
     __shared__ int rows[32][SORT_WINDOW];  // [warp][digit - window]: the warp's first row of that digit
     __shared__ int first[SORT_WINDOW], total[SORT_WINDOW], carry;
@@ -213,6 +215,7 @@ extern "C" __global__ void __launch_bounds__(1024)
             if (here) {
                 const int row = rows[warp][d - w0] + rank;
                 order[row] = q;
+                if (sorted_keys != nullptr) sorted_keys[row] = keys[q];
                 if (inv != nullptr) inv[q] = row;
             }
             __syncthreads();  // before the next window clears the rows

@@ -355,8 +355,8 @@ fn embedding_matches_the_cpu_bitwise() {
     }
     let s = Stream::new();
     let mut rng = Rng::new(203);
-    // Vocabularies of one, two and three radix passes; few ids for many rows,
-    // many for few.
+    // Vocabularies of one bucket of the sort and of many; few ids for many
+    // rows, many for few (rows the whole block sums, buckets past a window).
     for (n_ids, vocab, dim) in [(1, 1, 1), (33, 5, 31), (1000, 40, 257), (300, 1000, 1000), (17, 3, 4096), (5000, 7, 12), (4000, 70_000, 20), (3000, 2, 64)] {
         let table = rng.vec(vocab * dim, 1.0);
         // Repeats and padding (-1) included.

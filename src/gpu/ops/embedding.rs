@@ -28,7 +28,8 @@ pub unsafe fn embedding(g: &Gpu, s: Stream, t: Float, ids: DevPtr, table: DevPtr
 
 /// The ids' positions grouped by the id's high bits (one pass of the counting
 /// sort; ids outside `[0, vocab)` dropped) into buckets of at most 2048 rows,
-/// at most 256 buckets up to 2^19 rows; then each block takes a slice of a
+/// at most 256 buckets up to 2^19 rows, the sorted ids written beside their
+/// positions; then each block takes a slice of a
 /// bucket's rows, and a warp per row sums its positions' rows of `dy` in
 /// order and writes the row once (zeros where no id names it).
 pub unsafe fn embedding_backward(g: &Gpu, s: Stream, ids: DevPtr, dy: DevPtr, d_table: DevPtr, n_ids: usize, vocab: usize, dim: usize) -> Result<()> {
@@ -45,10 +46,11 @@ pub unsafe fn embedding_backward(g: &Gpu, s: Stream, ids: DevPtr, dy: DevPtr, d_
     let parts = per_bucket / rows;
     let mut scratch = Scratch::new(s);
     let order = scratch.alloc(n_ids * 4)?;
+    let sorted_ids = scratch.alloc(n_ids * 4)?;
     let offsets = scratch.alloc((buckets + 1) * 4)?;
     unsafe {
-        counting_sort_pass(g, s, [ids, order, offsets, 0], n_ids, vocab, shift, buckets)?;
-        let args = &mut [Ptr(ids), Ptr(order), Ptr(offsets), Ptr(dy), Ptr(d_table), I32(vocab as i32), I32(dim as i32), I32(shift as i32), I32(buckets as i32), I32(parts as i32)];
+        counting_sort_pass(g, s, [ids, order, sorted_ids, offsets, 0], n_ids, vocab, shift, buckets)?;
+        let args = &mut [Ptr(sorted_ids), Ptr(order), Ptr(offsets), Ptr(dy), Ptr(d_table), I32(vocab as i32), I32(dim as i32), I32(shift as i32), I32(buckets as i32), I32(parts as i32)];
         g.launch("embedding_backward_f32", line((buckets * parts).min(65535), 256), s, args)
     }
 }

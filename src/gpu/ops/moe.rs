@@ -45,7 +45,7 @@ pub unsafe fn moe_dispatch(g: &Gpu, s: Stream, x: DevPtr, idx: DevPtr, y: DevPtr
     let mut scratch = Scratch::new(s);
     unsafe {
         let inv = scratch.alloc(pairs * std::mem::size_of::<i32>())?;
-        counting_sort_pass(g, s, [idx, order, offsets, inv], pairs, experts, 0, experts)?;
+        counting_sort_pass(g, s, [idx, order, 0, offsets, inv], pairs, experts, 0, experts)?;
         let args = &mut [Ptr(x), Ptr(inv), Ptr(offsets), Ptr(y), I32(tokens as i32), I32(dim as i32), I32(k as i32), I32(experts as i32)];
         g.launch("moe_scatter_f32", warp_rows(tokens), s, args)
     }

@@ -22,12 +22,13 @@ const FEW_SLOTS: usize = 32768;
 /// One stable counting-sort pass over items `q < n`: item `q` with `key =
 /// keys[q]` in `[0, bound)` goes to `order` by the digit `(key >> shift) %
 /// buckets`, in `q` order within a digit, and the rows after the placed
-/// items get -1; with `offsets` non-zero, `offsets[d]` gets digit `d`'s first
+/// items get -1; with `sorted_keys` non-zero, `sorted_keys[row]` gets the
+/// key of `order[row]` for the placed items; with `offsets` non-zero, `offsets[d]` gets digit `d`'s first
 /// row (`buckets + 1` entries); with `inv` non-zero, `inv[q]` gets `q`'s row
 /// (-1: dropped).
 /// Safety: the pointers are device memory of the sizes these imply.
 pub unsafe fn counting_sort_pass(
-    g: &Gpu, s: Stream, [keys, order, offsets, inv]: [DevPtr; 4], n: usize, bound: usize, shift: u32, buckets: usize,
+    g: &Gpu, s: Stream, [keys, order, sorted_keys, offsets, inv]: [DevPtr; 5], n: usize, bound: usize, shift: u32, buckets: usize,
 ) -> Result<()> {
     let chunks = n.div_ceil(CHUNK);
     let slots = buckets * chunks; // (digit, chunk) counts, digit-major
@@ -44,7 +45,7 @@ pub unsafe fn counting_sort_pass(
         if scanned {
             g.launch("sort_prefix_sum_i32", single(1024), s, &mut [Ptr(counts), I32(slots as i32)])?;
         }
-        let args = &mut [Ptr(keys), Ptr(counts), Ptr(order), Ptr(offsets), Ptr(inv), items, bound, shift, buckets, chunks, I32(scanned as i32)];
+        let args = &mut [Ptr(keys), Ptr(counts), Ptr(order), Ptr(sorted_keys), Ptr(offsets), Ptr(inv), items, bound, shift, buckets, chunks, I32(scanned as i32)];
         g.launch("sort_place_i32", blocks, s, args)
     }
 }
