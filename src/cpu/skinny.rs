@@ -218,7 +218,7 @@ fn dot_row<V: Weight>(x: &[f32], w: *const V, k: usize, fused: bool) -> f32 {
     let full = k / STEP * STEP;
     for p in (0..full).step_by(STEP) {
         // 2048 elements ahead (8 KiB of float32): on the Sapphire Rapids VM a
-        // one-row 4096 x 4096 product read W at 48-49 GB/s against 39-47
+        // one-row 4096 x 4096 product read W at 42-51 GB/s against 36-47
         // without (bench/RESULTS.md); 4096 ahead was no better.
         for u in 0..4 {
             super::reduce::prefetch(w.wrapping_add(p + 2048 + u * LANES).cast());
