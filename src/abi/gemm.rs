@@ -460,10 +460,10 @@ fn region(name: &'static str, ptr: *const c_void, t: Float, len: usize, written:
 /// (see `cpu::gemm_bf16`); false (nothing done) otherwise. Safety: as [`mixed`].
 #[cfg(target_arch = "x86_64")]
 unsafe fn bf16_kernel(shape: &Shape, types: [Float; 2], a: *const c_void, b: *const c_void, c: *mut f32) -> bool {
-    let kernel = crate::cpu::gemm_bf16::kernel();
-    let Some(kernel) = kernel.filter(|_| types == [Float::Bf16; 2] && shape.m > skinny::MAX_ROWS && shape.k > 0) else {
+    if types != [Float::Bf16; 2] || shape.m <= skinny::MAX_ROWS || shape.k == 0 {
         return false;
-    };
+    }
+    let Some(kernel) = crate::cpu::gemm_bf16::kernel() else { return false };
     let ((ta, sa), (tb, sb), sc) = (shape.a, shape.b, shape.c);
     for i in 0..shape.batch {
         let av = View::new(a.cast::<u16>().wrapping_add(i * sa.stride), sa.ld, ta);

@@ -27,6 +27,7 @@ use rayon::prelude::*;
 use super::alloc;
 use super::gemm::View;
 use super::par::Shared;
+use super::skinny::Finish;
 
 /// Rows (and columns) of a tile, and the pairs of k in a tile's row.
 const T: usize = 16;
@@ -86,16 +87,16 @@ const CONFIG: Config = Config {
 
 /// C = alpha op(A) op(B) + beta C (C float32, not read when beta is 0) for
 /// bfloat16 A and B (their bits). Call only when [`usable`].
-/// SAFETY: as `gemm::sgemm_view`: the views hold the m x k, k x n and m x n
-/// matrices.
-pub unsafe fn gemm(a: View<*const u16>, b: View<*const u16>, c: View<*mut f32>, m: usize, n: usize, k: usize, alpha: f32, beta: f32) {
+/// SAFETY: as `gemm::sgemm_view`: the views hold the m x k and k x n
+/// matrices, `out` the m x n C.
+pub(super) unsafe fn gemm(a: View<*const u16>, b: View<*const u16>, out: Finish, m: usize, n: usize, k: usize) {
     let steps = k.div_ceil(2 * T); // tiles along k
     let (blocks, panels) = (m.div_ceil(BLOCK), n.div_ceil(BLOCK));
     alloc::with_scratch(&PACKED_A, blocks * steps * 2 * TILE, KEEP, |packed_a| {
         alloc::with_scratch(&PACKED_B, panels * steps * 2 * TILE, KEEP, |packed_b| unsafe {
             pack_a(a, m, k, steps, packed_a);
             pack_b(b, n, k, steps, packed_b);
-            products(packed_a, packed_b, c, [m, n, steps], alpha, beta);
+            products(packed_a, packed_b, out, [m, n, steps]);
         })
     })
 }
@@ -186,11 +187,10 @@ unsafe fn pack_b(b: View<*const u16>, n: usize, k: usize, steps: usize, packed: 
     });
 }
 
-/// C = alpha * the products of the packed blocks and panels + beta * C.
-/// SAFETY: AMX usable; `c` covers m x n; the packed operands as packed.
-unsafe fn products(packed_a: &[u32], packed_b: &[u32], c: View<*mut f32>, [m, n, steps]: [usize; 3], alpha: f32, beta: f32) {
+/// The products of the packed blocks and panels, finished into C by `out`.
+/// SAFETY: AMX usable; `out` covers m x n; the packed operands as packed.
+unsafe fn products(packed_a: &[u32], packed_b: &[u32], out: Finish, [m, n, steps]: [usize; 3]) {
     let (blocks, panels) = (m.div_ceil(BLOCK), n.div_ceil(BLOCK));
-    let out = Shared(c.ptr);
     let groups = blocks.div_ceil(BLOCKS_PER_TASK);
     (0..panels * groups).into_par_iter().for_each(|task| {
         let (j, g) = (task / groups, task % groups);
@@ -204,8 +204,7 @@ unsafe fn products(packed_a: &[u32], packed_b: &[u32], c: View<*mut f32>, [m, n,
             for (r, row) in sums.iter().enumerate().take(BLOCK.min(m - i * BLOCK)) {
                 for (q, &sum) in row.iter().enumerate().take(BLOCK.min(n - j * BLOCK)) {
                     // SAFETY: element (32 i + r, 32 j + q) of C, written by this task alone.
-                    let c = unsafe { &mut *out.ptr().add((i * BLOCK + r) * c.rs + (j * BLOCK + q) * c.cs) };
-                    *c = if beta == 0.0 { alpha * sum } else { alpha * sum + beta * *c };
+                    unsafe { out.store(i * BLOCK + r, j * BLOCK + q, sum) };
                 }
             }
         }

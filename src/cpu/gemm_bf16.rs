@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use super::alloc;
 use super::gemm::View;
 use super::par::Shared;
+use super::skinny::Finish;
 
 /// Rows of A per register tile.
 const MR: usize = 8;
@@ -65,11 +66,14 @@ fn amd() -> bool {
 impl Kernel {
     /// C = alpha op(A) op(B) + beta C (C float32, not read when beta is 0)
     /// for bfloat16 A and B (their bits), k >= 1.
-    /// SAFETY: as `gemm::sgemm_view`; `self` is what [`kernel`] returned.
+    /// SAFETY: as `gemm::sgemm_view`, C's rows contiguous (`c.cs == 1`);
+    /// `self` is what [`kernel`] returned.
     pub unsafe fn gemm(self, a: View<*const u16>, b: View<*const u16>, c: View<*mut f32>, m: usize, n: usize, k: usize, alpha: f32, beta: f32) {
+        assert_eq!(c.cs, 1, "bf16 kernels write C by rows");
+        let out = Finish { c: Shared(c.ptr), ldc: c.rs, alpha, beta };
         match self {
-            Kernel::Amx => unsafe { super::gemm_amx::gemm(a, b, c, m, n, k, alpha, beta) },
-            Kernel::Dot => unsafe { gemm(a, b, c, m, n, k, alpha, beta) },
+            Kernel::Amx => unsafe { super::gemm_amx::gemm(a, b, out, m, n, k) },
+            Kernel::Dot => unsafe { gemm(a, b, out, m, n, k) },
         }
     }
 }
@@ -84,9 +88,9 @@ fn pair(at: impl Fn(usize) -> u16, p: usize, k: usize) -> u32 {
 
 /// C = alpha op(A) op(B) + beta C (C float32, not read when beta is 0) for
 /// bfloat16 A and B (their bits), through `vdpbf16ps` (AVX512-BF16 only).
-/// SAFETY: as `gemm::sgemm_view`: the views hold the m x k, k x n and m x n
-/// matrices.
-unsafe fn gemm(a: View<*const u16>, b: View<*const u16>, c: View<*mut f32>, m: usize, n: usize, k: usize, alpha: f32, beta: f32) {
+/// SAFETY: as `gemm::sgemm_view`: the views hold the m x k and k x n
+/// matrices, `out` the m x n C.
+unsafe fn gemm(a: View<*const u16>, b: View<*const u16>, out: Finish, m: usize, n: usize, k: usize) {
     let pairs = k.div_ceil(2);
     let (a_panels, b_panels) = (m.div_ceil(MR), n.div_ceil(NR));
     let (pa, pb) = (Shared(a.ptr.cast_mut()), Shared(b.ptr.cast_mut()));
@@ -112,7 +116,6 @@ unsafe fn gemm(a: View<*const u16>, b: View<*const u16>, c: View<*mut f32>, m: u
             }
         }
     });
-    let out = Shared(c.ptr);
     let groups = a_panels.div_ceil(PANELS_PER_TASK);
     (0..b_panels * groups).into_par_iter().for_each(|task| {
         let (j, g) = (task / groups, task % groups);
@@ -124,8 +127,7 @@ unsafe fn gemm(a: View<*const u16>, b: View<*const u16>, c: View<*mut f32>, m: u
             for (r, row) in tile.iter().enumerate().take(MR.min(m - i * MR)) {
                 for (q, &sum) in row.iter().enumerate().take(NR.min(n - j * NR)) {
                     // SAFETY: element (i MR + r, j NR + q) of C, written by this task alone.
-                    let c = unsafe { &mut *out.ptr().add((i * MR + r) * c.rs + (j * NR + q) * c.cs) };
-                    *c = if beta == 0.0 { alpha * sum } else { alpha * sum + beta * *c };
+                    unsafe { out.store(i * MR + r, j * NR + q, sum) };
                 }
             }
         }
