@@ -103,7 +103,7 @@ pub(super) unsafe fn gemm(a: View<*const u16>, b: View<*const u16>, out: Finish,
 
 /// Packed operands a calling thread keeps between calls, each up to 32 MiB
 /// (A or B of 4096 x 4096): fresh ones cost page faults worth more than the
-/// product (64x4096x4096 `x·Wᵀ`: 25 against 12 ms).
+/// product (64x4096x4096 `x·Wᵀ`: 25 against 7.8 ms).
 const KEEP: usize = 8 << 20;
 
 thread_local! {
@@ -165,20 +165,13 @@ unsafe fn pack_b(b: View<*const u16>, n: usize, k: usize, steps: usize, packed: 
             } else {
                 // Along k (x·Wᵀ's W) or any other stride: column by column,
                 // a tile's row p holding each column's pair p (a transpose).
-                let whole = (s + 1) * 2 * T <= k && b.rs == 1;
+                let mut column = [0u32; T];
                 for col in cols.clone() {
                     let x = col - cols.start;
-                    let column = if whole {
-                        // SAFETY: column `col`'s 32 elements from 32 s, contiguous.
-                        unsafe { b_at.ptr().add(col * b.cs + s * 2 * T).cast::<[u32; T]>().read_unaligned() }
-                    } else {
-                        let mut pairs = [0u32; T];
-                        // SAFETY: column `col` of op(B), elements 32 s .. k.
-                        unsafe { pairs_along_k(b_at.ptr().add(col * b.cs), b.rs, s * 2 * T, k, &mut pairs) };
-                        pairs
-                    };
+                    // SAFETY: column `col` of op(B), elements 32 s .. k.
+                    unsafe { pairs_along_k(b_at.ptr().add(col * b.cs), b.rs, s * 2 * T, k, &mut column) };
                     let tile = &mut tiles[(x / T) * TILE..][..TILE];
-                    for (p, pair) in column.into_iter().enumerate() {
+                    for (p, &pair) in column.iter().enumerate() {
                         tile[p * T + x % T] = pair;
                     }
                 }
