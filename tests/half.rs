@@ -91,6 +91,29 @@ fn softmax_ex_keeps_the_float32_special_cases() {
     }
 }
 
+/// Rows spread over 112 below their maximum, so that many results are
+/// subnormal floats, whole vectors of them (CPUs with AVX512-BF16 round
+/// other vectors by its instruction, which takes subnormals as zero): the
+/// float32 op's bits rounded once.
+#[test]
+fn softmax_ex_rounds_subnormal_results() {
+    let mut rng = Rng::new(69);
+    for t in HALVES {
+        for cols in [48, 4103] {
+            let v: Vec<f32> = (0..9 * cols).map(|_| (rng.uniform() * -112.0) as f32).collect();
+            let (hx, x) = to_half(&v, t);
+            let (mut want, mut got) = (vec![0f32; v.len()], vec![0u16; v.len()]);
+            unsafe {
+                assert_ok(cuda_softmax(x.as_ptr(), want.as_mut_ptr(), 9, cols as i32, NULL));
+                assert_ok(cudann_softmax_ex(vp(&hx), vm(&mut got), 9, cols as i32, t, NULL));
+            }
+            let subnormal = want.iter().filter(|&&p| p > 0.0 && p < f32::MIN_POSITIVE).count();
+            assert!(subnormal > v.len() / 20, "{subnormal} subnormal results of {}", v.len());
+            assert_eq!(got, rounded(&want, t), "softmax type {t} cols {cols}");
+        }
+    }
+}
+
 #[test]
 fn row_ops_ex_are_the_float32_op_rounded_once() {
     let mut rng = Rng::new(62);

@@ -82,14 +82,20 @@ impl Load for half::f16 {
 /// is taken in). Safety: the CPU has AVX-512 (F, BW, VL).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 pub unsafe fn max<T: Load>(x: &[T]) -> f32 {
-    // Four sets of lanes, so that consecutive maxima do not wait on each other;
-    // max_ps returns its second operand when either is NaN, so NaN is skipped.
+    // Four sets of lanes, so that consecutive maxima do not wait on each other
+    // (named, so that they stay in registers); max_ps returns its second
+    // operand when either is NaN, so NaN is skipped.
+    // SAFETY (of each call): lanes at..at + 16, masked to the end, lie within x.
+    let lanes = |at: usize, mask: __mmask16| unsafe { T::load(x.as_ptr().add(at), mask) };
     let mut acc = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
-    for (i, at) in (0..x.len()).step_by(LANES).enumerate() {
+    let whole = x.len() / (4 * LANES) * (4 * LANES);
+    for at in (0..whole).step_by(4 * LANES) {
+        let [a, b, c, d] = acc;
+        acc = [(0, a), (1, b), (2, c), (3, d)].map(|(i, acc)| _mm512_max_ps(lanes(at + i * LANES, !0), acc));
+    }
+    for (at, acc) in (whole..x.len()).step_by(LANES).zip(&mut acc) {
         let mask = lanes_to(x.len(), at);
-        // SAFETY: lanes at..at + 16, masked to the end, lie within x.
-        let v = unsafe { T::load(x.as_ptr().add(at), mask) };
-        acc[i % 4] = _mm512_mask_max_ps(acc[i % 4], mask, v, acc[i % 4]);
+        *acc = _mm512_mask_max_ps(*acc, mask, lanes(at, mask), *acc);
     }
     _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(acc[0], acc[1]), _mm512_max_ps(acc[2], acc[3])))
 }
@@ -170,6 +176,43 @@ impl Rounded for u16 {
     }
 }
 
+/// bfloat16 bits rounded by AVX512-BF16's `vcvtneps2bf16` (2 operations
+/// where the integer rounding above takes 7), for CPUs that have it. The
+/// instruction takes subnormal inputs as zero: a vector holding one is
+/// rounded the integer way instead. Elsewhere, on finite values, both round
+/// to nearest even: the same bits.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct Bf16Native(pub u16);
+
+impl Load for Bf16Native {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load(p: *const Bf16Native, mask: __mmask16) -> __m512 {
+        unsafe { u16::load(p.cast(), mask) }
+    }
+}
+
+impl Rounded for Bf16Native {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn round(v: __m512) -> __m256i {
+        let (rounded, subnormal): (__m256i, __mmask16);
+        // SAFETY: Bf16Native is used only where the CPU has AVX512-BF16 and
+        // AVX512-DQ (`vfpclassps`); registers only. (asm!: the compiler
+        // enables neither feature for this function.)
+        unsafe {
+            std::arch::asm!(
+                "vfpclassps {k}, {v}, 0x20",
+                "vcvtneps2bf16 {r}, {v}",
+                v = in(zmm_reg) v, r = out(ymm_reg) rounded, k = out(kreg) subnormal,
+                options(pure, nomem, nostack, preserves_flags),
+            )
+        };
+        if subnormal == 0 { rounded } else { unsafe { u16::round(v) } }
+    }
+}
+
 /// float16 by `vcvtps2ph` (to nearest even: `Element::store`'s rounding).
 impl Rounded for half::f16 {
     #[inline]
@@ -200,19 +243,31 @@ pub unsafe fn exp_sum_with<T: Load, A, S: Alongside>(x: &[T], shift: f32, y: &mu
 unsafe fn block_sum<T: Load, A, S: Alongside>(x: &[T], start: usize, shift: f32, y: &mut [f32], ahead: *const A, side: &mut S) -> f32 {
     let (end, shift) = (x.len().min(start + BLOCK), _mm512_set1_ps(shift));
     let mut acc = _mm512_setzero_ps();
-    for at in (start..end).step_by(LANES) {
-        let mask = lanes_to(end, at);
-        prefetch(ahead.wrapping_add(at).cast());
-        // SAFETY: lanes at..at + 16, masked to end, lie within x and y.
-        let e = exp16(unsafe { T::load(x.as_ptr().add(at), mask) }, shift);
-        unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add(at), mask, e) };
-        acc = _mm512_mask_add_ps(acc, mask, acc, e);
-        unsafe { side.step(at, mask) };
+    // Whole vectors with a constant mask (which the compiler drops), then the tail.
+    let whole = start + (end - start) / LANES * LANES;
+    for at in (start..whole).step_by(LANES) {
+        unsafe { exp_step(x, at, !0, shift, y, ahead, side, &mut acc) };
+    }
+    if whole < end {
+        unsafe { exp_step(x, whole, lanes_to(end, whole), shift, y, ahead, side, &mut acc) };
     }
     let mut lanes = [0.0f32; LANES];
     // SAFETY: lanes holds 16 floats.
     unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
     lane_total(lanes)
+}
+
+/// One step of [`block_sum`]: lanes at..at + 16 masked to `mask`.
+/// Safety: as [`exp_sum`]; the masked lanes lie within x and y.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn exp_step<T: Load, A, S: Alongside>(x: &[T], at: usize, mask: __mmask16, shift: __m512, y: &mut [f32], ahead: *const A, side: &mut S, acc: &mut __m512) {
+    prefetch(ahead.wrapping_add(at).cast());
+    let e = unsafe { exp16(T::load(x.as_ptr().add(at), mask), shift) };
+    unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add(at), mask, e) };
+    *acc = _mm512_mask_add_ps(*acc, mask, *acc, e);
+    unsafe { side.step(at, mask) };
 }
 
 #[cfg(test)]
