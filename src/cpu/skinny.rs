@@ -176,9 +176,15 @@ impl Finish {
 unsafe fn dots_chunk<W: Weight>(a: &[f32], m: usize, k: usize, w: *const W, ldw: usize, n0: usize, count: usize, out: Finish) {
     // LEVEL: the SIMD level this copy is compiled for (#[simd]).
     let fused = LEVEL.fma();
+    #[cfg(target_arch = "x86_64")]
+    if m == 1 && W::DIRECT && LEVEL == super::simd::Level::Avx512 {
+        // SAFETY: this copy runs only where the CPU has AVX-512; the chunk's rows lie in W.
+        unsafe { dot_rows_avx512(a, w.add(n0 * ldw), ldw, k, count, |q, d| out.store(0, n0 + q, d)) };
+        return;
+    }
     if m == 1 && W::DIRECT {
-        // One row of A (a gemv): W's rows one after another, a single
-        // sequential stream, each dotted four accumulators deep.
+        // One row of A (a gemv) below AVX-512: W's rows one after another, a
+        // single sequential stream, each dotted four accumulators deep.
         for q in 0..count {
             unsafe { out.store(0, n0 + q, dot_row(a, w.add((n0 + q) * ldw), k, fused)) };
         }
@@ -217,9 +223,10 @@ fn dot_row<V: Weight>(x: &[f32], w: *const V, k: usize, fused: bool) -> f32 {
     let mut acc = [[0.0f32; LANES]; 4];
     let full = k / STEP * STEP;
     for p in (0..full).step_by(STEP) {
-        // 2048 elements ahead (8 KiB of float32): on the Sapphire Rapids VM a
-        // one-row 4096 x 4096 product read W at 42-51 GB/s against 36-47
-        // without (bench/RESULTS.md); 4096 ahead was no better.
+        // 2048 elements ahead (8 KiB of float32): on the Sapphire Rapids VM
+        // (at AVX-512, before the four-row kernel) a one-row 4096 x 4096
+        // product read W at 42-51 GB/s against 36-47 without
+        // (bench/RESULTS.md); 4096 ahead was no better.
         for u in 0..4 {
             super::reduce::prefetch(w.wrapping_add(p + 2048 + u * LANES).cast());
         }
@@ -240,6 +247,55 @@ fn dot_row<V: Weight>(x: &[f32], w: *const V, k: usize, fused: bool) -> f32 {
         total[i] = (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]);
     }
     lane_total(total) + tail
+}
+
+/// x dotted with `count` rows of W (row stride `ldw`), four rows at a time:
+/// four sequential streams, which the Sapphire Rapids VM reads from DRAM
+/// faster than one (1x16384x4096 `x·Wᵀ`, a 256 MiB W: 10.0 -> 7.9-8.1 ms,
+/// numpy 7.7-7.8; from L3, 1x4096 the same; bench/RESULTS.md). In
+/// intrinsics: written with `[f32; 16]` accumulators, LLVM vectorised the
+/// loop across the four rows instead, and it ran slower than one row at a
+/// time. Each row is summed in one 16-lane accumulator over k, then by
+/// `lane_total`, plus the tail: the order of the few-row tiles.
+/// Safety: the CPU has AVX-512 F; the rows lie in W.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_rows_avx512<V: Weight>(x: &[f32], w: *const V, ldw: usize, k: usize, count: usize, mut put: impl FnMut(usize, f32)) {
+    let mut q = 0;
+    while q + 4 <= count {
+        let sums = unsafe { rows_avx512::<V, 4>(x, w.add(q * ldw), ldw, k) };
+        for (i, sum) in sums.into_iter().enumerate() {
+            put(q + i, sum);
+        }
+        q += 4;
+    }
+    for q in q..count {
+        put(q, unsafe { rows_avx512::<V, 1>(x, w.add(q * ldw), ldw, k) }[0]);
+    }
+}
+
+/// x dotted with R rows of W. Safety: as [`dot_rows_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_avx512<V: Weight, const R: usize>(x: &[f32], w: *const V, ldw: usize, k: usize) -> [f32; R] {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); R];
+    let full = k / LANES * LANES;
+    for p in (0..full).step_by(LANES) {
+        let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(p)) };
+        for (q, acc) in acc.iter_mut().enumerate() {
+            let wv = unsafe { V::lanes(w.add(q * ldw + p)) };
+            *acc = _mm512_fmadd_ps(xv, unsafe { _mm512_loadu_ps(wv.as_ptr()) }, *acc);
+        }
+    }
+    std::array::from_fn(|q| {
+        let mut lanes = [0.0f32; LANES];
+        // SAFETY: lanes holds 16 floats.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc[q]) };
+        let tail: f32 = (full..k).map(|i| x[i] * unsafe { V::one(w.add(q * ldw + i)) }).sum();
+        lane_total(lanes) + tail
+    })
 }
 
 /// Rows of W per dot tile.
