@@ -49,12 +49,8 @@ pub fn softmax_bf16(x: &[u16], y: &mut [u16], cols: usize) {
     #[cfg(target_arch = "x86_64")]
     if super::simd::level() == super::simd::Level::Avx512 {
         if is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512dq") {
-            // SAFETY: Bf16Native is u16, transparent.
-            let (x, y) = unsafe { (std::slice::from_raw_parts(x.as_ptr().cast(), x.len()), std::slice::from_raw_parts_mut(y.as_mut_ptr().cast(), y.len())) };
-            return softmax_half_avx512(x, y, cols, avx512::Bf16Native(0), |e, s, y: &mut [avx512::Bf16Native]| {
-                // SAFETY: as above.
-                scale_to_bf16(e, s, unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr().cast(), y.len()) })
-            });
+            use avx512::Bf16Native as Native;
+            return softmax_half_avx512(Native::of(x), Native::of_mut(y), cols, Native(0), |e, s, y| scale_to_bf16(e, s, Native::bits_mut(y)));
         }
         return softmax_half_avx512(x, y, cols, 0, |e, s, y| scale_to_bf16(e, s, y));
     }

@@ -185,6 +185,22 @@ impl Rounded for u16 {
 #[repr(transparent)]
 pub struct Bf16Native(pub u16);
 
+impl Bf16Native {
+    /// bfloat16 bits as this type, and back (the same memory).
+    pub fn of(bits: &[u16]) -> &[Self] {
+        // SAFETY: Bf16Native is a transparent u16.
+        unsafe { std::slice::from_raw_parts(bits.as_ptr().cast(), bits.len()) }
+    }
+    pub fn of_mut(bits: &mut [u16]) -> &mut [Self] {
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts_mut(bits.as_mut_ptr().cast(), bits.len()) }
+    }
+    pub fn bits_mut(values: &mut [Self]) -> &mut [u16] {
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), values.len()) }
+    }
+}
+
 impl Load for Bf16Native {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
